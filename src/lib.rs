@@ -1,0 +1,26 @@
+//! hoist: resumable, platform-checked pushes of container images.
+//!
+//! # Layout
+//! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
+//! - [`digest`], [`platform`]: newtypes parsed once at the boundary.
+//! - [`source`]: reads `docker save` archives, OCI layouts and OCI archives in place.
+//! - [`image`]: manifest, index and config documents; the platform guard.
+//! - [`plan`]: the push plan: every blob, where its bytes come from, what is done to them.
+//! - [`compress`]: deterministic, chunked, parallel gzip/zstd.
+//! - [`registry`]: the OCI Distribution client (resumable chunked uploads, ECR quirks).
+//! - [`store`]: SQLite, the only module with SQL.
+//! - [`daemon`]: the job scheduler and the socket server.
+//! - [`api`]: the socket API's wire types, mirroring `proto/openapi.yaml`.
+//! - [`cli`]: the `hoist` command's subcommands (the binaries stay thin).
+
+pub mod api;
+pub mod cli;
+pub mod compress;
+pub mod daemon;
+pub mod digest;
+pub mod image;
+pub mod plan;
+pub mod platform;
+pub mod registry;
+pub mod source;
+pub mod store;
