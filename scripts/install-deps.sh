@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
+# registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
+# registry, reference compressors for the benchmarks, and systemd tools for unit checks.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have docker-registry || need+=(docker-registry)
+have skopeo || need+=(skopeo)
+have htpasswd || need+=(apache2-utils)
+have pigz || need+=(pigz)
+have zstd || need+=(zstd)
+have systemd-analyze || need+=(systemd)
+have systemd-socket-activate || need+=(systemd)
+have setpriv || need+=(util-linux)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "install-deps: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "install-deps: cargo not found: install a Rust toolchain (1.95 or newer), e.g. Debian's rustup package" >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: cargo-nextest not found: installing it from crates.io" >&2
+  cargo install --locked cargo-nextest >/dev/null
+fi

@@ -1,0 +1,197 @@
+//! Test harness: real parts only. Starts Debian's `docker-registry` (CNCF distribution) on a
+//! free loopback port in a temporary directory, and wraps `skopeo` for checking results.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a registry may take to answer `/v2/` after it is spawned.
+const REGISTRY_START_MS_MAX: u64 = 15_000;
+
+/// Options for a test registry.
+#[derive(Default, Clone)]
+pub struct RegistryOptions {
+    /// `(user, password)`: turn on htpasswd Basic auth (needs `htpasswd` from apache2-utils).
+    pub basic_auth: Option<(String, String)>,
+    /// Extra top-level YAML appended to the config (e.g. a `auth: token:` section).
+    pub extra_yaml: Option<String>,
+}
+
+/// A running `docker-registry serve` on 127.0.0.1. Killed on drop.
+pub struct TestRegistry {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed: run `scripts/install-deps.sh` (the README's test command does)"
+    );
+}
+
+impl TestRegistry {
+    pub fn start() -> TestRegistry {
+        Self::start_with(RegistryOptions::default())
+    }
+
+    pub fn start_with(opts: RegistryOptions) -> TestRegistry {
+        require_tool("docker-registry");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("storage dir");
+        // Retry on the (rare) race where another process takes the port between probe and bind.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut yaml = format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\nhttp:\n  addr: {addr}\n  secret: hoist-test-secret\n",
+                storage.display()
+            );
+            if let Some((user, pass)) = &opts.basic_auth {
+                require_tool("htpasswd");
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, pass])
+                    .output()
+                    .expect("run htpasswd");
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, &out.stdout).expect("write htpasswd");
+                yaml.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
+                    file.display()
+                ));
+            }
+            if let Some(extra) = &opts.extra_yaml {
+                yaml.push_str(extra);
+            }
+            let config = dir.path().join("config.yml");
+            std::fs::write(&config, yaml).expect("write registry config");
+            let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn docker-registry");
+            if wait_ready(&mut child, addr) {
+                return TestRegistry { addr, dir, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "docker-registry did not start; its log:\n{}",
+            std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+
+    /// `127.0.0.1:PORT`, the registry host as clients name it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+}
+
+fn wait_ready(child: &mut Child, addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(REGISTRY_START_MS_MAX);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Some((status, _)) = http_get(addr, "/v2/") {
+            if status == 200 || status == 401 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET for harness checks: `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    Some((status, buf[body_at..].to_vec()))
+}
+
+/// Runs `skopeo` with `args`, panicking with its stderr when it fails.
+pub fn skopeo(args: &[&str]) -> Output {
+    require_tool("skopeo");
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("spawn skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `skopeo inspect --raw` of `docker://HOST/REPO:TAG` on a plain-HTTP test registry.
+pub fn skopeo_raw_manifest(host: &str, reference: &str) -> Vec<u8> {
+    skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{host}/{reference}"),
+    ])
+    .stdout
+}
+
+/// Copies an image from the test registry to a local OCI layout with skopeo, for byte checks.
+pub fn skopeo_pull_oci(host: &str, reference: &str, dest: &Path) {
+    skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/{reference}"),
+        &format!("oci:{}", dest.display()),
+    ]);
+}
