@@ -1,1 +1,107 @@
-fn main() {}
+//! `hoistd`: the daemon. Parses arguments, binds the socket (or takes systemd's), calls
+//! `daemon::run` until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hoist::daemon::{self, Config, paths, systemd};
+
+/// The hoist daemon: owns push jobs and serves the `hoist` CLI on a Unix socket.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/hoist/hoist.sock]. Ignored when systemd
+    /// passes a socket (socket activation).
+    #[arg(long, env = "HOIST_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Directory for the job database and the spool [default: $XDG_STATE_HOME/hoist].
+    #[arg(long, env = "HOIST_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Upload connections across all jobs.
+    #[arg(long, env = "HOIST_UPLOADS_MAX", default_value_t = daemon::UPLOADS_IN_FLIGHT_MAX_DEFAULT)]
+    uploads_max: usize,
+    /// Jobs running at once; more wait in the queue.
+    #[arg(long, env = "HOIST_JOBS_MAX", default_value_t = daemon::JOBS_RUNNING_MAX_DEFAULT)]
+    jobs_max: usize,
+    /// Run even as root (a per-user daemon should not; containers sometimes must).
+    #[arg(long)]
+    allow_root: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOIST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hoistd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if rustix::process::getuid().is_root() && !args.allow_root {
+        bail!("hoistd refuses to run as root: run it as the user who pushes, or pass --allow-root");
+    }
+    if args.uploads_max == 0 || args.jobs_max == 0 {
+        bail!("--uploads-max and --jobs-max must be at least 1");
+    }
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => paths::default_state_dir().map_err(anyhow::Error::msg)?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let std_listener = match systemd::activated_listener().context(
+            "systemd passed a socket hoistd cannot use: check hoist.socket (ListenStream=)",
+        )? {
+            Some(l) => {
+                tracing::info!("using the socket passed by systemd");
+                l
+            }
+            None => {
+                let socket = match args.socket {
+                    Some(s) => s,
+                    None => paths::default_socket_path().map_err(anyhow::Error::msg)?,
+                };
+                let l = paths::bind_socket(&socket)?;
+                tracing::info!(socket = %socket.display(), "listening");
+                l
+            }
+        };
+        std_listener
+            .set_nonblocking(true)
+            .context("cannot make the socket non-blocking")?;
+        let listener =
+            tokio::net::UnixListener::from_std(std_listener).context("cannot use the socket")?;
+        let config = Config {
+            uploads_in_flight_max: args.uploads_max,
+            jobs_running_max: args.jobs_max,
+            ..Config::default()
+        };
+        daemon::run(listener, &state_dir, config, shutdown_signal()?).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}

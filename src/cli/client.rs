@@ -1,0 +1,255 @@
+//! A small HTTP/1.1 client over the daemon's Unix socket (hyper on a tokio `UnixStream`).
+//! One connection per request: the socket is local and requests are few.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use crate::api::{self, JobId};
+
+/// What can go wrong talking to the daemon. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no daemon answers on {socket}: start one with hoistd, or drop --no-autostart")]
+    NoDaemon {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the connection to hoistd on {socket} failed ({source}): check `hoistd` is running and its log"
+    )]
+    Http {
+        socket: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The daemon answered with an error; `message` is its one-line explanation.
+    #[error("{message}")]
+    Api { status: StatusCode, message: String },
+    #[error(
+        "hoistd sent a response this hoist cannot read ({0}): use a hoist and hoistd of the same version"
+    )]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The daemon is not there (as opposed to answering with an error).
+    pub fn is_no_daemon(&self) -> bool {
+        matches!(self, ClientError::NoDaemon { .. })
+    }
+}
+
+/// A client for one socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request and returns the response with its body unread.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::NoDaemon {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let http_err = |source| ClientError::Http {
+            socket: self.socket.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
+        // The connection task ends when the response body is read or dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "hoistd");
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, api::CONTENT_TYPE_JSON);
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Decode(format!("cannot build the request: {e}")))?;
+        sender.send_request(req).await.map_err(http_err)
+    }
+
+    /// Sends a request and reads the whole body; non-2xx statuses become [`ClientError::Api`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: self.socket.clone(),
+                source,
+            })?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = api::decode::<api::ErrorBody>("error", &bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| {
+                format!(
+                    "hoistd answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            });
+        Err(ClientError::Api { status, message })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let bytes = self.call(method, path, body).await?;
+        api::decode(what, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn health(&self) -> Result<api::Health, ClientError> {
+        self.get_json(Method::GET, "/v1/health", None, "health")
+            .await
+    }
+
+    pub async fn submit(&self, req: &api::SubmitRequest) -> Result<api::Job, ClientError> {
+        self.get_json(Method::POST, "/v1/jobs", Some(api::encode(req)), "job")
+            .await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<api::Job>, ClientError> {
+        let list: api::JobList = self
+            .get_json(Method::GET, "/v1/jobs", None, "job list")
+            .await?;
+        Ok(list.jobs)
+    }
+
+    pub async fn job(&self, id: &JobId) -> Result<api::Job, ClientError> {
+        self.get_json(Method::GET, &api::job_path(id, ""), None, "job")
+            .await
+    }
+
+    /// `action` is one of `pause`, `resume`, `cancel`, `retry`.
+    pub async fn control(&self, id: &JobId, action: &str) -> Result<api::Job, ClientError> {
+        self.get_json(Method::POST, &api::job_path(id, action), None, "job")
+            .await
+    }
+
+    pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
+        self.call(Method::DELETE, &api::job_path(id, ""), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let bytes = self.call(Method::GET, "/v1/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Opens the job's event stream: past events after `after`, then live ones until the job
+    /// ends (`follow`), or only the past ones.
+    pub async fn events(
+        &self,
+        id: &JobId,
+        after: u64,
+        follow: bool,
+    ) -> Result<EventStream, ClientError> {
+        let path = format!(
+            "{}?after={after}&follow={follow}",
+            api::job_path(id, "events")
+        );
+        let resp = self.send(Method::GET, &path, None).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = api::decode::<api::ErrorBody>("error", &bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("hoistd answered {status}"));
+            return Err(ClientError::Api { status, message });
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            socket: self.socket.clone(),
+        })
+    }
+}
+
+/// NDJSON events as they arrive.
+pub struct EventStream {
+    body: Incoming,
+    buf: Vec<u8>,
+    socket: PathBuf,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the daemon ended the stream.
+    pub async fn next(&mut self) -> Option<Result<api::Event, ClientError>> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                if line.len() <= 1 {
+                    continue;
+                }
+                return Some(
+                    api::decode("event", &line).map_err(|e| ClientError::Decode(e.to_string())),
+                );
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                Some(Err(source)) => {
+                    return Some(Err(ClientError::Http {
+                        socket: self.socket.clone(),
+                        source,
+                    }));
+                }
+                None => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `hoist ls`, `watch`, `pause`, `resume`, `cancel`, `retry`, `rm`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use super::client::Client;
+use super::follow::{self, Mode, Outcome};
+use crate::api::{self, JobId, JobState};
+
+/// `hoist ls`: one line per job, or the job list as JSON.
+pub async fn ls(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let jobs = client.jobs().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        out.write_all(&api::encode(&api::JobList { jobs }))?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<17}  {:<10}  {:>6}  {:<40}  NOTE",
+        "JOB", "STATE", "DONE", "TARGET"
+    )?;
+    for job in jobs {
+        let total = job.bytes_total();
+        let pct = (job.bytes_uploaded() * 100)
+            .checked_div(total)
+            .map_or_else(|| "-".to_string(), |p| format!("{p}%"));
+        let note = match (&job.manifest_digest, &job.reason) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            out,
+            "{:<17}  {:<10}  {:>6}  {:<40}  {note}",
+            job.id, job.state, pct, job.spec.target
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hoist watch JOB`: follows the job; exit 0 iff it ends done.
+pub async fn watch(client: &Client, id: &JobId, mode: Mode) -> anyhow::Result<ExitCode> {
+    let outcome = follow::follow(client, id, mode).await?;
+    finish(client, id, mode, outcome).await
+}
+
+/// Turns how following ended into output and an exit code, for `push` and `watch`.
+pub async fn finish(
+    client: &Client,
+    id: &JobId,
+    mode: Mode,
+    outcome: Outcome,
+) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Outcome::Done(digest) => {
+            let digest = match digest {
+                Some(d) => Some(d),
+                None => client.job(id).await?.manifest_digest,
+            };
+            if mode != Mode::Json {
+                match digest {
+                    Some(d) => println!("{d}"),
+                    None => anyhow::bail!(
+                        "job {id} is done but hoistd reports no manifest digest: check with `hoist ls`"
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Ended(state, reason) => {
+            let reason = reason.unwrap_or_else(|| "no reason given".into());
+            match state {
+                JobState::Failed => eprintln!(
+                    "hoist: job {id} failed: {reason}; after fixing it, `hoist retry {id}`"
+                ),
+                _ => eprintln!("hoist: job {id} ended {state}: {reason}"),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Detached => {
+            eprintln!("job {id} continues in the daemon: hoist watch {id}");
+            Ok(ExitCode::from(super::EXIT_DETACHED))
+        }
+        Outcome::Lost => {
+            eprintln!(
+                "hoist: hoistd closed the event stream before job {id} ended: it may be restarting; `hoist watch {id}` follows it again"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `hoist pause|resume|cancel|retry JOB`: prints the job's new state.
+pub async fn control(client: &Client, id: &JobId, action: &str) -> anyhow::Result<ExitCode> {
+    let job = client.control(id, action).await?;
+    println!("{} {}", job.id, job.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hoist rm JOB`.
+pub async fn rm(client: &Client, id: &JobId) -> anyhow::Result<ExitCode> {
+    client.delete(id).await?;
+    println!("{id} deleted");
+    Ok(ExitCode::SUCCESS)
+}

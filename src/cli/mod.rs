@@ -1,0 +1,178 @@
+//! The `hoist` command: a thin client of `hoistd`.
+//!
+//! # Layout
+//! - [`client`]: HTTP/1.1 over the Unix socket, typed with [`crate::api`].
+//! - [`push`]: `hoist push` (submit, then follow), with `autostart` of a missing daemon.
+//! - [`follow`]: rendering a job's events (bars on a TTY, lines otherwise, NDJSON).
+//! - [`jobs`]: `ls`, `watch`, `pause`, `resume`, `cancel`, `retry`, `rm`.
+//! - [`inspect`], [`verify`]: filled in with the image pipeline.
+
+pub mod autostart;
+pub mod client;
+pub mod follow;
+pub mod inspect;
+pub mod jobs;
+pub mod push;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::{Compression, JobId};
+use crate::daemon::paths;
+
+/// Exit code when Ctrl-C detached from a job that goes on in the daemon (128 + SIGINT).
+pub const EXIT_DETACHED: u8 = 130;
+
+/// Resumable, platform-checked pushes of container images to ECR and OCI registries.
+#[derive(Debug, Parser)]
+#[command(name = "hoist", version)]
+pub struct Cli {
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/hoist/hoist.sock].
+    #[arg(long, global = true, env = "HOIST_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// State directory for a daemon started automatically [default: $XDG_STATE_HOME/hoist].
+    #[arg(long, global = true, env = "HOIST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Push SOURCE (docker-archive:, oci:, oci-archive: or a path) to TARGET (registry/repo:tag).
+    Push(PushArgs),
+    /// List jobs.
+    Ls {
+        /// Print the job list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job's progress; exits 0 only when it ends done.
+    Watch {
+        job: JobId,
+        /// Print events as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a job at the next chunk boundary.
+    Pause { job: JobId },
+    /// Resume a paused job.
+    Resume { job: JobId },
+    /// Cancel a job.
+    Cancel { job: JobId },
+    /// Retry a failed or cancelled job; it resumes from what was uploaded.
+    Retry { job: JobId },
+    /// Delete a finished, failed, cancelled or paused job and its spool.
+    Rm { job: JobId },
+    /// Show what would be pushed from SOURCE.
+    Inspect {
+        source: String,
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that TARGET in the registry is a complete, single-platform image.
+    Verify {
+        target: String,
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Platform to push from a multi-platform source.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// Compression for layers that are pushed compressed.
+    #[arg(long, default_value = "gzip")]
+    pub compression: Compression,
+    /// Upload chunk size (e.g. 16MiB, 8M, 5242880); at least 5 MiB.
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Submit and print the job ID, without following.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print events as NDJSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail when no daemon answers instead of starting one.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// Talk plain HTTP to the registry (local test registries).
+    #[arg(long)]
+    pub insecure: bool,
+    pub source: String,
+    pub target: String,
+}
+
+/// Parses `16MiB`, `16M`, `512KiB`, `5242880`: binary units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: write e.g. 16MiB or 16777216"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Runs the command; the caller prints the error chain.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = match cli.socket {
+        Some(s) => s,
+        None => paths::default_socket_path().map_err(anyhow::Error::msg)?,
+    };
+    let client = client::Client::new(socket);
+    match cli.command {
+        Command::Push(args) => push::run(&client, cli.state_dir, args).await,
+        Command::Ls { json } => jobs::ls(&client, json).await,
+        Command::Watch { job, json } => {
+            let mode = follow::Mode::detect(json);
+            jobs::watch(&client, &job, mode).await
+        }
+        Command::Pause { job } => jobs::control(&client, &job, "pause").await,
+        Command::Resume { job } => jobs::control(&client, &job, "resume").await,
+        Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
+        Command::Retry { job } => jobs::control(&client, &job, "retry").await,
+        Command::Rm { job } => jobs::rm(&client, &job).await,
+        Command::Inspect {
+            source,
+            platform,
+            json,
+        } => inspect::run(&source, &platform, json).await,
+        Command::Verify { target, platform } => verify::run(&target, &platform).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("5242880").unwrap(), 5_242_880);
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,43 @@
+//! `hoist push SOURCE TARGET`: submit a job, then follow it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::client::Client;
+use super::follow::{self, Mode};
+use super::{PushArgs, autostart, jobs};
+use crate::api::{JobOptions, SubmitRequest};
+
+pub async fn run(
+    client: &Client,
+    state_dir: Option<PathBuf>,
+    args: PushArgs,
+) -> anyhow::Result<ExitCode> {
+    if let Err(e) = client.health().await {
+        if !e.is_no_daemon() || args.no_autostart {
+            return Err(e.into());
+        }
+        autostart::start(client, state_dir).await?;
+    }
+    let request = SubmitRequest {
+        source: args.source,
+        target: args.target,
+        platform: Some(args.platform),
+        compression: Some(args.compression),
+        chunk_size_bytes: args.chunk_size,
+        options: JobOptions {
+            insecure: args.insecure,
+        },
+    };
+    let job = client.submit(&request).await?;
+    if args.detach {
+        println!("{}", job.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = Mode::detect(args.json);
+    if mode != Mode::Json {
+        eprintln!("job {} submitted", job.id);
+    }
+    let outcome = follow::follow(client, &job.id, mode).await?;
+    jobs::finish(client, &job.id, mode, outcome).await
+}

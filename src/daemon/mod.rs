@@ -1,0 +1,140 @@
+//! The daemon: socket server, scheduler, and the seam to the push pipeline.
+//!
+//! # Layout
+//! - [`run`]: the whole daemon, given a bound listener; `hoistd` and tests call it.
+//! - `server`: accept loop, peer-uid check, HTTP/1.1 (hyper) per connection.
+//! - `routes`: request handlers (wire types from [`crate::api`] only).
+//! - [`scheduler`]: the one owner of job state (an actor over a bounded channel).
+//! - [`job`]: the seam: [`job::JobBody`] is the push itself, [`job::JobContext`] its reporting.
+//! - [`systemd`]: socket activation and readiness notification.
+//! - [`paths`]: default socket and state paths, and binding the socket safely.
+
+pub mod job;
+pub mod metrics;
+pub mod paths;
+mod routes;
+pub mod scheduler;
+mod server;
+pub mod systemd;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::store::{Store, StoreError};
+
+/// Upload connections across all jobs, unless configured otherwise.
+pub const UPLOADS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
+/// Jobs running at once, unless configured otherwise; more wait in `queued`.
+pub const JOBS_RUNNING_MAX_DEFAULT: usize = 4;
+/// How long shutdown waits for jobs to reach a chunk boundary before leaving anyway (their
+/// cursors are committed already; a later daemon resumes them).
+const SHUTDOWN_JOBS_MS_MAX: u64 = 20_000;
+
+/// Daemon settings.
+#[derive(Clone)]
+pub struct Config {
+    pub uploads_in_flight_max: usize,
+    pub jobs_running_max: usize,
+    /// The push itself. [`job::NotWired`] until the pipeline is wired; tests inject their own.
+    pub job_body: Arc<dyn job::JobBody>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            uploads_in_flight_max: UPLOADS_IN_FLIGHT_MAX_DEFAULT,
+            jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
+            job_body: Arc::new(job::NotWired),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the state database in {dir}: {source}")]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another hoistd already answers on {0}: use it, or stop it first")]
+    AlreadyRunning(PathBuf),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Runs the daemon on `listener` with its state in `state_dir` until `shutdown` resolves;
+/// then stops jobs at a chunk boundary, persists, and returns.
+pub async fn run(
+    listener: UnixListener,
+    state_dir: &Path,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    paths::private_dir(state_dir)?;
+    let dir = state_dir.to_path_buf();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| DaemonError::Config(format!("the store could not start: {e}")))?
+        .map_err(|source| DaemonError::Store {
+            dir: state_dir.to_path_buf(),
+            source,
+        })?;
+    let counters = Arc::new(metrics::Counters::default());
+    let sched_config = scheduler::SchedulerConfig {
+        uploads_in_flight_max: config.uploads_in_flight_max,
+        jobs_running_max: config.jobs_running_max,
+        spool_root: state_dir.join("spool"),
+        body: config.job_body,
+    };
+    let (handle, sched_task) = scheduler::start(sched_config, store.clone(), counters.clone())
+        .await
+        .map_err(|source| DaemonError::Store {
+            dir: state_dir.to_path_buf(),
+            source,
+        })?;
+    let app = Arc::new(routes::App {
+        scheduler: handle.clone(),
+        store,
+        counters,
+    });
+    // The server and its connections stop when this flips to true.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, app, stop_rx));
+    match systemd::notify("READY=1") {
+        Ok(true) => info!("told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot notify systemd"),
+    }
+    info!(state_dir = %state_dir.display(), "hoistd ready");
+
+    shutdown.await;
+    info!("shutting down");
+    let _ = systemd::notify("STOPPING=1");
+    if tokio::time::timeout(
+        Duration::from_millis(SHUTDOWN_JOBS_MS_MAX),
+        handle.shutdown(),
+    )
+    .await
+    .is_err()
+    {
+        warn!("jobs did not stop in time; their last committed cursors resume them next start");
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    sched_task.abort();
+    info!("hoistd stopped");
+    Ok(())
+}

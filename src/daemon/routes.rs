@@ -1,0 +1,343 @@
+//! Request handlers: decode with `api`, ask the scheduler or the store, encode with `api`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::{broadcast, mpsc};
+use tracing::warn;
+
+use super::metrics::Counters;
+use super::scheduler::{Control, SchedError, SchedulerHandle};
+use crate::api::{self, Endpoint, JobId};
+use crate::store::{EventRecord, JobRecord, Store, StoreError};
+
+/// Largest request body accepted: a submit request is a few hundred bytes.
+const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Event lines buffered per follower before the stream waits for the client to read.
+const FOLLOW_BUFFER_LINES: usize = 256;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// What the handlers share.
+pub struct App {
+    pub scheduler: SchedulerHandle,
+    pub store: Store,
+    pub counters: Arc<Counters>,
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).boxed()
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(content_type).expect("static content type"),
+    );
+    resp
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    respond(status, api::CONTENT_TYPE_JSON, full(api::encode(value)))
+}
+
+/// An error response: `{ "error": message }`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    respond(
+        status,
+        api::CONTENT_TYPE_JSON,
+        full(api::error_body(message)),
+    )
+}
+
+/// The response to a client whose uid is not the daemon's; the connection closes after it.
+pub fn refused() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::FORBIDDEN,
+        "this hoistd serves only the user it runs as: start your own hoistd, or use your own --socket",
+    );
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+fn sched_error(e: SchedError) -> Response<Body> {
+    let status = match &e {
+        SchedError::NotFound(_) => StatusCode::NOT_FOUND,
+        SchedError::Conflict(_) => StatusCode::CONFLICT,
+        SchedError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        SchedError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn store_error(e: StoreError) -> Response<Body> {
+    sched_error(SchedError::from(e))
+}
+
+async fn job_view(store: &Store, job: JobRecord) -> Result<api::Job, StoreError> {
+    let blobs = store.blobs(job.id.clone()).await?;
+    Ok(api::Job {
+        id: job.id,
+        spec: job.spec,
+        state: job.state,
+        reason: job.reason,
+        manifest_digest: job.manifest_digest,
+        created_ms: job.created_ms,
+        updated_ms: job.updated_ms,
+        blobs: blobs
+            .into_iter()
+            .map(|b| api::BlobStatus {
+                uploaded_bytes: if b.state.is_finished() {
+                    b.size_bytes
+                } else {
+                    b.cursor.as_ref().map_or(0, |c| c.offset_bytes)
+                },
+                digest: b.digest,
+                size_bytes: b.size_bytes,
+                media_type: b.media_type,
+                action: b.action,
+                state: b.state,
+                compressed_chunks: b.chunks_done,
+            })
+            .collect(),
+    })
+}
+
+/// Routes one request from an allowed peer.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let (endpoint, id) = match api::match_route(req.method().as_str(), req.uri().path()) {
+        Ok(m) => m,
+        Err(e @ api::RouteError::NotFound(_)) => {
+            return error(StatusCode::NOT_FOUND, e.to_string());
+        }
+        Err(e @ api::RouteError::MethodNotAllowed { .. }) => {
+            return error(StatusCode::METHOD_NOT_ALLOWED, e.to_string());
+        }
+        Err(e @ api::RouteError::BadJobId(_)) => {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let query = req.uri().query().unwrap_or("").to_string();
+    let id = || id.clone().expect("routes with {id} always carry one");
+    match endpoint {
+        Endpoint::Health => json(
+            StatusCode::OK,
+            &api::Health {
+                status: "ok".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                jobs_running: app.counters.jobs_running(),
+            },
+        ),
+        Endpoint::Metrics => match app.store.count_by_state().await {
+            Ok(counts) => respond(
+                StatusCode::OK,
+                api::CONTENT_TYPE_PROMETHEUS,
+                full(app.counters.snapshot(counts).to_prometheus().into_bytes()),
+            ),
+            Err(e) => store_error(e),
+        },
+        Endpoint::SubmitJob => submit(&app, req).await,
+        Endpoint::ListJobs => match app.store.jobs().await {
+            Ok(records) => {
+                let mut jobs = Vec::with_capacity(records.len());
+                for r in records {
+                    match job_view(&app.store, r).await {
+                        Ok(j) => jobs.push(j),
+                        Err(e) => return store_error(e),
+                    }
+                }
+                json(StatusCode::OK, &api::JobList { jobs })
+            }
+            Err(e) => store_error(e),
+        },
+        Endpoint::GetJob => match app.store.job(id()).await {
+            Ok(r) => match job_view(&app.store, r).await {
+                Ok(j) => json(StatusCode::OK, &j),
+                Err(e) => store_error(e),
+            },
+            Err(e) => store_error(e),
+        },
+        Endpoint::JobEvents => events(app, id(), &query).await,
+        Endpoint::PauseJob => control(&app, id(), Control::Pause).await,
+        Endpoint::ResumeJob => control(&app, id(), Control::Resume).await,
+        Endpoint::CancelJob => control(&app, id(), Control::Cancel).await,
+        Endpoint::RetryJob => control(&app, id(), Control::Retry).await,
+        Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete).await {
+            Ok(_) => respond(
+                StatusCode::NO_CONTENT,
+                api::CONTENT_TYPE_JSON,
+                full(Vec::new()),
+            ),
+            Err(e) => sched_error(e),
+        },
+    }
+}
+
+async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
+    debug_assert_eq!(req.method(), Method::POST);
+    let body = match http_body_util::Limited::new(req.into_body(), REQUEST_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "cannot read the request body ({e}): send at most {REQUEST_BYTES_MAX} bytes of JSON"
+                ),
+            );
+        }
+    };
+    let request: api::SubmitRequest = match api::decode("submit request", &body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: see proto/openapi.yaml"),
+            );
+        }
+    };
+    let spec = match request.validate() {
+        Ok(s) => s,
+        Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
+    };
+    match app.scheduler.submit(spec).await {
+        Ok(job) => match job_view(&app.store, job).await {
+            Ok(j) => json(StatusCode::CREATED, &j),
+            Err(e) => store_error(e),
+        },
+        Err(e) => sched_error(e),
+    }
+}
+
+async fn control(app: &App, id: JobId, action: Control) -> Response<Body> {
+    match app.scheduler.control(id, action).await {
+        Ok(Some(job)) => match job_view(&app.store, job).await {
+            Ok(j) => json(StatusCode::OK, &j),
+            Err(e) => store_error(e),
+        },
+        Ok(None) => respond(
+            StatusCode::NO_CONTENT,
+            api::CONTENT_TYPE_JSON,
+            full(Vec::new()),
+        ),
+        Err(e) => sched_error(e),
+    }
+}
+
+/// Parses `after=SEQ` and `follow=false` from the query string.
+fn follow_params(query: &str) -> Result<(u64, bool), String> {
+    let mut after = 0;
+    let mut follow = true;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after", v)) => {
+                after = v.parse().map_err(|_| {
+                    format!(
+                        "after={v} is not a sequence number: give the seq of the last event seen"
+                    )
+                })?
+            }
+            Some(("follow", "true")) => follow = true,
+            Some(("follow", "false")) => follow = false,
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?}: use after=SEQ and follow=true|false"
+                ));
+            }
+        }
+    }
+    Ok((after, follow))
+}
+
+fn to_event(r: EventRecord) -> Option<api::Event> {
+    match api::decode::<api::EventKind>("event", r.body.as_bytes()) {
+        Ok(kind) => Some(api::Event {
+            seq: r.seq,
+            job: r.job,
+            time_ms: r.time_ms,
+            kind,
+        }),
+        Err(e) => {
+            warn!(seq = r.seq, error = %e, "skipping an unreadable event");
+            None
+        }
+    }
+}
+
+/// Replays the job's persisted events after `after`, then follows live ones until the job ends.
+async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
+    let (after, follow) = match follow_params(query) {
+        Ok(p) => p,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    // Subscribe first, then read the log: an event committed in between is in one or the other.
+    let mut live = app.scheduler.subscribe();
+    let job = match app.store.job(id.clone()).await {
+        Ok(j) => j,
+        Err(e) => return store_error(e),
+    };
+    let past = match app.store.events_after(id.clone(), after).await {
+        Ok(p) => p,
+        Err(e) => return store_error(e),
+    };
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(FOLLOW_BUFFER_LINES);
+    tokio::spawn(async move {
+        let mut last = after;
+        let mut ended = past.is_empty() && job.state.is_final();
+        for ev in past.into_iter().filter_map(to_event) {
+            last = ev.seq;
+            ended = ev.kind.is_final();
+            if tx.send(api::encode_event_line(&ev)).await.is_err() {
+                return;
+            }
+        }
+        if ended || !follow {
+            return;
+        }
+        loop {
+            let batch = match live.recv().await {
+                Ok(ev) => vec![ev],
+                // Fell behind the broadcast: catch up from the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match app.store.events_after(id.clone(), last).await {
+                        Ok(rs) => rs.into_iter().filter_map(to_event).collect(),
+                        Err(_) => return,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            for ev in batch {
+                if ev.job != id || ev.seq <= last {
+                    continue;
+                }
+                last = ev.seq;
+                let end = ev.kind.is_final();
+                if tx.send(api::encode_event_line(&ev)).await.is_err() || end {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+    });
+    respond(
+        StatusCode::OK,
+        api::CONTENT_TYPE_NDJSON,
+        StreamBody::new(stream).boxed(),
+    )
+}

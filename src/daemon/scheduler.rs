@@ -1,0 +1,579 @@
+//! The scheduler: the one owner of scheduling state.
+//!
+//! An actor drains a bounded channel of [`Event`]s: requests from the API (submit, pause,
+//! resume, cancel, retry, delete), reports from job tasks (phase, progress, finished) and
+//! shutdown. Only this loop changes a job's state, always through the store first, then tells
+//! followers over a `broadcast` channel (late followers read the persisted event log). Job
+//! tasks run the [`JobBody`]; a `Semaphore` caps upload connections across all of them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::job::{JobBody, JobContext, JobError, JobOutput};
+use super::metrics::Counters;
+use crate::api::{self, EventKind, JobId, JobSpec, JobState};
+use crate::store::{JobRecord, Store, StoreError};
+
+/// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
+/// job tasks that report faster than the store commits).
+pub const SCHEDULER_QUEUE_MAX: usize = 1024;
+/// Events a slow follower may fall behind before it re-reads the log from the store.
+const BROADCAST_LAG_MAX: usize = 1024;
+
+/// A user's request to change a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
+    Delete,
+}
+
+/// Why the scheduler refused a request; the routes turn these into status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error("no job {0}: list jobs with `hoist ls`")]
+    NotFound(JobId),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("hoistd is shutting down: retry once it is back")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for SchedError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchJob(id) => SchedError::NotFound(id),
+            other => SchedError::Store(other),
+        }
+    }
+}
+
+/// Everything the scheduler reacts to.
+pub enum Event {
+    Submit {
+        spec: JobSpec,
+        reply: oneshot::Sender<Result<JobRecord, SchedError>>,
+    },
+    Control {
+        id: JobId,
+        action: Control,
+        reply: oneshot::Sender<Result<Option<JobRecord>, SchedError>>,
+    },
+    /// A job body announces a phase; the reply says whether it may go on.
+    Phase {
+        id: JobId,
+        generation: u64,
+        state: JobState,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    /// Blob progress, compression progress, blob done, retry: persisted and broadcast.
+    Progress {
+        id: JobId,
+        generation: u64,
+        kind: EventKind,
+    },
+    /// A job task ended.
+    Finished {
+        id: JobId,
+        generation: u64,
+        result: Result<JobOutput, JobError>,
+    },
+    /// Stop every job at a chunk boundary, wait for them, then end the loop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Settings of the scheduler.
+#[derive(Clone)]
+pub struct SchedulerConfig {
+    pub uploads_in_flight_max: usize,
+    pub jobs_running_max: usize,
+    pub spool_root: PathBuf,
+    pub body: Arc<dyn JobBody>,
+}
+
+/// The API side's handle: send requests, subscribe to events.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Event>,
+    events: broadcast::Sender<api::Event>,
+}
+
+impl SchedulerHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SchedError>>) -> Event,
+    ) -> Result<T, SchedError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| SchedError::ShuttingDown)?;
+        rx.await.map_err(|_| SchedError::ShuttingDown)?
+    }
+
+    pub async fn submit(&self, spec: JobSpec) -> Result<JobRecord, SchedError> {
+        self.ask(|reply| Event::Submit { spec, reply }).await
+    }
+
+    /// Applies `action`; returns the job afterwards (`None` after a delete).
+    pub async fn control(
+        &self,
+        id: JobId,
+        action: Control,
+    ) -> Result<Option<JobRecord>, SchedError> {
+        self.ask(|reply| Event::Control { id, action, reply }).await
+    }
+
+    /// Live events of all jobs from now on. Subscribe before reading the log, then skip
+    /// sequence numbers already seen, so nothing falls in between.
+    pub fn subscribe(&self) -> broadcast::Receiver<api::Event> {
+        self.events.subscribe()
+    }
+
+    /// Asks the scheduler to stop every job and waits until they stopped.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Running {
+    generation: u64,
+    stop: watch::Sender<bool>,
+}
+
+struct Scheduler {
+    config: SchedulerConfig,
+    store: Store,
+    counters: Arc<Counters>,
+    /// Given to job contexts; the loop itself never sends into its own channel.
+    tx: mpsc::Sender<Event>,
+    events: broadcast::Sender<api::Event>,
+    uploads: Arc<Semaphore>,
+    running: HashMap<JobId, Running>,
+    next_generation: u64,
+    /// Set once shutdown began: no job starts, and the reply is sent when `running` is empty.
+    shutdown: Option<Vec<oneshot::Sender<()>>>,
+}
+
+/// Starts the scheduler: jobs that were running when the daemon stopped go back to `queued`
+/// and start again by themselves.
+pub async fn start(
+    config: SchedulerConfig,
+    store: Store,
+    counters: Arc<Counters>,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let (tx, rx) = mpsc::channel(SCHEDULER_QUEUE_MAX);
+    let (events, _) = broadcast::channel(BROADCAST_LAG_MAX);
+    let mut sched = Scheduler {
+        uploads: Arc::new(Semaphore::new(config.uploads_in_flight_max.max(1))),
+        config,
+        store,
+        counters,
+        tx: tx.clone(),
+        events: events.clone(),
+        running: HashMap::new(),
+        next_generation: 1,
+        shutdown: None,
+    };
+    sched.recover().await?;
+    sched.start_queued().await;
+    let task = tokio::spawn(sched.run(rx));
+    Ok((SchedulerHandle { tx, events }, task))
+}
+
+impl Scheduler {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        while let Some(event) = rx.recv().await {
+            self.handle(event).await;
+            if let Some(waiters) = &mut self.shutdown
+                && self.running.is_empty()
+            {
+                for w in waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                break;
+            }
+        }
+        info!("scheduler stopped");
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit { spec, reply } => {
+                let _ = reply.send(self.submit(spec).await);
+            }
+            Event::Control { id, action, reply } => {
+                let _ = reply.send(self.control(id, action).await);
+            }
+            Event::Phase {
+                id,
+                generation,
+                state,
+                reply,
+            } => {
+                let _ = reply.send(self.phase(id, generation, state).await);
+            }
+            Event::Progress {
+                id,
+                generation,
+                kind,
+            } => {
+                if self.is_current(&id, generation) {
+                    self.emit(&id, kind).await;
+                }
+            }
+            Event::Finished {
+                id,
+                generation,
+                result,
+            } => self.finished(id, generation, result).await,
+            Event::Shutdown { reply } => {
+                info!(
+                    jobs = self.running.len(),
+                    "stopping jobs at a chunk boundary"
+                );
+                for run in self.running.values() {
+                    let _ = run.stop.send(true);
+                }
+                self.shutdown.get_or_insert_with(Vec::new).push(reply);
+            }
+        }
+    }
+
+    /// Jobs left running by a previous daemon go back to the queue.
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        for job in self.store.jobs().await? {
+            if job.state.is_running() {
+                info!(job = %job.id, was = %job.state, "resuming job left unfinished");
+                self.counters.add_resume();
+                self.set_state(
+                    &job.id,
+                    JobState::Queued,
+                    Some("resumed after a daemon restart".into()),
+                    None,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_current(&self, id: &JobId, generation: u64) -> bool {
+        self.running
+            .get(id)
+            .is_some_and(|r| r.generation == generation && !*r.stop.borrow())
+    }
+
+    /// Persists a state change with its event, then broadcasts the event.
+    async fn set_state(
+        &self,
+        id: &JobId,
+        state: JobState,
+        reason: Option<String>,
+        manifest_digest: Option<crate::digest::Digest>,
+    ) -> Result<(), StoreError> {
+        let kind = EventKind::State {
+            state,
+            reason: reason.clone(),
+            manifest_digest: manifest_digest.clone(),
+        };
+        let body = String::from_utf8(api::encode(&kind)).expect("JSON is UTF-8");
+        let (seq, time_ms) = self
+            .store
+            .set_state(id.clone(), state, reason, manifest_digest, body)
+            .await?;
+        // No receivers is fine: nobody follows this job right now.
+        let _ = self.events.send(api::Event {
+            seq,
+            job: id.clone(),
+            time_ms,
+            kind,
+        });
+        Ok(())
+    }
+
+    /// Persists and broadcasts a non-state event.
+    async fn emit(&self, id: &JobId, kind: EventKind) {
+        let body = String::from_utf8(api::encode(&kind)).expect("JSON is UTF-8");
+        match self.store.append_event(id.clone(), body).await {
+            Ok((seq, time_ms)) => {
+                let _ = self.events.send(api::Event {
+                    seq,
+                    job: id.clone(),
+                    time_ms,
+                    kind,
+                });
+            }
+            Err(e) => warn!(job = %id, error = %e, "cannot record an event"),
+        }
+    }
+
+    async fn submit(&mut self, spec: JobSpec) -> Result<JobRecord, SchedError> {
+        if self.shutdown.is_some() {
+            return Err(SchedError::ShuttingDown);
+        }
+        let id = JobId::random();
+        let kind = EventKind::State {
+            state: JobState::Queued,
+            reason: None,
+            manifest_digest: None,
+        };
+        let body = String::from_utf8(api::encode(&kind)).expect("JSON is UTF-8");
+        let (job, seq) = self.store.insert_job(id.clone(), spec, body).await?;
+        info!(job = %id, source = %job.spec.source, target = %job.spec.target, "job accepted");
+        let _ = self.events.send(api::Event {
+            seq,
+            job: id,
+            time_ms: job.created_ms,
+            kind,
+        });
+        self.start_queued().await;
+        Ok(job)
+    }
+
+    async fn control(
+        &mut self,
+        id: JobId,
+        action: Control,
+    ) -> Result<Option<JobRecord>, SchedError> {
+        let job = self.store.job(id.clone()).await?;
+        let state = job.state;
+        let conflict = |what: &str| {
+            Err(SchedError::Conflict(format!(
+                "job {id} is {state}: it cannot be {what} now"
+            )))
+        };
+        match action {
+            Control::Pause => {
+                if !matches!(
+                    state,
+                    JobState::Queued
+                        | JobState::Preparing
+                        | JobState::Uploading
+                        | JobState::Verifying
+                ) {
+                    return conflict("paused");
+                }
+                self.set_state(&id, JobState::Paused, None, None).await?;
+                self.stop(&id);
+            }
+            Control::Resume => {
+                if state != JobState::Paused {
+                    return conflict("resumed (only a paused job can)");
+                }
+                self.counters.add_resume();
+                self.set_state(&id, JobState::Queued, None, None).await?;
+                self.start_queued().await;
+            }
+            Control::Cancel => {
+                if state.is_final() {
+                    return conflict("cancelled");
+                }
+                self.set_state(
+                    &id,
+                    JobState::Cancelled,
+                    Some("cancelled by the user".into()),
+                    None,
+                )
+                .await?;
+                self.stop(&id);
+            }
+            Control::Retry => {
+                if !matches!(state, JobState::Failed | JobState::Cancelled) {
+                    return conflict("retried (only a failed or cancelled job can)");
+                }
+                self.set_state(&id, JobState::Queued, None, None).await?;
+                self.start_queued().await;
+            }
+            Control::Delete => {
+                if state.is_running() {
+                    return Err(SchedError::Conflict(format!(
+                        "job {id} is {state}: cancel it first with `hoist cancel {id}`"
+                    )));
+                }
+                self.stop(&id);
+                self.store.delete_job(id.clone()).await?;
+                let spool = self.config.spool_root.join(id.as_str());
+                if let Err(e) = std::fs::remove_dir_all(&spool)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(job = %id, error = %e, "cannot remove the job's spool directory");
+                }
+                info!(job = %id, "job deleted");
+                return Ok(None);
+            }
+        }
+        info!(job = %id, ?action, "job control applied");
+        Ok(Some(self.store.job(id).await?))
+    }
+
+    fn stop(&self, id: &JobId) {
+        if let Some(run) = self.running.get(id) {
+            let _ = run.stop.send(true);
+        }
+    }
+
+    async fn phase(&mut self, id: JobId, generation: u64, state: JobState) -> Result<(), JobError> {
+        if !self.is_current(&id, generation) {
+            return Err(JobError::Stopped);
+        }
+        let current = match self.store.job(id.clone()).await {
+            Ok(job) => job.state,
+            Err(_) => return Err(JobError::Stopped),
+        };
+        let order = |s: JobState| {
+            [
+                JobState::Preparing,
+                JobState::Uploading,
+                JobState::Verifying,
+                JobState::Committing,
+                JobState::Verified,
+            ]
+            .iter()
+            .position(|x| *x == s)
+        };
+        match (order(current), order(state)) {
+            (Some(from), Some(to)) if to >= from => {}
+            _ => {
+                return Err(JobError::failed(format!(
+                    "internal error: a job cannot go from {current} to {state}: report this as a bug"
+                )));
+            }
+        }
+        if current != state {
+            self.set_state(&id, state, None, None)
+                .await
+                .map_err(|e| JobError::failed(format!("cannot record the job's state: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn finished(&mut self, id: JobId, generation: u64, result: Result<JobOutput, JobError>) {
+        if self
+            .running
+            .get(&id)
+            .is_some_and(|r| r.generation == generation)
+        {
+            self.running.remove(&id);
+            self.counters.set_jobs_running(self.running.len() as u64);
+        }
+        let job = match self.store.job(id.clone()).await {
+            Ok(job) => job,
+            // Deleted while it stopped: nothing to record.
+            Err(_) => return self.start_queued().await,
+        };
+        let shutting_down = self.shutdown.is_some();
+        let outcome = match (&result, job.state) {
+            // A push that completed is reported even when a pause raced with it.
+            (Ok(out), s) if s.is_running() || s == JobState::Paused => {
+                Some((JobState::Done, None, Some(out.manifest_digest.clone())))
+            }
+            (Err(JobError::Failed { reason }), s) if s.is_running() => {
+                Some((JobState::Failed, Some(reason.clone()), None))
+            }
+            // Stopped for shutdown: the state stays, and the next daemon resumes the job.
+            (Err(JobError::Stopped), s) if s.is_running() && !shutting_down => Some((
+                JobState::Failed,
+                Some("the job stopped without being asked to: retry it with `hoist retry`".into()),
+                None,
+            )),
+            _ => None,
+        };
+        if let Some((state, reason, digest)) = outcome {
+            match &reason {
+                Some(r) => warn!(job = %id, reason = %r, "job failed"),
+                None => info!(job = %id, %state, "job finished"),
+            }
+            if let Err(e) = self.set_state(&id, state, reason, digest).await {
+                warn!(job = %id, error = %e, "cannot record the job's end");
+            }
+        }
+        self.start_queued().await;
+    }
+
+    /// Starts queued jobs, oldest first, up to `jobs_running_max` running at once.
+    async fn start_queued(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let jobs = match self.store.jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => return warn!(error = %e, "cannot list jobs to start"),
+        };
+        for job in jobs {
+            if self.running.len() >= self.config.jobs_running_max.max(1) {
+                break;
+            }
+            // A job whose previous run is still stopping starts when that run has ended.
+            if job.state != JobState::Queued || self.running.contains_key(&job.id) {
+                continue;
+            }
+            if let Err(e) = self.launch(job).await {
+                warn!(error = %e, "cannot start a job");
+            }
+        }
+    }
+
+    async fn launch(&mut self, job: JobRecord) -> Result<(), StoreError> {
+        let id = job.id.clone();
+        let spool_dir = self.config.spool_root.join(id.as_str());
+        if let Err(e) = std::fs::create_dir_all(&spool_dir) {
+            let reason = format!(
+                "cannot create the spool directory {}: {e}: check the state directory",
+                spool_dir.display()
+            );
+            return self
+                .set_state(&id, JobState::Failed, Some(reason), None)
+                .await;
+        }
+        self.set_state(&id, JobState::Preparing, None, None).await?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = JobContext {
+            id: id.clone(),
+            spec: job.spec,
+            generation,
+            spool_dir,
+            store: self.store.clone(),
+            scheduler: self.tx.clone(),
+            uploads: self.uploads.clone(),
+            stop: stop_rx,
+            counters: self.counters.clone(),
+        };
+        let body = self.config.body.run(ctx);
+        let tx = self.tx.clone();
+        let task_id = id.clone();
+        tokio::spawn(async move {
+            // The body runs in its own task so that a panic becomes a failed job.
+            let result = match tokio::spawn(body).await {
+                Ok(result) => result,
+                Err(e) => Err(JobError::failed(format!(
+                    "internal error: the job task ended abnormally ({e}): retry it, and report this as a bug"
+                ))),
+            };
+            let _ = tx
+                .send(Event::Finished {
+                    id: task_id,
+                    generation,
+                    result,
+                })
+                .await;
+        });
+        info!(job = %id, generation, "job started");
+        self.running.insert(id, Running { generation, stop });
+        self.counters.set_jobs_running(self.running.len() as u64);
+        Ok(())
+    }
+}

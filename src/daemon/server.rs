@@ -1,0 +1,103 @@
+//! The socket server: accepts connections, refuses peers of another uid, serves HTTP/1.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::routes::{self, App};
+
+/// How long open connections (event followers) may take to finish after shutdown began.
+const CONNECTION_DRAIN_MS_MAX: u64 = 2_000;
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// Serves `listener` until `shutdown` turns true, then lets open connections finish (bounded).
+pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let daemon_uid = rustix::process::getuid().as_raw();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let allowed = peer_allowed(&stream, daemon_uid);
+                    conns.spawn(serve_connection(stream, app.clone(), allowed, shutdown.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            () = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_millis(CONNECTION_DRAIN_MS_MAX), drain)
+        .await
+        .is_err()
+    {
+        debug!("closing connections that did not finish in time");
+        conns.abort_all();
+    }
+}
+
+/// The peer must run as the daemon's uid. Without credentials it is refused.
+fn peer_allowed(stream: &UnixStream, daemon_uid: u32) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == daemon_uid => true,
+        Ok(cred) => {
+            warn!(peer_uid = cred.uid(), peer_pid = ?cred.pid(), daemon_uid, "refused a connection from another user");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "refused a connection whose peer credentials cannot be read");
+            false
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    app: Arc<App>,
+    allowed: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move {
+            if allowed {
+                Ok::<_, std::convert::Infallible>(routes::handle(app, req).await)
+            } else {
+                Ok(routes::refused())
+            }
+        }
+    });
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once shutdown began (or the sender is gone). Drops the watch guard before
+/// returning, so nothing borrowed is held across later awaits.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

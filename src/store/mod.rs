@@ -1,0 +1,339 @@
+//! The daemon's durable state in SQLite: jobs, their blobs, upload cursors, compression
+//! progress and the event log.
+//!
+//! **Architecture Invariant:** this is the only module that contains SQL.
+//!
+//! # Threads
+//! One thread owns the only [`rusqlite::Connection`] and runs every statement, in arrival order.
+//! Async callers send it a closure over a bounded channel and await a oneshot reply, so blocking
+//! I/O (and `fsync`) never runs on the async runtime, and no lock is held across an `.await`.
+//! One connection also means one writer: SQLite never answers `SQLITE_BUSY` to ourselves.
+//! Reads go through the same thread; at a few jobs and a few events per chunk that is plenty.
+//!
+//! # Durability
+//! The database is in WAL mode. Each write picks its `synchronous` level (see [`Durability`]):
+//! what the user was promised (an accepted job, a finished push) survives power loss; progress
+//! may lag behind by a few records after a crash, which costs only re-sent bytes, because the
+//! registry is asked for the real offset on resume.
+
+mod ops;
+mod schema;
+
+use std::path::Path;
+use std::thread;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{BlobAction, BlobState, JobId, JobSpec, JobState};
+use crate::digest::Digest;
+
+pub use ops::now_ms;
+
+/// Requests that may wait for the store thread; senders wait (asynchronously) beyond this.
+const STORE_QUEUE_MAX: usize = 256;
+/// How long a statement waits on a lock held by another process (e.g. `sqlite3` by hand).
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Errors of the store. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the state database has schema version {found}, newer than {supported} which this hoistd knows: run a newer hoistd or use another --state-dir"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error(
+        "the state database holds a bad value ({0}): run `hoistd` with a fresh --state-dir or delete the job"
+    )]
+    Corrupt(String),
+    #[error("the state database failed its integrity check: {0}")]
+    Integrity(String),
+    #[error("no job {0}: list jobs with `hoist ls`")]
+    NoSuchJob(JobId),
+    #[error("the store thread has stopped: restart hoistd")]
+    Closed,
+}
+
+/// How hard a write insists on reaching the disk. In WAL mode:
+/// - `Full`: the WAL is fsynced at commit; the write survives power loss.
+/// - `Normal`: the WAL is fsynced only at checkpoints; a power loss may drop the newest
+///   commits (never corrupt the database). A process crash loses nothing either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Full,
+    Normal,
+}
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub manifest_digest: Option<Digest>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A blob of a job's plan, as the planner hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBlob {
+    pub digest: Digest,
+    pub size_bytes: u64,
+    pub media_type: String,
+    pub action: BlobAction,
+}
+
+/// Where a resumable upload stands: the registry's session URL and the offset it acknowledged.
+/// The URL is the registry's upload location (it may carry the registry's own upload state,
+/// never our credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorRecord {
+    pub session_url: String,
+    pub offset_bytes: u64,
+}
+
+/// A blob row with its cursor and compression progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub digest: Digest,
+    pub size_bytes: u64,
+    pub media_type: String,
+    pub action: BlobAction,
+    pub state: BlobState,
+    pub cursor: Option<CursorRecord>,
+    pub chunks_done: u64,
+    pub compressed_bytes: u64,
+}
+
+/// A persisted event: its sequence number, job, time and body (the `api::EventKind` JSON,
+/// opaque to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub job: JobId,
+    pub time_ms: u64,
+    pub body: String,
+}
+
+type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A cheap, cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct Store {
+    calls: mpsc::Sender<Call>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/hoist.db`, migrates it and starts the store thread.
+    /// Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let conn = open_connection(&dir.join("hoist.db"))?;
+        let (calls, mut rx) = mpsc::channel::<Call>(STORE_QUEUE_MAX);
+        thread::Builder::new()
+            .name("hoist-store".into())
+            .spawn(move || {
+                let mut conn = conn;
+                // Ends when every Store handle is dropped; pending calls run first.
+                while let Some(call) = rx.blocking_recv() {
+                    call(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+        Ok(Store { calls })
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |conn| {
+            // The caller may have gone away (e.g. a closed HTTP connection): nothing to do then.
+            let _ = tx.send(f(conn));
+        });
+        self.calls
+            .send(call)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a new job in state `queued`, with its first event. `Full`: once the client is
+    /// told the job ID, the job must survive a power loss.
+    pub async fn insert_job(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        event_body: String,
+    ) -> Result<(JobRecord, u64), StoreError> {
+        self.call(move |c| ops::insert_job(c, &id, &spec, &event_body))
+            .await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobRecord, StoreError> {
+        self.call(move |c| ops::job(c, &id)).await
+    }
+
+    /// Every job, oldest first.
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.call(ops::jobs).await
+    }
+
+    /// Moves a job to `state` and appends the state event, in one transaction; returns the
+    /// event's sequence number. `Full` for transitions a user relies on (done, committing,
+    /// failed, cancelled, paused), `Normal` for the rest: see [`state_durability`].
+    pub async fn set_state(
+        &self,
+        id: JobId,
+        state: JobState,
+        reason: Option<String>,
+        manifest_digest: Option<Digest>,
+        event_body: String,
+    ) -> Result<(u64, u64), StoreError> {
+        self.call(move |c| {
+            ops::set_state(
+                c,
+                &id,
+                state,
+                reason.as_deref(),
+                manifest_digest.as_ref(),
+                &event_body,
+            )
+        })
+        .await
+    }
+
+    /// Deletes a job with its blobs, cursors, progress and events.
+    pub async fn delete_job(&self, id: JobId) -> Result<(), StoreError> {
+        self.call(move |c| ops::delete_job(c, &id)).await
+    }
+
+    /// Records the push plan. Blobs already recorded keep their state and cursor (a resumed
+    /// job plans again and must not lose progress); blobs no longer planned are dropped.
+    pub async fn put_blobs(&self, id: JobId, blobs: Vec<NewBlob>) -> Result<(), StoreError> {
+        self.call(move |c| ops::put_blobs(c, &id, &blobs)).await
+    }
+
+    pub async fn blobs(&self, id: JobId) -> Result<Vec<BlobRecord>, StoreError> {
+        self.call(move |c| ops::blobs(c, &id)).await
+    }
+
+    /// Sets one blob's state (`Normal`: the registry is asked again on resume).
+    pub async fn set_blob_state(
+        &self,
+        id: JobId,
+        digest: Digest,
+        state: BlobState,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::set_blob_state(c, &id, &digest, state))
+            .await
+    }
+
+    /// Saves the upload cursor. `Normal`: a cursor that lags after a power loss costs one
+    /// re-sent chunk, since the registry reports the real offset when the upload resumes.
+    /// Returns once the row is committed, so callers send the next chunk only after that.
+    pub async fn save_cursor(
+        &self,
+        id: JobId,
+        digest: Digest,
+        cursor: CursorRecord,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::save_cursor(c, &id, &digest, &cursor))
+            .await
+    }
+
+    /// Forgets a blob's cursor (the session expired or the blob is finished).
+    pub async fn clear_cursor(&self, id: JobId, digest: Digest) -> Result<(), StoreError> {
+        self.call(move |c| ops::clear_cursor(c, &id, &digest)).await
+    }
+
+    /// Saves compression progress (`Normal`: the spool is checked again on resume).
+    pub async fn save_compress_progress(
+        &self,
+        id: JobId,
+        digest: Digest,
+        chunks_done: u64,
+        bytes_done: u64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::save_compress_progress(c, &id, &digest, chunks_done, bytes_done))
+            .await
+    }
+
+    /// Appends an event (`Normal`: events are a log for people, not a promise); returns its
+    /// sequence number.
+    pub async fn append_event(&self, id: JobId, body: String) -> Result<(u64, u64), StoreError> {
+        self.call(move |c| ops::append_event(c, &id, &body)).await
+    }
+
+    /// Events of a job with `seq > after`, oldest first.
+    pub async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.call(move |c| ops::events_after(c, &id, after)).await
+    }
+
+    /// Number of jobs per state.
+    pub async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.call(ops::count_by_state).await
+    }
+
+    /// `PRAGMA integrity_check` and `foreign_key_check`: `Ok` only when both find nothing.
+    pub async fn integrity_check(&self) -> Result<(), StoreError> {
+        self.call(ops::integrity_check).await
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.call(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+    }
+}
+
+/// Which `synchronous` level a transition to `state` is written with.
+pub fn state_durability(state: JobState) -> Durability {
+    match state {
+        // A user (or script) acts on these: the push finished, or it will never go on by
+        // itself. Committing is recorded before the manifest PUT, so a restart re-verifies
+        // instead of re-planning.
+        JobState::Committing
+        | JobState::Verified
+        | JobState::Done
+        | JobState::Failed
+        | JobState::Cancelled
+        | JobState::Paused => Durability::Full,
+        // Losing one of these after a power loss re-runs a step that is idempotent anyway.
+        JobState::Queued | JobState::Preparing | JobState::Uploading | JobState::Verifying => {
+            Durability::Normal
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // WAL: readers never block the writer, and a commit is one sequential append.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "journal_mode is {mode}, WAL expected"
+        )));
+    }
+    // The default for every write; writes that must survive power loss raise it (Durability).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Cascading deletes and referential checks are part of the schema's meaning.
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let mut conn = conn;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests;

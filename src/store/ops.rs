@@ -1,0 +1,469 @@
+//! The SQL itself: synchronous functions over a connection, run only on the store thread.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{
+    BlobRecord, CursorRecord, Durability, EventRecord, JobRecord, NewBlob, StoreError,
+    state_durability,
+};
+use crate::api::{BlobState, JobId, JobSpec, JobState};
+use crate::digest::Digest;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs `f` in a transaction committed with `durability`, then returns to `NORMAL`.
+fn with_tx<T>(
+    conn: &mut Connection,
+    durability: Durability,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if durability == Durability::Full {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    let result = (|| {
+        let tx = conn.transaction()?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    })();
+    if durability == Durability::Full {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    result
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn u64_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    Ok(v.max(0) as u64)
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const JOB_COLUMNS: &str = "id, spec, state, reason, manifest_digest, created_ms, updated_ms";
+
+type RawJob = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    u64,
+    u64,
+);
+
+fn raw_job(row: &Row<'_>) -> rusqlite::Result<RawJob> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        u64_col(row, 5)?,
+        u64_col(row, 6)?,
+    ))
+}
+
+/// Parses a row read back: every value is checked again, as it was before writing.
+fn job_of(raw: RawJob) -> Result<JobRecord, StoreError> {
+    let (id, spec, state, reason, manifest, created_ms, updated_ms) = raw;
+    Ok(JobRecord {
+        id: id.parse().map_err(|e| corrupt("job id", e))?,
+        spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt("job spec", e))?,
+        state: state.parse().map_err(|e| corrupt("job state", e))?,
+        reason,
+        manifest_digest: manifest
+            .map(|m| Digest::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt("manifest digest", e))?,
+        created_ms,
+        updated_ms,
+    })
+}
+
+pub(super) fn insert_job(
+    conn: &mut Connection,
+    id: &JobId,
+    spec: &JobSpec,
+    event_body: &str,
+) -> Result<(JobRecord, u64), StoreError> {
+    let now = now_ms();
+    let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
+    // Full: the client is about to be told the job's ID; the job must exist after a power loss.
+    with_tx(conn, Durability::Full, |tx| {
+        tx.execute(
+            "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![
+                id.as_str(),
+                spec.source,
+                spec.target,
+                spec_json,
+                JobState::Queued.as_str(),
+                i64_of(now)
+            ],
+        )?;
+        let seq = insert_event(tx, id, now, event_body)?;
+        Ok(seq)
+    })
+    .map(|seq| {
+        (
+            JobRecord {
+                id: id.clone(),
+                spec: spec.clone(),
+                state: JobState::Queued,
+                reason: None,
+                manifest_digest: None,
+                created_ms: now,
+                updated_ms: now,
+            },
+            seq,
+        )
+    })
+}
+
+pub(super) fn job(conn: &mut Connection, id: &JobId) -> Result<JobRecord, StoreError> {
+    let raw = conn
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id.as_str()],
+            raw_job,
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchJob(id.clone()))?;
+    job_of(raw)
+}
+
+pub(super) fn jobs(conn: &mut Connection) -> Result<Vec<JobRecord>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_ms, id"
+    ))?;
+    let raws = stmt
+        .query_map([], raw_job)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(job_of).collect()
+}
+
+pub(super) fn set_state(
+    conn: &mut Connection,
+    id: &JobId,
+    state: JobState,
+    reason: Option<&str>,
+    manifest_digest: Option<&Digest>,
+    event_body: &str,
+) -> Result<(u64, u64), StoreError> {
+    let now = now_ms();
+    with_tx(conn, state_durability(state), |tx| {
+        let n = tx.execute(
+            "UPDATE jobs SET state = ?2, reason = ?3,
+                 manifest_digest = COALESCE(?4, manifest_digest), updated_ms = ?5
+             WHERE id = ?1",
+            params![
+                id.as_str(),
+                state.as_str(),
+                reason,
+                manifest_digest.map(|d| d.to_string()),
+                i64_of(now)
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchJob(id.clone()));
+        }
+        Ok((insert_event(tx, id, now, event_body)?, now))
+    })
+}
+
+pub(super) fn delete_job(conn: &mut Connection, id: &JobId) -> Result<(), StoreError> {
+    // Full: a deleted job must not come back after a power loss and run again.
+    with_tx(conn, Durability::Full, |tx| {
+        let n = tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchJob(id.clone()));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn put_blobs(
+    conn: &mut Connection,
+    id: &JobId,
+    blobs: &[NewBlob],
+) -> Result<(), StoreError> {
+    // Normal: a lost plan is made again from the source on resume.
+    with_tx(conn, Durability::Normal, |tx| {
+        let keep: Vec<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
+        {
+            let mut existing = tx.prepare("SELECT digest FROM blobs WHERE job_id = ?1")?;
+            let old = existing
+                .query_map([id.as_str()], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for digest in old.iter().filter(|d| !keep.contains(d)) {
+                tx.execute(
+                    "DELETE FROM blobs WHERE job_id = ?1 AND digest = ?2",
+                    params![id.as_str(), digest],
+                )?;
+            }
+        }
+        for (position, blob) in blobs.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO blobs (job_id, digest, position, size_bytes, media_type, action, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (job_id, digest) DO UPDATE SET
+                     position = excluded.position, size_bytes = excluded.size_bytes,
+                     media_type = excluded.media_type, action = excluded.action",
+                params![
+                    id.as_str(),
+                    blob.digest.to_string(),
+                    position as i64,
+                    i64_of(blob.size_bytes),
+                    blob.media_type,
+                    blob.action.as_str(),
+                    BlobState::Pending.as_str()
+                ],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn blobs(conn: &mut Connection, id: &JobId) -> Result<Vec<BlobRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT b.digest, b.size_bytes, b.media_type, b.action, b.state,
+                c.session_url, c.offset_bytes, p.chunks_done, p.bytes_done
+         FROM blobs b
+         LEFT JOIN upload_cursors c ON c.job_id = b.job_id AND c.digest = b.digest
+         LEFT JOIN compress_progress p ON p.job_id = b.job_id AND p.digest = b.digest
+         WHERE b.job_id = ?1 ORDER BY b.position",
+    )?;
+    type RawBlob = (
+        String,
+        u64,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let raws = stmt
+        .query_map([id.as_str()], |r| -> rusqlite::Result<RawBlob> {
+            Ok((
+                r.get(0)?,
+                u64_col(r, 1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter()
+        .map(
+            |(digest, size, media_type, action, state, url, offset, chunks, bytes)| {
+                Ok(BlobRecord {
+                    digest: Digest::parse(&digest).map_err(|e| corrupt("blob digest", e))?,
+                    size_bytes: size,
+                    media_type,
+                    action: action.parse().map_err(|e| corrupt("blob action", e))?,
+                    state: state.parse().map_err(|e| corrupt("blob state", e))?,
+                    cursor: match (url, offset) {
+                        (Some(session_url), Some(offset)) => Some(CursorRecord {
+                            session_url,
+                            offset_bytes: offset.max(0) as u64,
+                        }),
+                        _ => None,
+                    },
+                    chunks_done: chunks.unwrap_or(0).max(0) as u64,
+                    compressed_bytes: bytes.unwrap_or(0).max(0) as u64,
+                })
+            },
+        )
+        .collect()
+}
+
+fn blob_exists(tx: &Transaction<'_>, id: &JobId, digest: &Digest) -> Result<(), StoreError> {
+    let found: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM blobs WHERE job_id = ?1 AND digest = ?2",
+            params![id.as_str(), digest.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| StoreError::Corrupt(format!("job {id} has no blob {digest} in its plan")))
+}
+
+pub(super) fn set_blob_state(
+    conn: &mut Connection,
+    id: &JobId,
+    digest: &Digest,
+    state: BlobState,
+) -> Result<(), StoreError> {
+    with_tx(conn, Durability::Normal, |tx| {
+        blob_exists(tx, id, digest)?;
+        tx.execute(
+            "UPDATE blobs SET state = ?3 WHERE job_id = ?1 AND digest = ?2",
+            params![id.as_str(), digest.to_string(), state.as_str()],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn save_cursor(
+    conn: &mut Connection,
+    id: &JobId,
+    digest: &Digest,
+    cursor: &CursorRecord,
+) -> Result<(), StoreError> {
+    // Normal: see Store::save_cursor. Committed before the next chunk is sent.
+    with_tx(conn, Durability::Normal, |tx| {
+        blob_exists(tx, id, digest)?;
+        tx.execute(
+            "INSERT INTO upload_cursors (job_id, digest, session_url, offset_bytes, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_id, digest) DO UPDATE SET session_url = excluded.session_url,
+                 offset_bytes = excluded.offset_bytes, updated_ms = excluded.updated_ms",
+            params![
+                id.as_str(),
+                digest.to_string(),
+                cursor.session_url,
+                i64_of(cursor.offset_bytes),
+                i64_of(now_ms())
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn clear_cursor(
+    conn: &mut Connection,
+    id: &JobId,
+    digest: &Digest,
+) -> Result<(), StoreError> {
+    with_tx(conn, Durability::Normal, |tx| {
+        tx.execute(
+            "DELETE FROM upload_cursors WHERE job_id = ?1 AND digest = ?2",
+            params![id.as_str(), digest.to_string()],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn save_compress_progress(
+    conn: &mut Connection,
+    id: &JobId,
+    digest: &Digest,
+    chunks_done: u64,
+    bytes_done: u64,
+) -> Result<(), StoreError> {
+    with_tx(conn, Durability::Normal, |tx| {
+        blob_exists(tx, id, digest)?;
+        tx.execute(
+            "INSERT INTO compress_progress (job_id, digest, chunks_done, bytes_done)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (job_id, digest) DO UPDATE SET chunks_done = excluded.chunks_done,
+                 bytes_done = excluded.bytes_done",
+            params![
+                id.as_str(),
+                digest.to_string(),
+                i64_of(chunks_done),
+                i64_of(bytes_done)
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+fn insert_event(
+    tx: &Transaction<'_>,
+    id: &JobId,
+    time_ms: u64,
+    body: &str,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO events (job_id, time_ms, body) VALUES (?1, ?2, ?3)",
+        params![id.as_str(), i64_of(time_ms), body],
+    )?;
+    Ok(tx.last_insert_rowid().max(0) as u64)
+}
+
+pub(super) fn append_event(
+    conn: &mut Connection,
+    id: &JobId,
+    body: &str,
+) -> Result<(u64, u64), StoreError> {
+    let now = now_ms();
+    // Normal: events are a log for people; the job's state row is what matters.
+    with_tx(conn, Durability::Normal, |tx| {
+        Ok((insert_event(tx, id, now, body)?, now))
+    })
+}
+
+pub(super) fn events_after(
+    conn: &mut Connection,
+    id: &JobId,
+    after: u64,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, time_ms, body FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map(params![id.as_str(), i64_of(after)], |r| {
+            Ok(EventRecord {
+                seq: u64_col(r, 0)?,
+                job: id.clone(),
+                time_ms: u64_col(r, 1)?,
+                body: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn count_by_state(conn: &mut Connection) -> Result<Vec<(JobState, u64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+    let raws = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, u64_col(r, 1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter()
+        .map(|(s, n)| Ok((s.parse().map_err(|e| corrupt("job state", e))?, n)))
+        .collect()
+}
+
+pub(super) fn integrity_check(conn: &mut Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if lines != ["ok"] {
+        return Err(StoreError::Integrity(lines.join("; ")));
+    }
+    let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+    let broken = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if !broken.is_empty() {
+        return Err(StoreError::Integrity(format!(
+            "rows with dangling references in {}",
+            broken.join(", ")
+        )));
+    }
+    Ok(())
+}

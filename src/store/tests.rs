@@ -1,0 +1,183 @@
+use super::*;
+use crate::api::{BlobAction, Compression, JobOptions};
+use crate::platform::Platform;
+
+fn spec() -> JobSpec {
+    JobSpec {
+        source: "docker-archive:/tmp/a.tar".into(),
+        target: "127.0.0.1:5000/a:1".into(),
+        platform: Platform::linux_amd64(),
+        compression: Compression::Zstd,
+        chunk_size_bytes: crate::api::CHUNK_BYTES_DEFAULT,
+        options: JobOptions::default(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn migrates_fresh_and_reopens_and_refuses_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            schema::latest_version()
+        );
+        store.integrity_check().await.unwrap();
+    });
+    // Reopening runs no migration twice (it would fail on CREATE TABLE).
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            schema::latest_version()
+        );
+    });
+    let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+    conn.pragma_update(None, "user_version", schema::latest_version() + 1)
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::TooNew { .. })
+    ));
+}
+
+#[test]
+fn migrates_from_every_older_version() {
+    // A database left at version 0 (empty file) reaches the latest version with WAL on.
+    let dir = tempfile::tempdir().unwrap();
+    Connection::open(dir.path().join("hoist.db")).unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1);
+    });
+    let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn jobs_blobs_cursors_events_round_trip_and_cascade() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let id = JobId::random();
+        let (job, seq1) = store
+            .insert_job(id.clone(), spec(), "{\"a\":1}".into())
+            .await
+            .unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(store.job(id.clone()).await.unwrap(), job);
+
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        let blob = |d: &Digest| NewBlob {
+            digest: d.clone(),
+            size_bytes: 10,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            action: BlobAction::Compress,
+        };
+        store
+            .put_blobs(id.clone(), vec![blob(&a), blob(&b)])
+            .await
+            .unwrap();
+        let cursor = CursorRecord {
+            session_url: "http://r/v2/a/blobs/uploads/x".into(),
+            offset_bytes: 5,
+        };
+        store
+            .save_cursor(id.clone(), a.clone(), cursor.clone())
+            .await
+            .unwrap();
+        store
+            .save_compress_progress(id.clone(), a.clone(), 2, 7)
+            .await
+            .unwrap();
+        store
+            .set_blob_state(id.clone(), b.clone(), BlobState::Existed)
+            .await
+            .unwrap();
+        // Planning again keeps progress of blobs still planned and drops the others.
+        store.put_blobs(id.clone(), vec![blob(&a)]).await.unwrap();
+        let blobs = store.blobs(id.clone()).await.unwrap();
+        assert_eq!(blobs.len(), 1);
+        assert_eq!(blobs[0].cursor, Some(cursor.clone()));
+        assert_eq!((blobs[0].chunks_done, blobs[0].compressed_bytes), (2, 7));
+        // A cursor for a blob outside the plan is refused, not stored.
+        assert!(
+            store
+                .save_cursor(id.clone(), b.clone(), cursor)
+                .await
+                .is_err()
+        );
+
+        let digest = Digest::sha256_of(b"manifest");
+        let (seq2, _) = store
+            .set_state(
+                id.clone(),
+                JobState::Done,
+                None,
+                Some(digest.clone()),
+                "{}".into(),
+            )
+            .await
+            .unwrap();
+        assert!(seq2 > seq1);
+        let job = store.job(id.clone()).await.unwrap();
+        assert_eq!(
+            (job.state, job.manifest_digest),
+            (JobState::Done, Some(digest))
+        );
+        let events = store.events_after(id.clone(), 0).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![seq1, seq2]
+        );
+        assert_eq!(store.events_after(id.clone(), seq1).await.unwrap().len(), 1);
+        assert_eq!(
+            store.count_by_state().await.unwrap(),
+            vec![(JobState::Done, 1)]
+        );
+
+        store.delete_job(id.clone()).await.unwrap();
+        assert!(matches!(
+            store.job(id.clone()).await,
+            Err(StoreError::NoSuchJob(_))
+        ));
+        assert!(store.blobs(id.clone()).await.unwrap().is_empty());
+        assert!(store.events_after(id.clone(), 0).await.unwrap().is_empty());
+        store.integrity_check().await.unwrap();
+    });
+}
+
+#[test]
+fn integrity_check_finds_dangling_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store.integrity_check().await.unwrap();
+    });
+    // Write a dangling event behind the store's back, with foreign keys off.
+    let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+    conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+    conn.execute(
+        "INSERT INTO events (job_id, time_ms, body) VALUES ('jffffffffffffffff', 0, '{}')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.integrity_check().await.unwrap_err();
+        assert!(err.to_string().contains("events"), "{err}");
+    });
+}
