@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, env = "HOIST_JOBS_MAX", default_value_t = daemon::JOBS_RUNNING_MAX_DEFAULT)]
     jobs_max: usize,
     /// Run even as root (a per-user daemon should not; containers sometimes must).
-    #[arg(long)]
+    #[arg(long, env = "HOIST_ALLOW_ROOT")]
     allow_root: bool,
 }
 

@@ -1,0 +1,441 @@
+//! The socket API, driven through the socket: route/document parity, the job life cycle,
+//! controls, events, metrics and error bodies.
+mod daemon_support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use daemon_support::*;
+use hoist::api::{self, EventKind, JobState};
+use hoist::cli::client::ClientError;
+use hoist::daemon::Config;
+use hoist::daemon::job::NOT_WIRED_REASON;
+use http::{Method, StatusCode};
+
+/// `(METHOD, path)` pairs of `proto/openapi.yaml`: path keys at indent 2 under `paths:`,
+/// method keys at indent 4 below them.
+fn document_routes() -> BTreeSet<(String, String)> {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/openapi.yaml"))
+        .unwrap();
+    let mut routes = BTreeSet::new();
+    let mut in_paths = false;
+    let mut path = None::<String>;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            in_paths = line.trim_end() == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /") {
+            path = Some(format!("/{}", p.trim_end().trim_end_matches(':')));
+        } else if let Some(m) = line.strip_prefix("    ")
+            && !m.starts_with(' ')
+        {
+            let key = m.trim_end().trim_end_matches(':');
+            if ["get", "post", "put", "patch", "delete", "head", "options"].contains(&key) {
+                routes.insert((
+                    key.to_uppercase(),
+                    path.clone().expect("method before any path"),
+                ));
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+fn route_table_and_openapi_document_agree() {
+    let code: BTreeSet<(String, String)> = api::ROUTES
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    let doc = document_routes();
+    assert!(!doc.is_empty(), "no routes parsed from proto/openapi.yaml");
+    let missing_in_doc: Vec<_> = code.difference(&doc).collect();
+    let missing_in_code: Vec<_> = doc.difference(&code).collect();
+    assert!(
+        missing_in_doc.is_empty() && missing_in_code.is_empty(),
+        "routes in code but not in proto/openapi.yaml: {missing_in_doc:?}; in the document but not in code: {missing_in_code:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_in_the_table_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(1, 1)));
+    let client = daemon.client();
+    let id = api::JobId::random();
+    for route in api::ROUTES {
+        let path = route.path.replace("{id}", id.as_str());
+        let method: Method = route.method.parse().unwrap();
+        let body = (route.method == "POST" && !path.contains(id.as_str())).then(|| b"{}".to_vec());
+        let err = client.call(method, &path, body).await.err();
+        // Served means: not "no such endpoint" and not "method not allowed".
+        if let Some(ClientError::Api { status, message }) = &err {
+            assert!(
+                *status != StatusCode::METHOD_NOT_ALLOWED && !message.contains("no such endpoint"),
+                "{} {} is in the route table but not served: {status} {message}",
+                route.method,
+                route.path
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_to_done_with_events_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = Scripted::new(5, 10);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));
+    let client = daemon.client();
+    let job = client
+        .submit(&submit_request("docker-archive:/x.tar"))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.spec.chunk_size_bytes, api::CHUNK_BYTES_DEFAULT);
+
+    // Follow live: the stream ends by itself after the final event.
+    let mut stream = client.events(&job.id, 0, true).await.unwrap();
+    let mut events = Vec::new();
+    let collect = async {
+        while let Some(ev) = stream.next().await {
+            events.push(ev.unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), collect)
+        .await
+        .expect("the event stream ended by itself");
+    let states: Vec<JobState> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::State { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    use JobState::*;
+    assert_eq!(
+        states,
+        vec![
+            Queued, Preparing, Uploading, Verifying, Committing, Verified, Done
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq not increasing: {seqs:?}"
+    );
+    let offsets: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Progress { offset_bytes, .. } => Some(*offset_bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, (0..=5).map(|i| i * CHUNK).collect::<Vec<_>>());
+    match &events.last().unwrap().kind {
+        EventKind::State {
+            manifest_digest: d, ..
+        } => assert_eq!(d.as_ref(), Some(&manifest_digest())),
+        other => panic!("last event is {other:?}"),
+    }
+
+    // A late follower replays the same log and ends; `after` skips what it saw.
+    let mut replay = client.events(&job.id, 0, true).await.unwrap();
+    let mut n = 0;
+    while let Some(ev) = replay.next().await {
+        assert_eq!(ev.unwrap(), events[n]);
+        n += 1;
+    }
+    assert_eq!(n, events.len());
+    let mut tail = client
+        .events(&job.id, seqs[seqs.len() - 2], false)
+        .await
+        .unwrap();
+    assert_eq!(tail.next().await.unwrap().unwrap(), *events.last().unwrap());
+    assert!(tail.next().await.is_none());
+
+    let job = client.job(&job.id).await.unwrap();
+    assert_eq!(job.state, Done);
+    assert_eq!(job.manifest_digest, Some(manifest_digest()));
+    assert_eq!(job.blobs.len(), 1);
+    assert_eq!(job.blobs[0].state, api::BlobState::Verified);
+    assert_eq!(job.blobs[0].uploaded_bytes, 5 * CHUNK);
+    assert_eq!(job.blobs[0].compressed_chunks, 5);
+
+    let metrics = client.metrics().await.unwrap();
+    for line in [
+        "hoist_upload_chunks_total 5",
+        &format!("hoist_upload_bytes_total {}", 5 * CHUNK),
+        "hoist_retries_total 0",
+        "hoist_resumes_total 0",
+        "hoist_jobs{state=\"done\"} 1",
+        "hoist_jobs{state=\"queued\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "metrics lack {line:?}:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("# TYPE hoist_upload_bytes_total counter"));
+    assert_eq!(client.jobs().await.unwrap().len(), 1);
+    assert_eq!(body.starts(), vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_cancel_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = Scripted::new(400, 20);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("oci:/img")).await.unwrap().id;
+    wait_job(&client, &id, "uploading 2 chunks", |j| {
+        uploaded(j) >= 2 * CHUNK
+    })
+    .await;
+
+    // Pause: the job stops at a chunk boundary and stays still.
+    assert_eq!(
+        client.control(&id, "pause").await.unwrap().state,
+        JobState::Paused
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused_at = uploaded(&client.job(&id).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = client.job(&id).await.unwrap();
+    assert_eq!((job.state, uploaded(&job)), (JobState::Paused, paused_at));
+    // Wrong transitions are refused with 409 and a JSON error that says why.
+    match client.control(&id, "retry").await {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert!(message.contains("paused"), "{message}");
+        }
+        other => panic!("retry of a paused job: {other:?}"),
+    }
+
+    // Resume: continues from the saved cursor, not from zero.
+    // The reply shows the job queued, or already started again.
+    let state = client.control(&id, "resume").await.unwrap().state;
+    assert!(
+        matches!(state, JobState::Queued | JobState::Preparing),
+        "{state}"
+    );
+    wait_job(&client, &id, "uploading again", |j| uploaded(j) > paused_at).await;
+    let starts = body.starts();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(
+        starts[1], paused_at,
+        "resumed from {starts:?}, paused at {paused_at}"
+    );
+
+    // A running job cannot be deleted; cancel first.
+    match client.delete(&id).await {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert!(message.contains("cancel it first"), "{message}");
+        }
+        other => panic!("delete of a running job: {other:?}"),
+    }
+    assert_eq!(
+        client.control(&id, "cancel").await.unwrap().state,
+        JobState::Cancelled
+    );
+    let job = client.job(&id).await.unwrap();
+    assert_eq!(job.reason.as_deref(), Some("cancelled by the user"));
+    assert!(matches!(
+        client.control(&id, "cancel").await,
+        Err(ClientError::Api {
+            status: StatusCode::CONFLICT,
+            ..
+        })
+    ));
+    // The follower of a cancelled job ends.
+    let mut stream = client.events(&id, 0, true).await.unwrap();
+    let mut last = None;
+    while let Some(ev) = stream.next().await {
+        last = Some(ev.unwrap());
+    }
+    assert!(last.unwrap().kind.is_final());
+
+    client.delete(&id).await.unwrap();
+    assert!(matches!(
+        client.job(&id).await,
+        Err(ClientError::Api {
+            status: StatusCode::NOT_FOUND,
+            ..
+        })
+    ));
+    assert!(!daemon.state_dir.join("spool").join(id.as_str()).exists());
+    assert!(client.jobs().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_job_is_retried_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = Scripted::new(3, 5).failing_first("registry said 500: retry later");
+    let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("registry said 500: retry later")
+    );
+    let state = client.control(&id, "retry").await.unwrap().state;
+    assert!(
+        matches!(state, JobState::Queued | JobState::Preparing),
+        "{state}"
+    );
+    let job = wait_state(&client, &id, JobState::Done).await;
+    assert_eq!(job.manifest_digest, Some(manifest_digest()));
+    assert_eq!(job.reason, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_beyond_the_running_limit_wait_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = Scripted::new(200, 20);
+    let daemon = TestDaemon::start_with(
+        dir.path(),
+        Config {
+            jobs_running_max: 1,
+            job_body: Arc::new(body),
+            ..Config::default()
+        },
+    );
+    let client = daemon.client();
+    let first = client.submit(&submit_request("a.tar")).await.unwrap().id;
+    let second = client.submit(&submit_request("b.tar")).await.unwrap().id;
+    wait_state(&client, &first, JobState::Uploading).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.job(&second).await.unwrap().state, JobState::Queued);
+    assert_eq!(client.health().await.unwrap().jobs_running, 1);
+    client.control(&first, "cancel").await.unwrap();
+    wait_state(&client, &second, JobState::Uploading).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unwired_pipeline_fails_jobs_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start_with(dir.path(), Config::default());
+    let client = daemon.client();
+    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    assert_eq!(job.reason.as_deref(), Some(NOT_WIRED_REASON));
+    assert!(job.manifest_digest.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_fitting_status_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(1, 1)));
+    let client = daemon.client();
+    let unknown = api::JobId::random();
+    /// method, path, body, expected status, text the error must contain
+    type Case<'a> = (Method, String, Option<&'a [u8]>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            "/v1/nothing".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        ),
+        (
+            Method::PUT,
+            "/v1/jobs".into(),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "allowed are",
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/not-an-id".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "hoist ls",
+        ),
+        (
+            Method::GET,
+            api::job_path(&unknown, ""),
+            None,
+            StatusCode::NOT_FOUND,
+            "no job",
+        ),
+        (
+            Method::POST,
+            api::job_path(&unknown, "pause"),
+            None,
+            StatusCode::NOT_FOUND,
+            "no job",
+        ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(b"{not json"),
+            StatusCode::BAD_REQUEST,
+            "submit request",
+        ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(br#"{"source":"a","target":"b","password":"x"}"#),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(br#"{"source":"a","target":"b","chunk_size_bytes":1024}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "5 MiB",
+        ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(br#"{"source":"a","target":"b","platform":"linux"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "OS/ARCH",
+        ),
+        (
+            Method::GET,
+            format!("{}?after=x", api::job_path(&unknown, "events")),
+            None,
+            StatusCode::BAD_REQUEST,
+            "after=x",
+        ),
+    ];
+    for (method, path, body, want_status, want_text) in cases {
+        let resp = client
+            .send(method.clone(), &path, body.map(|b| b.to_vec()))
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ct = resp.headers()[http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let err: api::ErrorBody = api::decode("error", &bytes).unwrap_or_else(|e| {
+            panic!("{method} {path}: body is not an error JSON ({e}): {bytes:?}")
+        });
+        assert_eq!(status, want_status, "{method} {path}: {}", err.error);
+        assert_eq!(ct, api::CONTENT_TYPE_JSON);
+        assert!(
+            err.error.contains(want_text),
+            "{method} {path}: {:?} lacks {want_text:?}",
+            err.error
+        );
+        assert!(
+            !err.error.contains('\n'),
+            "error is not one line: {:?}",
+            err.error
+        );
+    }
+}
