@@ -1,0 +1,167 @@
+//! Jobs survive the daemon: killed or stopped mid-upload, the next daemon lists the job and
+//! resumes it from its last saved cursor by itself.
+mod daemon_support;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use hoist::api::JobState;
+use hoist::cli::client::Client;
+use hoist::daemon::job::NOT_WIRED_REASON;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_daemon_resumes_the_job_from_its_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Scripted::new(60, 20);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(first.clone()));
+    let client = daemon.client();
+    let id = client
+        .submit(&submit_request("docker-archive:/big.tar"))
+        .await
+        .unwrap()
+        .id;
+    wait_job(&client, &id, "3 chunks uploaded", |j| {
+        uploaded(j) >= 3 * CHUNK
+    })
+    .await;
+    daemon.kill();
+
+    let second = Scripted::new(60, 1);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(second.clone()));
+    let client = daemon.client();
+    let listed = client.jobs().await.unwrap();
+    assert_eq!(listed.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&id]);
+    let job = wait_state(&client, &id, JobState::Done).await;
+    assert_eq!(job.manifest_digest, Some(manifest_digest()));
+    let resumed_at = second.starts();
+    assert_eq!(resumed_at.len(), 1);
+    assert!(
+        resumed_at[0] >= 3 * CHUNK,
+        "the second daemon started at {resumed_at:?}, not from the saved cursor"
+    );
+    // The log tells what happened, across both daemons.
+    let mut stream = client.events(&id, 0, false).await.unwrap();
+    let mut reasons = Vec::new();
+    while let Some(ev) = stream.next().await {
+        if let hoist::api::EventKind::State {
+            reason: Some(r), ..
+        } = ev.unwrap().kind
+        {
+            reasons.push(r);
+        }
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("resumed after a daemon restart")),
+        "{reasons:?}"
+    );
+    let metrics = client.metrics().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "hoist_resumes_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_persists_and_the_next_daemon_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Scripted::new(1000, 10);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(first.clone()));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("oci:/dir")).await.unwrap().id;
+    wait_job(&client, &id, "2 chunks uploaded", |j| {
+        uploaded(j) >= 2 * CHUNK
+    })
+    .await;
+    let started = Instant::now();
+    daemon.stop().expect("daemon::run returns Ok on shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+
+    let second = Scripted::new(1000, 0);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(second.clone()));
+    let client = daemon.client();
+    wait_state(&client, &id, JobState::Done).await;
+    let first_progress = first.starts();
+    assert_eq!(first_progress, vec![0]);
+    assert!(second.starts()[0] >= 2 * CHUNK, "{:?}", second.starts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_jobs_stay_paused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
+    wait_state(&client, &id, JobState::Uploading).await;
+    client.control(&id, "pause").await.unwrap();
+    daemon.stop().unwrap();
+    let body = Scripted::new(500, 1);
+    let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));
+    let client = daemon.client();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.job(&id).await.unwrap().state, JobState::Paused);
+    assert!(body.starts().is_empty());
+}
+
+fn hoistd(dir: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hoistd"))
+        .arg("--socket")
+        .arg(dir.join("hoist.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--allow-root")
+        .env("HOIST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hoistd")
+}
+
+async fn wait_answers(client: &Client) {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while client.health().await.is_err() {
+        assert!(Instant::now() < deadline, "hoistd does not answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(dir.path().join("hoist.sock"));
+    let mut child = hoistd(dir.path());
+    wait_answers(&client).await;
+    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    assert_eq!(job.reason.as_deref(), Some(NOT_WIRED_REASON));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The stale socket of the killed daemon is replaced; the job is still there.
+    let child = hoistd(dir.path());
+    wait_answers(&client).await;
+    let jobs = client.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].id.clone(), jobs[0].state), (id, JobState::Failed));
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "hoistd exited {:?} on SIGTERM: {log}",
+        out.status
+    );
+    assert!(log.contains("hoistd stopped"), "{log}");
+}

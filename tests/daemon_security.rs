@@ -1,0 +1,124 @@
+//! Who may talk to the daemon: the socket is private, peers of another uid are refused, and
+//! hoistd does not run as root by accident.
+mod daemon_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use daemon_support::*;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn socket_is_0600_in_a_0700_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/hoist/hoist.sock");
+    let _listener = hoist::daemon::paths::bind_socket(&socket).unwrap();
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    // A live socket is not stolen from a running daemon.
+    let err = hoist::daemon::paths::bind_socket(&socket).unwrap_err();
+    assert!(err.to_string().contains("already answers"), "{err}");
+    // A regular file in the way is not deleted.
+    let file = dir.path().join("run/hoist/not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(hoist::daemon::paths::bind_socket(&file).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+/// `curl --unix-socket` as `uid`, printing `STATUS BODY`.
+fn curl_as(uid: Option<u32>, socket: &std::path::Path) -> String {
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("curl");
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            " %{http_code}",
+            "--unix-socket",
+        ])
+        .arg(socket)
+        .arg("http://hoistd/v1/health")
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_peer_with_another_uid_is_refused() {
+    let is_root = rustix::process::getuid().is_root();
+    if !is_root || !have("setpriv") || !have("curl") {
+        // Switching uid needs root; CI runs as root with both tools (scripts/install-deps.sh).
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root with setpriv and curl"
+        );
+        eprintln!("skipped: needs root, setpriv and curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(1, 1)));
+    // For this test only: let uid 65534 reach the socket, so the daemon's own check decides.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let other = curl_as(Some(65534), &daemon.socket);
+    assert!(other.ends_with(" 403"), "uid 65534 got: {other}");
+    assert!(other.contains("serves only the user it runs as"), "{other}");
+
+    let same = curl_as(None, &daemon.socket);
+    assert!(same.ends_with(" 200"), "the daemon's own uid got: {same}");
+    assert!(same.contains("\"status\":\"ok\""), "{same}");
+}
+
+#[test]
+fn hoistd_refuses_root_without_allow_root() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hoistd"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("HOIST_ALLOW_ROOT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refuses to run as root") && err.contains("--allow-root"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s.sock").exists());
+}
