@@ -627,12 +627,18 @@ pub enum EventKind {
     BlobDone { digest: Digest, state: BlobState },
     /// A step is retried after a transient failure.
     Retry { what: String, reason: String },
+    /// The job was deleted. Sent live only (its log is deleted with it), with `seq` 0.
+    Deleted {},
 }
 
 impl EventKind {
     /// The job ended with this event: a follower stops here.
     pub fn is_final(&self) -> bool {
-        matches!(self, EventKind::State { state, .. } if state.is_final())
+        match self {
+            EventKind::State { state, .. } => state.is_final(),
+            EventKind::Deleted {} => true,
+            _ => false,
+        }
     }
 }
 

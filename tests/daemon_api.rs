@@ -439,3 +439,32 @@ async fn errors_are_json_with_fitting_status_codes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_paused_job_ends_its_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
+    wait_state(&client, &id, JobState::Uploading).await;
+    client.control(&id, "pause").await.unwrap();
+    let mut stream = client.events(&id, 0, true).await.unwrap();
+    let follower = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(ev) = stream.next().await {
+            last = Some(ev.unwrap().kind);
+        }
+        last
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !follower.is_finished(),
+        "the follower of a paused job ended early"
+    );
+    client.delete(&id).await.unwrap();
+    let last = tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), follower)
+        .await
+        .expect("the follower ended after the delete")
+        .unwrap();
+    assert_eq!(last, Some(EventKind::Deleted {}));
+}

@@ -165,3 +165,33 @@ async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
     );
     assert!(log.contains("hoistd stopped"), "{log}");
 }
+
+#[test]
+fn hoistd_refuses_a_damaged_state_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = hoist::store::Store::open(&state).unwrap();
+        store.integrity_check().await.unwrap();
+    });
+    // A row that points at no job, written behind the store's back.
+    let conn = rusqlite::Connection::open(state.join("hoist.db")).unwrap();
+    conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+    conn.execute(
+        "INSERT INTO events (job_id, time_ms, body) VALUES ('j0000000000000000', 0, '{}')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = hoistd(dir.path()).wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("failed its integrity check") && log.contains("move hoist.db aside"),
+        "{log}"
+    );
+}

@@ -15,7 +15,9 @@ use crate::api::{self, JobId};
 /// What can go wrong talking to the daemon. Each message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no daemon answers on {socket}: start one with hoistd, or drop --no-autostart")]
+    #[error(
+        "no daemon answers on {socket}: start one with hoistd (hoist push starts one unless --no-autostart)"
+    )]
     NoDaemon {
         socket: PathBuf,
         #[source]

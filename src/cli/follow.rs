@@ -46,6 +46,8 @@ pub enum Outcome {
     Detached,
     /// The daemon closed the stream before the job ended (e.g. it is shutting down).
     Lost,
+    /// Someone deleted the job.
+    Deleted,
 }
 
 /// Draws the events of one job.
@@ -195,6 +197,7 @@ impl Renderer {
                 self.set_done(digest, size);
             }
             EventKind::Retry { what, reason } => self.say(format!("retrying {what}: {reason}")),
+            EventKind::Deleted {} => self.say(format!("job {}: deleted", ev.job)),
         }
     }
 
@@ -221,6 +224,9 @@ pub async fn follow(client: &Client, id: &JobId, mode: Mode) -> Result<Outcome, 
             next = stream.next() => match next {
                 Some(Ok(ev)) => {
                     renderer.event(&ev);
+                    if matches!(ev.kind, EventKind::Deleted {}) {
+                        break Outcome::Deleted;
+                    }
                     if let EventKind::State { state, reason, manifest_digest } = &ev.kind {
                         match state {
                             JobState::Done => break Outcome::Done(manifest_digest.clone()),

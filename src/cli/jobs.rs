@@ -83,6 +83,10 @@ pub async fn finish(
             eprintln!("job {id} continues in the daemon: hoist watch {id}");
             Ok(ExitCode::from(super::EXIT_DETACHED))
         }
+        Outcome::Deleted => {
+            eprintln!("hoist: job {id} was deleted while it was followed");
+            Ok(ExitCode::FAILURE)
+        }
         Outcome::Lost => {
             eprintln!(
                 "hoist: hoistd closed the event stream before job {id} ended: it may be restarting; `hoist watch {id}` follows it again"

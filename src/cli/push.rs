@@ -14,8 +14,14 @@ pub async fn run(
     args: PushArgs,
 ) -> anyhow::Result<ExitCode> {
     if let Err(e) = client.health().await {
-        if !e.is_no_daemon() || args.no_autostart {
+        if !e.is_no_daemon() {
             return Err(e.into());
+        }
+        if args.no_autostart {
+            anyhow::bail!(
+                "no daemon answers on {}: start one with hoistd, or drop --no-autostart",
+                client.socket().display()
+            );
         }
         autostart::start(client, state_dir).await?;
     }

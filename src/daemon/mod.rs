@@ -92,6 +92,15 @@ pub async fn run(
             dir: state_dir.to_path_buf(),
             source,
         })?;
+    // A damaged database would resume jobs from wrong cursors: refuse to start on one. The
+    // database holds a few rows per job, so the full check takes milliseconds.
+    store
+        .integrity_check()
+        .await
+        .map_err(|source| DaemonError::Store {
+            dir: state_dir.to_path_buf(),
+            source,
+        })?;
     let counters = Arc::new(metrics::Counters::default());
     let sched_config = scheduler::SchedulerConfig {
         uploads_in_flight_max: config.uploads_in_flight_max,

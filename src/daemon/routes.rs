@@ -319,7 +319,14 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             for ev in batch {
-                if ev.job != id || ev.seq <= last {
+                if ev.job != id {
+                    continue;
+                }
+                if let api::EventKind::Deleted {} = ev.kind {
+                    let _ = tx.send(api::encode_event_line(&ev)).await;
+                    return;
+                }
+                if ev.seq <= last {
                     continue;
                 }
                 last = ev.seq;

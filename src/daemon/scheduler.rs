@@ -410,6 +410,13 @@ impl Scheduler {
                 {
                     warn!(job = %id, error = %e, "cannot remove the job's spool directory");
                 }
+                // Followers of the job end here; nothing is persisted, the log went with the job.
+                let _ = self.events.send(api::Event {
+                    seq: 0,
+                    job: id.clone(),
+                    time_ms: crate::store::now_ms(),
+                    kind: EventKind::Deleted {},
+                });
                 info!(job = %id, "job deleted");
                 return Ok(None);
             }

@@ -48,10 +48,22 @@ pub enum StoreError {
         "the state database holds a bad value ({0}): run `hoistd` with a fresh --state-dir or delete the job"
     )]
     Corrupt(String),
-    #[error("the state database failed its integrity check: {0}")]
+    #[error(
+        "the state database failed its integrity check ({0}): move hoist.db aside and start again (its jobs are lost)"
+    )]
     Integrity(String),
     #[error("no job {0}: list jobs with `hoist ls`")]
     NoSuchJob(JobId),
+    #[error(
+        "cannot create the state directory {path}: {source}: check its parent or pass another --state-dir"
+    )]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the store thread ({0}): the system is out of threads or memory")]
+    Thread(#[source] std::io::Error),
     #[error("the store thread has stopped: restart hoistd")]
     Closed,
 }
@@ -131,6 +143,16 @@ impl Store {
     /// Opens (creating if needed) `dir/hoist.db`, migrates it and starts the store thread.
     /// Blocking: call it before serving, or from `spawn_blocking`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        // Private: the database names the user's images and registries.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let conn = open_connection(&dir.join("hoist.db"))?;
         let (calls, mut rx) = mpsc::channel::<Call>(STORE_QUEUE_MAX);
         thread::Builder::new()
@@ -142,7 +164,7 @@ impl Store {
                     call(&mut conn);
                 }
             })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+            .map_err(StoreError::Thread)?;
         Ok(Store { calls })
     }
 

@@ -1,0 +1,244 @@
+//! The `hoist` binary against a daemon: push (follow, --detach, --json), watch, ls, controls,
+//! Ctrl-C detaching, autostart, and the errors people see.
+mod daemon_support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use hoist::api::{self, JobState};
+use hoist::cli::client::Client;
+use hoist::daemon::job::NOT_WIRED_REASON;
+
+fn hoist(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hoist")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn last_line(b: &[u8]) -> String {
+    text(b).lines().last().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_follows_to_the_digest_and_detach_prints_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(4, 5)));
+    let push = [
+        "push",
+        "--chunk-size",
+        "8MiB",
+        "docker-archive:/a.tar",
+        "127.0.0.1:5000/a:1",
+    ];
+
+    let out = hoist(&daemon.socket, &push);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out.stdout), manifest_digest().to_string());
+    let err = text(&out.stderr);
+    assert!(err.contains("submitted") && err.contains(": done"), "{err}");
+
+    let mut detach = push.to_vec();
+    detach.insert(1, "--detach");
+    let out = hoist(&daemon.socket, &detach);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id: api::JobId = last_line(&out.stdout)
+        .parse()
+        .expect("last line is a job ID");
+    let job = daemon.client().job(&id).await.unwrap();
+    assert_eq!(job.spec.chunk_size_bytes, 8 << 20);
+
+    let out = hoist(&daemon.socket, &["watch", id.as_str()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out.stdout), manifest_digest().to_string());
+
+    // --json: every stdout line is an event; the last one ends the job done.
+    let mut json = push.to_vec();
+    json.insert(1, "--json");
+    let out = hoist(&daemon.socket, &json);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<api::Event> = text(&out.stdout)
+        .lines()
+        .map(|l| api::decode("event", l.as_bytes()).unwrap())
+        .collect();
+    assert!(matches!(
+        events.last().unwrap().kind,
+        api::EventKind::State {
+            state: JobState::Done,
+            ..
+        }
+    ));
+
+    let out = hoist(&daemon.socket, &["ls", "--json"]);
+    assert!(out.status.success());
+    let list: api::JobList = api::decode("job list", &out.stdout).unwrap();
+    assert_eq!(list.jobs.len(), 3);
+    let out = hoist(&daemon.socket, &["ls"]);
+    let table = text(&out.stdout);
+    assert!(
+        table.starts_with("JOB") && table.contains(id.as_str()) && table.contains("100%"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
+    let out = hoist(&daemon.socket, &["push", "--detach", "a.tar", "r/a:1"]);
+    let id = last_line(&out.stdout);
+    let client = daemon.client();
+    let job_id: api::JobId = id.parse().unwrap();
+    wait_state(&client, &job_id, JobState::Uploading).await;
+
+    let out = hoist(&daemon.socket, &["pause", &id]);
+    assert_eq!(last_line(&out.stdout), format!("{id} paused"));
+    let out = hoist(&daemon.socket, &["rm", &id]);
+    assert!(
+        out.status.success(),
+        "a paused job can be removed: {}",
+        text(&out.stderr)
+    );
+    let out = hoist(&daemon.socket, &["resume", &id]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("no job {id}: list jobs with `hoist ls`")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = hoist(&daemon.socket, &["push", "--detach", "b.tar", "r/b:1"]);
+    let id = last_line(&out.stdout);
+    let out = hoist(&daemon.socket, &["cancel", &id]);
+    assert_eq!(last_line(&out.stdout), format!("{id} cancelled"));
+    let out = hoist(&daemon.socket, &["resume", &id]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("hoist: job ") && err.contains("cannot be resumed"),
+        "{err}"
+    );
+    // watch of a job that did not end done exits non-zero.
+    let out = hoist(&daemon.socket, &["watch", &id]);
+    assert!(!out.status.success());
+    let out = hoist(&daemon.socket, &["watch", "nonsense"]);
+    assert!(
+        text(&out.stderr).contains("is not a job ID"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = hoist(&daemon.socket, &["push", "--chunk-size", "1MiB", "a", "b"]);
+    assert!(text(&out.stderr).contains("5 MiB"), "{}", text(&out.stderr));
+    for args in [&["inspect", "a.tar"][..], &["verify", "r/a:1"][..]] {
+        let out = hoist(&daemon.socket, args);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("not available in this build yet"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_detaches_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(300, 20)));
+    let child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["push", "a.tar", "r/a:1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = daemon.client();
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    let id = loop {
+        let jobs = client.jobs().await.unwrap();
+        if let Some(j) = jobs.iter().find(|j| uploaded(j) >= CHUNK) {
+            break j.id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the push never started uploading"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "job {id} continues in the daemon: hoist watch {id}"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let before = uploaded(&client.job(&id).await.unwrap());
+    wait_job(&client, &id, "still uploading", |j| uploaded(j) > before).await;
+}
+
+#[test]
+fn without_a_daemon_the_error_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let out = hoist(&socket, &["push", "--no-autostart", "a.tar", "r/a:1"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().next().unwrap(),
+        format!(
+            "hoist: no daemon answers on {}: start one with hoistd, or drop --no-autostart",
+            socket.display()
+        )
+    );
+    let out = hoist(&socket, &["ls"]);
+    assert!(text(&out.stderr).contains("no daemon answers on"));
+    assert!(text(&out.stderr).contains("start one with hoistd"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_starts_a_daemon_when_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/hoist.sock");
+    let state = dir.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["push", "a.tar", "r/a:1"])
+        // The tests run as root; a real user needs no such flag.
+        .env("HOIST_ALLOW_ROOT", "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let client = Client::new(&socket);
+    let health = client.health().await.expect("the started daemon answers");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(health.pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    // The pipeline is not wired in this build: the job fails, and the CLI says so.
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("starting") && err.contains(NOT_WIRED_REASON),
+        "{err}"
+    );
+    assert!(state.join("hoistd.log").is_file());
+    assert!(state.join("hoist.db").is_file());
+}
