@@ -202,7 +202,15 @@ async fn pause_resume_cancel_delete() {
         client.control(&id, "pause").await.unwrap().state,
         JobState::Paused
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The job's task has stopped once no job runs.
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while client.health().await.unwrap().jobs_running > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the paused job's task never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let paused_at = uploaded(&client.job(&id).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let job = client.job(&id).await.unwrap();

@@ -163,7 +163,7 @@ async fn ctrl_c_detaches_and_the_job_goes_on() {
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
     let id = loop {
         let jobs = client.jobs().await.unwrap();
-        if let Some(j) = jobs.iter().find(|j| uploaded(j) >= CHUNK) {
+        if let Some(j) = jobs.iter().find(|j| uploaded(j) >= 3 * CHUNK) {
             break j.id.clone();
         }
         assert!(

@@ -213,12 +213,43 @@ impl Renderer {
     }
 }
 
+/// Ctrl-C, caught from the moment this is created (create it before submitting, so an early
+/// Ctrl-C detaches instead of killing `hoist` with the job half-reported).
+pub struct Interrupt(tokio::sync::mpsc::Receiver<()>);
+
+impl Interrupt {
+    pub fn catch() -> std::io::Result<Interrupt> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            if sigint.recv().await.is_some() {
+                let _ = tx.send(()).await;
+            }
+        });
+        Ok(Interrupt(rx))
+    }
+
+    async fn wait(&mut self) {
+        // A closed channel means the signal stream ended: never resolve then.
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Follows `id` until it ends, the stream ends, or Ctrl-C.
-pub async fn follow(client: &Client, id: &JobId, mode: Mode) -> Result<Outcome, ClientError> {
-    let mut stream = client.events(id, 0, true).await?;
+pub async fn follow(
+    client: &Client,
+    id: &JobId,
+    mode: Mode,
+    interrupt: &mut Interrupt,
+) -> Result<Outcome, ClientError> {
+    let mut stream = tokio::select! {
+        s = client.events(id, 0, true) => s?,
+        () = interrupt.wait() => return Ok(Outcome::Detached),
+    };
     let mut renderer = Renderer::new(mode);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let outcome = loop {
         tokio::select! {
             next = stream.next() => match next {
@@ -241,7 +272,7 @@ pub async fn follow(client: &Client, id: &JobId, mode: Mode) -> Result<Outcome, 
                 }
                 None => break Outcome::Lost,
             },
-            _ = &mut ctrl_c => break Outcome::Detached,
+            () = interrupt.wait() => break Outcome::Detached,
         }
     };
     renderer.finish();

@@ -42,7 +42,8 @@ pub async fn ls(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `hoist watch JOB`: follows the job; exit 0 iff it ends done.
 pub async fn watch(client: &Client, id: &JobId, mode: Mode) -> anyhow::Result<ExitCode> {
-    let outcome = follow::follow(client, id, mode).await?;
+    let mut interrupt = follow::Interrupt::catch()?;
+    let outcome = follow::follow(client, id, mode, &mut interrupt).await?;
     finish(client, id, mode, outcome).await
 }
 

@@ -35,6 +35,7 @@ pub async fn run(
             insecure: args.insecure,
         },
     };
+    let mut interrupt = follow::Interrupt::catch()?;
     let job = client.submit(&request).await?;
     if args.detach {
         println!("{}", job.id);
@@ -44,6 +45,6 @@ pub async fn run(
     if mode != Mode::Json {
         eprintln!("job {} submitted", job.id);
     }
-    let outcome = follow::follow(client, &job.id, mode).await?;
+    let outcome = follow::follow(client, &job.id, mode, &mut interrupt).await?;
     jobs::finish(client, &job.id, mode, outcome).await
 }
