@@ -181,7 +181,9 @@ impl TestDaemon {
                 }
             });
             // A kill drops every task where it stands, as a SIGKILL would (minus the process).
-            rt.shutdown_background();
+            // Waiting for the drop closes the listener before the test goes on, as the kernel
+            // would at once for a killed process.
+            rt.shutdown_timeout(Duration::from_secs(5));
             match result {
                 Err(e) if e == "killed" => Ok(()),
                 other => other,
