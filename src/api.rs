@@ -522,16 +522,27 @@ impl FromStr for BlobAction {
 /// One blob of a job, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobStatus {
-    /// Digest of the bytes pushed (after compression, when the action is `compress` and the
-    /// compressed digest is known; before that the source digest).
+    /// Digest of the blob in the push plan (the source's digest); the key of the blob.
     pub digest: Digest,
     pub size_bytes: u64,
     pub media_type: String,
     pub action: BlobAction,
     pub state: BlobState,
-    /// Bytes the registry acknowledged.
+    /// For a compressed blob, once compressed: the digest and size of the bytes uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_size_bytes: Option<u64>,
+    /// Bytes the registry acknowledged (of the pushed bytes).
     pub uploaded_bytes: u64,
     pub compressed_chunks: u64,
+}
+
+impl BlobStatus {
+    /// Bytes the registry receives: the compressed size once known.
+    pub fn upload_size_bytes(&self) -> u64 {
+        self.pushed_size_bytes.unwrap_or(self.size_bytes)
+    }
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it.
@@ -553,14 +564,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// Bytes to upload: compressed sizes where known.
     pub fn bytes_total(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size_bytes).sum()
+        self.blobs.iter().map(BlobStatus::upload_size_bytes).sum()
     }
 
     pub fn bytes_uploaded(&self) -> u64 {
         self.blobs
             .iter()
-            .map(|b| b.uploaded_bytes.min(b.size_bytes))
+            .map(|b| b.uploaded_bytes.min(b.upload_size_bytes()))
             .sum()
     }
 }
@@ -617,7 +629,8 @@ pub enum EventKind {
         chunks_done: u64,
         bytes_done: u64,
     },
-    /// The registry acknowledged `offset_bytes` of the blob.
+    /// The registry acknowledged `offset_bytes` of the blob's `size_bytes` pushed bytes (the
+    /// compressed size once known).
     Progress {
         digest: Digest,
         offset_bytes: u64,

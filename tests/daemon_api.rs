@@ -165,6 +165,9 @@ async fn job_runs_to_done_with_events_and_metrics() {
     assert_eq!(job.blobs[0].state, api::BlobState::Verified);
     assert_eq!(job.blobs[0].uploaded_bytes, 5 * CHUNK);
     assert_eq!(job.blobs[0].compressed_chunks, 5);
+    assert_eq!(job.blobs[0].digest, layer_digest());
+    assert_eq!(job.blobs[0].pushed_digest, Some(compressed_digest()));
+    assert_eq!(job.blobs[0].pushed_size_bytes, Some(5 * CHUNK));
 
     let metrics = client.metrics().await.unwrap();
     for line in [

@@ -22,7 +22,9 @@
 //!    `(session URL, offset)` and await it **before sending the next chunk**: when it returns
 //!    the cursor is committed to SQLite. Also call it (with `sent_bytes = 0`) right after the
 //!    upload session is opened, so a restart reuses the session.
-//! 5. Report compression with [`JobContext::compress_progress`], a finished blob with
+//! 5. Report compression with [`JobContext::compress_progress`] and, once a blob is fully
+//!    compressed, its pushed digest and size with [`JobContext::blob_compressed`] (blobs stay
+//!    keyed by the plan's digest everywhere in the context). Report a finished blob with
 //!    [`JobContext::blob_state`] (`existed`, `uploaded`, then `verified` after the HEAD check),
 //!    and each transient-failure retry with [`JobContext::retrying`].
 //! 6. Stop at a chunk boundary: check [`JobContext::is_stop_requested`] between chunks (or
@@ -48,7 +50,7 @@ use super::metrics::Counters;
 use super::scheduler::Event;
 use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
 use crate::digest::Digest;
-use crate::store::{BlobRecord, CursorRecord, NewBlob, Store};
+use crate::store::{BlobRecord, CursorRecord, NewBlob, Pushed, Store};
 
 /// The future a job body returns.
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, JobError>> + Send>>;
@@ -237,7 +239,28 @@ impl JobContext {
             .await
             .ok()
             .and_then(|bs| bs.into_iter().find(|b| &b.digest == digest))
-            .map_or(0, |b| b.size_bytes)
+            .map_or(0, |b| b.upload_size_bytes())
+    }
+
+    /// Records what compressing `digest` produced: the digest and size of the bytes that
+    /// are uploaded (and that upload cursors and progress then refer to).
+    pub async fn blob_compressed(
+        &self,
+        digest: &Digest,
+        pushed_digest: Digest,
+        pushed_size_bytes: u64,
+    ) -> Result<(), JobError> {
+        self.store
+            .set_blob_pushed(
+                self.id.clone(),
+                digest.clone(),
+                Pushed {
+                    digest: pushed_digest,
+                    size_bytes: pushed_size_bytes,
+                },
+            )
+            .await
+            .map_err(Self::store_failed)
     }
 
     /// Records compression progress of `digest`.

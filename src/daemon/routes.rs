@@ -97,10 +97,12 @@ async fn job_view(store: &Store, job: JobRecord) -> Result<api::Job, StoreError>
             .into_iter()
             .map(|b| api::BlobStatus {
                 uploaded_bytes: if b.state.is_finished() {
-                    b.size_bytes
+                    b.upload_size_bytes()
                 } else {
                     b.cursor.as_ref().map_or(0, |c| c.offset_bytes)
                 },
+                pushed_digest: b.pushed.as_ref().map(|p| p.digest.clone()),
+                pushed_size_bytes: b.pushed.as_ref().map(|p| p.size_bytes),
                 digest: b.digest,
                 size_bytes: b.size_bytes,
                 media_type: b.media_type,

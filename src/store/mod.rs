@@ -119,6 +119,24 @@ pub struct BlobRecord {
     pub cursor: Option<CursorRecord>,
     pub chunks_done: u64,
     pub compressed_bytes: u64,
+    /// For a compressed blob, once compression finished: the blob the registry receives.
+    pub pushed: Option<Pushed>,
+}
+
+impl BlobRecord {
+    /// Bytes the registry receives for this blob: the compressed size once known.
+    pub fn upload_size_bytes(&self) -> u64 {
+        self.pushed
+            .as_ref()
+            .map_or(self.size_bytes, |p| p.size_bytes)
+    }
+}
+
+/// The digest and size of the bytes pushed for a blob (after compression).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub digest: Digest,
+    pub size_bytes: u64,
 }
 
 /// A persisted event: its sequence number, job, time and body (the `api::EventKind` JSON,
@@ -273,6 +291,18 @@ impl Store {
     /// Forgets a blob's cursor (the session expired or the blob is finished).
     pub async fn clear_cursor(&self, id: JobId, digest: Digest) -> Result<(), StoreError> {
         self.call(move |c| ops::clear_cursor(c, &id, &digest)).await
+    }
+
+    /// Records the digest and size of the compressed bytes of `digest` (`Normal`: the spool
+    /// is deterministic, so a lost record is recomputed from it).
+    pub async fn set_blob_pushed(
+        &self,
+        id: JobId,
+        digest: Digest,
+        pushed: Pushed,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::set_blob_pushed(c, &id, &digest, &pushed))
+            .await
     }
 
     /// Saves compression progress (`Normal`: the spool is checked again on resume).

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{
-    BlobRecord, CursorRecord, Durability, EventRecord, JobRecord, NewBlob, StoreError,
+    BlobRecord, CursorRecord, Durability, EventRecord, JobRecord, NewBlob, Pushed, StoreError,
     state_durability,
 };
 use crate::api::{BlobState, JobId, JobSpec, JobState};
@@ -238,63 +238,77 @@ pub(super) fn put_blobs(
     })
 }
 
+/// A blob row as read, before its values are checked.
+struct RawBlob {
+    digest: String,
+    size: u64,
+    media_type: String,
+    action: String,
+    state: String,
+    session_url: Option<String>,
+    offset: Option<i64>,
+    chunks: Option<i64>,
+    bytes: Option<i64>,
+    pushed_digest: Option<String>,
+    pushed_size: Option<i64>,
+}
+
 pub(super) fn blobs(conn: &mut Connection, id: &JobId) -> Result<Vec<BlobRecord>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT b.digest, b.size_bytes, b.media_type, b.action, b.state,
-                c.session_url, c.offset_bytes, p.chunks_done, p.bytes_done
+                c.session_url, c.offset_bytes, p.chunks_done, p.bytes_done,
+                b.pushed_digest, b.pushed_size_bytes
          FROM blobs b
          LEFT JOIN upload_cursors c ON c.job_id = b.job_id AND c.digest = b.digest
          LEFT JOIN compress_progress p ON p.job_id = b.job_id AND p.digest = b.digest
          WHERE b.job_id = ?1 ORDER BY b.position",
     )?;
-    type RawBlob = (
-        String,
-        u64,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    );
     let raws = stmt
-        .query_map([id.as_str()], |r| -> rusqlite::Result<RawBlob> {
-            Ok((
-                r.get(0)?,
-                u64_col(r, 1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
+        .query_map([id.as_str()], |r| {
+            Ok(RawBlob {
+                digest: r.get(0)?,
+                size: u64_col(r, 1)?,
+                media_type: r.get(2)?,
+                action: r.get(3)?,
+                state: r.get(4)?,
+                session_url: r.get(5)?,
+                offset: r.get(6)?,
+                chunks: r.get(7)?,
+                bytes: r.get(8)?,
+                pushed_digest: r.get(9)?,
+                pushed_size: r.get(10)?,
+            })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    raws.into_iter()
-        .map(
-            |(digest, size, media_type, action, state, url, offset, chunks, bytes)| {
-                Ok(BlobRecord {
-                    digest: Digest::parse(&digest).map_err(|e| corrupt("blob digest", e))?,
-                    size_bytes: size,
-                    media_type,
-                    action: action.parse().map_err(|e| corrupt("blob action", e))?,
-                    state: state.parse().map_err(|e| corrupt("blob state", e))?,
-                    cursor: match (url, offset) {
-                        (Some(session_url), Some(offset)) => Some(CursorRecord {
-                            session_url,
-                            offset_bytes: offset.max(0) as u64,
-                        }),
-                        _ => None,
-                    },
-                    chunks_done: chunks.unwrap_or(0).max(0) as u64,
-                    compressed_bytes: bytes.unwrap_or(0).max(0) as u64,
-                })
-            },
-        )
-        .collect()
+    raws.into_iter().map(blob_of).collect()
+}
+
+/// Checks a blob row read back, as it was checked before writing.
+fn blob_of(raw: RawBlob) -> Result<BlobRecord, StoreError> {
+    let non_negative = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+    Ok(BlobRecord {
+        digest: Digest::parse(&raw.digest).map_err(|e| corrupt("blob digest", e))?,
+        size_bytes: raw.size,
+        media_type: raw.media_type,
+        action: raw.action.parse().map_err(|e| corrupt("blob action", e))?,
+        state: raw.state.parse().map_err(|e| corrupt("blob state", e))?,
+        cursor: match (raw.session_url, raw.offset) {
+            (Some(session_url), Some(offset)) => Some(CursorRecord {
+                session_url,
+                offset_bytes: offset.max(0) as u64,
+            }),
+            _ => None,
+        },
+        chunks_done: non_negative(raw.chunks),
+        compressed_bytes: non_negative(raw.bytes),
+        pushed: match (raw.pushed_digest, raw.pushed_size) {
+            (Some(d), Some(size)) => Some(Pushed {
+                digest: Digest::parse(&d).map_err(|e| corrupt("pushed digest", e))?,
+                size_bytes: size.max(0) as u64,
+            }),
+            _ => None,
+        },
+    })
 }
 
 fn blob_exists(tx: &Transaction<'_>, id: &JobId, digest: &Digest) -> Result<(), StoreError> {
@@ -321,6 +335,28 @@ pub(super) fn set_blob_state(
         tx.execute(
             "UPDATE blobs SET state = ?3 WHERE job_id = ?1 AND digest = ?2",
             params![id.as_str(), digest.to_string(), state.as_str()],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn set_blob_pushed(
+    conn: &mut Connection,
+    id: &JobId,
+    digest: &Digest,
+    pushed: &Pushed,
+) -> Result<(), StoreError> {
+    with_tx(conn, Durability::Normal, |tx| {
+        blob_exists(tx, id, digest)?;
+        tx.execute(
+            "UPDATE blobs SET pushed_digest = ?3, pushed_size_bytes = ?4
+             WHERE job_id = ?1 AND digest = ?2",
+            params![
+                id.as_str(),
+                digest.to_string(),
+                pushed.digest.to_string(),
+                i64_of(pushed.size_bytes)
+            ],
         )?;
         Ok(())
     })

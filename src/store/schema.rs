@@ -68,6 +68,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX events_by_job ON events(job_id, seq);
     ",
+    // 2: what is actually pushed for a blob that is compressed first: its digest and size are
+    // known only after compressing, and the upload session is for those bytes.
+    "
+    ALTER TABLE blobs ADD COLUMN pushed_digest TEXT;
+    ALTER TABLE blobs ADD COLUMN pushed_size_bytes INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

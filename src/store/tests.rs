@@ -56,13 +56,73 @@ fn migrates_from_every_older_version() {
     Connection::open(dir.path().join("hoist.db")).unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            schema::latest_version()
+        );
     });
     let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+}
+
+#[test]
+fn version_1_rows_survive_the_migration_to_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    let digest = Digest::sha256_of(b"layer");
+    {
+        let mut conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        tx.pragma_update(None, "user_version", 1).unwrap();
+        tx.commit().unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms)
+             VALUES (?1, 's', 't', ?2, 'uploading', 1, 2)",
+            rusqlite::params![id.as_str(), serde_json::to_string(&spec()).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO blobs (job_id, digest, position, size_bytes, media_type, action, state)
+             VALUES (?1, ?2, 0, 10, 'm', 'compress', 'uploading')",
+            rusqlite::params![id.as_str(), digest.to_string()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO upload_cursors (job_id, digest, session_url, offset_bytes, updated_ms)
+             VALUES (?1, ?2, 'http://r/u/1', 4, 3)",
+            rusqlite::params![id.as_str(), digest.to_string()],
+        )
+        .unwrap();
+    }
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            schema::latest_version()
+        );
+        let job = store.job(id.clone()).await.unwrap();
+        assert_eq!((job.state, job.created_ms), (JobState::Uploading, 1));
+        let blobs = store.blobs(id.clone()).await.unwrap();
+        assert_eq!(blobs[0].cursor.as_ref().unwrap().offset_bytes, 4);
+        assert_eq!(blobs[0].pushed, None);
+        assert_eq!(blobs[0].upload_size_bytes(), 10);
+        let pushed = Pushed {
+            digest: Digest::sha256_of(b"compressed"),
+            size_bytes: 7,
+        };
+        store
+            .set_blob_pushed(id.clone(), digest.clone(), pushed.clone())
+            .await
+            .unwrap();
+        let blobs = store.blobs(id.clone()).await.unwrap();
+        assert_eq!(blobs[0].pushed, Some(pushed));
+        assert_eq!(blobs[0].upload_size_bytes(), 7);
+        store.integrity_check().await.unwrap();
+    });
 }
 
 #[test]

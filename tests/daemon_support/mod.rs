@@ -26,6 +26,11 @@ pub fn manifest_digest() -> Digest {
     Digest::sha256_of(b"scripted manifest")
 }
 
+/// The digest the scripted body reports for its compressed layer.
+pub fn compressed_digest() -> Digest {
+    Digest::sha256_of(b"scripted layer, compressed")
+}
+
 pub fn layer_digest() -> Digest {
     Digest::sha256_of(b"scripted layer")
 }
@@ -86,6 +91,8 @@ impl JobBody for Scripted {
                 return Err(JobError::failed(reason.clone()));
             }
             ctx.compress_progress(&digest, me.chunks, size).await?;
+            ctx.blob_compressed(&digest, compressed_digest(), size)
+                .await?;
             ctx.enter(JobState::Uploading).await?;
             let _slot = ctx.upload_slot().await?;
             let session_url = "http://registry.invalid/v2/x/blobs/uploads/1".to_string();
