@@ -160,6 +160,14 @@ async fn job_runs_to_done_with_events_and_metrics() {
 
     let job = client.job(&job.id).await.unwrap();
     assert_eq!(job.state, Done);
+    // The spool of a finished job is removed.
+    assert!(
+        !daemon
+            .state_dir
+            .join("spool")
+            .join(job.id.as_str())
+            .exists()
+    );
     assert_eq!(job.manifest_digest, Some(manifest_digest()));
     assert_eq!(job.blobs.len(), 1);
     assert_eq!(job.blobs[0].state, api::BlobState::Verified);
@@ -215,6 +223,15 @@ async fn pause_resume_cancel_delete() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let paused_at = uploaded(&client.job(&id).await.unwrap());
+    // The spool of an unfinished job stays for its resumption.
+    assert!(
+        daemon
+            .state_dir
+            .join("spool")
+            .join(id.as_str())
+            .join("chunks")
+            .is_file()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let job = client.job(&id).await.unwrap();
     assert_eq!((job.state, uploaded(&job)), (JobState::Paused, paused_at));

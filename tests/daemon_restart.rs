@@ -76,13 +76,23 @@ async fn graceful_stop_persists_and_the_next_daemon_finishes() {
         uploaded(j) >= 2 * CHUNK
     })
     .await;
+    let mut stream = client.events(&id, 0, true).await.unwrap();
+    let follower = tokio::spawn(async move { while stream.next().await.is_some() {} });
     let started = Instant::now();
-    daemon.stop().expect("daemon::run returns Ok on shutdown");
+    tokio::task::spawn_blocking(move || daemon.stop())
+        .await
+        .unwrap()
+        .expect("daemon::run returns Ok on shutdown");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_millis(1500),
         "shutdown took {:?}",
         started.elapsed()
     );
+    // Followers are told the stream ended: shutdown does not wait out the drain timeout (2 s).
+    tokio::time::timeout(Duration::from_millis(500), follower)
+        .await
+        .expect("the follower's stream ended with the daemon")
+        .unwrap();
 
     let second = Scripted::new(1000, 0);
     let daemon = TestDaemon::start(dir.path(), Arc::new(second.clone()));

@@ -124,7 +124,7 @@ impl JobContext {
     }
 
     /// A directory for this job's compressed chunks; it exists and survives restarts. The
-    /// scheduler removes it when the job is deleted.
+    /// scheduler removes it when the job is done or deleted.
     pub fn spool_dir(&self) -> &Path {
         &self.spool_dir
     }

@@ -114,13 +114,14 @@ pub async fn run(
             dir: state_dir.to_path_buf(),
             source,
         })?;
+    // The server, its connections and event followers stop when this flips to true.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(routes::App {
         scheduler: handle.clone(),
         store,
         counters,
+        stopping: stop_rx.clone(),
     });
-    // The server and its connections stop when this flips to true.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, app, stop_rx));
     match systemd::notify("READY=1") {
         Ok(true) => info!("told systemd we are ready"),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::warn;
 
 use super::metrics::Counters;
@@ -27,6 +27,8 @@ pub struct App {
     pub scheduler: SchedulerHandle,
     pub store: Store,
     pub counters: Arc<Counters>,
+    /// Turns true when the daemon stops: event followers end their streams then.
+    pub stopping: watch::Receiver<bool>,
 }
 
 fn full(bytes: Vec<u8>) -> Body {
@@ -308,8 +310,15 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
         if ended || !follow {
             return;
         }
+        let mut stopping = app.stopping.clone();
         loop {
-            let batch = match live.recv().await {
+            let received = tokio::select! {
+                r = live.recv() => r,
+                // The client left: stop waiting for events nobody reads.
+                () = tx.closed() => return,
+                () = super::server::stopped(&mut stopping) => return,
+            };
+            let batch = match received {
                 Ok(ev) => vec![ev],
                 // Fell behind the broadcast: catch up from the log.
                 Err(broadcast::error::RecvError::Lagged(_)) => {

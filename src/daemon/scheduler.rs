@@ -404,12 +404,7 @@ impl Scheduler {
                 }
                 self.stop(&id);
                 self.store.delete_job(id.clone()).await?;
-                let spool = self.config.spool_root.join(id.as_str());
-                if let Err(e) = std::fs::remove_dir_all(&spool)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    warn!(job = %id, error = %e, "cannot remove the job's spool directory");
-                }
+                self.remove_spool(&id);
                 // Followers of the job end here; nothing is persisted, the log went with the job.
                 let _ = self.events.send(api::Event {
                     seq: 0,
@@ -423,6 +418,15 @@ impl Scheduler {
         }
         info!(job = %id, ?action, "job control applied");
         Ok(Some(self.store.job(id).await?))
+    }
+
+    fn remove_spool(&self, id: &JobId) {
+        let spool = self.config.spool_root.join(id.as_str());
+        if let Err(e) = std::fs::remove_dir_all(&spool)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(job = %id, error = %e, "cannot remove the job's spool directory");
+        }
     }
 
     fn stop(&self, id: &JobId) {
@@ -504,6 +508,9 @@ impl Scheduler {
             }
             if let Err(e) = self.set_state(&id, state, reason, digest).await {
                 warn!(job = %id, error = %e, "cannot record the job's end");
+            } else if state == JobState::Done {
+                // The registry has every blob now; the compressed chunks only take disk space.
+                self.remove_spool(&id);
             }
         }
         self.start_queued().await;

@@ -98,6 +98,6 @@ async fn serve_connection(
 
 /// Resolves once shutdown began (or the sender is gone). Drops the watch guard before
 /// returning, so nothing borrowed is held across later awaits.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
