@@ -18,6 +18,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 use crate::api::{Compression, JobId};
@@ -42,7 +43,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Push SOURCE (docker-archive:, oci:, oci-archive: or a path) to TARGET (registry/repo:tag).
+    /// Push SOURCE to TARGET through the daemon, resumably; prints the manifest digest.
     Push(PushArgs),
     /// List jobs.
     Ls {
@@ -89,9 +90,14 @@ pub struct PushArgs {
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
     /// Compression for layers that are pushed compressed.
-    #[arg(long, default_value = "gzip")]
+    #[arg(
+        long,
+        default_value = "gzip",
+        value_parser = clap::builder::PossibleValuesParser::new(["gzip", "zstd"])
+            .map(|s| s.parse::<Compression>().expect("a listed value")),
+    )]
     pub compression: Compression,
-    /// Upload chunk size (e.g. 16MiB, 8M, 5242880); at least 5 MiB.
+    /// Upload chunk size (e.g. 16MiB, 8M, 5242880); at least 5 MiB [default: 16MiB].
     #[arg(long, value_parser = parse_size)]
     pub chunk_size: Option<u64>,
     /// Submit and print the job ID, without following.
@@ -106,7 +112,9 @@ pub struct PushArgs {
     /// Talk plain HTTP to the registry (local test registries).
     #[arg(long)]
     pub insecure: bool,
+    /// The image: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH, or a path to detect.
     pub source: String,
+    /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
     pub target: String,
 }
 

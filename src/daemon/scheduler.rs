@@ -229,7 +229,13 @@ impl Scheduler {
                 generation,
                 kind,
             } => {
-                if self.is_current(&id, generation) {
+                // Progress of a run that is stopping is still true (its last cursor was saved):
+                // only reports of an older, replaced run are dropped.
+                if self
+                    .running
+                    .get(&id)
+                    .is_some_and(|r| r.generation == generation)
+                {
                     self.emit(&id, kind).await;
                 }
             }
