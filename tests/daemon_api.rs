@@ -496,3 +496,60 @@ async fn deleting_a_paused_job_ends_its_followers() {
         .unwrap();
     assert_eq!(last, Some(EventKind::Deleted {}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_connection_cap_is_shared_by_all_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start_with(
+        dir.path(),
+        Config {
+            uploads_in_flight_max: 1,
+            jobs_running_max: 2,
+            job_body: Arc::new(Scripted::new(100, 10)),
+        },
+    );
+    let client = daemon.client();
+    let first = client.submit(&submit_request("a.tar")).await.unwrap().id;
+    wait_job(&client, &first, "uploading", |j| uploaded(j) >= CHUNK).await;
+    let second = client.submit(&submit_request("b.tar")).await.unwrap().id;
+    // Both run, but the second waits for the only upload slot.
+    wait_state(&client, &second, JobState::Uploading).await;
+    assert_eq!(client.health().await.unwrap().jobs_running, 2);
+    // Long enough for several chunks, had the second job a slot.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let job = client.job(&second).await.unwrap();
+    assert!(
+        job.blobs[0].uploaded_bytes == 0
+            && client.job(&first).await.unwrap().state != JobState::Done,
+        "the second job uploaded while the first held the only slot"
+    );
+    wait_state(&client, &first, JobState::Done).await;
+    wait_state(&client, &second, JobState::Done).await;
+}
+
+/// A body that announces phases out of order.
+struct Backwards;
+
+impl hoist::daemon::job::JobBody for Backwards {
+    fn run(&self, ctx: hoist::daemon::job::JobContext) -> hoist::daemon::job::JobFuture {
+        Box::pin(async move {
+            ctx.enter(JobState::Verifying).await?;
+            ctx.enter(JobState::Uploading).await?;
+            Err(hoist::daemon::job::JobError::failed("unreachable"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cannot_move_a_job_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Backwards));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    let reason = job.reason.unwrap();
+    assert!(
+        reason.contains("cannot go from verifying to uploading"),
+        "{reason}"
+    );
+}

@@ -38,6 +38,34 @@
 //! 8. On success return the digest of the manifest the registry now serves for the target.
 //!
 //! Credentials never pass through the context: the registry client reads docker's config.
+//!
+//! # Wiring sketch (for the integration)
+//! ```text
+//! run(ctx):
+//!   source = SourceRef::parse(spec.source)?; image = open + select spec.platform (guard)
+//!   plan   = PushPlan::build(image, spec.compression)            // blobs + actions
+//!   stored = ctx.plan(plan.blobs as NewBlob { digest, size, media_type, action }).await?
+//!   ctx.enter(Uploading)
+//!   for each blob (in parallel, bounded by upload_slot):
+//!     if stored.state is existed/uploaded/verified: skip
+//!     if action == compress: compress into ctx.spool_dir() (skip chunks already there),
+//!        ctx.compress_progress(..) per chunk, then ctx.blob_compressed(digest, pushed, size)
+//!     HEAD pushed digest -> exists: ctx.blob_state(digest, Existed); continue
+//!     permit = ctx.upload_slot().await?
+//!     cursor = stored.cursor.map(|c| UploadCursor { session_url: c.session_url,
+//!                                                 offset: c.offset_bytes })
+//!              // ask the registry for the real offset of a stored session; on 404 start over
+//!              .unwrap_or(registry.start_upload()?); ctx.save_cursor(digest, cursor, 0)
+//!     while cursor.offset < size:
+//!       if ctx.is_stop_requested(): return Err(Stopped)
+//!       cursor = registry.push_chunk(cursor, bytes[offset..offset+chunk])   // cursor -> cursor
+//!       ctx.save_cursor(digest, cursor, chunk_len).await?                     // before the next
+//!     registry.finish_upload(cursor, pushed_digest); ctx.blob_state(digest, Uploaded)
+//!   ctx.enter(Verifying); HEAD every blob (size and digest); ctx.blob_state(.., Verified)
+//!   ctx.enter(Committing); PUT manifest bytes (as built, never re-serialised)
+//!   read the manifest back, compare digest; ctx.enter(Verified)
+//!   Ok(JobOutput { manifest_digest })
+//! ```
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -74,11 +74,14 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
-            if allowed {
-                Ok::<_, std::convert::Infallible>(routes::handle(app, req).await)
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let resp = if allowed {
+                routes::handle(app, req).await
             } else {
-                Ok(routes::refused())
-            }
+                routes::refused()
+            };
+            debug!(%method, %path, status = resp.status().as_u16(), "request");
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
