@@ -99,13 +99,27 @@ pub struct NewBlob {
     pub action: BlobAction,
 }
 
-/// Where a resumable upload stands: the registry's session URL and the offset it acknowledged.
-/// The URL is the registry's upload location (it may carry the registry's own upload state,
-/// never our credentials).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a resumable upload stands: the registry's session URL and the offset it acknowledged
+/// (the registry client's `UploadCursor { session_url, offset }`). The URL is the registry's
+/// upload location: it may carry the registry's own upload state in its query (never our
+/// credentials), so `Debug` leaves the query out of logs.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CursorRecord {
     pub session_url: String,
     pub offset_bytes: u64,
+}
+
+impl std::fmt::Debug for CursorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.session_url.split_once('?') {
+            Some((path, _)) => format!("{path}?REDACTED"),
+            None => self.session_url.clone(),
+        };
+        f.debug_struct("CursorRecord")
+            .field("session_url", &url)
+            .field("offset_bytes", &self.offset_bytes)
+            .finish()
+    }
 }
 
 /// A blob row with its cursor and compression progress.

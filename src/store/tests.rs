@@ -241,3 +241,18 @@ fn integrity_check_finds_dangling_rows() {
         assert!(err.to_string().contains("events"), "{err}");
     });
 }
+
+#[test]
+fn cursor_debug_leaves_the_query_out() {
+    let c = CursorRecord {
+        session_url: "https://r.example/v2/a/blobs/uploads/u1?_state=SECRET&X-Amz-Signature=S"
+            .into(),
+        offset_bytes: 3,
+    };
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("SECRET") && !shown.contains("Signature"),
+        "{shown}"
+    );
+    assert!(shown.contains("/v2/a/blobs/uploads/u1?REDACTED"), "{shown}");
+}
