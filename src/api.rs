@@ -326,6 +326,14 @@ impl SubmitRequest {
                 ));
             }
         }
+        // `user:password@registry/...` would carry credentials into the store and the logs.
+        let host = self.target.split('/').next().unwrap_or_default();
+        if host.contains('@') || self.target.contains("://") {
+            return Err(
+                "target must be REGISTRY/REPOSITORY[:TAG] without a scheme or credentials: log in with `docker login REGISTRY` instead"
+                    .into(),
+            );
+        }
         let platform = match &self.platform {
             None => Platform::linux_amd64(),
             Some(p) => p
@@ -800,7 +808,27 @@ mod tests {
             chunk_size_bytes: Some(1024),
             ..req
         };
-        assert!(small.validate().unwrap_err().contains("5 MiB"));
+        assert!(small.clone().validate().unwrap_err().contains("5 MiB"));
+        for target in [
+            "user:pw@registry.example/a:1",
+            "https://registry.example/a:1",
+        ] {
+            let creds = SubmitRequest {
+                target: target.into(),
+                chunk_size_bytes: None,
+                ..small.clone()
+            };
+            assert!(
+                creds.validate().unwrap_err().contains("docker login"),
+                "{target}"
+            );
+        }
+        let by_digest = SubmitRequest {
+            target: format!("registry.example/a@{}", Digest::sha256_of(b"x")),
+            chunk_size_bytes: None,
+            ..small
+        };
+        assert!(by_digest.validate().is_ok());
         assert!(
             decode::<SubmitRequest>(
                 "submit request",
