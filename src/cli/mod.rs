@@ -112,7 +112,7 @@ pub struct PushArgs {
     /// Talk plain HTTP to the registry (local test registries).
     #[arg(long)]
     pub insecure: bool,
-    /// The image: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH, or a path to detect.
+    /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
     pub target: String,
