@@ -239,7 +239,10 @@ async fn pause_resume_cancel_delete() {
     match client.control(&id, "retry").await {
         Err(ClientError::Api { status, message }) => {
             assert_eq!(status, StatusCode::CONFLICT);
-            assert!(message.contains("paused"), "{message}");
+            assert!(
+                message.contains("is paused: only a failed or cancelled job can be retried"),
+                "{message}"
+            );
         }
         other => panic!("retry of a paused job: {other:?}"),
     }

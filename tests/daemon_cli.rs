@@ -13,7 +13,7 @@ use hoist::cli::client::Client;
 use hoist::daemon::job::NOT_WIRED_REASON;
 
 fn hoist(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoist"))
+    Command::new(hoist_bin())
         .arg("--socket")
         .arg(socket)
         .args(args)
@@ -125,7 +125,8 @@ async fn controls_and_their_errors() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.starts_with("hoist: job ") && err.contains("cannot be resumed"),
+        err.starts_with("hoist: job ")
+            && err.contains("is cancelled: only a paused job can be resumed"),
         "{err}"
     );
     // watch of a job that did not end done exits non-zero.
@@ -150,7 +151,7 @@ async fn controls_and_their_errors() {
 async fn ctrl_c_detaches_and_the_job_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(300, 20)));
-    let child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+    let child = Command::new(hoist_bin())
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["push", "a.tar", "r/a:1"])
@@ -214,7 +215,7 @@ async fn push_starts_a_daemon_when_none_answers() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/hoist.sock");
     let state = dir.path().join("state");
-    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+    let out = Command::new(hoist_bin())
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")

@@ -121,7 +121,7 @@ async fn paused_jobs_stay_paused_across_restarts() {
 }
 
 fn hoistd(dir: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_hoistd"))
+    Command::new(hoistd_bin())
         .arg("--socket")
         .arg(dir.join("hoist.sock"))
         .arg("--state-dir")

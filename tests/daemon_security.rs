@@ -91,7 +91,7 @@ fn a_peer_with_another_uid_is_refused() {
 
     // Our own client, copied where uid 65534 can run it (the target dir may be private).
     let client = dir.path().join("hoist-client");
-    std::fs::copy(env!("CARGO_BIN_EXE_hoist"), &client).unwrap();
+    std::fs::copy(hoist_bin(), &client).unwrap();
     std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -136,7 +136,7 @@ fn hoistd_refuses_root_without_allow_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hoistd"))
+    let out = Command::new(hoistd_bin())
         .arg("--socket")
         .arg(dir.path().join("s.sock"))
         .arg("--state-dir")

@@ -1,11 +1,14 @@
 //! systemd integration: the units verify, hoistd serves a socket passed by
 //! `systemd-socket-activate`, and it sends READY=1 to `$NOTIFY_SOCKET` (path and abstract).
 
+mod daemon_support;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use daemon_support::hoistd_bin;
 use hoist::cli::client::Client;
 
 fn require(tool: &str) {
@@ -29,7 +32,7 @@ fn units_pass_systemd_analyze_verify() {
     for name in ["hoist.socket", "hoist.service"] {
         let text = std::fs::read_to_string(Path::new(units).join(name)).unwrap();
         // verify checks that ExecStart exists: point it at the binary under test.
-        let text = text.replace("%h/.cargo/bin/hoistd", env!("CARGO_BIN_EXE_hoistd"));
+        let text = text.replace("%h/.cargo/bin/hoistd", hoistd_bin().to_str().unwrap());
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
@@ -80,7 +83,7 @@ async fn hoistd_serves_a_socket_activated_listener() {
     let mut child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&sock)
-        .arg(env!("CARGO_BIN_EXE_hoistd"))
+        .arg(hoistd_bin())
         .arg("--allow-root")
         .arg("--state-dir")
         .arg(dir.path().join("state"))
@@ -123,7 +126,7 @@ async fn hoistd_serves_a_socket_activated_listener() {
 
 fn expect_ready(notify_socket: &str, receiver: &UnixDatagram) {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hoistd"))
+    let mut child = Command::new(hoistd_bin())
         .arg("--allow-root")
         .arg("--socket")
         .arg(dir.path().join("h.sock"))

@@ -355,11 +355,8 @@ impl Scheduler {
     ) -> Result<Option<JobRecord>, SchedError> {
         let job = self.store.job(id.clone()).await?;
         let state = job.state;
-        let conflict = |what: &str| {
-            Err(SchedError::Conflict(format!(
-                "job {id} is {state}: it cannot be {what} now"
-            )))
-        };
+        let conflict =
+            |what: &str| Err(SchedError::Conflict(format!("job {id} is {state}: {what}")));
         match action {
             Control::Pause => {
                 if !matches!(
@@ -369,14 +366,16 @@ impl Scheduler {
                         | JobState::Uploading
                         | JobState::Verifying
                 ) {
-                    return conflict("paused");
+                    return conflict(
+                        "only a queued or running job can be paused, before it commits",
+                    );
                 }
                 self.set_state(&id, JobState::Paused, None, None).await?;
                 self.stop(&id);
             }
             Control::Resume => {
                 if state != JobState::Paused {
-                    return conflict("resumed (only a paused job can)");
+                    return conflict("only a paused job can be resumed");
                 }
                 self.counters.add_resume();
                 self.set_state(&id, JobState::Queued, None, None).await?;
@@ -384,7 +383,7 @@ impl Scheduler {
             }
             Control::Cancel => {
                 if state.is_final() {
-                    return conflict("cancelled");
+                    return conflict("it has ended already; remove it with `hoist rm`");
                 }
                 self.set_state(
                     &id,
@@ -397,7 +396,7 @@ impl Scheduler {
             }
             Control::Retry => {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
-                    return conflict("retried (only a failed or cancelled job can)");
+                    return conflict("only a failed or cancelled job can be retried");
                 }
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;

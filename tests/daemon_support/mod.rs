@@ -15,6 +15,25 @@ use hoist::daemon::{self, Config, paths};
 use hoist::digest::Digest;
 use hoist::store::{CursorRecord, NewBlob};
 
+/// The `hoist` binary under test.
+pub fn hoist_bin() -> PathBuf {
+    bin("hoist", env!("CARGO_BIN_EXE_hoist"))
+}
+
+/// The `hoistd` binary under test.
+pub fn hoistd_bin() -> PathBuf {
+    bin("hoistd", env!("CARGO_BIN_EXE_hoistd"))
+}
+
+/// `HOIST_TEST_BIN_DIR` overrides Cargo's path: where several checkouts share one target
+/// directory, `target/debug/hoist` is whichever checkout linked last.
+fn bin(name: &str, cargo_path: &str) -> PathBuf {
+    match std::env::var_os("HOIST_TEST_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(cargo_path),
+    }
+}
+
 /// How long a test waits for a job to reach a state.
 pub const WAIT_MS_MAX: u64 = 15_000;
 
