@@ -53,6 +53,16 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         private_dir(parent)?;
+        if let Ok(meta) = std::fs::metadata(parent)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            // Not fatal: the socket is 0600 and every peer's uid is checked, but say so.
+            tracing::warn!(
+                dir = %parent.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the socket's directory is open to other users; prefer a 0700 directory"
+            );
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
