@@ -18,6 +18,7 @@ pub mod cli;
 pub mod compress;
 pub mod daemon;
 pub mod digest;
+pub mod elf;
 pub mod image;
 pub mod plan;
 pub mod platform;
