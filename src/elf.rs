@@ -138,7 +138,10 @@ fn machine_name(arch: &str) -> &str {
 }
 
 /// Checks the layers' censuses against the declared platform (see the module doc for the rule).
-pub fn check_platform(declared: &Platform, layers: &[LayerCensus]) -> Result<(), Box<ArchMismatch>> {
+pub fn check_platform(
+    declared: &Platform,
+    layers: &[LayerCensus],
+) -> Result<(), Box<ArchMismatch>> {
     let want = declared.architecture.as_str();
     let mut native = 0u64;
     let mut foreign: BTreeMap<&str, u64> = BTreeMap::new();
