@@ -22,5 +22,6 @@ pub mod image;
 pub mod plan;
 pub mod platform;
 pub mod registry;
+pub mod sample;
 pub mod source;
 pub mod store;
