@@ -41,7 +41,7 @@ pub fn parse<T: DeserializeOwned>(
     let parsed = serde_json::from_slice(&bytes).map_err(|e| ImageError::Json {
         what: what.to_string(),
         kind,
-        detail: e.to_string(),
+        detail: crate::source::one_line(&e.to_string()),
     })?;
     let digest = Digest::sha256_of(&bytes);
     Ok(Doc {

@@ -84,8 +84,8 @@ pub fn select<F: Fetch>(
         let kind = kind_of(f, only)?;
         if let DocumentKind::Manifest(family) = kind {
             let sel = open_manifest(f, only, family)?;
-            check_config_platform(&f.what(&only.digest), &sel.config.parsed, wanted)?;
             check_entry(f, only, &sel)?;
+            check_config_platform(&f.what(&only.digest), &sel.config.parsed, wanted)?;
             return Ok(sel);
         }
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::blob::BlobLocation;
-use super::error::SourceError;
+use super::error::{SourceError, one_line};
 use crate::image::media::{Compression, sniff_unsupported};
 
 /// Archives with more entries than this are refused (image archives have a few per layer).
@@ -132,7 +132,7 @@ impl TarIndex {
             .entries_with_seek()
             .map_err(|e| SourceError::NotTar {
                 what: display.clone(),
-                detail: e.to_string(),
+                detail: one_line(&e.to_string()),
             })?;
         for item in iter {
             let entry = match item {
@@ -140,14 +140,14 @@ impl TarIndex {
                 Err(e) if entries.is_empty() && last.is_empty() => {
                     return Err(SourceError::NotTar {
                         what: display,
-                        detail: e.to_string(),
+                        detail: one_line(&e.to_string()),
                     });
                 }
                 Err(e) => {
                     return Err(SourceError::Corrupt {
                         what: display,
                         after: last,
-                        detail: e.to_string(),
+                        detail: one_line(&e.to_string()),
                     });
                 }
             };

@@ -71,7 +71,7 @@ pub fn check_compressed_layer(
         } else {
             SourceError::Decompress {
                 what: what.clone(),
-                detail: e.to_string(),
+                detail: super::error::one_line(&e.to_string()),
             }
         }
     };

@@ -141,6 +141,21 @@ pub enum SourceError {
     Image(#[from] ImageError),
 }
 
+/// Makes a detail from another library fit a one-line message: control characters become
+/// spaces and it is cut at `DETAIL_CHARS_MAX` characters.
+pub fn one_line(detail: &str) -> String {
+    const DETAIL_CHARS_MAX: usize = 120;
+    let mut out: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(DETAIL_CHARS_MAX)
+        .collect();
+    if detail.chars().count() > DETAIL_CHARS_MAX {
+        out.push_str("...");
+    }
+    out
+}
+
 impl SourceError {
     /// Recovers a `SourceError` carried through an `io::Error` (from a [`super::VerifyingReader`]);
     /// other I/O errors are wrapped with `what`.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub use archive::{TAR_ENTRIES_MAX, TarIndex, normalise_name};
 pub use blob::{BlobLocation, BlobReader, Check, VerifyingReader};
 pub use docker::check_compressed_layer;
-pub use error::SourceError;
+pub use error::{SourceError, one_line};
 
 use crate::digest::Digest;
 use crate::image::media::{Compression, Family};
