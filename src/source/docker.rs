@@ -93,6 +93,20 @@ pub fn check_compressed_layer(
     Ok(hr.hasher.finish())
 }
 
+/// Whether `RepoTags` entry `tag` names `wanted`, the way docker normalises names: skopeo
+/// writes `docker.io/library/foo:v1` for `foo:v1`; a name without a tag means `:latest`.
+fn tag_matches(tag: &str, wanted: &str) -> bool {
+    let last = wanted.rsplit('/').next().unwrap_or(wanted);
+    let wanted = if last.contains(':') || wanted.contains('@') {
+        wanted.to_string()
+    } else {
+        format!("{wanted}:latest")
+    };
+    tag == wanted
+        || tag.strip_prefix("docker.io/") == Some(wanted.as_str())
+        || tag.strip_prefix("docker.io/library/") == Some(wanted.as_str())
+}
+
 fn pick<'a>(
     what: &str,
     entries: &'a [DockerArchiveEntry],
@@ -106,20 +120,17 @@ fn pick<'a>(
         all.join(", ")
     };
     match reference {
-        Some(r) => {
-            let with_latest = format!("{r}:latest");
-            entries
-                .iter()
-                .find(|e| tags(e).iter().any(|t| t == r || *t == with_latest))
-                .ok_or_else(|| {
-                    ImageError::RefNotFound {
-                        what: what.to_string(),
-                        reference: r.to_string(),
-                        available,
-                    }
-                    .into()
-                })
-        }
+        Some(r) => entries
+            .iter()
+            .find(|e| tags(e).iter().any(|t| tag_matches(t, r)))
+            .ok_or_else(|| {
+                ImageError::RefNotFound {
+                    what: what.to_string(),
+                    reference: r.to_string(),
+                    available,
+                }
+                .into()
+            }),
         None => match entries {
             [] => Err(ImageError::Empty {
                 what: what.to_string(),
@@ -257,4 +268,26 @@ pub(super) fn resolve(
         platform,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag_matches;
+
+    #[test]
+    fn tags() {
+        assert!(tag_matches("docker.io/library/foo:v1", "foo:v1"));
+        assert!(tag_matches("docker.io/library/foo:latest", "foo"));
+        assert!(tag_matches("example.com/a/b:2", "example.com/a/b:2"));
+        assert!(tag_matches("docker.io/me/app:1", "me/app:1"));
+        assert!(!tag_matches("docker.io/library/foo:v1", "foo:v2"));
+        assert!(!tag_matches(
+            "localhost:5000/foo:latest",
+            "localhost:5000/foo:v1"
+        ));
+        assert!(tag_matches(
+            "localhost:5000/foo:latest",
+            "localhost:5000/foo"
+        ));
+    }
 }
