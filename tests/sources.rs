@@ -1059,3 +1059,96 @@ mod props {
         }
     }
 }
+
+#[test]
+fn layer_annotations_and_urls_are_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let img = sample(t.path(), &mixed_spec(18));
+    rewrite_manifest(t.path(), &img, |m| {
+        m["layers"][0]["annotations"] = json!({"z.last": "1", "a.first": "2"});
+        m["layers"][1]["urls"] = json!(["https://example.com/layer"]);
+        m["annotations"] = json!({"org.opencontainers.image.title": "sample"});
+    });
+    let p = plan(&t.path().display().to_string()).unwrap();
+    let c = |n: u8| CompressedLayer {
+        digest: Digest::sha256_of(&[n]),
+        size: 10,
+    };
+    let m = p.build_manifest(&[c(0), c(2)]).unwrap();
+    let text = String::from_utf8(m.bytes).unwrap();
+    assert!(
+        text.contains(r#""annotations":{"z.last":"1","a.first":"2"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""urls":["https://example.com/layer"]"#),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(r#""annotations":{"org.opencontainers.image.title":"sample"}}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn several_named_images_need_a_name() {
+    let t = tempfile::tempdir().unwrap();
+    let img = sample(t.path(), &mixed_spec(19));
+    let entry = |name: &str| {
+        json!({"mediaType": media::OCI_MANIFEST, "digest": img.manifest.to_string(),
+               "size": img.manifest_size, "annotations": {media::ANNOTATION_REF_NAME: name}})
+    };
+    let index = json!({"schemaVersion": 2, "manifests": [entry("v1"), entry("v2")]});
+    fs::write(
+        t.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let src = format!("oci:{}", t.path().display());
+    assert_has(
+        &err(&src),
+        &["holds 2 images (v1, v2): name one, e.g. oci:", ":v1"],
+    );
+    assert_eq!(
+        plan(&format!("{src}:v2")).unwrap().config.digest,
+        img.config
+    );
+}
+
+#[test]
+fn deeply_nested_indexes_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let mut spec = mixed_spec(20);
+    spec.index = Some(IndexSpec::default());
+    let img = sample(t.path(), &spec);
+    let mut top = (
+        img.index.clone().unwrap(),
+        fs::metadata(blob_file(t.path(), img.index.as_ref().unwrap()))
+            .unwrap()
+            .len(),
+    );
+    // one level of nesting is fine
+    assert_eq!(
+        plan(&t.path().display().to_string()).unwrap().config.digest,
+        img.config
+    );
+    for _ in 0..6 {
+        let bytes = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media::OCI_INDEX, "digest": top.0.to_string(), "size": top.1}]}))
+        .unwrap();
+        let d = Digest::sha256_of(&bytes);
+        fs::write(blob_file(t.path(), &d), &bytes).unwrap();
+        top = (d, bytes.len() as u64);
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": media::OCI_INDEX, "digest": top.0.to_string(), "size": top.1}]});
+    fs::write(
+        t.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    assert_has(
+        &err(&t.path().display().to_string()),
+        &["indexes nested more than 4 deep"],
+    );
+}

@@ -280,6 +280,30 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_ranges() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let loc = loc_of(&data, 3);
+        let handles: Vec<_> = (0..4u64)
+            .map(|k| {
+                let loc = loc.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    loc.reader_at(k * 25_000)
+                        .take(25_000)
+                        .read_to_end(&mut out)
+                        .unwrap();
+                    out
+                })
+            })
+            .collect();
+        let joined: Vec<u8> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(joined, data);
+    }
+
+    #[test]
     fn size_checked() {
         let loc = loc_of(b"hello world", 0);
         let mut r = VerifyingReader::new(

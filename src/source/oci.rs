@@ -35,7 +35,28 @@ pub(super) fn resolve(
     )?;
     let index: Doc<Index> = doc::parse(bytes, &index_what, "OCI index.json")?;
     let entries: Vec<Descriptor> = match reference {
-        None => index.parsed.manifests.clone(),
+        None => {
+            // Several differently named images and no name given: picking one by platform
+            // could push the wrong image, so ask for the name.
+            let mut names: Vec<&str> = Vec::new();
+            for d in &index.parsed.manifests {
+                if let Some(n) = d.annotation(ANNOTATION_REF_NAME)
+                    && !names.contains(&n)
+                {
+                    names.push(n);
+                }
+            }
+            if names.len() > 1 {
+                return Err(ImageError::Ambiguous {
+                    what: index_what,
+                    count: names.len(),
+                    available: names.join(", "),
+                    example: format!("{}:{}", source.reference, names.first().unwrap_or(&"REF")),
+                }
+                .into());
+            }
+            index.parsed.manifests.clone()
+        }
         Some(r) => {
             let matching: Vec<Descriptor> = index
                 .parsed
