@@ -1152,3 +1152,48 @@ fn deeply_nested_indexes_are_refused() {
         &["indexes nested more than 4 deep"],
     );
 }
+
+#[test]
+fn docker_archive_bad_paths_and_big_manifest_json() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, entries) = docker25_entries(t.path());
+    let f = t.path().join("p.tar");
+    // a layer path naming an unsupported digest algorithm
+    let mut es = entries.clone();
+    let md5 = format!("blobs/md5/{}", &img.layers[0].digest.hex()[..32]);
+    let mut m: Value = serde_json::from_slice(&es[0].1).unwrap();
+    m[0]["Layers"][0] = json!(md5);
+    es[0].1 = serde_json::to_vec(&m).unwrap();
+    es[2].0 = md5.clone();
+    write_tar(&f, &regular(&es));
+    assert_has(
+        &err(&f.display().to_string()),
+        &[&md5, "unsupported algorithm"],
+    );
+    // manifest.json naming a path outside the archive
+    let mut es = entries.clone();
+    let mut m: Value = serde_json::from_slice(&es[0].1).unwrap();
+    m[0]["Config"] = json!("../../etc/passwd");
+    es[0].1 = serde_json::to_vec(&m).unwrap();
+    write_tar(&f, &regular(&es));
+    assert_has(
+        &err(&f.display().to_string()),
+        &["\"../../etc/passwd\" is absolute or contains '..'"],
+    );
+    // manifest.json over 4 MiB
+    let mut es = entries.clone();
+    es[0].1.resize(4 * 1024 * 1024 + 10, b' ');
+    write_tar(&f, &regular(&es));
+    assert_has(
+        &err(&f.display().to_string()),
+        &["p.tar: manifest.json: JSON document of 4194314 bytes is over the 4194304-byte limit"],
+    );
+    // not JSON at all
+    let mut es = entries.clone();
+    es[0].1 = b"{not json".to_vec();
+    write_tar(&f, &regular(&es));
+    assert_has(
+        &err(&f.display().to_string()),
+        &["manifest.json: not a valid docker save manifest.json"],
+    );
+}
