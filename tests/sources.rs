@@ -1197,3 +1197,64 @@ fn docker_archive_bad_paths_and_big_manifest_json() {
         &["manifest.json: not a valid docker save manifest.json"],
     );
 }
+
+#[test]
+fn classic_docker_save_layer_symlinks_are_followed_inside_the_archive() {
+    // docker save before 25 writes a layer that appears twice as `<id2>/layer.tar ->
+    // ../<id1>/layer.tar`. Such a link is followed (the layer is checked against its diff_id);
+    // links that leave the archive, dangle or chain are refused.
+    let t = tempfile::tempdir().unwrap();
+    let (img, entries) = docker25_entries(t.path());
+    let layer = entries[2].1.clone();
+    let diff = img.layers[0].diff_id.to_string();
+    let mut cfg: Value = serde_json::from_slice(&entries[1].1).unwrap();
+    cfg["rootfs"]["diff_ids"] = json!([diff, diff]);
+    let cfg = serde_json::to_vec(&cfg).unwrap();
+    let cfg_name = format!("{}.json", Digest::sha256_of(&cfg).hex());
+    let manifest = serde_json::to_vec(&json!([{"Config": cfg_name, "RepoTags": null,
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]))
+    .unwrap();
+    let f = t.path().join("classic.tar");
+    let build = |target: &str, extra: Option<Vec<u8>>| {
+        let mut es = vec![
+            raw_entry(&cfg_name, tar::EntryType::Regular, &cfg, None),
+            raw_entry("aaa/layer.tar", tar::EntryType::Regular, &layer, None),
+            raw_entry("bbb/layer.tar", tar::EntryType::Symlink, b"", Some(target)),
+            raw_entry("manifest.json", tar::EntryType::Regular, &manifest, None),
+        ];
+        es.extend(extra);
+        write_tar(&f, &es);
+    };
+    build("../aaa/layer.tar", None);
+    let p = plan(&f.display().to_string()).unwrap();
+    assert_eq!(p.layers.len(), 2);
+    assert_eq!(p.layers[1].source.digest, img.layers[0].diff_id);
+    assert!(
+        p.layers[1]
+            .source
+            .location
+            .name
+            .contains("bbb/layer.tar -> aaa/layer.tar")
+    );
+    p.verify_sources().unwrap();
+    for bad in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "../nope/layer.tar",
+        "../ccc/layer.tar",
+    ] {
+        build(
+            bad,
+            Some(raw_entry(
+                "ccc/layer.tar",
+                tar::EntryType::Symlink,
+                b"",
+                Some("../aaa/layer.tar"),
+            )),
+        );
+        assert_has(
+            &err(&f.display().to_string()),
+            &["bbb/layer.tar is a symlink where a blob should be"],
+        );
+    }
+}

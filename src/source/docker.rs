@@ -203,7 +203,9 @@ pub(super) fn resolve(
     let mut layers = Vec::with_capacity(entry.layers.len());
     for (raw, diff_id) in entry.layers.iter().zip(diff_ids) {
         let name = entry_name(&display, raw)?;
-        let location = c.locate(&name, MANIFEST_HINT)?;
+        // Layers are checked against their diff_id as they stream, so docker's own
+        // in-archive symlinks (a layer saved twice) are safe to follow.
+        let location = c.locate_following_symlink(&name, MANIFEST_HINT)?;
         let layer_what = location.name.to_string();
         let path_digest = digest_of_path(&display, &name)?;
         let head = location.head(8)?;

@@ -257,6 +257,19 @@ impl Container {
         }
     }
 
+    /// Like [`Container::locate`], but follows one in-archive symlink to a regular file (see
+    /// [`TarIndex::locate_following_symlink`]).
+    pub fn locate_following_symlink(
+        &self,
+        name: &str,
+        hint: &'static str,
+    ) -> Result<BlobLocation, SourceError> {
+        match self {
+            Container::Tar(t) => t.locate_following_symlink(name, hint),
+            Container::Dir { .. } => self.locate(name, hint),
+        }
+    }
+
     /// Reads a JSON document, refusing it before reading if it is over [`JSON_BYTES_MAX`].
     pub fn read_json(&self, name: &str, hint: &'static str) -> Result<Vec<u8>, SourceError> {
         let loc = self.locate(name, hint)?;
