@@ -46,6 +46,18 @@ impl BlobLocation {
         }
     }
 
+    /// The sub-range `[start, start + len)` of this blob (clamped to it), e.g. one chunk for a
+    /// parallel compressor.
+    pub fn slice(&self, start: u64, len: u64) -> BlobLocation {
+        let start = start.min(self.len);
+        BlobLocation {
+            file: self.file.clone(),
+            offset: self.offset + start,
+            len: len.min(self.len - start),
+            name: self.name.clone(),
+        }
+    }
+
     /// Reads into `buf` from `start` bytes into the blob; returns the count read (0 at the end).
     pub fn read_at(&self, start: u64, buf: &mut [u8]) -> io::Result<usize> {
         if start >= self.len {
@@ -301,6 +313,24 @@ mod tests {
             .flat_map(|h| h.join().unwrap())
             .collect();
         assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn slices_clamp() {
+        let loc = loc_of(b"0123456789", 4);
+        let mut s = String::new();
+        loc.slice(3, 4).reader().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "3456");
+        assert_eq!(loc.slice(8, 100).len, 2);
+        assert_eq!(loc.slice(100, 1).len, 0);
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<BlobLocation>();
+        send_sync::<crate::plan::PushPlan>();
+        send_sync::<SourceError>();
     }
 
     #[test]
