@@ -418,15 +418,60 @@ fn docker25_archive_uncompressed_and_gzip_layers() {
     assert!(matches!(detected, SourceRef::DockerArchive { .. }));
     let p = plan(&archive.display().to_string()).unwrap();
     check_plan_matches(&p, &img);
-    assert_eq!(p.family, media::Family::Docker2);
-    // the gzip layer is pushed as is, under its Docker media type
+    // the archive's own OCI manifest was found: its family and media types are kept
+    assert_eq!(p.family, media::Family::Oci);
     assert_eq!(p.layers[1].action, LayerAction::AsIs);
-    assert_eq!(p.layers[1].media_type, media::DOCKER_LAYER_GZIP);
+    assert_eq!(p.layers[1].media_type, media::OCI_LAYER_GZIP);
     assert_eq!(p.layers[1].source.digest, img.layers[1].digest);
+    assert!(p.source_manifest.is_none(), "two layers need compression");
     // the same file as an oci-archive: the OCI manifest
     let p = plan(&format!("oci-archive:{}", archive.display())).unwrap();
     check_plan_matches(&p, &img);
     assert_eq!(p.family, media::Family::Oci);
+}
+
+#[test]
+fn docker25_archive_of_compressed_layers_keeps_the_manifest_bytes() {
+    // what docker save writes with the containerd image store: compressed blobs, an index
+    // (with an attestation) in index.json, and manifest.json
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let mut spec = mixed_spec(21);
+    for l in &mut spec.layers {
+        l.compression = SampleCompression::Gzip;
+    }
+    spec.index = Some(IndexSpec {
+        extra_platforms: vec![],
+        attestation: true,
+    });
+    let img = sample(&layout, &spec);
+    let archive = t.path().join("d25.tar");
+    docker25_archive(&layout, &img, &archive, false);
+    let p = plan(&format!("docker-archive:{}", archive.display())).unwrap();
+    check_plan_matches(&p, &img);
+    let m = p
+        .source_manifest
+        .as_ref()
+        .expect("the OCI manifest is pushed as is");
+    assert_eq!(m.digest, img.manifest);
+    assert_eq!(
+        m.bytes,
+        fs::read(blob_file(&layout, &img.manifest)).unwrap()
+    );
+
+    // without its manifest blob, the archive is still pushed, as a Docker schema 2 image
+    let stripped = t.path().join("stripped.tar");
+    fs::remove_file(blob_file(&layout, &img.manifest)).unwrap();
+    docker25_archive(&layout, &img, &stripped, false);
+    let p = plan(&stripped.display().to_string()).unwrap();
+    check_plan_matches(&p, &img);
+    assert_eq!(p.family, media::Family::Docker2);
+    assert!(p.source_manifest.is_none());
+    assert!(
+        p.layers
+            .iter()
+            .all(|l| l.media_type == media::DOCKER_LAYER_GZIP)
+    );
 }
 
 #[test]

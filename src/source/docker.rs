@@ -9,8 +9,8 @@ use super::{
     VerifyingReader, normalise_name,
 };
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::image::doc::{self, Config, Doc, DockerArchiveEntry};
-use crate::image::media::{self, Compression, Family, sniff_unsupported};
+use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index, Manifest};
+use crate::image::media::{self, Compression, DocumentKind, Family, sniff_unsupported};
 use crate::image::{ImageError, select};
 use crate::platform::Platform;
 
@@ -151,6 +151,66 @@ fn pick<'a>(
     }
 }
 
+/// Index entries visited at most when looking for the OCI manifest of a docker archive.
+const OCI_ENTRIES_VISITED_MAX: usize = 256;
+
+/// Looks in the OCI layout of a Docker 25+ archive for the image manifest whose config is
+/// `config_digest` and whose layers are exactly `layers` (same digests, same compression).
+/// Anything unreadable is skipped: `docker save` leaves out blobs of other platforms, and the
+/// archive was already fully resolved through `manifest.json`.
+fn find_oci_manifest(
+    c: &Container,
+    config_digest: &Digest,
+    layers: &[SourceLayer],
+) -> Option<(Doc<Manifest>, String, Family)> {
+    if !c.contains("index.json") || !c.contains("oci-layout") {
+        return None;
+    }
+    let what = format!("{}: index.json", c.display());
+    let index: Doc<Index> = doc::parse(c.read_json("index.json", "").ok()?, &what, "index").ok()?;
+    let mut stack: Vec<(Descriptor, usize)> =
+        index.parsed.manifests.into_iter().map(|d| (d, 0)).collect();
+    let mut visited = 0;
+    while let Some((d, depth)) = stack.pop() {
+        visited += 1;
+        if visited > OCI_ENTRIES_VISITED_MAX {
+            return None;
+        }
+        let Ok(bytes) = c.read_json_blob(&d.digest, d.size) else {
+            continue;
+        };
+        match media::classify_document(&d.media_type) {
+            DocumentKind::Index(_) if depth < select::INDEX_DEPTH_MAX => {
+                if let Ok(ix) = doc::parse::<Index>(bytes, &what, "index") {
+                    stack.extend(ix.parsed.manifests.into_iter().map(|d| (d, depth + 1)));
+                }
+            }
+            DocumentKind::Manifest(_) => {
+                let Ok(m) = doc::parse::<Manifest>(bytes, &what, "manifest") else {
+                    continue;
+                };
+                let p = &m.parsed;
+                let same_layers = p.layers.len() == layers.len()
+                    && p.layers.iter().zip(layers).all(|(d, l)| {
+                        d.digest == l.digest
+                            && d.size == l.size
+                            && media::classify_layer(&d.media_type)
+                                .is_some_and(|t| t.compression == l.compression)
+                    });
+                if p.config.digest != *config_digest || !same_layers {
+                    continue;
+                }
+                let media_type = p.media_type.clone().unwrap_or(d.media_type.clone());
+                if let DocumentKind::Manifest(family) = media::classify_document(&media_type) {
+                    return Some((m, media_type, family));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 pub(super) fn resolve(
     source: &Source,
     reference: Option<&str>,
@@ -258,6 +318,30 @@ pub(super) fn resolve(
             diff_id: diff_id.clone(),
             urls: None,
             annotations: None,
+        });
+    }
+    // Docker 25+ archives also hold the image's OCI manifest: when one matches this config and
+    // these layers, push it byte for byte (keeping the digest docker/buildx gave the image).
+    if let Some((manifest, media_type, family)) = find_oci_manifest(c, &config.digest, &layers) {
+        for (l, d) in layers.iter_mut().zip(&manifest.parsed.layers) {
+            l.media_type = d.media_type.clone();
+            l.urls = d.urls.clone();
+            l.annotations = d.annotations.clone();
+            l.foreign = media::classify_layer(&d.media_type).is_some_and(|t| t.foreign);
+        }
+        let config_media_type = match manifest.parsed.config.media_type.as_str() {
+            "" => family.config_media_type().to_string(),
+            mt => mt.to_string(),
+        };
+        return Ok(ResolvedImage {
+            source: source.reference.to_string(),
+            family,
+            manifest: Some((manifest, media_type)),
+            config,
+            config_media_type,
+            config_location,
+            platform,
+            layers,
         });
     }
     Ok(ResolvedImage {
