@@ -28,6 +28,26 @@ pub enum Codec {
     Zstd,
 }
 
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        })
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            other => Err(format!("unknown compression {other:?}: use gzip or zstd")),
+        }
+    }
+}
+
 impl Codec {
     pub fn compression(self) -> Compression {
         match self {
@@ -484,4 +504,19 @@ pub struct BlobView {
 pub enum ActionView {
     AsIs,
     Compress { codec: Codec },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_names() {
+        for c in [Codec::Gzip, Codec::Zstd] {
+            assert_eq!(c.to_string().parse::<Codec>().unwrap(), c);
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        assert!("xz".parse::<Codec>().is_err());
+        assert_eq!(Codec::default(), Codec::Gzip);
+    }
 }
