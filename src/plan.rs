@@ -19,11 +19,13 @@ use crate::source::{
 /// ECR refuses images with more layers than this (`Limit on number of layers per image exceeded`).
 pub const LAYERS_MAX: usize = 127;
 
+// The codec enum belongs to `hoist::compress` (written on another branch, with the same
+// variants, serde names, Display and FromStr). Until the branches meet, plan.rs carries a
+// copy; at the merge, replace this block with `pub use crate::compress::Codec;`.
 /// The codec used for layers hoist compresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
-    #[default]
     Gzip,
     Zstd,
 }
@@ -43,17 +45,19 @@ impl std::str::FromStr for Codec {
         match s {
             "gzip" => Ok(Codec::Gzip),
             "zstd" => Ok(Codec::Zstd),
-            other => Err(format!("unknown compression {other:?}: use gzip or zstd")),
+            other => Err(format!(
+                "compression {other:?} is not supported: use gzip or zstd"
+            )),
         }
     }
 }
+// (end of the block to replace)
 
-impl Codec {
-    pub fn compression(self) -> Compression {
-        match self {
-            Codec::Gzip => Compression::Gzip,
-            Codec::Zstd => Compression::Zstd,
-        }
+/// The layer compression a codec produces.
+fn codec_compression(codec: Codec) -> Compression {
+    match codec {
+        Codec::Gzip => Compression::Gzip,
+        Codec::Zstd => Compression::Zstd,
     }
 }
 
@@ -220,7 +224,7 @@ impl PushPlan {
             ));
         }
         let pushed_compression = |c: Compression| match c {
-            Compression::None => opts.compression.compression(),
+            Compression::None => codec_compression(opts.compression),
             other => other,
         };
         let needs_oci = image
@@ -248,8 +252,12 @@ impl PushPlan {
                             uncompressed_size: l.size,
                             codec: opts.compression,
                         },
-                        media::layer_media_type(family, opts.compression.compression(), l.foreign)
-                            .to_string(),
+                        media::layer_media_type(
+                            family,
+                            codec_compression(opts.compression),
+                            l.foreign,
+                        )
+                        .to_string(),
                     ),
                     c if converted => (
                         LayerAction::AsIs,
@@ -517,6 +525,6 @@ mod tests {
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
         }
         assert!("xz".parse::<Codec>().is_err());
-        assert_eq!(Codec::default(), Codec::Gzip);
+        assert_eq!(PlanOptions::default().compression, Codec::Gzip);
     }
 }
