@@ -223,6 +223,14 @@ impl PushPlan {
                 image.layers.len()
             ));
         }
+        for (i, l) in image.layers.iter().enumerate() {
+            if l.size == 0 {
+                warnings.push(format!(
+                    "layer {i} ({}) is empty (0 bytes): ECR refuses zero-length blobs",
+                    l.digest.short()
+                ));
+            }
+        }
         let pushed_compression = |c: Compression| match c {
             Compression::None => codec_compression(opts.compression),
             other => other,

@@ -638,6 +638,29 @@ fn unknown_layer_media_type() {
 }
 
 #[test]
+fn layer_bytes_must_match_their_media_type() {
+    let t = tempfile::tempdir().unwrap();
+    let img = sample(t.path(), &mixed_spec(22));
+    rewrite_manifest(t.path(), &img, |m| {
+        m["layers"][2]["mediaType"] = json!(media::OCI_LAYER_GZIP)
+    });
+    assert_has(
+        &err(&t.path().display().to_string()),
+        &[
+            &img.layers[2].digest.hex()[..12],
+            "media type \"application/vnd.oci.image.layer.v1.tar+gzip\" says gzip but the bytes are uncompressed",
+        ],
+    );
+    rewrite_manifest(t.path(), &img, |m| {
+        m["layers"][1]["mediaType"] = json!(media::OCI_LAYER_ZSTD)
+    });
+    assert_has(
+        &err(&t.path().display().to_string()),
+        &["says zstd but the bytes are gzip"],
+    );
+}
+
+#[test]
 fn blob_digest_and_size_mismatches() {
     let t = tempfile::tempdir().unwrap();
     let img = sample(t.path(), &mixed_spec(13));

@@ -76,6 +76,16 @@ pub enum ImageError {
         actual: Digest,
     },
 
+    #[error(
+        "{what}: media type {media_type:?} says {declared} but the bytes are {actual}: the image is broken; export it again"
+    )]
+    CompressionMismatch {
+        what: String,
+        media_type: String,
+        declared: &'static str,
+        actual: &'static str,
+    },
+
     #[error("{what}: indexes nested more than {max} deep: refusing a cyclic or malicious layout")]
     TooDeep { what: String, max: usize },
 

@@ -73,6 +73,14 @@ pub enum Compression {
 }
 
 impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
     /// Sniffs the compression of a blob from its first bytes. `None` means "not gzip or zstd";
     /// other compressions (xz, bzip2) are reported by [`sniff_unsupported`].
     pub fn sniff(head: &[u8]) -> Compression {

@@ -57,12 +57,13 @@ impl<R: Read> Read for HashRead<R> {
     }
 }
 
-/// Streams a compressed layer once: hashes the compressed bytes (returned as its digest) and
-/// checks the decompressed bytes against `diff_id`.
+/// Streams a compressed layer once: hashes the compressed bytes with `algorithm` (returned as
+/// its digest) and checks the decompressed bytes against `diff_id`.
 pub fn check_compressed_layer(
     loc: &BlobLocation,
     compression: Compression,
     diff_id: &Digest,
+    algorithm: Algorithm,
 ) -> Result<Digest, SourceError> {
     let what = loc.name.to_string();
     let map = |e: io::Error| {
@@ -77,7 +78,7 @@ pub fn check_compressed_layer(
     };
     let mut hr = HashRead {
         inner: loc.reader(),
-        hasher: Hasher::new(Algorithm::Sha256),
+        hasher: Hasher::new(algorithm),
     };
     {
         let decoder: Box<dyn Read + '_> = match compression {
@@ -294,9 +295,11 @@ pub(super) fn resolve(
             // Compressed: the archive does not record the compressed digest (classic layout) or
             // records it only in the path, so read the layer once now, checking the diff_id.
             Compression::Gzip | Compression::Zstd => {
-                let actual = check_compressed_layer(&location, compression, diff_id)?;
+                let algorithm = path_digest
+                    .as_ref()
+                    .map_or(Algorithm::Sha256, Digest::algorithm);
+                let actual = check_compressed_layer(&location, compression, diff_id, algorithm)?;
                 if let Some(expected) = path_digest
-                    && expected.algorithm() == Algorithm::Sha256
                     && expected != actual
                 {
                     return Err(SourceError::DigestMismatch {

@@ -117,6 +117,22 @@ pub(super) fn resolve(
             .into());
         }
         let location = c.locate_blob(&d.digest, d.size)?;
+        // A layer whose bytes are not what its media type says would upload fine and fail
+        // on every node that pulls it: catch it here (8 bytes read).
+        if location.len > 0 {
+            let head = location.head(8)?;
+            let actual = media::sniff_unsupported(&head)
+                .unwrap_or_else(|| media::Compression::sniff(&head).name());
+            if actual != t.compression.name() {
+                return Err(ImageError::CompressionMismatch {
+                    what: location.name.to_string(),
+                    media_type: d.media_type.clone(),
+                    declared: t.compression.name(),
+                    actual,
+                }
+                .into());
+            }
+        }
         layers.push(SourceLayer {
             digest: d.digest.clone(),
             size: d.size,
