@@ -96,7 +96,7 @@ pub fn check_compressed_layer(
 
 /// Whether `RepoTags` entry `tag` names `wanted`, the way docker normalises names: skopeo
 /// writes `docker.io/library/foo:v1` for `foo:v1`; a name without a tag means `:latest`.
-fn tag_matches(tag: &str, wanted: &str) -> bool {
+pub(super) fn tag_matches(tag: &str, wanted: &str) -> bool {
     let last = wanted.rsplit('/').next().unwrap_or(wanted);
     let wanted = if last.contains(':') || wanted.contains('@') {
         wanted.to_string()

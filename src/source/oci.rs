@@ -8,6 +8,10 @@ use crate::image::select::{self, Fetch};
 use crate::image::{Family, ImageError};
 use crate::platform::Platform;
 
+/// Annotation containerd (`ctr export`, `nerdctl save`, docker's containerd store) puts on
+/// `index.json` entries: the full image name, e.g. `docker.io/library/foo:latest`.
+const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
 struct LayoutFetch<'a>(&'a Container);
 
 impl Fetch for LayoutFetch<'_> {
@@ -62,7 +66,11 @@ pub(super) fn resolve(
                 .parsed
                 .manifests
                 .iter()
-                .filter(|d| d.annotation(ANNOTATION_REF_NAME) == Some(r))
+                .filter(|d| {
+                    d.annotation(ANNOTATION_REF_NAME) == Some(r)
+                        || d.annotation(ANNOTATION_CONTAINERD_NAME)
+                            .is_some_and(|n| super::docker::tag_matches(n, r))
+                })
                 .cloned()
                 .collect();
             if matching.is_empty() {

@@ -357,6 +357,23 @@ fn several_named_images_need_a_name() {
         plan(&format!("{src}:v2")).unwrap().config.digest,
         img.config
     );
+    // containerd's full-name annotation also names an image
+    let mut e = entry("latest");
+    e["annotations"]["io.containerd.image.name"] = json!("docker.io/library/app:1.0");
+    let index = json!({"schemaVersion": 2, "manifests": [e]});
+    fs::write(
+        t.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan(&format!("{src}:app:1.0")).unwrap().config.digest,
+        img.config
+    );
+    assert_has(
+        &err(&format!("{src}:app:2.0")),
+        &["no image named \"app:2.0\""],
+    );
 }
 
 #[test]
