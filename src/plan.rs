@@ -4,6 +4,29 @@
 //! The manifest is either the source's exact bytes (every layer pushed as is and the source
 //! manifest has a top-level `mediaType`) or built once by [`PushPlan::build_manifest`] after the
 //! compressor has produced the layers' digests. Nothing re-serialises the source manifest.
+//!
+//! ```no_run
+//! use hoist::plan::{CompressedLayer, LayerAction, PlanOptions, PushPlan};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = "docker-archive:app.tar".parse()?; // or oci:DIR[:REF], oci-archive:, a path
+//! let plan = PushPlan::new(&source, &PlanOptions::default())?; // linux/amd64, gzip
+//! let mut compressed = Vec::new();
+//! for layer in &plan.layers {
+//!     match &layer.action {
+//!         // upload layer.source.location's bytes as they are (reader_at(offset) to resume)
+//!         LayerAction::AsIs => {}
+//!         // compress layer.source.location (an uncompressed tar whose digest is diff_id)
+//!         LayerAction::Compress { diff_id, codec, .. } => {
+//!             let _ = (diff_id, codec);
+//!             # let (digest, size) = (diff_id.clone(), 0);
+//!             compressed.push(CompressedLayer { digest, size });
+//!         }
+//!     }
+//! }
+//! let manifest = plan.manifest(&compressed)?; // the source's bytes, or built once
+//! println!("{} {}", manifest.media_type, manifest.digest);
+//! # Ok(()) }
+//! ```
 
 use std::io;
 

@@ -70,6 +70,12 @@ impl TarIndex {
     /// Opens and indexes the archive at `path`.
     pub fn open(path: &Path) -> Result<TarIndex, SourceError> {
         let display = path.display().to_string();
+        if path.is_dir() {
+            return Err(SourceError::NotTar {
+                what: display,
+                detail: "it is a directory; name an OCI layout directory as oci:DIR".into(),
+            });
+        }
         let file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SourceError::NotFound {
                 path: display.clone(),

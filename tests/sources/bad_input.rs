@@ -243,6 +243,12 @@ fn missing_manifest_or_index() {
     fs::create_dir(&d).unwrap();
     assert_has(&err(&d.display().to_string()), &["not an image"]);
     assert_has(
+        &err(&format!("docker-archive:{}", d.display())),
+        &[
+            "emptydir: not a tar archive (it is a directory; name an OCI layout directory as oci:DIR)",
+        ],
+    );
+    assert_has(
         &err(&format!("oci:{}", d.display())),
         &["emptydir: index.json is missing"],
     );
