@@ -470,3 +470,40 @@ fn hand_built_archive_baseline_plans() {
     assert_eq!(p.config.digest, img.config);
     p.verify_sources().unwrap();
 }
+
+#[test]
+fn docker_schema2_manifest_in_an_oci_layout() {
+    // skopeo --format v2s2 writes a Docker schema 2 manifest (gzip layers) into an OCI layout
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let img = sample(&layout, &mixed_spec(23));
+    let v2 = t.path().join("v2s2");
+    skopeo(&[
+        "copy",
+        "--format",
+        "v2s2",
+        &format!("oci:{}", layout.display()),
+        &format!("oci:{}", v2.display()),
+    ]);
+    for codec in [Codec::Gzip, Codec::Zstd] {
+        let opts = PlanOptions {
+            compression: codec,
+            ..PlanOptions::default()
+        };
+        let p = plan_with(&format!("oci:{}", v2.display()), opts).unwrap();
+        assert_eq!(p.family, media::Family::Docker2);
+        assert_eq!(p.manifest_media_type, media::DOCKER_MANIFEST);
+        assert_eq!(p.config.media_type, media::DOCKER_CONFIG);
+        assert_eq!(p.config.digest, img.config);
+        for (pl, sl) in p.layers.iter().zip(&img.layers) {
+            assert_eq!(pl.diff_id, sl.diff_id);
+            assert_eq!(pl.action, LayerAction::AsIs);
+            assert_eq!(pl.media_type, media::DOCKER_LAYER_GZIP);
+        }
+        // nothing to compress: the source manifest goes as is, whatever the codec
+        let m = p.source_manifest.as_ref().expect("pushed as is");
+        assert!(String::from_utf8_lossy(&m.bytes).contains(media::DOCKER_MANIFEST));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        p.verify_sources().unwrap();
+    }
+}
