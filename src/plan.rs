@@ -254,6 +254,13 @@ impl PushPlan {
                 ));
             }
         }
+        if !image.skipped.is_empty() {
+            warnings.push(format!(
+                "the source is an index that also holds {}: hoist pushes only the {} image manifest",
+                image.skipped.join(", "),
+                image.platform
+            ));
+        }
         let pushed_compression = |c: Compression| match c {
             Compression::None => codec_compression(opts.compression),
             other => other,

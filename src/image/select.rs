@@ -34,6 +34,9 @@ pub struct Selected {
     pub config: Doc<Config>,
     /// The platform from the config (what the image really is).
     pub platform: Platform,
+    /// The other entries of the index it was chosen from (`linux/arm64`,
+    /// `unknown/unknown attestation`, ...): not pushed. Empty for a single manifest.
+    pub skipped: Vec<String>,
 }
 
 /// Checks that a config's platform is the wanted one.
@@ -90,26 +93,28 @@ pub fn select<F: Fetch>(
         }
     }
     let mut present = Vec::new();
-    match search(f, entries, wanted, 0, &mut present)? {
-        Some(sel) => Ok(sel),
-        None => {
-            let mut seen = Vec::new();
-            for p in present {
-                if !seen.contains(&p) {
-                    seen.push(p);
-                }
-            }
-            Err(ImageError::NoMatchingPlatform {
-                what: what.to_string(),
-                wanted: wanted.to_string(),
-                present: if seen.is_empty() {
-                    "no images".to_string()
-                } else {
-                    seen.join(", ")
-                },
-            }
-            .into())
+    let found = search(f, entries, wanted, 0, &mut present)?;
+    let mut seen = Vec::new();
+    for p in present {
+        if !seen.contains(&p) {
+            seen.push(p);
         }
+    }
+    match found {
+        Some(mut sel) => {
+            sel.skipped = seen;
+            Ok(sel)
+        }
+        None => Err(ImageError::NoMatchingPlatform {
+            what: what.to_string(),
+            wanted: wanted.to_string(),
+            present: if seen.is_empty() {
+                "no images".to_string()
+            } else {
+                seen.join(", ")
+            },
+        }
+        .into()),
     }
 }
 
@@ -136,7 +141,7 @@ fn search<F: Fetch>(
     depth: usize,
     present: &mut Vec<String>,
 ) -> Result<Option<Selected>, F::Error> {
-    for d in entries {
+    for (i, d) in entries.iter().enumerate() {
         match kind_of(f, d)? {
             DocumentKind::Index(_) => {
                 let what = f.what(&d.digest);
@@ -150,6 +155,7 @@ fn search<F: Fetch>(
                 let index: Doc<Index> = doc::parse(f.fetch_json(d)?, &what, "image index")?;
                 if let Some(found) = search(f, &index.parsed.manifests, wanted, depth + 1, present)?
                 {
+                    present.extend(entries.iter().skip(i + 1).map(describe));
                     return Ok(Some(found));
                 }
             }
@@ -171,6 +177,7 @@ fn search<F: Fetch>(
                 let sel = open_manifest(f, d, family)?;
                 check_entry(f, d, &sel)?;
                 if wanted.matches(&sel.platform) {
+                    present.extend(entries.iter().skip(i + 1).map(describe));
                     return Ok(Some(sel));
                 }
                 present.push(sel.platform.to_string());
@@ -188,6 +195,22 @@ fn search<F: Fetch>(
         }
     }
     Ok(None)
+}
+
+/// Names an index entry without reading it (for the entries after the chosen one).
+fn describe(d: &Descriptor) -> String {
+    let platform = d.platform.as_ref().map(|p| p.platform().to_string());
+    if d.is_attestation() {
+        return format!(
+            "{} attestation",
+            platform.as_deref().unwrap_or("unknown/unknown")
+        );
+    }
+    match (platform, media::classify_document(&d.media_type)) {
+        (Some(p), _) => p,
+        (None, DocumentKind::Index(_)) => format!("index {}", d.digest.short()),
+        (None, _) => format!("{} ({})", d.digest.short(), d.media_type),
+    }
 }
 
 /// An index entry that names a platform must agree with the config it points to.
@@ -249,5 +272,6 @@ pub fn open_manifest<F: Fetch>(
         family,
         config,
         platform,
+        skipped: Vec::new(),
     })
 }

@@ -345,6 +345,7 @@ pub(super) fn resolve(
             config_location,
             platform,
             layers,
+            skipped: Vec::new(),
         });
     }
     Ok(ResolvedImage {
@@ -356,6 +357,7 @@ pub(super) fn resolve(
         config_location,
         platform,
         layers,
+        skipped: Vec::new(),
     })
 }
 

@@ -367,6 +367,8 @@ pub struct ResolvedImage {
     /// The image's platform, from its config.
     pub platform: Platform,
     pub layers: Vec<SourceLayer>,
+    /// Other manifests of the index the image was chosen from (not pushed).
+    pub skipped: Vec<String>,
 }
 
 impl Source {

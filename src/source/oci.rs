@@ -172,5 +172,6 @@ pub(super) fn resolve(
         config: sel.config,
         manifest: Some((sel.manifest, sel.media_type)),
         layers,
+        skipped: sel.skipped,
     })
 }

@@ -14,6 +14,12 @@ fn multi_arch_index_with_attestation() {
     let src = format!("oci:{}", t.path().display());
     let p = plan(&src).unwrap();
     check_plan_matches(&p, &img);
+    assert_eq!(
+        p.warnings,
+        [
+            "the source is an index that also holds linux/arm64, linux/arm/v7, unknown/unknown attestation: hoist pushes only the linux/amd64 image manifest"
+        ]
+    );
 
     let opts = PlanOptions {
         platform: arm64(),
@@ -21,6 +27,12 @@ fn multi_arch_index_with_attestation() {
     };
     let a = plan_with(&src, opts).unwrap();
     assert_eq!(a.platform, arm64());
+    assert_has(
+        &a.warnings.join(" "),
+        &[
+            "also holds linux/amd64, linux/arm/v7, unknown/unknown attestation: hoist pushes only the linux/arm64 image manifest",
+        ],
+    );
     assert_ne!(a.config.digest, img.config);
     assert_eq!(
         a.source_manifest.as_ref().unwrap().digest,
