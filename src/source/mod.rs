@@ -6,6 +6,21 @@
 //! (archives by offset, never extracted), and [`Source::resolve`] applies the platform guard
 //! and returns a [`ResolvedImage`]: one image manifest's config and layers, each with a
 //! [`BlobLocation`] that any thread can read with [`BlobLocation::reader`].
+//!
+//! # Archives as tools write them
+//! - `docker save` before 25: `manifest.json`, `<hex>.json` config, `<id>/layer.tar`
+//!   (uncompressed); a layer saved twice is a relative symlink to the first copy, which is
+//!   followed (one hop, inside the archive) because layers are checked against their diff_id.
+//! - `docker save` 25+ (and the containerd store, `buildx --output type=docker`): an OCI layout
+//!   (`oci-layout`, `index.json`, `blobs/sha256/`) plus `manifest.json` whose paths point into
+//!   `blobs/`; layers may be gzip or zstd. Read through `manifest.json`; when `index.json` holds
+//!   the matching OCI manifest, its bytes are pushed unchanged.
+//! - skopeo 1.9 `docker-archive:`: `<diff_id hex>.tar` layers (uncompressed) and `<hex>.json`
+//!   at the top, legacy `<id>/layer.tar` symlinks to them (never used: `manifest.json` names the
+//!   regular files), `RepoTags` normalised to `docker.io/library/NAME:TAG`.
+//! - skopeo 1.9 `oci:` / `oci-archive:`: gzips uncompressed layers on the way in; writes Docker
+//!   schema 2 manifests into the layout with `--format v2s2`.
+//! - `tar -cf x.tar -C layout .`: entries named `./blobs/...`; names are normalised.
 
 mod archive;
 mod blob;
