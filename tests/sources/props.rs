@@ -17,6 +17,27 @@ fn base_archive() -> &'static [u8] {
     })
 }
 
+/// A valid OCI archive (index with two platforms and an attestation), as bytes, to mutate.
+fn base_oci_archive() -> &'static [u8] {
+    static BASE: OnceLock<Vec<u8>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = mixed_spec(30);
+        spec.layers = vec![
+            LayerSpec::new(LayerContent::SmallFiles(2), SampleCompression::None),
+            LayerSpec::new(LayerContent::SmallFiles(2), SampleCompression::Gzip),
+        ];
+        spec.index = Some(IndexSpec {
+            extra_platforms: vec![arm64()],
+            attestation: true,
+        });
+        sample(t.path(), &spec);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_dir_all(".", t.path()).unwrap();
+        b.into_inner().unwrap()
+    })
+}
+
 /// Plans `bytes` as every kind of archive; must not panic, errors must be one line.
 fn plan_all_ways(bytes: &[u8]) {
     let t = tempfile::tempdir().unwrap();
@@ -53,6 +74,22 @@ proptest! {
         cut in proptest::option::of(any::<proptest::sample::Index>()),
     ) {
         let mut bytes = base_archive().to_vec();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        plan_all_ways(&bytes);
+    }
+
+    #[test]
+    fn mutated_oci_archives_never_panic(
+        flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+        cut in proptest::option::of(any::<proptest::sample::Index>()),
+    ) {
+        let mut bytes = base_oci_archive().to_vec();
         for (at, value) in flips {
             let i = at.index(bytes.len());
             bytes[i] = value;
@@ -102,5 +139,20 @@ proptest! {
         if let Ok(d) = Digest::parse(&s) {
             prop_assert_eq!(d.to_string(), s);
         }
+    }
+}
+
+/// The archives the property tests mutate are valid to begin with.
+#[test]
+fn mutation_bases_plan() {
+    for (base, src) in [
+        (base_archive(), "docker-archive"),
+        (base_oci_archive(), "oci-archive"),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("base.tar");
+        fs::write(&f, base).unwrap();
+        let p = plan(&format!("{src}:{}", f.display())).unwrap();
+        p.verify_sources().unwrap();
     }
 }
