@@ -12,8 +12,9 @@ use super::blob::BlobLocation;
 use super::error::{SourceError, one_line};
 use crate::image::media::{Compression, sniff_unsupported};
 
-/// Archives with more entries than this are refused (image archives have a few per layer).
-pub const TAR_ENTRIES_MAX: usize = 1_000_000;
+/// Archives with more entries than this are refused: image archives have a few entries per
+/// layer, and the index costs memory per entry.
+pub const TAR_ENTRIES_MAX: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
