@@ -23,5 +23,6 @@ pub mod image;
 pub mod plan;
 pub mod platform;
 pub mod registry;
+pub mod sample;
 pub mod source;
 pub mod store;
