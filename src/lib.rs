@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod digest;
 pub mod elf;
 pub mod image;
+pub mod inspect;
 pub mod plan;
 pub mod platform;
 pub mod registry;

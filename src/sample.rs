@@ -28,6 +28,9 @@ pub enum LayerContent {
     Text(u64),
     /// `n` small text files (a few hundred bytes each).
     SmallFiles(usize),
+    /// `count` small ELF executables whose header says `e_machine` = `machine`
+    /// (0x3e x86-64, 0xb7 aarch64, ...), for the ELF census.
+    Elf { machine: u16, count: usize },
 }
 
 /// How a sample layer blob is stored in the layout.
@@ -372,8 +375,31 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
                 b.append(&h, Generator::new(rng.next(), n, true))?;
             }
         }
+        LayerContent::Elf { machine, count } => {
+            for j in 0..*count {
+                let elf = elf_file(*machine, seed ^ j as u64);
+                let mut h = tar_header(&format!("usr/bin/tool-{index}-{j}"), elf.len() as u64)?;
+                h.set_mode(0o755);
+                h.set_cksum();
+                b.append(&h, elf.as_slice())?;
+            }
+        }
     }
     b.into_inner()
+}
+
+/// A minimal 64-bit little-endian ELF executable header for `machine`, padded with bytes
+/// that make each file distinct.
+fn elf_file(machine: u16, seed: u64) -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // ELFCLASS64
+    f[5] = 1; // little-endian
+    f[6] = 1; // EV_CURRENT
+    f[16] = 2; // ET_EXEC
+    f[18..20].copy_from_slice(&machine.to_le_bytes());
+    f.extend_from_slice(&seed.to_le_bytes());
+    f
 }
 
 fn platform_json(p: &Platform) -> serde_json::Value {
