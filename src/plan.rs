@@ -1,1 +1,568 @@
-//! (to be written)
+//! The push plan: the one image manifest to push, and for every blob its digest, size, media
+//! type, where its bytes are and what is done to them (pushed as is, or compressed first).
+//!
+//! The manifest is either the source's exact bytes (every layer pushed as is and the source
+//! manifest has a top-level `mediaType`) or built once by [`PushPlan::build_manifest`] after the
+//! compressor has produced the layers' digests. Nothing re-serialises the source manifest.
+//!
+//! ```no_run
+//! use hoist::plan::{CompressedLayer, LayerAction, PlanOptions, PushPlan};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = "docker-archive:app.tar".parse()?; // or oci:DIR[:REF], oci-archive:, a path
+//! let plan = PushPlan::new(&source, &PlanOptions::default())?; // linux/amd64, gzip
+//! let mut compressed = Vec::new();
+//! for layer in &plan.layers {
+//!     match &layer.action {
+//!         // upload layer.source.location's bytes as they are (reader_at(offset) to resume)
+//!         LayerAction::AsIs => {}
+//!         // compress layer.source.location (an uncompressed tar whose digest is diff_id)
+//!         LayerAction::Compress { diff_id, codec, .. } => {
+//!             let _ = (diff_id, codec);
+//!             # let (digest, size) = (diff_id.clone(), 0);
+//!             compressed.push(CompressedLayer { digest, size });
+//!         }
+//!     }
+//! }
+//! let manifest = plan.manifest(&compressed)?; // the source's bytes, or built once
+//! println!("{} {}", manifest.media_type, manifest.digest);
+//! # Ok(()) }
+//! ```
+
+use std::io;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::image::media::{self, Compression, Family};
+use crate::platform::Platform;
+use crate::source::{
+    self, BlobLocation, BlobReader, Check, ResolvedImage, SourceError, SourceRef, VerifyingReader,
+};
+
+/// ECR refuses images with more layers than this (`Limit on number of layers per image exceeded`).
+pub const LAYERS_MAX: usize = 127;
+
+// The codec enum belongs to `hoist::compress` (written on another branch, with the same
+// variants, serde names, Display and FromStr). Until the branches meet, plan.rs carries a
+// copy; at the merge, replace this block with `pub use crate::compress::Codec;`.
+/// The codec used for layers hoist compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    Gzip,
+    Zstd,
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        })
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            other => Err(format!(
+                "compression {other:?} is not supported: use gzip or zstd"
+            )),
+        }
+    }
+}
+// (end of the block to replace)
+
+/// The layer compression a codec produces.
+fn codec_compression(codec: Codec) -> Compression {
+    match codec {
+        Codec::Gzip => Compression::Gzip,
+        Codec::Zstd => Compression::Zstd,
+    }
+}
+
+/// How to plan a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// The platform the pushed image must be (default linux/amd64).
+    pub platform: Platform,
+    /// Codec for uncompressed layers.
+    pub compression: Codec,
+    /// Allow more than [`LAYERS_MAX`] layers (for registries other than ECR).
+    pub force_layers: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            platform: Platform::linux_amd64(),
+            compression: Codec::Gzip,
+            force_layers: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+
+    #[error(
+        "{image}: image has {layers} layers, over ECR's limit of {max}: squash the image (fewer RUN steps, multi-stage build), or pass --force-layers for a registry without this limit"
+    )]
+    TooManyLayers {
+        image: String,
+        layers: usize,
+        max: usize,
+    },
+
+    #[error(
+        "{image}: build_manifest got {got} compressed layers for {expected} layers to compress: pass one result per layer whose action is compress, in order"
+    )]
+    CompressedCount {
+        image: String,
+        expected: usize,
+        got: usize,
+    },
+}
+
+/// One blob as it is in the source.
+#[derive(Debug, Clone)]
+pub struct PlannedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub location: BlobLocation,
+}
+
+impl PlannedBlob {
+    /// A reader over the blob that fails at EOF unless digest and size match.
+    pub fn verifying_reader(&self) -> VerifyingReader<BlobReader> {
+        self.location.verifying_reader(&self.digest)
+    }
+}
+
+/// What happens to a layer's bytes on the way to the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerAction {
+    /// Already compressed: pushed byte for byte.
+    AsIs,
+    /// An uncompressed tar: compressed by `hoist::compress` with `codec` first. The source
+    /// bytes have digest `diff_id` and `uncompressed_size` bytes.
+    Compress {
+        diff_id: Digest,
+        uncompressed_size: u64,
+        codec: Codec,
+    },
+}
+
+/// One layer of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedLayer {
+    /// The layer's bytes in the source (for `Compress`, the uncompressed tar; digest = diff_id).
+    pub source: PlannedBlob,
+    /// The media type of the layer as pushed.
+    pub media_type: String,
+    pub action: LayerAction,
+    pub diff_id: Digest,
+    pub urls: Option<Vec<String>>,
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl PlannedLayer {
+    /// A reader over the source bytes that checks them at EOF: against the blob digest for
+    /// `AsIs`, against the diff_id for `Compress`.
+    pub fn verifying_reader(&self) -> VerifyingReader<BlobReader> {
+        let check = match self.action {
+            LayerAction::AsIs => Check::Digest,
+            LayerAction::Compress { .. } => Check::DiffId,
+        };
+        VerifyingReader::new(
+            self.source.location.reader(),
+            self.source.digest.clone(),
+            Some(self.source.size),
+            self.source.location.name.to_string(),
+            check,
+        )
+    }
+}
+
+/// The digest and size of a layer after compression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressedLayer {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A manifest ready to push: its exact bytes and their digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestBytes {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+}
+
+/// Everything needed to push one image manifest.
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    /// `transport:path[:ref]` of the source.
+    pub source: String,
+    /// The image's platform, from its config.
+    pub platform: Platform,
+    pub family: Family,
+    pub manifest_media_type: String,
+    /// The config, pushed as is.
+    pub config: PlannedBlob,
+    pub layers: Vec<PlannedLayer>,
+    pub warnings: Vec<String>,
+    /// The source manifest's exact bytes, when they can be pushed unchanged.
+    pub source_manifest: Option<ManifestBytes>,
+    manifest_annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl PushPlan {
+    /// Opens `reference`, applies the platform guard and plans the push.
+    pub fn new(reference: &SourceRef, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
+        let image = source::resolve(reference, &opts.platform)?;
+        PushPlan::from_resolved(image, opts)
+    }
+
+    /// Plans the push of an already resolved image.
+    pub fn from_resolved(image: ResolvedImage, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
+        let mut warnings = Vec::new();
+        if image.layers.len() > LAYERS_MAX {
+            if !opts.force_layers {
+                return Err(PlanError::TooManyLayers {
+                    image: image.source,
+                    layers: image.layers.len(),
+                    max: LAYERS_MAX,
+                });
+            }
+            warnings.push(format!(
+                "image has {} layers, over ECR's limit of {LAYERS_MAX}: ECR will refuse the manifest",
+                image.layers.len()
+            ));
+        }
+        for (i, l) in image.layers.iter().enumerate() {
+            if l.size == 0 {
+                warnings.push(format!(
+                    "layer {i} ({}) is empty (0 bytes): ECR refuses zero-length blobs",
+                    l.digest.short()
+                ));
+            }
+        }
+        if !image.skipped.is_empty() {
+            warnings.push(format!(
+                "the source is an index that also holds {}: hoist pushes only the {} image manifest",
+                image.skipped.join(", "),
+                image.platform
+            ));
+        }
+        let pushed_compression = |c: Compression| match c {
+            Compression::None => codec_compression(opts.compression),
+            other => other,
+        };
+        let needs_oci = image
+            .layers
+            .iter()
+            .any(|l| pushed_compression(l.compression) == Compression::Zstd);
+        let family = if image.family == Family::Docker2 && needs_oci {
+            warnings.push(
+                "converting the Docker schema 2 image to OCI media types: zstd layers have no Docker media type (docker before 23 cannot pull them)".to_string(),
+            );
+            Family::Oci
+        } else {
+            image.family
+        };
+        let converted = family != image.family;
+
+        let layers: Vec<PlannedLayer> = image
+            .layers
+            .into_iter()
+            .map(|l| {
+                let (action, media_type) = match l.compression {
+                    Compression::None => (
+                        LayerAction::Compress {
+                            diff_id: l.diff_id.clone(),
+                            uncompressed_size: l.size,
+                            codec: opts.compression,
+                        },
+                        media::layer_media_type(
+                            family,
+                            codec_compression(opts.compression),
+                            l.foreign,
+                        )
+                        .to_string(),
+                    ),
+                    c if converted => (
+                        LayerAction::AsIs,
+                        media::layer_media_type(family, c, l.foreign).to_string(),
+                    ),
+                    _ => (LayerAction::AsIs, l.media_type.clone()),
+                };
+                PlannedLayer {
+                    source: PlannedBlob {
+                        digest: l.digest,
+                        size: l.size,
+                        media_type: l.media_type,
+                        location: l.location,
+                    },
+                    media_type,
+                    action,
+                    diff_id: l.diff_id,
+                    urls: l.urls,
+                    annotations: l.annotations,
+                }
+            })
+            .collect();
+
+        let all_as_is = layers.iter().all(|l| l.action == LayerAction::AsIs);
+        let mut manifest_annotations = None;
+        let mut source_manifest = None;
+        if let Some((doc, media_type)) = &image.manifest {
+            manifest_annotations = doc.parsed.annotations.clone();
+            if all_as_is && !converted {
+                if doc.parsed.media_type.is_some() {
+                    source_manifest = Some(ManifestBytes {
+                        media_type: media_type.clone(),
+                        bytes: doc.bytes.clone(),
+                        digest: doc.digest.clone(),
+                    });
+                } else {
+                    warnings.push(
+                        "the source manifest has no top-level mediaType (ECR requires it): hoist writes the manifest again with it, so its digest differs from the source's".to_string(),
+                    );
+                }
+            }
+        }
+        let manifest_media_type = match &source_manifest {
+            Some(m) => m.media_type.clone(),
+            None => family.manifest_media_type().to_string(),
+        };
+        let config_media_type = if converted {
+            family.config_media_type().to_string()
+        } else {
+            image.config_media_type
+        };
+        Ok(PushPlan {
+            source: image.source,
+            platform: image.platform,
+            family,
+            manifest_media_type,
+            config: PlannedBlob {
+                digest: image.config.digest,
+                size: image.config_location.len,
+                media_type: config_media_type,
+                location: image.config_location,
+            },
+            layers,
+            warnings,
+            source_manifest,
+            manifest_annotations,
+        })
+    }
+
+    /// Layers that must be compressed before upload, in order.
+    pub fn layers_to_compress(&self) -> impl Iterator<Item = (usize, &PlannedLayer)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l.action, LayerAction::Compress { .. }))
+    }
+
+    /// The manifest to push: the source's bytes when possible, else one built from
+    /// `compressed` (see [`PushPlan::build_manifest`]).
+    pub fn manifest(&self, compressed: &[CompressedLayer]) -> Result<ManifestBytes, PlanError> {
+        match &self.source_manifest {
+            Some(m) => Ok(m.clone()),
+            None => self.build_manifest(compressed),
+        }
+    }
+
+    /// Serialises a new manifest once (stable key order, compact). `compressed` holds one
+    /// entry per layer whose action is `Compress`, in layer order.
+    pub fn build_manifest(
+        &self,
+        compressed: &[CompressedLayer],
+    ) -> Result<ManifestBytes, PlanError> {
+        let expected = self.layers_to_compress().count();
+        if compressed.len() != expected {
+            return Err(PlanError::CompressedCount {
+                image: self.source.clone(),
+                expected,
+                got: compressed.len(),
+            });
+        }
+        let mut results = compressed.iter();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (digest, size) = match &l.action {
+                LayerAction::AsIs => (&l.source.digest, l.source.size),
+                LayerAction::Compress { .. } => match results.next() {
+                    Some(c) => (&c.digest, c.size),
+                    None => {
+                        return Err(PlanError::CompressedCount {
+                            image: self.source.clone(),
+                            expected,
+                            got: compressed.len(),
+                        });
+                    }
+                },
+            };
+            layers.push(OutDescriptor {
+                media_type: &l.media_type,
+                digest,
+                size,
+                urls: l.urls.as_ref(),
+                annotations: l.annotations.as_ref(),
+            });
+        }
+        let media_type = self.family.manifest_media_type();
+        let out = OutManifest {
+            schema_version: 2,
+            media_type,
+            config: OutDescriptor {
+                media_type: &self.config.media_type,
+                digest: &self.config.digest,
+                size: self.config.size,
+                urls: None,
+                annotations: None,
+            },
+            layers,
+            annotations: self.manifest_annotations.as_ref(),
+        };
+        let bytes = serde_json::to_vec(&out).map_err(|e| {
+            PlanError::Source(SourceError::Io {
+                what: self.source.clone(),
+                source: io::Error::other(e),
+            })
+        })?;
+        let digest = Digest::sha256_of(&bytes);
+        Ok(ManifestBytes {
+            media_type: media_type.to_string(),
+            bytes,
+            digest,
+        })
+    }
+
+    /// Streams every source blob and checks it (config and as-is layers against their
+    /// digests, layers to compress against their diff_ids).
+    pub fn verify_sources(&self) -> Result<(), SourceError> {
+        self.config.location.verify(&self.config.digest)?;
+        for l in &self.layers {
+            let mut r = l.verifying_reader();
+            io::copy(&mut r, &mut io::sink())
+                .map_err(|e| SourceError::from_io(&l.source.location.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// What `hoist inspect` prints.
+    pub fn view(&self) -> PlanView {
+        let blob = |b: &PlannedBlob, media_type: &str, action: ActionView| BlobView {
+            digest: b.digest.clone(),
+            size: b.size,
+            media_type: media_type.to_string(),
+            source_media_type: b.media_type.clone(),
+            action,
+        };
+        PlanView {
+            source: self.source.clone(),
+            platform: self.platform.to_string(),
+            family: self.family,
+            manifest_media_type: self.manifest_media_type.clone(),
+            manifest_digest: self.source_manifest.as_ref().map(|m| m.digest.clone()),
+            config: blob(&self.config, &self.config.media_type, ActionView::AsIs),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    let action = match &l.action {
+                        LayerAction::AsIs => ActionView::AsIs,
+                        LayerAction::Compress { codec, .. } => {
+                            ActionView::Compress { codec: *codec }
+                        }
+                    };
+                    blob(&l.source, &l.media_type, action)
+                })
+                .collect(),
+            total_size: self.config.size + self.layers.iter().map(|l| l.source.size).sum::<u64>(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutManifest<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    config: OutDescriptor<'a>,
+    layers: Vec<OutDescriptor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutDescriptor<'a> {
+    media_type: &'a str,
+    digest: &'a Digest,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    urls: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The plan as `hoist inspect` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub source: String,
+    pub platform: String,
+    pub family: Family,
+    pub manifest_media_type: String,
+    /// Known now only when the source manifest is pushed unchanged.
+    pub manifest_digest: Option<Digest>,
+    pub config: BlobView,
+    pub layers: Vec<BlobView>,
+    /// Bytes read from the source (config + layers, before compression).
+    pub total_size: u64,
+    pub warnings: Vec<String>,
+}
+
+/// One blob in [`PlanView`]. `digest`/`size` are the source's (for a layer to compress: the
+/// uncompressed tar, whose digest is the diff_id); `media_type` is the type as pushed.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobView {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub source_media_type: String,
+    pub action: ActionView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ActionView {
+    AsIs,
+    Compress { codec: Codec },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_names() {
+        for c in [Codec::Gzip, Codec::Zstd] {
+            assert_eq!(c.to_string().parse::<Codec>().unwrap(), c);
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        assert!("xz".parse::<Codec>().is_err());
+        assert_eq!(PlanOptions::default().compression, Codec::Gzip);
+    }
+}

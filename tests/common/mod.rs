@@ -2,6 +2,8 @@
 //! free loopback port in a temporary directory, and wraps `skopeo` for checking results.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Side-by-side push benchmark: hoist vs skopeo, same image, same local registry, same machine.
+#
+#   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--out docs/PERFORMANCE.md]
+#
+# Builds a deterministic image (a random-data layer plus a text-like layer), starts Debian's
+# docker-registry on a free loopback port with fresh storage for every run, and alternates
+# hoist and skopeo runs for each case:
+#   docker-archive -> gzip   docker-archive -> zstd   OCI layout with gzip layers (as is)
+# hoist runs start a fresh hoistd (cleared state dir and spool) under /usr/bin/time, so the
+# daemon's CPU seconds and peak RSS are measured with the CLI's. Also measured: re-pushing the
+# same image to a new tag, and a push with hoistd killed (-9) at 50 % and restarted.
+# Prints medians and ratios and writes the table to --out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=3
+RANDOM_MIB=1024
+TEXT_MIB=512
+OUT=docs/PERFORMANCE.md
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --random-mib) RANDOM_MIB=$2; shift 2 ;;
+    --text-mib) TEXT_MIB=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+scripts/install-deps.sh
+cargo build --release --locked --bins --example sample_image >&2
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
+REG_PID=""
+HOISTD_PID=""
+cleanup() {
+  [ -n "$HOISTD_PID" ] && kill -9 "$HOISTD_PID" 2>/dev/null || true
+  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
+"$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
+"$BIN/examples/sample_image" "$WORK/oci-gzip" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 --gzip >&2
+skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
+rm -rf "$WORK/oci-tar"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A fresh registry (empty storage) for every measured run, so no run profits from another.
+start_registry() {
+  stop_registry
+  rm -rf "$WORK/registry"
+  mkdir -p "$WORK/registry/storage"
+  PORT=$(free_port)
+  cat > "$WORK/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry/storage
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:$PORT
+  secret: hoist-bench
+YAML
+  docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 1 100); do
+    python3 - "$PORT" <<'PY' 2>/dev/null && break
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
+PY
+    sleep 0.1
+  done
+  REG="127.0.0.1:$PORT"
+}
+stop_registry() {
+  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""; fi
+}
+
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+# record CASE TOOL WALL_S CPU_S MAXRSS_KIB
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+
+now() { date +%s.%N; }
+calc() { python3 -c "print(round($1, 3))"; }
+
+run_skopeo() { # CASE SOURCE [extra args]
+  local case=$1 src=$2; shift 2
+  local t0 t1 tf="$WORK/time.skopeo"
+  t0=$(now)
+  /usr/bin/time -f '%U %S %M' -o "$tf" skopeo copy -q --insecure-policy --dest-tls-verify=false "$@" \
+    "$src" "docker://$REG/bench/$case:skopeo" >/dev/null
+  t1=$(now)
+  read -r u s m < "$tf"
+  record "$case" skopeo "$(calc "$t1 - $t0")" "$(calc "$u + $s")" "$m"
+}
+
+start_hoistd() {
+  local state=$WORK/hoist-state
+  rm -rf "$state"; mkdir -p "$state"
+  SOCK=$state/hoist.sock
+  /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
+    "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" >"$WORK/hoistd.log" 2>&1 &
+  HOISTD_PID=$!
+  for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+}
+stop_hoistd() { # returns "cpu_s maxrss_kib" of the daemon
+  kill -TERM "$HOISTD_PID" 2>/dev/null || true
+  wait "$HOISTD_PID" 2>/dev/null || true
+  HOISTD_PID=""
+  read -r u s m < "$WORK/time.hoistd"
+  echo "$(calc "$u + $s") $m"
+}
+
+run_hoist() { # CASE SOURCE [extra args]
+  local case=$1 src=$2; shift 2
+  local t0 t1 tf="$WORK/time.hoist"
+  start_hoistd
+  t0=$(now)
+  /usr/bin/time -f '%U %S %M' -o "$tf" "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "$@" \
+    "$src" "$REG/bench/$case:hoist" >"$WORK/push.out"
+  t1=$(now)
+  read -r u s m < "$tf"
+  read -r du dm <<<"$(stop_hoistd)"
+  record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $du")" "$dm"
+}
+
+for run in $(seq 1 "$RUNS"); do
+  echo "bench: run $run of $RUNS" >&2
+  for tool in hoist skopeo; do
+    start_registry
+    if [ $tool = hoist ]; then run_hoist archive-gzip "docker-archive:$WORK/image.tar"
+    else run_skopeo archive-gzip "docker-archive:$WORK/image.tar"; fi
+    start_registry
+    if [ $tool = hoist ]; then run_hoist archive-zstd "docker-archive:$WORK/image.tar" --compression zstd
+    else run_skopeo archive-zstd "docker-archive:$WORK/image.tar" --dest-compress-format zstd; fi
+    start_registry
+    if [ $tool = hoist ]; then run_hoist oci-gzip "oci:$WORK/oci-gzip"
+    else run_skopeo oci-gzip "oci:$WORK/oci-gzip"; fi
+  done
+done
+
+# Re-push of the same image to a new tag in the same repository: nothing recompressed or re-sent.
+echo "bench: re-push to a new tag" >&2
+start_registry
+start_hoistd
+"$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:one" >/dev/null
+t0=$(now)
+"$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:two" >/dev/null
+t1=$(now)
+stop_hoistd >/dev/null
+record repush hoist "$(calc "$t1 - $t0")" 0 0
+
+# kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
+echo "bench: kill -9 at 50 % and resume" >&2
+start_registry
+start_hoistd
+t0=$(now)
+JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
+python3 - "$SOCK" "$JOB" <<'PY'
+# Wait until the job has sent half of its bytes, reading its status over the socket.
+import json, socket, sys, time
+sock, job = sys.argv[1], sys.argv[2]
+def get(path):
+    s = socket.socket(socket.AF_UNIX); s.connect(sock)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: hoist\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536): data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+while True:
+    j = get(f"/v1/jobs/{job}")
+    p = j.get("progress", {})
+    total, sent = p.get("total_bytes") or 0, p.get("sent_bytes") or 0
+    if j.get("state") in ("done", "failed") or (total and sent * 2 >= total): break
+    time.sleep(0.05)
+PY
+kill -9 "$HOISTD_PID"; wait "$HOISTD_PID" 2>/dev/null || true
+/usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
+  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" >>"$WORK/hoistd.log" 2>&1 &
+HOISTD_PID=$!
+for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+"$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null
+t1=$(now)
+stop_hoistd >/dev/null
+record resume hoist "$(calc "$t1 - $t0")" 0 0
+stop_registry
+
+python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" | tee "$OUT"

@@ -1,0 +1,265 @@
+//! ELF census of layer tars: which machine types the binaries in an image were built for.
+//!
+//! A config can say linux/amd64 while the binaries inside were built for arm64 (or the
+//! reverse); Kubernetes then fails at start with `exec format error`, long after the push
+//! "succeeded". While a layer streams through hoist, [`census_tar`] reads the first bytes of
+//! every regular file, counts the ones that begin with the ELF magic by `e_machine`, and
+//! [`check_platform`] compares the counts with the declared platform.
+//!
+//! # The threshold
+//! An image is called mislabelled when, over all its layers, ELF files built for a *foreign*
+//! architecture outnumber those built for the declared one (or a compatible one, such as i386
+//! on amd64). A simple majority, with no minimum count, because:
+//! - a native image with a few foreign binaries (firmware blobs, cross toolchains, test
+//!   fixtures, a vendored arm64 helper) has far more native ELF files than foreign ones, so it
+//!   passes however many layers it has;
+//! - a mislabelled image is foreign almost throughout (every binary of its base layer), so it
+//!   fails by a wide margin;
+//! - an image with a single static binary is decided by that binary, which is exactly the
+//!   binary that will hit `exec format error`.
+//!
+//! Images with no ELF files at all (scripts, data) have nothing to check and pass.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::platform::Platform;
+
+/// Bytes of a file's start needed to read its ELF machine type (`e_machine` ends at 20).
+pub const ELF_HEADER_BYTES_MIN: usize = 20;
+
+/// The architecture an ELF file was built for, named as OCI platforms name them.
+pub fn elf_arch(header: &[u8]) -> Option<&'static str> {
+    if header.len() < ELF_HEADER_BYTES_MIN || &header[..4] != b"\x7fELF" {
+        return None;
+    }
+    let class64 = header[4] == 2;
+    let little = header[5] != 2;
+    let raw = [header[18], header[19]];
+    let machine = if little {
+        u16::from_le_bytes(raw)
+    } else {
+        u16::from_be_bytes(raw)
+    };
+    Some(match machine {
+        0x3e => "amd64",
+        0xb7 => "arm64",
+        0x03 => "386",
+        0x28 => "arm",
+        0xf3 if class64 => "riscv64",
+        0xf3 => "riscv32",
+        0x15 if little => "ppc64le",
+        0x15 => "ppc64",
+        0x14 => "ppc",
+        0x16 => "s390x",
+        0x08 if class64 && little => "mips64le",
+        0x08 if class64 => "mips64",
+        0x08 if little => "mipsle",
+        0x08 => "mips",
+        0x102 => "loong64",
+        _ => "other",
+    })
+}
+
+/// Architectures whose binaries also run on `arch` (and so are neither native nor foreign).
+fn compatible(declared: &str, found: &str) -> bool {
+    matches!(
+        (declared, found),
+        ("amd64", "386") | ("arm64", "arm") | ("ppc64le", "ppc")
+    )
+}
+
+/// ELF files in one layer, counted by architecture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerCensus {
+    /// Architecture name (see [`elf_arch`]) to number of ELF files.
+    pub by_arch: BTreeMap<String, u64>,
+}
+
+impl LayerCensus {
+    pub fn total(&self) -> u64 {
+        self.by_arch.values().sum()
+    }
+
+    fn add(&mut self, arch: &str) {
+        *self.by_arch.entry(arch.to_string()).or_default() += 1;
+    }
+}
+
+/// Why a layer could not be read as a tar stream.
+#[derive(Debug, thiserror::Error)]
+#[error("layer is not a readable tar stream: {0}")]
+pub struct CensusError(#[from] std::io::Error);
+
+/// Counts the ELF files in an uncompressed layer tar, reading only each file's first bytes.
+pub fn census_tar<R: Read>(reader: R) -> Result<LayerCensus, CensusError> {
+    let mut census = LayerCensus::default();
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() || entry.size() < ELF_HEADER_BYTES_MIN as u64 {
+            continue;
+        }
+        let mut head = [0u8; ELF_HEADER_BYTES_MIN];
+        entry.read_exact(&mut head)?;
+        if let Some(arch) = elf_arch(&head) {
+            census.add(arch);
+        }
+        // The rest of the entry is skipped by the tar reader when the next one is requested.
+    }
+    Ok(census)
+}
+
+/// The declared platform disagrees with the binaries in the image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "config says {declared} but {foreign} of {total} ELF files in layer {layer} are {arch}: the image was built for {built_for}; rebuild with --platform {declared} (or pass --allow-arch-mismatch)"
+)]
+pub struct ArchMismatch {
+    pub declared: Platform,
+    /// 1-based layer number with the most foreign ELF files.
+    pub layer: usize,
+    pub foreign: u64,
+    pub total: u64,
+    /// The foreign architecture as `e_machine` calls it (`aarch64`, `x86-64`, ...).
+    pub arch: String,
+    /// The same as a platform (`linux/arm64`).
+    pub built_for: String,
+}
+
+/// How `e_machine` names an architecture, for messages people match against `file(1)` output.
+fn machine_name(arch: &str) -> &str {
+    match arch {
+        "amd64" => "x86-64",
+        "arm64" => "aarch64",
+        "386" => "i386",
+        other => other,
+    }
+}
+
+/// Checks the layers' censuses against the declared platform (see the module doc for the rule).
+pub fn check_platform(
+    declared: &Platform,
+    layers: &[LayerCensus],
+) -> Result<(), Box<ArchMismatch>> {
+    let want = declared.architecture.as_str();
+    let mut native = 0u64;
+    let mut foreign: BTreeMap<&str, u64> = BTreeMap::new();
+    for layer in layers {
+        for (arch, n) in &layer.by_arch {
+            if arch == want || compatible(want, arch) {
+                native += n;
+            } else if arch != "other" {
+                *foreign.entry(arch.as_str()).or_default() += n;
+            }
+        }
+    }
+    let foreign_total: u64 = foreign.values().sum();
+    if foreign_total <= native {
+        return Ok(());
+    }
+    let (arch, _) = foreign
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(a, n)| (*a, *n))
+        .unwrap_or(("other", 0));
+    let (layer_idx, layer) = layers
+        .iter()
+        .enumerate()
+        // `max_by_key` keeps the last of equals: reversed, that is the first layer.
+        .rev()
+        .max_by_key(|(_, l)| l.by_arch.get(arch).copied().unwrap_or(0))
+        .unwrap_or((0, &layers[0]));
+    Err(Box::new(ArchMismatch {
+        declared: declared.clone(),
+        layer: layer_idx + 1,
+        foreign: layer.by_arch.get(arch).copied().unwrap_or(0),
+        total: layer.total(),
+        arch: machine_name(arch).to_string(),
+        built_for: format!("{}/{}", declared.os, arch),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF header for `machine` (64-bit, little-endian unless `big`).
+    pub(crate) fn elf_header(machine: u16, big: bool) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = if big { 2 } else { 1 };
+        h[6] = 1;
+        let m = if big {
+            machine.to_be_bytes()
+        } else {
+            machine.to_le_bytes()
+        };
+        h[18..20].copy_from_slice(&m);
+        h
+    }
+
+    fn layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut hdr = tar::Header::new_gnu();
+            hdr.set_size(data.len() as u64);
+            hdr.set_mode(0o755);
+            hdr.set_cksum();
+            b.append_data(&mut hdr, name, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn reads_machine_types() {
+        assert_eq!(elf_arch(&elf_header(0x3e, false)), Some("amd64"));
+        assert_eq!(elf_arch(&elf_header(0xb7, false)), Some("arm64"));
+        assert_eq!(elf_arch(&elf_header(0x16, true)), Some("s390x"));
+        assert_eq!(elf_arch(&elf_header(0x15, true)), Some("ppc64"));
+        assert_eq!(elf_arch(&elf_header(0x15, false)), Some("ppc64le"));
+        assert_eq!(elf_arch(b"#!/bin/sh\necho hello world\n"), None);
+        assert_eq!(elf_arch(b"\x7fELF"), None);
+    }
+
+    #[test]
+    fn census_and_check() {
+        let amd = elf_header(0x3e, false);
+        let arm = elf_header(0xb7, false);
+        let native = layer(&[
+            ("bin/a", amd.clone()),
+            ("bin/b", amd.clone()),
+            ("bin/c", amd.clone()),
+            ("opt/fw", arm.clone()),
+            ("run.sh", b"#!/bin/sh\nexec /bin/a \"$@\"\n".to_vec()),
+        ]);
+        let c = census_tar(native.as_slice()).unwrap();
+        assert_eq!(c.by_arch.get("amd64"), Some(&3));
+        assert_eq!(c.by_arch.get("arm64"), Some(&1));
+        let amd64 = Platform::linux_amd64();
+        assert!(check_platform(&amd64, std::slice::from_ref(&c)).is_ok());
+
+        let foreign =
+            census_tar(layer(&[("a", arm.clone()), ("b", arm.clone())]).as_slice()).unwrap();
+        let err = check_platform(&amd64, &[c.clone(), foreign.clone(), foreign]).unwrap_err();
+        assert_eq!(err.layer, 2);
+        assert!(
+            err.to_string().starts_with(
+                "config says linux/amd64 but 2 of 2 ELF files in layer 2 are aarch64: the image was built for linux/arm64"
+            ),
+            "{err}"
+        );
+
+        let scripts =
+            census_tar(layer(&[("x.sh", b"#!/bin/sh\ntrue\n".to_vec())]).as_slice()).unwrap();
+        assert_eq!(scripts.total(), 0);
+        assert!(check_platform(&amd64, &[scripts]).is_ok());
+    }
+
+    #[test]
+    fn not_a_tar_is_an_error_not_a_panic() {
+        let junk = vec![0x55u8; 1024];
+        assert!(census_tar(junk.as_slice()).is_err());
+    }
+}

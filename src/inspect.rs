@@ -1,0 +1,175 @@
+//! `hoist inspect`: what would be pushed, read from the source with no network.
+//!
+//! The report is the push plan (platform, manifest type, every blob with size and action,
+//! warnings) plus the ELF census of every layer and its verdict against the declared platform.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use serde::Serialize;
+
+use crate::elf::{self, LayerCensus};
+use crate::plan::{ActionView, PlanError, PlanOptions, PlanView, PlannedLayer, PushPlan};
+use crate::source::SourceRef;
+
+#[derive(Debug, Clone, Default)]
+pub struct InspectOptions {
+    pub plan: PlanOptions,
+    /// Read every layer for the ELF census (costs a full read, and decompression for
+    /// compressed layers).
+    pub elf_census: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{name}: layer {layer} could not be read for the ELF census: {source}")]
+    Census {
+        name: String,
+        layer: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `hoist inspect` prints (as text through `Display`, as JSON through `Serialize`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    #[serde(flatten)]
+    pub plan: PlanView,
+    /// One census per layer, in layer order; absent when the census was not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elf: Option<Vec<LayerCensus>>,
+    /// The census verdict: `None` when it passed or was not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch_mismatch: Option<String>,
+}
+
+pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectReport, InspectError> {
+    let plan = PushPlan::new(source, &opts.plan)?;
+    let mut report = InspectReport {
+        plan: plan.view(),
+        elf: None,
+        arch_mismatch: None,
+    };
+    if opts.elf_census {
+        let mut censuses = Vec::with_capacity(plan.layers.len());
+        for (i, layer) in plan.layers.iter().enumerate() {
+            censuses.push(layer_census(layer).map_err(|source| InspectError::Census {
+                name: layer.source.location.name.to_string(),
+                layer: i + 1,
+                source,
+            })?);
+        }
+        report.arch_mismatch = elf::check_platform(&plan.platform, &censuses)
+            .err()
+            .map(|e| e.to_string());
+        report.elf = Some(censuses);
+    }
+    Ok(report)
+}
+
+/// Magic numbers of the layer compressions hoist reads.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The ELF census of one layer: its source bytes, decompressed when they are compressed
+/// (detected from the magic bytes, not trusted from the media type).
+pub fn layer_census(layer: &PlannedLayer) -> io::Result<LayerCensus> {
+    let head = layer
+        .source
+        .location
+        .head(4)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let reader = layer.source.location.reader();
+    let tar: Box<dyn Read> = if head.starts_with(&GZIP_MAGIC) {
+        Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(
+            reader,
+        )))
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Box::new(zstd::stream::read::Decoder::new(reader)?)
+    } else {
+        Box::new(io::BufReader::new(reader))
+    };
+    elf::census_tar(tar).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+fn census_text(c: &LayerCensus) -> String {
+    if c.total() == 0 {
+        return "no ELF files".into();
+    }
+    let parts: Vec<String> = c.by_arch.iter().map(|(a, n)| format!("{n} {a}")).collect();
+    format!("ELF {}", parts.join(", "))
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.plan;
+        writeln!(f, "source    {}", p.source)?;
+        writeln!(f, "platform  {}", p.platform)?;
+        let digest = match &p.manifest_digest {
+            Some(d) => d.to_string(),
+            None => "known after compression".into(),
+        };
+        writeln!(f, "manifest  {} ({digest})", p.manifest_media_type)?;
+        writeln!(
+            f,
+            "config    {}  {}",
+            p.config.digest.short(),
+            human_bytes(p.config.size)
+        )?;
+        writeln!(
+            f,
+            "layers    {} ({} read from the source)",
+            p.layers.len(),
+            human_bytes(p.total_size)
+        )?;
+        for (i, l) in p.layers.iter().enumerate() {
+            let action = match &l.action {
+                ActionView::AsIs => "push as is".to_string(),
+                ActionView::Compress { codec } => format!("compress to {codec}"),
+            };
+            write!(
+                f,
+                "  {:>3}  {}  {:>10}  {:<16}",
+                i + 1,
+                l.digest.short(),
+                human_bytes(l.size),
+                action
+            )?;
+            if let Some(c) = self.elf.as_ref().and_then(|e| e.get(i)) {
+                write!(f, "  {}", census_text(c))?;
+            }
+            writeln!(f)?;
+        }
+        if self.elf.is_some() {
+            match &self.arch_mismatch {
+                None => writeln!(f, "binaries  match {}", p.platform)?,
+                Some(m) => writeln!(f, "binaries  MISMATCH: {m}")?,
+            }
+        }
+        for w in &p.warnings {
+            writeln!(f, "warning   {w}")?;
+        }
+        Ok(())
+    }
+}

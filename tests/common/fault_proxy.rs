@@ -1,0 +1,262 @@
+//! A TCP fault proxy of ours, in front of the real registry: the network faults a laptop's
+//! uplink produces, injected below HTTP so the client under test sees real resets and stalls.
+//!
+//! Scriptable per test through [`Faults`] (changeable while connections are open):
+//! - `reset_after_upstream_bytes`: after N client->registry bytes in total, the connection in
+//!   which the Nth byte falls is closed with a real TCP RST (SO_LINGER 0); repeats every N bytes
+//!   when `reset_every` is set;
+//! - `blackhole_until`: stop forwarding in both directions without closing (a sleeping laptop,
+//!   dead Wi-Fi), until the given instant;
+//! - `upstream_bytes_per_sec`: a bandwidth cap on the client->registry direction;
+//! - `latency`: added to every forwarded read, with up to `jitter` more;
+//! - `slice_bytes`: forward writes in slices of at most this many bytes.
+//!
+//! It counts bytes in each direction and resets performed.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub reset_after_upstream_bytes: Option<u64>,
+    pub reset_every: bool,
+    pub blackhole_until: Option<Instant>,
+    pub upstream_bytes_per_sec: Option<u64>,
+    pub latency: Duration,
+    pub jitter: Duration,
+    pub slice_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Client -> registry bytes forwarded.
+    pub upstream_bytes: AtomicU64,
+    /// Registry -> client bytes forwarded.
+    pub downstream_bytes: AtomicU64,
+    pub resets: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+struct Shared {
+    faults: Mutex<Faults>,
+    counters: Counters,
+    /// Upstream byte count at which the next reset happens.
+    next_reset_at: Mutex<Option<u64>>,
+}
+
+/// A running proxy; stops accepting when dropped (open connections end with the runtime).
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream`. Needs a tokio runtime.
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let shared = Arc::new(Shared {
+            faults: Mutex::new(Faults::default()),
+            counters: Counters::default(),
+            next_reset_at: Mutex::new(None),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                s.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        pipe(client, server, s).await;
+                    }
+                });
+            }
+        });
+        FaultProxy { addr, shared, task }
+    }
+
+    /// `127.0.0.1:PORT`, the host clients use to reach the registry through the proxy.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Replaces the fault script. A reset threshold counts from the bytes already sent.
+    pub fn set(&self, faults: Faults) {
+        let now = self.upstream_bytes();
+        *self.shared.next_reset_at.lock().unwrap() =
+            faults.reset_after_upstream_bytes.map(|n| now + n);
+        *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    pub fn upstream_bytes(&self) -> u64 {
+        self.shared.counters.upstream_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn downstream_bytes(&self) -> u64 {
+        self.shared
+            .counters
+            .downstream_bytes
+            .load(Ordering::Relaxed)
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.shared.counters.resets.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared.counters.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const PIPE_BUF_BYTES: usize = 64 * 1024;
+
+async fn pipe(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    // One kill switch for both directions: a reset in one tears down the whole connection.
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
+    let up = {
+        let s = s.clone();
+        let mut kill = kill_rx.clone();
+        async move {
+            let mut buf = vec![0u8; PIPE_BUF_BYTES];
+            let mut reset = false;
+            loop {
+                let n = tokio::select! {
+                    r = cr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                    _ = kill.wait_for(|k| *k) => break,
+                };
+                match forward(&s, &buf[..n], &mut sw, true).await {
+                    Ok(()) => {}
+                    Err(Stop::Closed) => break,
+                    Err(Stop::Reset) => {
+                        reset = true;
+                        let _ = kill_tx.send(true);
+                        break;
+                    }
+                }
+            }
+            if !reset {
+                let _ = sw.shutdown().await;
+            }
+            (reset, cr)
+        }
+    };
+    let down = {
+        let s = s.clone();
+        let mut kill = kill_rx;
+        async move {
+            let mut buf = vec![0u8; PIPE_BUF_BYTES];
+            loop {
+                let n = tokio::select! {
+                    r = sr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                    _ = kill.wait_for(|k| *k) => break,
+                };
+                if forward(&s, &buf[..n], &mut cw, false).await.is_err() {
+                    break;
+                }
+            }
+            // Pass the registry's close on at once (a half-close), or a client waiting for EOF
+            // would never see it.
+            if !*kill.borrow() {
+                let _ = cw.shutdown().await;
+            }
+            cw
+        }
+    };
+    let ((reset, cr), cw) = tokio::join!(up, down);
+    if reset {
+        s.counters.resets.fetch_add(1, Ordering::Relaxed);
+        // A real RST: SO_LINGER 0 then close, so the client sees ECONNRESET, not a clean EOF.
+        if let Ok(client) = cr.reunite(cw)
+            && let Ok(std) = client.into_std()
+        {
+            let sock = socket2::Socket::from(std);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            drop(sock);
+        }
+    }
+}
+
+/// Why forwarding stopped: a scripted reset, or the peer went away.
+enum Stop {
+    Reset,
+    Closed,
+}
+
+async fn forward(
+    s: &Shared,
+    mut data: &[u8],
+    out: &mut tokio::net::tcp::OwnedWriteHalf,
+    upstream: bool,
+) -> Result<(), Stop> {
+    while !data.is_empty() {
+        let faults = s.faults.lock().unwrap().clone();
+        if let Some(until) = faults.blackhole_until {
+            let now = Instant::now();
+            if until > now {
+                tokio::time::sleep(until - now).await;
+                continue;
+            }
+        }
+        if !faults.latency.is_zero() || !faults.jitter.is_zero() {
+            let jitter = if faults.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(rand_below(faults.jitter.as_nanos() as u64))
+            };
+            tokio::time::sleep(faults.latency + jitter).await;
+        }
+        let mut take = faults.slice_bytes.unwrap_or(usize::MAX).min(data.len());
+        if upstream {
+            let sent = s.counters.upstream_bytes.load(Ordering::Relaxed);
+            let reset_at = *s.next_reset_at.lock().unwrap();
+            if let Some(at) = reset_at {
+                if sent >= at {
+                    let mut next = s.next_reset_at.lock().unwrap();
+                    *next = match (faults.reset_every, faults.reset_after_upstream_bytes) {
+                        (true, Some(n)) => Some(sent + n),
+                        _ => None,
+                    };
+                    return Err(Stop::Reset);
+                }
+                take = take.min((at - sent) as usize);
+            }
+            if let Some(rate) = faults.upstream_bytes_per_sec {
+                take = take.min((rate / 20).max(1) as usize);
+                tokio::time::sleep(Duration::from_secs_f64(take as f64 / rate as f64)).await;
+            }
+        }
+        if out.write_all(&data[..take]).await.is_err() {
+            return Err(Stop::Closed);
+        }
+        let counter = if upstream {
+            &s.counters.upstream_bytes
+        } else {
+            &s.counters.downstream_bytes
+        };
+        counter.fetch_add(take as u64, Ordering::Relaxed);
+        data = &data[take..];
+    }
+    Ok(())
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) % n.max(1)
+}

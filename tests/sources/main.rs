@@ -1,0 +1,8 @@
+//! Image sources end to end: sample images written by `hoist::sample`, converted by real tools
+//! (skopeo, tar), planned, and streamed with verification. Then every kind of bad input.
+
+mod bad_input;
+mod helpers;
+mod kinds;
+mod platforms;
+mod props;
