@@ -15,6 +15,9 @@ use super::routes::{self, App};
 
 /// How long open connections (event followers) may take to finish after shutdown began.
 const CONNECTION_DRAIN_MS_MAX: u64 = 2_000;
+/// Open connections served at once; more are closed right after `accept`. Clients are the
+/// user's own `hoist` processes: hundreds at once means something loops.
+const CONNECTIONS_MAX: usize = 256;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_RETRY_DELAY_MS: u64 = 100;
 
@@ -26,6 +29,11 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::R
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if conns.len() >= CONNECTIONS_MAX {
+                        warn!(open = conns.len(), "too many connections: closing a new one");
+                        drop(stream);
+                        continue;
+                    }
                     let allowed = peer_allowed(&stream, daemon_uid);
                     conns.spawn(serve_connection(stream, app.clone(), allowed, shutdown.clone()));
                 }
