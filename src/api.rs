@@ -238,7 +238,7 @@ impl From<JobId> for String {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -441,7 +441,7 @@ impl FromStr for JobState {
 
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -648,6 +648,8 @@ pub enum EventKind {
     BlobDone { digest: Digest, state: BlobState },
     /// A step is retried after a transient failure.
     Retry { what: String, reason: String },
+    /// Something to know that does not stop the push (e.g. platforms of an index not pushed).
+    Warning { message: String },
     /// The job was deleted. Sent live only (its log is deleted with it), with `seq` 0.
     Deleted {},
 }
@@ -836,6 +838,13 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn display_honours_width_for_tables() {
+        assert_eq!(format!("{:<10}|", JobState::Done), "done      |");
+        let id = JobId::random();
+        assert_eq!(format!("{id:<18}|").len(), 19);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use daemon_support::*;
 use hoist::api::{self, EventKind, JobState};
 use hoist::cli::client::ClientError;
 use hoist::daemon::Config;
-use hoist::daemon::job::NOT_WIRED_REASON;
+use hoist::daemon::prepare::NOT_WIRED_REASON;
 use http::{Method, StatusCode};
 
 /// `(METHOD, path)` pairs of `proto/openapi.yaml`: path keys at indent 2 under `paths:`,
@@ -349,14 +349,54 @@ async fn jobs_beyond_the_running_limit_wait_in_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_unwired_pipeline_fails_jobs_and_says_so() {
+async fn the_production_body_plans_for_real_then_says_uploads_are_not_wired() {
     let dir = tempfile::tempdir().unwrap();
+    let source = sample_source(dir.path());
+    let sample = hoist::sample::write_oci_layout(
+        &dir.path().join("again"),
+        &hoist::sample::SampleSpec::small(1),
+    )
+    .unwrap();
     let daemon = TestDaemon::start_with(dir.path(), Config::default());
     let client = daemon.client();
-    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    let id = client.submit(&submit_request(&source)).await.unwrap().id;
     let job = wait_state(&client, &id, JobState::Failed).await;
     assert_eq!(job.reason.as_deref(), Some(NOT_WIRED_REASON));
     assert!(job.manifest_digest.is_none());
+    // The real plan: the config as is, then every (uncompressed) layer to compress, keyed by
+    // its diff_id.
+    let digests: Vec<_> = job.blobs.iter().map(|b| b.digest.clone()).collect();
+    let mut want = vec![sample.config.clone()];
+    want.extend(sample.layers.iter().map(|l| l.diff_id.clone()));
+    assert_eq!(digests, want);
+    assert_eq!(job.blobs[0].action, api::BlobAction::AsIs);
+    assert!(
+        job.blobs[1..]
+            .iter()
+            .all(|b| b.action == api::BlobAction::Compress)
+    );
+    assert!(
+        job.blobs.iter().all(|b| b.uploaded_bytes == 0),
+        "nothing was uploaded"
+    );
+
+    // A source that is not there fails the job with the source's own explanation.
+    let id = client
+        .submit(&submit_request("oci:/nonexistent/layout"))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("/nonexistent/layout"), "{reason}");
+    assert!(job.blobs.is_empty());
+    // Another platform than the image's is refused by the platform guard.
+    let mut arm = submit_request(&source);
+    arm.platform = Some("linux/arm64".into());
+    let id = client.submit(&arm).await.unwrap().id;
+    let job = wait_state(&client, &id, JobState::Failed).await;
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("arm64"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use daemon_support::*;
 use hoist::api::{self, JobState};
 use hoist::cli::client::Client;
-use hoist::daemon::job::NOT_WIRED_REASON;
+use hoist::daemon::prepare::NOT_WIRED_REASON;
 
 fn hoist(socket: &Path, args: &[&str]) -> Output {
     Command::new(hoist_bin())
@@ -220,7 +220,7 @@ async fn push_starts_a_daemon_when_none_answers() {
         .arg(&socket)
         .arg("--state-dir")
         .arg(&state)
-        .args(["push", "a.tar", "r/a:1"])
+        .args(["push", &sample_source(dir.path()), "r/a:1"])
         // The tests run as root; a real user needs no such flag.
         .env("HOIST_ALLOW_ROOT", "true")
         .stdin(Stdio::null())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use daemon_support::*;
 use hoist::api::JobState;
 use hoist::cli::client::Client;
-use hoist::daemon::job::NOT_WIRED_REASON;
+use hoist::daemon::prepare::NOT_WIRED_REASON;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_daemon_resumes_the_job_from_its_cursor() {
@@ -148,9 +148,14 @@ async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
     let client = Client::new(dir.path().join("hoist.sock"));
     let mut child = hoistd(dir.path());
     wait_answers(&client).await;
-    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    let id = client
+        .submit(&submit_request(&sample_source(dir.path())))
+        .await
+        .unwrap()
+        .id;
     let job = wait_state(&client, &id, JobState::Failed).await;
     assert_eq!(job.reason.as_deref(), Some(NOT_WIRED_REASON));
+    assert_eq!(job.blobs.len(), 4);
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -160,6 +165,7 @@ async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
     let jobs = client.jobs().await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!((jobs[0].id.clone(), jobs[0].state), (id, JobState::Failed));
+    assert_eq!(jobs[0].blobs.len(), 4, "the plan survived the kill");
 
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),

@@ -26,13 +26,21 @@ struct Args {
     #[arg(long, env = "HOIST_JOBS_MAX", default_value_t = daemon::JOBS_RUNNING_MAX_DEFAULT)]
     jobs_max: usize,
     /// Run even as root (a per-user daemon should not; containers sometimes must).
-    #[arg(long, env = "HOIST_ALLOW_ROOT")]
+    #[arg(
+        long,
+        env = "HOIST_ALLOW_ROOT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     allow_root: bool,
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for people: not in hoistd.log, not in the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOIST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -113,19 +113,6 @@ impl JobError {
     }
 }
 
-/// The body used until the push pipeline (source, plan, compress, registry) is wired in: it
-/// fails every job, saying so. It never pretends to push.
-pub struct NotWired;
-
-/// The reason [`NotWired`] gives.
-pub const NOT_WIRED_REASON: &str = "pushing is not wired into this hoistd build yet: it can queue and track jobs but not push them; use a newer build";
-
-impl JobBody for NotWired {
-    fn run(&self, _ctx: JobContext) -> JobFuture {
-        Box::pin(async { Err(JobError::failed(NOT_WIRED_REASON)) })
-    }
-}
-
 /// What a body can do to its job. Cheap to clone; every method is safe to call from any task
 /// the body spawns.
 #[derive(Clone)]
@@ -330,6 +317,15 @@ impl JobContext {
             .await;
         }
         Ok(())
+    }
+
+    /// Reports something the user should know that does not stop the push (e.g. index entries
+    /// of other platforms that are not pushed).
+    pub async fn warning(&self, message: impl Into<String>) {
+        self.emit(EventKind::Warning {
+            message: message.into(),
+        })
+        .await;
     }
 
     /// Reports a retry after a transient failure (`what`: e.g. "PATCH chunk at 16777216").

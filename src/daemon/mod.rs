@@ -6,12 +6,14 @@
 //! - `routes`: request handlers (wire types from [`crate::api`] only).
 //! - [`scheduler`]: the one owner of job state (an actor over a bounded channel).
 //! - [`job`]: the seam: [`job::JobBody`] is the push itself, [`job::JobContext`] its reporting.
+//! - [`prepare`]: the part of the push that is wired so far: open the source and plan.
 //! - [`systemd`]: socket activation and readiness notification.
 //! - [`paths`]: default socket and state paths, and binding the socket safely.
 
 pub mod job;
 pub mod metrics;
 pub mod paths;
+pub mod prepare;
 mod routes;
 pub mod scheduler;
 mod server;
@@ -41,7 +43,8 @@ const SHUTDOWN_JOBS_MS_MAX: u64 = 20_000;
 pub struct Config {
     pub uploads_in_flight_max: usize,
     pub jobs_running_max: usize,
-    /// The push itself. [`job::NotWired`] until the pipeline is wired; tests inject their own.
+    /// The push itself. [`prepare::NotWired`] (plans, then stops) until uploads are wired;
+    /// tests inject their own.
     pub job_body: Arc<dyn job::JobBody>,
 }
 
@@ -50,7 +53,7 @@ impl Default for Config {
         Config {
             uploads_in_flight_max: UPLOADS_IN_FLIGHT_MAX_DEFAULT,
             jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
-            job_body: Arc::new(job::NotWired),
+            job_body: Arc::new(prepare::NotWired),
         }
     }
 }

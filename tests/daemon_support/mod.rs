@@ -34,6 +34,15 @@ fn bin(name: &str, cargo_path: &str) -> PathBuf {
     }
 }
 
+/// Writes a small deterministic OCI layout (3 uncompressed layers) under `dir/image` and
+/// returns its source reference.
+pub fn sample_source(dir: &Path) -> String {
+    let image = dir.join("image");
+    hoist::sample::write_oci_layout(&image, &hoist::sample::SampleSpec::small(1))
+        .expect("write the sample image");
+    format!("oci:{}", image.display())
+}
+
 /// How long a test waits for a job to reach a state.
 pub const WAIT_MS_MAX: u64 = 15_000;
 
