@@ -286,7 +286,7 @@ pub(super) fn blobs(conn: &mut Connection, id: &JobId) -> Result<Vec<BlobRecord>
 /// Checks a blob row read back, as it was checked before writing.
 fn blob_of(raw: RawBlob) -> Result<BlobRecord, StoreError> {
     let non_negative = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
-    Ok(BlobRecord {
+    let record = BlobRecord {
         digest: Digest::parse(&raw.digest).map_err(|e| corrupt("blob digest", e))?,
         size_bytes: raw.size,
         media_type: raw.media_type,
@@ -308,7 +308,25 @@ fn blob_of(raw: RawBlob) -> Result<BlobRecord, StoreError> {
             }),
             _ => None,
         },
-    })
+    };
+    // The pair of the check in `save_cursor`.
+    if let Some(c) = &record.cursor {
+        let limit = match (&record.pushed, record.action) {
+            (Some(p), _) => Some(p.size_bytes),
+            (None, crate::api::BlobAction::AsIs) => Some(record.size_bytes),
+            (None, crate::api::BlobAction::Compress) => None,
+        };
+        if limit.is_some_and(|l| c.offset_bytes > l) {
+            return Err(corrupt(
+                "upload cursor",
+                format!(
+                    "offset {} past the end of blob {}",
+                    c.offset_bytes, record.digest
+                ),
+            ));
+        }
+    }
+    Ok(record)
 }
 
 fn blob_exists(tx: &Transaction<'_>, id: &JobId, digest: &Digest) -> Result<(), StoreError> {
@@ -322,6 +340,26 @@ fn blob_exists(tx: &Transaction<'_>, id: &JobId, digest: &Digest) -> Result<(), 
     found
         .map(|_| ())
         .ok_or_else(|| StoreError::Corrupt(format!("job {id} has no blob {digest} in its plan")))
+}
+
+/// The size an upload of the blob cannot exceed, when it is known: the pushed size of a
+/// compressed blob, the source size of a blob pushed as is.
+fn upload_size_limit(
+    tx: &Transaction<'_>,
+    id: &JobId,
+    digest: &Digest,
+) -> Result<Option<u64>, StoreError> {
+    let (size, action, pushed): (i64, String, Option<i64>) = tx.query_row(
+        "SELECT size_bytes, action, pushed_size_bytes FROM blobs WHERE job_id = ?1 AND digest = ?2",
+        params![id.as_str(), digest.to_string()],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(match (pushed, action.as_str()) {
+        (Some(p), _) => Some(p.max(0) as u64),
+        (None, "as_is") => Some(size.max(0) as u64),
+        // Compressed bytes may be larger than the source (incompressible data): no limit yet.
+        (None, _) => None,
+    })
 }
 
 pub(super) fn set_blob_state(
@@ -371,6 +409,16 @@ pub(super) fn save_cursor(
     // Normal: see Store::save_cursor. Committed before the next chunk is sent.
     with_tx(conn, Durability::Normal, |tx| {
         blob_exists(tx, id, digest)?;
+        // Checked before writing (and again by `blob_of` after reading): an offset past the
+        // end of the bytes being uploaded is a bug upstream, never something to resume from.
+        if let Some(size) = upload_size_limit(tx, id, digest)?
+            && cursor.offset_bytes > size
+        {
+            return Err(StoreError::Corrupt(format!(
+                "an upload cursor at {} bytes is past the end of blob {digest} ({size} bytes)",
+                cursor.offset_bytes
+            )));
+        }
         tx.execute(
             "INSERT INTO upload_cursors (job_id, digest, session_url, offset_bytes, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)

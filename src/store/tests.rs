@@ -175,9 +175,34 @@ fn jobs_blobs_cursors_events_round_trip_and_cascade() {
         // A cursor for a blob outside the plan is refused, not stored.
         assert!(
             store
-                .save_cursor(id.clone(), b.clone(), cursor)
+                .save_cursor(id.clone(), b.clone(), cursor.clone())
                 .await
                 .is_err()
+        );
+        // So is one past the end of the bytes to upload, once their size is known.
+        store
+            .set_blob_pushed(
+                id.clone(),
+                a.clone(),
+                Pushed {
+                    digest: Digest::sha256_of(b"gz"),
+                    size_bytes: 8,
+                },
+            )
+            .await
+            .unwrap();
+        let past_end = CursorRecord {
+            offset_bytes: 9,
+            ..cursor.clone()
+        };
+        let err = store
+            .save_cursor(id.clone(), a.clone(), past_end)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+        assert_eq!(
+            store.blobs(id.clone()).await.unwrap()[0].cursor,
+            Some(cursor)
         );
 
         let digest = Digest::sha256_of(b"manifest");
@@ -255,4 +280,39 @@ fn cursor_debug_leaves_the_query_out() {
         "{shown}"
     );
     assert!(shown.contains("/v2/a/blobs/uploads/u1?REDACTED"), "{shown}");
+}
+
+#[test]
+fn a_cursor_past_the_end_is_refused_when_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    let digest = Digest::sha256_of(b"as is");
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_job(id.clone(), spec(), "{}".into())
+            .await
+            .unwrap();
+        let blob = NewBlob {
+            digest: digest.clone(),
+            size_bytes: 10,
+            media_type: "m".into(),
+            action: BlobAction::AsIs,
+        };
+        store.put_blobs(id.clone(), vec![blob]).await.unwrap();
+    });
+    // Written behind the store's back, as a bug or a damaged file would.
+    let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+    conn.execute(
+        "INSERT INTO upload_cursors (job_id, digest, session_url, offset_bytes, updated_ms)
+         VALUES (?1, ?2, 'http://r/u', 11, 0)",
+        rusqlite::params![id.as_str(), digest.to_string()],
+    )
+    .unwrap();
+    drop(conn);
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.blobs(id.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+    });
 }
