@@ -678,6 +678,8 @@ pub struct Metrics {
     pub chunks_sent: u64,
     pub retries: u64,
     pub resumes: u64,
+    pub jobs_running: u64,
+    pub upload_slots_in_use: u64,
     pub jobs_by_state: Vec<(JobState, u64)>,
 }
 
@@ -710,6 +712,23 @@ impl Metrics {
         for (name, help, value) in counters {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        let gauges = [
+            (
+                "hoist_jobs_running",
+                "Jobs whose task runs now.",
+                self.jobs_running,
+            ),
+            (
+                "hoist_upload_slots_in_use",
+                "Upload connections open now (capped by --uploads-max).",
+                self.upload_slots_in_use,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
             ));
         }
         out.push_str("# HELP hoist_jobs Jobs in the store, by state.\n# TYPE hoist_jobs gauge\n");

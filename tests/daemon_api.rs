@@ -185,6 +185,8 @@ async fn job_runs_to_done_with_events_and_metrics() {
         "hoist_resumes_total 0",
         "hoist_jobs{state=\"done\"} 1",
         "hoist_jobs{state=\"queued\"} 0",
+        "hoist_upload_slots_in_use 0",
+        "hoist_jobs_running 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -560,6 +562,13 @@ async fn the_upload_connection_cap_is_shared_by_all_jobs() {
     assert_eq!(client.health().await.unwrap().jobs_running, 2);
     // Long enough for several chunks, had the second job a slot.
     tokio::time::sleep(Duration::from_millis(150)).await;
+    let metrics = client.metrics().await.unwrap();
+    for line in ["hoist_upload_slots_in_use 1", "hoist_jobs_running 2"] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "metrics lack {line:?}:\n{metrics}"
+        );
+    }
     let job = client.job(&second).await.unwrap();
     assert!(
         job.blobs[0].uploaded_bytes == 0

@@ -17,7 +17,7 @@
 //!    Skipping a phase is allowed, going back is not. The scheduler sets `done` itself when
 //!    `run` returns `Ok`.
 //! 3. Before each upload connection, take a slot with [`JobContext::upload_slot`] and hold the
-//!    permit while the connection sends; this is the daemon-wide cap on connections.
+//!    [`UploadSlot`] while the connection sends; this is the daemon-wide cap on connections.
 //! 4. After the registry acknowledges a chunk, call [`JobContext::save_cursor`] with the new
 //!    `(session URL, offset)` and await it **before sending the next chunk**: when it returns
 //!    the cursor is committed to SQLite. Also call it (with `sent_bytes = 0`) right after the
@@ -110,6 +110,18 @@ impl JobError {
         JobError::Failed {
             reason: reason.into(),
         }
+    }
+}
+
+/// One of the daemon-wide upload connection slots; freed when dropped.
+pub struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.counters.slot_released();
     }
 }
 
@@ -210,13 +222,19 @@ impl JobContext {
         Ok(records)
     }
 
-    /// Waits for one of the daemon-wide upload connection slots. Hold the permit while sending.
-    pub async fn upload_slot(&self) -> Result<OwnedSemaphorePermit, JobError> {
+    /// Waits for one of the daemon-wide upload connection slots. Hold the slot while the
+    /// connection sends; dropping it frees the slot.
+    pub async fn upload_slot(&self) -> Result<UploadSlot, JobError> {
         self.check_stop()?;
-        tokio::select! {
-            permit = self.uploads.clone().acquire_owned() => permit.map_err(|_| JobError::Stopped),
-            () = self.stop_requested() => Err(JobError::Stopped),
-        }
+        let permit = tokio::select! {
+            permit = self.uploads.clone().acquire_owned() => permit.map_err(|_| JobError::Stopped)?,
+            () = self.stop_requested() => return Err(JobError::Stopped),
+        };
+        self.counters.slot_taken();
+        Ok(UploadSlot {
+            _permit: permit,
+            counters: self.counters.clone(),
+        })
     }
 
     /// Persists the upload cursor of `digest` (committed when this returns), then reports

@@ -11,6 +11,7 @@ pub struct Counters {
     retries: AtomicU64,
     resumes: AtomicU64,
     jobs_running: AtomicU64,
+    upload_slots_in_use: AtomicU64,
 }
 
 impl Counters {
@@ -31,6 +32,14 @@ impl Counters {
         self.jobs_running.store(n, Ordering::Relaxed);
     }
 
+    pub fn slot_taken(&self) {
+        self.upload_slots_in_use.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slot_released(&self) {
+        self.upload_slots_in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn jobs_running(&self) -> u64 {
         self.jobs_running.load(Ordering::Relaxed)
     }
@@ -42,6 +51,8 @@ impl Counters {
             chunks_sent: self.chunks_sent.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             resumes: self.resumes.load(Ordering::Relaxed),
+            jobs_running: self.jobs_running.load(Ordering::Relaxed),
+            upload_slots_in_use: self.upload_slots_in_use.load(Ordering::Relaxed),
             jobs_by_state,
         }
     }
