@@ -38,7 +38,7 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Errors of the store. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state database error: {0}")]
+    #[error("the state database failed ({0}): check free disk space and hoistd's log")]
     Sqlite(#[from] rusqlite::Error),
     #[error(
         "the state database has schema version {found}, newer than {supported} which this hoistd knows: run a newer hoistd or use another --state-dir"
