@@ -161,10 +161,12 @@ impl fmt::Display for InspectReport {
             }
             writeln!(f)?;
         }
-        if self.elf.is_some() {
+        if let Some(census) = &self.elf {
+            let total: u64 = census.iter().map(LayerCensus::total).sum();
             match &self.arch_mismatch {
-                None => writeln!(f, "binaries  match {}", p.platform)?,
                 Some(m) => writeln!(f, "binaries  MISMATCH: {m}")?,
+                None if total == 0 => writeln!(f, "binaries  no ELF files to check")?,
+                None => writeln!(f, "binaries  {total} ELF files match {}", p.platform)?,
             }
         }
         for w in &p.warnings {

@@ -108,7 +108,12 @@ fn native_images_with_a_few_foreign_binaries_pass() {
     );
     let report = inspect(&src, &census_opts()).unwrap();
     assert_eq!(report.arch_mismatch, None);
-    assert!(report.to_string().contains("binaries  match linux/amd64"));
+    assert!(
+        report
+            .to_string()
+            .contains("binaries  43 ELF files match linux/amd64"),
+        "{report}"
+    );
 }
 
 #[test]

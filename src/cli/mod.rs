@@ -68,11 +68,20 @@ pub enum Command {
     Retry { job: JobId },
     /// Delete a finished, failed, cancelled or paused job and its spool.
     Rm { job: JobId },
-    /// Show what would be pushed from SOURCE.
+    /// Show what would be pushed from SOURCE (no network): platform, manifest type, every blob
+    /// with size and compression plan, the ELF census of each layer, warnings.
     Inspect {
+        /// docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], or a bare path.
         source: String,
         #[arg(long, default_value = "linux/amd64")]
         platform: String,
+        /// Compression planned for uncompressed layers.
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+        compression: String,
+        /// Skip the ELF census (it reads, and decompresses, every layer).
+        #[arg(long)]
+        no_elf: bool,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +148,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Runs the command; the caller prints the error chain.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Commands that need no daemon run before a socket path is worked out.
+    match cli.command {
+        Command::Inspect {
+            source,
+            platform,
+            compression,
+            no_elf,
+            json,
+        } => return inspect::run(&source, &platform, &compression, !no_elf, json).await,
+        Command::Verify { target, platform } => return verify::run(&target, &platform).await,
+        _ => {}
+    }
     let socket = match cli.socket {
         Some(s) => s,
         None => paths::default_socket_path().map_err(anyhow::Error::msg)?,
@@ -156,12 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
         Command::Retry { job } => jobs::control(&client, &job, "retry").await,
         Command::Rm { job } => jobs::rm(&client, &job).await,
-        Command::Inspect {
-            source,
-            platform,
-            json,
-        } => inspect::run(&source, &platform, json).await,
-        Command::Verify { target, platform } => verify::run(&target, &platform).await,
+        Command::Inspect { .. } | Command::Verify { .. } => unreachable!("handled above"),
     }
 }
 

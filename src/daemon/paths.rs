@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 
 use super::DaemonError;
 
-/// `$XDG_RUNTIME_DIR/hoist/hoist.sock`.
+/// `$XDG_RUNTIME_DIR/hoist/hoist.sock`; where there is no runtime dir (macOS, a plain ssh
+/// session), the socket lives in the state dir: `<state dir>/hoist.sock`.
 pub fn default_socket_path() -> Result<PathBuf, String> {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => Ok(PathBuf::from(dir).join("hoist").join("hoist.sock")),
-        None => Err("XDG_RUNTIME_DIR is not set: pass --socket PATH (or set HOIST_SOCKET)".into()),
+        None => default_state_dir()
+            .map(|d| d.join("hoist.sock"))
+            .map_err(|e| format!("{e}; or pass --socket PATH (or set HOIST_SOCKET)")),
     }
 }
 
