@@ -71,7 +71,11 @@ impl FromStr for Platform {
     type Err = PlatformError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform::new(os, arch, None)),
             [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => {
@@ -104,8 +108,18 @@ mod tests {
         let arm: Platform = "linux/arm64/v8".parse().unwrap();
         assert_eq!(arm.to_string(), "linux/arm64");
         assert!(!amd.matches(&arm));
-        assert!("linux/arm/v7".parse::<Platform>().unwrap().matches(&Platform::new("linux", "arm", Some("v7"))));
-        assert!(!"linux/arm/v7".parse::<Platform>().unwrap().matches(&Platform::new("linux", "arm", Some("v6"))));
+        assert!(
+            "linux/arm/v7"
+                .parse::<Platform>()
+                .unwrap()
+                .matches(&Platform::new("linux", "arm", Some("v7")))
+        );
+        assert!(
+            !"linux/arm/v7"
+                .parse::<Platform>()
+                .unwrap()
+                .matches(&Platform::new("linux", "arm", Some("v6")))
+        );
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux/amd64/v2/x".parse::<Platform>().is_err());
         assert!("linux/".parse::<Platform>().is_err());

@@ -125,10 +125,10 @@ fn wait_ready(child: &mut Child, addr: SocketAddr) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if let Some((status, _)) = http_get(addr, "/v2/") {
-            if status == 200 || status == 401 {
-                return true;
-            }
+        if let Some((status, _)) = http_get(addr, "/v2/")
+            && (status == 200 || status == 401)
+        {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
