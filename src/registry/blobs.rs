@@ -89,7 +89,7 @@ impl RegistryClient {
             .repo_url(repository, &format!("blobs/{digest}"))?;
         let req = Req::new(Method::HEAD, url).scope(pull_scope(repository));
         let resp = retry(&self.inner.opts.retry, "blob HEAD", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         match resp.status.as_u16() {
@@ -132,7 +132,7 @@ impl RegistryClient {
             .scope(push_scope(repository))
             .scope(pull_scope(from_repository));
         let resp = retry(&self.inner.opts.retry, "blob mount", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         match resp.status.as_u16() {
@@ -161,7 +161,7 @@ impl RegistryClient {
         let url = self.inner.repo_url(repository, "blobs/uploads/")?;
         let req = Req::new(Method::POST, url).scope(push_scope(repository));
         let resp = match retry_if(&self.inner.opts.retry, "upload POST", is_429, || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await
         {
@@ -206,6 +206,16 @@ impl RegistryClient {
         })
     }
 
+    /// The push scope of an upload URL (`/v2/<repo>/blobs/uploads/<uuid>`): tokens are per
+    /// repository, and a cursor knows only its URL.
+    fn upload_scope(url: &Url) -> Vec<String> {
+        let path = url.path();
+        match (path.strip_prefix("/v2/"), path.rfind("/blobs/uploads/")) {
+            (Some(_), Some(i)) if i > 4 => vec![push_scope(&path[4..i])],
+            _ => Vec::new(),
+        }
+    }
+
     fn cursor_url(cursor: &UploadCursor) -> Result<Url, RegistryError> {
         Url::parse(&cursor.session_url).map_err(|_| RegistryError::Protocol {
             method: "PATCH".into(),
@@ -228,12 +238,13 @@ impl RegistryClient {
         }
         let url = Self::cursor_url(cursor)?;
         let end = cursor.offset + chunk.len() as u64 - 1;
-        let req = Req::new(Method::PATCH, url.clone())
+        let mut req = Req::new(Method::PATCH, url.clone())
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_RANGE, &format!("{}-{end}", cursor.offset))
             .body(chunk);
+        req.scopes = Self::upload_scope(&url);
         let resp = retry_if(&self.inner.opts.retry, "upload PATCH", is_429, || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         let next_url = resp.location().unwrap_or(url);
@@ -287,7 +298,7 @@ impl RegistryClient {
         let url = Self::cursor_url(cursor)?;
         let req = Req::new(Method::GET, url.clone()).scope(push_scope(repository));
         let resp = retry(&self.inner.opts.retry, "upload status", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         let status = resp.status.as_u16();
@@ -335,8 +346,9 @@ impl RegistryClient {
         let mut url = Self::cursor_url(cursor)?;
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let mut req =
-            Req::new(Method::PUT, url).header(header::CONTENT_TYPE, "application/octet-stream");
+        let mut req = Req::new(Method::PUT, url.clone())
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        req.scopes = Self::upload_scope(&url);
         if !last.is_empty() {
             let end = cursor.offset + last.len() as u64 - 1;
             req = req
@@ -344,7 +356,7 @@ impl RegistryClient {
                 .body(last);
         }
         let resp = retry_if(&self.inner.opts.retry, "upload PUT", is_429, || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         if !resp.status.is_success() {
@@ -366,9 +378,10 @@ impl RegistryClient {
     /// Abandons an upload session (`DELETE`); a session already gone is fine.
     pub async fn cancel_upload(&self, cursor: &UploadCursor) -> Result<(), RegistryError> {
         let url = Self::cursor_url(cursor)?;
-        let req = Req::new(Method::DELETE, url);
+        let mut req = Req::new(Method::DELETE, url.clone());
+        req.scopes = Self::upload_scope(&url);
         let resp = retry(&self.inner.opts.retry, "upload DELETE", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         if resp.status.is_success() || resp.status.as_u16() == 404 {
@@ -392,7 +405,10 @@ impl RegistryClient {
             .repo_url(repository, &format!("blobs/{digest}"))?;
         for _ in 0..=REDIRECTS_MAX {
             let req = Req::new(Method::GET, url.clone()).scope(pull_scope(repository));
-            let resp = retry(&self.inner.opts.retry, "blob GET", || self.inner.send(&req)).await?;
+            let resp = retry(&self.inner.opts.retry, "blob GET", || {
+                self.inner.send_ok(&req)
+            })
+            .await?;
             if resp.status.is_redirection() {
                 url = resp.location().ok_or_else(|| resp.error(&Method::GET))?;
                 continue;

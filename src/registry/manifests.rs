@@ -56,7 +56,7 @@ impl RegistryClient {
             .scope(push_scope(repository));
         // PUT of the same bytes is idempotent: safe to retry on any retryable error.
         let resp = retry(&self.inner.opts.retry, "manifest PUT", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         if !resp.status.is_success() {
@@ -150,7 +150,7 @@ impl RegistryClient {
             .header(header::ACCEPT, &media_types::ALL.join(", "))
             .scope(pull_scope(repository));
         let resp = retry(&self.inner.opts.retry, "manifest GET", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         if !resp.status.is_success() {

@@ -263,7 +263,7 @@ impl RegistryClient {
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.inner.url("v2/")?;
         let req = Req::new(Method::GET, url);
-        let resp = retry(&self.inner.opts.retry, "ping", || self.inner.send(&req)).await?;
+        let resp = retry(&self.inner.opts.retry, "ping", || self.inner.send_ok(&req)).await?;
         if resp.status.is_success() {
             Ok(())
         } else {
@@ -279,7 +279,7 @@ impl RegistryClient {
         url.set_query(Some("n=1"));
         let req = Req::new(Method::GET, url).scope(pull_scope(repository));
         let resp = retry(&self.inner.opts.retry, "check repository", || {
-            self.inner.send(&req)
+            self.inner.send_ok(&req)
         })
         .await?;
         if resp.status.is_success() {

@@ -168,7 +168,11 @@ impl Inner {
                 None
             };
             let resp = self.send_once(req, authz.as_deref()).await?;
-            let challenged = resp.status == StatusCode::UNAUTHORIZED || is_expired_token(&resp);
+            // A HEAD answer has no body to tell an expired ECR token from a refusal: a 403 to a
+            // HEAD is worth one refresh too.
+            let challenged = resp.status == StatusCode::UNAUTHORIZED
+                || is_expired_token(&resp)
+                || (resp.status == StatusCode::FORBIDDEN && req.method == Method::HEAD);
             if !challenged || !self.is_registry_url(&req.url) {
                 return Ok(resp);
             }
@@ -199,6 +203,17 @@ impl Inner {
             url: redact_url(&req.url),
             message: "the registry keeps asking for authentication".into(),
         })
+    }
+
+    /// [`Inner::send`], with throttling and server errors (408, 429, 5xx) turned into errors,
+    /// so that retry loops see them.
+    pub(crate) async fn send_ok(&self, req: &Req) -> Result<Resp, RegistryError> {
+        let resp = self.send(req).await?;
+        let s = resp.status.as_u16();
+        if s == 408 || s == 429 || (500..=599).contains(&s) {
+            return Err(resp.error(&req.method));
+        }
+        Ok(resp)
     }
 
     async fn auth_error(&self, resp: &Resp) -> RegistryError {
