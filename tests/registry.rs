@@ -417,3 +417,93 @@ async fn stall_watchdog_aborts_silent_requests() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     holder.join().unwrap();
 }
+
+/// A wrong digest at the final PUT is refused (400 DIGEST_INVALID, not retryable). Measured:
+/// Debian's 2.8.2 then cancels the session (REGISTRIES.md says it stays alive; it does not),
+/// so resume says Restart, and the blob goes again in a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_digest_is_refused_at_put() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blob = Blob::new(images::random_bytes(30, MIB + 10));
+    let cur = c.start_upload("app/dig").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    let wrong = hoist::digest::Digest::sha256_of(b"not this");
+    let e = c
+        .finish_upload(&cur, &wrong, blob.bytes.slice(MIB..))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(400), Some("DIGEST_INVALID")),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    assert_eq!(
+        c.resume("app/dig", &cur).await.unwrap(),
+        ResumePoint::Restart
+    );
+    assert!(
+        !c.blob_present("app/dig", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+    images::upload(&c, "app/dig", &blob, 0).await.unwrap();
+    assert!(
+        c.blob_present("app/dig", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// One client, several blobs in parallel (HTTP/1.1, one connection each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_uploads_share_one_client() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blobs: Vec<Blob> = (0..4)
+        .map(|i| Blob::new(images::random_bytes(40 + i, 2 * MIB + i as usize)))
+        .collect();
+    let tasks: Vec<_> = blobs
+        .iter()
+        .map(|b| {
+            let (c, b) = (c.clone(), b.clone());
+            tokio::spawn(async move { images::upload(&c, "app/par", &b, 0).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!((1..=2).contains(&t.await.unwrap().unwrap().chunks));
+    }
+    for b in &blobs {
+        assert!(c.blob_present("app/par", &b.digest, b.len()).await.unwrap());
+    }
+}
+
+/// `OCI-Chunk-Min-Length` announced at POST raises the client's chunk size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_min_length_is_honoured() {
+    use common::serve::{Cut, respond, spawn_server};
+    let (addr, task) = spawn_server(|_req: hyper::Request<hyper::body::Incoming>| async {
+        Ok::<_, Cut>(respond(
+            202,
+            &[
+                ("location", "/v2/x/blobs/uploads/u1".to_string()),
+                ("oci-chunk-min-length", (3 * MIB).to_string()),
+            ],
+            Bytes::new(),
+        ))
+    })
+    .await;
+    let c = client(&addr.to_string(), MIB);
+    assert_eq!(c.chunk_bytes(), MIB as u64);
+    let cur = c.start_upload("x").await.unwrap();
+    assert_eq!(
+        cur.session_url,
+        format!("http://{addr}/v2/x/blobs/uploads/u1")
+    );
+    assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
+    task.abort();
+}

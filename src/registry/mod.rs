@@ -229,6 +229,11 @@ impl RegistryClient {
         &self.inner.host
     }
 
+    /// `http(s)://HOST/`: where requests go (plain HTTP for loopback or `insecure`).
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
+    }
+
     /// Whether the host is an ECR private registry (by name).
     pub fn is_ecr(&self) -> bool {
         self.inner.ecr
@@ -364,5 +369,72 @@ impl Inner {
             st.tokens.clear();
         }
         self.credentials().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_and_chunk_policy_per_host() {
+        let c = |h: &str, o: ClientOptions| RegistryClient::new(h, o).unwrap();
+        assert_eq!(
+            c("127.0.0.1:5000", ClientOptions::default()).base_url(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(
+            c("localhost", ClientOptions::default()).base_url(),
+            "http://localhost/"
+        );
+        assert_eq!(
+            c("[::1]:5000", ClientOptions::default()).base_url(),
+            "http://[::1]:5000/"
+        );
+        assert_eq!(
+            c("example.com", ClientOptions::default()).base_url(),
+            "https://example.com/"
+        );
+        let insecure = ClientOptions {
+            insecure: true,
+            ..ClientOptions::default()
+        };
+        assert_eq!(
+            c("10.1.2.3:5000", insecure).base_url(),
+            "http://10.1.2.3:5000/"
+        );
+        assert_eq!(
+            c("docker.io", ClientOptions::default()).base_url(),
+            "https://registry-1.docker.io/"
+        );
+        assert_eq!(
+            c("example.com", ClientOptions::default()).chunk_bytes(),
+            16 << 20
+        );
+        let small = || ClientOptions {
+            chunk_bytes: Some(1 << 20),
+            ..ClientOptions::default()
+        };
+        assert_eq!(c("example.com", small()).chunk_bytes(), 1 << 20);
+        for ecr in [
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+        ] {
+            assert_eq!(c(ecr, small()).chunk_bytes(), ECR_CHUNK_BYTES_MIN, "{ecr}");
+        }
+        assert!(RegistryClient::new("a/b", ClientOptions::default()).is_err());
+    }
+
+    #[test]
+    fn options_debug_redacts_credentials() {
+        let o = ClientOptions {
+            credentials: Some(Credentials {
+                username: "AWS".into(),
+                secret: "hunter2".into(),
+            }),
+            ..ClientOptions::default()
+        };
+        assert!(!format!("{o:?}").contains("hunter2"));
     }
 }
