@@ -507,3 +507,41 @@ async fn chunk_min_length_is_honoured() {
     assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
     task.abort();
 }
+
+/// The same cut mid-PATCH, through the client (a TCP proxy forwards half of the PATCH body to
+/// the registry, then resets): the client's error is retryable, resume says Restart (Debian's
+/// registry kept the partial part and refuses the session), and the daemon-like loop (which
+/// resumes at once, racing the registry, and then meets `is_upload_gone`) finishes the blob in
+/// a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_mid_patch_through_the_client_is_restart() {
+    let reg = TestRegistry::start();
+    let cut = common::cut_proxy::CutProxy::start(reg.addr).await;
+    let c = client(&cut.host(), MIB);
+    let blob = Blob::new(images::random_bytes(50, 3 * MIB));
+    let cur = c.start_upload("app/cut").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    cut.cut_after((MIB / 2) as u64);
+    let e = c
+        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(cut.state.cuts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        c.resume("app/cut", &cur).await.unwrap(),
+        ResumePoint::Restart
+    );
+    // The loop copes on its own too.
+    cut.cut_after((MIB + MIB / 2) as u64);
+    let stats = images::upload(&c, "app/cut", &blob, 2).await.unwrap();
+    assert_eq!(stats.restarts, 1, "{stats:?}");
+    assert!(
+        c.blob_present("app/cut", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
