@@ -26,6 +26,12 @@
 //!   registry accepted a chunk (the lost acknowledgement).
 #![allow(dead_code)]
 
+mod manifests;
+mod uploads;
+
+use manifests::handle_manifest;
+use uploads::{handle_upload, upload_location};
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -251,7 +257,7 @@ fn route(path: &str) -> Route {
     Route::Other
 }
 
-fn header(req_headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header(req_headers: &hyper::HeaderMap, name: &str) -> Option<String> {
     req_headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -259,7 +265,7 @@ fn header(req_headers: &hyper::HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Reads the whole request body, counting bytes, cutting the connection when scripted to.
-async fn read_body(st: &ProxyState, body: Incoming) -> Result<Bytes, Cut> {
+pub(crate) async fn read_body(st: &ProxyState, body: Incoming) -> Result<Bytes, Cut> {
     let cut_after = st.cut_next_body_after.lock().unwrap().take();
     let mut body = body;
     let mut buf = Vec::new();
@@ -291,7 +297,7 @@ pub struct Upstream {
 }
 
 /// One request to the real registry over a fresh connection.
-async fn forward(
+pub(crate) async fn forward(
     st: &ProxyState,
     method: Method,
     path_and_query: &str,
@@ -332,7 +338,7 @@ async fn forward(
     })
 }
 
-fn pass(up: Upstream, drop_headers: &[&str]) -> Resp {
+pub(crate) fn pass(up: Upstream, drop_headers: &[&str]) -> Resp {
     let mut r = hyper::Response::builder().status(up.status);
     for (k, v) in up.headers.iter() {
         let name = k.as_str();
@@ -349,7 +355,7 @@ fn pass(up: Upstream, drop_headers: &[&str]) -> Resp {
 }
 
 /// `/path?query` of an absolute or relative upstream URL.
-fn path_and_query(url: &str) -> String {
+pub(crate) fn path_and_query(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(u) => match u.query() {
             Some(q) => format!("{}?{q}", u.path()),
@@ -577,287 +583,6 @@ async fn handle(st: &ProxyState, req: Request<Incoming>) -> Result<Resp, Cut> {
         }
         Route::Manifest { repo, reference } => {
             handle_manifest(st, &parts, body, &repo, &reference).await
-        }
-    }
-}
-
-/// ECR's absolute Location, pointed at the proxy; the same for every step of a session.
-fn upload_location(proxy: SocketAddr, repo: &str, uuid: &str) -> String {
-    format!("http://{proxy}/v2/{repo}/blobs/uploads/{uuid}")
-}
-
-fn content_range_start(headers: &hyper::HeaderMap) -> Option<u64> {
-    let v = header(headers, "content-range")?;
-    let v = v
-        .trim()
-        .trim_start_matches("bytes")
-        .trim_start_matches('=')
-        .trim();
-    v.split('-').next()?.trim().parse().ok()
-}
-
-async fn handle_upload(
-    st: &ProxyState,
-    proxy: SocketAddr,
-    parts: &hyper::http::request::Parts,
-    body: Incoming,
-    repo: &str,
-    uuid: &str,
-    query: Option<String>,
-) -> Result<Resp, Cut> {
-    let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
-        let _ = read_body(st, body).await;
-        return Ok(oci_error(
-            404,
-            "BLOB_UPLOAD_UNKNOWN",
-            "blob upload unknown to registry",
-        ));
-    };
-    match parts.method {
-        Method::GET => {
-            // ECR has no working upload-status endpoint.
-            st.status_gets.fetch_add(1, Ordering::SeqCst);
-            Ok(respond(404, &[], "404 page not found\n"))
-        }
-        Method::DELETE => {
-            let r = forward(
-                st,
-                Method::DELETE,
-                &path_and_query(&up.upstream_url),
-                &[],
-                Bytes::new(),
-            )
-            .await?;
-            st.uploads.lock().unwrap().remove(uuid);
-            Ok(pass(r, &["location"]))
-        }
-        Method::PATCH | Method::PUT => {
-            let data = read_body(st, body).await?;
-            let is_put = parts.method == Method::PUT;
-            let start = content_range_start(&parts.headers).unwrap_or(up.committed);
-            if !data.is_empty() && start != up.committed {
-                st.out_of_order.fetch_add(1, Ordering::SeqCst);
-                return Ok(oci_error(
-                    416,
-                    "BLOB_UPLOAD_INVALID",
-                    &format!(
-                        "First byte of the layer part is {start} instead of {}",
-                        up.committed
-                    ),
-                ));
-            }
-            if is_put {
-                return finish(st, proxy, &up, uuid, repo, data, query).await;
-            }
-            if data.is_empty() {
-                return Ok(oci_error(400, "BLOB_UPLOAD_INVALID", "empty layer part"));
-            }
-            let end = up.committed + data.len() as u64 - 1;
-            let r = forward(
-                st,
-                Method::PATCH,
-                &path_and_query(&up.upstream_url),
-                &[
-                    ("content-range", format!("{}-{end}", up.committed)),
-                    ("content-type", "application/octet-stream".into()),
-                ],
-                data.clone(),
-            )
-            .await?;
-            if r.status != 202 {
-                return Ok(pass(r, &["location"]));
-            }
-            let loc = header(&r.headers, "location").unwrap_or_default();
-            let first_end = {
-                let mut uploads = st.uploads.lock().unwrap();
-                let u = uploads.get_mut(uuid).expect("upload present");
-                u.upstream_url = url::Url::parse(&up.upstream_url)
-                    .and_then(|b| b.join(&loc))
-                    .map(|u| u.to_string())
-                    .unwrap_or(loc);
-                u.committed = end + 1;
-                u.parts.push(data.len() as u64);
-                *u.first_part_end.get_or_insert(end)
-            };
-            st.bytes_committed
-                .fetch_add(data.len() as u64, Ordering::SeqCst);
-            if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
-                return Err(Cut("scripted lost acknowledgement"));
-            }
-            Ok(respond(
-                201,
-                &[
-                    ("location", upload_location(proxy, repo, uuid)),
-                    ("docker-upload-uuid", uuid.to_string()),
-                    // Stale: stuck at the end of the first part.
-                    ("range", format!("0-{first_end}")),
-                ],
-                Bytes::new(),
-            ))
-        }
-        _ => Ok(oci_error(405, "UNSUPPORTED", "method not allowed")),
-    }
-}
-
-async fn finish(
-    st: &ProxyState,
-    proxy: SocketAddr,
-    up: &ProxyUpload,
-    uuid: &str,
-    repo: &str,
-    data: Bytes,
-    query: Option<String>,
-) -> Result<Resp, Cut> {
-    let mut parts = up.parts.clone();
-    if !data.is_empty() {
-        parts.push(data.len() as u64);
-    }
-    if parts.is_empty() {
-        return Ok(oci_error(
-            400,
-            "BLOB_UPLOAD_INVALID",
-            &format!("Layer upload {uuid} does not have any parts"),
-        ));
-    }
-    let min = st.part_min_bytes.load(Ordering::SeqCst);
-    if parts[..parts.len() - 1].iter().any(|p| *p < min) {
-        return Ok(oci_error(
-            400,
-            "BLOB_UPLOAD_INVALID",
-            "LayerPartTooSmallException: All layer parts except the last part should be at least 5MB",
-        ));
-    }
-    let digest = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "digest")
-        .map(|(_, v)| v.to_string())
-        .unwrap_or_default();
-    let mut target = url::Url::parse(&up.upstream_url).expect("upstream url");
-    target.query_pairs_mut().append_pair("digest", &digest);
-    let mut headers = vec![("content-type", "application/octet-stream".to_string())];
-    if !data.is_empty() {
-        headers.push((
-            "content-range",
-            format!("{}-{}", up.committed, up.committed + data.len() as u64 - 1),
-        ));
-    }
-    let n = data.len() as u64;
-    let r = forward(
-        st,
-        Method::PUT,
-        &path_and_query(target.as_str()),
-        &headers,
-        data,
-    )
-    .await?;
-    if r.status == 201 {
-        st.bytes_committed.fetch_add(n, Ordering::SeqCst);
-        st.uploads.lock().unwrap().remove(uuid);
-        let d = header(&r.headers, "docker-content-digest").unwrap_or(digest.clone());
-        return Ok(respond(
-            201,
-            &[
-                ("location", format!("http://{proxy}/v2/{repo}/blobs/{d}")),
-                ("docker-content-digest", d),
-            ],
-            Bytes::new(),
-        ));
-    }
-    if r.status == 400 {
-        return Ok(oci_error(
-            400,
-            "BLOB_UPLOAD_INVALID",
-            "None of the provided layer digests match the calculated layer digest",
-        ));
-    }
-    Ok(pass(r, &["location"]))
-}
-
-async fn handle_manifest(
-    st: &ProxyState,
-    parts: &hyper::http::request::Parts,
-    body: Incoming,
-    repo: &str,
-    reference: &str,
-) -> Result<Resp, Cut> {
-    let path = format!("/v2/{repo}/manifests/{reference}");
-    match parts.method {
-        Method::GET | Method::HEAD => {
-            let accept = header(&parts.headers, "accept").unwrap_or_default();
-            let up = forward(
-                st,
-                parts.method.clone(),
-                &path,
-                &[("accept", accept)],
-                Bytes::new(),
-            )
-            .await?;
-            // ECR may omit the digest header: clients must compute it.
-            Ok(pass(up, &["docker-content-digest", "etag"]))
-        }
-        Method::PUT => {
-            let data = read_body(st, body).await?;
-            let content_type = header(&parts.headers, "content-type").unwrap_or_default();
-            if data.len() > ECR_MANIFEST_BYTES_MAX {
-                return Ok(oci_error(
-                    400,
-                    "MANIFEST_INVALID",
-                    "Manifest too large: exceeds the 4194304-byte limit",
-                ));
-            }
-            let doc: serde_json::Value =
-                serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
-            let oci = content_type == "application/vnd.oci.image.manifest.v1+json"
-                || content_type == "application/vnd.oci.image.index.v1+json";
-            if oci && doc.get("mediaType").is_none() {
-                return Ok(oci_error(
-                    405,
-                    "UNSUPPORTED",
-                    "Invalid parameter at 'ImageManifest' failed to satisfy constraint: 'Invalid JSON syntax'",
-                ));
-            }
-            let layers = doc
-                .get("layers")
-                .and_then(|l| l.as_array())
-                .map_or(0, |l| l.len());
-            if layers > st.layers_max.load(Ordering::SeqCst) {
-                return Ok(oci_error(
-                    405,
-                    "UNSUPPORTED",
-                    "Limit on number of layers per image exceeded",
-                ));
-            }
-            if st.immutable_tags.load(Ordering::SeqCst) && !reference.contains(':') {
-                let exists = forward(
-                    st,
-                    Method::HEAD,
-                    &path,
-                    &[("accept", content_type.clone())],
-                    Bytes::new(),
-                )
-                .await?;
-                if exists.status == 200 {
-                    return Ok(oci_error(
-                        400,
-                        "TAG_INVALID",
-                        &format!(
-                            "The image tag '{reference}' already exists in the '{repo}' repository and cannot be overwritten because the repository is immutable."
-                        ),
-                    ));
-                }
-            }
-            let up = forward(
-                st,
-                Method::PUT,
-                &path,
-                &[("content-type", content_type)],
-                data,
-            )
-            .await?;
-            Ok(pass(up, &["location"]))
-        }
-        _ => {
-            let _ = read_body(st, body).await;
-            Ok(oci_error(405, "UNSUPPORTED", "method not allowed"))
         }
     }
 }
