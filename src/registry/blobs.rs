@@ -289,7 +289,10 @@ impl RegistryClient {
 
     /// Finds where the registry really is for a persisted cursor. Asks the upload status
     /// (GET, 204 + `Range`) where supported; where not (404/405 without an upload error code,
-    /// or any 404 on ECR, whose status endpoint does not work) trusts the cursor.
+    /// or any 404 on ECR, whose status endpoint does not work) trusts the cursor. A `Range`
+    /// ahead of the cursor (a lost acknowledgement) is followed; on ECR one behind it is
+    /// stale and ignored. Debian's registry: a PATCH cut midway poisons the session, which
+    /// shows here as 404 `BLOB_UPLOAD_INVALID`: `Restart`.
     pub async fn resume(
         &self,
         repository: &str,
@@ -307,6 +310,8 @@ impl RegistryClient {
             let offset = match resp.header("range").and_then(parse_range_end) {
                 // `0-0` means 0 or 1 byte on distribution: keep our count if it is one of them.
                 Some(0) if cursor.offset <= 1 => cursor.offset,
+                // ECR's Range lags behind what it stored: never go back because of it.
+                Some(end) if self.inner.ecr => (end + 1).max(cursor.offset),
                 Some(end) => end + 1,
                 None => cursor.offset,
             };
