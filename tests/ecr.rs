@@ -584,3 +584,117 @@ async fn no_credentials_to_other_hosts() {
     assert!(proxy.log().iter().any(|l| l == "GET /v2/ auth"));
     task.abort();
 }
+
+/// A digest mismatch at the final PUT (ECR: 400 BLOB_UPLOAD_INVALID "None of the provided
+/// layer digests match the calculated layer digest") is recognised as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_mismatch_is_recognised() {
+    let (_reg, proxy) = setup().await;
+    let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
+    let blob = Blob::new(images::random_bytes(24, MIB + 1));
+    let cur = c.start_upload("team/app").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    let wrong = Digest::sha256_of(b"other");
+    let e = c
+        .finish_upload(&cur, &wrong, blob.bytes.slice(MIB..))
+        .await
+        .unwrap_err();
+    assert!(e.is_digest_refused() && !e.is_retryable(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("None of the provided layer digests match"),
+        "{e}"
+    );
+}
+
+/// Who saw a request, with which Authorization.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// ECR redirects blob GETs to presigned S3 URLs: the redirect target (another host) gets no
+/// Authorization, the registry does, and the blob's digest is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_redirects_get_no_credentials() {
+    use common::serve::{Cut, respond, spawn_server};
+    let body = bytes::Bytes::from_static(b"{\"os\":\"linux\",\"architecture\":\"amd64\"}");
+    let digest = Digest::sha256_of(&body);
+    let seen: Seen = Seen::default();
+    let record = |seen: &Seen, who: &str, req: &hyper::Request<hyper::body::Incoming>| {
+        let authz = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        seen.lock().unwrap().push((who.to_string(), authz));
+    };
+    let (s3, s3_task) = spawn_server({
+        let (seen, body) = (seen.clone(), body.clone());
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            record(&seen, "s3", &req);
+            let body = body.clone();
+            async move { Ok::<_, Cut>(respond(200, &[], body)) }
+        }
+    })
+    .await;
+    let (registry, reg_task) = spawn_server({
+        let seen = seen.clone();
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            record(&seen, "registry", &req);
+            let authed = req.headers().contains_key("authorization");
+            async move {
+                Ok::<_, Cut>(if !authed {
+                    respond(
+                        401,
+                        &[("www-authenticate", r#"Basic realm="r""#.to_string())],
+                        "",
+                    )
+                } else {
+                    respond(
+                        307,
+                        &[(
+                            "location",
+                            format!("http://{s3}/bucket/obj?X-Amz-Signature=sig"),
+                        )],
+                        "",
+                    )
+                })
+            }
+        }
+    })
+    .await;
+    let c = RegistryClient::new(
+        &registry.to_string(),
+        ClientOptions {
+            credentials: Some(hoist::registry::Credentials {
+                username: "AWS".into(),
+                secret: "tok".into(),
+            }),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let got = c.get_blob("team/app", &digest, 1 << 20).await.unwrap();
+    assert_eq!(got, body);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .filter(|(w, a)| w == "registry" && a.is_some())
+            .count(),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|(w, a)| w == "s3" && a.is_none())
+            .count(),
+        1,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(w, a)| w != "s3" || a.is_none()),
+        "{seen:?}"
+    );
+    s3_task.abort();
+    reg_task.abort();
+}

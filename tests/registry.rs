@@ -441,7 +441,7 @@ async fn wrong_digest_is_refused_at_put() {
         (Some(400), Some("DIGEST_INVALID")),
         "{e}"
     );
-    assert!(!e.is_retryable());
+    assert!(!e.is_retryable() && e.is_digest_refused(), "{e}");
     assert_eq!(
         c.resume("app/dig", &cur).await.unwrap(),
         ResumePoint::Restart

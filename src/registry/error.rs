@@ -193,6 +193,27 @@ impl RegistryError {
         )
     }
 
+    /// The registry refused the final PUT because the bytes it holds do not hash to the
+    /// digest (Debian: 400 `DIGEST_INVALID`; ECR: 400 `BLOB_UPLOAD_INVALID` "None of the
+    /// provided layer digests match ..."), or answered another digest. The backstop for a
+    /// wrong resume guess: send the blob again from byte 0 in a new session (once).
+    pub fn is_digest_refused(&self) -> bool {
+        match self {
+            RegistryError::DigestMismatch { .. } => true,
+            RegistryError::Status {
+                status: 400,
+                code: Some(c),
+                message,
+                ..
+            } => {
+                c == "DIGEST_INVALID"
+                    || (c == "BLOB_UPLOAD_INVALID"
+                        && message.as_deref().is_some_and(|m| m.contains("digest")))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn transport(method: &str, url: &Url, e: &reqwest::Error) -> RegistryError {
         let kind = if e.is_connect() {
             TransportKind::Connect
