@@ -25,6 +25,33 @@
 //! - Only safe requests are retried inside the client (idempotent ones, and anything answered
 //!   429); a PATCH that failed in flight is left to the caller, who calls `resume`.
 //!
+//! # Driving an upload (what the daemon does with each outcome)
+//! ```text
+//! cursor = start_upload(repo)                         persist cursor
+//! loop:
+//!   bytes = blob[cursor.offset .. cursor.offset + chunk_bytes()]
+//!   last piece?  finish_upload(cursor, digest, bytes) -> done
+//!   else         upload_chunk(cursor, bytes)          -> Ok(next): persist next, go on
+//!   Err(e) if e.is_upload_gone()    -> new session for this blob (start_upload)
+//!   Err(e) if e.is_retryable()      -> back off, then resume(repo, cursor):
+//!                                        Continue(c) -> cursor = c (offset may move either way)
+//!                                        Restart     -> new session for this blob
+//!   Err(e) if e.is_digest_refused() -> the bytes the registry holds are wrong: new session,
+//!                                      from byte 0, once; then fail the blob
+//!   Err(e)                          -> fail the job with e's message
+//! ```
+//! The same `resume` call is the first step after a daemon restart.
+//!
+//! # Registry behaviours this relies on (measured, see tests/registry.rs and tests/ecr.rs)
+//! - Debian's distribution 2.8.2: new `_state` Location on every PATCH, older ones are 404;
+//!   a PATCH cut midway keeps the partial bytes and poisons the session (`Restart`); right
+//!   after such a cut its status may still show the old offset, then the next PATCH is
+//!   `is_upload_gone`; a `DIGEST_INVALID` PUT cancels the session.
+//! - ECR (emulated by tests/common/ecr_proxy): parts whole or not at all, 201 on PATCH, one
+//!   absolute Location, stale `Range`, no status endpoint, 416 with the committed offset in
+//!   the message, 5 MiB minimum part, expiring Basic tokens (403), dropped connection on an
+//!   upload POST to a missing repository, 429 without `Retry-After`.
+//!
 //! # Files
 //! - `reference`: [`ImageRef`] parsing and host classification (loopback, ECR).
 //! - `credentials`: docker `config.json` and credential helpers.
