@@ -698,3 +698,31 @@ async fn blob_redirects_get_no_credentials() {
     s3_task.abort();
     reg_task.abort();
 }
+
+/// The lost answer to the final PUT: the blob is complete but the client saw the connection
+/// drop. Resuming finds the session gone (ECR: no status endpoint, then the PUT again is
+/// BLOB_UPLOAD_UNKNOWN), and a HEAD shows the blob is there: no new session, only the final
+/// piece went twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answer_to_the_final_put() {
+    let (_reg, proxy) = setup().await;
+    let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
+    let blob = Blob::new(images::random_bytes(25, 2 * MIB + 3));
+    proxy
+        .state
+        .drop_next_finish_response
+        .store(true, Ordering::SeqCst);
+    let stats = images::upload(&c, "team/app", &blob, 3).await.unwrap();
+    assert_eq!((stats.resumes, stats.restarts), (1, 0), "{stats:?}");
+    let last_piece = blob.len() - 2 * MIB as u64;
+    assert_eq!(
+        proxy.bytes_in(),
+        blob.len() + last_piece,
+        "only the last piece went twice"
+    );
+    assert!(
+        c.blob_present("team/app", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -70,6 +71,11 @@ fn parse_range_end(v: &str) -> Option<u64> {
     }
     end.trim().parse().ok()
 }
+
+/// How fast we assume a registry verifies a blob at the final PUT (Debian's: ~330 MB/s per
+/// core): the final PUT's stall allowance is the blob size at this rate, at least the stall
+/// timeout.
+const FINISH_BYTES_PER_S_MIN: u64 = 50_000_000;
 
 fn is_429(e: &RegistryError) -> bool {
     e.status() == Some(429)
@@ -341,7 +347,8 @@ impl RegistryClient {
     }
 
     /// Completes the upload: `PUT ?digest=` carrying `last` (possibly empty). Checks
-    /// `Docker-Content-Digest` when the registry sends it.
+    /// `Docker-Content-Digest` when the registry sends it. If this fails in flight the PUT may
+    /// still have succeeded: `blob_present` before starting the blob again.
     pub async fn finish_upload(
         &self,
         cursor: &UploadCursor,
@@ -354,6 +361,10 @@ impl RegistryClient {
         let mut req = Req::new(Method::PUT, url.clone())
             .header(header::CONTENT_TYPE, "application/octet-stream");
         req.scopes = Self::upload_scope(&url);
+        // The registry checks the digest of the whole blob before it answers: no byte moves
+        // meanwhile. Allow for that at FINISH_BYTES_PER_S_MIN.
+        let total = cursor.offset + last.len() as u64;
+        req.stall = Some(Duration::from_secs(total / FINISH_BYTES_PER_S_MIN));
         if !last.is_empty() {
             let end = cursor.offset + last.len() as u64 - 1;
             req = req

@@ -32,7 +32,9 @@
 //!   bytes = blob[cursor.offset .. cursor.offset + chunk_bytes()]
 //!   last piece?  finish_upload(cursor, digest, bytes) -> done
 //!   else         upload_chunk(cursor, bytes)          -> Ok(next): persist next, go on
-//!   Err(e) if e.is_upload_gone()    -> new session for this blob (start_upload)
+//!   Err(e) if e.is_upload_gone()    -> new session for this blob (start_upload); after a
+//!                                      failed finish_upload, blob_present first: the PUT
+//!                                      may have landed and only its answer was lost
 //!   Err(e) if e.is_retryable()      -> back off, then resume(repo, cursor):
 //!                                        Continue(c) -> cursor = c (offset may move either way)
 //!                                        Restart     -> new session for this blob

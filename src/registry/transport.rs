@@ -33,6 +33,8 @@ pub(crate) struct Req {
     pub body: Option<Bytes>,
     /// e.g. `["repository:a/b:pull,push"]`; empty for `/v2/`.
     pub scopes: Vec<String>,
+    /// Overrides the stall timeout (a final PUT may legitimately be silent for long).
+    pub stall: Option<Duration>,
 }
 
 impl Req {
@@ -43,6 +45,7 @@ impl Req {
             headers: HeaderMap::new(),
             body: None,
             scopes: Vec::new(),
+            stall: None,
         }
     }
     pub fn header(mut self, name: header::HeaderName, value: &str) -> Req {
@@ -365,7 +368,10 @@ impl Inner {
                 body: Bytes::from(body),
             })
         };
-        let stall = self.opts.stall_timeout;
+        let stall = req
+            .stall
+            .unwrap_or(self.opts.stall_timeout)
+            .max(self.opts.stall_timeout);
         let result = tokio::select! {
             r = exchange => r,
             _ = stalled(&progress, stall) => Err(RegistryError::Transport {

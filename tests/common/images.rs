@@ -162,6 +162,10 @@ pub async fn upload(
                         cursor = c;
                     }
                     ResumePoint::Restart => {
+                        // A lost answer to the final PUT: the blob may be complete.
+                        if client.blob_present(repo, &blob.digest, blob.len()).await? {
+                            return Ok(stats);
+                        }
                         stats.restarts += 1;
                         cursor = client.start_upload(repo).await?;
                     }

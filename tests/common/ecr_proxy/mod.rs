@@ -23,7 +23,7 @@
 //! - a missing repository: upload POST gets a dropped connection, the rest 404 `NAME_UNKNOWN`;
 //! - 429 `TOOMANYREQUESTS` bursts without `Retry-After`;
 //! - faults: cut the connection after N request-body bytes; drop the response after the
-//!   registry accepted a chunk (the lost acknowledgement).
+//!   registry accepted a chunk or completed the blob (the lost acknowledgement).
 #![allow(dead_code)]
 
 mod manifests;
@@ -96,6 +96,8 @@ pub struct ProxyState {
     pub cut_next_body_after: Mutex<Option<u64>>,
     /// Forward the next PATCH, then drop the response (the registry has the part).
     pub drop_next_patch_response: AtomicBool,
+    /// Forward the next final PUT, then drop the response (the blob is complete).
+    pub drop_next_finish_response: AtomicBool,
     /// Request-body bytes received from clients.
     pub bytes_in: AtomicU64,
     /// Response-body bytes sent to clients.
@@ -138,6 +140,7 @@ impl EcrProxy {
             throttle_next: AtomicU32::new(0),
             cut_next_body_after: Mutex::new(None),
             drop_next_patch_response: AtomicBool::new(false),
+            drop_next_finish_response: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_committed: AtomicU64::new(0),

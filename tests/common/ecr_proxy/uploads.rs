@@ -35,6 +35,11 @@ pub(super) async fn handle_upload(
     uuid: &str,
     query: Option<String>,
 ) -> Result<Resp, Cut> {
+    if parts.method == Method::GET {
+        // ECR has no working upload-status endpoint, for live sessions or gone ones.
+        st.status_gets.fetch_add(1, Ordering::SeqCst);
+        return Ok(respond(404, &[], "404 page not found\n"));
+    }
     let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
         let _ = read_body(st, body).await;
         return Ok(oci_error(
@@ -44,11 +49,6 @@ pub(super) async fn handle_upload(
         ));
     };
     match parts.method {
-        Method::GET => {
-            // ECR has no working upload-status endpoint.
-            st.status_gets.fetch_add(1, Ordering::SeqCst);
-            Ok(respond(404, &[], "404 page not found\n"))
-        }
         Method::DELETE => {
             let r = forward(
                 st,
@@ -182,6 +182,9 @@ async fn finish(
     if r.status == 201 {
         st.bytes_committed.fetch_add(n, Ordering::SeqCst);
         st.uploads.lock().unwrap().remove(uuid);
+        if st.drop_next_finish_response.swap(false, Ordering::SeqCst) {
+            return Err(Cut("scripted lost acknowledgement of the final PUT"));
+        }
         let d = header(&r.headers, "docker-content-digest").unwrap_or(digest.clone());
         return Ok(respond(
             201,
