@@ -552,3 +552,36 @@ async fn cut_mid_patch_through_the_client_is_restart() {
             .unwrap()
     );
 }
+
+/// A slow uplink is not a stall: with a 1 s stall timeout, a 1 MiB PATCH through a 256 KiB/s
+/// link (which the kernel's socket buffers take in at once, then drain for ~4 s while nothing
+/// moves for the client) completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uplink_is_not_a_stall() {
+    let reg = TestRegistry::start();
+    let slow = common::cut_proxy::CutProxy::start(reg.addr).await;
+    slow.state
+        .rate_up
+        .store(256 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let c = RegistryClient::new(
+        &slow.host(),
+        ClientOptions {
+            stall_timeout: Duration::from_secs(1),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let blob = Blob::new(images::random_bytes(60, MIB));
+    let cur = c.start_upload("app/slow").await.unwrap();
+    let t = std::time::Instant::now();
+    let cur = c.upload_chunk(&cur, blob.bytes.clone()).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the link was not slow: {:?}",
+        t.elapsed()
+    );
+    c.finish_upload(&cur, &blob.digest, Bytes::new())
+        .await
+        .unwrap();
+}

@@ -96,17 +96,28 @@ impl Resp {
     }
 }
 
+/// Kernel socket buffers hold up to this much of a request body after it left our process
+/// (Linux autotunes send buffers to 4 MiB): it still has to cross the link.
+const SEND_BUFFER_BYTES_GUESS: u64 = 4 << 20;
+/// The slowest link we wait for while that buffer drains before declaring a stall.
+const DRAIN_BYTES_PER_S_MIN: u64 = 64 * 1024;
+
 /// Last time a byte moved, for the stall watchdog.
 struct Progress {
     start: Instant,
     last_ms: AtomicU64,
+    /// Request body: total and how much hyper has taken.
+    body_len: u64,
+    body_taken: AtomicU64,
 }
 
 impl Progress {
-    fn new() -> Arc<Progress> {
+    fn new(body_len: u64) -> Arc<Progress> {
         Arc::new(Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            body_len,
+            body_taken: AtomicU64::new(0),
         })
     }
     fn tick(&self) {
@@ -118,12 +129,23 @@ impl Progress {
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
+    /// Once the whole body is handed over, its tail may still sit in socket buffers: on a slow
+    /// link, no byte "moves" for us while it drains, and the registry cannot answer before.
+    fn drain_allowance(&self) -> Duration {
+        if self.body_len == 0 || self.body_taken.load(Ordering::Relaxed) < self.body_len {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.body_len.min(SEND_BUFFER_BYTES_GUESS) * 1000 / DRAIN_BYTES_PER_S_MIN,
+        )
+    }
 }
 
-/// Resolves once nothing moved for `limit`.
+/// Resolves once nothing moved for `limit` (plus the drain allowance of a sent body).
 async fn stalled(p: &Progress, limit: Duration) {
     loop {
         let idle = p.idle();
+        let limit = limit + p.drain_allowance();
         if idle >= limit {
             return;
         }
@@ -138,6 +160,9 @@ fn progress_body(bytes: Bytes, progress: Arc<Progress>) -> reqwest::Body {
         .map(move |i| bytes.slice(i..(i + BODY_PIECE_BYTES).min(len)));
     reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).map(move |piece| {
         progress.tick();
+        progress
+            .body_taken
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
         Ok::<_, Infallible>(piece)
     }))
 }
@@ -306,7 +331,7 @@ impl Inner {
         req: &Req,
         authz: Option<&str>,
     ) -> Result<Resp, RegistryError> {
-        let progress = Progress::new();
+        let progress = Progress::new(req.body.as_ref().map_or(0, |b| b.len() as u64));
         let mut rb = self
             .http
             .request(req.method.clone(), req.url.clone())

@@ -17,6 +17,8 @@ pub struct CutState {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub cuts: AtomicU32,
+    /// Client->registry bytes per second (0: unlimited): a slow uplink.
+    pub rate_up: AtomicU64,
 }
 
 pub struct CutProxy {
@@ -42,6 +44,7 @@ impl CutProxy {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             cuts: AtomicU32::new(0),
+            rate_up: AtomicU64::new(0),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -95,6 +98,12 @@ async fn pipe(client: TcpStream, server: TcpStream, st: Arc<CutState>) {
                 return;
             }
             st.bytes_up.fetch_add(allowed as u64, Ordering::SeqCst);
+            // A slow uplink: pace what we forward.
+            if let Some(us) =
+                (allowed as u64 * 1_000_000).checked_div(st.rate_up.load(Ordering::SeqCst))
+            {
+                tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+            }
             if budget >= 0 {
                 let left = budget - allowed as i64;
                 if left <= 0 {
