@@ -241,7 +241,7 @@ async fn missing_repository_is_a_clear_error() {
 /// Basic challenge, credentials from a credential helper (as docker-credential-ecr-login), and
 /// the expired token: `403 Your authorization token has expired` mid-upload makes the client
 /// run the helper again once and carry on; a helper that keeps giving an expired token is an
-/// auth error naming the helper.
+/// auth error naming the helper. Parallel requests meeting the expiry run the helper once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refreshed_from_the_helper() {
     let (_reg, proxy) = setup().await;
@@ -322,8 +322,21 @@ async fn expired_token_is_refreshed_from_the_helper() {
             .unwrap()
     );
     assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3);
-    // A helper that keeps handing out an expired token: an auth error naming the helper.
+    // Parallel requests that all meet the expiry run the helper once between them.
     proxy.expire_password("token-3", "token-4");
+    std::fs::write(&secret, "token-4").unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.check_repository("team/app").await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 4);
+    // A helper that keeps handing out an expired token: an auth error naming the helper.
+    proxy.expire_password("token-4", "token-5");
     let e = c.check_repository("team/app").await.unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -334,7 +347,7 @@ async fn expired_token_is_refreshed_from_the_helper() {
         msg.contains("docker-credential-ecr-fake") && msg.contains("expired"),
         "{msg}"
     );
-    assert!(!msg.contains("token-3"), "{msg}");
+    assert!(!msg.contains("token-4"), "{msg}");
 }
 
 /// ECR Public style Bearer flow with our token service: realm, service and scope; tokens are

@@ -169,6 +169,9 @@ struct AuthState {
     credentials: Option<Option<Credentials>>,
     /// Bearer tokens by space-joined scope list.
     tokens: HashMap<String, auth::Token>,
+    /// Bumped by every credential refresh: requests that failed with older credentials just
+    /// retry instead of running the helper again.
+    generation: u64,
 }
 
 pub(crate) struct Inner {
@@ -180,6 +183,9 @@ pub(crate) struct Inner {
     opts: ClientOptions,
     ecr: bool,
     auth: Mutex<AuthState>,
+    /// Serialises credential fetches: parallel uploads that all meet an expired token run the
+    /// helper once (it may call a rate-limited API such as ECR's GetAuthorizationToken).
+    fetch_lock: tokio::sync::Mutex<()>,
     /// Largest `OCI-Chunk-Min-Length` seen.
     chunk_min_announced: AtomicU64,
 }
@@ -249,6 +255,7 @@ impl RegistryClient {
                 ecr: is_ecr_host(host),
                 opts,
                 auth: Mutex::new(AuthState::default()),
+                fetch_lock: tokio::sync::Mutex::new(()),
                 chunk_min_announced: AtomicU64::new(0),
             }),
         })
@@ -382,22 +389,42 @@ impl Inner {
         if let Some(c) = &self.auth.lock().expect("auth lock").credentials {
             return Ok(c.clone());
         }
+        let _one_fetch = self.fetch_lock.lock().await;
+        if let Some(c) = &self.auth.lock().expect("auth lock").credentials {
+            return Ok(c.clone());
+        }
+        self.fetch_credentials().await
+    }
+
+    /// Runs the source (holding `fetch_lock`).
+    async fn fetch_credentials(&self) -> Result<Option<Credentials>, RegistryError> {
         let source = self.credential_source()?;
         let c = self.opts.lookup.fetch(&self.host, &source).await?;
         self.auth.lock().expect("auth lock").credentials = Some(c.clone());
         Ok(c)
     }
 
+    pub(crate) fn auth_generation(&self) -> u64 {
+        self.auth.lock().expect("auth lock").generation
+    }
+
     /// Forgets credentials and tokens, re-reads the source (config.json may have changed) and
-    /// fetches again (a helper such as docker-credential-ecr-login mints a new token).
-    async fn refresh_credentials(&self) -> Result<(), RegistryError> {
+    /// fetches again (a helper such as docker-credential-ecr-login mints a new token) -- unless
+    /// someone refreshed since `seen_generation`, in which case their result is used.
+    async fn refresh_credentials(&self, seen_generation: u64) -> Result<(), RegistryError> {
+        let _one_fetch = self.fetch_lock.lock().await;
         {
             let mut st = self.auth.lock().expect("auth lock");
+            if st.generation != seen_generation {
+                return Ok(());
+            }
             st.credentials = None;
             st.source = None;
             st.tokens.clear();
         }
-        self.credentials().await.map(|_| ())
+        let r = self.fetch_credentials().await.map(|_| ());
+        self.auth.lock().expect("auth lock").generation += 1;
+        r
     }
 }
 

@@ -190,6 +190,7 @@ impl Inner {
         let mut refreshed = false;
         for _round in 0..AUTH_ROUNDS_MAX {
             let known = self.auth.lock().expect("auth lock").challenge.is_some();
+            let generation = self.auth_generation();
             let authz = if self.is_registry_url(&req.url) {
                 self.authorization(&req.scopes).await?
             } else {
@@ -224,7 +225,7 @@ impl Inner {
             }
             refreshed = true;
             tracing::info!(registry = %self.host, status = resp.status.as_u16(), "credentials refused or expired: fetching fresh ones");
-            self.refresh_credentials().await?;
+            self.refresh_credentials(generation).await?;
         }
         Err(RegistryError::Protocol {
             method: req.method.to_string(),
