@@ -24,6 +24,21 @@
 //! - 429 `TOOMANYREQUESTS` bursts without `Retry-After`;
 //! - faults: cut the connection after N request-body bytes; drop the response after the
 //!   registry accepted a chunk or completed the blob (the lost acknowledgement).
+//!
+//! Use (see tests/ecr.rs):
+//! ```ignore
+//! let reg = TestRegistry::start();
+//! let proxy = EcrProxy::start(reg.addr).await;          // ECR defaults: 5 MiB parts, no auth
+//! proxy.state.part_min_bytes.store(1 << 20, SeqCst);    // smaller data in tests
+//! proxy.basic_auth(&["token-1"]);                       // user AWS
+//! proxy.set_repositories(&["team/app"]);                // others are missing
+//! *proxy.state.cut_next_body_after.lock().unwrap() = Some(512 * 1024);
+//! proxy.state.drop_next_patch_response.store(true, SeqCst);
+//! proxy.state.throttle_next.store(3, SeqCst);
+//! // point the client (or hoistd) at proxy.host(); check proxy.bytes_in(), proxy.log()
+//! ```
+//! For faults against the real registry's own behaviour (a cut that leaves a partial part),
+//! use `cut_proxy::CutProxy` instead: it forwards bytes as they come.
 #![allow(dead_code)]
 
 mod manifests;
