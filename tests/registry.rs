@@ -585,3 +585,51 @@ async fn slow_uplink_is_not_a_stall() {
         .await
         .unwrap();
 }
+
+/// The docker token flow against the registry's own token auth: its Bearer challenge (realm,
+/// service, scope), our token service issuing JWTs it verifies, tokens cached per scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_of_the_real_registry() {
+    let keys = tempfile::tempdir().unwrap();
+    let ts = common::token_service::TokenService::start_jwt(
+        "robot",
+        "pw-456",
+        Duration::from_secs(300),
+        keys.path(),
+    )
+    .await;
+    let reg = TestRegistry::start_with(RegistryOptions {
+        basic_auth: None,
+        extra_yaml: Some(ts.registry_yaml(keys.path())),
+    });
+    let anonymous = client(&reg.host(), MIB);
+    let e = anonymous.ping().await.unwrap_err();
+    assert!(matches!(e, RegistryError::Auth { status: 401, .. }), "{e}");
+    let c = RegistryClient::new(
+        &reg.host(),
+        ClientOptions {
+            chunk_bytes: Some(MIB as u64),
+            credentials: Some(hoist::registry::Credentials {
+                username: "robot".into(),
+                secret: "pw-456".into(),
+            }),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    c.ping().await.unwrap();
+    let layer = Blob::new(images::random_bytes(70, 2 * MIB + 9));
+    let m = push_image(&c, "tok/app", "v1", "linux/amd64", &[&layer]).await;
+    let image: ImageRef = format!("{}/tok/app:v1", reg.host()).parse().unwrap();
+    verify_tag(
+        &c,
+        &image,
+        Some(&hoist::digest::Digest::sha256_of(&m)),
+        &Platform::linux_amd64(),
+    )
+    .await
+    .unwrap();
+    let issued = ts.state.issued.load(std::sync::atomic::Ordering::SeqCst);
+    // `/v2/`, pull (HEAD/GET) and pull,push scopes: a handful, not one per request.
+    assert!((2..=4).contains(&issued), "tokens issued: {issued}");
+}
