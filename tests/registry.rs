@@ -505,6 +505,7 @@ async fn chunk_min_length_is_honoured() {
         format!("http://{addr}/v2/x/blobs/uploads/u1")
     );
     assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
+    assert_eq!(c.chunk_bytes_min(), 3 * MIB as u64);
     task.abort();
 }
 

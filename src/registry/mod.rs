@@ -275,23 +275,25 @@ impl RegistryClient {
         self.inner.ecr
     }
 
-    /// PATCH size for this host: configured or 16 MiB, at least 5 MiB on ECR, at least what the
-    /// registry announced in `OCI-Chunk-Min-Length`.
+    /// PATCH size for this host: configured or 16 MiB, at least [`Self::chunk_bytes_min`].
     pub fn chunk_bytes(&self) -> u64 {
-        let configured = self
-            .inner
+        self.inner
             .opts
             .chunk_bytes
             .unwrap_or(CHUNK_BYTES_DEFAULT)
-            .max(1);
+            .max(self.chunk_bytes_min())
+    }
+
+    /// The smallest part this registry takes (except the last): 5 MiB on ECR, what it
+    /// announced in `OCI-Chunk-Min-Length`, else 1. For callers that shrink parts after
+    /// failures.
+    pub fn chunk_bytes_min(&self) -> u64 {
         let floor = if self.inner.ecr {
             ECR_CHUNK_BYTES_MIN
         } else {
             1
         };
-        configured
-            .max(floor)
-            .max(self.inner.chunk_min_announced.load(Ordering::Relaxed))
+        floor.max(self.inner.chunk_min_announced.load(Ordering::Relaxed))
     }
 
     /// Where this client's credentials come from (for messages; never the secret itself).
@@ -478,6 +480,11 @@ mod tests {
             "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
         ] {
             assert_eq!(c(ecr, small()).chunk_bytes(), ECR_CHUNK_BYTES_MIN, "{ecr}");
+            assert_eq!(
+                c(ecr, small()).chunk_bytes_min(),
+                ECR_CHUNK_BYTES_MIN,
+                "{ecr}"
+            );
         }
         assert!(RegistryClient::new("a/b", ClientOptions::default()).is_err());
     }
