@@ -92,14 +92,11 @@ const HELPER_OUTPUT_BYTES_MAX: usize = 1 << 20;
 
 impl CredentialLookup {
     fn config_path(&self) -> Option<PathBuf> {
-        let dir = match &self.docker_config_dir {
-            Some(d) => d.clone(),
-            None => match std::env::var_os("DOCKER_CONFIG") {
-                Some(d) if !d.is_empty() => PathBuf::from(d),
-                _ => PathBuf::from(std::env::var_os("HOME")?).join(".docker"),
-            },
-        };
-        Some(dir.join("config.json"))
+        config_path_from(
+            self.docker_config_dir.as_deref(),
+            std::env::var_os("DOCKER_CONFIG"),
+            std::env::var_os("HOME"),
+        )
     }
 
     /// Decides where the credentials of `host` come from (reads `config.json`, runs nothing).
@@ -254,6 +251,20 @@ impl CredentialLookup {
     }
 }
 
+/// `config.json`'s path: the explicit directory, else `$DOCKER_CONFIG`, else `~/.docker`.
+fn config_path_from(
+    explicit: Option<&Path>,
+    docker_config: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let dir = match (explicit, docker_config) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(home?).join(".docker"),
+    };
+    Some(dir.join("config.json"))
+}
+
 /// The server URL docker uses as the key for `host`.
 fn server_key(host: &str) -> String {
     if host == DOCKER_HUB || host == "index.docker.io" || host == "registry-1.docker.io" {
@@ -324,6 +335,30 @@ mod tests {
             helper_dirs: vec![dir.to_path_buf()],
             helper_timeout: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn config_location() {
+        let p = |e: Option<&str>, d: Option<&str>, h: Option<&str>| {
+            config_path_from(e.map(Path::new), d.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            p(Some("/x"), Some("/d"), Some("/h")),
+            Some("/x/config.json".into())
+        );
+        assert_eq!(
+            p(None, Some("/d"), Some("/h")),
+            Some("/d/config.json".into())
+        );
+        assert_eq!(
+            p(None, Some(""), Some("/h")),
+            Some("/h/.docker/config.json".into())
+        );
+        assert_eq!(
+            p(None, None, Some("/h")),
+            Some("/h/.docker/config.json".into())
+        );
+        assert_eq!(p(None, None, None), None);
     }
 
     #[test]
