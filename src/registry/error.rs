@@ -115,7 +115,9 @@ pub enum RegistryError {
     },
     #[error("manifest is {size} bytes, more than the registry limit of {max} bytes")]
     ManifestTooLarge { size: usize, max: usize },
-    #[error("{method} {url}: registry computed digest {got}, expected {expected}")]
+    #[error(
+        "{method} {url}: digest {got} where {expected} was expected: the bytes changed on the way or at rest; send the blob again"
+    )]
     DigestMismatch {
         method: String,
         url: String,
