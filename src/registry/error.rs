@@ -116,7 +116,7 @@ pub enum RegistryError {
     #[error("manifest is {size} bytes, more than the registry limit of {max} bytes")]
     ManifestTooLarge { size: usize, max: usize },
     #[error(
-        "{method} {url}: digest {got} where {expected} was expected: the bytes changed on the way or at rest; send the blob again"
+        "{method} {url}: digest {got} where {expected} was expected: the bytes changed on the way or at rest"
     )]
     DigestMismatch {
         method: String,
