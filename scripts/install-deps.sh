@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
-# registry, reference compressors for the benchmarks, and systemd tools for unit checks.
+# registry, openssl for the token-auth registry's signing certificate, reference compressors
+# for the benchmarks, and systemd tools for unit checks.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have docker-registry || need+=(docker-registry)
 have skopeo || need+=(skopeo)
 have htpasswd || need+=(apache2-utils)
+have openssl || need+=(openssl)
 have pigz || need+=(pigz)
 have zstd || need+=(zstd)
 have systemd-analyze || need+=(systemd)

@@ -197,3 +197,9 @@ pub fn skopeo_pull_oci(host: &str, reference: &str, dest: &Path) {
         &format!("oci:{}", dest.display()),
     ]);
 }
+
+pub mod cut_proxy;
+pub mod ecr_proxy;
+pub mod images;
+pub mod serve;
+pub mod token_service;

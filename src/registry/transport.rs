@@ -1,0 +1,425 @@
+//! One HTTP exchange with the registry: authorization (only for the registry host and its token
+//! realm), the stall watchdog, bounded response bodies, redacted logs.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use tokio::time::Instant;
+use url::Url;
+
+use super::auth::{self, Challenge, Token};
+use super::error::{Redacted, RegistryErrorBody, TransportKind, redact_url};
+use super::retry::parse_retry_after;
+use super::{Inner, RegistryError};
+
+/// Request bodies are handed to hyper in pieces of this size, so the watchdog sees progress.
+const BODY_PIECE_BYTES: usize = 64 * 1024;
+/// Responses we read into memory (errors, manifests, configs, tokens) are at most this big.
+pub(crate) const RESPONSE_BYTES_MAX: usize = 8 << 20;
+/// Attempts of one logical request: challenge discovery, one credential refresh, the retry.
+const AUTH_ROUNDS_MAX: usize = 3;
+
+/// What a request needs: method, URL, extra headers, body, the token scopes it acts under.
+pub(crate) struct Req {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+    /// e.g. `["repository:a/b:pull,push"]`; empty for `/v2/`.
+    pub scopes: Vec<String>,
+    /// Overrides the stall timeout (a final PUT may legitimately be silent for long).
+    pub stall: Option<Duration>,
+}
+
+impl Req {
+    pub fn new(method: Method, url: Url) -> Req {
+        Req {
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            scopes: Vec::new(),
+            stall: None,
+        }
+    }
+    pub fn header(mut self, name: header::HeaderName, value: &str) -> Req {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+    pub fn body(mut self, b: Bytes) -> Req {
+        self.body = Some(b);
+        self
+    }
+    pub fn scope(mut self, s: String) -> Req {
+        self.scopes.push(s);
+        self
+    }
+}
+
+/// A response with its body read (HEAD: empty).
+pub(crate) struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub url: Url,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `Location`, resolved against the request URL.
+    pub fn location(&self) -> Option<Url> {
+        self.header("location").and_then(|l| self.url.join(l).ok())
+    }
+
+    pub fn error(&self, method: &Method) -> RegistryError {
+        let b = RegistryErrorBody::parse(&self.body);
+        RegistryError::Status {
+            method: method.to_string(),
+            url: redact_url(&self.url),
+            status: self.status.as_u16(),
+            code: b.code,
+            message: b.message,
+            detail: b.detail,
+            retry_after: self.header("retry-after").and_then(parse_retry_after),
+        }
+    }
+}
+
+/// Kernel socket buffers hold up to this much of a request body after it left our process
+/// (Linux autotunes send buffers to 4 MiB): it still has to cross the link.
+const SEND_BUFFER_BYTES_GUESS: u64 = 4 << 20;
+/// The slowest link we wait for while that buffer drains before declaring a stall.
+const DRAIN_BYTES_PER_S_MIN: u64 = 64 * 1024;
+
+/// Last time a byte moved, for the stall watchdog.
+struct Progress {
+    start: Instant,
+    last_ms: AtomicU64,
+    /// Request body: total and how much hyper has taken.
+    body_len: u64,
+    body_taken: AtomicU64,
+}
+
+impl Progress {
+    fn new(body_len: u64) -> Arc<Progress> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            body_len,
+            body_taken: AtomicU64::new(0),
+        })
+    }
+    fn tick(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+    /// Once the whole body is handed over, its tail may still sit in socket buffers: on a slow
+    /// link, no byte "moves" for us while it drains, and the registry cannot answer before.
+    fn drain_allowance(&self) -> Duration {
+        if self.body_len == 0 || self.body_taken.load(Ordering::Relaxed) < self.body_len {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.body_len.min(SEND_BUFFER_BYTES_GUESS) * 1000 / DRAIN_BYTES_PER_S_MIN,
+        )
+    }
+}
+
+/// Resolves once nothing moved for `limit` (plus the drain allowance of a sent body).
+async fn stalled(p: &Progress, limit: Duration) {
+    loop {
+        let idle = p.idle();
+        let limit = limit + p.drain_allowance();
+        if idle >= limit {
+            return;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
+}
+
+fn progress_body(bytes: Bytes, progress: Arc<Progress>) -> reqwest::Body {
+    let len = bytes.len();
+    let pieces = (0..len)
+        .step_by(BODY_PIECE_BYTES)
+        .map(move |i| bytes.slice(i..(i + BODY_PIECE_BYTES).min(len)));
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).map(move |piece| {
+        progress.tick();
+        progress
+            .body_taken
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        Ok::<_, Infallible>(piece)
+    }))
+}
+
+/// ECR's expired-token answer: `403 denied: Your authorization token has expired`.
+fn is_expired_token(resp: &Resp) -> bool {
+    resp.status == StatusCode::FORBIDDEN
+        && String::from_utf8_lossy(&resp.body)
+            .to_ascii_lowercase()
+            .contains("authorization token has expired")
+}
+
+impl Inner {
+    /// Whether `url` is the registry itself (same scheme, host and port): only then does it get
+    /// an Authorization header.
+    pub(crate) fn is_registry_url(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Sends `req`, following the auth challenge: learns it on the first 401, refreshes the
+    /// credentials once on 401 or an expired ECR token, then gives up with an `Auth` error.
+    pub(crate) async fn send(&self, req: &Req) -> Result<Resp, RegistryError> {
+        let mut refreshed = false;
+        for _round in 0..AUTH_ROUNDS_MAX {
+            let known = self.auth.lock().expect("auth lock").challenge.is_some();
+            let generation = self.auth_generation();
+            let authz = if self.is_registry_url(&req.url) {
+                self.authorization(&req.scopes).await?
+            } else {
+                None
+            };
+            let resp = self.send_once(req, authz.as_deref()).await?;
+            // A HEAD answer has no body to tell an expired ECR token from a refusal: a 403 to a
+            // HEAD is worth one refresh too.
+            let challenged = resp.status == StatusCode::UNAUTHORIZED
+                || is_expired_token(&resp)
+                || (resp.status == StatusCode::FORBIDDEN && req.method == Method::HEAD);
+            if !challenged || !self.is_registry_url(&req.url) {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .header("www-authenticate")
+                .and_then(auth::parse_challenge);
+            {
+                let mut st = self.auth.lock().expect("auth lock");
+                if let Some(c) = challenge {
+                    st.challenge = Some(c);
+                }
+                st.tokens.remove(&req.scopes.join(" "));
+            }
+            if !known && authz.is_none() && self.auth.lock().expect("auth lock").challenge.is_some()
+            {
+                // First contact: now we know what to send.
+                continue;
+            }
+            if refreshed {
+                return Err(self.auth_error(&resp).await);
+            }
+            refreshed = true;
+            tracing::info!(registry = %self.host, status = resp.status.as_u16(), "credentials refused or expired: fetching fresh ones");
+            self.refresh_credentials(generation).await?;
+        }
+        Err(RegistryError::Protocol {
+            method: req.method.to_string(),
+            url: redact_url(&req.url),
+            message: "the registry keeps asking for authentication".into(),
+        })
+    }
+
+    /// [`Inner::send`], with throttling and server errors (408, 429, 5xx) turned into errors,
+    /// so that retry loops see them.
+    pub(crate) async fn send_ok(&self, req: &Req) -> Result<Resp, RegistryError> {
+        let resp = self.send(req).await?;
+        let s = resp.status.as_u16();
+        if s == 408 || s == 429 || (500..=599).contains(&s) {
+            return Err(resp.error(&req.method));
+        }
+        Ok(resp)
+    }
+
+    async fn auth_error(&self, resp: &Resp) -> RegistryError {
+        let b = RegistryErrorBody::parse(&resp.body);
+        let source_desc = match self.credential_source() {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        RegistryError::Auth {
+            registry: self.host.clone(),
+            source_desc,
+            status: resp.status.as_u16(),
+            code: b.code,
+            message: b.message,
+        }
+    }
+
+    /// The `Authorization` value for a request to the registry under `scopes`, if the
+    /// challenge asks for one and we have what it needs.
+    async fn authorization(&self, scopes: &[String]) -> Result<Option<String>, RegistryError> {
+        let challenge = self.auth.lock().expect("auth lock").challenge.clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic { .. }) => {
+                Ok(self.credentials().await?.map(|c| auth::basic_header(&c)))
+            }
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let key = scopes.join(" ");
+                let now = Instant::now().into_std();
+                if let Some(t) = self.auth.lock().expect("auth lock").tokens.get(&key)
+                    && t.is_fresh(now)
+                {
+                    return Ok(Some(format!("Bearer {}", t.value)));
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
+                let value = format!("Bearer {}", token.value);
+                self.auth
+                    .lock()
+                    .expect("auth lock")
+                    .tokens
+                    .insert(key, token);
+                Ok(Some(value))
+            }
+        }
+    }
+
+    /// GET realm?service=..&scope=.. with Basic credentials when we have some.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Token, RegistryError> {
+        let mut url = Url::parse(realm).map_err(|_| RegistryError::Protocol {
+            method: "GET".into(),
+            url: self.host.clone(),
+            message: format!("token realm {realm:?} is not a URL"),
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let creds = self.credentials().await?;
+        let authz = creds.as_ref().map(auth::basic_header);
+        let req = Req::new(Method::GET, url.clone());
+        let resp = self.send_once(&req, authz.as_deref()).await?;
+        if !resp.status.is_success() {
+            return Err(self.auth_error(&resp).await);
+        }
+        Token::from_response(&resp.body, Instant::now().into_std()).ok_or_else(|| {
+            RegistryError::Protocol {
+                method: "GET".into(),
+                url: redact_url(&url),
+                message: "the token service answered without a token".into(),
+            }
+        })
+    }
+
+    /// One request, no auth logic. Aborted when no byte moves for the stall timeout.
+    pub(crate) async fn send_once(
+        &self,
+        req: &Req,
+        authz: Option<&str>,
+    ) -> Result<Resp, RegistryError> {
+        let progress = Progress::new(req.body.as_ref().map_or(0, |b| b.len() as u64));
+        let mut rb = self
+            .http
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(a) = authz {
+            let mut v = HeaderValue::from_str(a).map_err(|_| RegistryError::Credentials {
+                registry: self.host.clone(),
+                message: "the credentials contain characters that cannot go in a header".into(),
+            })?;
+            v.set_sensitive(true);
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        if let Some(b) = &req.body {
+            rb = rb
+                .header(header::CONTENT_LENGTH, b.len().to_string())
+                .body(progress_body(b.clone(), progress.clone()));
+        } else if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            rb = rb.header(header::CONTENT_LENGTH, "0");
+        }
+        let method = req.method.clone();
+        let url = req.url.clone();
+        let started = Instant::now();
+        let p = progress.clone();
+        let exchange = async move {
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| RegistryError::transport(method.as_str(), &url, &e))?;
+            p.tick();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let mut body = Vec::new();
+            if method != Method::HEAD {
+                let mut resp = resp;
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(c)) => {
+                            p.tick();
+                            if body.len() + c.len() > RESPONSE_BYTES_MAX {
+                                return Err(RegistryError::Protocol {
+                                    method: method.to_string(),
+                                    url: redact_url(&url),
+                                    message: format!(
+                                        "response body larger than {RESPONSE_BYTES_MAX} bytes"
+                                    ),
+                                });
+                            }
+                            body.extend_from_slice(&c);
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(RegistryError::transport(method.as_str(), &url, &e)),
+                    }
+                }
+            }
+            Ok(Resp {
+                status,
+                headers,
+                url,
+                body: Bytes::from(body),
+            })
+        };
+        let stall = req
+            .stall
+            .unwrap_or(self.opts.stall_timeout)
+            .max(self.opts.stall_timeout);
+        let result = tokio::select! {
+            r = exchange => r,
+            _ = stalled(&progress, stall) => Err(RegistryError::Transport {
+                method: req.method.to_string(),
+                url: redact_url(&req.url),
+                kind: TransportKind::Stalled,
+                message: format!("no bytes moved for {} s: aborted", stall.as_secs_f64()),
+            }),
+        };
+        match &result {
+            Ok(r) => tracing::debug!(
+                method = %req.method,
+                url = %Redacted(&req.url),
+                status = r.status.as_u16(),
+                sent = req.body.as_ref().map_or(0, |b| b.len()),
+                ms = started.elapsed().as_millis() as u64,
+                "registry request"
+            ),
+            Err(e) => {
+                tracing::debug!(method = %req.method, url = %Redacted(&req.url), error = %e, "registry request failed")
+            }
+        }
+        result
+    }
+}

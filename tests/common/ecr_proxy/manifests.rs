@@ -1,0 +1,101 @@
+//! Manifests as ECR handles them: top-level mediaType required for OCI, layer and size
+//! limits, immutable tags, no Docker-Content-Digest on reads.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use hyper::Method;
+use hyper::body::Incoming;
+
+use super::{ECR_MANIFEST_BYTES_MAX, ProxyState, forward, header, pass, read_body};
+use crate::common::serve::{Cut, Resp, oci_error};
+
+pub(super) async fn handle_manifest(
+    st: &ProxyState,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+    repo: &str,
+    reference: &str,
+) -> Result<Resp, Cut> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    match parts.method {
+        Method::GET | Method::HEAD => {
+            let accept = header(&parts.headers, "accept").unwrap_or_default();
+            let up = forward(
+                st,
+                parts.method.clone(),
+                &path,
+                &[("accept", accept)],
+                Bytes::new(),
+            )
+            .await?;
+            // ECR may omit the digest header: clients must compute it.
+            Ok(pass(up, &["docker-content-digest", "etag"]))
+        }
+        Method::PUT => {
+            let data = read_body(st, body).await?;
+            let content_type = header(&parts.headers, "content-type").unwrap_or_default();
+            if data.len() > ECR_MANIFEST_BYTES_MAX {
+                return Ok(oci_error(
+                    400,
+                    "MANIFEST_INVALID",
+                    "Manifest too large: exceeds the 4194304-byte limit",
+                ));
+            }
+            let doc: serde_json::Value =
+                serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
+            let oci = content_type == "application/vnd.oci.image.manifest.v1+json"
+                || content_type == "application/vnd.oci.image.index.v1+json";
+            if oci && doc.get("mediaType").is_none() {
+                return Ok(oci_error(
+                    405,
+                    "UNSUPPORTED",
+                    "Invalid parameter at 'ImageManifest' failed to satisfy constraint: 'Invalid JSON syntax'",
+                ));
+            }
+            let layers = doc
+                .get("layers")
+                .and_then(|l| l.as_array())
+                .map_or(0, |l| l.len());
+            if layers > st.layers_max.load(Ordering::SeqCst) {
+                return Ok(oci_error(
+                    405,
+                    "UNSUPPORTED",
+                    "Limit on number of layers per image exceeded",
+                ));
+            }
+            if st.immutable_tags.load(Ordering::SeqCst) && !reference.contains(':') {
+                let exists = forward(
+                    st,
+                    Method::HEAD,
+                    &path,
+                    &[("accept", content_type.clone())],
+                    Bytes::new(),
+                )
+                .await?;
+                if exists.status == 200 {
+                    return Ok(oci_error(
+                        400,
+                        "TAG_INVALID",
+                        &format!(
+                            "The image tag '{reference}' already exists in the '{repo}' repository and cannot be overwritten because the repository is immutable."
+                        ),
+                    ));
+                }
+            }
+            let up = forward(
+                st,
+                Method::PUT,
+                &path,
+                &[("content-type", content_type)],
+                data,
+            )
+            .await?;
+            Ok(pass(up, &["location"]))
+        }
+        _ => {
+            let _ = read_body(st, body).await;
+            Ok(oci_error(405, "UNSUPPORTED", "method not allowed"))
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Blob upload sessions as ECR handles them: parts committed whole, 201, one UUID, stale
+//! Range, 416 on out-of-order parts, part minimum at the final PUT.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use hyper::Method;
+use hyper::body::Incoming;
+
+use super::{ProxyState, ProxyUpload, forward, header, pass, path_and_query, read_body};
+use crate::common::serve::{Cut, Resp, oci_error, respond};
+
+/// ECR's absolute Location, pointed at the proxy; the same for every step of a session.
+pub(super) fn upload_location(proxy: SocketAddr, repo: &str, uuid: &str) -> String {
+    format!("http://{proxy}/v2/{repo}/blobs/uploads/{uuid}")
+}
+
+fn content_range_start(headers: &hyper::HeaderMap) -> Option<u64> {
+    let v = header(headers, "content-range")?;
+    let v = v
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches('=')
+        .trim();
+    v.split('-').next()?.trim().parse().ok()
+}
+
+pub(super) async fn handle_upload(
+    st: &ProxyState,
+    proxy: SocketAddr,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+    repo: &str,
+    uuid: &str,
+    query: Option<String>,
+) -> Result<Resp, Cut> {
+    if parts.method == Method::GET {
+        // ECR has no working upload-status endpoint, for live sessions or gone ones.
+        st.status_gets.fetch_add(1, Ordering::SeqCst);
+        return Ok(respond(404, &[], "404 page not found\n"));
+    }
+    let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
+        let _ = read_body(st, body).await;
+        return Ok(oci_error(
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        ));
+    };
+    match parts.method {
+        Method::DELETE => {
+            let r = forward(
+                st,
+                Method::DELETE,
+                &path_and_query(&up.upstream_url),
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+            st.uploads.lock().unwrap().remove(uuid);
+            Ok(pass(r, &["location"]))
+        }
+        Method::PATCH | Method::PUT => {
+            let data = read_body(st, body).await?;
+            let is_put = parts.method == Method::PUT;
+            let start = content_range_start(&parts.headers).unwrap_or(up.committed);
+            if !data.is_empty() && start != up.committed {
+                st.out_of_order.fetch_add(1, Ordering::SeqCst);
+                return Ok(oci_error(
+                    416,
+                    "BLOB_UPLOAD_INVALID",
+                    &format!(
+                        "First byte of the layer part is {start} instead of {}",
+                        up.committed
+                    ),
+                ));
+            }
+            if is_put {
+                return finish(st, proxy, &up, uuid, repo, data, query).await;
+            }
+            if data.is_empty() {
+                return Ok(oci_error(400, "BLOB_UPLOAD_INVALID", "empty layer part"));
+            }
+            let end = up.committed + data.len() as u64 - 1;
+            let r = forward(
+                st,
+                Method::PATCH,
+                &path_and_query(&up.upstream_url),
+                &[
+                    ("content-range", format!("{}-{end}", up.committed)),
+                    ("content-type", "application/octet-stream".into()),
+                ],
+                data.clone(),
+            )
+            .await?;
+            if r.status != 202 {
+                return Ok(pass(r, &["location"]));
+            }
+            let loc = header(&r.headers, "location").unwrap_or_default();
+            let first_end = {
+                let mut uploads = st.uploads.lock().unwrap();
+                let u = uploads.get_mut(uuid).expect("upload present");
+                u.upstream_url = url::Url::parse(&up.upstream_url)
+                    .and_then(|b| b.join(&loc))
+                    .map(|u| u.to_string())
+                    .unwrap_or(loc);
+                u.committed = end + 1;
+                u.parts.push(data.len() as u64);
+                *u.first_part_end.get_or_insert(end)
+            };
+            st.bytes_committed
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+            if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
+                return Err(Cut("scripted lost acknowledgement"));
+            }
+            Ok(respond(
+                201,
+                &[
+                    ("location", upload_location(proxy, repo, uuid)),
+                    ("docker-upload-uuid", uuid.to_string()),
+                    // Stale: stuck at the end of the first part.
+                    ("range", format!("0-{first_end}")),
+                ],
+                Bytes::new(),
+            ))
+        }
+        _ => Ok(oci_error(405, "UNSUPPORTED", "method not allowed")),
+    }
+}
+
+async fn finish(
+    st: &ProxyState,
+    proxy: SocketAddr,
+    up: &ProxyUpload,
+    uuid: &str,
+    repo: &str,
+    data: Bytes,
+    query: Option<String>,
+) -> Result<Resp, Cut> {
+    let mut parts = up.parts.clone();
+    if !data.is_empty() {
+        parts.push(data.len() as u64);
+    }
+    if parts.is_empty() {
+        return Ok(oci_error(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            &format!("Layer upload {uuid} does not have any parts"),
+        ));
+    }
+    let min = st.part_min_bytes.load(Ordering::SeqCst);
+    if parts[..parts.len() - 1].iter().any(|p| *p < min) {
+        return Ok(oci_error(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            "LayerPartTooSmallException: All layer parts except the last part should be at least 5MB",
+        ));
+    }
+    let digest = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "digest")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    let mut target = url::Url::parse(&up.upstream_url).expect("upstream url");
+    target.query_pairs_mut().append_pair("digest", &digest);
+    let mut headers = vec![("content-type", "application/octet-stream".to_string())];
+    if !data.is_empty() {
+        headers.push((
+            "content-range",
+            format!("{}-{}", up.committed, up.committed + data.len() as u64 - 1),
+        ));
+    }
+    let n = data.len() as u64;
+    let r = forward(
+        st,
+        Method::PUT,
+        &path_and_query(target.as_str()),
+        &headers,
+        data,
+    )
+    .await?;
+    if r.status == 201 {
+        st.bytes_committed.fetch_add(n, Ordering::SeqCst);
+        st.uploads.lock().unwrap().remove(uuid);
+        if st.drop_next_finish_response.swap(false, Ordering::SeqCst) {
+            return Err(Cut("scripted lost acknowledgement of the final PUT"));
+        }
+        let d = header(&r.headers, "docker-content-digest").unwrap_or(digest.clone());
+        return Ok(respond(
+            201,
+            &[
+                ("location", format!("http://{proxy}/v2/{repo}/blobs/{d}")),
+                ("docker-content-digest", d),
+            ],
+            Bytes::new(),
+        ));
+    }
+    if r.status == 400 {
+        return Ok(oci_error(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            "None of the provided layer digests match the calculated layer digest",
+        ));
+    }
+    Ok(pass(r, &["location"]))
+}

@@ -1,0 +1,636 @@
+//! The registry client against Debian's real distribution registry (tests/common starts one per
+//! test), checked with skopeo.
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::images::{self, Blob, OCI_INDEX, OCI_MANIFEST};
+use common::{RegistryOptions, TestRegistry};
+use hoist::platform::Platform;
+use hoist::registry::{
+    ClientOptions, CredentialLookup, ImageRef, MountOutcome, Reference, RegistryClient,
+    RegistryError, ResumePoint, TransportKind, UploadCursor, VerifyError, verify_tag,
+};
+
+const MIB: usize = 1 << 20;
+
+fn client(host: &str, chunk: usize) -> RegistryClient {
+    RegistryClient::new(
+        host,
+        ClientOptions {
+            chunk_bytes: Some(chunk as u64),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Pushes config + layers + manifest under `tag`; returns the manifest bytes.
+async fn push_image(
+    c: &RegistryClient,
+    repo: &str,
+    tag: &str,
+    os_arch: &str,
+    layers: &[&Blob],
+) -> Bytes {
+    let (os, arch) = os_arch.split_once('/').unwrap();
+    let cfg = images::config(os, arch);
+    images::upload(c, repo, &cfg, 0).await.unwrap();
+    for l in layers {
+        images::upload(c, repo, l, 0).await.unwrap();
+    }
+    let m = images::manifest(&cfg, layers, true);
+    c.put_manifest(repo, tag, OCI_MANIFEST, m.clone())
+        .await
+        .unwrap();
+    m
+}
+
+/// Several chunks, then the manifest round trip: the tag reads back with the exact bytes and
+/// digest, skopeo sees them, and the layer pulled by skopeo is byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_chunk_upload_and_manifest_round_trip() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    c.ping().await.unwrap();
+    c.check_repository("app/one").await.unwrap();
+    let layer = Blob::new(images::random_bytes(1, 3 * MIB + 12345));
+    let stats = images::upload(&c, "app/one", &layer, 0).await.unwrap();
+    assert_eq!(stats.chunks, 3, "{stats:?}");
+    assert!(
+        c.blob_present("app/one", &layer.digest, layer.len())
+            .await
+            .unwrap()
+    );
+    let m = push_image(&c, "app/one", "v1", "linux/amd64", &[&layer]).await;
+    let (mt, bytes, digest) = c
+        .get_manifest("app/one", &Reference::Tag("v1".into()))
+        .await
+        .unwrap();
+    assert_eq!(mt, OCI_MANIFEST);
+    assert_eq!(bytes, m);
+    assert_eq!(digest, hoist::digest::Digest::sha256_of(&m));
+    assert_eq!(
+        common::skopeo_raw_manifest(&reg.host(), "app/one:v1"),
+        m.to_vec()
+    );
+    // The layer as the registry serves it (a plain GET, not through our client).
+    let (status, pulled) =
+        common::http_get(reg.addr, &format!("/v2/app/one/blobs/{}", layer.digest)).unwrap();
+    assert_eq!(status, 200);
+    assert!(pulled == layer.bytes, "pulled layer differs");
+    let image: ImageRef = format!("{}/app/one:v1", reg.host()).parse().unwrap();
+    let report = verify_tag(&c, &image, Some(&digest), &Platform::linux_amd64())
+        .await
+        .unwrap();
+    assert_eq!(report.image_digest, digest);
+    assert!(!report.via_index);
+}
+
+/// A persisted cursor survives the client: a new client resumes between chunks where the
+/// registry is (GET status + Range), and also when the persisted offset lags (lost ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_between_chunks_from_persisted_cursor() {
+    let reg = TestRegistry::start();
+    let blob = Blob::new(images::random_bytes(2, 4 * MIB + 7));
+    let saved = {
+        let c = client(&reg.host(), MIB);
+        let mut cur = c.start_upload("app/two").await.unwrap();
+        for i in 0..2 {
+            cur = c
+                .upload_chunk(&cur, blob.bytes.slice(i * MIB..(i + 1) * MIB))
+                .await
+                .unwrap();
+        }
+        assert_eq!(cur.offset, 2 * MIB as u64);
+        serde_json::to_string(&cur).unwrap()
+    };
+    // A new process: a new client from the stored cursor.
+    let c = client(&reg.host(), MIB);
+    let cur: UploadCursor = serde_json::from_str(&saved).unwrap();
+    let ResumePoint::Continue(cur) = c.resume("app/two", &cur).await.unwrap() else {
+        panic!("expected Continue")
+    };
+    assert_eq!(cur.offset, 2 * MIB as u64);
+    let off = cur.offset as usize;
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(off..off + MIB))
+        .await
+        .unwrap();
+    c.finish_upload(&cur, &blob.digest, blob.bytes.slice(off + MIB..))
+        .await
+        .unwrap();
+    assert!(
+        c.blob_present("app/two", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// Sends the first `n` bytes of a `total`-byte PATCH body to the cursor's URL, then resets.
+fn cut_patch(cursor: &UploadCursor, body: &[u8], total: usize) {
+    let url = url::Url::parse(&cursor.session_url).unwrap();
+    let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let pq = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    write!(
+        s,
+        "PATCH {pq} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Range: {}-{}\r\nContent-Length: {total}\r\n\r\n",
+        url.host_str().unwrap(),
+        cursor.offset,
+        cursor.offset + total as u64 - 1
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Debian's registry keeps the part of a cut PATCH and then refuses the session
+/// (404 BLOB_UPLOAD_INVALID): resume says Restart, and a new session completes the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_mid_patch_is_restart_on_debian() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blob = Blob::new(images::random_bytes(3, 3 * MIB));
+    let cur = c.start_upload("app/three").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    cut_patch(&cur, &blob.bytes[MIB..MIB + MIB / 2], MIB);
+    assert_eq!(
+        c.resume("app/three", &cur).await.unwrap(),
+        ResumePoint::Restart
+    );
+    let stats = images::upload(&c, "app/three", &blob, 0).await.unwrap();
+    assert_eq!(stats.chunks, 2);
+    assert!(
+        c.blob_present("app/three", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// A lost session (cancelled, or a PATCH to it after cancel) is Restart / `is_upload_gone`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_session_restarts() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blob = Blob::new(images::random_bytes(4, 2 * MIB + 1));
+    let cur = c.start_upload("app/four").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    c.cancel_upload(&cur).await.unwrap();
+    assert_eq!(
+        c.resume("app/four", &cur).await.unwrap(),
+        ResumePoint::Restart
+    );
+    let e = c
+        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .await
+        .unwrap_err();
+    assert!(e.is_upload_gone(), "{e}");
+    assert!(!e.to_string().contains("_state"), "query leaked: {e}");
+    // The reference loop restarts by itself.
+    images::upload(&c, "app/four", &blob, 0).await.unwrap();
+}
+
+/// HEAD skips present blobs (size and digest checked); mount works across repositories, and a
+/// mount of a blob the source lacks opens a usable session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn present_blobs_are_skipped_and_mount_works() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blob = Blob::new(images::random_bytes(5, MIB + 5));
+    assert!(!images::upload(&c, "src/a", &blob, 0).await.unwrap().skipped);
+    assert!(images::upload(&c, "src/a", &blob, 0).await.unwrap().skipped);
+    assert!(
+        !c.blob_present("src/a", &blob.digest, blob.len() + 1)
+            .await
+            .unwrap(),
+        "size must be checked"
+    );
+    assert!(
+        !c.blob_present("dst/b", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.mount_blob("dst/b", "src/a", &blob.digest).await.unwrap(),
+        MountOutcome::Mounted
+    );
+    assert!(
+        c.blob_present("dst/b", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+    let other = Blob::new(images::random_bytes(6, 1000));
+    assert!(
+        !images::mount_or_upload(&c, "dst/b", "src/a", &other)
+            .await
+            .unwrap()
+    );
+    assert!(
+        c.blob_present("dst/b", &other.digest, other.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// verify_tag resolves like containerd on an amd64 node: a good single image and a good index
+/// pass; an index of arm64 + unknown/unknown attestation fails at resolve time; a single arm64
+/// image fails as "exec format error"; a tag moved elsewhere is a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_tag_catches_wrong_platforms() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let layer = Blob::new(images::random_bytes(7, 1000));
+    let amd = Platform::linux_amd64();
+    let at = |t: &str| -> ImageRef { format!("{}/app/v:{t}", reg.host()).parse().unwrap() };
+
+    let good = push_image(&c, "app/v", "good", "linux/amd64", &[&layer]).await;
+    let r = verify_tag(&c, &at("good"), None, &amd).await.unwrap();
+    assert_eq!(r.platform, amd);
+
+    let arm = push_image(&c, "app/v", "arm", "linux/arm64", &[&layer]).await;
+    let e = verify_tag(&c, &at("arm"), None, &amd).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "image is linux/arm64 but nodes ask for linux/amd64: they fail with \"exec format error\""
+    );
+
+    let att = push_image(&c, "app/v", "att", "unknown/unknown", &[&layer]).await;
+    let idx = images::index(&[
+        (&arm, "linux/arm64", false),
+        (&att, "unknown/unknown", true),
+    ]);
+    c.put_manifest("app/v", "buildx", OCI_INDEX, idx)
+        .await
+        .unwrap();
+    let e = verify_tag(&c, &at("buildx"), None, &amd).await.unwrap_err();
+    assert!(matches!(e, VerifyError::NoPlatformMatch { .. }));
+    assert_eq!(
+        e.to_string(),
+        "the tag is an index with only linux/arm64 and unknown/unknown entries: linux/amd64 nodes fail with \"no match for platform in manifest\""
+    );
+
+    let idx = images::index(&[
+        (&good, "linux/amd64", false),
+        (&att, "unknown/unknown", true),
+    ]);
+    c.put_manifest("app/v", "multi", OCI_INDEX, idx)
+        .await
+        .unwrap();
+    let r = verify_tag(&c, &at("multi"), None, &amd).await.unwrap();
+    assert!(r.via_index);
+    assert_eq!(r.image_digest, hoist::digest::Digest::sha256_of(&good));
+
+    let e = verify_tag(
+        &c,
+        &at("good"),
+        Some(&hoist::digest::Digest::sha256_of(&arm)),
+        &amd,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, VerifyError::TagMismatch { .. }), "{e}");
+}
+
+/// htpasswd Basic auth with credentials from a temporary DOCKER_CONFIG; a wrong password is an
+/// auth error naming the config entry, never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_docker_config() {
+    let reg = TestRegistry::start_with(RegistryOptions {
+        basic_auth: Some(("hoister".into(), "s3cret-pass".into())),
+        extra_yaml: None,
+    });
+    let write_config = |dir: &std::path::Path, pass: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("hoister:{pass}"));
+        let cfg = serde_json::json!({"auths": {reg.host(): {"auth": auth}}});
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "s3cret-pass");
+    let opts = |dir: &std::path::Path| ClientOptions {
+        chunk_bytes: Some(MIB as u64),
+        lookup: CredentialLookup {
+            docker_config_dir: Some(dir.to_path_buf()),
+            ..CredentialLookup::default()
+        },
+        ..ClientOptions::default()
+    };
+    let c = RegistryClient::new(&reg.host(), opts(dir.path())).unwrap();
+    c.ping().await.unwrap();
+    let layer = Blob::new(images::random_bytes(8, 2 * MIB + 3));
+    let m = push_image(&c, "auth/app", "v1", "linux/amd64", &[&layer]).await;
+    let image: ImageRef = format!("{}/auth/app:v1", reg.host()).parse().unwrap();
+    verify_tag(
+        &c,
+        &image,
+        Some(&hoist::digest::Digest::sha256_of(&m)),
+        &Platform::linux_amd64(),
+    )
+    .await
+    .unwrap();
+
+    let bad = tempfile::tempdir().unwrap();
+    write_config(bad.path(), "wrong-pass");
+    let c = RegistryClient::new(&reg.host(), opts(bad.path())).unwrap();
+    let e = c.ping().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, RegistryError::Auth { status: 401, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("config.json") && msg.contains(&reg.host()),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("wrong-pass") && !format!("{e:?}").contains("wrong-pass"),
+        "{msg}"
+    );
+}
+
+/// The stall watchdog aborts a PATCH whose body stops moving (a server that never reads) and a
+/// request whose answer never comes, after the configured time rather than hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_watchdog_aborts_silent_requests() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept and hold connections without reading a byte.
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(2) {
+            held.push(s.unwrap());
+        }
+        std::thread::sleep(Duration::from_secs(6));
+    });
+    let c = RegistryClient::new(
+        &addr.to_string(),
+        ClientOptions {
+            stall_timeout: Duration::from_secs(1),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let cursor = UploadCursor {
+        session_url: format!("http://{addr}/v2/x/blobs/uploads/u?_state=S"),
+        offset: 0,
+    };
+    let t = std::time::Instant::now();
+    let e = c
+        .upload_chunk(&cursor, images::random_bytes(9, 32 * MIB))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::Transport {
+                kind: TransportKind::Stalled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.is_retryable());
+    let e = c.ping().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::Transport {
+                kind: TransportKind::Stalled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    holder.join().unwrap();
+}
+
+/// A wrong digest at the final PUT is refused (400 DIGEST_INVALID, not retryable). Measured:
+/// Debian's 2.8.2 then cancels the session (REGISTRIES.md says it stays alive; it does not),
+/// so resume says Restart, and the blob goes again in a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_digest_is_refused_at_put() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blob = Blob::new(images::random_bytes(30, MIB + 10));
+    let cur = c.start_upload("app/dig").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    let wrong = hoist::digest::Digest::sha256_of(b"not this");
+    let e = c
+        .finish_upload(&cur, &wrong, blob.bytes.slice(MIB..))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(400), Some("DIGEST_INVALID")),
+        "{e}"
+    );
+    assert!(!e.is_retryable() && e.is_digest_refused(), "{e}");
+    assert_eq!(
+        c.resume("app/dig", &cur).await.unwrap(),
+        ResumePoint::Restart
+    );
+    assert!(
+        !c.blob_present("app/dig", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+    images::upload(&c, "app/dig", &blob, 0).await.unwrap();
+    assert!(
+        c.blob_present("app/dig", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// One client, several blobs in parallel (HTTP/1.1, one connection each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_uploads_share_one_client() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), MIB);
+    let blobs: Vec<Blob> = (0..4)
+        .map(|i| Blob::new(images::random_bytes(40 + i, 2 * MIB + i as usize)))
+        .collect();
+    let tasks: Vec<_> = blobs
+        .iter()
+        .map(|b| {
+            let (c, b) = (c.clone(), b.clone());
+            tokio::spawn(async move { images::upload(&c, "app/par", &b, 0).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!((1..=2).contains(&t.await.unwrap().unwrap().chunks));
+    }
+    for b in &blobs {
+        assert!(c.blob_present("app/par", &b.digest, b.len()).await.unwrap());
+    }
+}
+
+/// `OCI-Chunk-Min-Length` announced at POST raises the client's chunk size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_min_length_is_honoured() {
+    use common::serve::{Cut, respond, spawn_server};
+    let (addr, task) = spawn_server(|_req: hyper::Request<hyper::body::Incoming>| async {
+        Ok::<_, Cut>(respond(
+            202,
+            &[
+                ("location", "/v2/x/blobs/uploads/u1".to_string()),
+                ("oci-chunk-min-length", (3 * MIB).to_string()),
+            ],
+            Bytes::new(),
+        ))
+    })
+    .await;
+    let c = client(&addr.to_string(), MIB);
+    assert_eq!(c.chunk_bytes(), MIB as u64);
+    let cur = c.start_upload("x").await.unwrap();
+    assert_eq!(
+        cur.session_url,
+        format!("http://{addr}/v2/x/blobs/uploads/u1")
+    );
+    assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
+    assert_eq!(c.chunk_bytes_min(), 3 * MIB as u64);
+    task.abort();
+}
+
+/// The same cut mid-PATCH, through the client (a TCP proxy forwards half of the PATCH body to
+/// the registry, then resets): the client's error is retryable, resume says Restart (Debian's
+/// registry kept the partial part and refuses the session), and the daemon-like loop (which
+/// resumes at once, racing the registry, and then meets `is_upload_gone`) finishes the blob in
+/// a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_mid_patch_through_the_client_is_restart() {
+    let reg = TestRegistry::start();
+    let cut = common::cut_proxy::CutProxy::start(reg.addr).await;
+    let c = client(&cut.host(), MIB);
+    let blob = Blob::new(images::random_bytes(50, 3 * MIB));
+    let cur = c.start_upload("app/cut").await.unwrap();
+    let cur = c
+        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
+        .await
+        .unwrap();
+    cut.cut_after((MIB / 2) as u64);
+    let e = c
+        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(cut.state.cuts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Right after the cut the registry may still be swallowing the broken body: its status
+    // then says the old offset, and the next PATCH finds the session gone. Once it is done:
+    let mut point = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        point = Some(c.resume("app/cut", &cur).await.unwrap());
+        if point == Some(ResumePoint::Restart) {
+            break;
+        }
+    }
+    assert_eq!(point, Some(ResumePoint::Restart));
+    // The loop copes on its own too.
+    cut.cut_after((MIB + MIB / 2) as u64);
+    let stats = images::upload(&c, "app/cut", &blob, 5).await.unwrap();
+    assert!(stats.restarts >= 1, "{stats:?}");
+    assert!(
+        c.blob_present("app/cut", &blob.digest, blob.len())
+            .await
+            .unwrap()
+    );
+}
+
+/// A slow uplink is not a stall: with a 1 s stall timeout, a 1 MiB PATCH through a 256 KiB/s
+/// link (which the kernel's socket buffers take in at once, then drain for ~4 s while nothing
+/// moves for the client) completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uplink_is_not_a_stall() {
+    let reg = TestRegistry::start();
+    let slow = common::cut_proxy::CutProxy::start(reg.addr).await;
+    slow.state
+        .rate_up
+        .store(256 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let c = RegistryClient::new(
+        &slow.host(),
+        ClientOptions {
+            stall_timeout: Duration::from_secs(1),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let blob = Blob::new(images::random_bytes(60, MIB));
+    let cur = c.start_upload("app/slow").await.unwrap();
+    let t = std::time::Instant::now();
+    let cur = c.upload_chunk(&cur, blob.bytes.clone()).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the link was not slow: {:?}",
+        t.elapsed()
+    );
+    c.finish_upload(&cur, &blob.digest, Bytes::new())
+        .await
+        .unwrap();
+}
+
+/// The docker token flow against the registry's own token auth: its Bearer challenge (realm,
+/// service, scope), our token service issuing JWTs it verifies, tokens cached per scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_of_the_real_registry() {
+    let keys = tempfile::tempdir().unwrap();
+    let ts = common::token_service::TokenService::start_jwt(
+        "robot",
+        "pw-456",
+        Duration::from_secs(300),
+        keys.path(),
+    )
+    .await;
+    let reg = TestRegistry::start_with(RegistryOptions {
+        basic_auth: None,
+        extra_yaml: Some(ts.registry_yaml(keys.path())),
+    });
+    let anonymous = client(&reg.host(), MIB);
+    let e = anonymous.ping().await.unwrap_err();
+    assert!(matches!(e, RegistryError::Auth { status: 401, .. }), "{e}");
+    let c = RegistryClient::new(
+        &reg.host(),
+        ClientOptions {
+            chunk_bytes: Some(MIB as u64),
+            credentials: Some(hoist::registry::Credentials {
+                username: "robot".into(),
+                secret: "pw-456".into(),
+            }),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    c.ping().await.unwrap();
+    let layer = Blob::new(images::random_bytes(70, 2 * MIB + 9));
+    let m = push_image(&c, "tok/app", "v1", "linux/amd64", &[&layer]).await;
+    let image: ImageRef = format!("{}/tok/app:v1", reg.host()).parse().unwrap();
+    verify_tag(
+        &c,
+        &image,
+        Some(&hoist::digest::Digest::sha256_of(&m)),
+        &Platform::linux_amd64(),
+    )
+    .await
+    .unwrap();
+    let issued = ts.state.issued.load(std::sync::atomic::Ordering::SeqCst);
+    // `/v2/`, pull (HEAD/GET) and pull,push scopes: a handful, not one per request.
+    assert!((2..=4).contains(&issued), "tokens issued: {issued}");
+}
