@@ -87,9 +87,13 @@ pub enum Command {
     },
     /// Check that TARGET in the registry is a complete, single-platform image.
     Verify {
+        /// REGISTRY/REPOSITORY:TAG (or @sha256:...).
         target: String,
         #[arg(long, default_value = "linux/amd64")]
         platform: String,
+        /// Use plain HTTP for a registry that is not on loopback.
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -157,7 +161,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_elf,
             json,
         } => return inspect::run(&source, &platform, &compression, !no_elf, json).await,
-        Command::Verify { target, platform } => return verify::run(&target, &platform).await,
+        Command::Verify {
+            target,
+            platform,
+            insecure,
+        } => return verify::run(&target, &platform, insecure).await,
         _ => {}
     }
     let socket = match cli.socket {

@@ -23,6 +23,8 @@ pub struct VerifyReport {
     pub platform: Platform,
     /// The tag is an index (hoist itself never pushes one; someone else may have).
     pub via_index: bool,
+    /// Layers checked present (digest and size).
+    pub layers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,15 @@ pub enum VerifyError {
     NoPlatformMatch {
         wanted: Platform,
         entries: Vec<String>,
+    },
+    #[error(
+        "layer {layer} ({digest}, {size} bytes) of {image} is not in the registry: the push was incomplete, and nodes fail to pull it; push the image again"
+    )]
+    MissingLayer {
+        image: String,
+        layer: usize,
+        digest: Digest,
+        size: u64,
     },
     #[error("image is {found} but nodes ask for {wanted}: they fail with \"exec format error\"")]
     WrongPlatform { found: Platform, wanted: Platform },
@@ -184,12 +195,41 @@ pub async fn verify_tag(
             wanted: platform.clone(),
         });
     }
+    // A node pulls every layer: each must be there with its size (a partial push leaves a
+    // manifest whose layers 404).
+    let layers = manifest
+        .get("layers")
+        .and_then(|l| l.as_array())
+        .ok_or_else(|| malformed("manifest", &image_digest.to_string(), "no layers array"))?;
+    for (i, layer) in layers.iter().enumerate() {
+        let digest = layer
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| Digest::parse(d).ok());
+        let size = layer.get("size").and_then(|s| s.as_u64());
+        let (Some(digest), Some(size)) = (digest, size) else {
+            return Err(malformed(
+                "manifest",
+                &image_digest.to_string(),
+                format!("layer {} has no valid digest and size", i + 1),
+            ));
+        };
+        if !client.blob_present(repo, &digest, size).await? {
+            return Err(VerifyError::MissingLayer {
+                image: image.to_string(),
+                layer: i + 1,
+                digest,
+                size,
+            });
+        }
+    }
     Ok(VerifyReport {
         tag_digest,
         tag_media_type: media_type,
         image_digest,
         platform: found,
         via_index: is_index,
+        layers: layers.len(),
     })
 }
 
