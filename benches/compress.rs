@@ -8,6 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hoist::compress::chunk::looks_incompressible;
 use hoist::compress::{
     COMPRESS_CHUNK_BYTES_DEFAULT, ChunkCompressor, Codec, CompressConfig, CompressError,
     StreamState, compress_stream, testdata,
@@ -40,6 +41,10 @@ fn chunk(c: &mut Criterion) {
                 })
             });
         }
+        // The incompressibility probe alone: what every chunk pays before compressing.
+        g.bench_function(BenchmarkId::new("probe", kind), |b| {
+            b.iter(|| looks_incompressible(black_box(&input)))
+        });
     }
     g.finish();
 }

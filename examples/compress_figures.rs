@@ -78,63 +78,75 @@ fn run(codec: Codec, threads: usize, path: &str, out: Option<&str>) {
     );
 }
 
-/// Level and chunk-size trade-offs on one file (its first 64 MiB), one thread, chunks of the
-/// default size unless stated.
+/// Level and chunk-size trade-offs on one file (its first 64 MiB), one thread, no hashing.
+/// Rows "libdeflate" and "libzstd" call the libraries directly (no incompressible probe);
+/// rows "hoist" go through `ChunkCompressor` (probe, then compress or store).
 fn survey(path: &str) {
     let data = std::fs::read(path).expect("read input");
     let data = &data[..data.len().min(64 << 20)];
-    println!("| codec | setting | MB/s (1 thread) | ratio |");
-    println!("| --- | --- | ---: | ---: |");
+    let name = std::path::Path::new(path)
+        .file_stem()
+        .map_or("data".into(), |s| s.to_string_lossy().into_owned());
+    let chunk = COMPRESS_CHUNK_BYTES_DEFAULT;
     for level in [1, 4, 6, 9] {
         let lvl = libdeflater::CompressionLvl::new(level).expect("level");
         let mut c = libdeflater::Compressor::new(lvl);
-        let mut out = vec![0u8; c.gzip_compress_bound(COMPRESS_CHUNK_BYTES_DEFAULT)];
+        let mut out = vec![0u8; c.gzip_compress_bound(chunk)];
         let start = Instant::now();
         let mut total = 0;
-        for piece in data.chunks(COMPRESS_CHUNK_BYTES_DEFAULT) {
+        for piece in data.chunks(chunk) {
             total += c.gzip_compress(piece, &mut out).expect("gzip");
         }
-        row(
-            "gzip (libdeflate)",
-            &format!("level {level}, 4 MiB chunks"),
-            data.len(),
-            total,
-            start,
-        );
+        let setting = format!("level {level}, 4 MiB chunks");
+        row(&name, "libdeflate gzip", &setting, data.len(), total, start);
     }
     for chunk_mib in [1usize, 4, 16] {
-        let mut c = ChunkCompressor::new();
-        let mut out = Vec::new();
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
         let start = Instant::now();
         let mut total = 0;
         for piece in data.chunks(chunk_mib << 20) {
-            out.clear();
-            c.compress(Codec::Zstd, piece, &mut out).expect("zstd");
-            total += out.len();
+            total += c.compress(piece).expect("zstd").len();
         }
-        row(
-            "zstd",
-            &format!("level 3, {chunk_mib} MiB chunks"),
-            data.len(),
-            total,
-            start,
-        );
+        let setting = format!("level 3, {chunk_mib} MiB chunks");
+        row(&name, "libzstd", &setting, data.len(), total, start);
     }
     let start = Instant::now();
     let whole = zstd::bulk::compress(data, 3).expect("zstd").len();
     row(
-        "zstd",
-        "level 3, one frame (no chunks)",
+        &name,
+        "libzstd",
+        "level 3, one frame",
         data.len(),
         whole,
         start,
     );
+    for codec in [Codec::Gzip, Codec::Zstd] {
+        let mut c = ChunkCompressor::new();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut total = 0;
+        let mut stored = 0;
+        for piece in data.chunks(chunk) {
+            out.clear();
+            stored += usize::from(c.compress(codec, piece, &mut out).expect("compress"));
+            total += out.len();
+        }
+        let setting = format!("4 MiB chunks, {stored} stored");
+        row(
+            &name,
+            &format!("hoist {codec}"),
+            &setting,
+            data.len(),
+            total,
+            start,
+        );
+    }
 }
 
-fn row(codec: &str, setting: &str, input: usize, output: usize, start: Instant) {
+fn row(data: &str, codec: &str, setting: &str, input: usize, output: usize, start: Instant) {
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "| {codec} | {setting} | {:.0} | {:.3} |",
+        "| {data} | {codec} | {setting} | {:.0} | {:.3} |",
         input as f64 / 1e6 / secs,
         input as f64 / output as f64
     );

@@ -10,28 +10,33 @@
 //! - zstd and LZ4 grow their search step while no match is found.
 //!
 //! hoist does the btrfs kind of test, integer-only so it is deterministic everywhere: the chunk
-//! is cut into probe windows of at least [`PROBE_WINDOW_BYTES`]; in each, [`PROBE_RUNS`] runs of
-//! [`PROBE_RUN_BYTES`] spread evenly (one eighth of the bytes) are sampled, and the window is
-//! judged incompressible when both
+//! is cut into probe windows of about [`PROBE_WINDOW_BYTES`]; in each, [`PROBE_RUNS`] runs of
+//! [`PROBE_RUN_BYTES`] spread evenly (16 KiB, 1/32 of a full window) are sampled, and the window
+//! is judged incompressible when both
 //! - the byte collision rate `sum c(c-1) / (n(n-1))` (an unbiased estimate of `sum p^2`, i.e.
 //!   Renyi-2 entropy, a lower bound of Shannon entropy) is below `1 / PROBE_COLLISION_DIVISOR`,
 //!   meaning above ~7.9 bits per byte, so Huffman coding can gain at most ~1%; uniform random
 //!   bytes give `1/256`, 6 standard deviations away at this sample size; and
 //! - fewer than one position in [`PROBE_REPEAT_DIVISOR`] starts a 4-byte string seen earlier in
-//!   its run (an LZ match).
+//!   the sample (an LZ match; a small hash table, so only recent strings are remembered).
 //!
 //! Only when *every* window is judged incompressible is the chunk written without compression:
 //! stored deflate blocks in a gzip member, raw blocks in a zstd frame. A chunk with any
 //! compressible region is compressed whole, so a mixed chunk never loses ratio; data whose
-//! redundancy is invisible to the test (a high-entropy block repeated further away than a run)
+//! redundancy is invisible to the test (e.g. a high-entropy block repeated further away than the
+//! sampled runs see)
 //! is stored and loses that ratio. The decision reads only the chunk's bytes.
 
 use libdeflater::{CompressionLvl, Compressor};
 
 use super::{Codec, CompressError, GZIP_LEVEL, ZSTD_LEVEL};
 
-/// Smallest probe window; a chunk shorter than this is always compressed (it is cheap anyway).
-pub const PROBE_WINDOW_BYTES: usize = 128 << 10;
+/// A chunk shorter than this is always compressed (cheap anyway, and too small a sample).
+pub const PROBE_MIN_BYTES: usize = 128 << 10;
+/// Probe window: each one is judged on its own sample; a chunk is cut into
+/// `max(1, len / PROBE_WINDOW_BYTES)` equal windows. A compressible island of about an eighth of
+/// a window (64 KiB) or more makes its window, and so the chunk, compressible.
+pub const PROBE_WINDOW_BYTES: usize = 512 << 10;
 /// Sampled runs per probe window.
 pub const PROBE_RUNS: usize = 8;
 /// Bytes per sampled run.
@@ -152,51 +157,40 @@ pub fn compress_chunk(codec: Codec, input: &[u8], out: &mut Vec<u8>) -> Result<(
 
 /// The deterministic incompressibility test described in the module documentation.
 pub fn looks_incompressible(input: &[u8]) -> bool {
-    let windows = input.len() / PROBE_WINDOW_BYTES;
-    if windows == 0 {
+    if input.len() < PROBE_MIN_BYTES {
         return false;
     }
-    // Positions (plus one, 0 = empty) of the last 4-byte string with each hash, over the
-    // whole probe; a hit only counts when it lies in the current run.
+    let windows = (input.len() / PROBE_WINDOW_BYTES).max(1);
+    // The last 4-byte string seen with each hash, over the whole probe: a repeat anywhere in
+    // the sample is redundancy an LZ coder can use. Zero-initialised: a run of zeros "repeats",
+    // which is right, zeros compress.
     let mut last_seen = vec![0u32; 1 << PROBE_HASH_BITS];
-    let mut sample_pos: u32 = 0;
     for w in 0..windows {
         // Windows split the chunk evenly, so the tail is spread over them, not left unsampled.
         let w_start = w * input.len() / windows;
         let w_len = (w + 1) * input.len() / windows - w_start;
         let mut hist = [0u32; 256];
         let mut repeats = 0usize;
-        let mut sampled = 0usize;
         for r in 0..PROBE_RUNS {
             let r_start = w_start + r * w_len / PROBE_RUNS;
             let run = &input[r_start..r_start + PROBE_RUN_BYTES];
-            let run_first = sample_pos + 1;
             for &b in run {
-                hist[b as usize] += 1;
+                hist[usize::from(b)] += 1;
             }
-            for (i, quad) in run.windows(4).enumerate() {
+            for quad in run.windows(4) {
                 let v = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
                 let h = (v.wrapping_mul(0x9E37_79B1) >> (32 - PROBE_HASH_BITS)) as usize;
-                let here = sample_pos + 1 + i as u32;
-                let prev = last_seen[h];
-                if prev >= run_first {
-                    let p = r_start + (prev - run_first) as usize;
-                    if input[p..p + 4] == *quad {
-                        repeats += 1;
-                    }
-                }
-                last_seen[h] = here;
+                repeats += usize::from(last_seen[h] == v);
+                last_seen[h] = v;
             }
-            sample_pos += PROBE_RUN_BYTES as u32;
-            sampled += PROBE_RUN_BYTES;
         }
-        let n = sampled as u64;
+        let n = (PROBE_RUNS * PROBE_RUN_BYTES) as u64;
         let collisions: u64 = hist
             .iter()
-            .map(|&c| u64::from(c) * u64::from(c.max(1) - 1))
+            .map(|&c| u64::from(c) * u64::from(c.saturating_sub(1)))
             .sum();
         let low_entropy = collisions * PROBE_COLLISION_DIVISOR >= n * (n - 1);
-        let repetitive = repeats * PROBE_REPEAT_DIVISOR >= sampled;
+        let repetitive = repeats * PROBE_REPEAT_DIVISOR >= PROBE_RUNS * PROBE_RUN_BYTES;
         if low_entropy || repetitive {
             return false;
         }
@@ -204,7 +198,7 @@ pub fn looks_incompressible(input: &[u8]) -> bool {
     true
 }
 
-/// Hash table size of the repeat probe: 4096 entries, twice a run's positions.
+/// Hash table size of the repeat probe: 4096 entries.
 const PROBE_HASH_BITS: u32 = 12;
 
 /// A gzip member of stored deflate blocks (RFC 1951 BTYPE 00), CRC-32 by libdeflate.
@@ -275,16 +269,19 @@ mod tests {
         assert!(looks_incompressible(&random));
         let text = testdata::text_like(4 << 20, 1);
         assert!(!looks_incompressible(&text));
-        // A small compressible island in a random chunk makes it compressible.
+        // A compressible island of 64 KiB in a random chunk makes it compressible.
         let mut mixed = random.clone();
-        mixed[2 << 20..(2 << 20) + (32 << 10)].copy_from_slice(&text[..32 << 10]);
+        mixed[2 << 20..(2 << 20) + (64 << 10)].copy_from_slice(&text[..64 << 10]);
         assert!(!looks_incompressible(&mixed));
         // High-entropy but repetitive within a run: a 1 KiB random pattern repeated.
         let pattern = testdata::random_bytes(1 << 10, 2);
         let repeated: Vec<u8> = pattern.iter().copied().cycle().take(4 << 20).collect();
         assert!(!looks_incompressible(&repeated));
-        assert!(!looks_incompressible(&random[..PROBE_WINDOW_BYTES - 1]));
-        assert!(looks_incompressible(&random[..PROBE_WINDOW_BYTES]));
+        assert!(!looks_incompressible(&random[..PROBE_MIN_BYTES - 1]));
+        assert!(looks_incompressible(&random[..PROBE_MIN_BYTES]));
+        assert!(looks_incompressible(&random[..PROBE_WINDOW_BYTES + 1]));
+        // Zeros: low entropy and repetitive.
+        assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
     }
 
     #[test]
