@@ -7,7 +7,9 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use hoist::compress::chunk::looks_incompressible;
 use hoist::compress::{
     COMPRESS_CHUNK_BYTES_DEFAULT, ChunkCompressor, Codec, CompressConfig, CompressError,
@@ -51,6 +53,8 @@ fn chunk(c: &mut Criterion) {
 
 fn stream(c: &mut Criterion) {
     let mut g = c.benchmark_group("stream");
+    // An iteration takes up to ~0.5 s: flat sampling keeps it to 10 iterations.
+    g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Bytes(STREAM_BYTES as u64));
     for (kind, input) in inputs(STREAM_BYTES) {
         for codec in [Codec::Gzip, Codec::Zstd] {
@@ -93,6 +97,7 @@ fn sha256(c: &mut Criterion) {
 /// Read from a local file (page-cached after the first iteration) + both digests + compress.
 fn file_pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("file_pipeline");
+    g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Bytes(STREAM_BYTES as u64));
     let dir = tempfile::tempdir().unwrap();
     for (kind, input) in inputs(STREAM_BYTES) {

@@ -404,3 +404,55 @@ proptest! {
         prop_assert!(decompress(codec, &out) == input);
     }
 }
+
+/// Counts the bytes read so far, to check how far the reader runs ahead of the sink.
+struct CountingReader<'a> {
+    inner: &'a [u8],
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+#[test]
+fn memory_is_bounded_by_two_chunks_per_thread() {
+    let input = golden_input();
+    let chunk = COMPRESS_CHUNK_BYTES_MIN;
+    for threads in [1usize, 2, 3] {
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = CountingReader {
+            inner: &input[..128 * chunk],
+            read: read.clone(),
+        };
+        let mut ahead_max = 0;
+        compress_stream(
+            reader,
+            &config(Codec::Zstd, chunk, threads),
+            StreamState::new(),
+            |c| {
+                // A slow sink: the reader and workers run as far ahead as the slots let them.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let ahead = read.load(std::sync::atomic::Ordering::SeqCst) - c.input_offset;
+                ahead_max = ahead_max.max(ahead);
+                Ok::<(), CompressError>(())
+            },
+        )
+        .unwrap();
+        let slots = 2 * threads as u64;
+        assert!(
+            ahead_max <= slots * chunk as u64,
+            "{threads} threads: read {ahead_max} bytes ahead of the sink"
+        );
+        // And the pipeline does use its slots (reads ahead), or it would not overlap anything.
+        assert!(
+            ahead_max >= 2 * chunk as u64,
+            "{threads} threads: {ahead_max}"
+        );
+    }
+}

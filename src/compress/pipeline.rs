@@ -89,6 +89,16 @@ pub struct StreamState {
     compressed_bytes: u64,
 }
 
+impl std::fmt::Debug for StreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamState")
+            .field("next_index", &self.next_index)
+            .field("uncompressed_bytes", &self.uncompressed_bytes)
+            .field("compressed_bytes", &self.compressed_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for StreamState {
     fn default() -> Self {
         Self::new()
