@@ -107,22 +107,31 @@ fn decompress(codec: Codec, bytes: &[u8]) -> Vec<u8> {
     back
 }
 
-/// Decompresses with the `gzip` / `zstd` command, or returns None if it is not installed.
-fn decompress_cli(codec: Codec, bytes: &[u8]) -> Option<Vec<u8>> {
+/// Decompresses with each installed command-line decoder of `codec` (`gzip -dc` and `pigz -dc`,
+/// which containerd uses when it is installed, or `zstd -dc`); returns what each gave.
+fn decompress_cli(codec: Codec, bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("blob");
     std::fs::write(&path, bytes).unwrap();
-    let out = match Command::new(codec.name()).arg("-dc").arg(&path).output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("running {codec}: {e}"),
+    let tools: &[&'static str] = match codec {
+        Codec::Gzip => &["gzip", "pigz"],
+        Codec::Zstd => &["zstd"],
     };
-    assert!(
-        out.status.success(),
-        "{codec} -dc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(out.stdout)
+    let mut results = Vec::new();
+    for &tool in tools {
+        let out = match Command::new(tool).arg("-dc").arg(&path).output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("running {tool}: {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "{tool} -dc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        results.push((tool, out.stdout));
+    }
+    results
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -193,8 +202,8 @@ fn round_trips_through_independent_decoders() {
             out.len()
         );
         assert!(decompress(codec, &out) == input, "{codec} round trip");
-        if let Some(back) = decompress_cli(codec, &out) {
-            assert!(back == input, "{codec} -dc round trip");
+        for (tool, back) in decompress_cli(codec, &out) {
+            assert!(back == input, "{tool} -dc round trip");
         }
     }
 }
@@ -229,8 +238,8 @@ fn incompressible_input_is_stored_and_round_trips() {
         // Overhead: stored block headers and one header/trailer per chunk, well under 0.1%.
         assert!(out.len() > input.len() && out.len() < input.len() + input.len() / 1000);
         assert!(decompress(codec, &out) == input);
-        if let Some(back) = decompress_cli(codec, &out) {
-            assert!(back == input, "{codec} -dc");
+        for (tool, back) in decompress_cli(codec, &out) {
+            assert!(back == input, "{tool} -dc");
         }
     }
 }
@@ -244,8 +253,8 @@ fn empty_input_is_one_empty_member() {
         assert_eq!(totals.uncompressed_bytes, 0);
         assert!(!out.is_empty());
         assert_eq!(decompress(codec, &out), b"");
-        if let Some(back) = decompress_cli(codec, &out) {
-            assert_eq!(back, b"");
+        for (tool, back) in decompress_cli(codec, &out) {
+            assert_eq!(back, b"", "{tool} -dc");
         }
     }
 }
@@ -454,5 +463,24 @@ fn memory_is_bounded_by_two_chunks_per_thread() {
             ahead_max >= 2 * chunk as u64,
             "{threads} threads: {ahead_max}"
         );
+    }
+}
+
+#[test]
+fn headers_carry_no_time_name_or_checksum_flag() {
+    let text = golden_text(1 << 20, 5);
+    let random = golden_random(1 << 20, 6);
+    for (input, xfl) in [(&text, 0u8), (&random, 4u8)] {
+        let mut gz = Vec::new();
+        compress_chunk(Codec::Gzip, input, &mut gz).unwrap();
+        // ID1 ID2 CM=deflate FLG=0 (no name, comment, extra) MTIME=0 XFL OS=255 (unknown).
+        assert_eq!(gz[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
+        let mut zs = Vec::new();
+        compress_chunk(Codec::Zstd, input, &mut zs).unwrap();
+        assert_eq!(zs[..4], [0x28, 0xb5, 0x2f, 0xfd]);
+        let fhd = zs[4];
+        assert_eq!(fhd & 0b100, 0, "no content checksum");
+        assert_eq!(fhd & 0b11, 0, "no dictionary id");
+        assert_ne!(fhd >> 6, 0, "content size present");
     }
 }
