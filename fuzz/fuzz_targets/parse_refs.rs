@@ -1,0 +1,30 @@
+//! Fuzzes the parsers of strings that come from users and registries: `Digest::parse` and
+//! `Platform::from_str`. Both must never panic, and what they accept must print back to a
+//! string that parses to the same value.
+//!
+//! The archive, manifest and index parsers get their own targets here when they land
+//! (`fuzz_targets/parse_manifest.rs`, `fuzz_targets/index_archive.rs`), each with a corpus
+//! directory under `fuzz/corpus/<target>/` and a `[[bin]]` entry in `fuzz/Cargo.toml`.
+#![no_main]
+
+use std::str::FromStr;
+
+use hoist::digest::Digest;
+use hoist::platform::Platform;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(d) = Digest::parse(s) {
+        // Accepted digests are canonical: printing gives back the input exactly.
+        assert_eq!(d.to_string(), s);
+        assert_eq!(Digest::parse(&d.to_string()).as_ref(), Ok(&d));
+    }
+    if let Ok(p) = Platform::from_str(s) {
+        // Normalisation is idempotent: the printed form parses to the same platform.
+        let again = Platform::from_str(&p.to_string()).expect("a printed platform parses");
+        assert_eq!(again, p);
+    }
+});

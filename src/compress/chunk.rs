@@ -1,0 +1,308 @@
+//! One chunk to one gzip member or zstd frame, with a fast path for incompressible data.
+//!
+//! # The incompressible fast path
+//! A layer of already-compressed or random bytes gains nothing from deflate, yet libdeflate at
+//! level 6 still runs its match finder over every byte. zstd's fast strategies speed up over
+//! data without matches, but still scan. What fast compressors do about it:
+//! - btrfs (`btrfs_compress_heuristic`) samples the data and judges it by byte-distribution
+//!   entropy before calling any compressor;
+//! - ZFS's zstd "early abort" tries a much cheaper compressor first and stores if it fails;
+//! - zstd and LZ4 grow their search step while no match is found.
+//!
+//! hoist does the btrfs kind of test, integer-only so it is deterministic everywhere: the chunk
+//! is cut into probe windows of about [`PROBE_WINDOW_BYTES`]; in each, [`PROBE_RUNS`] runs of
+//! [`PROBE_RUN_BYTES`] spread evenly (16 KiB, 1/32 of a full window) are sampled, and the window
+//! is judged incompressible when both
+//! - the byte collision rate `sum c(c-1) / (n(n-1))` (an unbiased estimate of `sum p^2`, i.e.
+//!   Renyi-2 entropy, a lower bound of Shannon entropy) is below `1 / PROBE_COLLISION_DIVISOR`,
+//!   meaning above ~7.9 bits per byte, so Huffman coding can gain at most ~1%; uniform random
+//!   bytes give `1/256`, 6 standard deviations away at this sample size; and
+//! - fewer than one position in [`PROBE_REPEAT_DIVISOR`] starts a 4-byte string seen earlier in
+//!   the sample (an LZ match; a small hash table, so only recent strings are remembered).
+//!
+//! Only when *every* window is judged incompressible is the chunk written without compression:
+//! stored deflate blocks in a gzip member, raw blocks in a zstd frame. A chunk with any
+//! compressible region is compressed whole, so a mixed chunk never loses ratio; data whose
+//! redundancy is invisible to the test (e.g. a high-entropy block repeated further away than the
+//! sampled runs see)
+//! is stored and loses that ratio. The decision reads only the chunk's bytes.
+
+use libdeflater::{CompressionLvl, Compressor};
+
+use super::{Codec, CompressError, GZIP_LEVEL, ZSTD_LEVEL};
+
+/// A chunk shorter than this is always compressed (cheap anyway, and too small a sample).
+pub const PROBE_MIN_BYTES: usize = 128 << 10;
+/// Probe window: each one is judged on its own sample; a chunk is cut into
+/// `max(1, len / PROBE_WINDOW_BYTES)` equal windows. A compressible island of about an eighth of
+/// a window (64 KiB) or more makes its window, and so the chunk, compressible.
+pub const PROBE_WINDOW_BYTES: usize = 512 << 10;
+/// Sampled runs per probe window.
+pub const PROBE_RUNS: usize = 8;
+/// Bytes per sampled run.
+pub const PROBE_RUN_BYTES: usize = 2 << 10;
+/// A window is incompressible only if its byte collision rate is below `1 / 240` (uniform: `1 / 256`).
+pub const PROBE_COLLISION_DIVISOR: u64 = 240;
+/// ... and if fewer than one position in 64 repeats an earlier 4-byte string of its run.
+pub const PROBE_REPEAT_DIVISOR: usize = 64;
+
+/// Largest stored deflate block (LEN is 16 bits).
+const DEFLATE_STORED_BLOCK_BYTES_MAX: usize = 65_535;
+/// Largest zstd block (`Block_Maximum_Size`).
+const ZSTD_BLOCK_BYTES_MAX: usize = 128 << 10;
+/// The gzip header libdeflate writes (no FTEXT, MTIME 0, XFL 0, OS 255 "unknown"), except that
+/// XFL is 4 ("fastest") for the stored members we write ourselves, as libdeflate level 0 does.
+const GZIP_STORED_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Compresses chunks with reusable codec contexts (libdeflate's compressor and zstd's `CCtx`
+/// cost an allocation and setup each); one per thread.
+pub struct ChunkCompressor {
+    gzip: Option<Compressor>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Default for ChunkCompressor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkCompressor {
+    pub fn new() -> Self {
+        ChunkCompressor {
+            gzip: None,
+            zstd: None,
+        }
+    }
+
+    /// Appends one independent gzip member or zstd frame holding `input` to `out`.
+    /// Returns whether the chunk was stored without compression (the incompressible path).
+    pub fn compress(
+        &mut self,
+        codec: Codec,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CompressError> {
+        let stored = looks_incompressible(input);
+        match (codec, stored) {
+            (Codec::Gzip, true) => write_gzip_stored(input, out),
+            (Codec::Zstd, true) => write_zstd_raw(input, out),
+            (Codec::Gzip, false) => self.gzip_compress(input, out)?,
+            (Codec::Zstd, false) => self.zstd_compress(input, out)?,
+        }
+        Ok(stored)
+    }
+
+    fn gzip_compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
+        let c = self.gzip.get_or_insert_with(|| {
+            Compressor::new(CompressionLvl::new(GZIP_LEVEL).expect("GZIP_LEVEL is in 0..=12"))
+        });
+        let start = out.len();
+        let bound = c.gzip_compress_bound(input.len());
+        out.resize(start + bound, 0);
+        match c.gzip_compress(input, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(CompressError::Codec {
+                    codec: Codec::Gzip,
+                    input_len: input.len(),
+                    message: format!("{e:?}"),
+                })
+            }
+        }
+    }
+
+    fn zstd_compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
+        let err = |e: std::io::Error| CompressError::Codec {
+            codec: Codec::Zstd,
+            input_len: input.len(),
+            message: e.to_string(),
+        };
+        if self.zstd.is_none() {
+            let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(err)?;
+            // Stated explicitly rather than trusting defaults: these fields change the bytes.
+            c.include_checksum(false).map_err(err)?;
+            c.include_contentsize(true).map_err(err)?;
+            c.include_dictid(false).map_err(err)?;
+            self.zstd = Some(c);
+        }
+        let c = self.zstd.as_mut().expect("set above");
+        let start = out.len();
+        out.reserve(zstd::zstd_safe::compress_bound(input.len()));
+        // The cursor makes zstd append after `start` into the spare capacity, without zeroing it.
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(start as u64);
+        match c.compress_to_buffer(input, &mut cursor) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                out.truncate(start);
+                Err(err(e))
+            }
+        }
+    }
+}
+
+/// Appends one independent gzip member or zstd frame holding `input` to `out`, with a fresh
+/// context. In a loop, keep a [`ChunkCompressor`] instead.
+pub fn compress_chunk(codec: Codec, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
+    ChunkCompressor::new()
+        .compress(codec, input, out)
+        .map(|_| ())
+}
+
+/// The deterministic incompressibility test described in the module documentation.
+pub fn looks_incompressible(input: &[u8]) -> bool {
+    if input.len() < PROBE_MIN_BYTES {
+        return false;
+    }
+    let windows = (input.len() / PROBE_WINDOW_BYTES).max(1);
+    // The last 4-byte string seen with each hash, over the whole probe: a repeat anywhere in
+    // the sample is redundancy an LZ coder can use. Zero-initialised: a run of zeros "repeats",
+    // which is right, zeros compress.
+    let mut last_seen = vec![0u32; 1 << PROBE_HASH_BITS];
+    for w in 0..windows {
+        // Windows split the chunk evenly, so the tail is spread over them, not left unsampled.
+        let w_start = w * input.len() / windows;
+        let w_len = (w + 1) * input.len() / windows - w_start;
+        let mut hist = [0u32; 256];
+        let mut repeats = 0usize;
+        for r in 0..PROBE_RUNS {
+            let r_start = w_start + r * w_len / PROBE_RUNS;
+            let run = &input[r_start..r_start + PROBE_RUN_BYTES];
+            for &b in run {
+                hist[usize::from(b)] += 1;
+            }
+            for quad in run.windows(4) {
+                let v = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+                let h = (v.wrapping_mul(0x9E37_79B1) >> (32 - PROBE_HASH_BITS)) as usize;
+                repeats += usize::from(last_seen[h] == v);
+                last_seen[h] = v;
+            }
+        }
+        let n = (PROBE_RUNS * PROBE_RUN_BYTES) as u64;
+        let collisions: u64 = hist
+            .iter()
+            .map(|&c| u64::from(c) * u64::from(c.saturating_sub(1)))
+            .sum();
+        let low_entropy = collisions * PROBE_COLLISION_DIVISOR >= n * (n - 1);
+        let repetitive = repeats * PROBE_REPEAT_DIVISOR >= PROBE_RUNS * PROBE_RUN_BYTES;
+        if low_entropy || repetitive {
+            return false;
+        }
+    }
+    true
+}
+
+/// Hash table size of the repeat probe: 4096 entries.
+const PROBE_HASH_BITS: u32 = 12;
+
+/// A gzip member of stored deflate blocks (RFC 1951 BTYPE 00), CRC-32 by libdeflate.
+fn write_gzip_stored(input: &[u8], out: &mut Vec<u8>) {
+    let blocks = input.len().div_ceil(DEFLATE_STORED_BLOCK_BYTES_MAX).max(1);
+    out.reserve(GZIP_STORED_HEADER.len() + blocks * 5 + input.len() + 8);
+    out.extend_from_slice(&GZIP_STORED_HEADER);
+    let mut rest = input;
+    loop {
+        let n = rest.len().min(DEFLATE_STORED_BLOCK_BYTES_MAX);
+        let last = n == rest.len();
+        // BFINAL, BTYPE=00, then padding to the byte boundary: one byte.
+        out.push(u8::from(last));
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        out.extend_from_slice(&(!(n as u16)).to_le_bytes());
+        out.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if last {
+            break;
+        }
+    }
+    out.extend_from_slice(&libdeflater::crc32(input).to_le_bytes());
+    // ISIZE is the input size modulo 2^32 (RFC 1952).
+    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+}
+
+/// A zstd frame of raw blocks (RFC 8878 Block_Type 0): no checksum, no dictionary id, the
+/// content size in 4 or 8 bytes, and a 128 KiB window (raw blocks never refer back).
+fn write_zstd_raw(input: &[u8], out: &mut Vec<u8>) {
+    let blocks = input.len().div_ceil(ZSTD_BLOCK_BYTES_MAX).max(1);
+    out.reserve(18 + blocks * 3 + input.len());
+    out.extend_from_slice(&ZSTD_MAGIC);
+    // Frame_Header_Descriptor: Frame_Content_Size_flag in bits 7-6 (2: 4 bytes, 3: 8 bytes),
+    // Single_Segment 0, Content_Checksum 0, Dictionary_ID_flag 0.
+    let len = input.len() as u64;
+    let fcs_4 = u32::try_from(len).is_ok();
+    out.push(if fcs_4 { 2 << 6 } else { 3 << 6 });
+    // Window_Descriptor: exponent 7 (2^(10+7) = 128 KiB), mantissa 0.
+    out.push(7 << 3);
+    if fcs_4 {
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    let mut rest = input;
+    loop {
+        let n = rest.len().min(ZSTD_BLOCK_BYTES_MAX);
+        let last = n == rest.len();
+        // Block_Header, 3 bytes little-endian: Last_Block, Block_Type 0 (raw), Block_Size.
+        let header = ((n as u32) << 3) | u32::from(last);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if last {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::testdata;
+
+    #[test]
+    fn probe_separates_random_from_text() {
+        let random = testdata::random_bytes(4 << 20, 1);
+        assert!(looks_incompressible(&random));
+        let text = testdata::text_like(4 << 20, 1);
+        assert!(!looks_incompressible(&text));
+        // A compressible island of 64 KiB in a random chunk makes it compressible.
+        let mut mixed = random.clone();
+        mixed[2 << 20..(2 << 20) + (64 << 10)].copy_from_slice(&text[..64 << 10]);
+        assert!(!looks_incompressible(&mixed));
+        // High-entropy but repetitive within a run: a 1 KiB random pattern repeated.
+        let pattern = testdata::random_bytes(1 << 10, 2);
+        let repeated: Vec<u8> = pattern.iter().copied().cycle().take(4 << 20).collect();
+        assert!(!looks_incompressible(&repeated));
+        assert!(!looks_incompressible(&random[..PROBE_MIN_BYTES - 1]));
+        assert!(looks_incompressible(&random[..PROBE_MIN_BYTES]));
+        assert!(looks_incompressible(&random[..PROBE_WINDOW_BYTES + 1]));
+        // Zeros: low entropy and repetitive.
+        assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
+    }
+
+    #[test]
+    fn stored_formats_decode() {
+        use std::io::Read;
+        for len in [0, 1, 65_535, 65_536, 200_000, 131_072, 131_073] {
+            let input = testdata::random_bytes(len, 3);
+            let mut gz = Vec::new();
+            write_gzip_stored(&input, &mut gz);
+            let mut back = Vec::new();
+            flate2::read::MultiGzDecoder::new(&gz[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, input, "gzip stored, len {len}");
+            let mut zs = Vec::new();
+            write_zstd_raw(&input, &mut zs);
+            assert_eq!(
+                zstd::decode_all(&zs[..]).unwrap(),
+                input,
+                "zstd raw, len {len}"
+            );
+        }
+    }
+}

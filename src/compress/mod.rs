@@ -1,0 +1,172 @@
+//! Deterministic, chunked, parallel gzip / zstd compression of uncompressed layer tars.
+//!
+//! # Format
+//! The input is cut into fixed chunks of `chunk_bytes` (chunk `i` is input bytes
+//! `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so a boundary depends on nothing but the chunk
+//! size). Each chunk becomes one independent gzip **member** ([`Codec::Gzip`]) or one zstd
+//! **frame** ([`Codec::Zstd`]); the blob is their concatenation. Concatenated members and frames
+//! are valid streams: Go's `gzip.Reader` (containerd, docker, registry tools), GNU gzip, flate2's
+//! `MultiGzDecoder` and `zstd -d` all read them. An empty input gives one empty member or frame,
+//! because a zero-byte blob is not a valid gzip or zstd stream.
+//!
+//! # Determinism
+//! **Architecture Invariant:** same input, codec and chunk size give the same bytes, on any
+//! number of threads and after any resume. What makes it hold:
+//! - fixed levels ([`GZIP_LEVEL`], [`ZSTD_LEVEL`]); the codec crates are pinned to exact
+//!   versions in `Cargo.toml` and [`CODEC_VERSIONS`] is checked by a test;
+//! - gzip headers come from libdeflate (MTIME 0, no name, OS 255) or from [`chunk`] (the same);
+//! - zstd frames have no checksum and no dictionary id, the content size is written, and
+//!   libzstd's worker threads are never used (the `zstdmt` feature is off);
+//! - the incompressible-chunk test ([`chunk::looks_incompressible`]) is integer-only and reads
+//!   only the chunk's bytes;
+//! - the parallel driver only changes *where* a chunk is compressed, never how.
+//!
+//! # Layout
+//! - [`chunk`]: one chunk to one member / frame, and the incompressible-data fast path.
+//! - [`pipeline`]: the bounded, ordered, parallel driver with running digests and resume.
+//! - [`testdata`]: deterministic text-like and random inputs for benchmarks and examples.
+
+pub mod chunk;
+pub mod pipeline;
+pub mod testdata;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use chunk::{ChunkCompressor, compress_chunk};
+pub use pipeline::{ChunkOut, CompressConfig, StreamState, Totals, compress_stream};
+
+/// Default input bytes per chunk: 4 MiB.
+///
+/// Why 4 MiB: the ratio loss of restarting the codec at each chunk is small at this size
+/// (deflate's window is only 32 KiB; zstd level 3 loses matches across the edge, measured in
+/// `docs/COMPRESSION.md`), a 1 GiB layer still gives 256 chunks to spread over the threads, a
+/// crash redoes at most `2 * threads` chunks, and memory stays at about
+/// `2 * threads * 2 * chunk_bytes` (32 MiB on two threads).
+pub const COMPRESS_CHUNK_BYTES_DEFAULT: usize = 4 << 20;
+/// Smallest accepted chunk size; below it the per-member overhead and restarts hurt the ratio.
+pub const COMPRESS_CHUNK_BYTES_MIN: usize = 64 << 10;
+/// Largest accepted chunk size; it bounds memory (`4 * threads * chunk_bytes`).
+pub const COMPRESS_CHUNK_BYTES_MAX: usize = 256 << 20;
+/// Most compression threads one stream may use.
+pub const COMPRESS_THREADS_MAX: usize = 64;
+
+/// libdeflate level for gzip members. 6 is gzip's own default and, measured on the text-like
+/// sample (`docs/COMPRESSION.md`), the knee: level 9 costs far more time for a few percent.
+pub const GZIP_LEVEL: i32 = 6;
+/// zstd level: 3, zstd's default and what `zstd -3` / skopeo use.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// The codec library versions the golden digests were recorded with. A different libzstd
+/// (e.g. `ZSTD_SYS_USE_PKG_CONFIG` linking the system one) would change the bytes.
+pub const CODEC_VERSIONS: CodecVersions = CodecVersions {
+    libzstd: 10507,
+    libdeflater_crate: "1.26.1",
+};
+
+/// See [`CODEC_VERSIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodecVersions {
+    /// `ZSTD_versionNumber()`: major * 10000 + minor * 100 + patch.
+    pub libzstd: u32,
+    /// The `libdeflater` crate version, which pins the bundled libdeflate.
+    pub libdeflater_crate: &'static str,
+}
+
+/// The linked libzstd's version number (`ZSTD_versionNumber()`).
+pub fn libzstd_version() -> u32 {
+    zstd::zstd_safe::version_number()
+}
+
+/// A layer compression codec.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// gzip members, deflate by libdeflate.
+    Gzip,
+    /// zstd frames, libzstd.
+    Zstd,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A codec name that hoist does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("compression {0:?} is not supported: use gzip or zstd")]
+pub struct UnknownCodec(pub String);
+
+impl FromStr for Codec {
+    type Err = UnknownCodec;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            _ => Err(UnknownCodec(s.to_string())),
+        }
+    }
+}
+
+/// Why compressing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error("reading the input to compress failed: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("{codec} compression of a {input_len}-byte chunk failed: {message}")]
+    Codec {
+        codec: Codec,
+        input_len: usize,
+        message: String,
+    },
+    #[error(
+        "chunk size {0} bytes is out of range: use {min}..={max}",
+        min = COMPRESS_CHUNK_BYTES_MIN,
+        max = COMPRESS_CHUNK_BYTES_MAX
+    )]
+    ChunkSize(usize),
+    #[error("thread count {0} is out of range: use 1..={max}", max = COMPRESS_THREADS_MAX)]
+    Threads(usize),
+    #[error(
+        "cannot resume at chunk {index}: the input prefix has {got} bytes, {expected} expected; \
+         restart the compression from chunk 0"
+    )]
+    ResumePrefix { index: u64, expected: u64, got: u64 },
+    #[error("a compression thread failed: {0}; this is a bug in hoist, please report it")]
+    Thread(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_names_round_trip() {
+        for c in [Codec::Gzip, Codec::Zstd] {
+            assert_eq!(c.to_string().parse::<Codec>().unwrap(), c);
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{c}\""));
+            assert_eq!(serde_json::from_str::<Codec>(&json).unwrap(), c);
+        }
+        assert!("GZIP".parse::<Codec>().is_err());
+        assert!("xz".parse::<Codec>().is_err());
+    }
+
+    #[test]
+    fn linked_libzstd_is_the_pinned_one() {
+        assert_eq!(libzstd_version(), CODEC_VERSIONS.libzstd);
+    }
+}
