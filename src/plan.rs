@@ -42,39 +42,7 @@ use crate::source::{
 /// ECR refuses images with more layers than this (`Limit on number of layers per image exceeded`).
 pub const LAYERS_MAX: usize = 127;
 
-// The codec enum belongs to `hoist::compress` (written on another branch, with the same
-// variants, serde names, Display and FromStr). Until the branches meet, plan.rs carries a
-// copy; at the merge, replace this block with `pub use crate::compress::Codec;`.
-/// The codec used for layers hoist compresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    Gzip,
-    Zstd,
-}
-
-impl std::fmt::Display for Codec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Codec::Gzip => "gzip",
-            Codec::Zstd => "zstd",
-        })
-    }
-}
-
-impl std::str::FromStr for Codec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "gzip" => Ok(Codec::Gzip),
-            "zstd" => Ok(Codec::Zstd),
-            other => Err(format!(
-                "compression {other:?} is not supported: use gzip or zstd"
-            )),
-        }
-    }
-}
-// (end of the block to replace)
+pub use crate::compress::Codec;
 
 /// The layer compression a codec produces.
 fn codec_compression(codec: Codec) -> Compression {

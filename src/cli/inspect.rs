@@ -23,7 +23,7 @@ pub async fn run(
     let opts = InspectOptions {
         plan: PlanOptions {
             platform,
-            compression: compression.parse().map_err(anyhow::Error::msg)?,
+            compression: compression.parse()?,
             ..PlanOptions::default()
         },
         elf_census,
