@@ -36,7 +36,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
 cleanup() {
-  [ -n "$HOISTD_PID" ] && kill -9 "$HOISTD_PID" 2>/dev/null || true
+  [ -n "$HOISTD_PID" ] && kill -9 "$(daemon_pid)" "$HOISTD_PID" 2>/dev/null || true
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -116,8 +116,10 @@ start_hoistd() {
   HOISTD_PID=$!
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 }
+# hoistd runs under /usr/bin/time: signals go to hoistd itself, the child of that process.
+daemon_pid() { pgrep -P "$HOISTD_PID" -x hoistd || echo "$HOISTD_PID"; }
 stop_hoistd() { # returns "cpu_s maxrss_kib" of the daemon
-  kill -TERM "$HOISTD_PID" 2>/dev/null || true
+  kill -TERM "$(daemon_pid)" 2>/dev/null || true
   wait "$HOISTD_PID" 2>/dev/null || true
   HOISTD_PID=""
   read -r u s m < "$WORK/time.hoistd"
@@ -169,24 +171,8 @@ start_registry
 start_hoistd
 t0=$(now)
 JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
-python3 - "$SOCK" "$JOB" <<'PY'
-# Wait until the job has sent half of its bytes, reading its status over the socket.
-import json, socket, sys, time
-sock, job = sys.argv[1], sys.argv[2]
-def get(path):
-    s = socket.socket(socket.AF_UNIX); s.connect(sock)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: hoist\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while chunk := s.recv(65536): data += chunk
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
-while True:
-    j = get(f"/v1/jobs/{job}")
-    p = j.get("progress", {})
-    total, sent = p.get("total_bytes") or 0, p.get("sent_bytes") or 0
-    if j.get("state") in ("done", "failed") or (total and sent * 2 >= total): break
-    time.sleep(0.05)
-PY
-kill -9 "$HOISTD_PID"; wait "$HOISTD_PID" 2>/dev/null || true
+python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
+kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
 /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
   "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" >>"$WORK/hoistd.log" 2>&1 &
 HOISTD_PID=$!
