@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib.sh
 
 RUNS=3
 RANDOM_MIB=1024
@@ -48,41 +49,11 @@ echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text
 skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
 rm -rf "$WORK/oci-tar"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # A fresh registry (empty storage) for every measured run, so no run profits from another.
-start_registry() {
+fresh_registry() {
   stop_registry
   rm -rf "$WORK/registry"
-  mkdir -p "$WORK/registry/storage"
-  PORT=$(free_port)
-  cat > "$WORK/registry/config.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/storage
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-http:
-  addr: 127.0.0.1:$PORT
-  secret: hoist-bench
-YAML
-  docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 1 100); do
-    python3 - "$PORT" <<'PY' 2>/dev/null && break
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
-PY
-    sleep 0.1
-  done
-  REG="127.0.0.1:$PORT"
+  start_registry "$WORK/registry"
 }
 stop_registry() {
   if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""; fi
@@ -142,13 +113,13 @@ run_hoist() { # CASE SOURCE [extra args]
 for run in $(seq 1 "$RUNS"); do
   echo "bench: run $run of $RUNS" >&2
   for tool in hoist skopeo; do
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist archive-gzip "docker-archive:$WORK/image.tar"
     else run_skopeo archive-gzip "docker-archive:$WORK/image.tar"; fi
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist archive-zstd "docker-archive:$WORK/image.tar" --compression zstd
     else run_skopeo archive-zstd "docker-archive:$WORK/image.tar" --dest-compress-format zstd; fi
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist oci-gzip "oci:$WORK/oci-gzip"
     else run_skopeo oci-gzip "oci:$WORK/oci-gzip"; fi
   done
@@ -156,7 +127,7 @@ done
 
 # Re-push of the same image to a new tag in the same repository: nothing recompressed or re-sent.
 echo "bench: re-push to a new tag" >&2
-start_registry
+fresh_registry
 start_hoistd
 "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:one" >/dev/null
 t0=$(now)
@@ -167,7 +138,7 @@ record repush hoist "$(calc "$t1 - $t0")" 0 0
 
 # kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
 echo "bench: kill -9 at 50 % and resume" >&2
-start_registry
+fresh_registry
 start_hoistd
 t0=$(now)
 JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)

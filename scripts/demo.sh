@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib.sh
 RANDOM_MIB=192
 TEXT_MIB=128
 KEEP=0
@@ -39,33 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$PORT
-say "starting a local registry on $REG"
-mkdir -p "$WORK/registry"
-cat > "$WORK/registry/config.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/storage
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-http:
-  addr: $REG
-  secret: hoist-demo
-YAML
-docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 1 100); do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://$REG/v2/', timeout=1)" 2>/dev/null && break
-  sleep 0.1
-done
+say "starting a local registry"
+start_registry "$WORK/registry"
+echo "registry at $REG"
 
 say "generating a sample image: ${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text, as a docker save archive"
 sample_image "$WORK/layout" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB"
