@@ -36,51 +36,45 @@ done
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# measure NAME FILE CMD...: runs CMD (stdout to a file), prints "seconds output_bytes".
+# hoist's rows run the example binary: `run CODEC THREADS /dev/stdin /dev/stdout` compresses
+# with the full pipeline (read, SHA-256 of input and output, compress, write).
+# measure FILE CMD...: runs CMD RUNS times with stdin FILE and stdout to a file in /dev/shm;
+# prints "wall_seconds cpu_seconds output_bytes" (medians). CPU seconds (user + sys) are less
+# disturbed than wall time by other work on the machine.
 measure() {
-  local file=$2; shift 2
-  local times=() out=$OUT_DIR/out
+  local file=$1; shift
+  local walls=() cpus=() out=$OUT_DIR/out tf=$OUT_DIR/time
   for _ in $(seq "$RUNS"); do
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" <"$file" >"$out"
-    t1=$(date +%s.%N)
-    times+=("$(echo "$t1 - $t0" | bc -l)")
+    /usr/bin/time -f '%e %U %S' -o "$tf" "$@" <"$file" >"$out" 2>>"$OUT_DIR/stderr"
+    read -r wall user sys <"$tf"
+    walls+=("$wall")
+    cpus+=("$(echo "$user + $sys" | bc -l)")
   done
-  echo "$(printf '%s\n' "${times[@]}" | median) $(stat -c %s "$out")"
+  echo "$(printf '%s\n' "${walls[@]}" | median) $(printf '%s\n' "${cpus[@]}" | median) $(stat -c %s "$out")"
 }
 
-hoist_run() { # codec threads file
-  local times=() bytes=0 line
-  for _ in $(seq "$RUNS"); do
-    line=$("$BIN" run "$1" "$2" "$3" "$OUT_DIR/out")
-    times+=("${line%% *}")
-    bytes=$(echo "$line" | cut -d' ' -f2)
-  done
-  echo "$(printf '%s\n' "${times[@]}" | median) $bytes"
-}
-
-row() { # tool kind "seconds bytes"
-  local secs=${3% *} bytes=${3#* }
-  printf '| %s | %s | %.0f | %.3f | %.2f |\n' "$1" "$2" \
-    "$(echo "$SIZE / 1000000 / $secs" | bc -l)" "$(echo "$SIZE / $bytes" | bc -l)" "$secs"
+row() { # tool kind "wall cpu bytes"
+  local wall cpu bytes
+  read -r wall cpu bytes <<<"$3"
+  printf '| %s | %s | %.0f | %.2f | %.2f | %.3f |\n' "$1" "$2" \
+    "$(echo "$SIZE / 1000000 / $wall" | bc -l)" "$wall" "$cpu" "$(echo "$SIZE / $bytes" | bc -l)"
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 table=$(
-  echo "| tool | data | MB/s | ratio | seconds |"
-  echo "| --- | --- | ---: | ---: | ---: |"
+  echo "| tool | data | MB/s (wall) | wall s | CPU s | ratio |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: |"
   for kind in text rootfs random; do
     f=$DATA/$kind.bin
-    row "gzip -6" "$kind" "$(measure x "$f" gzip -6 -c)"
-    row "pigz -6 -p 1" "$kind" "$(measure x "$f" pigz -6 -p 1 -c)"
-    row "pigz -6 -p 2" "$kind" "$(measure x "$f" pigz -6 -p 2 -c)"
-    row "hoist gzip, 1 thread" "$kind" "$(hoist_run gzip 1 "$f")"
-    row "hoist gzip, 2 threads" "$kind" "$(hoist_run gzip 2 "$f")"
-    row "zstd -3 -T1" "$kind" "$(measure x "$f" zstd -q -3 -T1 -c)"
-    row "zstd -3 -T2" "$kind" "$(measure x "$f" zstd -q -3 -T2 -c)"
-    row "hoist zstd, 1 thread" "$kind" "$(hoist_run zstd 1 "$f")"
-    row "hoist zstd, 2 threads" "$kind" "$(hoist_run zstd 2 "$f")"
+    row "gzip -6" "$kind" "$(measure "$f" gzip -6 -c)"
+    row "pigz -6 -p 1" "$kind" "$(measure "$f" pigz -6 -p 1 -c)"
+    row "pigz -6 -p 2" "$kind" "$(measure "$f" pigz -6 -p 2 -c)"
+    row "hoist gzip, 1 thread" "$kind" "$(measure "$f" "$BIN" run gzip 1 /dev/stdin /dev/stdout)"
+    row "hoist gzip, 2 threads" "$kind" "$(measure "$f" "$BIN" run gzip 2 /dev/stdin /dev/stdout)"
+    row "zstd -3 -T1" "$kind" "$(measure "$f" zstd -q -3 -T1 -c)"
+    row "zstd -3 -T2" "$kind" "$(measure "$f" zstd -q -3 -T2 -c)"
+    row "hoist zstd, 1 thread" "$kind" "$(measure "$f" "$BIN" run zstd 1 /dev/stdin /dev/stdout)"
+    row "hoist zstd, 2 threads" "$kind" "$(measure "$f" "$BIN" run zstd 2 /dev/stdin /dev/stdout)"
   done
 )
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -105,7 +99,9 @@ libzstd 1.5.7 level 3, 4 MiB chunks.
 
 Data: 256 MiB each of text-like (\`testdata::text_like\`), random (\`testdata::random_bytes\`),
 and rootfs (the first 256 MiB of \`tar -c --sort=name /usr/bin /usr/lib /usr/share\` on this
-machine: a realistic layer, but it differs between machines), read from the page cache; median of $RUNS runs; MB/s is input megabytes (10^6) per wall second.
+machine: a realistic layer, but it differs between machines), read from the page cache, output to /dev/shm; median of $RUNS runs; MB/s is input megabytes
+(10^6) per wall second; CPU s is user + system time, which other work on the machine disturbs
+less than wall time.
 hoist's times include SHA-256 of the input and of the output (the diff_id and blob digest),
 which the command-line tools do not compute. On random data hoist's probe stores every chunk
 (stored deflate blocks, raw zstd blocks), so its time is mostly the two SHA-256 passes.
