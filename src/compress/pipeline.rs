@@ -39,7 +39,9 @@ pub struct CompressConfig {
     /// Input bytes per chunk, in `COMPRESS_CHUNK_BYTES_MIN..=COMPRESS_CHUNK_BYTES_MAX`. Part of
     /// the output's identity: a different chunk size gives different bytes.
     pub chunk_bytes: usize,
-    /// Compression threads, in `1..=COMPRESS_THREADS_MAX`. Does not change the output.
+    /// Compression threads, in `1..=COMPRESS_THREADS_MAX`. Does not change the output. A stream
+    /// also uses one reader thread (read + SHA-256 of the input) and the calling thread
+    /// (SHA-256 of the output + the sink), so hashing overlaps compression even on one thread.
     pub threads: usize,
 }
 
