@@ -222,6 +222,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
                     path,
                     avail: rx,
                     known: spool::index_lookup(ctx, &name),
+                    index_name: name,
                     skip,
                 }
             }
@@ -269,18 +270,22 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
         match r {
             Ok(done) => results[i] = Some((key, done)),
             // A failure wins over a stop; the first failure is the one reported.
-            Err(e) => match (&first_error, &e) {
-                (None, _) | (Some(JobError::Stopped), JobError::Failed { .. }) => {
+            Err(e) => {
+                let failed = matches!(e, JobError::Failed { .. });
+                if first_error.is_none() || (failed && first_error == Some(JobError::Stopped)) {
                     first_error = Some(e);
-                    // The other uploads end where they are (their last acknowledged chunk
-                    // is persisted); the compressor stops at its next chunk.
+                }
+                if failed {
+                    // The other uploads end where they are (their last acknowledged chunk is
+                    // persisted); the compressor stops at its next chunk. On a stop they end
+                    // by themselves at their next chunk boundary, so a cancel's cleanup never
+                    // races with a part still in flight.
                     tasks.abort_all();
                     for s in &skips {
                         s.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
-                _ => {}
-            },
+            }
         }
     }
     // Wait for the compressor so nothing writes the spool after we return.

@@ -51,6 +51,8 @@ pub enum Bytesrc {
         avail: watch::Receiver<Avail>,
         /// The digest an earlier push recorded for the same layer, to check before compressing.
         known: Option<CompressedLayer>,
+        /// The layer's name in the spool index (looked up again after waiting for another job).
+        index_name: String,
         skip: Arc<AtomicBool>,
     },
 }
@@ -104,6 +106,13 @@ impl Uploader {
         // finds it present (HEAD) instead of sending it again.
         let lock = self.shared.inflight_lock(self.client.host(), &blob.key);
         let _guard = lock.lock().await;
+        // Another job may have compressed and pushed the same layer meanwhile.
+        let known = match (&known, &blob.src) {
+            (None, Bytesrc::Spool { index_name, .. }) => {
+                super::spool::index_lookup(ctx, index_name)
+            }
+            _ => known,
+        };
         if let Some(k) = &known
             && self.present_or_mounted(&blob.key, k).await?
         {
