@@ -284,3 +284,42 @@ async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
     assert!(reason.contains("source changed"), "{reason}");
     assert!(!tag_exists(registry.addr, "swap/img", "1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_restart_mid_push_is_waited_for_and_the_job_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = TestRegistry::start();
+    let source = archive(dir.path(), 36, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/restart/img:1", registry.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.state == JobState::Uploading && j.bytes_uploaded() > 0
+    })
+    .await;
+    registry.stop();
+    // The job says what it waits for.
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "waiting for network", |j| {
+        j.state.is_final()
+            || j.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("waiting for network"))
+    })
+    .await;
+    assert_eq!(job.state, JobState::Uploading, "{job:?}");
+    registry.start_again();
+    let job = wait_done(&client, &id).await;
+    assert_eq!(
+        pull_back(
+            &registry.host(),
+            "restart/img:1",
+            &dir.path().join("pulled")
+        ),
+        job.manifest_digest.unwrap()
+    );
+}

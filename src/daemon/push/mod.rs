@@ -54,6 +54,9 @@ type BlobKey = (String, Digest);
 pub struct Shared {
     inflight: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
     pushed_to: Mutex<HashMap<BlobKey, String>>,
+    /// One layer is compressed at a time daemon-wide: the compressor's buffers are the
+    /// largest memory of a push (`4 * threads * chunk`), and it already uses every core.
+    compressing: Arc<Mutex<()>>,
 }
 
 impl Shared {
@@ -238,7 +241,8 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
     let compressor = {
         let ctx = ctx.clone();
         let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &spool_layers))
+        let gate = shared.compressing.clone();
+        tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
     };
     let uploader = Arc::new(Uploader {
         ctx: ctx.clone(),

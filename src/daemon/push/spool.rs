@@ -129,14 +129,26 @@ impl From<CompressError> for SinkError {
 }
 
 /// Compresses `layers` one after the other into the spool (blocking: run on a blocking
-/// thread). Each layer's watch channel follows its progress. Stops at the first error, which
+/// thread), each while holding `gate` (one compression at a time daemon-wide). Each layer's watch channel follows its progress. Stops at the first error, which
 /// is also sent to every layer not done.
-pub fn run(ctx: &JobContext, rt: &tokio::runtime::Handle, layers: &[SpoolLayer]) {
+pub fn run(
+    ctx: &JobContext,
+    rt: &tokio::runtime::Handle,
+    gate: &std::sync::Mutex<()>,
+    layers: &[SpoolLayer],
+) {
     for (i, l) in layers.iter().enumerate() {
         if l.skip.load(Ordering::Relaxed) {
             continue;
         }
-        if let Err(e) = compress_layer(ctx, rt, l) {
+        // A poisoned gate only means another compressor panicked: the gate holds no data.
+        let _turn = gate.lock().unwrap_or_else(|p| p.into_inner());
+        let result = if ctx.is_stop_requested() {
+            Err(JobError::Stopped)
+        } else {
+            compress_layer(ctx, rt, l)
+        };
+        if let Err(e) = result {
             for rest in &layers[i..] {
                 rest.tx.send_modify(|a| a.error = Some(e.clone()));
             }

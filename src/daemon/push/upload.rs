@@ -206,19 +206,26 @@ impl Uploader {
         }
         let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(16));
         let delay = Duration::from_millis(exp.min(RETRY_DELAY_MS_MAX));
+        let secs = delay.as_secs().max(1);
         self.ctx
             .retrying(
                 what,
                 format!(
-                    "waiting for network, retry in {} s (attempt {attempts} of {BLOB_ATTEMPTS_MAX}): {e}",
-                    delay.as_secs().max(1)
+                    "waiting for network, retry in {secs} s (attempt {attempts} of {BLOB_ATTEMPTS_MAX}): {e}"
                 ),
             )
             .await;
-        tokio::select! {
+        self.ctx
+            .waiting(Some(format!(
+                "waiting for network, retry in {secs} s: {what}: {e}"
+            )))
+            .await;
+        let r = tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
             () = self.ctx.stop_requested() => Err(JobError::Stopped),
-        }
+        };
+        self.ctx.waiting(None).await;
+        r
     }
 
     async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
