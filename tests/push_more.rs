@@ -323,3 +323,45 @@ async fn a_registry_restart_mid_push_is_waited_for_and_the_job_completes() {
         job.manifest_digest.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the_spool_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestRegistry::start();
+    let second = TestRegistry::start();
+    let source = archive(dir.path(), 37, 16);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let a = client
+        .submit(&request(
+            &source,
+            &format!("{}/cache/img:1", first.host()),
+            Compression::Zstd,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let ja = wait_done(&client, &a).await;
+    assert!(ja.blobs.iter().any(|b| b.compressed_chunks > 0));
+    let b = client
+        .submit(&request(
+            &source,
+            &format!("{}/cache/img:1", second.host()),
+            Compression::Zstd,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let jb = wait_done(&client, &b).await;
+    assert_eq!(jb.manifest_digest, ja.manifest_digest);
+    // Nothing was compressed again: every layer came from the cache.
+    assert!(
+        jb.blobs.iter().all(|b| b.compressed_chunks == 0),
+        "{:?}",
+        jb.blobs
+    );
+    assert_eq!(
+        pull_back(&second.host(), "cache/img:1", &dir.path().join("pulled")),
+        jb.manifest_digest.unwrap()
+    );
+}

@@ -189,6 +189,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
     let record_of =
         |d: &Digest| -> Option<BlobRecord> { records.iter().find(|r| &r.digest == d).cloned() };
     let mut spool_layers = Vec::new();
+    let mut spool_names = Vec::new();
     let mut jobs = vec![BlobJob {
         key: plan.config.digest.clone(),
         record: record_of(&plan.config.digest),
@@ -213,10 +214,25 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
                 let (tx, rx) = watch::channel(Avail::default());
                 let skip = Arc::new(AtomicBool::new(false));
                 let path = ctx.spool_dir().join(&name);
+                let mut record = record_of(&key);
+                // Compressed by an earlier push: take its file instead of compressing again.
+                let fresh = record
+                    .as_ref()
+                    .is_none_or(|r| r.pushed.is_none() && r.chunks_done == 0);
+                if fresh && let Some(c) = spool::take_cached(ctx, &name, &path) {
+                    ctx.blob_compressed(&key, c.digest.clone(), c.size).await?;
+                    if let Some(r) = record.as_mut() {
+                        r.pushed = Some(crate::store::Pushed {
+                            digest: c.digest,
+                            size_bytes: c.size,
+                        });
+                    }
+                }
+                spool_names.push(name.clone());
                 spool_layers.push(SpoolLayer {
                     layer: layer.clone(),
                     codec,
-                    record: record_of(&key),
+                    record,
                     path: path.clone(),
                     tx,
                     skip: skip.clone(),
@@ -309,6 +325,8 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
         commit::check_census(&plan, &census)?;
     }
     let digest = commit::commit(ctx, &client, &target, &plan, &compressed).await?;
+    // The scheduler removes the job's spool once it is done: keep the compressed layers.
+    spool::keep_in_cache(ctx, &spool_names);
     Ok(JobOutput {
         manifest_digest: digest,
     })

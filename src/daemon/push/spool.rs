@@ -10,7 +10,12 @@
 //!
 //! A small index (`<spool root>/index/`) remembers, per layer identity, the digest and size the
 //! compression produced, so a later push of the same layer can ask the registry whether it has
-//! the blob before compressing it again. The data itself goes with the job (see `gc`).
+//! the blob before compressing it again.
+//!
+//! When a job finishes, its compressed files move to `<spool root>/cache/` (same names), kept
+//! up to [`SPOOL_CACHE_BYTES_MAX`], oldest out first; a later job needing the same layer takes
+//! the file back instead of compressing (the registry checks the digest at the final PUT).
+//! A cancelled or deleted job's spool is removed with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -36,6 +41,60 @@ pub const SPOOL_CHUNK_BYTES: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
 pub const COMPRESS_THREADS_MAX: usize = 2;
 /// Index entries kept at most; the oldest are removed beyond it.
 pub const SPOOL_INDEX_ENTRIES_MAX: usize = 4096;
+
+/// Compressed layers kept for later pushes, in bytes; the oldest go first beyond it.
+pub const SPOOL_CACHE_BYTES_MAX: u64 = 4 << 30;
+
+fn cache_dir(ctx: &JobContext) -> PathBuf {
+    ctx.spool_dir()
+        .parent()
+        .unwrap_or(ctx.spool_dir())
+        .join("cache")
+}
+
+/// Takes a cached compressed layer into the job's spool when the cache holds one whose size
+/// matches the index; returns its digest and size.
+pub fn take_cached(ctx: &JobContext, name: &str, dest: &Path) -> Option<CompressedLayer> {
+    let known = index_lookup(ctx, name)?;
+    let cached = cache_dir(ctx).join(name);
+    if std::fs::metadata(&cached).ok()?.len() != known.size {
+        return None;
+    }
+    std::fs::rename(&cached, dest).ok()?;
+    Some(known)
+}
+
+/// Moves a finished job's compressed layers into the cache, then trims the cache to
+/// [`SPOOL_CACHE_BYTES_MAX`] (oldest first).
+pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
+    let dir = cache_dir(ctx);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for name in names {
+        let _ = std::fs::rename(ctx.spool_dir().join(name), dir.join(name));
+    }
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    for (_, len, path) in files {
+        if total <= SPOOL_CACHE_BYTES_MAX {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
 
 /// How far a layer's compression is, as the uploads see it.
 #[derive(Debug, Clone, Default)]
