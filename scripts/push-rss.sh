@@ -1,12 +1,13 @@
 #!/bin/sh
 # Measures hoistd's peak RSS (VmHWM) and the wall time of one push to a local registry.
-#   scripts/push-rss.sh SOURCE [CHUNK] [COMPRESSION]
+#   scripts/push-rss.sh SOURCE [CHUNK] [COMPRESSION] [EXTRA_PUSH_FLAGS]
 # Needs docker-registry, and hoist/hoistd in $HOIST_BIN_DIR (default target/debug).
 # Prints: peak RSS in KiB, seconds, bytes pushed, MB/s.
 set -eu
 src=$1
 chunk=${2:-16MiB}
 compression=${3:-gzip}
+extra=${4:-}
 bin=${HOIST_BIN_DIR:-target/debug}
 work=$(mktemp -d)
 trap 'kill $reg $daemon 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -31,7 +32,7 @@ daemon=$!
 sleep 1
 start=$(date +%s.%N)
 "$bin/hoist" --socket "$work/hoist.sock" push --no-autostart --insecure --chunk-size "$chunk" \
-    --compression "$compression" --detach "$src" "127.0.0.1:$port/rss/img:1" >"$work/id"
+    --compression "$compression" $extra --detach "$src" "127.0.0.1:$port/rss/img:1" >"$work/id"
 id=$(cat "$work/id")
 hwm=0
 while :; do
