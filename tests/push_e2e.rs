@@ -86,3 +86,52 @@ async fn docker_archive_is_compressed_with_gzip_and_pushed() {
 async fn docker_archive_is_compressed_with_zstd_and_pushed() {
     push_docker_archive(Compression::Zstd).await;
 }
+
+/// Uploading a layer starts while it is still being compressed: the event log shows an
+/// acknowledged part of the layer before its last compressed chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_uploads_while_it_is_compressed() {
+    use hoist::api::EventKind;
+    use hoist::sample::{LayerContent, LayerSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let mut spec = image_spec(13, 0, SampleCompression::None);
+    spec.layers = vec![LayerSpec::new(
+        LayerContent::Text(64 << 20),
+        SampleCompression::None,
+    )];
+    let oci = dir.path().join("img");
+    write_oci(&oci, &spec);
+    let source = write_docker_archive(&oci, &dir.path().join("img.tar"));
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/e2e/pipe:1", registry.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_done(&client, &id).await;
+    let layer = job.blobs[1].digest.clone();
+    let (mut first_part, mut last_chunk) = (None, None);
+    let mut stream = client.events(&id, 0, false).await.unwrap();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        match ev.kind {
+            EventKind::Progress {
+                digest,
+                offset_bytes,
+                ..
+            } if digest == layer && offset_bytes > 0 && first_part.is_none() => {
+                first_part = Some(ev.seq)
+            }
+            EventKind::Compress { digest, .. } if digest == layer => last_chunk = Some(ev.seq),
+            _ => {}
+        }
+    }
+    let (first_part, last_chunk) = (first_part.unwrap(), last_chunk.unwrap());
+    assert!(
+        first_part < last_chunk,
+        "the first part was acknowledged (event {first_part}) only after compression ended (event {last_chunk})"
+    );
+}
