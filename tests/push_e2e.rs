@@ -40,6 +40,18 @@ async fn oci_layout_with_gzip_layers_is_pushed_byte_for_byte() {
     let pulled = pull_back(&host, "e2e/oci:1", &dir.path().join("pulled"));
     assert_eq!(pulled, img.manifest);
     verify(&host, "e2e/oci:1", &img.manifest).await;
+    // And `hoist verify` as a user runs it.
+    let out = std::process::Command::new(daemon_support::hoist_bin())
+        .args(["verify", &target])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&img.manifest.to_string()), "{text}");
 }
 
 async fn push_docker_archive(compression: Compression) {

@@ -43,8 +43,15 @@ pub async fn plan_job(ctx: &JobContext) -> Result<PushPlan, JobError> {
 /// [`plan_job`], also returning what earlier runs recorded for every blob (plan order:
 /// config first, then the layers).
 pub async fn plan_job_records(ctx: &JobContext) -> Result<(PushPlan, Vec<BlobRecord>), JobError> {
+    let plan = build_plan(ctx).await?;
+    let records = record_plan(ctx, &plan).await?;
+    Ok((plan, records))
+}
+
+/// Opens the job's source and plans the push, off the async runtime; records nothing.
+pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
-    let plan = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
         let opts = PlanOptions {
             platform: spec.platform.clone(),
@@ -59,7 +66,12 @@ pub async fn plan_job_records(ctx: &JobContext) -> Result<(PushPlan, Vec<BlobRec
             "internal error: planning stopped abnormally ({e}): report this as a bug"
         ))
     })?
-    .map_err(JobError::failed)?;
+    .map_err(JobError::failed)
+}
+
+/// Records the plan's blobs through the context, reports its warnings, and returns what
+/// earlier runs recorded for every blob.
+pub async fn record_plan(ctx: &JobContext, plan: &PushPlan) -> Result<Vec<BlobRecord>, JobError> {
     let mut blobs = vec![NewBlob {
         digest: plan.config.digest.clone(),
         size_bytes: plan.config.size,
@@ -79,5 +91,5 @@ pub async fn plan_job_records(ctx: &JobContext) -> Result<(PushPlan, Vec<BlobRec
     for warning in &plan.warnings {
         ctx.warning(warning.clone()).await;
     }
-    Ok((plan, records))
+    Ok(records)
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::job::{JobBody, JobContext, JobError, JobFuture, JobOutput};
-use super::prepare::plan_job_records;
+use super::prepare::{build_plan, record_plan};
 use crate::api::JobState;
 use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
@@ -157,9 +157,11 @@ async fn cleanup_if_cancelled(ctx: &JobContext) {
 }
 
 async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobError> {
-    let (plan, records) = plan_job_records(ctx).await?;
-    let plan = Arc::new(plan);
+    let plan = build_plan(ctx).await?;
+    // Before anything is recorded: a swapped source must not change the job's plan.
     identity::check(ctx, &plan)?;
+    let records = record_plan(ctx, &plan).await?;
+    let plan = Arc::new(plan);
     let (target, client) = target_of(ctx)?;
     let repository = target.repository.clone();
     client
