@@ -78,12 +78,15 @@ run_skopeo() { # CASE SOURCE [extra args]
   record "$case" skopeo "$(calc "$t1 - $t0")" "$(calc "$u + $s")" "$m"
 }
 
+# hoistd refuses to run as root unless told to.
+ALLOW_ROOT=()
+[ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
 start_hoistd() {
   local state=$WORK/hoist-state
   rm -rf "$state"; mkdir -p "$state"
   SOCK=$state/hoist.sock
   /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
-    "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" >"$WORK/hoistd.log" 2>&1 &
+    "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" "${ALLOW_ROOT[@]}" >"$WORK/hoistd.log" 2>&1 &
   HOISTD_PID=$!
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 }
@@ -145,7 +148,7 @@ JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive
 python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
 kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
 /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
-  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" >>"$WORK/hoistd.log" 2>&1 &
+  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
 HOISTD_PID=$!
 for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 "$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null

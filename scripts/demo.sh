@@ -55,8 +55,11 @@ hoist inspect "$WORK/app.tar"
 
 STATE=$WORK/state
 SOCK=$WORK/hoist.sock
+# hoistd refuses to run as root unless told to (the demo may run as root in a container).
+ALLOW_ROOT=()
+[ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
 start_daemon() {
-  hoistd --socket "$SOCK" --state-dir "$STATE" >>"$WORK/hoistd.log" 2>&1 &
+  hoistd --socket "$SOCK" --state-dir "$STATE" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 }

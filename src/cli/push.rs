@@ -33,6 +33,7 @@ pub async fn run(
         chunk_size_bytes: args.chunk_size,
         options: JobOptions {
             insecure: args.insecure,
+            allow_arch_mismatch: args.allow_arch_mismatch,
         },
     };
     let mut interrupt = follow::Interrupt::catch()?;

@@ -356,6 +356,19 @@ impl JobContext {
         .await;
     }
 
+    /// Says what the job is waiting for (e.g. `waiting for network, retry in 20 s`), shown as
+    /// the job's reason while it runs; `None` when it no longer waits.
+    pub async fn waiting(&self, reason: Option<String>) {
+        let _ = self
+            .scheduler
+            .send(Event::Waiting {
+                id: self.id.clone(),
+                generation: self.generation,
+                reason,
+            })
+            .await;
+    }
+
     /// Sends an event to the scheduler, which persists and broadcasts it. Dropped silently
     /// when the scheduler is gone (the daemon is stopping).
     async fn emit(&self, kind: EventKind) {

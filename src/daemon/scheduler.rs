@@ -80,6 +80,12 @@ pub enum Event {
         generation: u64,
         kind: EventKind,
     },
+    /// What a running job waits for (`None`: no longer waiting): shown as its `reason`.
+    Waiting {
+        id: JobId,
+        generation: u64,
+        reason: Option<String>,
+    },
     /// A job task ended.
     Finished {
         id: JobId,
@@ -237,6 +243,20 @@ impl Scheduler {
                     .is_some_and(|r| r.generation == generation)
                 {
                     self.emit(&id, kind).await;
+                }
+            }
+            Event::Waiting {
+                id,
+                generation,
+                reason,
+            } => {
+                if self.is_current(&id, generation)
+                    && let Ok(job) = self.store.job(id.clone()).await
+                    && job.state.is_running()
+                    && job.reason != reason
+                    && let Err(e) = self.set_state(&id, job.state, reason, None).await
+                {
+                    warn!(job = %id, error = %e, "cannot record what the job waits for");
                 }
             }
             Event::Finished {

@@ -92,6 +92,7 @@ pub use error::{RegistryError, RegistryErrorBody, TransportKind, redact_url, red
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
 pub use reference::{ImageRef, Reference, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, retry, retry_if};
+pub use transport::{FILE_PIECE_BYTES, FileRange};
 pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
