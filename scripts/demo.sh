@@ -45,7 +45,7 @@ start_registry "$WORK/registry"
 echo "registry at $REG"
 
 say "generating a sample image: ${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text, as a docker save archive"
-sample_image "$WORK/layout" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB"
+"$BIN/examples/sample_image" "$WORK/layout" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB"
 skopeo copy -q --insecure-policy "oci:$WORK/layout" "docker-archive:$WORK/app.tar:demo/app:latest"
 rm -rf "$WORK/layout"
 ls -lh "$WORK/app.tar"
@@ -70,7 +70,7 @@ TARGET=$REG/demo/app:v1
 say "hoist push $WORK/app.tar $TARGET (detached, so we can pull the plug)"
 JOB=$(hoist --socket "$SOCK" push --no-autostart --detach "$WORK/app.tar" "$TARGET" | tail -n 1)
 echo "job $JOB"
-hoist --socket "$SOCK" watch "$JOB" &
+hoist --socket "$SOCK" watch "$JOB" 2>/dev/null &
 WATCH_PID=$!
 REACHED=$(python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.4 120)
 say "kill -9 hoistd at $(python3 -c "print(round($REACHED * 100))") % uploaded"
