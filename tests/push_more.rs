@@ -365,3 +365,42 @@ async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the
         jb.manifest_digest.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let source = archive(dir.path(), 38, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/paused/img:1", proxy.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= CHUNK
+    })
+    .await;
+    client.control(&id, "pause").await.unwrap();
+    wait_for(&client, &id, PUSH_MS_MAX, "paused", |j| {
+        j.state == JobState::Paused
+    })
+    .await;
+    // Paused at a chunk boundary: its sessions stay open for the resume.
+    assert!(!open_sessions(&registry.storage()).is_empty());
+    client.delete(&id).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !open_sessions(&registry.storage()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions left open: {:?}",
+            open_sessions(&registry.storage())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!daemon.state_dir.join("spool").join(id.as_str()).exists());
+}
