@@ -105,7 +105,23 @@ impl Uploader {
         // Two jobs pushing the same blob to the same registry: the second waits here, then
         // finds it present (HEAD) instead of sending it again.
         let lock = self.shared.inflight_lock(self.client.host(), &blob.key);
-        let _guard = lock.lock().await;
+        let _guard = match lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                ctx.waiting(Some(format!(
+                    "waiting for another job that uploads blob {} to {}",
+                    blob.key.short(),
+                    self.client.host()
+                )))
+                .await;
+                let g = tokio::select! {
+                    g = lock.lock() => g,
+                    () = ctx.stop_requested() => return Err(JobError::Stopped),
+                };
+                ctx.waiting(None).await;
+                g
+            }
+        };
         // Another job may have compressed and pushed the same layer meanwhile.
         let known = match (&known, &blob.src) {
             (None, Bytesrc::Spool { index_name, .. }) => {
