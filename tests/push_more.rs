@@ -242,7 +242,7 @@ async fn arm64_binaries_in_an_amd64_image_fail_before_the_commit_unless_allowed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
+async fn a_symlink_is_resolved_at_submission_and_a_replaced_file_fails_the_job_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
     let proxy = EcrProxy::start(registry.addr).await;
@@ -266,6 +266,10 @@ async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
         .await
         .unwrap()
         .id;
+    // The job names the file the link pointed at when it was submitted.
+    let job = client.job(&id).await.unwrap();
+    let canonical = format!("docker-archive:{}", real.canonicalize().unwrap().display());
+    assert_eq!(job.spec.source, canonical);
     wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.state == JobState::Uploading
     })
@@ -275,8 +279,8 @@ async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
         j.state == JobState::Paused
     })
     .await;
-    std::fs::remove_file(&link).unwrap();
-    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    // The file itself is replaced (a new inode at the same path).
+    std::fs::rename(&copy, &real).unwrap();
     client.control(&id, "resume").await.unwrap();
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Failed, "{job:?}");
