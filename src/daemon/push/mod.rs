@@ -198,7 +198,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
                 .map(|l| {
                     crate::inspect::layer_census(l).map_err(|e| {
                         JobError::failed(format!(
-                            "cannot read layer {} for the ELF check: {e}",
+                            "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
                             l.source.location.name
                         ))
                     })

@@ -73,8 +73,11 @@ pub struct Uploader {
     pub shared: Arc<Shared>,
 }
 
+/// A permanent registry error: one line with the registry's answer and what to do next.
 fn reg_failed(what: &str, e: &RegistryError) -> JobError {
-    JobError::failed(format!("{what}: {e}"))
+    JobError::failed(format!(
+        "{what}: {e}; fix the cause, then `hoist retry` the job (it resumes where it stopped)"
+    ))
 }
 
 impl Uploader {
@@ -391,10 +394,7 @@ impl Uploader {
             return self.new_session(key).await;
         }
         if !e.is_retryable() {
-            return Err(JobError::failed(format!(
-                "{what} for blob {}: {e}",
-                key.short()
-            )));
+            return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));
         }
         *attempts += 1;
         self.wait_before_retry(what, &e, *attempts).await?;
