@@ -408,3 +408,48 @@ async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
     }
     assert!(!daemon.state_dir.join("spool").join(id.as_str()).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.immutable_tags.store(true, Ordering::SeqCst);
+    let (img, source) = write_oci(
+        &dir.path().join("img"),
+        &image_spec(39, 8, SampleCompression::Gzip),
+    );
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/immutable/img:1", proxy.host());
+    for _ in 0..2 {
+        // The second push meets its own tag, as a rerun after a crash right after the PUT.
+        let id = client
+            .submit(&request(&source, &target, Compression::Gzip))
+            .await
+            .unwrap()
+            .id;
+        let job = wait_done(&client, &id).await;
+        assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
+    }
+    let log = proxy.log();
+    let puts = log
+        .iter()
+        .filter(|l| l.starts_with("PUT /v2/immutable/img/manifests/"))
+        .count();
+    assert_eq!(puts, 2, "{log:?}");
+    // Another image is still refused on that tag.
+    let (_, other) = write_oci(
+        &dir.path().join("other"),
+        &image_spec(40, 8, SampleCompression::Gzip),
+    );
+    let id = client
+        .submit(&request(&other, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed);
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("immutable"), "{reason}");
+}
