@@ -242,7 +242,7 @@ async fn arm64_binaries_in_an_amd64_image_fail_before_the_commit_unless_allowed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
+async fn a_symlink_is_resolved_at_submission_and_a_replaced_file_fails_the_job_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
     let proxy = EcrProxy::start(registry.addr).await;
@@ -266,6 +266,10 @@ async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
         .await
         .unwrap()
         .id;
+    // The job names the file the link pointed at when it was submitted.
+    let job = client.job(&id).await.unwrap();
+    let canonical = format!("docker-archive:{}", real.canonicalize().unwrap().display());
+    assert_eq!(job.spec.source, canonical);
     wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.state == JobState::Uploading
     })
@@ -275,8 +279,8 @@ async fn a_source_swapped_behind_a_symlink_fails_the_job_on_resume() {
         j.state == JobState::Paused
     })
     .await;
-    std::fs::remove_file(&link).unwrap();
-    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    // The file itself is replaced (a new inode at the same path).
+    std::fs::rename(&copy, &real).unwrap();
     client.control(&id, "resume").await.unwrap();
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -364,4 +368,88 @@ async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the
         pull_back(&second.host(), "cache/img:1", &dir.path().join("pulled")),
         jb.manifest_digest.unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let source = archive(dir.path(), 38, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/paused/img:1", proxy.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= CHUNK
+    })
+    .await;
+    client.control(&id, "pause").await.unwrap();
+    wait_for(&client, &id, PUSH_MS_MAX, "paused", |j| {
+        j.state == JobState::Paused
+    })
+    .await;
+    // Paused at a chunk boundary: its sessions stay open for the resume.
+    assert!(!open_sessions(&registry.storage()).is_empty());
+    client.delete(&id).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !open_sessions(&registry.storage()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions left open: {:?}",
+            open_sessions(&registry.storage())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!daemon.state_dir.join("spool").join(id.as_str()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.immutable_tags.store(true, Ordering::SeqCst);
+    let (img, source) = write_oci(
+        &dir.path().join("img"),
+        &image_spec(39, 8, SampleCompression::Gzip),
+    );
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/immutable/img:1", proxy.host());
+    for _ in 0..2 {
+        // The second push meets its own tag, as a rerun after a crash right after the PUT.
+        let id = client
+            .submit(&request(&source, &target, Compression::Gzip))
+            .await
+            .unwrap()
+            .id;
+        let job = wait_done(&client, &id).await;
+        assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
+    }
+    let log = proxy.log();
+    let puts = log
+        .iter()
+        .filter(|l| l.starts_with("PUT /v2/immutable/img/manifests/"))
+        .count();
+    assert_eq!(puts, 2, "{log:?}");
+    // Another image is still refused on that tag.
+    let (_, other) = write_oci(
+        &dir.path().join("other"),
+        &image_spec(40, 8, SampleCompression::Gzip),
+    );
+    let id = client
+        .submit(&request(&other, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed);
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("immutable"), "{reason}");
 }

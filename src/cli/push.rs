@@ -26,7 +26,11 @@ pub async fn run(
         autostart::start(client, state_dir).await?;
     }
     let request = SubmitRequest {
-        source: args.source,
+        // The daemon has another working directory: send an absolute path.
+        source: crate::daemon::push::identity::map_source_path(&args.source, |p| {
+            std::path::absolute(p)
+        })
+        .unwrap_or(args.source),
         target: args.target,
         platform: Some(args.platform),
         compression: Some(args.compression),

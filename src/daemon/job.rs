@@ -86,7 +86,17 @@ pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, JobError>> + 
 /// The work of one push; see the module documentation for the contract.
 pub trait JobBody: Send + Sync + 'static {
     fn run(&self, ctx: JobContext) -> JobFuture;
+
+    /// Called when a job that is not running is deleted, with the upload sessions it left
+    /// open (a failed job keeps them for a retry): release them. The job and its spool are
+    /// gone already; this runs in the background and must not fail.
+    fn discard(&self, _spec: JobSpec, _cursors: Vec<CursorRecord>) -> DiscardFuture {
+        Box::pin(async {})
+    }
 }
+
+/// The future [`JobBody::discard`] returns.
+pub type DiscardFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a finished push produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

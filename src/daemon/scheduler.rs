@@ -428,8 +428,19 @@ impl Scheduler {
                     )));
                 }
                 self.stop(&id);
+                let cursors: Vec<_> = self
+                    .store
+                    .blobs(id.clone())
+                    .await
+                    .map(|bs| bs.into_iter().filter_map(|b| b.cursor).collect())
+                    .unwrap_or_default();
+                let spec = self.store.job(id.clone()).await?.spec;
                 self.store.delete_job(id.clone()).await?;
                 self.remove_spool(&id);
+                if !cursors.is_empty() {
+                    // Off the loop: the registry may be slow or unreachable.
+                    tokio::spawn(self.config.body.discard(spec, cursors));
+                }
                 // Followers of the job end here; nothing is persisted, the log went with the job.
                 let _ = self.events.send(api::Event {
                     seq: 0,

@@ -57,7 +57,7 @@ pub async fn commit(
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
     ctx.enter(JobState::Committing).await?;
-    let digest = client
+    let digest = match client
         .put_manifest(
             &target.repository,
             &target.reference.to_string(),
@@ -65,7 +65,24 @@ pub async fn commit(
             bytes::Bytes::from(manifest.bytes.clone()),
         )
         .await
-        .map_err(|e| JobError::failed(format!("committing the manifest: {e}")))?;
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // A rerun after a crash between the PUT and its answer meets its own tag, which
+            // an immutable repository (ECR) refuses to write again: that is success.
+            match client
+                .get_manifest(&target.repository, &target.reference)
+                .await
+            {
+                Ok((_, _, found)) if found == manifest.digest => found,
+                _ => {
+                    return Err(JobError::failed(format!(
+                        "committing the manifest: {e}; fix the cause, then `hoist retry` the job"
+                    )));
+                }
+            }
+        }
+    };
     if digest != manifest.digest {
         return Err(JobError::failed(format!(
             "the registry stored the manifest as {digest}, not {}: report this as a bug",

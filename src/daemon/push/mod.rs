@@ -33,13 +33,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::job::{JobBody, JobContext, JobError, JobFuture, JobOutput};
+use super::job::{DiscardFuture, JobBody, JobContext, JobError, JobFuture, JobOutput};
 use super::prepare::{build_plan, record_plan};
-use crate::api::JobState;
+use crate::api::{JobSpec, JobState};
 use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, UploadCursor};
-use crate::store::BlobRecord;
+use crate::store::{BlobRecord, CursorRecord};
 use spool::{Avail, SpoolLayer};
 use upload::{BlobJob, Bytesrc, Uploader};
 
@@ -110,10 +110,31 @@ impl JobBody for PushBody {
             result
         })
     }
+
+    fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) -> DiscardFuture {
+        Box::pin(async move {
+            let Ok((_, client)) = target_of(&spec) else {
+                return;
+            };
+            delete_sessions(&client, cursors).await;
+        })
+    }
 }
 
-fn target_of(ctx: &JobContext) -> Result<(ImageRef, RegistryClient), JobError> {
-    let spec = ctx.spec();
+/// DELETEs upload sessions; a failure is logged (the registry expires sessions eventually).
+async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
+    for c in cursors {
+        let cursor = UploadCursor {
+            session_url: c.session_url,
+            offset: c.offset_bytes,
+        };
+        if let Err(e) = client.cancel_upload(&cursor).await {
+            tracing::warn!(error = %e, "cannot delete an upload session of a cancelled or deleted job");
+        }
+    }
+}
+
+fn target_of(spec: &JobSpec) -> Result<(ImageRef, RegistryClient), JobError> {
     let target = ImageRef::parse(&spec.target)
         .map_err(|e| JobError::failed(format!("target {}: {e}", spec.target)))?;
     let client = RegistryClient::new(
@@ -138,20 +159,18 @@ async fn cleanup_if_cancelled(ctx: &JobContext) {
     if !cancelled {
         return;
     }
-    if let (Ok(blobs), Ok((_, client))) = (ctx.store.blobs(ctx.id().clone()).await, target_of(ctx))
-    {
+    if let (Ok(blobs), Ok((_, client))) = (
+        ctx.store.blobs(ctx.id().clone()).await,
+        target_of(ctx.spec()),
+    ) {
+        let mut cursors = Vec::new();
         for b in blobs {
             if let Some(c) = b.cursor {
-                let cursor = UploadCursor {
-                    session_url: c.session_url,
-                    offset: c.offset_bytes,
-                };
-                if let Err(e) = client.cancel_upload(&cursor).await {
-                    tracing::warn!(job = %ctx.id(), error = %e, "cannot delete an upload session of a cancelled job");
-                }
+                cursors.push(c);
                 let _ = ctx.store.clear_cursor(ctx.id().clone(), b.digest).await;
             }
         }
+        delete_sessions(&client, cursors).await;
     }
     spool::clear(ctx.spool_dir());
 }
@@ -162,7 +181,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
     identity::check(ctx, &plan)?;
     let records = record_plan(ctx, &plan).await?;
     let plan = Arc::new(plan);
-    let (target, client) = target_of(ctx)?;
+    let (target, client) = target_of(ctx.spec())?;
     let repository = target.repository.clone();
     client
         .check_repository(&repository)
@@ -179,7 +198,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
                 .map(|l| {
                     crate::inspect::layer_census(l).map_err(|e| {
                         JobError::failed(format!(
-                            "cannot read layer {} for the ELF check: {e}",
+                            "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
                             l.source.location.name
                         ))
                     })

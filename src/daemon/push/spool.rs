@@ -201,7 +201,17 @@ pub fn run(
             continue;
         }
         // A poisoned gate only means another compressor panicked: the gate holds no data.
-        let _turn = gate.lock().unwrap_or_else(|p| p.into_inner());
+        let _turn = match gate.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                rt.block_on(ctx.waiting(Some(
+                    "waiting for another job's compression to finish (one layer is compressed at a time)".into(),
+                )));
+                let g = gate.lock().unwrap_or_else(|p| p.into_inner());
+                rt.block_on(ctx.waiting(None));
+                g
+            }
+        };
         let result = if ctx.is_stop_requested() {
             Err(JobError::Stopped)
         } else {

@@ -73,8 +73,11 @@ pub struct Uploader {
     pub shared: Arc<Shared>,
 }
 
+/// A permanent registry error: one line with the registry's answer and what to do next.
 fn reg_failed(what: &str, e: &RegistryError) -> JobError {
-    JobError::failed(format!("{what}: {e}"))
+    JobError::failed(format!(
+        "{what}: {e}; fix the cause, then `hoist retry` the job (it resumes where it stopped)"
+    ))
 }
 
 impl Uploader {
@@ -105,7 +108,23 @@ impl Uploader {
         // Two jobs pushing the same blob to the same registry: the second waits here, then
         // finds it present (HEAD) instead of sending it again.
         let lock = self.shared.inflight_lock(self.client.host(), &blob.key);
-        let _guard = lock.lock().await;
+        let _guard = match lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                ctx.waiting(Some(format!(
+                    "waiting for another job that uploads blob {} to {}",
+                    blob.key.short(),
+                    self.client.host()
+                )))
+                .await;
+                let g = tokio::select! {
+                    g = lock.lock() => g,
+                    () = ctx.stop_requested() => return Err(JobError::Stopped),
+                };
+                ctx.waiting(None).await;
+                g
+            }
+        };
         // Another job may have compressed and pushed the same layer meanwhile.
         let known = match (&known, &blob.src) {
             (None, Bytesrc::Spool { index_name, .. }) => {
@@ -375,10 +394,7 @@ impl Uploader {
             return self.new_session(key).await;
         }
         if !e.is_retryable() {
-            return Err(JobError::failed(format!(
-                "{what} for blob {}: {e}",
-                key.short()
-            )));
+            return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));
         }
         *attempts += 1;
         self.wait_before_retry(what, &e, *attempts).await?;
