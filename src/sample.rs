@@ -31,6 +31,8 @@ pub enum LayerContent {
     /// `count` small ELF executables whose header says `e_machine` = `machine`
     /// (0x3e x86-64, 0xb7 aarch64, ...), for the ELF census.
     Elf { machine: u16, count: usize },
+    /// Copies of files from this machine (e.g. real binaries), as `usr/bin/<file name>`.
+    HostFiles(Vec<PathBuf>),
 }
 
 /// How a sample layer blob is stored in the layout.
@@ -373,6 +375,16 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
                 let n = 64 + rng.next() % 512;
                 let h = tar_header(&format!("files/{index}/file-{j}.txt"), n)?;
                 b.append(&h, Generator::new(rng.next(), n, true))?;
+            }
+        }
+        LayerContent::HostFiles(paths) => {
+            for path in paths {
+                let data = fs::read(path)?;
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+                let mut h = tar_header(&format!("usr/bin/{name}"), data.len() as u64)?;
+                h.set_mode(0o755);
+                h.set_cksum();
+                b.append(&h, data.as_slice())?;
             }
         }
         LayerContent::Elf { machine, count } => {

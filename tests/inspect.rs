@@ -13,7 +13,17 @@ fn image(
     layers: Vec<LayerContent>,
     compression: SampleCompression,
 ) -> SourceRef {
+    image_for(dir, layers, compression, Platform::linux_amd64())
+}
+
+fn image_for(
+    dir: &std::path::Path,
+    layers: Vec<LayerContent>,
+    compression: SampleCompression,
+    platform: Platform,
+) -> SourceRef {
     let spec = SampleSpec {
+        platform,
         layers: layers
             .into_iter()
             .map(|c| LayerSpec::new(c, compression))
@@ -131,4 +141,49 @@ fn images_without_binaries_pass_and_json_is_complete() {
     assert_eq!(json["layers"].as_array().unwrap().len(), 2);
     assert_eq!(json["layers"][0]["action"]["kind"], "compress");
     assert_eq!(json["elf"][0]["by_arch"], serde_json::json!({}));
+}
+
+/// Real binaries of this machine (x86-64): a dynamically linked one and a static-pie one, in an
+/// image whose config says linux/arm64 (the reverse of the story in seed/).
+#[test]
+fn real_amd64_binaries_in_an_arm64_image_are_caught() {
+    let real = [
+        std::path::PathBuf::from("/bin/true"),
+        "/sbin/ldconfig".into(),
+    ];
+    assert!(
+        real.iter().all(|p| p.exists()),
+        "Debian ships /bin/true and /sbin/ldconfig"
+    );
+    let arm64: Platform = "linux/arm64".parse().unwrap();
+    let mut opts = census_opts();
+    opts.plan.platform = arm64.clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = image_for(
+        dir.path(),
+        vec![LayerContent::HostFiles(real.to_vec())],
+        SampleCompression::Gzip,
+        arm64.clone(),
+    );
+    let msg = inspect(&src, &opts).unwrap().arch_mismatch.expect("caught");
+    assert!(
+        msg.starts_with("config says linux/arm64 but 2 of 2 ELF files in layer 1 are x86-64: the image was built for linux/amd64; rebuild with --platform linux/arm64"),
+        "{msg}"
+    );
+
+    // One static binary is the whole image: it decides (it is what would fail to exec).
+    let dir = tempfile::tempdir().unwrap();
+    let src = image_for(
+        dir.path(),
+        vec![LayerContent::HostFiles(vec![real[1].clone()])],
+        SampleCompression::None,
+        arm64,
+    );
+    let report = inspect(&src, &opts).unwrap();
+    assert_eq!(
+        report.elf.as_ref().unwrap()[0].by_arch.get("amd64"),
+        Some(&1)
+    );
+    assert!(report.arch_mismatch.is_some());
 }
