@@ -4,5 +4,6 @@
 mod bad_input;
 mod helpers;
 mod kinds;
+mod outside;
 mod platforms;
 mod props;
