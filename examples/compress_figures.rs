@@ -3,7 +3,8 @@
 //! ```text
 //! compress_figures generate text|random BYTES PATH     write deterministic sample data
 //! compress_figures run gzip|zstd THREADS PATH [OUT]    compress PATH (read + sha256 x2 +
-//!                                                      compress), print "seconds bytes stored"
+//!                                                      compress [+ write OUT]); print
+//!                                                      "seconds bytes stored chunks" on stderr
 //! compress_figures survey PATH                         markdown rows: gzip levels, chunk sizes
 //! ```
 
@@ -72,7 +73,7 @@ fn run(codec: Codec, threads: usize, path: &str, out: Option<&str>) {
     })
     .expect("compress");
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    eprintln!(
         "{secs:.3} {} {} {}",
         totals.compressed_bytes, totals.stored_chunks, totals.chunks
     );
@@ -100,7 +101,7 @@ fn survey(path: &str) {
         let setting = format!("level {level}, 4 MiB chunks");
         row(&name, "libdeflate gzip", &setting, data.len(), total, start);
     }
-    for chunk_mib in [1usize, 4, 16] {
+    for chunk_mib in [1usize, 4, 8, 16] {
         let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
         let start = Instant::now();
         let mut total = 0;

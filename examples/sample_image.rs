@@ -29,6 +29,10 @@ struct Args {
     gzip: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write the text and the random layer this many times each (different content), e.g.
+    /// to have several large layers upload in parallel.
+    #[arg(long, default_value_t = 1)]
+    copies: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,17 +49,19 @@ fn main() -> anyhow::Result<()> {
             compression,
         ));
     }
-    if args.text_mib > 0 {
-        layers.push(LayerSpec::new(
-            LayerContent::Text(args.text_mib << 20),
-            compression,
-        ));
-    }
-    if args.random_mib > 0 {
-        layers.push(LayerSpec::new(
-            LayerContent::Random(args.random_mib << 20),
-            compression,
-        ));
+    for _ in 0..args.copies.max(1) {
+        if args.text_mib > 0 {
+            layers.push(LayerSpec::new(
+                LayerContent::Text(args.text_mib << 20),
+                compression,
+            ));
+        }
+        if args.random_mib > 0 {
+            layers.push(LayerSpec::new(
+                LayerContent::Random(args.random_mib << 20),
+                compression,
+            ));
+        }
     }
     let spec = SampleSpec {
         seed: args.seed,

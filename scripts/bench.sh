@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib.sh
 
 RUNS=3
 RANDOM_MIB=1024
@@ -36,7 +37,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
 cleanup() {
-  [ -n "$HOISTD_PID" ] && kill -9 "$HOISTD_PID" 2>/dev/null || true
+  [ -n "$HOISTD_PID" ] && kill -9 "$(daemon_pid)" "$HOISTD_PID" 2>/dev/null || true
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -48,41 +49,11 @@ echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text
 skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
 rm -rf "$WORK/oci-tar"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # A fresh registry (empty storage) for every measured run, so no run profits from another.
-start_registry() {
+fresh_registry() {
   stop_registry
   rm -rf "$WORK/registry"
-  mkdir -p "$WORK/registry/storage"
-  PORT=$(free_port)
-  cat > "$WORK/registry/config.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/storage
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-http:
-  addr: 127.0.0.1:$PORT
-  secret: hoist-bench
-YAML
-  docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 1 100); do
-    python3 - "$PORT" <<'PY' 2>/dev/null && break
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
-PY
-    sleep 0.1
-  done
-  REG="127.0.0.1:$PORT"
+  start_registry "$WORK/registry"
 }
 stop_registry() {
   if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""; fi
@@ -107,17 +78,22 @@ run_skopeo() { # CASE SOURCE [extra args]
   record "$case" skopeo "$(calc "$t1 - $t0")" "$(calc "$u + $s")" "$m"
 }
 
+# hoistd refuses to run as root unless told to.
+ALLOW_ROOT=()
+[ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
 start_hoistd() {
   local state=$WORK/hoist-state
   rm -rf "$state"; mkdir -p "$state"
   SOCK=$state/hoist.sock
   /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
-    "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" >"$WORK/hoistd.log" 2>&1 &
+    "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" "${ALLOW_ROOT[@]}" >"$WORK/hoistd.log" 2>&1 &
   HOISTD_PID=$!
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 }
+# hoistd runs under /usr/bin/time: signals go to hoistd itself, the child of that process.
+daemon_pid() { pgrep -P "$HOISTD_PID" -x hoistd || echo "$HOISTD_PID"; }
 stop_hoistd() { # returns "cpu_s maxrss_kib" of the daemon
-  kill -TERM "$HOISTD_PID" 2>/dev/null || true
+  kill -TERM "$(daemon_pid)" 2>/dev/null || true
   wait "$HOISTD_PID" 2>/dev/null || true
   HOISTD_PID=""
   read -r u s m < "$WORK/time.hoistd"
@@ -140,13 +116,13 @@ run_hoist() { # CASE SOURCE [extra args]
 for run in $(seq 1 "$RUNS"); do
   echo "bench: run $run of $RUNS" >&2
   for tool in hoist skopeo; do
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist archive-gzip "docker-archive:$WORK/image.tar"
     else run_skopeo archive-gzip "docker-archive:$WORK/image.tar"; fi
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist archive-zstd "docker-archive:$WORK/image.tar" --compression zstd
     else run_skopeo archive-zstd "docker-archive:$WORK/image.tar" --dest-compress-format zstd; fi
-    start_registry
+    fresh_registry
     if [ $tool = hoist ]; then run_hoist oci-gzip "oci:$WORK/oci-gzip"
     else run_skopeo oci-gzip "oci:$WORK/oci-gzip"; fi
   done
@@ -154,7 +130,7 @@ done
 
 # Re-push of the same image to a new tag in the same repository: nothing recompressed or re-sent.
 echo "bench: re-push to a new tag" >&2
-start_registry
+fresh_registry
 start_hoistd
 "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:one" >/dev/null
 t0=$(now)
@@ -165,30 +141,14 @@ record repush hoist "$(calc "$t1 - $t0")" 0 0
 
 # kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
 echo "bench: kill -9 at 50 % and resume" >&2
-start_registry
+fresh_registry
 start_hoistd
 t0=$(now)
 JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
-python3 - "$SOCK" "$JOB" <<'PY'
-# Wait until the job has sent half of its bytes, reading its status over the socket.
-import json, socket, sys, time
-sock, job = sys.argv[1], sys.argv[2]
-def get(path):
-    s = socket.socket(socket.AF_UNIX); s.connect(sock)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: hoist\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while chunk := s.recv(65536): data += chunk
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
-while True:
-    j = get(f"/v1/jobs/{job}")
-    p = j.get("progress", {})
-    total, sent = p.get("total_bytes") or 0, p.get("sent_bytes") or 0
-    if j.get("state") in ("done", "failed") or (total and sent * 2 >= total): break
-    time.sleep(0.05)
-PY
-kill -9 "$HOISTD_PID"; wait "$HOISTD_PID" 2>/dev/null || true
+python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
+kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
 /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
-  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" >>"$WORK/hoistd.log" 2>&1 &
+  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
 HOISTD_PID=$!
 for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 "$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null

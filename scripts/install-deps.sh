@@ -17,6 +17,9 @@ have zstd || need+=(zstd)
 have systemd-analyze || need+=(systemd)
 have systemd-socket-activate || need+=(systemd)
 have setpriv || need+=(util-linux)
+have pgrep || need+=(procps)
+have python3 || need+=(python3)
+have /usr/bin/time || need+=(time)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

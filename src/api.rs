@@ -284,6 +284,10 @@ impl FromStr for Compression {
 pub struct JobOptions {
     /// Talk plain HTTP to the registry (test registries on loopback).
     pub insecure: bool,
+    /// Push even when most ELF binaries in the layers are for another architecture than the
+    /// config declares (issue 8); by default the job fails before the manifest commit.
+    #[serde(default)]
+    pub allow_arch_mismatch: bool,
 }
 
 /// `POST /v1/jobs` body: what to push where. Absent fields take the documented defaults.

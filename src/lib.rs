@@ -14,6 +14,8 @@
 //! - [`cli`]: the `hoist` command's subcommands (the binaries stay thin).
 
 pub mod api;
+pub mod bandwidth;
+pub mod chunk_size;
 pub mod cli;
 pub mod compress;
 pub mod daemon;

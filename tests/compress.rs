@@ -86,6 +86,7 @@ fn compress_all(input: &[u8], cfg: &CompressConfig) -> (Vec<u8>, Vec<ChunkRecord
     let mut out = Vec::new();
     let mut chunks = Vec::new();
     let totals = compress_stream(input, cfg, StreamState::new(), |c: ChunkOut<'_>| {
+        assert_eq!(c.output_offset, out.len() as u64);
         chunks.push((c.index, c.input_offset, c.input_len, c.stored));
         out.extend_from_slice(c.bytes);
         Ok::<(), CompressError>(())
@@ -290,6 +291,7 @@ fn resume_at_any_chunk_gives_the_same_stream() {
             let mut out = kept.clone();
             let resumed = compress_stream(rest_input, &cfg, state, |c: ChunkOut<'_>| {
                 assert!(c.index >= k);
+                assert_eq!(c.output_offset, out.len() as u64);
                 out.extend_from_slice(c.bytes);
                 Ok::<(), CompressError>(())
             })

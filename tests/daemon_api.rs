@@ -10,7 +10,6 @@ use daemon_support::*;
 use hoist::api::{self, EventKind, JobState};
 use hoist::cli::client::ClientError;
 use hoist::daemon::Config;
-use hoist::daemon::prepare::NOT_WIRED_REASON;
 use http::{Method, StatusCode};
 
 /// `(METHOD, path)` pairs of `proto/openapi.yaml`: path keys at indent 2 under `paths:`,
@@ -351,7 +350,7 @@ async fn jobs_beyond_the_running_limit_wait_in_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_production_body_plans_for_real_then_says_uploads_are_not_wired() {
+async fn the_production_body_plans_for_real_then_refuses_a_bad_target() {
     let dir = tempfile::tempdir().unwrap();
     let source = sample_source(dir.path());
     let sample = hoist::sample::write_oci_layout(
@@ -361,9 +360,12 @@ async fn the_production_body_plans_for_real_then_says_uploads_are_not_wired() {
     .unwrap();
     let daemon = TestDaemon::start_with(dir.path(), Config::default());
     let client = daemon.client();
-    let id = client.submit(&submit_request(&source)).await.unwrap().id;
+    let id = client.submit(&bad_target(&source)).await.unwrap().id;
     let job = wait_state(&client, &id, JobState::Failed).await;
-    assert_eq!(job.reason.as_deref(), Some(NOT_WIRED_REASON));
+    assert!(
+        job.reason.as_deref().unwrap().contains("Not-Valid"),
+        "{job:?}"
+    );
     assert!(job.manifest_digest.is_none());
     // The real plan: the config as is, then every (uncompressed) layer to compress, keyed by
     // its diff_id.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use daemon_support::*;
 use hoist::api::{self, JobState};
 use hoist::cli::client::Client;
-use hoist::daemon::prepare::NOT_WIRED_REASON;
 
 fn hoist(socket: &Path, args: &[&str]) -> Output {
     Command::new(hoist_bin())
@@ -230,7 +229,12 @@ async fn push_starts_a_daemon_when_none_answers() {
         .arg(&socket)
         .arg("--state-dir")
         .arg(&state)
-        .args(["push", &sample_source(dir.path()), "r/a:1"])
+        // An invalid repository name: the job plans, then fails at once without a network.
+        .args([
+            "push",
+            &sample_source(dir.path()),
+            "127.0.0.1:1/r/Not-Valid:1",
+        ])
         // The tests run as root; a real user needs no such flag.
         .env("HOIST_ALLOW_ROOT", "true")
         .stdin(Stdio::null())
@@ -243,11 +247,11 @@ async fn push_starts_a_daemon_when_none_answers() {
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    // The pipeline is not wired in this build: the job fails, and the CLI says so.
+    // The job fails on the target, and the CLI says so.
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("starting") && err.contains(NOT_WIRED_REASON),
+        err.contains("starting") && err.contains("Not-Valid"),
         "{err}"
     );
     assert!(state.join("hoistd.log").is_file());

@@ -1,10 +1,10 @@
-//! CI smoke for the fuzz targets: replays every file of `fuzz/corpus/<target>/` through the
-//! target's entry point in `hoist::fuzzing` (the same function the fuzzer runs). Cheap and
+//! CI smoke for the fuzz targets: replays every file of `fuzz/seeds/<target>/` and
+//! `fuzz/corpus/<target>/` through the target's entry point in `hoist::fuzzing` (the same function the fuzzer runs). Cheap and
 //! deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
 //! and each former crash) still passes.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
-//! (`seed-*` files) from `hoist::sample`, skopeo and the header values of /work/shared/ECR.md.
+//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of /work/shared/ECR.md.
 
 use std::fs;
 use std::io::Write as _;
@@ -27,23 +27,28 @@ const TARGETS: [(&str, Entry); 4] = [
     ("parse_registry", fuzzing::parse_registry),
 ];
 
-fn corpus_dir(target: &str) -> PathBuf {
+/// `fuzz/KIND/TARGET`: `seeds` (hand-made and regression inputs) or `corpus` (what the
+/// fuzzer kept).
+fn fuzz_dir(kind: &str, target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("fuzz")
+        .join(kind)
         .join(target)
 }
 
 fn replay(target: &str, entry: Entry) {
-    let dir = corpus_dir(target);
-    let mut n = 0;
-    for f in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = f.unwrap().path();
-        let data = fs::read(&path).unwrap();
-        let r = std::panic::catch_unwind(|| entry(&data));
-        assert!(r.is_ok(), "{target}: {} fails", path.display());
-        n += 1;
+    for kind in ["seeds", "corpus"] {
+        let dir = fuzz_dir(kind, target);
+        let mut n = 0;
+        for f in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = f.unwrap().path();
+            let data = fs::read(&path).unwrap();
+            let r = std::panic::catch_unwind(|| entry(&data));
+            assert!(r.is_ok(), "{target}: {} fails", path.display());
+            n += 1;
+        }
+        assert!(n > 0, "{target}: {} is empty", dir.display());
     }
-    assert!(n > 0, "{target}: empty corpus");
 }
 
 #[test]
@@ -113,9 +118,9 @@ fn add(b: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
 }
 
 fn write_seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = corpus_dir(target);
+    let dir = fuzz_dir("seeds", target);
     fs::create_dir_all(&dir).unwrap();
-    fs::File::create(dir.join(format!("seed-{name}")))
+    fs::File::create(dir.join(name))
         .unwrap()
         .write_all(bytes)
         .unwrap();

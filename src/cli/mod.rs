@@ -125,6 +125,10 @@ pub struct PushArgs {
     /// Talk plain HTTP to the registry (local test registries).
     #[arg(long)]
     pub insecure: bool,
+    /// Push even when the binaries in the layers are for another architecture than the
+    /// image's config declares.
+    #[arg(long)]
+    pub allow_arch_mismatch: bool,
     /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).

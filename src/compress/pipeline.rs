@@ -39,7 +39,9 @@ pub struct CompressConfig {
     /// Input bytes per chunk, in `COMPRESS_CHUNK_BYTES_MIN..=COMPRESS_CHUNK_BYTES_MAX`. Part of
     /// the output's identity: a different chunk size gives different bytes.
     pub chunk_bytes: usize,
-    /// Compression threads, in `1..=COMPRESS_THREADS_MAX`. Does not change the output.
+    /// Compression threads, in `1..=COMPRESS_THREADS_MAX`. Does not change the output. A stream
+    /// also uses one reader thread (read + SHA-256 of the input) and the calling thread
+    /// (SHA-256 of the output + the sink), so hashing overlaps compression even on one thread.
     pub threads: usize,
 }
 
@@ -72,6 +74,8 @@ pub struct ChunkOut<'a> {
     pub index: u64,
     pub input_offset: u64,
     pub input_len: usize,
+    /// Compressed bytes before this chunk in the whole stream: where `bytes` goes in the blob.
+    pub output_offset: u64,
     /// Whether the chunk was stored without compression (judged incompressible).
     pub stored: bool,
     /// The gzip member or zstd frame. Borrowed: the buffer is reused for a later chunk.
@@ -464,6 +468,7 @@ impl Delivery {
         F: FnMut(ChunkOut<'_>) -> Result<(), E>,
     {
         let bytes = &work.slot.output;
+        let output_offset = self.compressed_bytes;
         self.compressed.update(bytes);
         self.compressed_bytes += bytes.len() as u64;
         self.stored_chunks += u64::from(stored);
@@ -471,6 +476,7 @@ impl Delivery {
             index: work.index,
             input_offset: work.offset,
             input_len: work.len,
+            output_offset,
             stored,
             bytes,
         })?;

@@ -86,7 +86,17 @@ pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, JobError>> + 
 /// The work of one push; see the module documentation for the contract.
 pub trait JobBody: Send + Sync + 'static {
     fn run(&self, ctx: JobContext) -> JobFuture;
+
+    /// Called when a job that is not running is deleted, with the upload sessions it left
+    /// open (a failed job keeps them for a retry): release them. The job and its spool are
+    /// gone already; this runs in the background and must not fail.
+    fn discard(&self, _spec: JobSpec, _cursors: Vec<CursorRecord>) -> DiscardFuture {
+        Box::pin(async {})
+    }
 }
+
+/// The future [`JobBody::discard`] returns.
+pub type DiscardFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a finished push produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +364,19 @@ impl JobContext {
             reason: reason.into(),
         })
         .await;
+    }
+
+    /// Says what the job is waiting for (e.g. `waiting for network, retry in 20 s`), shown as
+    /// the job's reason while it runs; `None` when it no longer waits.
+    pub async fn waiting(&self, reason: Option<String>) {
+        let _ = self
+            .scheduler
+            .send(Event::Waiting {
+                id: self.id.clone(),
+                generation: self.generation,
+                reason,
+            })
+            .await;
     }
 
     /// Sends an event to the scheduler, which persists and broadcasts it. Dropped silently

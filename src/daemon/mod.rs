@@ -14,6 +14,7 @@ pub mod job;
 pub mod metrics;
 pub mod paths;
 pub mod prepare;
+pub mod push;
 mod routes;
 pub mod scheduler;
 mod server;
@@ -43,8 +44,7 @@ const SHUTDOWN_JOBS_MS_MAX: u64 = 20_000;
 pub struct Config {
     pub uploads_in_flight_max: usize,
     pub jobs_running_max: usize,
-    /// The push itself. [`prepare::NotWired`] (plans, then stops) until uploads are wired;
-    /// tests inject their own.
+    /// The push itself: [`push::PushBody`] in production; tests inject their own.
     pub job_body: Arc<dyn job::JobBody>,
 }
 
@@ -53,7 +53,7 @@ impl Default for Config {
         Config {
             uploads_in_flight_max: UPLOADS_IN_FLIGHT_MAX_DEFAULT,
             jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
-            job_body: Arc::new(prepare::NotWired),
+            job_body: Arc::new(push::PushBody::new()),
         }
     }
 }

@@ -6,7 +6,7 @@
 use crate::api::{BlobAction, Compression, JobSpec};
 use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan};
 use crate::source::SourceRef;
-use crate::store::NewBlob;
+use crate::store::{BlobRecord, NewBlob};
 
 use super::job::{JobBody, JobContext, JobError, JobFuture};
 
@@ -25,7 +25,8 @@ impl JobBody for NotWired {
     }
 }
 
-fn codec(c: Compression) -> Codec {
+/// The compressor's codec for the API's compression choice.
+pub fn codec(c: Compression) -> Codec {
     match c {
         Compression::Gzip => Codec::Gzip,
         Compression::Zstd => Codec::Zstd,
@@ -36,8 +37,21 @@ fn codec(c: Compression) -> Codec {
 /// records the blobs through the context and reports the plan's warnings. Blobs are keyed by
 /// their digest in the source (a layer to compress by its diff_id).
 pub async fn plan_job(ctx: &JobContext) -> Result<PushPlan, JobError> {
+    plan_job_records(ctx).await.map(|(plan, _)| plan)
+}
+
+/// [`plan_job`], also returning what earlier runs recorded for every blob (plan order:
+/// config first, then the layers).
+pub async fn plan_job_records(ctx: &JobContext) -> Result<(PushPlan, Vec<BlobRecord>), JobError> {
+    let plan = build_plan(ctx).await?;
+    let records = record_plan(ctx, &plan).await?;
+    Ok((plan, records))
+}
+
+/// Opens the job's source and plans the push, off the async runtime; records nothing.
+pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
-    let plan = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
         let opts = PlanOptions {
             platform: spec.platform.clone(),
@@ -52,7 +66,12 @@ pub async fn plan_job(ctx: &JobContext) -> Result<PushPlan, JobError> {
             "internal error: planning stopped abnormally ({e}): report this as a bug"
         ))
     })?
-    .map_err(JobError::failed)?;
+    .map_err(JobError::failed)
+}
+
+/// Records the plan's blobs through the context, reports its warnings, and returns what
+/// earlier runs recorded for every blob.
+pub async fn record_plan(ctx: &JobContext, plan: &PushPlan) -> Result<Vec<BlobRecord>, JobError> {
     let mut blobs = vec![NewBlob {
         digest: plan.config.digest.clone(),
         size_bytes: plan.config.size,
@@ -68,9 +87,9 @@ pub async fn plan_job(ctx: &JobContext) -> Result<PushPlan, JobError> {
             LayerAction::Compress { .. } => BlobAction::Compress,
         },
     }));
-    ctx.plan(blobs).await?;
+    let records = ctx.plan(blobs).await?;
     for warning in &plan.warnings {
         ctx.warning(warning.clone()).await;
     }
-    Ok(plan)
+    Ok(records)
 }

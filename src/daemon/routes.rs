@@ -212,10 +212,20 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
             );
         }
     };
-    let spec = match request.validate() {
+    let mut spec = match request.validate() {
         Ok(s) => s,
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
     };
+    // Issue 7: the job reads the file the path named at submission, whatever a symlink on
+    // the way points at later (the first run then records the file's identity).
+    let source = spec.source.clone();
+    if let Ok(Some(canonical)) = tokio::task::spawn_blocking(move || {
+        super::push::identity::map_source_path(&source, |p| std::fs::canonicalize(p))
+    })
+    .await
+    {
+        spec.source = canonical;
+    }
     match app.scheduler.submit(spec).await {
         Ok(job) => match job_view(&app.store, job).await {
             Ok(j) => json(StatusCode::CREATED, &j),

@@ -80,6 +80,12 @@ pub enum Event {
         generation: u64,
         kind: EventKind,
     },
+    /// What a running job waits for (`None`: no longer waiting): shown as its `reason`.
+    Waiting {
+        id: JobId,
+        generation: u64,
+        reason: Option<String>,
+    },
     /// A job task ended.
     Finished {
         id: JobId,
@@ -237,6 +243,20 @@ impl Scheduler {
                     .is_some_and(|r| r.generation == generation)
                 {
                     self.emit(&id, kind).await;
+                }
+            }
+            Event::Waiting {
+                id,
+                generation,
+                reason,
+            } => {
+                if self.is_current(&id, generation)
+                    && let Ok(job) = self.store.job(id.clone()).await
+                    && job.state.is_running()
+                    && job.reason != reason
+                    && let Err(e) = self.set_state(&id, job.state, reason, None).await
+                {
+                    warn!(job = %id, error = %e, "cannot record what the job waits for");
                 }
             }
             Event::Finished {
@@ -408,8 +428,19 @@ impl Scheduler {
                     )));
                 }
                 self.stop(&id);
+                let cursors: Vec<_> = self
+                    .store
+                    .blobs(id.clone())
+                    .await
+                    .map(|bs| bs.into_iter().filter_map(|b| b.cursor).collect())
+                    .unwrap_or_default();
+                let spec = self.store.job(id.clone()).await?.spec;
                 self.store.delete_job(id.clone()).await?;
                 self.remove_spool(&id);
+                if !cursors.is_empty() {
+                    // Off the loop: the registry may be slow or unreachable.
+                    tokio::spawn(self.config.body.discard(spec, cursors));
+                }
                 // Followers of the job end here; nothing is persisted, the log went with the job.
                 let _ = self.events.send(api::Event {
                     seq: 0,

@@ -11,7 +11,7 @@ use url::Url;
 
 use super::error::{Redacted, RegistryErrorBody, redact_url};
 use super::retry::retry_if;
-use super::transport::{Req, Resp};
+use super::transport::{FileRange, Req, Resp};
 use super::{RegistryClient, RegistryError, pull_scope, push_scope, retry};
 use crate::digest::Digest;
 
@@ -267,15 +267,42 @@ impl RegistryClient {
         cursor: &UploadCursor,
         chunk: Bytes,
     ) -> Result<UploadCursor, RegistryError> {
-        if chunk.is_empty() {
+        let len = chunk.len() as u64;
+        self.patch(cursor, len, |req| req.body(chunk)).await
+    }
+
+    /// [`Self::upload_chunk`] with the bytes streamed from a file region (`range.len` bytes at
+    /// `range.offset`) in [`FILE_PIECE_BYTES`](super::FILE_PIECE_BYTES) pieces: memory stays at a few pieces whatever
+    /// the chunk size. The stall watchdog applies as for any request; a PATCH that fails in
+    /// flight is not retried here (only a 429, which took no bytes): call `resume`.
+    pub async fn upload_chunk_from(
+        &self,
+        cursor: &UploadCursor,
+        range: FileRange,
+    ) -> Result<UploadCursor, RegistryError> {
+        let len = range.len;
+        self.patch(cursor, len, move |mut req| {
+            req.body_file = Some(range);
+            req
+        })
+        .await
+    }
+
+    async fn patch(
+        &self,
+        cursor: &UploadCursor,
+        len: u64,
+        with_body: impl FnOnce(Req) -> Req,
+    ) -> Result<UploadCursor, RegistryError> {
+        if len == 0 {
             return Ok(cursor.clone());
         }
         let url = Self::cursor_url(cursor)?;
-        let end = cursor.offset + chunk.len() as u64 - 1;
-        let mut req = Req::new(Method::PATCH, url.clone())
+        let end = cursor.offset + len - 1;
+        let req = Req::new(Method::PATCH, url.clone())
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_RANGE, &format!("{}-{end}", cursor.offset))
-            .body(chunk);
+            .header(header::CONTENT_RANGE, &format!("{}-{end}", cursor.offset));
+        let mut req = with_body(req);
         req.scopes = Self::upload_scope(&url);
         let resp = retry_if(&self.inner.opts.retry, "upload PATCH", is_429, || {
             self.inner.send_ok(&req)

@@ -36,6 +36,9 @@ pub(crate) struct Req {
     pub url: Url,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
+    /// A body streamed from a file region instead of memory (large PATCH bodies); takes
+    /// precedence over `body`. Re-read from the file on every attempt (auth rounds).
+    pub body_file: Option<FileRange>,
     /// e.g. `["repository:a/b:pull,push"]`; empty for `/v2/`.
     pub scopes: Vec<String>,
     /// Overrides the stall timeout (a final PUT may legitimately be silent for long).
@@ -49,6 +52,7 @@ impl Req {
             url,
             headers: HeaderMap::new(),
             body: None,
+            body_file: None,
             scopes: Vec::new(),
             stall: None,
         }
@@ -68,6 +72,28 @@ impl Req {
         self
     }
 }
+
+/// A region of an open file, sent as a request body without holding it in memory: read in
+/// [`FILE_PIECE_BYTES`] pieces on the blocking pool as hyper asks for them.
+#[derive(Clone)]
+pub struct FileRange {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Debug for FileRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRange")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pieces a [`FileRange`] body is read in: the memory one streamed request holds (plus what
+/// hyper and the kernel buffer), whatever the chunk size.
+pub const FILE_PIECE_BYTES: usize = 256 * 1024;
 
 /// A response with its body read (HEAD: empty).
 pub(crate) struct Resp {
@@ -170,6 +196,53 @@ fn progress_body(bytes: Bytes, progress: Arc<Progress>) -> reqwest::Body {
             .fetch_add(piece.len() as u64, Ordering::Relaxed);
         Ok::<_, Infallible>(piece)
     }))
+}
+
+fn file_body(range: FileRange, progress: Arc<Progress>) -> reqwest::Body {
+    use std::os::unix::fs::FileExt as _;
+    let end = range.offset + range.len;
+    let stream = futures_util::stream::unfold(range.offset, move |pos| {
+        let file = range.file.clone();
+        let progress = progress.clone();
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let n = ((end - pos) as usize).min(FILE_PIECE_BYTES);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                let mut done = 0;
+                while done < n {
+                    match file.read_at(&mut buf[done..], pos + done as u64) {
+                        Ok(0) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the file to upload is shorter than expected",
+                            ));
+                        }
+                        Ok(k) => done += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Bytes::from(buf))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match read {
+                Ok(piece) => {
+                    progress.tick();
+                    progress
+                        .body_taken
+                        .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    Some((Ok(piece), pos + n as u64))
+                }
+                // End the stream after the error: hyper aborts the request.
+                Err(e) => Some((Err(e), end)),
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
 }
 
 /// ECR's expired-token answer: `403 denied: Your authorization token has expired`.
@@ -366,7 +439,12 @@ impl Inner {
         req: &Req,
         authz: Option<&str>,
     ) -> Result<Resp, RegistryError> {
-        let progress = Progress::new(req.body.as_ref().map_or(0, |b| b.len() as u64));
+        let body_len = match (&req.body_file, &req.body) {
+            (Some(f), _) => f.len,
+            (None, Some(b)) => b.len() as u64,
+            (None, None) => 0,
+        };
+        let progress = Progress::new(body_len);
         let mut rb = self
             .http
             .request(req.method.clone(), req.url.clone())
@@ -379,7 +457,11 @@ impl Inner {
             v.set_sensitive(true);
             rb = rb.header(header::AUTHORIZATION, v);
         }
-        if let Some(b) = &req.body {
+        if let Some(f) = &req.body_file {
+            rb = rb
+                .header(header::CONTENT_LENGTH, f.len.to_string())
+                .body(file_body(f.clone(), progress.clone()));
+        } else if let Some(b) = &req.body {
             rb = rb
                 .header(header::CONTENT_LENGTH, b.len().to_string())
                 .body(progress_body(b.clone(), progress.clone()));
@@ -473,7 +555,7 @@ impl Inner {
                 method = %req.method,
                 url = %Redacted(&req.url),
                 status = r.status.as_u16(),
-                sent = req.body.as_ref().map_or(0, |b| b.len()),
+                sent = body_len,
                 ms = started.elapsed().as_millis() as u64,
                 "registry request"
             ),

@@ -119,6 +119,33 @@ impl TestRegistry {
     pub fn storage(&self) -> PathBuf {
         self.dir.path().join("storage")
     }
+
+    /// Kills the registry (as a crash would); `start_again` brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same address, config and storage. Uploads in flight
+    /// survive because the config fixes `http.secret`.
+    pub fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("log file");
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        assert!(
+            wait_ready(&mut self.child, self.addr),
+            "docker-registry did not start again: {}",
+            self.log()
+        );
+    }
 }
 
 fn wait_ready(child: &mut Child, addr: SocketAddr) -> bool {

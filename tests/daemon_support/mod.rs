@@ -319,3 +319,12 @@ pub fn submit_request(source: &str) -> api::SubmitRequest {
         options: api::JobOptions::default(),
     }
 }
+
+/// A request whose target is not a valid reference (uppercase repository): the production
+/// body plans the source, then fails at once, without touching a network.
+pub fn bad_target(source: &str) -> api::SubmitRequest {
+    api::SubmitRequest {
+        target: "127.0.0.1:1/test/Not-Valid:1".into(),
+        ..submit_request(source)
+    }
+}

@@ -34,6 +34,10 @@ pub(super) async fn handle_manifest(
         }
         Method::PUT => {
             let data = read_body(st, body).await?;
+            while st.hold_manifest_puts.load(Ordering::SeqCst) {
+                st.manifest_puts_held.store(true, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let content_type = header(&parts.headers, "content-type").unwrap_or_default();
             if data.len() > ECR_MANIFEST_BYTES_MAX {
                 return Ok(oci_error(

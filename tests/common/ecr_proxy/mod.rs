@@ -113,6 +113,15 @@ pub struct ProxyState {
     pub drop_next_patch_response: AtomicBool,
     /// Forward the next final PUT, then drop the response (the blob is complete).
     pub drop_next_finish_response: AtomicBool,
+    /// Hold every part (PATCH or PUT with a body) this long after receiving it whole and
+    /// before committing it: a kill meanwhile loses exactly that part.
+    pub part_delay_ms: AtomicU64,
+    /// Parts received and waiting for `part_delay_ms`.
+    pub parts_held: AtomicU32,
+    /// Hold manifest PUTs (after receiving them) while set.
+    pub hold_manifest_puts: AtomicBool,
+    /// Set once a manifest PUT was held.
+    pub manifest_puts_held: AtomicBool,
     /// Request-body bytes received from clients.
     pub bytes_in: AtomicU64,
     /// Response-body bytes sent to clients.
@@ -156,6 +165,10 @@ impl EcrProxy {
             cut_next_body_after: Mutex::new(None),
             drop_next_patch_response: AtomicBool::new(false),
             drop_next_finish_response: AtomicBool::new(false),
+            part_delay_ms: AtomicU64::new(0),
+            parts_held: AtomicU32::new(0),
+            hold_manifest_puts: AtomicBool::new(false),
+            manifest_puts_held: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_committed: AtomicU64::new(0),

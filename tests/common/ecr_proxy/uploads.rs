@@ -63,6 +63,13 @@ pub(super) async fn handle_upload(
         }
         Method::PATCH | Method::PUT => {
             let data = read_body(st, body).await?;
+            if !data.is_empty() {
+                // A part received whole but not committed yet: a kill now costs this part.
+                st.parts_held.fetch_add(1, Ordering::SeqCst);
+                let ms = st.part_delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                st.parts_held.fetch_sub(1, Ordering::SeqCst);
+            }
             let is_put = parts.method == Method::PUT;
             let start = content_range_start(&parts.headers).unwrap_or(up.committed);
             if !data.is_empty() && start != up.committed {

@@ -1,0 +1,362 @@
+//! The spool: compressed output of the layers hoist compresses, written chunk by chunk while
+//! the uploads read what is already there.
+//!
+//! One file per layer in the job's spool directory, named by what determines its bytes
+//! (diff_id, codec, compressor chunk size, codec versions): compression is deterministic, so a
+//! resumed upload re-sends identical bytes. After each chunk the file is synced and the
+//! progress (chunks done, compressed bytes) recorded; a rerun truncates the file to the
+//! recorded length and continues at that chunk, re-hashing the prefix to restore the running
+//! digests.
+//!
+//! A small index (`<spool root>/index/`) remembers, per layer identity, the digest and size the
+//! compression produced, so a later push of the same layer can ask the registry whether it has
+//! the blob before compressing it again.
+//!
+//! When a job finishes, its compressed files move to `<spool root>/cache/` (same names), kept
+//! up to [`SPOOL_CACHE_BYTES_MAX`], oldest out first; a later job needing the same layer takes
+//! the file back instead of compressing (the registry checks the digest at the final PUT).
+//! A cancelled or deleted job's spool is removed with it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::compress::{
+    CODEC_VERSIONS, COMPRESS_CHUNK_BYTES_DEFAULT, Codec, CompressConfig, CompressError,
+    StreamState, compress_stream,
+};
+use crate::daemon::job::{JobContext, JobError};
+use crate::digest::Digest;
+use crate::plan::{CompressedLayer, PlannedLayer};
+use crate::store::BlobRecord;
+
+/// Compressor input chunk size: part of the output's identity, so fixed.
+pub const SPOOL_CHUNK_BYTES: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
+/// Compression threads of one job. Memory is about `4 * threads * SPOOL_CHUNK_BYTES`; two
+/// keep the daemon inside its memory budget next to four streaming uploads.
+pub const COMPRESS_THREADS_MAX: usize = 2;
+/// Index entries kept at most; the oldest are removed beyond it.
+pub const SPOOL_INDEX_ENTRIES_MAX: usize = 4096;
+
+/// Compressed layers kept for later pushes, in bytes; the oldest go first beyond it.
+pub const SPOOL_CACHE_BYTES_MAX: u64 = 4 << 30;
+
+fn cache_dir(ctx: &JobContext) -> PathBuf {
+    ctx.spool_dir()
+        .parent()
+        .unwrap_or(ctx.spool_dir())
+        .join("cache")
+}
+
+/// Takes a cached compressed layer into the job's spool when the cache holds one whose size
+/// matches the index; returns its digest and size.
+pub fn take_cached(ctx: &JobContext, name: &str, dest: &Path) -> Option<CompressedLayer> {
+    let known = index_lookup(ctx, name)?;
+    let cached = cache_dir(ctx).join(name);
+    if std::fs::metadata(&cached).ok()?.len() != known.size {
+        return None;
+    }
+    std::fs::rename(&cached, dest).ok()?;
+    Some(known)
+}
+
+/// Moves a finished job's compressed layers into the cache, then trims the cache to
+/// [`SPOOL_CACHE_BYTES_MAX`] (oldest first).
+pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
+    let dir = cache_dir(ctx);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for name in names {
+        let _ = std::fs::rename(ctx.spool_dir().join(name), dir.join(name));
+    }
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    for (_, len, path) in files {
+        if total <= SPOOL_CACHE_BYTES_MAX {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+/// How far a layer's compression is, as the uploads see it.
+#[derive(Debug, Clone, Default)]
+pub struct Avail {
+    /// Compressed bytes in the spool file that are final (written and synced).
+    pub bytes: u64,
+    /// Set once the whole layer is compressed.
+    pub done: Option<CompressedLayer>,
+    /// Set when compression failed or stopped; the upload gives up on the layer.
+    pub error: Option<JobError>,
+}
+
+/// One layer to compress and the channels around it.
+pub struct SpoolLayer {
+    pub layer: PlannedLayer,
+    pub codec: Codec,
+    pub record: Option<BlobRecord>,
+    pub path: PathBuf,
+    pub tx: watch::Sender<Avail>,
+    /// Set by the upload when the registry has the blob already: compression is not needed.
+    pub skip: Arc<AtomicBool>,
+}
+
+/// The file name of a layer's compressed bytes (and of its index entry).
+pub fn spool_name(diff_id: &Digest, codec: Codec) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        diff_id.hex(),
+        codec,
+        SPOOL_CHUNK_BYTES,
+        CODEC_VERSIONS.libzstd,
+        CODEC_VERSIONS.libdeflater_crate
+    )
+}
+
+fn index_dir(ctx: &JobContext) -> PathBuf {
+    ctx.spool_dir()
+        .parent()
+        .unwrap_or(ctx.spool_dir())
+        .join("index")
+}
+
+/// What an earlier push recorded for this layer identity: the compressed digest and size.
+pub fn index_lookup(ctx: &JobContext, name: &str) -> Option<CompressedLayer> {
+    let text = std::fs::read_to_string(index_dir(ctx).join(name)).ok()?;
+    let (d, s) = text.trim().split_once(' ')?;
+    Some(CompressedLayer {
+        digest: d.parse().ok()?,
+        size: s.parse().ok()?,
+    })
+}
+
+fn index_store(ctx: &JobContext, name: &str, c: &CompressedLayer) {
+    let dir = index_dir(ctx);
+    let write = || -> io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, format!("{} {}\n", c.digest, c.size))?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        // The cap: drop the oldest entries (by mtime) beyond it.
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if entries.len() > SPOOL_INDEX_ENTRIES_MAX {
+            entries.sort();
+            for (_, p) in &entries[..entries.len() - SPOOL_INDEX_ENTRIES_MAX] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        // Only an optimisation for later pushes: worth a log line, not a failure.
+        tracing::warn!(error = %e, "cannot record the compressed layer in the spool index");
+    }
+}
+
+/// Why the sink stopped a stream.
+enum SinkError {
+    Compress(CompressError),
+    Io(io::Error),
+    Job(JobError),
+    Skipped,
+}
+
+impl From<CompressError> for SinkError {
+    fn from(e: CompressError) -> Self {
+        SinkError::Compress(e)
+    }
+}
+
+/// Compresses `layers` one after the other into the spool (blocking: run on a blocking
+/// thread), each while holding `gate` (one compression at a time daemon-wide). Each layer's watch channel follows its progress. Stops at the first error, which
+/// is also sent to every layer not done.
+pub fn run(
+    ctx: &JobContext,
+    rt: &tokio::runtime::Handle,
+    gate: &std::sync::Mutex<()>,
+    layers: &[SpoolLayer],
+) {
+    for (i, l) in layers.iter().enumerate() {
+        if l.skip.load(Ordering::Relaxed) {
+            continue;
+        }
+        // A poisoned gate only means another compressor panicked: the gate holds no data.
+        let _turn = match gate.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                rt.block_on(ctx.waiting(Some(
+                    "waiting for another job's compression to finish (one layer is compressed at a time)".into(),
+                )));
+                let g = gate.lock().unwrap_or_else(|p| p.into_inner());
+                rt.block_on(ctx.waiting(None));
+                g
+            }
+        };
+        let result = if ctx.is_stop_requested() {
+            Err(JobError::Stopped)
+        } else {
+            compress_layer(ctx, rt, l)
+        };
+        if let Err(e) = result {
+            for rest in &layers[i..] {
+                rest.tx.send_modify(|a| a.error = Some(e.clone()));
+            }
+            return;
+        }
+    }
+}
+
+fn io_failed(path: &Path, e: io::Error) -> JobError {
+    JobError::failed(format!(
+        "cannot write the spool file {}: {e}: check the free space of the state directory, then `hoist retry` the job",
+        path.display()
+    ))
+}
+
+fn compress_layer(
+    ctx: &JobContext,
+    rt: &tokio::runtime::Handle,
+    l: &SpoolLayer,
+) -> Result<(), JobError> {
+    let digest = &l.layer.source.digest;
+    let name = &l.layer.source.location.name;
+    // A rerun after the compression finished: the file is there whole.
+    if let Some(p) = l.record.as_ref().and_then(|r| r.pushed.clone())
+        && std::fs::metadata(&l.path).is_ok_and(|m| m.len() == p.size_bytes)
+    {
+        let done = CompressedLayer {
+            digest: p.digest,
+            size: p.size_bytes,
+        };
+        l.tx.send_modify(|a| {
+            a.bytes = done.size;
+            a.done = Some(done.clone());
+        });
+        return Ok(());
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&l.path)
+        .map_err(|e| io_failed(&l.path, e))?;
+    let (mut chunks, mut bytes) = l
+        .record
+        .as_ref()
+        .filter(|r| r.pushed.is_none())
+        .map_or((0, 0), |r| (r.chunks_done, r.compressed_bytes));
+    let have = file.metadata().map_err(|e| io_failed(&l.path, e))?.len();
+    if have < bytes {
+        // The spool lost data (removed by hand): start the layer over.
+        (chunks, bytes) = (0, 0);
+    }
+    // Anything past the recorded length was written after the last durable chunk: drop it.
+    file.set_len(bytes).map_err(|e| io_failed(&l.path, e))?;
+    let state = if chunks == 0 {
+        StreamState::new()
+    } else {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io_failed(&l.path, e))?;
+        let prefix = (&file).take(bytes);
+        StreamState::resume(
+            chunks,
+            SPOOL_CHUNK_BYTES,
+            l.layer.source.location.reader(),
+            prefix,
+        )
+        .map_err(|e| JobError::failed(format!("cannot resume compressing {name}: {e}")))?
+    };
+    file.seek(SeekFrom::Start(bytes))
+        .map_err(|e| io_failed(&l.path, e))?;
+    l.tx.send_modify(|a| a.bytes = bytes);
+    let input = l
+        .layer
+        .source
+        .location
+        .reader_at(chunks * SPOOL_CHUNK_BYTES as u64);
+    let config = CompressConfig {
+        codec: l.codec,
+        chunk_bytes: SPOOL_CHUNK_BYTES,
+        threads: std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(COMPRESS_THREADS_MAX),
+    };
+    let mut written = bytes;
+    let totals = compress_stream(input, &config, state, |out| {
+        if l.skip.load(Ordering::Relaxed) {
+            return Err(SinkError::Skipped);
+        }
+        if ctx.is_stop_requested() {
+            return Err(SinkError::Job(JobError::Stopped));
+        }
+        file.write_all(out.bytes).map_err(SinkError::Io)?;
+        // Durable before it is recorded: a rerun trusts the recorded length.
+        file.sync_data().map_err(SinkError::Io)?;
+        written += out.bytes.len() as u64;
+        rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
+            .map_err(SinkError::Job)?;
+        l.tx.send_modify(|a| a.bytes = written);
+        Ok(())
+    });
+    let totals = match totals {
+        Ok(t) => t,
+        Err(SinkError::Skipped) => return Ok(()),
+        Err(SinkError::Job(e)) => return Err(e),
+        Err(SinkError::Io(e)) => return Err(io_failed(&l.path, e)),
+        Err(SinkError::Compress(e)) => {
+            return Err(JobError::failed(format!("cannot compress {name}: {e}")));
+        }
+    };
+    if totals.diff_id != l.layer.diff_id {
+        return Err(JobError::failed(format!(
+            "layer {name} changed since the job was planned (its content hashes to {}, not {}): submit the push again",
+            totals.diff_id, l.layer.diff_id
+        )));
+    }
+    let done = CompressedLayer {
+        digest: totals.blob_digest.clone(),
+        size: totals.compressed_bytes,
+    };
+    rt.block_on(ctx.blob_compressed(digest, done.digest.clone(), done.size))?;
+    index_store(ctx, &spool_name(&l.layer.diff_id, l.codec), &done);
+    l.tx.send_modify(|a| {
+        a.bytes = done.size;
+        a.done = Some(done.clone());
+    });
+    Ok(())
+}
+
+/// Opens a spool file for reading (uploads read it while it grows).
+pub fn open_read(path: &Path) -> io::Result<Arc<File>> {
+    File::open(path).map(Arc::new)
+}
+
+/// Removes every file of the job's spool (cancel): the directory stays for the scheduler.
+pub fn clear(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Uploading one blob: a loop of steps from one persisted cursor to the next.
+//!
+//! ```text
+//! HEAD (known digest) -> present: existed | mount from a repository that has it
+//! stored cursor? resume -> Continue(c) | Restart ; else start_upload ; save_cursor(c, 0)
+//! loop: bytes [c.offset, c.offset + chunk) available? (spool: wait for the compressor)
+//!       slot ; PATCH streamed from the file ; save_cursor(next, sent)   <- before the next PATCH
+//! PUT ?digest= (empty body) ; failed? blob_present first (the PUT may have landed)
+//! ```
+//! Transient errors wait with backoff (reported with `ctx.retrying`, saying when the next try
+//! is) then ask the registry where the session is (`resume`); a lost session starts that blob
+//! only over; anything else fails the job with the registry's message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::Shared;
+use super::spool::Avail;
+use crate::api::BlobState;
+use crate::daemon::job::{JobContext, JobError};
+use crate::digest::Digest;
+use crate::plan::CompressedLayer;
+use crate::registry::{
+    FileRange, MountOutcome, RegistryClient, RegistryError, ResumePoint, UploadCursor,
+};
+use crate::source::BlobLocation;
+use crate::store::{BlobRecord, CursorRecord};
+
+/// Consecutive failed attempts of one blob (without any acknowledged chunk between them)
+/// before the job fails; with [`RETRY_DELAY_MS_MAX`] that is about ten minutes offline.
+pub const BLOB_ATTEMPTS_MAX: u32 = 16;
+pub const RETRY_DELAY_MS_MIN: u64 = 500;
+pub const RETRY_DELAY_MS_MAX: u64 = 60_000;
+/// Fresh sessions for one blob after a refused digest before the job fails.
+pub const DIGEST_RESTARTS_MAX: u32 = 1;
+
+/// Where a blob's bytes come from.
+pub enum Bytesrc {
+    /// Read in place from the source (config, layers pushed as they are).
+    Source {
+        location: BlobLocation,
+        digest: Digest,
+    },
+    /// The spool file a compressor is writing.
+    Spool {
+        path: std::path::PathBuf,
+        avail: watch::Receiver<Avail>,
+        /// The digest an earlier push recorded for the same layer, to check before compressing.
+        known: Option<CompressedLayer>,
+        /// The layer's name in the spool index (looked up again after waiting for another job).
+        index_name: String,
+        skip: Arc<AtomicBool>,
+    },
+}
+
+/// One blob to upload.
+pub struct BlobJob {
+    /// The plan's digest (the key everywhere in the job context).
+    pub key: Digest,
+    pub record: Option<BlobRecord>,
+    pub src: Bytesrc,
+}
+
+pub struct Uploader {
+    pub ctx: JobContext,
+    pub client: RegistryClient,
+    pub repository: String,
+    pub chunk_bytes: u64,
+    pub shared: Arc<Shared>,
+}
+
+/// A permanent registry error: one line with the registry's answer and what to do next.
+fn reg_failed(what: &str, e: &RegistryError) -> JobError {
+    JobError::failed(format!(
+        "{what}: {e}; fix the cause, then `hoist retry` the job (it resumes where it stopped)"
+    ))
+}
+
+impl Uploader {
+    /// Uploads `blob` unless the registry has it; returns its pushed digest and size.
+    pub async fn run(&self, blob: BlobJob) -> Result<CompressedLayer, JobError> {
+        let ctx = &self.ctx;
+        let finished = blob.record.as_ref().is_some_and(|r| r.state.is_finished());
+        // Known final digest and size, if any, before any byte is compressed or sent.
+        let known = match &blob.src {
+            Bytesrc::Source { location, digest } => Some(CompressedLayer {
+                digest: digest.clone(),
+                size: location.len,
+            }),
+            Bytesrc::Spool { known, .. } => blob
+                .record
+                .as_ref()
+                .and_then(|r| r.pushed.clone())
+                .map(|p| CompressedLayer {
+                    digest: p.digest,
+                    size: p.size_bytes,
+                })
+                .or_else(|| known.clone()),
+        };
+        if finished && let Some(k) = &known {
+            self.skip_compression(&blob.src);
+            return Ok(k.clone());
+        }
+        // Two jobs pushing the same blob to the same registry: the second waits here, then
+        // finds it present (HEAD) instead of sending it again.
+        let lock = self.shared.inflight_lock(self.client.host(), &blob.key);
+        let _guard = match lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                ctx.waiting(Some(format!(
+                    "waiting for another job that uploads blob {} to {}",
+                    blob.key.short(),
+                    self.client.host()
+                )))
+                .await;
+                let g = tokio::select! {
+                    g = lock.lock() => g,
+                    () = ctx.stop_requested() => return Err(JobError::Stopped),
+                };
+                ctx.waiting(None).await;
+                g
+            }
+        };
+        // Another job may have compressed and pushed the same layer meanwhile.
+        let known = match (&known, &blob.src) {
+            (None, Bytesrc::Spool { index_name, .. }) => {
+                super::spool::index_lookup(ctx, index_name)
+            }
+            _ => known,
+        };
+        if let Some(k) = &known
+            && self.present_or_mounted(&blob.key, k).await?
+        {
+            self.skip_compression(&blob.src);
+            if matches!(blob.src, Bytesrc::Spool { .. }) {
+                ctx.blob_compressed(&blob.key, k.digest.clone(), k.size)
+                    .await?;
+            }
+            ctx.blob_state(&blob.key, BlobState::Existed).await?;
+            return Ok(k.clone());
+        }
+        let done = self.send(&blob).await?;
+        self.shared
+            .remember_pushed(self.client.host(), &done.digest, &self.repository);
+        ctx.blob_state(&blob.key, BlobState::Uploaded).await?;
+        Ok(done)
+    }
+
+    fn skip_compression(&self, src: &Bytesrc) {
+        if let Bytesrc::Spool { skip, .. } = src {
+            skip.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// HEAD, then a cross-repository mount when another repository of this registry got the
+    /// blob from this daemon.
+    async fn present_or_mounted(
+        &self,
+        key: &Digest,
+        k: &CompressedLayer,
+    ) -> Result<bool, JobError> {
+        let present = self
+            .with_retries(&format!("HEAD {}", k.digest.short()), || {
+                self.client
+                    .blob_present(&self.repository, &k.digest, k.size)
+            })
+            .await?;
+        if present {
+            return Ok(true);
+        }
+        if let Some(from) = self.shared.pushed_to(self.client.host(), &k.digest)
+            && from != self.repository
+        {
+            match self
+                .client
+                .mount_blob(&self.repository, &from, &k.digest)
+                .await
+            {
+                Ok(MountOutcome::Mounted) => return Ok(true),
+                Ok(MountOutcome::Upload(c)) => {
+                    // Not mounted: drop the session it opened; the upload opens its own.
+                    let _ = self.client.cancel_upload(&c).await;
+                }
+                Err(e) => tracing::info!(error = %e, blob = %key, "mount failed: uploading"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs a registry call, waiting and retrying transient errors with reports.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, JobError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    attempts += 1;
+                    self.wait_before_retry(what, &e, attempts).await?;
+                }
+                Err(e) => return Err(reg_failed(what, &e)),
+            }
+        }
+    }
+
+    /// Reports a retry and sleeps (a stop ends the wait). Fails after [`BLOB_ATTEMPTS_MAX`].
+    async fn wait_before_retry(
+        &self,
+        what: &str,
+        e: &RegistryError,
+        attempts: u32,
+    ) -> Result<(), JobError> {
+        if attempts > BLOB_ATTEMPTS_MAX {
+            return Err(JobError::failed(format!(
+                "{what}: gave up after {BLOB_ATTEMPTS_MAX} attempts: {e}; check the network and the registry, then run `hoist retry {}`",
+                self.ctx.id()
+            )));
+        }
+        let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(16));
+        let delay = Duration::from_millis(exp.min(RETRY_DELAY_MS_MAX));
+        let secs = delay.as_secs().max(1);
+        self.ctx
+            .retrying(
+                what,
+                format!(
+                    "waiting for network, retry in {secs} s (attempt {attempts} of {BLOB_ATTEMPTS_MAX}): {e}"
+                ),
+            )
+            .await;
+        self.ctx
+            .waiting(Some(format!(
+                "waiting for network, retry in {secs} s: {what}: {e}"
+            )))
+            .await;
+        let r = tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.ctx.stop_requested() => Err(JobError::Stopped),
+        };
+        self.ctx.waiting(None).await;
+        r
+    }
+
+    async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
+        self.ctx
+            .save_cursor(
+                key,
+                CursorRecord {
+                    session_url: c.session_url.clone(),
+                    offset_bytes: c.offset,
+                },
+                sent,
+            )
+            .await
+    }
+
+    async fn new_session(&self, key: &Digest) -> Result<UploadCursor, JobError> {
+        let c = self
+            .with_retries("open an upload session", || {
+                self.client.start_upload(&self.repository)
+            })
+            .await?;
+        self.save(key, &c, 0).await?;
+        Ok(c)
+    }
+
+    /// Where to go on from the stored cursor, or a new session.
+    async fn first_cursor(&self, blob: &BlobJob) -> Result<UploadCursor, JobError> {
+        let Some(stored) = blob.record.as_ref().and_then(|r| r.cursor.clone()) else {
+            return self.new_session(&blob.key).await;
+        };
+        let cursor = UploadCursor {
+            session_url: stored.session_url,
+            offset: stored.offset_bytes,
+        };
+        let point = self
+            .with_retries("ask the registry where the upload is", || {
+                self.client.resume(&self.repository, &cursor)
+            })
+            .await?;
+        match point {
+            ResumePoint::Continue(c) => Ok(c),
+            ResumePoint::Restart => self.new_session(&blob.key).await,
+        }
+    }
+
+    /// Sends the blob's bytes chunk by chunk and finishes the upload.
+    async fn send(&self, blob: &BlobJob) -> Result<CompressedLayer, JobError> {
+        let ctx = &self.ctx;
+        let mut cursor = self.first_cursor(blob).await?;
+        let mut attempts = 0u32;
+        let mut digest_restarts = 0u32;
+        let mut file: Option<Arc<std::fs::File>> = None;
+        loop {
+            let (range, done) = self.next_range(blob, &cursor, &mut file).await?;
+            if range.len == 0 {
+                let Some(done) = done else {
+                    continue;
+                };
+                match self.finish(&cursor, &done).await {
+                    Ok(()) => return Ok(done),
+                    Err(e) => {
+                        // The PUT may have landed and only its answer was lost.
+                        if let Ok(true) = self
+                            .client
+                            .blob_present(&self.repository, &done.digest, done.size)
+                            .await
+                        {
+                            return Ok(done);
+                        }
+                        if e.is_digest_refused() && digest_restarts < DIGEST_RESTARTS_MAX {
+                            digest_restarts += 1;
+                            tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
+                            cursor = self.new_session(&blob.key).await?;
+                            continue;
+                        }
+                        cursor = self
+                            .recover(&blob.key, &cursor, e, &mut attempts, "finish upload")
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+            if ctx.is_stop_requested() {
+                return Err(JobError::Stopped);
+            }
+            let slot = ctx.upload_slot().await?;
+            let result = self.client.upload_chunk_from(&cursor, range.clone()).await;
+            drop(slot);
+            match result {
+                Ok(next) => {
+                    let sent = next.offset.saturating_sub(cursor.offset);
+                    cursor = next;
+                    // Persisted before the next chunk is sent.
+                    self.save(&blob.key, &cursor, sent).await?;
+                    if sent > 0 {
+                        attempts = 0;
+                    }
+                }
+                Err(e) => {
+                    let what = format!("PATCH chunk at {}", cursor.offset);
+                    cursor = self
+                        .recover(&blob.key, &cursor, e, &mut attempts, &what)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        cursor: &UploadCursor,
+        done: &CompressedLayer,
+    ) -> Result<(), RegistryError> {
+        if cursor.offset != done.size {
+            // Our count and the blob disagree: let the registry's digest check decide, but say so.
+            tracing::warn!(
+                offset = cursor.offset,
+                size = done.size,
+                "finishing an upload whose offset is not the blob size"
+            );
+        }
+        let slot = self.ctx.upload_slot().await;
+        let r = self
+            .client
+            .finish_upload(cursor, &done.digest, Bytes::new())
+            .await;
+        drop(slot);
+        r
+    }
+
+    /// After a failed step: a new session when the old one is gone, else wait and ask the
+    /// registry where the session is.
+    async fn recover(
+        &self,
+        key: &Digest,
+        cursor: &UploadCursor,
+        e: RegistryError,
+        attempts: &mut u32,
+        what: &str,
+    ) -> Result<UploadCursor, JobError> {
+        if e.is_upload_gone() {
+            tracing::info!(blob = %key, error = %e, "upload session lost: starting the blob again");
+            *attempts += 1;
+            if *attempts > BLOB_ATTEMPTS_MAX {
+                return Err(reg_failed(what, &e));
+            }
+            return self.new_session(key).await;
+        }
+        if !e.is_retryable() {
+            return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));
+        }
+        *attempts += 1;
+        self.wait_before_retry(what, &e, *attempts).await?;
+        let point = self
+            .with_retries("ask the registry where the upload is", || {
+                self.client.resume(&self.repository, cursor)
+            })
+            .await?;
+        match point {
+            ResumePoint::Continue(c) => Ok(c),
+            ResumePoint::Restart => self.new_session(key).await,
+        }
+    }
+
+    /// The next chunk to send from `cursor.offset` (empty at the end, with the final digest).
+    /// For a spool file, waits until the compressor has written the bytes.
+    async fn next_range(
+        &self,
+        blob: &BlobJob,
+        cursor: &UploadCursor,
+        file: &mut Option<Arc<std::fs::File>>,
+    ) -> Result<(FileRange, Option<CompressedLayer>), JobError> {
+        match &blob.src {
+            Bytesrc::Source { location, digest } => {
+                let len = location
+                    .len
+                    .saturating_sub(cursor.offset)
+                    .min(self.chunk_bytes);
+                let done = (len == 0).then(|| CompressedLayer {
+                    digest: digest.clone(),
+                    size: location.len,
+                });
+                Ok((
+                    FileRange {
+                        file: location.file.clone(),
+                        offset: location.offset + cursor.offset,
+                        len,
+                    },
+                    done,
+                ))
+            }
+            Bytesrc::Spool { path, avail, .. } => {
+                let mut rx = avail.clone();
+                let want = cursor.offset + self.chunk_bytes;
+                let a = tokio::select! {
+                    r = rx.wait_for(|a| a.error.is_some() || a.done.is_some() || a.bytes >= want) => {
+                        r.map_err(|_| JobError::Stopped)?.clone()
+                    }
+                    () = self.ctx.stop_requested() => return Err(JobError::Stopped),
+                };
+                if let Some(e) = a.error {
+                    return Err(e);
+                }
+                if file.is_none() {
+                    *file = Some(super::spool::open_read(path).map_err(|e| {
+                        JobError::failed(format!(
+                            "cannot read the spool file {}: {e}",
+                            path.display()
+                        ))
+                    })?);
+                }
+                let len = a.bytes.saturating_sub(cursor.offset).min(self.chunk_bytes);
+                let done = if len == 0 { a.done } else { None };
+                Ok((
+                    FileRange {
+                        file: file.clone().expect("opened above"),
+                        offset: cursor.offset,
+                        len,
+                    },
+                    done,
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! End to end through the socket against Debian's registry: the production body pushes
+//! docker-archives (compressed by hoist, gzip and zstd) and OCI layouts (byte for byte); the
+//! image is pulled back with skopeo and verified.
+mod common;
+mod daemon_support;
+mod push_support;
+
+use hoist::api::{BlobState, Compression};
+use hoist::daemon::Config;
+use hoist::sample::SampleCompression;
+
+use common::TestRegistry;
+use daemon_support::TestDaemon;
+use push_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layout_with_gzip_layers_is_pushed_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (img, source) = write_oci(
+        &dir.path().join("img"),
+        &image_spec(11, 12, SampleCompression::Gzip),
+    );
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{host}/e2e/oci:1");
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_done(&client, &id).await;
+    // Pushed as it is: the manifest is the source's, byte for byte.
+    assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
+    assert!(
+        job.blobs.iter().all(|b| b.state == BlobState::Verified),
+        "{job:?}"
+    );
+    let pulled = pull_back(&host, "e2e/oci:1", &dir.path().join("pulled"));
+    assert_eq!(pulled, img.manifest);
+    verify(&host, "e2e/oci:1", &img.manifest).await;
+    // And `hoist verify` as a user runs it.
+    let out = std::process::Command::new(daemon_support::hoist_bin())
+        .args(["verify", &target])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&img.manifest.to_string()), "{text}");
+}
+
+async fn push_docker_archive(compression: Compression) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let oci = dir.path().join("img");
+    write_oci(&oci, &image_spec(12, 16, SampleCompression::None));
+    let source = write_docker_archive(&oci, &dir.path().join("img.tar"));
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{host}/e2e/archive:{}", compression.as_str());
+    let id = client
+        .submit(&request(&source, &target, compression))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_done(&client, &id).await;
+    let digest = job.manifest_digest.clone().unwrap();
+    let reference = format!("e2e/archive:{}", compression.as_str());
+    let pulled = pull_back(&host, &reference, &dir.path().join("pulled"));
+    assert_eq!(pulled, digest);
+    verify(&host, &reference, &digest).await;
+    // The layers really are in the asked-for format.
+    let raw = common::skopeo_raw_manifest(&host, &reference);
+    let text = String::from_utf8(raw).unwrap();
+    // docker-archive sources keep the Docker media types.
+    let want = match compression {
+        Compression::Gzip => "tar.gzip",
+        Compression::Zstd => "tar+zstd",
+    };
+    assert!(text.contains(want), "{text}");
+    // The spool of a finished job is gone.
+    let spool = daemon.state_dir.join("spool").join(id.as_str());
+    assert!(!spool.exists(), "{} is left behind", spool.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_is_compressed_with_gzip_and_pushed() {
+    push_docker_archive(Compression::Gzip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_is_compressed_with_zstd_and_pushed() {
+    push_docker_archive(Compression::Zstd).await;
+}
+
+/// Uploading a layer starts while it is still being compressed: the event log shows an
+/// acknowledged part of the layer before its last compressed chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_uploads_while_it_is_compressed() {
+    use hoist::api::EventKind;
+    use hoist::sample::{LayerContent, LayerSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let mut spec = image_spec(13, 0, SampleCompression::None);
+    spec.layers = vec![LayerSpec::new(
+        LayerContent::Text(64 << 20),
+        SampleCompression::None,
+    )];
+    let oci = dir.path().join("img");
+    write_oci(&oci, &spec);
+    let source = write_docker_archive(&oci, &dir.path().join("img.tar"));
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/e2e/pipe:1", registry.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_done(&client, &id).await;
+    let layer = job.blobs[1].digest.clone();
+    let (mut first_part, mut last_chunk) = (None, None);
+    let mut stream = client.events(&id, 0, false).await.unwrap();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        match ev.kind {
+            EventKind::Progress {
+                digest,
+                offset_bytes,
+                ..
+            } if digest == layer && offset_bytes > 0 && first_part.is_none() => {
+                first_part = Some(ev.seq)
+            }
+            EventKind::Compress { digest, .. } if digest == layer => last_chunk = Some(ev.seq),
+            _ => {}
+        }
+    }
+    let (first_part, last_chunk) = (first_part.unwrap(), last_chunk.unwrap());
+    assert!(
+        first_part < last_chunk,
+        "the first part was acknowledged (event {first_part}) only after compression ended (event {last_chunk})"
+    );
+}

@@ -1,0 +1,455 @@
+//! The production body's other promises, end to end through the socket against the real
+//! registry: cancel and delete leave nothing behind, a lost session costs only that blob, two
+//! jobs sharing a blob send it once, a re-push sends no blob bytes, binaries of the wrong
+//! architecture stop the job before the commit, and a source swapped under a job fails it.
+mod common;
+mod daemon_support;
+mod push_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use hoist::api::{Compression, JobState};
+use hoist::daemon::Config;
+use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
+
+use common::TestRegistry;
+use common::cut_proxy::CutProxy;
+use common::ecr_proxy::EcrProxy;
+use daemon_support::TestDaemon;
+use push_support::*;
+
+/// Every open upload session in the registry's storage: `_uploads/<uuid>` directories that
+/// still hold their `data` file (a cancelled session leaves only an empty `hashstates`).
+fn open_sessions(storage: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![storage.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "_uploads") {
+                out.extend(
+                    std::fs::read_dir(&p)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|s| s.join("data").exists()),
+                );
+            } else {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn archive(dir: &Path, seed: u64, mb: u64) -> String {
+    let oci = dir.join(format!("img{seed}"));
+    write_oci(&oci, &image_spec(seed, mb, SampleCompression::None));
+    write_docker_archive(&oci, &dir.join(format!("img{seed}.tar")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_deletes_open_sessions_and_the_spool_and_delete_removes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let source = archive(dir.path(), 31, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/cancel/img:1", proxy.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= CHUNK
+    })
+    .await;
+    assert!(!open_sessions(&registry.storage()).is_empty());
+    client.control(&id, "cancel").await.unwrap();
+    let spool = daemon.state_dir.join("spool").join(id.as_str());
+    // The body cleans up once it stopped: sessions deleted, spool emptied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sessions = open_sessions(&registry.storage());
+        let left: Vec<_> = std::fs::read_dir(&spool)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if sessions.is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: sessions {sessions:?}, spool {left:?}; proxy log {:?}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.job(&id).await.unwrap().state, JobState::Cancelled);
+    assert!(!tag_exists(registry.addr, "cancel/img", "1"));
+    client.delete(&id).await.unwrap();
+    assert!(!spool.exists(), "{} is left behind", spool.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_restarts_only_that_blob_and_the_job_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(200, Ordering::SeqCst);
+    let source = archive(dir.path(), 32, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/lost/img:1", proxy.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "a part held", |j| {
+        j.bytes_uploaded() >= CHUNK && proxy.state.parts_held.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // The registry forgets every open session (as an expired ECR upload would).
+    let sessions = open_sessions(&registry.storage());
+    assert!(!sessions.is_empty());
+    for s in sessions {
+        std::fs::remove_dir_all(s).unwrap();
+    }
+    let job = wait_done(&client, &id).await;
+    let digest = job.manifest_digest.unwrap();
+    assert_eq!(
+        pull_back(&registry.host(), "lost/img:1", &dir.path().join("pulled")),
+        digest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_sharing_blobs_send_them_once_and_a_repush_sends_no_blob_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let cut = CutProxy::start(registry.addr).await;
+    let source = archive(dir.path(), 33, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let a = client
+        .submit(&request(
+            &source,
+            &format!("{}/share/a:1", cut.host()),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let b = client
+        .submit(&request(
+            &source,
+            &format!("{}/share/b:1", cut.host()),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let ja = wait_done(&client, &a).await;
+    let jb = wait_done(&client, &b).await;
+    assert_eq!(ja.manifest_digest, jb.manifest_digest);
+    let once = ja.bytes_total();
+    let sent = cut.state.bytes_up.load(Ordering::SeqCst);
+    eprintln!("two jobs, one image: {sent} bytes up for a {once}-byte image");
+    assert!(
+        sent < once + once / 4,
+        "{sent} bytes sent for two pushes of a {once}-byte image"
+    );
+    // The same image to a new tag: HEADs only, no blob bytes.
+    let before = cut.state.bytes_up.load(Ordering::SeqCst);
+    let c = client
+        .submit(&request(
+            &source,
+            &format!("{}/share/a:2", cut.host()),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let jc = wait_done(&client, &c).await;
+    assert_eq!(jc.manifest_digest, ja.manifest_digest);
+    let repush = cut.state.bytes_up.load(Ordering::SeqCst) - before;
+    eprintln!("re-push to a new tag: {repush} bytes up");
+    assert!(repush < 64 << 10, "the re-push sent {repush} bytes");
+    verify(
+        &registry.host(),
+        "share/b:1",
+        jb.manifest_digest.as_ref().unwrap(),
+    )
+    .await;
+}
+
+fn arm64_image(dir: &Path) -> String {
+    let mut spec = image_spec(34, 0, SampleCompression::Gzip);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::Text(1 << 20), SampleCompression::Gzip),
+        LayerSpec::new(
+            LayerContent::Elf {
+                machine: 0xb7,
+                count: 12,
+            },
+            SampleCompression::Gzip,
+        ),
+    ];
+    write_oci(&dir.join("arm"), &spec).1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm64_binaries_in_an_amd64_image_fail_before_the_commit_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let source = arm64_image(dir.path());
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let id = client
+        .submit(&request(
+            &source,
+            &format!("{host}/arch/img:1"),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed);
+    let reason = job.reason.unwrap();
+    assert!(
+        reason.contains("aarch64") && reason.contains("--allow-arch-mismatch"),
+        "{reason}"
+    );
+    assert!(!tag_exists(registry.addr, "arch/img", "1"));
+
+    let mut req = request(&source, &format!("{host}/arch/img:1"), Compression::Gzip);
+    req.options.allow_arch_mismatch = true;
+    let id = client.submit(&req).await.unwrap().id;
+    wait_done(&client, &id).await;
+    assert!(tag_exists(registry.addr, "arch/img", "1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_is_resolved_at_submission_and_a_replaced_file_fails_the_job_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let real = archive(dir.path(), 35, 16);
+    let real = PathBuf::from(real.strip_prefix("docker-archive:").unwrap());
+    // Same bytes, another file: what a swap to a look-alike would give.
+    let copy = dir.path().join("copy.tar");
+    std::fs::copy(&real, &copy).unwrap();
+    let link = dir.path().join("current.tar");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let source = format!("docker-archive:{}", link.display());
+    let id = client
+        .submit(&request(
+            &source,
+            &format!("{}/swap/img:1", proxy.host()),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    // The job names the file the link pointed at when it was submitted.
+    let job = client.job(&id).await.unwrap();
+    let canonical = format!("docker-archive:{}", real.canonicalize().unwrap().display());
+    assert_eq!(job.spec.source, canonical);
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.state == JobState::Uploading
+    })
+    .await;
+    client.control(&id, "pause").await.unwrap();
+    wait_for(&client, &id, PUSH_MS_MAX, "paused", |j| {
+        j.state == JobState::Paused
+    })
+    .await;
+    // The file itself is replaced (a new inode at the same path).
+    std::fs::rename(&copy, &real).unwrap();
+    client.control(&id, "resume").await.unwrap();
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("source changed"), "{reason}");
+    assert!(!tag_exists(registry.addr, "swap/img", "1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_restart_mid_push_is_waited_for_and_the_job_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = TestRegistry::start();
+    let source = archive(dir.path(), 36, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/restart/img:1", registry.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.state == JobState::Uploading && j.bytes_uploaded() > 0
+    })
+    .await;
+    registry.stop();
+    // The job says what it waits for.
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "waiting for network", |j| {
+        j.state.is_final()
+            || j.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("waiting for network"))
+    })
+    .await;
+    assert_eq!(job.state, JobState::Uploading, "{job:?}");
+    registry.start_again();
+    let job = wait_done(&client, &id).await;
+    assert_eq!(
+        pull_back(
+            &registry.host(),
+            "restart/img:1",
+            &dir.path().join("pulled")
+        ),
+        job.manifest_digest.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the_spool_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestRegistry::start();
+    let second = TestRegistry::start();
+    let source = archive(dir.path(), 37, 16);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let a = client
+        .submit(&request(
+            &source,
+            &format!("{}/cache/img:1", first.host()),
+            Compression::Zstd,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let ja = wait_done(&client, &a).await;
+    assert!(ja.blobs.iter().any(|b| b.compressed_chunks > 0));
+    let b = client
+        .submit(&request(
+            &source,
+            &format!("{}/cache/img:1", second.host()),
+            Compression::Zstd,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let jb = wait_done(&client, &b).await;
+    assert_eq!(jb.manifest_digest, ja.manifest_digest);
+    // Nothing was compressed again: every layer came from the cache.
+    assert!(
+        jb.blobs.iter().all(|b| b.compressed_chunks == 0),
+        "{:?}",
+        jb.blobs
+    );
+    assert_eq!(
+        pull_back(&second.host(), "cache/img:1", &dir.path().join("pulled")),
+        jb.manifest_digest.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let source = archive(dir.path(), 38, 24);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/paused/img:1", proxy.host());
+    let id = client
+        .submit(&request(&source, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= CHUNK
+    })
+    .await;
+    client.control(&id, "pause").await.unwrap();
+    wait_for(&client, &id, PUSH_MS_MAX, "paused", |j| {
+        j.state == JobState::Paused
+    })
+    .await;
+    // Paused at a chunk boundary: its sessions stay open for the resume.
+    assert!(!open_sessions(&registry.storage()).is_empty());
+    client.delete(&id).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !open_sessions(&registry.storage()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions left open: {:?}",
+            open_sessions(&registry.storage())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!daemon.state_dir.join("spool").join(id.as_str()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.immutable_tags.store(true, Ordering::SeqCst);
+    let (img, source) = write_oci(
+        &dir.path().join("img"),
+        &image_spec(39, 8, SampleCompression::Gzip),
+    );
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let target = format!("{}/immutable/img:1", proxy.host());
+    for _ in 0..2 {
+        // The second push meets its own tag, as a rerun after a crash right after the PUT.
+        let id = client
+            .submit(&request(&source, &target, Compression::Gzip))
+            .await
+            .unwrap()
+            .id;
+        let job = wait_done(&client, &id).await;
+        assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
+    }
+    let log = proxy.log();
+    let puts = log
+        .iter()
+        .filter(|l| l.starts_with("PUT /v2/immutable/img/manifests/"))
+        .count();
+    assert_eq!(puts, 2, "{log:?}");
+    // Another image is still refused on that tag.
+    let (_, other) = write_oci(
+        &dir.path().join("other"),
+        &image_spec(40, 8, SampleCompression::Gzip),
+    );
+    let id = client
+        .submit(&request(&other, &target, Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed);
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("immutable"), "{reason}");
+}

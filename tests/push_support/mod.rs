@@ -1,0 +1,144 @@
+//! Helpers for the end-to-end push tests: sample images in the three source kinds, a daemon
+//! with the production body, and checks of what the registry serves.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hoist::api::{self, Compression, JobId, JobState};
+use hoist::cli::client::Client;
+use hoist::digest::Digest;
+use hoist::platform::Platform;
+use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleImage, SampleSpec};
+
+use crate::common;
+
+/// How long a push of a test image may take (debug build, 2 cores, shared with other tests).
+pub const PUSH_MS_MAX: u64 = 90_000;
+/// Upload chunk size of the tests: ECR's minimum, so images of a few tens of MB have several.
+pub const CHUNK: u64 = 5 << 20;
+
+/// An image of about `mb` MB in three layers (text, random, small files), layers stored with
+/// `compression`, for `platform`.
+pub fn image_spec(seed: u64, mb: u64, compression: SampleCompression) -> SampleSpec {
+    let mut spec = SampleSpec::small(seed);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::SmallFiles(16), compression),
+        LayerSpec::new(LayerContent::Text((mb / 2) << 20), compression),
+        LayerSpec::new(LayerContent::Random((mb / 2) << 20), compression),
+    ];
+    spec
+}
+
+pub fn write_oci(dir: &Path, spec: &SampleSpec) -> (SampleImage, String) {
+    let img = hoist::sample::write_oci_layout(dir, spec).expect("write the sample layout");
+    let src = format!("oci:{}", dir.display());
+    (img, src)
+}
+
+/// A docker-archive made by skopeo from an OCI layout (uncompressed layers inside).
+pub fn write_docker_archive(oci_dir: &Path, tar: &Path) -> String {
+    common::skopeo(&[
+        "copy",
+        "--insecure-policy",
+        &format!("oci:{}", oci_dir.display()),
+        &format!("docker-archive:{}:hoist/test:1", tar.display()),
+    ]);
+    format!("docker-archive:{}", tar.display())
+}
+
+pub fn request(source: &str, target: &str, compression: Compression) -> api::SubmitRequest {
+    api::SubmitRequest {
+        source: source.into(),
+        target: target.into(),
+        platform: None,
+        compression: Some(compression),
+        chunk_size_bytes: Some(CHUNK),
+        options: api::JobOptions {
+            insecure: true,
+            ..api::JobOptions::default()
+        },
+    }
+}
+
+/// Polls until `pred` holds or the job ends otherwise; panics with the job after `ms`.
+pub async fn wait_for(
+    client: &Client,
+    id: &JobId,
+    ms: u64,
+    what: &str,
+    pred: impl Fn(&api::Job) -> bool,
+) -> api::Job {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match client.job(id).await {
+            Ok(job) if pred(&job) => return job,
+            Ok(job) => last = Some(job),
+            // The daemon may be restarting.
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never became {what}; last seen: {last:?}");
+}
+
+/// Waits for the job to end and asserts it is done.
+pub async fn wait_done(client: &Client, id: &JobId) -> api::Job {
+    let job = wait_for(client, id, PUSH_MS_MAX, "finished", |j| j.state.is_final()).await;
+    assert_eq!(
+        job.state,
+        JobState::Done,
+        "the push did not finish: {job:?}"
+    );
+    job
+}
+
+/// Pulls `reference` back with skopeo (which checks every blob's digest as it copies) and
+/// returns the manifest digest the registry serves.
+pub fn pull_back(host: &str, reference: &str, dest: &Path) -> Digest {
+    common::skopeo_pull_oci(host, reference, dest);
+    let raw = common::skopeo_raw_manifest(host, reference);
+    // Every blob in the pulled layout matches its name.
+    let blobs = dest.join("blobs/sha256");
+    for e in std::fs::read_dir(&blobs).expect("pulled blobs") {
+        let p: PathBuf = e.unwrap().path();
+        let got = Digest::sha256_of(&std::fs::read(&p).unwrap());
+        assert_eq!(got.hex(), p.file_name().unwrap().to_str().unwrap());
+    }
+    Digest::sha256_of(&raw)
+}
+
+/// `hoist verify` as the library runs it: the tag resolves to `digest` on linux/amd64.
+pub async fn verify(host: &str, reference: &str, digest: &Digest) {
+    let target = hoist::registry::ImageRef::parse(&format!("{host}/{reference}")).unwrap();
+    let client =
+        hoist::registry::RegistryClient::new(host, hoist::registry::ClientOptions::default())
+            .unwrap();
+    let report =
+        hoist::registry::verify_tag(&client, &target, Some(digest), &Platform::linux_amd64())
+            .await
+            .expect("the tag verifies");
+    assert_eq!(&report.tag_digest, digest);
+}
+
+/// Whether the tag exists in the registry (HEAD the manifest, accepting every manifest type:
+/// without an Accept header the registry hides OCI manifests).
+pub fn tag_exists(addr: std::net::SocketAddr, repo: &str, tag: &str) -> bool {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the registry");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf);
+    match head.split_whitespace().nth(1) {
+        Some("200") => true,
+        Some("404") => false,
+        other => panic!("HEAD manifest answered {other:?}: {head}"),
+    }
+}
