@@ -25,7 +25,7 @@ for t in "${targets[@]}"; do
   nice -n 19 "$bin_dir/$t" -max_total_time="$seconds" -max_len="${max_len[$t]:-4096}" \
     -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
     "$scratch/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" > "$scratch/$t.log" 2>&1 || status=$?
-  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units)' "$scratch/$t.log" || true
+  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units)' "$scratch/$t.log" || true
   if [[ $status -ne 0 ]]; then
     grep -E 'panicked|==[0-9]+==|SUMMARY' "$scratch/$t.log" >&2 || true
     echo "$t: failed (exit $status), see fuzz/artifacts/$t/" >&2
