@@ -26,6 +26,8 @@ export RUSTFLAGS="--cfg fuzzing \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  -Cdebug-assertions -Coverflow-checks ${RUSTFLAGS:-}"
 cargo build --release --locked --target "$triple" --bin "$target"
+# FUZZ_BUILD_ONLY=1: stop after the build (scripts/fuzz-smoke.sh runs the binary itself).
+[[ ${FUZZ_BUILD_ONLY:-} == 1 ]] && exit 0
 bin=$CARGO_TARGET_DIR/$triple/release/$target
 mkdir -p "corpus/$target" "artifacts/$target"
 status=0

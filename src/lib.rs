@@ -21,6 +21,8 @@ pub mod compress;
 pub mod daemon;
 pub mod digest;
 pub mod elf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod inspect;
 pub mod plan;

@@ -86,11 +86,27 @@ impl FromStr for Platform {
     }
 }
 
+/// Writes a platform field from an image document; control characters (which an image can
+/// put there, and which would break a one-line message) print as `?`.
+fn write_field(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    if !s.chars().any(char::is_control) {
+        return f.write_str(s);
+    }
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    f.write_str(&clean)
+}
+
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
+        write_field(f, &self.os)?;
+        f.write_str("/")?;
+        write_field(f, &self.architecture)?;
         if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
+            f.write_str("/")?;
+            write_field(f, v)?;
         }
         Ok(())
     }
@@ -123,5 +139,12 @@ mod tests {
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux/amd64/v2/x".parse::<Platform>().is_err());
         assert!("linux/".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn control_characters_from_documents_do_not_print() {
+        let p = Platform::new("linux\n", "amd\u{1b}[2J64", Some("v\r1"));
+        assert_eq!(p.to_string(), "linux?/amd?[2J64/v?1");
+        assert!(!Platform::linux_amd64().matches(&p));
     }
 }

@@ -2,9 +2,8 @@
 //! `Platform::from_str`. Both must never panic, and what they accept must print back to a
 //! string that parses to the same value.
 //!
-//! The archive, manifest and index parsers get their own targets here when they land
-//! (`fuzz_targets/parse_manifest.rs`, `fuzz_targets/index_archive.rs`), each with a corpus
-//! directory under `fuzz/corpus/<target>/` and a `[[bin]]` entry in `fuzz/Cargo.toml`.
+//! The archive, document and registry parsers have their own targets (`index_tar`,
+//! `plan_archive`, `parse_image`, `parse_registry`; see fuzz/README.md).
 #![no_main]
 
 use std::str::FromStr;

@@ -39,8 +39,9 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         "basic" => Some(Challenge::Basic {
             realm: params.get("realm").cloned(),
         }),
+        // A Bearer challenge without a realm (or with an empty one) says nowhere to get a token.
         "bearer" => Some(Challenge::Bearer {
-            realm: params.get("realm").cloned()?,
+            realm: params.get("realm").filter(|r| !r.is_empty()).cloned()?,
             service: params.get("service").cloned(),
             scope: params.get("scope").cloned(),
         }),
@@ -178,6 +179,9 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
+        // Found by fuzz target parse_registry: an empty realm was a Bearer challenge.
+        assert_eq!(parse_challenge("bearer reaLm=,http://12"), None);
+        assert_eq!(parse_challenge(r#"Bearer realm="""#), None);
     }
 
     #[test]

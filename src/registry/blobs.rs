@@ -63,13 +63,40 @@ pub fn parse_first_byte_message(msg: &str) -> Option<(u64, u64)> {
 }
 
 /// `Range: 0-<end>` (or `bytes=0-<end>`) -> end.
-fn parse_range_end(v: &str) -> Option<u64> {
+pub fn parse_range_end(v: &str) -> Option<u64> {
     let v = v.trim().trim_start_matches("bytes=");
     let (start, end) = v.split_once('-')?;
     if start.trim() != "0" {
         return None;
     }
     end.trim().parse().ok()
+}
+
+/// Checks that an upload session `Location` (already resolved against the request URL) stays
+/// on the origin (scheme, host, port) of the request that opened or advanced the session.
+///
+/// Why: the blob bytes go wherever the Location points, and a session URL is persisted and
+/// resumed later. A registry (or anything between us and it) must not be able to send the
+/// upload to `file://`, to plain `http://` after `https://`, or to another host. ECR and the
+/// distribution registry answer absolute Locations on their own host.
+pub fn check_upload_location(request: &Url, location: &Url) -> Result<(), RegistryError> {
+    let same = location.scheme() == request.scheme()
+        && location.host_str() == request.host_str()
+        && location.port_or_known_default() == request.port_or_known_default();
+    if same {
+        return Ok(());
+    }
+    Err(RegistryError::Protocol {
+        method: "upload".into(),
+        url: redact_url(request),
+        message: format!(
+            "the registry sent an upload Location on another origin ({}): refused, blobs are only sent to {}://{}",
+            redact_url(location),
+            request.scheme(),
+            request.host_str().unwrap_or("").to_string()
+                + &request.port().map(|p| format!(":{p}")).unwrap_or_default(),
+        ),
+    })
 }
 
 /// How fast we assume a registry verifies a blob at the final PUT (Debian's: ~330 MB/s per
@@ -206,6 +233,7 @@ impl RegistryClient {
             url: redact_url(&resp.url),
             message: "the registry opened an upload without a Location".into(),
         })?;
+        check_upload_location(&resp.url, &location)?;
         Ok(UploadCursor {
             session_url: location.to_string(),
             offset: 0,
@@ -281,6 +309,7 @@ impl RegistryClient {
         })
         .await?;
         let next_url = resp.location().unwrap_or(url);
+        check_upload_location(&resp.url, &next_url)?;
         if resp.status.is_success() {
             if let Some(reg_end) = resp.header("range").and_then(parse_range_end)
                 && reg_end != end
@@ -340,6 +369,7 @@ impl RegistryClient {
         let status = resp.status.as_u16();
         if resp.status.is_success() {
             let next_url = resp.location().unwrap_or(url);
+            check_upload_location(&resp.url, &next_url)?;
             let offset = match resp.header("range").and_then(parse_range_end) {
                 // `0-0` means 0 or 1 byte on distribution: keep our count if it is one of them.
                 Some(0) if cursor.offset <= 1 => cursor.offset,
@@ -454,6 +484,18 @@ impl RegistryClient {
             .await?;
             if resp.status.is_redirection() {
                 url = resp.location().ok_or_else(|| resp.error(&Method::GET))?;
+                // Storage redirects (S3) go to other hosts, without credentials; never to
+                // another scheme than HTTP(S).
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(RegistryError::Protocol {
+                        method: "GET".into(),
+                        url: redact_url(&resp.url),
+                        message: format!(
+                            "the registry redirected to {}: refused, only http and https are followed",
+                            redact_url(&url)
+                        ),
+                    });
+                }
                 continue;
             }
             if !resp.status.is_success() {

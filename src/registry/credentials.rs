@@ -194,14 +194,20 @@ impl CredentialLookup {
             registry: host.into(),
             message: format!("credential helper docker-credential-{name}: {message}"),
         };
+        // Its own process group: a helper that is a shell script may leave children (an
+        // `aws` call) behind; on timeout the whole group is killed, not only the script.
         let mut child = tokio::process::Command::new(self.helper_path(name))
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| fail(format!("cannot run it ({e}): install it or fix credHelpers/credsStore in docker's config.json")))?;
+        let group = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32));
         let mut stdin = child.stdin.take().expect("piped stdin");
         let server = server_key(host);
         let run = async move {
@@ -212,8 +218,12 @@ impl CredentialLookup {
         };
         let out = match tokio::time::timeout(self.helper_timeout, run).await {
             Err(_) => {
+                // Dropping `run` killed the helper itself (kill_on_drop); its children too:
+                if let Some(g) = group {
+                    let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+                }
                 return Err(fail(format!(
-                    "no answer within {} s",
+                    "no answer within {} s: killed it; check that it works (run docker-credential-{name} get) and does not wait for input",
                     self.helper_timeout.as_secs()
                 )));
             }
@@ -221,10 +231,23 @@ impl CredentialLookup {
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
-                .trim()
-                .to_string()
-                + String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]).trim();
+            // Helpers print their errors on stdout (docker-credential-helpers do), but a helper
+            // that printed credentials and then failed must not put them in our message: JSON
+            // on stdout is never quoted.
+            let stdout = if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok() {
+                ""
+            } else {
+                &*String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
+            };
+            let msg = [
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]).trim(),
+            ]
+            .join(" ")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>();
+            let msg = msg.trim();
             if msg.contains("credentials not found") {
                 return Ok(None);
             }

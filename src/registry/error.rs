@@ -14,18 +14,39 @@ pub struct RegistryErrorBody {
     pub detail: Option<String>,
 }
 
+/// Text the registry sends (error code, message, detail, a non-JSON body) is cut to this many
+/// characters before it goes into an error message.
+pub const ERROR_TEXT_CHARS_MAX: usize = 300;
+
+/// Registry-supplied text made fit for a one-line error on a terminal: control characters
+/// (newlines, ANSI escapes) become spaces, and at most [`ERROR_TEXT_CHARS_MAX`] characters
+/// are kept (the last one `…` when cut).
+fn clean_text(s: &str) -> String {
+    let mut out: String = s
+        .trim()
+        .chars()
+        .take(ERROR_TEXT_CHARS_MAX + 1)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.chars().count() > ERROR_TEXT_CHARS_MAX {
+        out = out.chars().take(ERROR_TEXT_CHARS_MAX - 1).collect();
+        out.push('…');
+    }
+    out
+}
+
 impl RegistryErrorBody {
     /// Parses the first entry of the envelope. Anything that is not the envelope (HTML, plain
-    /// text, truncated JSON) becomes a message of at most `ERROR_BODY_CHARS_MAX` characters.
+    /// text, truncated JSON) becomes the message. Every field is cleaned for a one-line error
+    /// (see [`ERROR_TEXT_CHARS_MAX`]): the registry is not trusted to send printable text.
     pub fn parse(body: &[u8]) -> RegistryErrorBody {
-        const ERROR_BODY_CHARS_MAX: usize = 300;
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
             let first = v.get("errors").and_then(|e| e.get(0));
             if let Some(first) = first {
                 let text = |k: &str| match first.get(k) {
                     None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(other) => Some(other.to_string()),
+                    Some(serde_json::Value::String(s)) => Some(clean_text(s)),
+                    Some(other) => Some(clean_text(&other.to_string())),
                 };
                 return RegistryErrorBody {
                     code: text("code"),
@@ -34,11 +55,10 @@ impl RegistryErrorBody {
                 };
             }
         }
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
+        let text = clean_text(&String::from_utf8_lossy(body));
         RegistryErrorBody {
             code: None,
-            message: (!text.is_empty()).then(|| text.chars().take(ERROR_BODY_CHARS_MAX).collect()),
+            message: (!text.trim().is_empty()).then_some(text),
             detail: None,
         }
     }

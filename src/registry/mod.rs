@@ -85,13 +85,19 @@ use std::time::Duration;
 use reqwest::Method;
 use url::Url;
 
-pub use auth::{Challenge, parse_challenge};
-pub use blobs::{MountOutcome, ResumePoint, UploadCursor, parse_first_byte_message};
+pub use auth::{Challenge, Token, parse_challenge};
+pub use blobs::{
+    MountOutcome, ResumePoint, UploadCursor, check_upload_location, parse_first_byte_message,
+    parse_range_end,
+};
 pub use credentials::{CredentialLookup, CredentialSource, Credentials};
-pub use error::{RegistryError, RegistryErrorBody, TransportKind, redact_url, redact_url_str};
+pub use error::{
+    ERROR_TEXT_CHARS_MAX, RegistryError, RegistryErrorBody, TransportKind, redact_url,
+    redact_url_str,
+};
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
 pub use reference::{ImageRef, Reference, is_ecr_host, is_loopback_host};
-pub use retry::{RetryPolicy, retry, retry_if};
+pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
 pub use transport::{FILE_PIECE_BYTES, FileRange};
 pub use verify::{VerifyError, VerifyReport, verify_tag};
 

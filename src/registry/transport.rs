@@ -22,6 +22,11 @@ use super::{Inner, RegistryError};
 const BODY_PIECE_BYTES: usize = 64 * 1024;
 /// Responses we read into memory (errors, manifests, configs, tokens) are at most this big.
 pub(crate) const RESPONSE_BYTES_MAX: usize = 8 << 20;
+/// Of an error answer (not 2xx), only this much is read: enough for any error envelope.
+const ERROR_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Responses read into memory must arrive at least this fast on average (after a grace of one
+/// stall timeout): a slow-loris registry cannot hold a request open for days.
+const RESPONSE_BYTES_PER_S_MIN: u64 = 16 * 1024;
 /// Attempts of one logical request: challenge discovery, one credential refresh, the retry.
 const AUTH_ROUNDS_MAX: usize = 3;
 
@@ -362,6 +367,34 @@ impl Inner {
         }
     }
 
+    /// The token realm gets the user's credentials (Basic), so it must be a place they can go:
+    /// HTTPS anywhere (Docker Hub's realm is auth.docker.io), plain HTTP only on the registry's
+    /// own host, a loopback host, or when the user asked for an insecure registry. Never
+    /// another scheme. Why: a registry (or a man in the middle of a plain-HTTP registry)
+    /// must not be able to send the credentials in clear to a host of its choosing.
+    fn check_realm(&self, realm: &Url) -> Result<(), RegistryError> {
+        let host = realm.host_str().unwrap_or("");
+        let ok = match realm.scheme() {
+            "https" => !host.is_empty(),
+            "http" => {
+                self.opts.insecure
+                    || Some(host) == self.base.host_str()
+                    || super::is_loopback_host(host)
+            }
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(RegistryError::Credentials {
+            registry: self.host.clone(),
+            message: format!(
+                "the registry's token realm {} is not HTTPS on a host that may receive credentials: refused to send them there (check the registry address; pass --insecure only for a registry you trust on a plain-HTTP network)",
+                redact_url(realm)
+            ),
+        })
+    }
+
     /// GET realm?service=..&scope=.. with Basic credentials when we have some.
     async fn fetch_token(
         &self,
@@ -374,6 +407,7 @@ impl Inner {
             url: self.host.clone(),
             message: format!("token realm {realm:?} is not a URL"),
         })?;
+        self.check_realm(&url)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -437,6 +471,10 @@ impl Inner {
         let method = req.method.clone();
         let url = req.url.clone();
         let started = Instant::now();
+        let stall = req
+            .stall
+            .unwrap_or(self.opts.stall_timeout)
+            .max(self.opts.stall_timeout);
         let p = progress.clone();
         let exchange = async move {
             let resp = rb
@@ -447,12 +485,39 @@ impl Inner {
             let status = resp.status();
             let headers = resp.headers().clone();
             let mut body = Vec::new();
+            let body_started = Instant::now();
             if method != Method::HEAD {
                 let mut resp = resp;
                 loop {
                     match resp.chunk().await {
                         Ok(Some(c)) => {
                             p.tick();
+                            // A body trickling in (one byte a second) keeps the stall watchdog
+                            // quiet: bound the whole read by a minimum average rate.
+                            let allowed = stall
+                                + Duration::from_millis(
+                                    (body.len() as u64).saturating_mul(1000)
+                                        / RESPONSE_BYTES_PER_S_MIN,
+                                );
+                            if body_started.elapsed() > allowed {
+                                return Err(RegistryError::Transport {
+                                    method: method.to_string(),
+                                    url: redact_url(&url),
+                                    kind: TransportKind::Stalled,
+                                    message: format!(
+                                        "the response came too slowly ({} bytes in {} s): aborted",
+                                        body.len() + c.len(),
+                                        body_started.elapsed().as_secs()
+                                    ),
+                                });
+                            }
+                            if !status.is_success() && body.len() + c.len() > ERROR_BODY_BYTES_MAX {
+                                // An error answer: its first bytes say what is wrong; the rest
+                                // is not read (the connection is dropped, not reused).
+                                let keep = ERROR_BODY_BYTES_MAX - body.len();
+                                body.extend_from_slice(&c[..keep.min(c.len())]);
+                                break;
+                            }
                             if body.len() + c.len() > RESPONSE_BYTES_MAX {
                                 return Err(RegistryError::Protocol {
                                     method: method.to_string(),
@@ -476,10 +541,6 @@ impl Inner {
                 body: Bytes::from(body),
             })
         };
-        let stall = req
-            .stall
-            .unwrap_or(self.opts.stall_timeout)
-            .max(self.opts.stall_timeout);
         let result = tokio::select! {
             r = exchange => r,
             _ = stalled(&progress, stall) => Err(RegistryError::Transport {

@@ -53,6 +53,13 @@ pub fn normalise_name(display: &str, raw: &str) -> Result<Option<String>, Source
     if raw.starts_with('/') || raw.contains('\0') {
         return Err(unsafe_name());
     }
+    // Names end up in messages on terminals and in logs: no escape sequences, no new lines.
+    if raw.chars().any(char::is_control) {
+        return Err(SourceError::ControlInName {
+            what: display.to_string(),
+            entry: raw.to_string(),
+        });
+    }
     let mut parts = Vec::new();
     for part in raw.split('/') {
         match part {
@@ -353,5 +360,15 @@ mod tests {
         assert!(normalise_name("a", "./").unwrap().is_none());
         assert!(normalise_name("a", "/etc/passwd").is_err());
         assert!(normalise_name("a", "x/../../y").is_err());
+        // Found by fuzz target plan_archive's one-line property (a manifest.json layer path
+        // with an escape sequence and a new line ended up verbatim in the "is missing" error).
+        let e = normalise_name("a.tar", "x\u{1b}[31my\nz")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert!(
+            e.contains(r#""x\u{1b}[31my\nz" has control characters"#),
+            "{e}"
+        );
     }
 }

@@ -115,10 +115,11 @@ fn pick<'a>(
 ) -> Result<&'a DockerArchiveEntry, SourceError> {
     let tags = |e: &DockerArchiveEntry| e.repo_tags.clone().unwrap_or_default();
     let all: Vec<String> = entries.iter().flat_map(tags).collect();
+    // Tags come from the archive: made fit for a one-line message.
     let available = if all.is_empty() {
         "no tags".to_string()
     } else {
-        all.join(", ")
+        super::one_line(&all.join(", "))
     };
     match reference {
         Some(r) => entries
@@ -143,7 +144,7 @@ fn pick<'a>(
                 count: entries.len(),
                 example: format!(
                     "docker-archive:FILE:{}",
-                    all.first().map(String::as_str).unwrap_or("NAME:TAG")
+                    super::one_line(all.first().map(String::as_str).unwrap_or("NAME:TAG"))
                 ),
                 available,
             }

@@ -65,6 +65,11 @@ pub enum SourceError {
     UnsafeName { what: String, entry: String },
 
     #[error(
+        "{what}: entry name {entry:?} has control characters: refusing the archive; export the image again with docker save or skopeo"
+    )]
+    ControlInName { what: String, entry: String },
+
+    #[error(
         "{what}: entry {entry:?} appears twice: the archive is ambiguous; export the image again"
     )]
     Duplicate { what: String, entry: String },

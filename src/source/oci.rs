@@ -54,8 +54,13 @@ pub(super) fn resolve(
                 return Err(ImageError::Ambiguous {
                     what: index_what,
                     count: names.len(),
-                    available: names.join(", "),
-                    example: format!("{}:{}", source.reference, names.first().unwrap_or(&"REF")),
+                    // Ref names come from the image: made fit for a one-line message.
+                    available: super::one_line(&names.join(", ")),
+                    example: format!(
+                        "{}:{}",
+                        source.reference,
+                        super::one_line(names.first().unwrap_or(&"REF"))
+                    ),
                 }
                 .into());
             }
@@ -86,7 +91,7 @@ pub(super) fn resolve(
                     available: if names.is_empty() {
                         "no named images".into()
                     } else {
-                        names.join(", ")
+                        super::one_line(&names.join(", "))
                     },
                 }
                 .into());

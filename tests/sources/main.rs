@@ -4,5 +4,7 @@
 mod bad_input;
 mod helpers;
 mod kinds;
+mod limits;
+mod outside;
 mod platforms;
 mod props;
