@@ -34,8 +34,8 @@ struct Args {
     retry_max: std::time::Duration,
     /// Upload limit shared by all jobs (e.g. 10MiB/s, 20Mbit/s, off); `hoist limit` changes it
     /// while the daemon runs.
-    #[arg(long, env = "HOIST_BANDWIDTH", value_parser = hoist::bandwidth::parse_rate)]
-    bandwidth: Option<Option<u64>>,
+    #[arg(long, env = "HOIST_BANDWIDTH")]
+    bandwidth: Option<String>,
     /// Run even as root (a per-user daemon should not; containers sometimes must).
     #[arg(
         long,
@@ -74,6 +74,12 @@ fn real_main() -> anyhow::Result<()> {
     if args.uploads_max == 0 || args.jobs_max == 0 {
         bail!("--uploads-max and --jobs-max must be at least 1");
     }
+    let rate = match &args.bandwidth {
+        Some(r) => {
+            hoist::bandwidth::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?
+        }
+        None => None,
+    };
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => paths::default_state_dir().map_err(anyhow::Error::msg)?,
@@ -105,7 +111,7 @@ fn real_main() -> anyhow::Result<()> {
         let net = daemon::push::NetSettings {
             stall_timeout: args.stall_timeout,
             retry_delay_max: args.retry_max,
-            bandwidth: hoist::bandwidth::Bucket::new(args.bandwidth.flatten()),
+            bandwidth: hoist::bandwidth::Bucket::new(rate),
         };
         let config = Config {
             uploads_in_flight_max: args.uploads_max,

@@ -140,8 +140,8 @@ pub struct PushArgs {
     #[arg(long, value_parser = parse_duration)]
     pub deadline: Option<std::time::Duration>,
     /// This job's upload limit (e.g. 5MiB/s, 20Mbit/s), under the daemon's (`hoist limit`).
-    #[arg(long, value_parser = crate::bandwidth::parse_rate)]
-    pub bandwidth: Option<Option<u64>>,
+    #[arg(long, value_parser = parse_job_rate)]
+    pub bandwidth: Option<u64>,
     /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
@@ -165,6 +165,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A job's own limit: a rate, not `off` (a job without `--bandwidth` has no limit of its own).
+fn parse_job_rate(s: &str) -> Result<u64, String> {
+    crate::bandwidth::parse_rate(s)?
+        .ok_or_else(|| format!("{s:?}: give a job limit such as 5MiB/s, or leave --bandwidth out"))
 }
 
 /// Parses `2h`, `30m`, `90s`, `1d`, `1h30m`, or plain seconds.
@@ -252,6 +258,29 @@ mod tests {
         assert_eq!(parse_size("5242880").unwrap(), 5_242_880);
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn push_limits_parse() {
+        let cli = Cli::try_parse_from([
+            "hoist",
+            "push",
+            "--bandwidth",
+            "5MiB/s",
+            "--deadline",
+            "2h",
+            "a.tar",
+            "r/x:1",
+        ])
+        .unwrap();
+        let Command::Push(args) = cli.command else {
+            panic!("not a push")
+        };
+        assert_eq!(args.bandwidth, Some(5 << 20));
+        assert_eq!(args.deadline, Some(std::time::Duration::from_secs(7200)));
+        assert!(Cli::try_parse_from(["hoist", "push", "--bandwidth", "off", "a", "b"]).is_err());
+        let cli = Cli::try_parse_from(["hoist", "limit", "10MiB/s"]).unwrap();
+        assert!(matches!(cli.command, Command::Limit { rate: Some(_) }));
     }
 
     #[test]

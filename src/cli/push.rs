@@ -41,7 +41,7 @@ pub async fn run(
                     .saturating_add(d)
                     .as_secs()
             }),
-            bandwidth_bytes_per_s: args.bandwidth.flatten(),
+            bandwidth_bytes_per_s: args.bandwidth,
         },
     };
     let mut interrupt = follow::Interrupt::catch()?;
