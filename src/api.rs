@@ -50,6 +50,8 @@ pub enum Endpoint {
     ResumeJob,
     CancelJob,
     RetryJob,
+    GetBandwidth,
+    SetBandwidth,
 }
 
 /// One row of the route table: method, path template (OpenAPI syntax) and endpoint.
@@ -116,6 +118,16 @@ pub const ROUTES: &[Route] = &[
         method: "POST",
         path: "/v1/jobs/{id}/retry",
         endpoint: Endpoint::RetryJob,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/bandwidth",
+        endpoint: Endpoint::GetBandwidth,
+    },
+    Route {
+        method: "PUT",
+        path: "/v1/bandwidth",
+        endpoint: Endpoint::SetBandwidth,
     },
 ];
 
@@ -288,6 +300,13 @@ pub struct JobOptions {
     /// config declares (issue 8); by default the job fails before the manifest commit.
     #[serde(default)]
     pub allow_arch_mismatch: bool,
+    /// Give up at this moment (Unix seconds): until then the job keeps retrying through
+    /// outages; past it the job fails with the reason. `None`: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_s: Option<u64>,
+    /// This job's own upload limit, under the daemon-wide one; `None`: only the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
 }
 
 /// `POST /v1/jobs` body: what to push where. Absent fields take the documented defaults.
@@ -593,6 +612,14 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobList {
     pub jobs: Vec<Job>,
+}
+
+/// `GET` and `PUT /v1/bandwidth` body: the daemon-wide upload limit, shared by every job.
+/// `null` (or absent): unlimited. A change applies to uploads already running.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bandwidth {
+    pub bytes_per_s: Option<u64>,
 }
 
 /// `GET /v1/health` body.

@@ -553,6 +553,7 @@ async fn the_upload_connection_cap_is_shared_by_all_jobs() {
             uploads_in_flight_max: 1,
             jobs_running_max: 2,
             job_body: Arc::new(Scripted::new(100, 10)),
+            ..Config::default()
         },
     );
     let client = daemon.client();

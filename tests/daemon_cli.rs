@@ -257,3 +257,62 @@ async fn push_starts_a_daemon_when_none_answers() {
     assert!(state.join("hoistd.log").is_file());
     assert!(state.join("hoist.db").is_file());
 }
+
+/// `hoist limit` shows and changes the daemon-wide upload limit; `hoist push --deadline
+/// --bandwidth` reach the job's options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_shows_and_changes_the_bandwidth_and_push_passes_deadline_and_bandwidth() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(4, 5)));
+    let out = hoist(&daemon.socket, &["limit"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out.stdout), "upload limit: none");
+    let out = hoist(&daemon.socket, &["limit", "10MiB/s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        last_line(&out.stdout).contains("10485760 bytes/s"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        daemon.client().bandwidth().await.unwrap().bytes_per_s,
+        Some(10 << 20)
+    );
+    let out = hoist(&daemon.socket, &["limit", "fast"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a rate"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = hoist(&daemon.socket, &["limit", "off"]);
+    assert!(out.status.success());
+    assert_eq!(daemon.client().bandwidth().await.unwrap().bytes_per_s, None);
+
+    let out = hoist(
+        &daemon.socket,
+        &[
+            "push",
+            "--detach",
+            "--deadline",
+            "2h",
+            "--bandwidth",
+            "5MiB/s",
+            "docker-archive:/a.tar",
+            "127.0.0.1:5000/a:1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id: api::JobId = last_line(&out.stdout).parse().unwrap();
+    let job = daemon.client().job(&id).await.unwrap();
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(5 << 20));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let deadline = job.spec.options.deadline_unix_s.expect("a deadline");
+    assert!(
+        (now + 7100..=now + 7200).contains(&deadline),
+        "{deadline} vs {now}"
+    );
+}

@@ -25,6 +25,17 @@ struct Args {
     /// Jobs running at once; more wait in the queue.
     #[arg(long, env = "HOIST_JOBS_MAX", default_value_t = daemon::JOBS_RUNNING_MAX_DEFAULT)]
     jobs_max: usize,
+    /// Drop a registry request when no byte moved for this long (e.g. 30s, 2m); the upload
+    /// resumes by itself (a sleeping laptop, a dead Wi-Fi).
+    #[arg(long, env = "HOIST_STALL_TIMEOUT", default_value = "30s", value_parser = hoist::cli::parse_duration)]
+    stall_timeout: std::time::Duration,
+    /// The longest wait between two attempts while the network is down (e.g. 5m, 30s).
+    #[arg(long, env = "HOIST_RETRY_MAX", default_value = "5m", value_parser = hoist::cli::parse_duration)]
+    retry_max: std::time::Duration,
+    /// Upload limit shared by all jobs (e.g. 10MiB/s, 20Mbit/s, off); `hoist limit` changes it
+    /// while the daemon runs.
+    #[arg(long, env = "HOIST_BANDWIDTH")]
+    bandwidth: Option<String>,
     /// Run even as root (a per-user daemon should not; containers sometimes must).
     #[arg(
         long,
@@ -63,6 +74,12 @@ fn real_main() -> anyhow::Result<()> {
     if args.uploads_max == 0 || args.jobs_max == 0 {
         bail!("--uploads-max and --jobs-max must be at least 1");
     }
+    let rate = match &args.bandwidth {
+        Some(r) => {
+            hoist::bandwidth::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?
+        }
+        None => None,
+    };
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => paths::default_state_dir().map_err(anyhow::Error::msg)?,
@@ -91,10 +108,15 @@ fn real_main() -> anyhow::Result<()> {
             .context("cannot make the socket non-blocking")?;
         let listener =
             tokio::net::UnixListener::from_std(std_listener).context("cannot use the socket")?;
+        let net = daemon::push::NetSettings {
+            stall_timeout: args.stall_timeout,
+            retry_delay_max: args.retry_max,
+            bandwidth: hoist::bandwidth::Bucket::new(rate),
+        };
         let config = Config {
             uploads_in_flight_max: args.uploads_max,
             jobs_running_max: args.jobs_max,
-            ..Config::default()
+            ..Config::with_net(net)
         };
         daemon::run(listener, &state_dir, config, shutdown_signal()?).await?;
         Ok(())

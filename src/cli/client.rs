@@ -179,6 +179,24 @@ impl Client {
             .map(|_| ())
     }
 
+    pub async fn bandwidth(&self) -> Result<api::Bandwidth, ClientError> {
+        self.get_json(Method::GET, "/v1/bandwidth", None, "bandwidth")
+            .await
+    }
+
+    pub async fn set_bandwidth(
+        &self,
+        bytes_per_s: Option<u64>,
+    ) -> Result<api::Bandwidth, ClientError> {
+        self.get_json(
+            Method::PUT,
+            "/v1/bandwidth",
+            Some(api::encode(&api::Bandwidth { bytes_per_s })),
+            "bandwidth",
+        )
+        .await
+    }
+
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let bytes = self.call(Method::GET, "/v1/metrics", None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())

@@ -110,3 +110,22 @@ pub async fn rm(client: &Client, id: &JobId) -> anyhow::Result<ExitCode> {
     println!("{id} deleted");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `hoist limit [RATE]`: prints the daemon-wide upload limit, or changes it first.
+pub async fn limit(client: &Client, rate: Option<&str>) -> anyhow::Result<ExitCode> {
+    let now = match rate {
+        Some(r) => {
+            let parsed = crate::bandwidth::parse_rate(r).map_err(anyhow::Error::msg)?;
+            client.set_bandwidth(parsed).await?
+        }
+        None => client.bandwidth().await?,
+    };
+    match now.bytes_per_s {
+        Some(b) => println!(
+            "upload limit: {b} bytes/s ({:.1} MiB/s), shared by all jobs",
+            b as f64 / f64::from(1 << 20)
+        ),
+        None => println!("upload limit: none"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

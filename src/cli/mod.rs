@@ -85,6 +85,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the daemon-wide upload limit shared by every job (e.g. 10MiB/s, 8Mbit/s,
+    /// off); running uploads follow a change at once.
+    Limit {
+        /// The new limit; without it, print the current one.
+        rate: Option<String>,
+    },
     /// Check that TARGET in the registry is a complete, single-platform image.
     Verify {
         /// REGISTRY/REPOSITORY:TAG (or @sha256:...).
@@ -129,6 +135,13 @@ pub struct PushArgs {
     /// image's config declares.
     #[arg(long)]
     pub allow_arch_mismatch: bool,
+    /// Give up when the push is not done within this time (e.g. 2h, 30m, 1d); until then the
+    /// job waits out network outages [default: no deadline].
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<std::time::Duration>,
+    /// This job's upload limit (e.g. 5MiB/s, 20Mbit/s), under the daemon's (`hoist limit`).
+    #[arg(long, value_parser = parse_job_rate)]
+    pub bandwidth: Option<u64>,
     /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
@@ -152,6 +165,46 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A job's own limit: a rate, not `off` (a job without `--bandwidth` has no limit of its own).
+fn parse_job_rate(s: &str) -> Result<u64, String> {
+    crate::bandwidth::parse_rate(s)?
+        .ok_or_else(|| format!("{s:?}: give a job limit such as 5MiB/s, or leave --bandwidth out"))
+}
+
+/// Parses `2h`, `30m`, `90s`, `1d`, `1h30m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(n));
+    }
+    let bad = || format!("{s:?} is not a duration: write e.g. 2h, 30m, 90s or 1h30m");
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let mult = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// Runs the command; the caller prints the error chain.
@@ -189,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
         Command::Retry { job } => jobs::control(&client, &job, "retry").await,
         Command::Rm { job } => jobs::rm(&client, &job).await,
+        Command::Limit { rate } => jobs::limit(&client, rate.as_deref()).await,
         Command::Inspect { .. } | Command::Verify { .. } => unreachable!("handled above"),
     }
 }
@@ -204,6 +258,42 @@ mod tests {
         assert_eq!(parse_size("5242880").unwrap(), 5_242_880);
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn push_limits_parse() {
+        let cli = Cli::try_parse_from([
+            "hoist",
+            "push",
+            "--bandwidth",
+            "5MiB/s",
+            "--deadline",
+            "2h",
+            "a.tar",
+            "r/x:1",
+        ])
+        .unwrap();
+        let Command::Push(args) = cli.command else {
+            panic!("not a push")
+        };
+        assert_eq!(args.bandwidth, Some(5 << 20));
+        assert_eq!(args.deadline, Some(std::time::Duration::from_secs(7200)));
+        assert!(Cli::try_parse_from(["hoist", "push", "--bandwidth", "off", "a", "b"]).is_err());
+        let cli = Cli::try_parse_from(["hoist", "limit", "10MiB/s"]).unwrap();
+        assert!(matches!(cli.command, Command::Limit { rate: Some(_) }));
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(d("2h"), Ok(7200));
+        assert_eq!(d("1h30m"), Ok(5400));
+        assert_eq!(d("90s"), Ok(90));
+        assert_eq!(d("45"), Ok(45));
+        assert_eq!(d("1d"), Ok(86_400));
+        assert!(d("2x").is_err());
+        assert!(d("h").is_err());
+        assert!(d("5m3").is_err());
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub async fn run(
         options: JobOptions {
             insecure: args.insecure,
             allow_arch_mismatch: args.allow_arch_mismatch,
+            deadline_unix_s: args.deadline.map(|d| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_add(d)
+                    .as_secs()
+            }),
+            bandwidth_bytes_per_s: args.bandwidth,
         },
     };
     let mut interrupt = follow::Interrupt::catch()?;

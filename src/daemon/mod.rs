@@ -46,15 +46,26 @@ pub struct Config {
     pub jobs_running_max: usize,
     /// The push itself: [`push::PushBody`] in production; tests inject their own.
     pub job_body: Arc<dyn job::JobBody>,
+    /// Stall timeout, backoff cap and the global bandwidth bucket. The production body holds
+    /// the same settings (see [`Config::with_net`]); the API changes the bucket's rate.
+    pub net: push::NetSettings,
+}
+
+impl Config {
+    /// The production body with these network settings (the body and the API share them).
+    pub fn with_net(net: push::NetSettings) -> Config {
+        Config {
+            uploads_in_flight_max: UPLOADS_IN_FLIGHT_MAX_DEFAULT,
+            jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
+            job_body: Arc::new(push::PushBody::with_net(net.clone())),
+            net,
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            uploads_in_flight_max: UPLOADS_IN_FLIGHT_MAX_DEFAULT,
-            jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
-            job_body: Arc::new(push::PushBody::new()),
-        }
+        Config::with_net(push::NetSettings::default())
     }
 }
 
@@ -124,6 +135,7 @@ pub async fn run(
         store,
         counters,
         stopping: stop_rx.clone(),
+        bandwidth: config.net.bandwidth.clone(),
     });
     let server = tokio::spawn(server::serve(listener, app, stop_rx));
     match systemd::notify("READY=1") {

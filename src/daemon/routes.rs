@@ -29,6 +29,8 @@ pub struct App {
     pub counters: Arc<Counters>,
     /// Turns true when the daemon stops: event followers end their streams then.
     pub stopping: watch::Receiver<bool>,
+    /// The daemon-wide upload limit every job's uploads pay (changed by `PUT /v1/bandwidth`).
+    pub bandwidth: Arc<crate::bandwidth::Bucket>,
 }
 
 fn full(bytes: Vec<u8>) -> Body {
@@ -176,6 +178,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Endpoint::ResumeJob => control(&app, id(), Control::Resume).await,
         Endpoint::CancelJob => control(&app, id(), Control::Cancel).await,
         Endpoint::RetryJob => control(&app, id(), Control::Retry).await,
+        Endpoint::GetBandwidth => json(
+            StatusCode::OK,
+            &api::Bandwidth {
+                bytes_per_s: app.bandwidth.rate(),
+            },
+        ),
+        Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
         Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete).await {
             Ok(_) => respond(
                 StatusCode::NO_CONTENT,
@@ -233,6 +242,38 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
         },
         Err(e) => sched_error(e),
     }
+}
+
+async fn set_bandwidth(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), REQUEST_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body ({e}): send a small JSON object"),
+            );
+        }
+    };
+    let request: api::Bandwidth = match api::decode("bandwidth", &body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: see proto/openapi.yaml"),
+            );
+        }
+    };
+    app.bandwidth.set_rate(request.bytes_per_s);
+    tracing::info!(bytes_per_s = ?app.bandwidth.rate(), "bandwidth limit changed");
+    json(
+        StatusCode::OK,
+        &api::Bandwidth {
+            bytes_per_s: app.bandwidth.rate(),
+        },
+    )
 }
 
 async fn control(app: &App, id: JobId, action: Control) -> Response<Body> {

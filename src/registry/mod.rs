@@ -133,6 +133,9 @@ pub struct ClientOptions {
     /// Fail `check_repository` when the repository does not exist. `None`: only on ECR hosts
     /// (other registries create repositories on push).
     pub require_existing_repository: Option<bool>,
+    /// Upload bandwidth limits (daemon-wide and per job) every streamed PATCH body pays
+    /// before each piece is written; `None`: unlimited.
+    pub bandwidth: Option<crate::bandwidth::Limits>,
 }
 
 impl Default for ClientOptions {
@@ -146,6 +149,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(CONNECT_TIMEOUT_S_DEFAULT),
             retry: RetryPolicy::default(),
             require_existing_repository: None,
+            bandwidth: None,
         }
     }
 }

@@ -198,17 +198,33 @@ fn progress_body(bytes: Bytes, progress: Arc<Progress>) -> reqwest::Body {
     }))
 }
 
-fn file_body(range: FileRange, progress: Arc<Progress>) -> reqwest::Body {
+fn file_body(
+    range: FileRange,
+    progress: Arc<Progress>,
+    limits: Option<crate::bandwidth::Limits>,
+) -> reqwest::Body {
     use std::os::unix::fs::FileExt as _;
     let end = range.offset + range.len;
     let stream = futures_util::stream::unfold(range.offset, move |pos| {
         let file = range.file.clone();
         let progress = progress.clone();
+        let limits = limits.clone();
         async move {
             if pos >= end {
                 return None;
             }
             let n = ((end - pos) as usize).min(FILE_PIECE_BYTES);
+            if let Some(limits) = &limits {
+                // Every bandwidth limit on the path is paid before the piece is written. A wait
+                // for tokens is ours, not the link's: it ticks the stall watchdog.
+                let mut left = n as u64;
+                while left > 0 {
+                    let step = left.min(BODY_PIECE_BYTES as u64);
+                    limits.acquire(step).await;
+                    progress.tick();
+                    left -= step;
+                }
+            }
             let read = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; n];
                 let mut done = 0;
@@ -460,7 +476,11 @@ impl Inner {
         if let Some(f) = &req.body_file {
             rb = rb
                 .header(header::CONTENT_LENGTH, f.len.to_string())
-                .body(file_body(f.clone(), progress.clone()));
+                .body(file_body(
+                    f.clone(),
+                    progress.clone(),
+                    self.opts.bandwidth.clone(),
+                ));
         } else if let Some(b) = &req.body {
             rb = rb
                 .header(header::CONTENT_LENGTH, b.len().to_string())

@@ -12,6 +12,11 @@
 //! - `slice_bytes`: forward writes in slices of at most this many bytes.
 //!
 //! It counts bytes in each direction and resets performed.
+//!
+//! HTTP-level faults (lost acknowledgements, 429/503 bursts, expiring tokens, vanishing
+//! sessions, ECR's atomic parts) live in `ecr_proxy`; stack the two for both kinds at once:
+//! `FaultProxy::start(ecr.addr)` then `ecr.serve_behind(fault.addr)`, so that ECR's absolute
+//! upload Locations also cross the TCP faults (see `tests/push_faults.rs`, `Link`).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -227,6 +227,7 @@ pub fn skopeo_pull_oci(host: &str, reference: &str, dest: &Path) {
 
 pub mod cut_proxy;
 pub mod ecr_proxy;
+pub mod figures;
 pub mod hostile;
 pub mod images;
 pub mod serve;

@@ -30,6 +30,7 @@ pub mod upload;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -87,33 +88,65 @@ impl Shared {
     }
 }
 
+/// Daemon-wide network settings of every push: the stall watchdog, the cap of the retry
+/// backoff and the global bandwidth limit (a bucket shared by every upload, changeable while
+/// they run through `PUT /v1/bandwidth`).
+#[derive(Debug, Clone)]
+pub struct NetSettings {
+    /// A request in which no byte moved for this long is dropped and resumed (sleeping laptop).
+    pub stall_timeout: Duration,
+    /// The longest wait between two attempts during an outage.
+    pub retry_delay_max: Duration,
+    pub bandwidth: Arc<crate::bandwidth::Bucket>,
+}
+
+impl Default for NetSettings {
+    fn default() -> Self {
+        NetSettings {
+            stall_timeout: Duration::from_secs(crate::registry::STALL_TIMEOUT_S_DEFAULT),
+            retry_delay_max: Duration::from_millis(upload::RETRY_DELAY_MS_MAX_DEFAULT),
+            bandwidth: crate::bandwidth::Bucket::new(None),
+        }
+    }
+}
+
 /// The production body: pushes for real.
 #[derive(Default)]
 pub struct PushBody {
     shared: Arc<Shared>,
+    net: NetSettings,
 }
 
 impl PushBody {
     pub fn new() -> PushBody {
         PushBody::default()
     }
+
+    pub fn with_net(net: NetSettings) -> PushBody {
+        PushBody {
+            shared: Arc::default(),
+            net,
+        }
+    }
 }
 
 impl JobBody for PushBody {
     fn run(&self, ctx: JobContext) -> JobFuture {
         let shared = self.shared.clone();
+        let net = self.net.clone();
         Box::pin(async move {
-            let result = push(&ctx, shared).await;
+            let result = push(&ctx, shared, &net).await;
             if matches!(result, Err(JobError::Stopped)) {
-                cleanup_if_cancelled(&ctx).await;
+                cleanup_if_cancelled(&ctx, &net).await;
             }
             result
         })
     }
 
     fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) -> DiscardFuture {
+        let net = self.net.clone();
         Box::pin(async move {
-            let Ok((_, client)) = target_of(&spec) else {
+            let Ok((_, client)) = target_of(&spec, &net) else {
                 return;
             };
             delete_sessions(&client, cursors).await;
@@ -134,7 +167,7 @@ async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
     }
 }
 
-fn target_of(spec: &JobSpec) -> Result<(ImageRef, RegistryClient), JobError> {
+fn target_of(spec: &JobSpec, net: &NetSettings) -> Result<(ImageRef, RegistryClient), JobError> {
     let target = ImageRef::parse(&spec.target)
         .map_err(|e| JobError::failed(format!("target {}: {e}", spec.target)))?;
     let client = RegistryClient::new(
@@ -142,6 +175,21 @@ fn target_of(spec: &JobSpec) -> Result<(ImageRef, RegistryClient), JobError> {
         ClientOptions {
             insecure: spec.options.insecure,
             chunk_bytes: Some(spec.chunk_size_bytes),
+            stall_timeout: net.stall_timeout,
+            // The client's own retries of safe requests wait no longer than the daemon's cap.
+            retry: crate::registry::RetryPolicy {
+                delay_max: crate::registry::RetryPolicy::default()
+                    .delay_max
+                    .min(net.retry_delay_max),
+                ..crate::registry::RetryPolicy::default()
+            },
+            bandwidth: Some(crate::bandwidth::Limits {
+                global: net.bandwidth.clone(),
+                job: spec
+                    .options
+                    .bandwidth_bytes_per_s
+                    .map(|r| crate::bandwidth::Bucket::new(Some(r))),
+            }),
             ..ClientOptions::default()
         },
     )
@@ -150,7 +198,7 @@ fn target_of(spec: &JobSpec) -> Result<(ImageRef, RegistryClient), JobError> {
 }
 
 /// Cancel leaves nothing behind: open upload sessions are deleted and the spool emptied.
-async fn cleanup_if_cancelled(ctx: &JobContext) {
+async fn cleanup_if_cancelled(ctx: &JobContext, net: &NetSettings) {
     let cancelled = ctx
         .store
         .job(ctx.id().clone())
@@ -161,7 +209,7 @@ async fn cleanup_if_cancelled(ctx: &JobContext) {
     }
     if let (Ok(blobs), Ok((_, client))) = (
         ctx.store.blobs(ctx.id().clone()).await,
-        target_of(ctx.spec()),
+        target_of(ctx.spec(), net),
     ) {
         let mut cursors = Vec::new();
         for b in blobs {
@@ -175,13 +223,17 @@ async fn cleanup_if_cancelled(ctx: &JobContext) {
     spool::clear(ctx.spool_dir());
 }
 
-async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobError> {
+async fn push(
+    ctx: &JobContext,
+    shared: Arc<Shared>,
+    net: &NetSettings,
+) -> Result<JobOutput, JobError> {
     let plan = build_plan(ctx).await?;
     // Before anything is recorded: a swapped source must not change the job's plan.
     identity::check(ctx, &plan)?;
     let records = record_plan(ctx, &plan).await?;
     let plan = Arc::new(plan);
-    let (target, client) = target_of(ctx.spec())?;
+    let (target, client) = target_of(ctx.spec(), net)?;
     let repository = target.repository.clone();
     client
         .check_repository(&repository)
@@ -286,6 +338,7 @@ async fn push(ctx: &JobContext, shared: Arc<Shared>) -> Result<JobOutput, JobErr
         client: client.clone(),
         repository: repository.clone(),
         chunk_bytes: client.chunk_bytes(),
+        retry_delay_max: net.retry_delay_max,
         shared,
     });
     let mut tasks = tokio::task::JoinSet::new();

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::spool::Avail;
 use crate::api::BlobState;
+use crate::chunk_size::ChunkSizer;
 use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
 use crate::plan::CompressedLayer;
@@ -30,11 +31,16 @@ use crate::registry::{
 use crate::source::BlobLocation;
 use crate::store::{BlobRecord, CursorRecord};
 
-/// Consecutive failed attempts of one blob (without any acknowledged chunk between them)
-/// before the job fails; with [`RETRY_DELAY_MS_MAX`] that is about ten minutes offline.
+/// Consecutive lost sessions of one blob (without any acknowledged chunk between them) before
+/// the job fails. Network errors are not counted: an outage is waited out (with backoff capped
+/// at the daemon's `retry_delay_max`) until the job's deadline, if it has one.
 pub const BLOB_ATTEMPTS_MAX: u32 = 16;
 pub const RETRY_DELAY_MS_MIN: u64 = 500;
-pub const RETRY_DELAY_MS_MAX: u64 = 60_000;
+/// The default cap of the backoff between attempts (`hoistd --retry-max`).
+pub const RETRY_DELAY_MS_MAX_DEFAULT: u64 = 300_000;
+/// Adaptive chunks never shrink below this, whatever the registry: ECR refuses smaller parts,
+/// and an ECR-like registry behind another name cannot be told apart.
+pub const ADAPTIVE_CHUNK_BYTES_MIN: u64 = crate::registry::ECR_CHUNK_BYTES_MIN;
 /// Fresh sessions for one blob after a refused digest before the job fails.
 pub const DIGEST_RESTARTS_MAX: u32 = 1;
 
@@ -69,7 +75,10 @@ pub struct Uploader {
     pub ctx: JobContext,
     pub client: RegistryClient,
     pub repository: String,
+    /// The configured chunk size: where the adaptive size starts and the most it grows to.
     pub chunk_bytes: u64,
+    /// The cap of the backoff between attempts.
+    pub retry_delay_max: Duration,
     pub shared: Arc<Shared>,
 }
 
@@ -199,7 +208,7 @@ impl Uploader {
     {
         let mut attempts = 0;
         loop {
-            match op().await {
+            match self.before_deadline(what, op()).await? {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     attempts += 1;
@@ -210,28 +219,28 @@ impl Uploader {
         }
     }
 
-    /// Reports a retry and sleeps (a stop ends the wait). Fails after [`BLOB_ATTEMPTS_MAX`].
+    /// Reports a retry and sleeps (a stop ends the wait), with backoff capped at
+    /// `retry_delay_max`. Fails once the job's deadline has passed.
     async fn wait_before_retry(
         &self,
         what: &str,
         e: &RegistryError,
         attempts: u32,
     ) -> Result<(), JobError> {
-        if attempts > BLOB_ATTEMPTS_MAX {
-            return Err(JobError::failed(format!(
-                "{what}: gave up after {BLOB_ATTEMPTS_MAX} attempts: {e}; check the network and the registry, then run `hoist retry {}`",
-                self.ctx.id()
-            )));
+        let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(20));
+        let mut delay = Duration::from_millis(exp).min(self.retry_delay_max);
+        if let Some(left) = self.time_left() {
+            if left.is_zero() {
+                return Err(self.deadline_passed(&format!("{what}: {e}, {attempts} attempts")));
+            }
+            // Try once more right at the deadline rather than sleeping past it.
+            delay = delay.min(left);
         }
-        let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(16));
-        let delay = Duration::from_millis(exp.min(RETRY_DELAY_MS_MAX));
         let secs = delay.as_secs().max(1);
         self.ctx
             .retrying(
                 what,
-                format!(
-                    "waiting for network, retry in {secs} s (attempt {attempts} of {BLOB_ATTEMPTS_MAX}): {e}"
-                ),
+                format!("waiting for network, retry in {secs} s (attempt {attempts}): {e}"),
             )
             .await;
         self.ctx
@@ -245,6 +254,38 @@ impl Uploader {
         };
         self.ctx.waiting(None).await;
         r
+    }
+
+    /// Time until the job's deadline (zero once passed); `None` without a deadline.
+    fn time_left(&self) -> Option<Duration> {
+        let deadline = self.ctx.spec().options.deadline_unix_s?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(Duration::from_secs(deadline).saturating_sub(now))
+    }
+
+    fn deadline_passed(&self, doing: &str) -> JobError {
+        JobError::failed(format!(
+            "the job's deadline passed while waiting for the network ({doing}): check the network and the registry, then push again with a later --deadline (`hoist retry {}` keeps this one)",
+            self.ctx.id()
+        ))
+    }
+
+    /// Runs `fut` but gives up at the job's deadline: a request hanging on a dead link (the
+    /// stall watchdog, the client's own retries) must not carry the job past it. What was
+    /// acknowledged before stays persisted; a request dropped here is a cut like any other.
+    async fn before_deadline<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, JobError> {
+        match self.time_left() {
+            None => Ok(fut.await),
+            Some(left) => tokio::time::timeout(left, fut)
+                .await
+                .map_err(|_| self.deadline_passed(what)),
+        }
     }
 
     async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
@@ -297,8 +338,16 @@ impl Uploader {
         let mut attempts = 0u32;
         let mut digest_restarts = 0u32;
         let mut file: Option<Arc<std::fs::File>> = None;
+        // Smaller parts after failures (a cut costs less), back to the configured size on a
+        // steady link.
+        let mut sizer = ChunkSizer::new(
+            self.client.chunk_bytes_min().max(ADAPTIVE_CHUNK_BYTES_MIN),
+            self.chunk_bytes,
+        );
         loop {
-            let (range, done) = self.next_range(blob, &cursor, &mut file).await?;
+            let (range, done) = self
+                .next_range(blob, &cursor, &mut file, sizer.current())
+                .await?;
             if range.len == 0 {
                 let Some(done) = done else {
                     continue;
@@ -331,7 +380,12 @@ impl Uploader {
                 return Err(JobError::Stopped);
             }
             let slot = ctx.upload_slot().await?;
-            let result = self.client.upload_chunk_from(&cursor, range.clone()).await;
+            let result = self
+                .before_deadline(
+                    &format!("PATCH chunk at {}", cursor.offset),
+                    self.client.upload_chunk_from(&cursor, range.clone()),
+                )
+                .await?;
             drop(slot);
             match result {
                 Ok(next) => {
@@ -341,9 +395,13 @@ impl Uploader {
                     self.save(&blob.key, &cursor, sent).await?;
                     if sent > 0 {
                         attempts = 0;
+                        sizer.on_success();
                     }
                 }
                 Err(e) => {
+                    if e.is_retryable() {
+                        sizer.on_failure();
+                    }
                     let what = format!("PATCH chunk at {}", cursor.offset);
                     cursor = self
                         .recover(&blob.key, &cursor, e, &mut attempts, &what)
@@ -416,13 +474,11 @@ impl Uploader {
         blob: &BlobJob,
         cursor: &UploadCursor,
         file: &mut Option<Arc<std::fs::File>>,
+        chunk_bytes: u64,
     ) -> Result<(FileRange, Option<CompressedLayer>), JobError> {
         match &blob.src {
             Bytesrc::Source { location, digest } => {
-                let len = location
-                    .len
-                    .saturating_sub(cursor.offset)
-                    .min(self.chunk_bytes);
+                let len = location.len.saturating_sub(cursor.offset).min(chunk_bytes);
                 let done = (len == 0).then(|| CompressedLayer {
                     digest: digest.clone(),
                     size: location.len,
@@ -438,7 +494,7 @@ impl Uploader {
             }
             Bytesrc::Spool { path, avail, .. } => {
                 let mut rx = avail.clone();
-                let want = cursor.offset + self.chunk_bytes;
+                let want = cursor.offset + chunk_bytes;
                 let a = tokio::select! {
                     r = rx.wait_for(|a| a.error.is_some() || a.done.is_some() || a.bytes >= want) => {
                         r.map_err(|_| JobError::Stopped)?.clone()
@@ -456,7 +512,7 @@ impl Uploader {
                         ))
                     })?);
                 }
-                let len = a.bytes.saturating_sub(cursor.offset).min(self.chunk_bytes);
+                let len = a.bytes.saturating_sub(cursor.offset).min(chunk_bytes);
                 let done = if len == 0 { a.done } else { None };
                 Ok((
                     FileRange {

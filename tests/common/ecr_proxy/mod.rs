@@ -21,7 +21,8 @@
 //! - Basic challenge with expiring tokens (403 "Your authorization token has expired"), or a
 //!   Bearer challenge backed by our token service (as ECR Public);
 //! - a missing repository: upload POST gets a dropped connection, the rest 404 `NAME_UNKNOWN`;
-//! - 429 `TOOMANYREQUESTS` bursts without `Retry-After`;
+//! - 429 `TOOMANYREQUESTS` bursts without `Retry-After` (`throttle_next`), 503 bursts
+//!   (`fail_next_5xx`); the sizes of the committed parts in order (`part_sizes`);
 //! - faults: cut the connection after N request-body bytes; drop the response after the
 //!   registry accepted a chunk or completed the blob (the lost acknowledgement).
 //!
@@ -107,6 +108,8 @@ pub struct ProxyState {
     pub repositories: Mutex<Option<HashSet<String>>>,
     /// Answer the next N requests with 429.
     pub throttle_next: AtomicU32,
+    /// Answer the next N requests with 503 (a burst of server errors).
+    pub fail_next_5xx: AtomicU32,
     /// Cut the connection of the next request with a body once it has sent this many bytes.
     pub cut_next_body_after: Mutex<Option<u64>>,
     /// Forward the next PATCH, then drop the response (the registry has the part).
@@ -134,6 +137,8 @@ pub struct ProxyState {
     pub out_of_order: AtomicU32,
     /// Every request: "METHOD path had_authorization".
     pub log: Mutex<Vec<String>>,
+    /// Sizes of the PATCH parts committed, in order (all sessions).
+    pub part_sizes: Mutex<Vec<u64>>,
     pub uploads: Mutex<HashMap<String, ProxyUpload>>,
     addr: Mutex<Option<SocketAddr>>,
 }
@@ -162,6 +167,7 @@ impl EcrProxy {
             auth: Mutex::new(ProxyAuth::None),
             repositories: Mutex::new(None),
             throttle_next: AtomicU32::new(0),
+            fail_next_5xx: AtomicU32::new(0),
             cut_next_body_after: Mutex::new(None),
             drop_next_patch_response: AtomicBool::new(false),
             drop_next_finish_response: AtomicBool::new(false),
@@ -177,6 +183,7 @@ impl EcrProxy {
             status_gets: AtomicU32::new(0),
             out_of_order: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
+            part_sizes: Mutex::new(Vec::new()),
             uploads: Mutex::new(HashMap::new()),
             addr: Mutex::new(None),
         });
@@ -196,6 +203,12 @@ impl EcrProxy {
         .await;
         *state.addr.lock().unwrap() = Some(addr);
         EcrProxy { addr, state, task }
+    }
+
+    /// Clients reach the proxy through `front` (a TCP fault proxy in front of it): the
+    /// absolute upload Locations point there, so every request crosses the faults.
+    pub fn serve_behind(&self, front: SocketAddr) {
+        *self.state.addr.lock().unwrap() = Some(front);
     }
 
     /// `127.0.0.1:PORT`, the registry host clients use.
@@ -515,6 +528,15 @@ async fn handle(st: &ProxyState, req: Request<Incoming>) -> Result<Resp, Cut> {
         st.throttled.fetch_add(1, Ordering::SeqCst);
         let _ = read_body(st, body).await;
         return Ok(oci_error(429, "TOOMANYREQUESTS", "Rate exceeded"));
+    }
+    if st
+        .fail_next_5xx
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        st.throttled.fetch_add(1, Ordering::SeqCst);
+        let _ = read_body(st, body).await;
+        return Ok(oci_error(503, "UNAVAILABLE", "service unavailable"));
     }
     if let Some(repo) = repo_of(&r)
         && !repo_exists(st, repo)

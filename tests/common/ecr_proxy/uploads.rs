@@ -118,6 +118,7 @@ pub(super) async fn handle_upload(
             };
             st.bytes_committed
                 .fetch_add(data.len() as u64, Ordering::SeqCst);
+            st.part_sizes.lock().unwrap().push(data.len() as u64);
             if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
                 return Err(Cut("scripted lost acknowledgement"));
             }

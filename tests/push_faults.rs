@@ -1,0 +1,578 @@
+//! Measured resilience: real pushes through the daemon's socket while the link misbehaves.
+//! Faults come from one stack of proxies in front of the real registry
+//! (`hoistd -> FaultProxy (TCP: resets, blackholes, caps) -> EcrProxy (HTTP: atomic parts,
+//! lost acks, 429/5xx bursts) -> docker-registry`), or the fault proxy alone in front of
+//! Debian's registry. Every test asserts its outcome with figures and records them (see
+//! `common::figures`) for `docs/RELIABILITY.md`.
+mod common;
+mod daemon_support;
+mod push_support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hoist::api::{Compression, JobState};
+use hoist::daemon::Config;
+use hoist::daemon::push::NetSettings;
+use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec};
+use serde_json::json;
+
+use common::TestRegistry;
+use common::ecr_proxy::EcrProxy;
+use common::fault_proxy::{FaultProxy, Faults};
+use common::figures::record;
+use daemon_support::TestDaemon;
+use push_support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// The fault stack: a TCP fault proxy, optionally in front of the ECR emulation.
+struct Link {
+    registry: TestRegistry,
+    ecr: Option<EcrProxy>,
+    tcp: FaultProxy,
+}
+
+impl Link {
+    async fn through_ecr() -> Link {
+        let registry = TestRegistry::start();
+        let ecr = EcrProxy::start(registry.addr).await;
+        let tcp = FaultProxy::start(ecr.addr).await;
+        ecr.serve_behind(tcp.addr);
+        Link {
+            registry,
+            ecr: Some(ecr),
+            tcp,
+        }
+    }
+
+    async fn debian() -> Link {
+        let registry = TestRegistry::start();
+        let tcp = FaultProxy::start(registry.addr).await;
+        Link {
+            registry,
+            ecr: None,
+            tcp,
+        }
+    }
+
+    fn ecr(&self) -> &EcrProxy {
+        self.ecr.as_ref().expect("an ECR link")
+    }
+
+    fn target(&self, repo: &str) -> String {
+        format!("{}/{repo}:1", self.tcp.host())
+    }
+}
+
+/// An OCI layout whose layers are random bytes stored gzip-compressed: pushed as they are, so
+/// blob bytes are known exactly and the manifest digest is the layout's.
+fn image(dir: &std::path::Path, seed: u64, layers_mib: &[u64]) -> String {
+    let mut spec = SampleSpec::small(seed);
+    spec.layers = layers_mib
+        .iter()
+        .map(|mb| LayerSpec::new(LayerContent::Random(mb * MIB), SampleCompression::Gzip))
+        .collect();
+    write_oci(&dir.join(format!("img{seed}")), &spec).1
+}
+
+fn daemon(dir: &std::path::Path, net: NetSettings) -> TestDaemon {
+    TestDaemon::start_with(&dir.join("d"), Config::with_net(net))
+}
+
+fn fast_net() -> NetSettings {
+    NetSettings {
+        stall_timeout: Duration::from_secs(1),
+        retry_delay_max: Duration::from_secs(2),
+        ..NetSettings::default()
+    }
+}
+
+/// Pushes `source` to `target`, waits for it, checks what the registry serves (skopeo pull
+/// with digest checks) equals the job's manifest digest; returns the job.
+async fn push_and_check(
+    link: &Link,
+    d: &TestDaemon,
+    dir: &std::path::Path,
+    source: &str,
+    repo: &str,
+    chunk: u64,
+) -> (hoist::api::Job, Duration) {
+    let client = d.client();
+    let mut req = request(source, &link.target(repo), Compression::Gzip);
+    req.chunk_size_bytes = Some(chunk);
+    let t = Instant::now();
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_done(&client, &id).await;
+    let took = t.elapsed();
+    check_pulled(link, dir, repo, &job).await;
+    (job, took)
+}
+
+async fn check_pulled(link: &Link, dir: &std::path::Path, repo: &str, job: &hoist::api::Job) {
+    let host = link.registry.host();
+    let pulled = dir.join(format!("pulled-{}", repo.replace('/', "-")));
+    let reference = format!("{repo}:1");
+    let got = tokio::task::spawn_blocking(move || pull_back(&host, &reference, &pulled))
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(&got),
+        job.manifest_digest.as_ref(),
+        "pulled image differs"
+    );
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_25_mb_through_ecr_cost_at_most_a_chunk_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    link.tcp.set(Faults {
+        reset_after_upstream_bytes: Some(25_000_000),
+        reset_every: true,
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 51, &[24, 24, 16]);
+    let d = daemon(dir.path(), NetSettings::default());
+    let (job, took) = push_and_check(&link, &d, dir.path(), &source, "resets/ecr", CHUNK).await;
+    let blobs = job.bytes_total();
+    let sent = link.ecr().bytes_in();
+    let resets = link.tcp.resets();
+    let ratio = sent as f64 / blobs as f64;
+    record(
+        "resets_every_25_mb_through_ecr_cost_at_most_a_chunk_each",
+        "TCP reset (RST) every 25 MB",
+        "ECR emulation (atomic parts)",
+        "completes; each reset costs at most the 5 MiB part in flight",
+        &format!(
+            "{resets} resets; {:.1} MB sent for {:.1} MB of blobs ({ratio:.2}x); {:.1} s",
+            mb(sent),
+            mb(blobs),
+            took.as_secs_f64()
+        ),
+        json!({"resets": resets, "sent_bytes": sent, "blob_bytes": blobs, "ratio": ratio, "seconds": took.as_secs_f64()}),
+    );
+    assert!(resets >= 2, "the link never reset: {resets}");
+    assert!(
+        ratio <= 1.3,
+        "sent {sent} for {blobs} blob bytes ({ratio:.2}x)"
+    );
+    assert!(
+        sent - blobs <= resets * CHUNK,
+        "re-sent {} bytes for {resets} resets: more than a chunk each",
+        sent - blobs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_25_mb_on_debians_registry_cost_the_blobs_prefix_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::debian().await;
+    link.tcp.set(Faults {
+        reset_after_upstream_bytes: Some(25_000_000),
+        reset_every: true,
+        ..Faults::default()
+    });
+    // Blobs well under the reset interval: a blob whose session is cancelled by every cut
+    // starts from byte 0 again, so a blob larger than the interval would never complete.
+    let source = image(dir.path(), 58, &[10, 10, 10, 10, 10]);
+    let d = daemon(dir.path(), NetSettings::default());
+    let (job, took) = push_and_check(&link, &d, dir.path(), &source, "resets/deb", CHUNK).await;
+    let blobs = job.bytes_total();
+    let sent = link.tcp.upstream_bytes();
+    let resets = link.tcp.resets();
+    let ratio = sent as f64 / blobs as f64;
+    record(
+        "resets_every_25_mb_on_debians_registry_cost_the_blobs_prefix_and_complete",
+        "TCP reset (RST) every 25 MB",
+        "Debian distribution 2.8.2 directly",
+        "completes; a cut mid-PATCH cancels that blob's session (its prefix is sent again)",
+        &format!(
+            "{resets} resets; {:.1} MB on the wire (with HTTP headers) for {:.1} MB of blobs ({ratio:.2}x); {:.1} s",
+            mb(sent),
+            mb(blobs),
+            took.as_secs_f64()
+        ),
+        json!({"resets": resets, "sent_bytes": sent, "blob_bytes": blobs, "ratio": ratio, "seconds": took.as_secs_f64()}),
+    );
+    assert!(resets >= 2, "the link never reset: {resets}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_shrink_after_a_reset_and_grow_back_never_below_5_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let source = image(dir.path(), 52, &[72]);
+    let d = daemon(dir.path(), NetSettings::default());
+    // One reset in the second 16 MiB part of the layer.
+    link.tcp.set(Faults {
+        reset_after_upstream_bytes: Some(24 * MIB),
+        ..Faults::default()
+    });
+    let (_job, _) = push_and_check(&link, &d, dir.path(), &source, "adaptive/img", 16 * MIB).await;
+    let parts: Vec<u64> = link.ecr().state.part_sizes.lock().unwrap().clone();
+    // The layer's parts (the config and the last part are small).
+    let big: Vec<u64> = parts.iter().copied().filter(|p| *p >= MIB).collect();
+    let shown: Vec<String> = big.iter().map(|p| format!("{}", p / MIB)).collect();
+    record(
+        "chunks_shrink_after_a_reset_and_grow_back_never_below_5_mib",
+        "one reset mid-part, 16 MiB chunks",
+        "ECR emulation (atomic parts)",
+        "the part size halves after the failure, grows back after 3 clean parts",
+        &format!("PATCH sizes in MiB: {}", shown.join(", ")),
+        json!({"part_sizes": parts}),
+    );
+    assert_eq!(link.tcp.resets(), 1);
+    let first_small = big
+        .iter()
+        .position(|p| *p == 8 * MIB)
+        .unwrap_or_else(|| panic!("no 8 MiB part after the reset: {shown:?}"));
+    assert_eq!(big[0], 16 * MIB, "{shown:?}");
+    assert!(
+        big[first_small..].contains(&(16 * MIB)),
+        "never grew back to 16 MiB: {shown:?}"
+    );
+    let n = big.len();
+    assert!(
+        big[..n - 1].iter().all(|p| *p >= 5 * MIB),
+        "a part below 5 MiB: {shown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_is_detected_by_the_watchdog_reported_and_resumed_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    // A slow-ish link and large parts: a blackhole catches a body midway (not all of it in
+    // the socket buffers).
+    link.tcp.set(Faults {
+        upstream_bytes_per_sec: Some(24 * MIB),
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 53, &[48]);
+    let d = daemon(dir.path(), fast_net());
+    let client = d.client();
+    let mut req = request(&source, &link.target("stall/img"), Compression::Gzip);
+    req.chunk_size_bytes = Some(32 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    let ecr = link.ecr();
+    while ecr.bytes_in() < 8 * MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let outage = Duration::from_secs(6);
+    let start = Instant::now();
+    link.tcp.set(Faults {
+        upstream_bytes_per_sec: Some(24 * MIB),
+        blackhole_until: Some(start + outage),
+        ..Faults::default()
+    });
+    let waiting = wait_for(&client, &id, 10_000, "waiting for network", |j| {
+        j.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waiting for network, retry in"))
+    })
+    .await;
+    let detected = start.elapsed();
+    let reason = waiting.reason.clone().unwrap_or_default();
+    // The job carries on by itself once the link is back.
+    let committed = ecr.state.bytes_committed.load(Ordering::SeqCst);
+    while Instant::now() < start + outage {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = Instant::now();
+    while ecr.state.bytes_committed.load(Ordering::SeqCst) <= committed {
+        assert!(back.elapsed() < Duration::from_secs(30), "never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed = back.elapsed();
+    let job = wait_done(&client, &id).await;
+    check_pulled(&link, dir.path(), "stall/img", &job).await;
+    record(
+        "a_blackhole_is_detected_by_the_watchdog_reported_and_resumed_after",
+        "blackhole 6 s mid-PATCH (sleeping laptop), stall timeout 1 s, backoff cap 2 s",
+        "ECR emulation (atomic parts)",
+        "request dropped by the stall watchdog; status says so; resumes by itself",
+        &format!(
+            "reported after {:.1} s (\"{}\"); next part committed {:.1} s after the link returned",
+            detected.as_secs_f64(),
+            reason.chars().take(40).collect::<String>(),
+            resumed.as_secs_f64()
+        ),
+        json!({"detected_s": detected.as_secs_f64(), "resumed_after_s": resumed.as_secs_f64(), "reason": reason}),
+    );
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
+    // Within one backoff interval (2 s) plus a stalled attempt (1 s) and a part's transfer.
+    assert!(resumed < Duration::from_secs(6), "{resumed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_is_waited_out_until_the_deadline_then_the_job_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    // Large parts on a capped link: the outage catches a body midway (see the blackhole test).
+    link.tcp.set(Faults {
+        upstream_bytes_per_sec: Some(8 * MIB),
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 54, &[40]);
+    let d = daemon(dir.path(), fast_net());
+    let client = d.client();
+    let mut req = request(&source, &link.target("deadline/img"), Compression::Gzip);
+    req.chunk_size_bytes = Some(32 * MIB);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    req.options.deadline_unix_s = Some(now_s + 6);
+    let id = client.submit(&req).await.unwrap().id;
+    while link.ecr().bytes_in() < 4 * MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The network goes away for good.
+    link.tcp.set(Faults {
+        blackhole_until: Some(Instant::now() + Duration::from_secs(3600)),
+        ..Faults::default()
+    });
+    let job = wait_for(&client, &id, 20_000, "failed", |j| j.state.is_final()).await;
+    let late = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - (now_s + 6) as f64;
+    let reason = job.reason.clone().unwrap_or_default();
+    record(
+        "a_long_outage_is_waited_out_until_the_deadline_then_the_job_fails_with_the_reason",
+        "network gone for good, job deadline 6 s",
+        "ECR emulation (atomic parts)",
+        "retries with capped backoff until the deadline, then fails with a clear reason",
+        &format!(
+            "failed {late:.1} s after the deadline: \"{}\"",
+            reason.chars().take(60).collect::<String>()
+        ),
+        json!({"late_s": late, "reason": reason}),
+    );
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(reason.contains("deadline"), "{reason}");
+    assert!(late < 5.0, "failed {late} s after the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_acks_and_bursts_of_429_and_503_leave_a_correct_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let ecr = link.ecr();
+    ecr.state.part_delay_ms.store(100, Ordering::SeqCst);
+    let source = image(dir.path(), 55, &[16, 12]);
+    let d = daemon(dir.path(), fast_net());
+    let client = d.client();
+    let req = request(&source, &link.target("acks/img"), Compression::Gzip);
+    let t = Instant::now();
+    let id = client.submit(&req).await.unwrap().id;
+    wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= CHUNK
+    })
+    .await;
+    ecr.state
+        .drop_next_patch_response
+        .store(true, Ordering::SeqCst);
+    ecr.state
+        .drop_next_finish_response
+        .store(true, Ordering::SeqCst);
+    ecr.state.throttle_next.store(5, Ordering::SeqCst);
+    ecr.state.fail_next_5xx.store(5, Ordering::SeqCst);
+    let job = wait_done(&client, &id).await;
+    let took = t.elapsed();
+    check_pulled(&link, dir.path(), "acks/img", &job).await;
+    let blobs = job.bytes_total();
+    let sent = ecr.bytes_in();
+    let out_of_order = ecr.state.out_of_order.load(Ordering::SeqCst);
+    record(
+        "lost_acks_and_bursts_of_429_and_503_leave_a_correct_image",
+        "lost ack of a PATCH and of the final PUT; 5 x 429 and 5 x 503",
+        "ECR emulation (atomic parts)",
+        "resync by 416 (committed offset) and HEAD; a refused PATCH costs its part; skopeo pull checks every digest",
+        &format!(
+            "{out_of_order} resyncs by 416; {:.1} MB sent for {:.1} MB of blobs ({:.2}x); {:.1} s",
+            mb(sent),
+            mb(blobs),
+            sent as f64 / blobs as f64,
+            took.as_secs_f64()
+        ),
+        json!({"sent_bytes": sent, "blob_bytes": blobs, "resyncs_416": out_of_order, "seconds": took.as_secs_f64()}),
+    );
+    assert!(
+        !ecr.state.drop_next_patch_response.load(Ordering::SeqCst),
+        "no PATCH acknowledgement was dropped"
+    );
+    // A lost ack costs the part sent again (then 416 resyncs); a 429 or 503 answered to a
+    // PATCH costs its body too (the registry read it, then refused it).
+    let refused = ecr.state.throttled.load(Ordering::SeqCst) as u64;
+    assert_eq!(refused, 10);
+    assert!(
+        sent <= blobs + (1 + refused) * CHUNK,
+        "sent {sent} for {blobs}"
+    );
+}
+
+/// Bytes the ECR proxy received during `window`, as a rate.
+async fn rate_over(ecr: &EcrProxy, window: Duration) -> f64 {
+    let b0 = ecr.bytes_in();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    (ecr.bytes_in() - b0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_bandwidth_limit_holds_and_changes_at_runtime_and_a_job_limit_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let ecr = link.ecr();
+    let net = NetSettings {
+        bandwidth: hoist::bandwidth::Bucket::new(Some(4 * MIB)),
+        ..NetSettings::default()
+    };
+    let source = image(dir.path(), 56, &[20, 16]);
+    let d = daemon(dir.path(), net);
+    let client = d.client();
+    let id = client
+        .submit(&request(&source, &link.target("bw/img"), Compression::Gzip))
+        .await
+        .unwrap()
+        .id;
+    while ecr.bytes_in() < MIB {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at4 = rate_over(ecr, Duration::from_secs(3)).await;
+    let set = client.set_bandwidth(Some(8 * MIB)).await.unwrap();
+    assert_eq!(set.bytes_per_s, Some(8 * MIB));
+    assert_eq!(client.bandwidth().await.unwrap().bytes_per_s, Some(8 * MIB));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at8 = rate_over(ecr, Duration::from_secs(2)).await;
+    // Unlimited daemon-wide, 3 MiB/s for the next job.
+    client.set_bandwidth(None).await.unwrap();
+    wait_done(&client, &id).await;
+    let mut req = request(
+        &image(dir.path(), 57, &[16]),
+        &link.target("bw/job"),
+        Compression::Gzip,
+    );
+    req.options.bandwidth_bytes_per_s = Some(3 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    let b0 = ecr.bytes_in();
+    while ecr.bytes_in() < b0 + MIB {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at3 = rate_over(ecr, Duration::from_secs(2)).await;
+    client.control(&id, "cancel").await.unwrap();
+    let m = |r: f64| r / MIB as f64;
+    record(
+        "the_global_bandwidth_limit_holds_and_changes_at_runtime_and_a_job_limit_applies",
+        "bandwidth limit: daemon 4 MiB/s, then 8 MiB/s at runtime; a job at 3 MiB/s",
+        "ECR emulation (atomic parts)",
+        "measured upload rate follows the limit",
+        &format!(
+            "{:.2} MiB/s at 4; {:.2} MiB/s after `hoist limit 8MiB/s`; {:.2} MiB/s for a job at 3",
+            m(at4),
+            m(at8),
+            m(at3)
+        ),
+        json!({"rate_at_4": at4, "rate_at_8": at8, "rate_job_3": at3}),
+    );
+    let within = |r: f64, want: u64| (r - want as f64).abs() <= 0.2 * want as f64;
+    assert!(within(at4, 4 * MIB), "{} MiB/s at 4", m(at4));
+    assert!(within(at8, 8 * MIB), "{} MiB/s at 8", m(at8));
+    assert!(within(at3, 3 * MIB), "{} MiB/s at 3", m(at3));
+}
+
+/// docker's config.json with `AWS:password` for `host`.
+fn docker_config(dir: &std::path::Path, host: &str, password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+    std::fs::create_dir_all(dir).unwrap();
+    // Written whole then renamed: the daemon may read it at any moment.
+    let tmp = dir.join("config.json.tmp");
+    std::fs::write(&tmp, json!({"auths": {host: {"auth": auth}}}).to_string()).unwrap();
+    std::fs::rename(tmp, dir.join("config.json")).unwrap();
+}
+
+/// The real `hoistd` binary (its own process, so the docker config it reads is its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let ecr = link.ecr();
+    ecr.basic_auth(&["token-1"]);
+    ecr.state.part_delay_ms.store(100, Ordering::SeqCst);
+    let docker = dir.path().join("docker");
+    docker_config(&docker, &link.tcp.host(), "token-1");
+    let source = image(dir.path(), 59, &[16, 12]);
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut child = std::process::Command::new(daemon_support::hoistd_bin())
+        .arg("--socket")
+        .arg(d.join("hoist.sock"))
+        .arg("--state-dir")
+        .arg(d.join("state"))
+        .arg("--allow-root")
+        .env("DOCKER_CONFIG", &docker)
+        .env("HOIST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn hoistd");
+    let client = hoist::cli::client::Client::new(d.join("hoist.sock"));
+    let t = Instant::now();
+    while client.health().await.is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "hoistd does not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = client
+        .submit(&request(
+            &source,
+            &link.target("token/img"),
+            Compression::Gzip,
+        ))
+        .await
+        .unwrap()
+        .id;
+    let before = wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
+        j.bytes_uploaded() >= 2 * CHUNK
+    })
+    .await
+    .bytes_uploaded();
+    // The helper would mint a new token; the old one expires now.
+    docker_config(&docker, &link.tcp.host(), "token-2");
+    ecr.expire_password("token-1", "token-2");
+    let job = wait_done(&client, &id).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    check_pulled(&link, dir.path(), "token/img", &job).await;
+    let blobs = job.bytes_total();
+    let sent = ecr.bytes_in();
+    record(
+        "a_token_expiring_mid_push_is_refreshed_without_losing_progress",
+        "registry token expires mid-push (403 \"Your authorization token has expired\")",
+        "ECR emulation (Basic auth, expiring tokens)",
+        "credentials re-read, the push goes on from its acknowledged offsets",
+        &format!(
+            "expired at {:.1} MB uploaded; {:.1} MB sent for {:.1} MB of blobs ({:.2}x)",
+            mb(before),
+            mb(sent),
+            mb(blobs),
+            sent as f64 / blobs as f64
+        ),
+        json!({"uploaded_before_expiry": before, "sent_bytes": sent, "blob_bytes": blobs}),
+    );
+    // At most the parts in flight when the token expired are sent again.
+    assert!(
+        sent <= blobs + hoist::daemon::UPLOADS_IN_FLIGHT_MAX_DEFAULT as u64 * CHUNK,
+        "sent {sent} for {blobs}"
+    );
+}
