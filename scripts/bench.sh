@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side push benchmark: hoist vs skopeo, same image, same local registry, same machine.
 #
-#   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--out docs/PERFORMANCE.md]
+#   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--big-mib 0] [--out docs/PERFORMANCE.md]
 #
 # Builds a deterministic image (a random-data layer plus a text-like layer), starts Debian's
 # docker-registry on a free loopback port with fresh storage for every run, and alternates
@@ -9,7 +9,9 @@
 #   docker-archive -> gzip   docker-archive -> zstd   OCI layout with gzip layers (as is)
 # hoist runs start a fresh hoistd (cleared state dir and spool) under /usr/bin/time, so the
 # daemon's CPU seconds and peak RSS are measured with the CLI's. Also measured: re-pushing the
-# same image to a new tag, and a push with hoistd killed (-9) at 50 % and restarted.
+# same image to a new tag, and a push with hoistd killed (-9) at 50 % and restarted; with
+# --big-mib N, hoistd's peak RSS on an N MiB image (4/5 random, 1/5 text, uncompressed OCI
+# layers, so compressed) through scripts/push-rss.sh.
 # Prints medians and ratios and writes the table to --out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,20 +21,28 @@ ROOT=$PWD
 RUNS=3
 RANDOM_MIB=1024
 TEXT_MIB=512
+BIG_MIB=0
 OUT=docs/PERFORMANCE.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --random-mib) RANDOM_MIB=$2; shift 2 ;;
     --text-mib) TEXT_MIB=$2; shift 2 ;;
+    --big-mib) BIG_MIB=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-scripts/install-deps.sh
-cargo build --release --locked --bins --example sample_image >&2
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# HOIST_BIN_DIR: prebuilt hoist, hoistd and examples/sample_image (the shared target dir may be
+# rebuilt by another worktree while the benchmark runs: copy the binaries away and point here).
+if [ -n "${HOIST_BIN_DIR:-}" ]; then
+  BIN=$HOIST_BIN_DIR
+else
+  scripts/install-deps.sh
+  cargo build --release --locked --bins --example sample_image >&2
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
@@ -61,8 +71,16 @@ stop_registry() {
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-# record CASE TOOL WALL_S CPU_S MAXRSS_KIB
-record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+# record CASE TOOL WALL_S CPU_S MAXRSS_KIB; adds the registry's CPU seconds for the run and the
+# 1-minute load average at its end.
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(registry_cpu)" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RESULTS"
+}
+# CPU seconds (user + system) the registry used since it started (it is fresh for every run).
+registry_cpu() {
+  python3 -c "import os; f=open('/proc/$REG_PID/stat').read().rsplit(')',1)[1].split(); print(round((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'),2))" 2>/dev/null || echo 0
+}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 now() { date +%s.%N; }
 calc() { python3 -c "print(round($1, 3))"; }
@@ -157,4 +175,18 @@ stop_hoistd >/dev/null
 record resume hoist "$(calc "$t1 - $t0")" 0 0
 stop_registry
 
-python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" | tee "$OUT"
+if [ "$BIG_MIB" -gt 0 ]; then
+  echo "bench: peak RSS on a $BIG_MIB MiB image" >&2
+  "$BIN/examples/sample_image" "$WORK/oci-big" --random-mib $((BIG_MIB * 4 / 5)) --text-mib $((BIG_MIB / 5)) --small-files 0 >&2
+  out=$(HOIST_BIN_DIR=$BIN scripts/push-rss.sh "oci:$WORK/oci-big" | tail -n 1)
+  echo "bench: $out" >&2
+  rss=$(echo "$out" | sed -n 's/.*peak_rss_kib=\([0-9]*\).*/\1/p')
+  secs=$(echo "$out" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
+  REG_PID=""
+  record "big-$BIG_MIB" hoist "$secs" 0 "$rss"
+  rm -rf "$WORK/oci-big"
+fi
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+cp "$RESULTS" "${BENCH_KEEP_RESULTS:-/dev/null}" 2>/dev/null || true
+python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" | tee "$OUT"
