@@ -53,11 +53,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
-"$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
-"$BIN/examples/sample_image" "$WORK/oci-gzip" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 --gzip >&2
-skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
-rm -rf "$WORK/oci-tar"
+if [ -n "${BENCH_IMAGE_DIR:-}" ]; then
+  # image.tar and oci-gzip/ from an earlier run with the same sizes (they are deterministic).
+  echo "bench: using the image in $BENCH_IMAGE_DIR" >&2
+  ln -s "$BENCH_IMAGE_DIR/image.tar" "$WORK/image.tar"
+  ln -s "$BENCH_IMAGE_DIR/oci-gzip" "$WORK/oci-gzip"
+else
+  echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
+  "$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
+  "$BIN/examples/sample_image" "$WORK/oci-gzip" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 --gzip >&2
+  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
+  rm -rf "$WORK/oci-tar"
+fi
 
 # A fresh registry (empty storage) for every measured run, so no run profits from another.
 fresh_registry() {
@@ -75,6 +82,8 @@ RESULTS="$WORK/results.tsv"
 # 1-minute load average at its end.
 record() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(registry_cpu)" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RESULTS"
+  # BENCH_KEEP_RESULTS: a copy that outlives the run (even a failed one).
+  [ -z "${BENCH_KEEP_RESULTS:-}" ] || cp "$RESULTS" "$BENCH_KEEP_RESULTS"
 }
 # CPU seconds (user + system) the registry used since it started (it is fresh for every run).
 registry_cpu() {
@@ -110,12 +119,16 @@ start_hoistd() {
 }
 # hoistd runs under /usr/bin/time: signals go to hoistd itself, the child of that process.
 daemon_pid() { pgrep -P "$HOISTD_PID" -x hoistd || echo "$HOISTD_PID"; }
-stop_hoistd() { # returns "cpu_s maxrss_kib" of the daemon
+# Sets DAEMON_CPU and DAEMON_RSS (the daemon's CPU seconds and peak RSS in KiB). Not to be run
+# in a subshell: only this shell can wait for /usr/bin/time to write its figures.
+stop_hoistd() {
   kill -TERM "$(daemon_pid)" 2>/dev/null || true
   wait "$HOISTD_PID" 2>/dev/null || true
   HOISTD_PID=""
+  local u s m
   read -r u s m < "$WORK/time.hoistd"
-  echo "$(calc "$u + $s") $m"
+  DAEMON_CPU=$(calc "$u + $s")
+  DAEMON_RSS=$m
 }
 
 run_hoist() { # CASE SOURCE [extra args]
@@ -127,8 +140,8 @@ run_hoist() { # CASE SOURCE [extra args]
     "$src" "$REG/bench/$case:hoist" >"$WORK/push.out"
   t1=$(now)
   read -r u s m < "$tf"
-  read -r du dm <<<"$(stop_hoistd)"
-  record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $du")" "$dm"
+  stop_hoistd
+  record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $s + $DAEMON_CPU")" "$DAEMON_RSS"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -154,7 +167,7 @@ start_hoistd
 t0=$(now)
 "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:two" >/dev/null
 t1=$(now)
-stop_hoistd >/dev/null
+stop_hoistd
 record repush hoist "$(calc "$t1 - $t0")" 0 0
 
 # kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
@@ -165,13 +178,15 @@ t0=$(now)
 JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
 python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
 kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
+# The killed daemon leaves its socket file: wait for the new one, not the old.
+rm -f "$SOCK"
 /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
   "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
 HOISTD_PID=$!
 for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 "$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null
 t1=$(now)
-stop_hoistd >/dev/null
+stop_hoistd
 record resume hoist "$(calc "$t1 - $t0")" 0 0
 stop_registry
 
@@ -188,5 +203,6 @@ if [ "$BIG_MIB" -gt 0 ]; then
 fi
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-cp "$RESULTS" "${BENCH_KEEP_RESULTS:-/dev/null}" 2>/dev/null || true
+OCI_GZIP_BYTES=$(du -sbL "$WORK/oci-gzip/blobs" | cut -f1)
+export OCI_GZIP_BYTES
 python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" | tee "$OUT"
