@@ -3,9 +3,9 @@
 //!
 //! One file per layer in the job's spool directory, named by what determines its bytes
 //! (diff_id, codec, compressor chunk size, codec versions): compression is deterministic, so a
-//! resumed upload re-sends identical bytes. Uploads read each chunk once written; every
-//! [`SPOOL_SYNC_CHUNKS`] (and at the end) the file is synced and the progress (chunks done,
-//! compressed bytes) recorded; a rerun truncates the file to the
+//! resumed upload re-sends identical bytes. Every [`SPOOL_SYNC_CHUNKS`] chunks (and at the
+//! end) the file is synced, the progress (chunks done, compressed bytes) recorded and the new
+//! bytes offered to the uploads; a rerun truncates the file to the
 //! recorded length and continues at that chunk, re-hashing the prefix to restore the running
 //! digests.
 //!
@@ -41,11 +41,10 @@ pub const SPOOL_CHUNK_BYTES: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
 /// `4 * threads * SPOOL_CHUNK_BYTES`; two keep the daemon inside its memory budget next to
 /// four streaming uploads.
 pub const COMPRESS_THREADS_MAX: usize = 2;
-/// Compressor chunks written between two syncs of the spool file (and records of the
-/// progress). The uploads read each chunk as soon as it is written: compression is
-/// deterministic, so bytes sent before their sync are the bytes a rerun writes again. A crash
-/// costs at most this many chunks of recompression (8 MiB of input); a sync and a store commit
-/// for every 4 MiB chunk showed up in the push's profile on incompressible layers.
+/// Compressor chunks written between two syncs of the spool file; the progress is recorded
+/// and offered to the uploads at each sync. A crash costs at most this many chunks of
+/// recompression (8 MiB of input); a sync and a store commit for every 4 MiB chunk showed up
+/// in the push's profile on incompressible layers.
 pub const SPOOL_SYNC_CHUNKS: u64 = 2;
 /// Index entries kept at most; the oldest are removed beyond it.
 pub const SPOOL_INDEX_ENTRIES_MAX: usize = 4096;
@@ -107,8 +106,7 @@ pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
 /// How far a layer's compression is, as the uploads see it.
 #[derive(Debug, Clone, Default)]
 pub struct Avail {
-    /// Compressed bytes in the spool file that are final (written; synced every
-    /// [`SPOOL_SYNC_CHUNKS`], and identical after a rerun in any case).
+    /// Compressed bytes in the spool file that are final (written and synced).
     pub bytes: u64,
     /// Set once the whole layer is compressed.
     pub done: Option<CompressedLayer>,
@@ -399,13 +397,12 @@ fn compress_layer(
         }
         file.write_all(out.bytes).map_err(SinkError::Io)?;
         written += out.bytes.len() as u64;
-        // Uploads may send it now (see SPOOL_SYNC_CHUNKS); it is recorded only once synced.
-        l.tx.send_modify(|a| a.bytes = written);
         if (out.index + 1) % SPOOL_SYNC_CHUNKS == 0 || out.index + 1 >= total_chunks {
-            // Durable before it is recorded: a rerun trusts the recorded length.
+            // Durable before it is recorded or sent: a rerun trusts the recorded length.
             file.sync_data().map_err(SinkError::Io)?;
             rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
                 .map_err(SinkError::Job)?;
+            l.tx.send_modify(|a| a.bytes = written);
         }
         Ok(())
     });
