@@ -1,5 +1,6 @@
 //! Compression benchmarks: one chunk per codec and data kind, the parallel driver on one and two
-//! threads, SHA-256, and the file pipeline end to end (read + hash + compress + hash).
+//! threads, SHA-256, and the file pipeline end to end (read + hash + compress + hash, and the
+//! same plus the spool write).
 //! Kept short on purpose (10 samples, 3 s each) so `cargo bench --bench compress` takes a few
 //! minutes on two cores. Other builds on the machine skew the figures: check `uptime`.
 
@@ -15,6 +16,7 @@ use hoist::compress::{
     COMPRESS_CHUNK_BYTES_DEFAULT, ChunkCompressor, Codec, CompressConfig, CompressError,
     StreamState, compress_stream, testdata,
 };
+use hoist::daemon::push::spool::SPOOL_SYNC_CHUNKS;
 use hoist::digest::{Algorithm, Hasher};
 
 const CHUNK: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
@@ -94,7 +96,9 @@ fn sha256(c: &mut Criterion) {
     g.finish();
 }
 
-/// Read from a local file (page-cached after the first iteration) + both digests + compress.
+/// Read from a local file (page-cached after the first iteration) + both digests + compress,
+/// and in the `+spool` variants also the spool write as the daemon does it (each chunk written
+/// to a file, synced every `SPOOL_SYNC_CHUNKS`).
 fn file_pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("file_pipeline");
     g.sampling_mode(SamplingMode::Flat);
@@ -120,6 +124,22 @@ fn file_pipeline(c: &mut Criterion) {
                         Ok::<(), CompressError>(())
                     })
                     .unwrap()
+                })
+            });
+            let spool = dir.path().join(format!("{kind}-{codec}.spool"));
+            g.bench_function(BenchmarkId::new(format!("{codec}/2t+spool"), kind), |b| {
+                b.iter(|| {
+                    let file = std::fs::File::open(&path).unwrap();
+                    let mut out = std::fs::File::create(&spool).unwrap();
+                    compress_stream(file, &cfg, StreamState::new(), |c| {
+                        out.write_all(c.bytes).map_err(CompressError::Read)?;
+                        if (c.index + 1) % SPOOL_SYNC_CHUNKS == 0 {
+                            out.sync_data().map_err(CompressError::Read)?;
+                        }
+                        Ok::<(), CompressError>(())
+                    })
+                    .unwrap();
+                    out.sync_data().unwrap();
                 })
             });
         }

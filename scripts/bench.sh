@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side push benchmark: hoist vs skopeo, same image, same local registry, same machine.
 #
-#   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--out docs/PERFORMANCE.md]
+#   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--big-mib 0] [--out docs/PERFORMANCE.md]
 #
 # Builds a deterministic image (a random-data layer plus a text-like layer), starts Debian's
 # docker-registry on a free loopback port with fresh storage for every run, and alternates
@@ -9,7 +9,9 @@
 #   docker-archive -> gzip   docker-archive -> zstd   OCI layout with gzip layers (as is)
 # hoist runs start a fresh hoistd (cleared state dir and spool) under /usr/bin/time, so the
 # daemon's CPU seconds and peak RSS are measured with the CLI's. Also measured: re-pushing the
-# same image to a new tag, and a push with hoistd killed (-9) at 50 % and restarted.
+# same image to a new tag, and a push with hoistd killed (-9) at 50 % and restarted; with
+# --big-mib N, hoistd's peak RSS on an N MiB image (4/5 random, 1/5 text, uncompressed OCI
+# layers, so compressed) through scripts/push-rss.sh.
 # Prints medians and ratios and writes the table to --out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,20 +21,28 @@ ROOT=$PWD
 RUNS=3
 RANDOM_MIB=1024
 TEXT_MIB=512
+BIG_MIB=0
 OUT=docs/PERFORMANCE.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --random-mib) RANDOM_MIB=$2; shift 2 ;;
     --text-mib) TEXT_MIB=$2; shift 2 ;;
+    --big-mib) BIG_MIB=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-scripts/install-deps.sh
-cargo build --release --locked --bins --example sample_image >&2
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# HOIST_BIN_DIR: prebuilt hoist, hoistd and examples/sample_image (the shared target dir may be
+# rebuilt by another worktree while the benchmark runs: copy the binaries away and point here).
+if [ -n "${HOIST_BIN_DIR:-}" ]; then
+  BIN=$HOIST_BIN_DIR
+else
+  scripts/install-deps.sh
+  cargo build --release --locked --bins --example sample_image >&2
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
@@ -43,11 +53,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
-"$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
-"$BIN/examples/sample_image" "$WORK/oci-gzip" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 --gzip >&2
-skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
-rm -rf "$WORK/oci-tar"
+if [ -n "${BENCH_IMAGE_DIR:-}" ]; then
+  # image.tar and oci-gzip/ from an earlier run with the same sizes (they are deterministic).
+  echo "bench: using the image in $BENCH_IMAGE_DIR" >&2
+  ln -s "$BENCH_IMAGE_DIR/image.tar" "$WORK/image.tar"
+  ln -s "$BENCH_IMAGE_DIR/oci-gzip" "$WORK/oci-gzip"
+else
+  echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
+  "$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
+  "$BIN/examples/sample_image" "$WORK/oci-gzip" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 --gzip >&2
+  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
+  rm -rf "$WORK/oci-tar"
+fi
 
 # A fresh registry (empty storage) for every measured run, so no run profits from another.
 fresh_registry() {
@@ -61,8 +78,18 @@ stop_registry() {
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-# record CASE TOOL WALL_S CPU_S MAXRSS_KIB
-record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+# record CASE TOOL WALL_S CPU_S MAXRSS_KIB; adds the registry's CPU seconds for the run and the
+# 1-minute load average at its end.
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(registry_cpu)" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RESULTS"
+  # BENCH_KEEP_RESULTS: a copy that outlives the run (even a failed one).
+  [ -z "${BENCH_KEEP_RESULTS:-}" ] || cp "$RESULTS" "$BENCH_KEEP_RESULTS"
+}
+# CPU seconds (user + system) the registry used since it started (it is fresh for every run).
+registry_cpu() {
+  python3 -c "import os; f=open('/proc/$REG_PID/stat').read().rsplit(')',1)[1].split(); print(round((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'),2))" 2>/dev/null || echo 0
+}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 now() { date +%s.%N; }
 calc() { python3 -c "print(round($1, 3))"; }
@@ -92,12 +119,16 @@ start_hoistd() {
 }
 # hoistd runs under /usr/bin/time: signals go to hoistd itself, the child of that process.
 daemon_pid() { pgrep -P "$HOISTD_PID" -x hoistd || echo "$HOISTD_PID"; }
-stop_hoistd() { # returns "cpu_s maxrss_kib" of the daemon
+# Sets DAEMON_CPU and DAEMON_RSS (the daemon's CPU seconds and peak RSS in KiB). Not to be run
+# in a subshell: only this shell can wait for /usr/bin/time to write its figures.
+stop_hoistd() {
   kill -TERM "$(daemon_pid)" 2>/dev/null || true
   wait "$HOISTD_PID" 2>/dev/null || true
   HOISTD_PID=""
+  local u s m
   read -r u s m < "$WORK/time.hoistd"
-  echo "$(calc "$u + $s") $m"
+  DAEMON_CPU=$(calc "$u + $s")
+  DAEMON_RSS=$m
 }
 
 run_hoist() { # CASE SOURCE [extra args]
@@ -109,8 +140,8 @@ run_hoist() { # CASE SOURCE [extra args]
     "$src" "$REG/bench/$case:hoist" >"$WORK/push.out"
   t1=$(now)
   read -r u s m < "$tf"
-  read -r du dm <<<"$(stop_hoistd)"
-  record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $du")" "$dm"
+  stop_hoistd
+  record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $s + $DAEMON_CPU")" "$DAEMON_RSS"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -136,7 +167,7 @@ start_hoistd
 t0=$(now)
 "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "docker-archive:$WORK/image.tar" "$REG/bench/again:two" >/dev/null
 t1=$(now)
-stop_hoistd >/dev/null
+stop_hoistd
 record repush hoist "$(calc "$t1 - $t0")" 0 0
 
 # kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
@@ -147,14 +178,31 @@ t0=$(now)
 JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
 python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
 kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
+# The killed daemon leaves its socket file: wait for the new one, not the old.
+rm -f "$SOCK"
 /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
   "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
 HOISTD_PID=$!
 for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 "$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null
 t1=$(now)
-stop_hoistd >/dev/null
+stop_hoistd
 record resume hoist "$(calc "$t1 - $t0")" 0 0
 stop_registry
 
-python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" | tee "$OUT"
+if [ "$BIG_MIB" -gt 0 ]; then
+  echo "bench: peak RSS on a $BIG_MIB MiB image" >&2
+  "$BIN/examples/sample_image" "$WORK/oci-big" --random-mib $((BIG_MIB * 4 / 5)) --text-mib $((BIG_MIB / 5)) --small-files 0 >&2
+  out=$(HOIST_BIN_DIR=$BIN scripts/push-rss.sh "oci:$WORK/oci-big" | tail -n 1)
+  echo "bench: $out" >&2
+  rss=$(echo "$out" | sed -n 's/.*peak_rss_kib=\([0-9]*\).*/\1/p')
+  secs=$(echo "$out" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
+  REG_PID=""
+  record "big-$BIG_MIB" hoist "$secs" 0 "$rss"
+  rm -rf "$WORK/oci-big"
+fi
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+OCI_GZIP_BYTES=$(du -sbL "$WORK/oci-gzip/blobs" | cut -f1)
+export OCI_GZIP_BYTES
+python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" | tee "$OUT"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Turns scripts/bench.sh's results (TSV: case, tool, wall s, cpu s, max RSS KiB) into the
-markdown table of docs/PERFORMANCE.md: medians per case and tool, and hoist/skopeo ratios."""
+"""Turns scripts/bench.sh's results (TSV: case, tool, wall s, client cpu s, max RSS KiB,
+registry cpu s, 1-min load at the end of the run) into the markdown table of
+docs/PERFORMANCE.md: medians per case and tool, hoist/skopeo ratios, every run listed below."""
 import os
 import platform
 import statistics
@@ -10,10 +11,16 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 path, runs, random_mib, text_mib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+load_before = sys.argv[5] if len(sys.argv) > 5 else "?"
+load_after = sys.argv[6] if len(sys.argv) > 6 else "?"
+# Bytes of the OCI layout's blobs (what the registry receives in the oci-gzip case), in GB.
+oci_gb = int(os.environ.get("OCI_GZIP_BYTES", "0")) / 1e9
 rows = defaultdict(list)
+raw = []
 for line in open(path):
-    case, tool, wall, cpu, rss = line.rstrip("\n").split("\t")
-    rows[(case, tool)].append((float(wall), float(cpu), int(rss)))
+    case, tool, wall, cpu, rss, reg, load = line.rstrip("\n").split("\t")
+    rows[(case, tool)].append((float(wall), float(cpu), int(rss), float(reg), float(load)))
+    raw.append((case, tool, wall, cpu, rss, reg, load))
 
 def med(case, tool, i):
     vals = [r[i] for r in rows.get((case, tool), [])]
@@ -40,9 +47,16 @@ out.append(f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
 out.append(f"- machine: {os.cpu_count()} cores, {cpu_model}, {platform.system()} {platform.release()}")
 out.append(f"- image: {random_mib} MiB random layer + {text_mib} MiB text-like layer ({gib:.2f} GiB)")
 out.append(f"- registry: Debian's docker-registry on loopback, fresh storage per run; {skopeo}")
-out.append(f"- runs: {runs} per case, alternating tools; medians shown\n")
-out.append("| case | hoist wall s | skopeo wall s | wall ratio | hoist CPU s/GiB | skopeo CPU s/GiB | hoist peak RSS MiB | skopeo peak RSS MiB |")
-out.append("|---|---|---|---|---|---|---|---|")
+out.append(f"- runs: {runs} per case, alternating tools; medians shown")
+loads = [r[4] for v in rows.values() for r in v]
+out.append(f"- machine load (shared with other builds and tests): 1/5/15-min load average {load_before} before, "
+           f"{load_after} after; 1-min load at the end of the runs {min(loads):.2f} to {max(loads):.2f} "
+           f"(median {statistics.median(loads):.2f}) on {os.cpu_count()} cores. Wall times suffer from it; "
+           "CPU seconds much less, so compare those first.")
+out.append("- client CPU: hoist's CLI plus hoistd (under /usr/bin/time); skopeo's process. Registry CPU: "
+           "the registry's user + system seconds over the run, from /proc (it is fresh for every run).\n")
+out.append("| case | hoist wall s | skopeo wall s | wall ratio | hoist CPU s/GiB | skopeo CPU s/GiB | hoist registry CPU s | skopeo registry CPU s | hoist peak RSS MiB | skopeo peak RSS MiB |")
+out.append("|---|---|---|---|---|---|---|---|---|---|")
 for case, label in [("archive-gzip", "docker-archive -> gzip"),
                     ("archive-zstd", "docker-archive -> zstd"),
                     ("oci-gzip", "OCI layout, gzip layers as is")]:
@@ -53,8 +67,25 @@ for case, label in [("archive-gzip", "docker-archive -> gzip"),
     out.append(
         f"| {label} | {fmt(hw)} | {fmt(sw)} | {fmt(ratio)}x | "
         f"{fmt(hc / gib if hc is not None else None)} | {fmt(sc / gib if sc is not None else None)} | "
+        f"{fmt(med(case, 'hoist', 3))} | {fmt(med(case, 'skopeo', 3))} | "
         f"{fmt(hr / 1024 if hr else None, 0)} | {fmt(sr / 1024 if sr else None, 0)} |"
     )
+out.append("")
+out.append("What bounds the wall time on this machine: a push needs the client's and the registry's CPU "
+           f"seconds, and both run on the same {os.cpu_count()} cores, so (client CPU + registry CPU) / cores "
+           "is a floor for the wall time, however well the work overlaps (other builds on the machine "
+           "raise it further).\n")
+out.append("| case | hoist CPU floor s | hoist wall s | 0.5x skopeo wall s | 0.9x skopeo wall s | registry CPU s per GB received (hoist) |")
+out.append("|---|---|---|---|---|---|")
+for case, label in [("archive-gzip", "docker-archive -> gzip"),
+                    ("archive-zstd", "docker-archive -> zstd"),
+                    ("oci-gzip", "OCI layout, gzip layers as is")]:
+    hc, hreg, hw, sw = med(case, "hoist", 1), med(case, "hoist", 3), med(case, "hoist", 0), med(case, "skopeo", 0)
+    if hc is None:
+        continue
+    floor = (hc + hreg) / os.cpu_count()
+    out.append(f"| {label} | {fmt(floor)} | {fmt(hw)} | {fmt(sw * 0.5 if sw else None)} | "
+               f"{fmt(sw * 0.9 if sw else None)} | {fmt(hreg / oci_gb if case == 'oci-gzip' and oci_gb else None)} |")
 repush = med("repush", "hoist", 0)
 resume = med("resume", "hoist", 0)
 base = med("archive-gzip", "hoist", 0)
@@ -62,4 +93,14 @@ out.append("")
 out.append(f"- re-push of the same image to a new tag: {fmt(repush)} s")
 if resume is not None and base:
     out.append(f"- kill -9 at 50 % and restart, total: {fmt(resume)} s ({resume / base:.2f}x the uninterrupted gzip push)")
+for (case, tool), v in sorted(rows.items()):
+    if case.startswith("big-"):
+        out.append(f"- hoistd peak RSS (VmHWM) pushing a {int(case[4:]) / 1024:.1f} GiB image "
+                   f"(uncompressed OCI layers, compressed to gzip; scripts/push-rss.sh): "
+                   f"{v[0][2] / 1024:.1f} MiB, {v[0][0]:.1f} s")
+out.append("\n## Every run\n")
+out.append("| case | tool | wall s | client CPU s | peak RSS MiB | registry CPU s | 1-min load |")
+out.append("|---|---|---|---|---|---|---|")
+for case, tool, wall, cpu, rss, reg, load in raw:
+    out.append(f"| {case} | {tool} | {wall} | {cpu} | {int(rss) / 1024:.0f} | {reg} | {load} |")
 print("\n".join(out))

@@ -93,9 +93,18 @@ pub struct CensusError(#[from] std::io::Error);
 
 /// Counts the ELF files in an uncompressed layer tar, reading only each file's first bytes.
 pub fn census_tar<R: Read>(reader: R) -> Result<LayerCensus, CensusError> {
+    census_entries(tar::Archive::new(reader).entries()?)
+}
+
+/// [`census_tar`] over a seekable (uncompressed) tar: file contents past their first bytes are
+/// seeked over, not read, so a layer costs about its headers' reads.
+pub fn census_tar_seek<R: Read + std::io::Seek>(reader: R) -> Result<LayerCensus, CensusError> {
+    census_entries(tar::Archive::new(reader).entries_with_seek()?)
+}
+
+fn census_entries<R: Read>(entries: tar::Entries<'_, R>) -> Result<LayerCensus, CensusError> {
     let mut census = LayerCensus::default();
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
+    for entry in entries {
         let mut entry = entry?;
         if !entry.header().entry_type().is_file() || entry.size() < ELF_HEADER_BYTES_MIN as u64 {
             continue;
@@ -108,137 +117,6 @@ pub fn census_tar<R: Read>(reader: R) -> Result<LayerCensus, CensusError> {
         // The rest of the entry is skipped by the tar reader when the next one is requested.
     }
     Ok(census)
-}
-
-const TAR_BLOCK_BYTES: u64 = 512;
-
-/// Counts the ELF files of an uncompressed layer tar that can be read at any offset (a file
-/// region): it reads each 512-byte header and the first bytes of each regular file, and skips
-/// the rest of the data by offset. On a 1.5 GB layer of a few large files that is a few
-/// kilobytes of I/O instead of a full pass, which keeps the census off the push's critical path.
-/// `read_at(pos, buf)` reads from `pos` bytes into the layer (0 at its end).
-pub fn census_tar_at(
-    len: u64,
-    mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
-) -> Result<LayerCensus, CensusError> {
-    let mut census = LayerCensus::default();
-    let mut pos = 0u64;
-    let mut header = [0u8; TAR_BLOCK_BYTES as usize];
-    // A PAX extended header may carry the next entry's real size (files over 8 GiB).
-    let mut pax_size: Option<u64> = None;
-    while pos + TAR_BLOCK_BYTES <= len {
-        read_exact_at(&mut read_at, pos, &mut header)?;
-        if header.iter().all(|b| *b == 0) {
-            break; // the end-of-archive blocks
-        }
-        if !tar_checksum_ok(&header) {
-            return Err(bad_tar(format!("bad header checksum at byte {pos}")));
-        }
-        let size = match pax_size.take() {
-            Some(n) => n,
-            None => tar_size(&header).ok_or_else(|| bad_tar(format!("bad size at byte {pos}")))?,
-        };
-        let data = pos + TAR_BLOCK_BYTES;
-        match header[156] {
-            b'0' | 0 | b'7' if size >= ELF_HEADER_BYTES_MIN as u64 => {
-                let mut head = [0u8; ELF_HEADER_BYTES_MIN];
-                read_exact_at(&mut read_at, data, &mut head)?;
-                if let Some(arch) = elf_arch(&head) {
-                    census.add(arch);
-                }
-            }
-            b'x' if size <= 64 * 1024 => {
-                let mut pax = vec![0u8; size as usize];
-                read_exact_at(&mut read_at, data, &mut pax)?;
-                pax_size = pax_record(&pax, "size").and_then(|v| v.parse().ok());
-            }
-            _ => {}
-        }
-        let padded = size
-            .checked_add(TAR_BLOCK_BYTES - 1)
-            .map(|n| n / TAR_BLOCK_BYTES * TAR_BLOCK_BYTES)
-            .ok_or_else(|| bad_tar(format!("size overflows at byte {pos}")))?;
-        pos = data
-            .checked_add(padded)
-            .ok_or_else(|| bad_tar(format!("size overflows at byte {pos}")))?;
-    }
-    Ok(census)
-}
-
-fn bad_tar(what: String) -> CensusError {
-    CensusError(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
-}
-
-fn read_exact_at(
-    read_at: &mut impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
-    mut pos: u64,
-    mut buf: &mut [u8],
-) -> Result<(), CensusError> {
-    while !buf.is_empty() {
-        let n = read_at(pos, buf)?;
-        if n == 0 {
-            return Err(bad_tar(format!(
-                "the layer ends inside an entry at byte {pos}"
-            )));
-        }
-        pos += n as u64;
-        buf = &mut buf[n..];
-    }
-    Ok(())
-}
-
-/// The header checksum: the sum of its bytes with the checksum field read as spaces.
-fn tar_checksum_ok(h: &[u8; 512]) -> bool {
-    let sum: u64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                *b as u64
-            }
-        })
-        .sum();
-    parse_octal(&h[148..156]) == Some(sum)
-}
-
-/// The entry size: octal, or GNU base-256 when the first byte's high bit is set.
-fn tar_size(h: &[u8; 512]) -> Option<u64> {
-    let field = &h[124..136];
-    if field[0] & 0x80 != 0 {
-        let mut n: u64 = (field[0] & 0x7f) as u64;
-        for b in &field[1..] {
-            n = n.checked_mul(256)?.checked_add(*b as u64)?;
-        }
-        return Some(n);
-    }
-    parse_octal(field)
-}
-
-fn parse_octal(field: &[u8]) -> Option<u64> {
-    let digits: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| (b'0'..=b'7').contains(b))
-        .collect();
-    if digits.is_empty() {
-        return field.iter().all(|b| *b == 0 || *b == b' ').then_some(0);
-    }
-    digits.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(8)?.checked_add((d - b'0') as u64)
-    })
-}
-
-/// The value of `key` in PAX records (`LEN key=value\n`).
-fn pax_record<'a>(pax: &'a [u8], key: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(pax).ok()?;
-    text.lines().find_map(|line| {
-        let (_, kv) = line.split_once(' ')?;
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then_some(v)
-    })
 }
 
 /// The declared platform disagrees with the binaries in the image.
@@ -389,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn positional_census_matches_the_streaming_one() {
+    fn seeking_census_matches_the_streaming_one() {
         let amd = elf_header(0x3e, false);
         let arm = elf_header(0xb7, false);
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -405,38 +283,12 @@ mod tests {
             files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
         let tar = layer(&refs);
         let streamed = census_tar(tar.as_slice()).unwrap();
-        let positional = census_tar_at(tar.len() as u64, |pos, buf| {
-            let start = (pos as usize).min(tar.len());
-            let n = buf.len().min(tar.len() - start);
-            buf[..n].copy_from_slice(&tar[start..start + n]);
-            Ok(n)
-        })
-        .unwrap();
-        assert_eq!(positional, streamed);
-        assert_eq!(positional.by_arch.get("amd64"), Some(&21));
-        assert_eq!(positional.by_arch.get("arm64"), Some(&10));
-    }
-
-    #[test]
-    fn positional_census_refuses_garbage_without_panicking() {
+        let seeking = census_tar_seek(std::io::Cursor::new(&tar)).unwrap();
+        assert_eq!(seeking, streamed);
+        assert_eq!(seeking.by_arch.get("amd64"), Some(&21));
+        assert_eq!(seeking.by_arch.get("arm64"), Some(&10));
         let junk = vec![0x55u8; 4096];
-        let r = census_tar_at(junk.len() as u64, |pos, buf| {
-            let start = (pos as usize).min(junk.len());
-            let n = buf.len().min(junk.len() - start);
-            buf[..n].copy_from_slice(&junk[start..start + n]);
-            Ok(n)
-        });
-        assert!(r.is_err());
-        // A header whose size runs past the end of the layer.
-        let mut tar = layer(&[("a", vec![1u8; 2000])]);
-        tar.truncate(1024);
-        let r = census_tar_at(tar.len() as u64, |pos, buf| {
-            let start = (pos as usize).min(tar.len());
-            let n = buf.len().min(tar.len() - start);
-            buf[..n].copy_from_slice(&tar[start..start + n]);
-            Ok(n)
-        });
-        assert!(r.is_ok(), "a truncated tail ends the walk: {r:?}");
+        assert!(census_tar_seek(std::io::Cursor::new(junk)).is_err());
     }
 
     #[test]

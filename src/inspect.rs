@@ -90,7 +90,9 @@ pub fn layer_census(layer: &PlannedLayer) -> io::Result<LayerCensus> {
     } else if head.starts_with(&ZSTD_MAGIC) {
         Box::new(zstd::stream::read::Decoder::new(reader)?)
     } else {
-        Box::new(io::BufReader::new(reader))
+        // Uncompressed: seek over file contents instead of reading them.
+        return elf::census_tar_seek(io::BufReader::new(reader))
+            .map_err(|e| io::Error::other(e.to_string()));
     };
     elf::census_tar(tar).map_err(|e| io::Error::other(e.to_string()))
 }

@@ -152,7 +152,7 @@ fn golden_digests() {
         (
             Codec::Gzip,
             COMPRESS_CHUNK_BYTES_DEFAULT,
-            "d9f0f58a0a96e00e0f483a018d41bfe35a986392b87e6634d96f62c38de827da",
+            "96f47f57d90d17932d7ba182ae123ad7717689bcd7f91cf31043e21d2d709694",
         ),
         (
             Codec::Zstd,
@@ -162,7 +162,7 @@ fn golden_digests() {
         (
             Codec::Gzip,
             1 << 20,
-            "67cfdacbb2eec4d7ccdd4986f1f53a0f301c250b157a54b2e723071e84915105",
+            "5bd29f06def2fd37b435a420bdb3f2009a21b8b33c1fbdfbc104aff8cd96df05",
         ),
         (
             Codec::Zstd,

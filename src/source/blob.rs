@@ -142,6 +142,26 @@ impl Read for BlobReader {
     }
 }
 
+/// Seeking only moves the position (clamped to the blob's end); the tar reader of the ELF
+/// census seeks over file contents instead of reading them.
+impl io::Seek for BlobReader {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(d) => self.loc.len.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let Some(target) = target else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            ));
+        };
+        self.pos = target.min(self.loc.len);
+        Ok(self.pos)
+    }
+}
+
 /// What a [`VerifyingReader`] checks the digest against (for the error it reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {

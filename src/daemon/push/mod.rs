@@ -55,9 +55,9 @@ type BlobKey = (String, Digest);
 pub struct Shared {
     inflight: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
     pushed_to: Mutex<HashMap<BlobKey, String>>,
-    /// One layer is compressed at a time daemon-wide: the compressor's buffers are the
-    /// largest memory of a push (`4 * threads * chunk`), and it already uses every core.
-    compressing: Arc<Mutex<()>>,
+    /// Compression threads daemon-wide: the compressors' buffers are the largest memory of a
+    /// push (`4 * threads * chunk`), and they already use every core.
+    compressing: Arc<spool::ThreadTokens>,
 }
 
 impl Shared {

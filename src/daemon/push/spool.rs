@@ -3,8 +3,9 @@
 //!
 //! One file per layer in the job's spool directory, named by what determines its bytes
 //! (diff_id, codec, compressor chunk size, codec versions): compression is deterministic, so a
-//! resumed upload re-sends identical bytes. After each chunk the file is synced and the
-//! progress (chunks done, compressed bytes) recorded; a rerun truncates the file to the
+//! resumed upload re-sends identical bytes. Every [`SPOOL_SYNC_CHUNKS`] chunks (and at the
+//! end) the file is synced, the progress (chunks done, compressed bytes) recorded and the new
+//! bytes offered to the uploads; a rerun truncates the file to the
 //! recorded length and continues at that chunk, re-hashing the prefix to restore the running
 //! digests.
 //!
@@ -36,9 +37,15 @@ use crate::store::BlobRecord;
 
 /// Compressor input chunk size: part of the output's identity, so fixed.
 pub const SPOOL_CHUNK_BYTES: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
-/// Compression threads of one job. Memory is about `4 * threads * SPOOL_CHUNK_BYTES`; two
-/// keep the daemon inside its memory budget next to four streaming uploads.
+/// Compression threads daemon-wide ([`ThreadTokens`]). Memory is about
+/// `4 * threads * SPOOL_CHUNK_BYTES`; two keep the daemon inside its memory budget next to
+/// four streaming uploads.
 pub const COMPRESS_THREADS_MAX: usize = 2;
+/// Compressor chunks written between two syncs of the spool file; the progress is recorded
+/// and offered to the uploads at each sync. A crash costs at most this many chunks of
+/// recompression (8 MiB of input); a sync and a store commit for every 4 MiB chunk showed up
+/// in the push's profile on incompressible layers.
+pub const SPOOL_SYNC_CHUNKS: u64 = 2;
 /// Index entries kept at most; the oldest are removed beyond it.
 pub const SPOOL_INDEX_ENTRIES_MAX: usize = 4096;
 
@@ -120,10 +127,15 @@ pub struct SpoolLayer {
 
 /// The file name of a layer's compressed bytes (and of its index entry).
 pub fn spool_name(diff_id: &Digest, codec: Codec) -> String {
+    let level = match codec {
+        Codec::Gzip => crate::compress::GZIP_LEVEL,
+        Codec::Zstd => crate::compress::ZSTD_LEVEL,
+    };
     format!(
-        "{}-{}-{}-{}-{}",
+        "{}-{}{}-{}-{}-{}",
         diff_id.hex(),
         codec,
+        level,
         SPOOL_CHUNK_BYTES,
         CODEC_VERSIONS.libzstd,
         CODEC_VERSIONS.libdeflater_crate
@@ -187,43 +199,130 @@ impl From<CompressError> for SinkError {
     }
 }
 
-/// Compresses `layers` one after the other into the spool (blocking: run on a blocking
-/// thread), each while holding `gate` (one compression at a time daemon-wide). Each layer's watch channel follows its progress. Stops at the first error, which
-/// is also sent to every layer not done.
+/// Compression threads, daemon-wide: a layer's compression takes its threads' tokens first, so
+/// the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by
+/// [`COMPRESS_THREADS_MAX`] whatever the number of jobs and layers.
+pub struct ThreadTokens {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Default for ThreadTokens {
+    fn default() -> Self {
+        ThreadTokens {
+            free: std::sync::Mutex::new(compress_threads()),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+}
+
+/// What one [`ThreadTokens::take`] holds; gives the tokens back when dropped.
+pub struct Tokens<'a> {
+    pool: &'a ThreadTokens,
+    n: usize,
+}
+
+impl ThreadTokens {
+    /// Takes `n` tokens if they are free now.
+    pub fn try_take(&self, n: usize) -> Option<Tokens<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        (*free >= n).then(|| {
+            *free -= n;
+            Tokens { pool: self, n }
+        })
+    }
+
+    /// Blocks until `n` tokens are free and takes them.
+    pub fn take(&self, n: usize) -> Tokens<'_> {
+        // A poisoned lock only means a compressor panicked: the count is still right.
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < n {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= n;
+        Tokens { pool: self, n }
+    }
+}
+
+impl Drop for Tokens<'_> {
+    fn drop(&mut self) {
+        *self.pool.free.lock().unwrap_or_else(|p| p.into_inner()) += self.n;
+        self.pool.freed.notify_all();
+    }
+}
+
+/// Compression threads daemon-wide: one per core, at most [`COMPRESS_THREADS_MAX`].
+fn compress_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(COMPRESS_THREADS_MAX)
+}
+
+/// Compresses `layers` into the spool (blocking: run on a blocking thread). With several
+/// layers to compress, up to one per compression thread run side by side, one thread each:
+/// a cheap layer (incompressible data, stored) then streams to the registry while a costly one
+/// (text) is still compressing, so the registry's CPU work overlaps ours instead of following
+/// it. A single layer gets every thread. Each layer's watch channel follows its progress. Stops
+/// at the first error, which is also sent to every layer not done.
 pub fn run(
     ctx: &JobContext,
     rt: &tokio::runtime::Handle,
-    gate: &std::sync::Mutex<()>,
+    tokens: &ThreadTokens,
     layers: &[SpoolLayer],
 ) {
-    for (i, l) in layers.iter().enumerate() {
-        if l.skip.load(Ordering::Relaxed) {
-            continue;
-        }
-        // A poisoned gate only means another compressor panicked: the gate holds no data.
-        let _turn = match gate.try_lock() {
-            Ok(g) => g,
-            Err(_) => {
-                rt.block_on(ctx.waiting(Some(
-                    "waiting for another job's compression to finish (one layer is compressed at a time)".into(),
-                )));
-                let g = gate.lock().unwrap_or_else(|p| p.into_inner());
-                rt.block_on(ctx.waiting(None));
-                g
+    let todo: Vec<&SpoolLayer> = layers
+        .iter()
+        .filter(|l| !l.skip.load(Ordering::Relaxed))
+        .collect();
+    let threads = compress_threads();
+    let lanes = todo.len().clamp(1, threads);
+    let per_layer = threads / lanes;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let lane = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(l) = todo.get(i) else {
+                return;
+            };
+            if failed.load(Ordering::Relaxed) || l.skip.load(Ordering::Relaxed) {
+                continue;
             }
-        };
-        let result = if ctx.is_stop_requested() {
-            Err(JobError::Stopped)
-        } else {
-            compress_layer(ctx, rt, l)
-        };
-        if let Err(e) = result {
-            for rest in &layers[i..] {
-                rest.tx.send_modify(|a| a.error = Some(e.clone()));
+            let result = if ctx.is_stop_requested() {
+                Err(JobError::Stopped)
+            } else {
+                let _turn = match tokens.try_take(per_layer) {
+                    Some(t) => t,
+                    None => {
+                        rt.block_on(ctx.waiting(Some(
+                            "waiting for another job's compression to finish (compression threads are shared daemon-wide)".into(),
+                        )));
+                        let t = tokens.take(per_layer);
+                        rt.block_on(ctx.waiting(None));
+                        t
+                    }
+                };
+                compress_layer(ctx, rt, l, per_layer)
+            };
+            if let Err(e) = result {
+                failed.store(true, Ordering::Relaxed);
+                for rest in &todo[i..] {
+                    rest.tx.send_modify(|a| {
+                        if a.done.is_none() {
+                            a.error = Some(e.clone());
+                        }
+                    });
+                }
+                return;
             }
-            return;
         }
-    }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..lanes {
+            s.spawn(lane);
+        }
+        lane();
+    });
 }
 
 fn io_failed(path: &Path, e: io::Error) -> JobError {
@@ -237,6 +336,7 @@ fn compress_layer(
     ctx: &JobContext,
     rt: &tokio::runtime::Handle,
     l: &SpoolLayer,
+    threads: usize,
 ) -> Result<(), JobError> {
     let digest = &l.layer.source.digest;
     let name = &l.layer.source.location.name;
@@ -298,11 +398,15 @@ fn compress_layer(
     let config = CompressConfig {
         codec: l.codec,
         chunk_bytes: SPOOL_CHUNK_BYTES,
-        threads: std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(COMPRESS_THREADS_MAX),
+        threads,
     };
     let mut written = bytes;
+    let total_chunks = l
+        .layer
+        .source
+        .location
+        .len
+        .div_ceil(SPOOL_CHUNK_BYTES as u64);
     let totals = compress_stream(input, &config, state, |out| {
         if l.skip.load(Ordering::Relaxed) {
             return Err(SinkError::Skipped);
@@ -311,12 +415,14 @@ fn compress_layer(
             return Err(SinkError::Job(JobError::Stopped));
         }
         file.write_all(out.bytes).map_err(SinkError::Io)?;
-        // Durable before it is recorded: a rerun trusts the recorded length.
-        file.sync_data().map_err(SinkError::Io)?;
         written += out.bytes.len() as u64;
-        rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
-            .map_err(SinkError::Job)?;
-        l.tx.send_modify(|a| a.bytes = written);
+        if (out.index + 1) % SPOOL_SYNC_CHUNKS == 0 || out.index + 1 >= total_chunks {
+            // Durable before it is recorded or sent: a rerun trusts the recorded length.
+            file.sync_data().map_err(SinkError::Io)?;
+            rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
+                .map_err(SinkError::Job)?;
+            l.tx.send_modify(|a| a.bytes = written);
+        }
         Ok(())
     });
     let totals = match totals {
