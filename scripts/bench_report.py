@@ -93,6 +93,13 @@ out.append("")
 out.append(f"- re-push of the same image to a new tag: {fmt(repush)} s")
 if resume is not None and base:
     out.append(f"- kill -9 at 50 % and restart, total: {fmt(resume)} s ({resume / base:.2f}x the uninterrupted gzip push)")
+for case, label in [("archive-gzip", "docker-archive -> gzip"), ("oci-gzip", "OCI layout, gzip as is")]:
+    with_c, without = med(case, "hoist", 0), med(case + "-nocensus", "hoist", 0)
+    cpu_with, cpu_without = med(case, "hoist", 1), med(case + "-nocensus", "hoist", 1)
+    if with_c and without:
+        out.append(f"- ELF census cost, {label}: {fmt(with_c)} s with it, {fmt(without)} s without "
+                   f"(--allow-arch-mismatch): {100 * (with_c - without) / without:+.0f} % wall, "
+                   f"client CPU {fmt(cpu_with)} s vs {fmt(cpu_without)} s")
 for (case, tool), v in sorted(rows.items()):
     if case.startswith("big-"):
         out.append(f"- hoistd peak RSS (VmHWM) pushing a {int(case[4:]) / 1024:.1f} GiB image "

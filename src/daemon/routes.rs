@@ -350,10 +350,14 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(FOLLOW_BUFFER_LINES);
     tokio::spawn(async move {
         let mut last = after;
-        let mut ended = past.is_empty() && job.state.is_final();
+        // A job read in a final state sends no further final event, and a final event in the
+        // log may be followed by late ones (a stopping body's last progress): either way there
+        // is nothing to follow. (Judging by the last replayed event alone made followers of a
+        // cancelled job wait forever.)
+        let mut ended = job.state.is_final();
         for ev in past.into_iter().filter_map(to_event) {
             last = ev.seq;
-            ended = ev.kind.is_final();
+            ended |= ev.kind.is_final();
             if tx.send(api::encode_event_line(&ev)).await.is_err() {
                 return;
             }
