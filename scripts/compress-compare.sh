@@ -105,7 +105,7 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 Load average (1/5/15 min) before: $load_before; after: $load_after (other builds may share the
 machine; rerun when it is idle).
 Tools: $(gzip --version | head -1), $(pigz --version 2>&1 | head -1), $(zstd --version | head -1 | sed 's/\*//g; s/ *$//');
-hoist: libdeflate (libdeflater 1.26.1) level 6,
+hoist: libdeflate (libdeflater 1.26.1) level 2 (\`GZIP_LEVEL\`),
 libzstd 1.5.7 level 3, 4 MiB chunks.
 
 Data: 256 MiB each of text-like (\`testdata::text_like\`), random (\`testdata::random_bytes\`),
