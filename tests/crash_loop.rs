@@ -105,11 +105,7 @@ async fn crash_loop_kill_9_at_random_moments() {
         let d = TestDaemon::start_with(&dir.path().join("base"), Config::default());
         let client = d.client();
         let target = format!("{}/base/img:1", registry.host());
-        let id = client
-            .submit(&request(&source, &target, Compression::Gzip))
-            .await
-            .unwrap()
-            .id;
+        let id = submit(&client, &source, &target, Compression::Gzip).await;
         wait_done(&client, &id).await.manifest_digest.unwrap()
     };
 

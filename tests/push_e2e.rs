@@ -25,11 +25,7 @@ async fn oci_layout_with_gzip_layers_is_pushed_byte_for_byte() {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{host}/e2e/oci:1");
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     let job = wait_done(&client, &id).await;
     // Pushed as it is: the manifest is the source's, byte for byte.
     assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
@@ -64,11 +60,7 @@ async fn push_docker_archive(compression: Compression) {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{host}/e2e/archive:{}", compression.as_str());
-    let id = client
-        .submit(&request(&source, &target, compression))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, compression).await;
     let job = wait_done(&client, &id).await;
     let digest = job.manifest_digest.clone().unwrap();
     let reference = format!("e2e/archive:{}", compression.as_str());
@@ -118,11 +110,7 @@ async fn a_layer_uploads_while_it_is_compressed() {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{}/e2e/pipe:1", registry.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     let job = wait_done(&client, &id).await;
     let layer = job.blobs[1].digest.clone();
     let (mut first_part, mut last_chunk) = (None, None);

@@ -438,11 +438,7 @@ async fn the_global_bandwidth_limit_holds_and_changes_at_runtime_and_a_job_limit
     let source = image(dir.path(), 56, &[20, 16]);
     let d = daemon(dir.path(), net);
     let client = d.client();
-    let id = client
-        .submit(&request(&source, &link.target("bw/img"), Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &link.target("bw/img"), Compression::Gzip).await;
     while ecr.bytes_in() < MIB {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -533,15 +529,13 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let id = client
-        .submit(&request(
-            &source,
-            &link.target("token/img"),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(
+        &client,
+        &source,
+        &link.target("token/img"),
+        Compression::Gzip,
+    )
+    .await;
     let before = wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.bytes_uploaded() >= 2 * CHUNK
     })

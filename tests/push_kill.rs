@@ -73,11 +73,7 @@ async fn uninterrupted(dir: &std::path::Path, host: &str, source: &str) -> Diges
     let daemon = TestDaemon::start_with(dir, Config::default());
     let client = daemon.client();
     let target = format!("{host}/base/img:1");
-    let id = client
-        .submit(&request(source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, source, &target, Compression::Gzip).await;
     wait_done(&client, &id).await.manifest_digest.unwrap()
 }
 
@@ -131,11 +127,7 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     let child = hoistd(&d);
     wait_answers(&client).await;
     let target = format!("{}/kill/img:1", proxy.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     let (early, stop_watch) =
         watch_tag(registry.addr, d.join("hoist.sock"), id.clone(), "kill/img");
 
@@ -235,11 +227,7 @@ async fn on_debians_registry_a_cut_mid_patch_costs_the_blob_session_and_the_job_
     // Cut in the middle of the second chunk of the layer.
     cut.cut_after(CHUNK + CHUNK / 2 + img.config_size);
     let target = format!("{}/cut/img:1", cut.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     let job = wait_done(&client, &id).await;
     assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
     assert!(

@@ -65,11 +65,7 @@ async fn cancel_deletes_open_sessions_and_the_spool_and_delete_removes_the_job()
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{}/cancel/img:1", proxy.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.bytes_uploaded() >= CHUNK
     })
@@ -110,11 +106,7 @@ async fn a_lost_session_restarts_only_that_blob_and_the_job_completes() {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{}/lost/img:1", proxy.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     wait_for(&client, &id, PUSH_MS_MAX, "a part held", |j| {
         j.bytes_uploaded() >= CHUNK && proxy.state.parts_held.load(Ordering::SeqCst) > 0
     })
@@ -141,24 +133,20 @@ async fn two_jobs_sharing_blobs_send_them_once_and_a_repush_sends_no_blob_bytes(
     let source = archive(dir.path(), 33, 24);
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
-    let a = client
-        .submit(&request(
-            &source,
-            &format!("{}/share/a:1", cut.host()),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
-    let b = client
-        .submit(&request(
-            &source,
-            &format!("{}/share/b:1", cut.host()),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let a = submit(
+        &client,
+        &source,
+        &format!("{}/share/a:1", cut.host()),
+        Compression::Gzip,
+    )
+    .await;
+    let b = submit(
+        &client,
+        &source,
+        &format!("{}/share/b:1", cut.host()),
+        Compression::Gzip,
+    )
+    .await;
     let ja = wait_done(&client, &a).await;
     let jb = wait_done(&client, &b).await;
     assert_eq!(ja.manifest_digest, jb.manifest_digest);
@@ -171,15 +159,13 @@ async fn two_jobs_sharing_blobs_send_them_once_and_a_repush_sends_no_blob_bytes(
     );
     // The same image to a new tag: HEADs only, no blob bytes.
     let before = cut.state.bytes_up.load(Ordering::SeqCst);
-    let c = client
-        .submit(&request(
-            &source,
-            &format!("{}/share/a:2", cut.host()),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let c = submit(
+        &client,
+        &source,
+        &format!("{}/share/a:2", cut.host()),
+        Compression::Gzip,
+    )
+    .await;
     let jc = wait_done(&client, &c).await;
     assert_eq!(jc.manifest_digest, ja.manifest_digest);
     let repush = cut.state.bytes_up.load(Ordering::SeqCst) - before;
@@ -216,15 +202,13 @@ async fn arm64_binaries_in_an_amd64_image_fail_before_the_commit_unless_allowed(
     let source = arm64_image(dir.path());
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
-    let id = client
-        .submit(&request(
-            &source,
-            &format!("{host}/arch/img:1"),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(
+        &client,
+        &source,
+        &format!("{host}/arch/img:1"),
+        Compression::Gzip,
+    )
+    .await;
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Failed);
     let reason = job.reason.unwrap();
@@ -257,15 +241,13 @@ async fn a_symlink_is_resolved_at_submission_and_a_replaced_file_fails_the_job_o
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let source = format!("docker-archive:{}", link.display());
-    let id = client
-        .submit(&request(
-            &source,
-            &format!("{}/swap/img:1", proxy.host()),
-            Compression::Gzip,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(
+        &client,
+        &source,
+        &format!("{}/swap/img:1", proxy.host()),
+        Compression::Gzip,
+    )
+    .await;
     // The job names the file the link pointed at when it was submitted.
     let job = client.job(&id).await.unwrap();
     let canonical = format!("docker-archive:{}", real.canonicalize().unwrap().display());
@@ -297,11 +279,7 @@ async fn a_registry_restart_mid_push_is_waited_for_and_the_job_completes() {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{}/restart/img:1", registry.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.state == JobState::Uploading && j.bytes_uploaded() > 0
     })
@@ -336,26 +314,22 @@ async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the
     let source = archive(dir.path(), 37, 16);
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
-    let a = client
-        .submit(&request(
-            &source,
-            &format!("{}/cache/img:1", first.host()),
-            Compression::Zstd,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let a = submit(
+        &client,
+        &source,
+        &format!("{}/cache/img:1", first.host()),
+        Compression::Zstd,
+    )
+    .await;
     let ja = wait_done(&client, &a).await;
     assert!(ja.blobs.iter().any(|b| b.compressed_chunks > 0));
-    let b = client
-        .submit(&request(
-            &source,
-            &format!("{}/cache/img:1", second.host()),
-            Compression::Zstd,
-        ))
-        .await
-        .unwrap()
-        .id;
+    let b = submit(
+        &client,
+        &source,
+        &format!("{}/cache/img:1", second.host()),
+        Compression::Zstd,
+    )
+    .await;
     let jb = wait_done(&client, &b).await;
     assert_eq!(jb.manifest_digest, ja.manifest_digest);
     // Nothing was compressed again: every layer came from the cache.
@@ -380,11 +354,7 @@ async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     let target = format!("{}/paused/img:1", proxy.host());
-    let id = client
-        .submit(&request(&source, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.bytes_uploaded() >= CHUNK
     })
@@ -424,11 +394,7 @@ async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed(
     let target = format!("{}/immutable/img:1", proxy.host());
     for _ in 0..2 {
         // The second push meets its own tag, as a rerun after a crash right after the PUT.
-        let id = client
-            .submit(&request(&source, &target, Compression::Gzip))
-            .await
-            .unwrap()
-            .id;
+        let id = submit(&client, &source, &target, Compression::Gzip).await;
         let job = wait_done(&client, &id).await;
         assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
     }
@@ -443,11 +409,7 @@ async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed(
         &dir.path().join("other"),
         &image_spec(40, 8, SampleCompression::Gzip),
     );
-    let id = client
-        .submit(&request(&other, &target, Compression::Gzip))
-        .await
-        .unwrap()
-        .id;
+    let id = submit(&client, &other, &target, Compression::Gzip).await;
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Failed);
     let reason = job.reason.unwrap();

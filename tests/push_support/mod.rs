@@ -47,6 +47,20 @@ pub fn write_docker_archive(oci_dir: &Path, tar: &Path) -> String {
     format!("docker-archive:{}", tar.display())
 }
 
+/// Submits a push of `source` to `target` (see [`request`]) and returns the job's ID.
+pub async fn submit(
+    client: &Client,
+    source: &str,
+    target: &str,
+    compression: Compression,
+) -> JobId {
+    client
+        .submit(&request(source, target, compression))
+        .await
+        .expect("the daemon accepts the job")
+        .id
+}
+
 pub fn request(source: &str, target: &str, compression: Compression) -> api::SubmitRequest {
     api::SubmitRequest {
         source: source.into(),
