@@ -178,6 +178,14 @@ impl JobContext {
         let _ = stop.wait_for(|s| *s).await;
     }
 
+    /// Whether the job was deleted (while this run was still stopping).
+    pub async fn is_deleted(&self) -> bool {
+        matches!(
+            self.store.job(self.id.clone()).await,
+            Err(crate::store::StoreError::NoSuchJob(_))
+        )
+    }
+
     fn check_stop(&self) -> Result<(), JobError> {
         if self.is_stop_requested() {
             Err(JobError::Stopped)

@@ -156,6 +156,9 @@ impl SchedulerHandle {
 struct Running {
     generation: u64,
     stop: watch::Sender<bool>,
+    /// The job reached a final state (cancelled) while this run was still stopping: its late
+    /// reports are dropped, so a final state event stays the last event in the job's log.
+    ended: bool,
 }
 
 struct Scheduler {
@@ -235,12 +238,13 @@ impl Scheduler {
                 generation,
                 kind,
             } => {
-                // Progress of a run that is stopping is still true (its last cursor was saved):
-                // only reports of an older, replaced run are dropped.
+                // Progress of a run that is stopping for a pause is still true (its last cursor
+                // was saved); reports of an older, replaced run, or of a run whose job was
+                // cancelled meanwhile, are dropped.
                 if self
                     .running
                     .get(&id)
-                    .is_some_and(|r| r.generation == generation)
+                    .is_some_and(|r| r.generation == generation && !r.ended)
                 {
                     self.emit(&id, kind).await;
                 }
@@ -413,6 +417,9 @@ impl Scheduler {
                 )
                 .await?;
                 self.stop(&id);
+                if let Some(run) = self.running.get_mut(&id) {
+                    run.ended = true;
+                }
             }
             Control::Retry => {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
@@ -622,7 +629,14 @@ impl Scheduler {
                 .await;
         });
         info!(job = %id, generation, "job started");
-        self.running.insert(id, Running { generation, stop });
+        self.running.insert(
+            id,
+            Running {
+                generation,
+                stop,
+                ended: false,
+            },
+        );
         self.counters.set_jobs_running(self.running.len() as u64);
         Ok(())
     }

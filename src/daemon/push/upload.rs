@@ -289,7 +289,8 @@ impl Uploader {
     }
 
     async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
-        self.ctx
+        let saved = self
+            .ctx
             .save_cursor(
                 key,
                 CursorRecord {
@@ -298,7 +299,18 @@ impl Uploader {
                 },
                 sent,
             )
-            .await
+            .await;
+        if saved.is_err() && self.ctx.is_deleted().await {
+            // The job was deleted while this chunk was in flight. The scheduler discarded the
+            // sessions it found in the store, but this one's stored location was already stale
+            // (the distribution registry refuses a DELETE whose state token names an older
+            // offset): this step holds the only current cursor, so it deletes the session.
+            if let Err(e) = self.client.cancel_upload(c).await {
+                tracing::warn!(error = %e, "cannot delete the upload session of a deleted job");
+            }
+            return Err(JobError::Stopped);
+        }
+        saved
     }
 
     async fn new_session(&self, key: &Digest) -> Result<UploadCursor, JobError> {

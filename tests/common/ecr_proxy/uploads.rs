@@ -105,16 +105,38 @@ pub(super) async fn handle_upload(
                 return Ok(pass(r, &["location"]));
             }
             let loc = header(&r.headers, "location").unwrap_or_default();
+            let upstream_url = url::Url::parse(&up.upstream_url)
+                .and_then(|b| b.join(&loc))
+                .map(|u| u.to_string())
+                .unwrap_or(loc);
             let first_end = {
                 let mut uploads = st.uploads.lock().unwrap();
-                let u = uploads.get_mut(uuid).expect("upload present");
-                u.upstream_url = url::Url::parse(&up.upstream_url)
-                    .and_then(|b| b.join(&loc))
-                    .map(|u| u.to_string())
-                    .unwrap_or(loc);
-                u.committed = end + 1;
-                u.parts.push(data.len() as u64);
-                *u.first_part_end.get_or_insert(end)
+                match uploads.get_mut(uuid) {
+                    Some(u) => {
+                        u.upstream_url = upstream_url.clone();
+                        u.committed = end + 1;
+                        u.parts.push(data.len() as u64);
+                        Some(*u.first_part_end.get_or_insert(end))
+                    }
+                    None => None,
+                }
+            };
+            let Some(first_end) = first_end else {
+                // Deleted while this part was in flight: ECR's session is gone, so the
+                // upstream session (whose location just moved on) goes too.
+                forward(
+                    st,
+                    Method::DELETE,
+                    &path_and_query(&upstream_url),
+                    &[],
+                    Bytes::new(),
+                )
+                .await?;
+                return Ok(oci_error(
+                    404,
+                    "BLOB_UPLOAD_UNKNOWN",
+                    "blob upload unknown to registry",
+                ));
             };
             st.bytes_committed
                 .fetch_add(data.len() as u64, Ordering::SeqCst);
