@@ -570,3 +570,110 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
         "sent {sent} for {blobs}"
     );
 }
+
+/// The status of a job while it waits for the network, and how it ended.
+async fn wait_out(
+    client: &hoist::cli::client::Client,
+    id: &hoist::api::JobId,
+    outage_end: Instant,
+) -> (String, hoist::api::Job) {
+    let waiting = wait_for(client, id, 20_000, "waiting for network", |j| {
+        j.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waiting for network, retry in"))
+    })
+    .await;
+    assert!(
+        Instant::now() < outage_end,
+        "reported only after the outage"
+    );
+    (
+        waiting.reason.unwrap_or_default(),
+        wait_done(client, id).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_submitted_offline_waits_for_the_network_then_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let source = image(dir.path(), 57, &[6]);
+    let d = daemon(dir.path(), fast_net());
+    let client = d.client();
+    let outage = Duration::from_secs(8);
+    let start = Instant::now();
+    link.tcp.set(Faults {
+        blackhole_until: Some(start + outage),
+        ..Faults::default()
+    });
+    let id = submit(
+        &client,
+        &source,
+        &link.target("offline/img"),
+        Compression::Gzip,
+    )
+    .await;
+    let (reason, job) = wait_out(&client, &id, start + outage).await;
+    let done_after = start.elapsed().saturating_sub(outage);
+    check_pulled(&link, dir.path(), "offline/img", &job).await;
+    record(
+        "a_push_submitted_offline_waits_for_the_network_then_completes",
+        "blackhole 8 s from submission (offline laptop), stall timeout 1 s, backoff cap 2 s",
+        "ECR emulation (atomic parts)",
+        "the repository check waits for the network, status says so; push completes",
+        &format!(
+            "\"{}\"; done {:.1} s after the link returned",
+            reason.chars().take(50).collect::<String>(),
+            done_after.as_secs_f64()
+        ),
+        json!({"reason": reason, "done_after_s": done_after.as_secs_f64()}),
+    );
+    assert!(reason.contains("check the repository"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_during_the_manifest_commit_is_waited_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let source = image(dir.path(), 58, &[6]);
+    let d = daemon(dir.path(), fast_net());
+    let client = d.client();
+    let ecr = link.ecr();
+    ecr.state.hold_manifest_puts.store(true, Ordering::SeqCst);
+    let id = submit(
+        &client,
+        &source,
+        &link.target("commit-outage/img"),
+        Compression::Gzip,
+    )
+    .await;
+    wait_for(&client, &id, PUSH_MS_MAX, "manifest PUT held", |j| {
+        j.state == JobState::Committing && ecr.state.manifest_puts_held.load(Ordering::SeqCst)
+    })
+    .await;
+    // The link dies while the registry stores the manifest: the answer never arrives.
+    let outage = Duration::from_secs(8);
+    let start = Instant::now();
+    link.tcp.set(Faults {
+        blackhole_until: Some(start + outage),
+        ..Faults::default()
+    });
+    ecr.state.hold_manifest_puts.store(false, Ordering::SeqCst);
+    let (reason, job) = wait_out(&client, &id, start + outage).await;
+    let done_after = start.elapsed().saturating_sub(outage);
+    check_pulled(&link, dir.path(), "commit-outage/img", &job).await;
+    record(
+        "an_outage_during_the_manifest_commit_is_waited_out",
+        "blackhole 8 s while the manifest PUT is answered, stall timeout 1 s, backoff cap 2 s",
+        "ECR emulation (atomic parts)",
+        "the PUT (idempotent) is retried after the outage, status says so; tag read back",
+        &format!(
+            "\"{}\"; done {:.1} s after the link returned",
+            reason.chars().take(50).collect::<String>(),
+            done_after.as_secs_f64()
+        ),
+        json!({"reason": reason, "done_after_s": done_after.as_secs_f64()}),
+    );
+    assert!(reason.contains("manifest"), "{reason}");
+    assert_eq!(job.state, JobState::Done);
+}

@@ -3,9 +3,13 @@
 //!
 //! **The tag is written only here**, after every blob answered a HEAD with the right digest
 //! and size: a node can never resolve the tag to an image with a missing layer.
+//!
+//! Every request waits out network outages like the uploads do ([`Patience`]): an outage
+//! between the last chunk and the read-back costs a wait, not the job.
 
+use super::patience::Patience;
 use crate::api::{BlobState, JobState};
-use crate::daemon::job::{JobContext, JobError};
+use crate::daemon::job::JobError;
 use crate::digest::Digest;
 use crate::elf::{self, LayerCensus};
 use crate::plan::{CompressedLayer, PushPlan};
@@ -13,20 +17,23 @@ use crate::registry::{ImageRef, RegistryClient, verify_tag};
 
 /// `verifying`: HEAD every pushed blob (`key`, what was pushed).
 pub async fn verify_blobs(
-    ctx: &JobContext,
+    patience: &Patience,
     client: &RegistryClient,
     repository: &str,
     blobs: &[(Digest, CompressedLayer)],
 ) -> Result<(), JobError> {
+    let ctx = &patience.ctx;
     ctx.enter(JobState::Verifying).await?;
     for (key, pushed) in blobs {
-        let present = crate::registry::retry(
-            &crate::registry::RetryPolicy::default(),
-            "blob HEAD",
-            || client.blob_present(repository, &pushed.digest, pushed.size),
-        )
-        .await
-        .map_err(|e| JobError::failed(format!("checking blob {}: {e}", pushed.digest.short())))?;
+        let what = format!("HEAD blob {}", pushed.digest.short());
+        let present = patience
+            .call(&what, || {
+                client.blob_present(repository, &pushed.digest, pushed.size)
+            })
+            .await?
+            .map_err(|e| {
+                JobError::failed(format!("checking blob {}: {e}", pushed.digest.short()))
+            })?;
         if !present {
             return Err(JobError::failed(format!(
                 "blob {} ({} bytes) is not in the registry after its upload: run `hoist retry {}`",
@@ -47,33 +54,41 @@ pub fn check_census(plan: &PushPlan, census: &[LayerCensus]) -> Result<(), JobEr
 
 /// `committing` then `verified`: PUT the exact manifest bytes, read the tag back.
 pub async fn commit(
-    ctx: &JobContext,
+    patience: &Patience,
     client: &RegistryClient,
     target: &ImageRef,
     plan: &PushPlan,
     compressed: &[CompressedLayer],
 ) -> Result<Digest, JobError> {
+    let ctx = &patience.ctx;
     let manifest = plan
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
     ctx.enter(JobState::Committing).await?;
-    let digest = match client
-        .put_manifest(
-            &target.repository,
-            &target.reference.to_string(),
-            &manifest.media_type,
-            bytes::Bytes::from(manifest.bytes.clone()),
-        )
-        .await
-    {
+    let body = bytes::Bytes::from(manifest.bytes.clone());
+    let reference = target.reference.to_string();
+    // Retried on transient errors: the PUT of the same bytes to the same tag is idempotent.
+    let put = patience
+        .call("PUT the manifest", || {
+            client.put_manifest(
+                &target.repository,
+                &reference,
+                &manifest.media_type,
+                body.clone(),
+            )
+        })
+        .await?;
+    let digest = match put {
         Ok(d) => d,
         Err(e) => {
             // A rerun after a crash between the PUT and its answer meets its own tag, which
             // an immutable repository (ECR) refuses to write again: that is success.
-            match client
-                .get_manifest(&target.repository, &target.reference)
-                .await
-            {
+            let found = patience
+                .call("read the tag after a refused PUT", || {
+                    client.get_manifest(&target.repository, &target.reference)
+                })
+                .await?;
+            match found {
                 Ok((_, _, found)) if found == manifest.digest => found,
                 _ => {
                     return Err(JobError::failed(format!(
@@ -89,8 +104,11 @@ pub async fn commit(
             manifest.digest
         )));
     }
-    verify_tag(client, target, Some(&digest), &ctx.spec().platform)
-        .await
+    patience
+        .call("read the tag back", || {
+            verify_tag(client, target, Some(&digest), &ctx.spec().platform)
+        })
+        .await?
         .map_err(|e| JobError::failed(format!("reading the tag back: {e}")))?;
     ctx.enter(JobState::Verified).await?;
     Ok(digest)

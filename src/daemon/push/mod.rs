@@ -24,6 +24,7 @@
 
 pub mod commit;
 pub mod identity;
+pub mod patience;
 pub mod spool;
 pub mod upload;
 
@@ -41,6 +42,7 @@ use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, UploadCursor};
 use crate::store::{BlobRecord, CursorRecord};
+use patience::Patience;
 use spool::{Avail, SpoolLayer};
 use upload::{BlobJob, Bytesrc, Uploader};
 
@@ -104,7 +106,7 @@ impl Default for NetSettings {
     fn default() -> Self {
         NetSettings {
             stall_timeout: Duration::from_secs(crate::registry::STALL_TIMEOUT_S_DEFAULT),
-            retry_delay_max: Duration::from_millis(upload::RETRY_DELAY_MS_MAX_DEFAULT),
+            retry_delay_max: Duration::from_millis(patience::RETRY_DELAY_MS_MAX_DEFAULT),
             bandwidth: crate::bandwidth::Bucket::new(None),
         }
     }
@@ -167,6 +169,10 @@ async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
     }
 }
 
+/// Retries of a safe request inside the registry client before the job's own patience takes
+/// over (and reports `waiting for network`).
+const CLIENT_RETRIES_MAX: usize = 2;
+
 fn target_of(spec: &JobSpec, net: &NetSettings) -> Result<(ImageRef, RegistryClient), JobError> {
     let target = ImageRef::parse(&spec.target)
         .map_err(|e| JobError::failed(format!("target {}: {e}", spec.target)))?;
@@ -176,8 +182,10 @@ fn target_of(spec: &JobSpec, net: &NetSettings) -> Result<(ImageRef, RegistryCli
             insecure: spec.options.insecure,
             chunk_bytes: Some(spec.chunk_size_bytes),
             stall_timeout: net.stall_timeout,
-            // The client's own retries of safe requests wait no longer than the daemon's cap.
+            // The client's own retries only ride out a blip: a longer outage is the job's to
+            // wait out (`Patience`), which says so in the job's status and knows its deadline.
             retry: crate::registry::RetryPolicy {
+                retries_max: CLIENT_RETRIES_MAX,
                 delay_max: crate::registry::RetryPolicy::default()
                     .delay_max
                     .min(net.retry_delay_max),
@@ -235,9 +243,15 @@ async fn push(
     let plan = Arc::new(plan);
     let (target, client) = target_of(ctx.spec(), net)?;
     let repository = target.repository.clone();
-    client
-        .check_repository(&repository)
-        .await
+    let patience = Patience {
+        ctx: ctx.clone(),
+        retry_delay_max: net.retry_delay_max,
+    };
+    patience
+        .call("check the repository", || {
+            client.check_repository(&repository)
+        })
+        .await?
         .map_err(|e| JobError::failed(format!("cannot push to {}: {e}", ctx.spec().target)))?;
     ctx.enter(JobState::Uploading).await?;
 
@@ -338,7 +352,7 @@ async fn push(
         client: client.clone(),
         repository: repository.clone(),
         chunk_bytes: client.chunk_bytes(),
-        retry_delay_max: net.retry_delay_max,
+        patience: patience.clone(),
         shared,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -389,7 +403,7 @@ async fn push(
     }
     let pushed: Vec<(Digest, CompressedLayer)> = results.into_iter().flatten().collect();
     let compressed = compressed_layers(&plan, &pushed)?;
-    commit::verify_blobs(ctx, &client, &repository, &pushed).await?;
+    commit::verify_blobs(&patience, &client, &repository, &pushed).await?;
     if let Some(census) = census {
         let census = census.await.map_err(|e| {
             JobError::failed(format!(
@@ -398,7 +412,7 @@ async fn push(
         })??;
         commit::check_census(&plan, &census)?;
     }
-    let digest = commit::commit(ctx, &client, &target, &plan, &compressed).await?;
+    let digest = commit::commit(&patience, &client, &target, &plan, &compressed).await?;
     // The scheduler removes the job's spool once it is done: keep the compressed layers.
     spool::keep_in_cache(ctx, &spool_names);
     Ok(JobOutput {

@@ -13,12 +13,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::Shared;
+use super::patience::Patience;
 use super::spool::Avail;
 use crate::api::BlobState;
 use crate::chunk_size::ChunkSizer;
@@ -35,9 +35,6 @@ use crate::store::{BlobRecord, CursorRecord};
 /// the job fails. Network errors are not counted: an outage is waited out (with backoff capped
 /// at the daemon's `retry_delay_max`) until the job's deadline, if it has one.
 pub const BLOB_ATTEMPTS_MAX: u32 = 16;
-pub const RETRY_DELAY_MS_MIN: u64 = 500;
-/// The default cap of the backoff between attempts (`hoistd --retry-max`).
-pub const RETRY_DELAY_MS_MAX_DEFAULT: u64 = 300_000;
 /// Adaptive chunks never shrink below this, whatever the registry: ECR refuses smaller parts,
 /// and an ECR-like registry behind another name cannot be told apart.
 pub const ADAPTIVE_CHUNK_BYTES_MIN: u64 = crate::registry::ECR_CHUNK_BYTES_MIN;
@@ -77,8 +74,8 @@ pub struct Uploader {
     pub repository: String,
     /// The configured chunk size: where the adaptive size starts and the most it grows to.
     pub chunk_bytes: u64,
-    /// The cap of the backoff between attempts.
-    pub retry_delay_max: Duration,
+    /// How this job waits out the network (backoff cap, deadline, reports).
+    pub patience: Patience,
     pub shared: Arc<Shared>,
 }
 
@@ -201,91 +198,15 @@ impl Uploader {
     }
 
     /// Runs a registry call, waiting and retrying transient errors with reports.
-    async fn with_retries<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, JobError>
+    async fn with_retries<T, F, Fut>(&self, what: &str, op: F) -> Result<T, JobError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
-        let mut attempts = 0;
-        loop {
-            match self.before_deadline(what, op()).await? {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    attempts += 1;
-                    self.wait_before_retry(what, &e, attempts).await?;
-                }
-                Err(e) => return Err(reg_failed(what, &e)),
-            }
-        }
-    }
-
-    /// Reports a retry and sleeps (a stop ends the wait), with backoff capped at
-    /// `retry_delay_max`. Fails once the job's deadline has passed.
-    async fn wait_before_retry(
-        &self,
-        what: &str,
-        e: &RegistryError,
-        attempts: u32,
-    ) -> Result<(), JobError> {
-        let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(20));
-        let mut delay = Duration::from_millis(exp).min(self.retry_delay_max);
-        if let Some(left) = self.time_left() {
-            if left.is_zero() {
-                return Err(self.deadline_passed(&format!("{what}: {e}, {attempts} attempts")));
-            }
-            // Try once more right at the deadline rather than sleeping past it.
-            delay = delay.min(left);
-        }
-        let secs = delay.as_secs().max(1);
-        self.ctx
-            .retrying(
-                what,
-                format!("waiting for network, retry in {secs} s (attempt {attempts}): {e}"),
-            )
-            .await;
-        self.ctx
-            .waiting(Some(format!(
-                "waiting for network, retry in {secs} s: {what}: {e}"
-            )))
-            .await;
-        let r = tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            () = self.ctx.stop_requested() => Err(JobError::Stopped),
-        };
-        self.ctx.waiting(None).await;
-        r
-    }
-
-    /// Time until the job's deadline (zero once passed); `None` without a deadline.
-    fn time_left(&self) -> Option<Duration> {
-        let deadline = self.ctx.spec().options.deadline_unix_s?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Some(Duration::from_secs(deadline).saturating_sub(now))
-    }
-
-    fn deadline_passed(&self, doing: &str) -> JobError {
-        JobError::failed(format!(
-            "the job's deadline passed while waiting for the network ({doing}): check the network and the registry, then push again with a later --deadline (`hoist retry {}` keeps this one)",
-            self.ctx.id()
-        ))
-    }
-
-    /// Runs `fut` but gives up at the job's deadline: a request hanging on a dead link (the
-    /// stall watchdog, the client's own retries) must not carry the job past it. What was
-    /// acknowledged before stays persisted; a request dropped here is a cut like any other.
-    async fn before_deadline<T>(
-        &self,
-        what: &str,
-        fut: impl std::future::Future<Output = T>,
-    ) -> Result<T, JobError> {
-        match self.time_left() {
-            None => Ok(fut.await),
-            Some(left) => tokio::time::timeout(left, fut)
-                .await
-                .map_err(|_| self.deadline_passed(what)),
-        }
+        self.patience
+            .call(what, op)
+            .await?
+            .map_err(|e| reg_failed(what, &e))
     }
 
     async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
@@ -393,6 +314,7 @@ impl Uploader {
             }
             let slot = ctx.upload_slot().await?;
             let result = self
+                .patience
                 .before_deadline(
                     &format!("PATCH chunk at {}", cursor.offset),
                     self.client.upload_chunk_from(&cursor, range.clone()),
@@ -467,7 +389,7 @@ impl Uploader {
             return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));
         }
         *attempts += 1;
-        self.wait_before_retry(what, &e, *attempts).await?;
+        self.patience.wait_before_retry(what, &e, *attempts).await?;
         let point = self
             .with_retries("ask the registry where the upload is", || {
                 self.client.resume(&self.repository, cursor)

@@ -1,0 +1,132 @@
+//! Waiting out the network. Every registry call of a push (repository check, uploads, the
+//! verifying HEADs, the manifest PUT, the read-back) goes through [`Patience::call`]: a
+//! transient error (connection lost, stall, 408/429/5xx) is reported as
+//! `waiting for network, retry in N s`, waited out with capped backoff and tried again, until
+//! the job's deadline if it has one. Permanent errors come back to the caller as they are.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use crate::daemon::job::{JobContext, JobError};
+use crate::registry::{RegistryError, VerifyError};
+
+/// The shortest wait between attempts; it doubles per attempt up to `retry_delay_max`.
+pub const RETRY_DELAY_MS_MIN: u64 = 500;
+/// The default cap of the backoff between attempts (`hoistd --retry-max`).
+pub const RETRY_DELAY_MS_MAX_DEFAULT: u64 = 300_000;
+
+/// An error that may go away by itself (the network, a busy registry).
+pub trait Transient: Display + Sync {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for RegistryError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl Transient for VerifyError {
+    fn is_transient(&self) -> bool {
+        matches!(self, VerifyError::Registry(e) if e.is_retryable())
+    }
+}
+
+/// How one job waits: its context (reports, stop, deadline) and the backoff cap.
+#[derive(Clone)]
+pub struct Patience {
+    pub ctx: JobContext,
+    pub retry_delay_max: Duration,
+}
+
+impl Patience {
+    /// Runs `op` until it succeeds or fails permanently (the inner `Err`). The outer `Err` is
+    /// a stop or the job's deadline.
+    pub async fn call<T, E, F, Fut>(&self, what: &str, mut op: F) -> Result<Result<T, E>, JobError>
+    where
+        E: Transient,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempts = 0;
+        loop {
+            match self.before_deadline(what, op()).await? {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) if e.is_transient() => {
+                    attempts += 1;
+                    self.wait_before_retry(what, &e, attempts).await?;
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+
+    /// Reports a retry and sleeps (a stop ends the wait), with backoff capped at
+    /// `retry_delay_max`. Fails once the job's deadline has passed.
+    pub async fn wait_before_retry(
+        &self,
+        what: &str,
+        e: &(dyn Display + Sync),
+        attempts: u32,
+    ) -> Result<(), JobError> {
+        let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(20));
+        let mut delay = Duration::from_millis(exp).min(self.retry_delay_max);
+        if let Some(left) = self.time_left() {
+            if left.is_zero() {
+                return Err(self.deadline_passed(&format!("{what}: {e}, {attempts} attempts")));
+            }
+            // Try once more right at the deadline rather than sleeping past it.
+            delay = delay.min(left);
+        }
+        let secs = delay.as_secs().max(1);
+        self.ctx
+            .retrying(
+                what,
+                format!("waiting for network, retry in {secs} s (attempt {attempts}): {e}"),
+            )
+            .await;
+        self.ctx
+            .waiting(Some(format!(
+                "waiting for network, retry in {secs} s: {what}: {e}"
+            )))
+            .await;
+        let r = tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.ctx.stop_requested() => Err(JobError::Stopped),
+        };
+        self.ctx.waiting(None).await;
+        r
+    }
+
+    /// Time until the job's deadline (zero once passed); `None` without a deadline.
+    fn time_left(&self) -> Option<Duration> {
+        let deadline = self.ctx.spec().options.deadline_unix_s?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(Duration::from_secs(deadline).saturating_sub(now))
+    }
+
+    fn deadline_passed(&self, doing: &str) -> JobError {
+        JobError::failed(format!(
+            "the job's deadline passed while waiting for the network ({doing}): check the network and the registry, then push again with a later --deadline (`hoist retry {}` keeps this one)",
+            self.ctx.id()
+        ))
+    }
+
+    /// Runs `fut` but gives up at the job's deadline: a request hanging on a dead link (the
+    /// stall watchdog, the client's own retries) must not carry the job past it. What was
+    /// acknowledged before stays persisted; a request dropped here is a cut like any other.
+    pub async fn before_deadline<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, JobError> {
+        match self.time_left() {
+            None => Ok(fut.await),
+            Some(left) => tokio::time::timeout(left, fut)
+                .await
+                .map_err(|_| self.deadline_passed(what)),
+        }
+    }
+}
