@@ -587,6 +587,54 @@ async fn slow_uplink_is_not_a_stall() {
         .unwrap();
 }
 
+/// A link that dies once the whole request body left the process (it sits in socket buffers,
+/// unacknowledged, like a laptop whose Wi-Fi drops at the end of a part) is a stall: the
+/// request fails within about the stall timeout, not after the allowance a slow link gets to
+/// drain those buffers (up to 64 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_dying_after_the_body_left_is_a_stall() {
+    let reg = TestRegistry::start();
+    let dying = common::fault_proxy::FaultProxy::start_with_window(reg.addr, 64 * 1024).await;
+    let c = RegistryClient::new(
+        &dying.host(),
+        ClientOptions {
+            stall_timeout: Duration::from_secs(1),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let blob = Blob::new(images::random_bytes(61, 8 * MIB));
+    let cur = c.start_upload("app/dying").await.unwrap();
+    // The last 512 KiB fit in the client's socket buffer: the body leaves the process whole.
+    dying.set(common::fault_proxy::Faults {
+        blackhole_after_upstream_bytes: Some((
+            8 * MIB as u64 - 512 * 1024,
+            Duration::from_secs(300),
+        )),
+        ..Default::default()
+    });
+    let t = std::time::Instant::now();
+    let e = c.upload_chunk(&cur, blob.bytes.clone()).await.unwrap_err();
+    let took = t.elapsed();
+    common::figures::record(
+        "a_link_dying_after_the_body_left_is_a_stall",
+        "link dies after a PATCH body left the process (in socket buffers), stall timeout 1 s",
+        "Debian registry, client level",
+        "the kernel drops the connection (TCP_USER_TIMEOUT = stall timeout); retryable error",
+        &format!(
+            "request failed {:.1} s after the link died",
+            took.as_secs_f64()
+        ),
+        serde_json::json!({"detected_s": took.as_secs_f64()}),
+    );
+    assert!(e.is_retryable(), "{e}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the dead link was noticed after {took:?}: {e}"
+    );
+}
+
 /// The docker token flow against the registry's own token auth: its Bearer challenge (realm,
 /// service, scope), our token service issuing JWTs it verifies, tokens cached per scope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

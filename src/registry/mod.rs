@@ -248,7 +248,14 @@ impl RegistryClient {
         };
         let base = Url::parse(&format!("{scheme}://{api_host}/"))
             .map_err(|e| RegistryError::Config(format!("{host:?} is not a registry host: {e}")))?;
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        // A dead link (dropped Wi-Fi, a laptop that slept) leaves sent data unacknowledged, or
+        // the peer's window shut: the kernel drops such a connection after the stall timeout.
+        // This covers the bytes of a body that already left the process, which the stall
+        // watchdog cannot see move (it gives them a drain allowance for slow links instead).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let builder = builder.tcp_user_timeout(opts.stall_timeout);
+        let http = builder
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())

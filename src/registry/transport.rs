@@ -130,7 +130,10 @@ impl Resp {
 /// Kernel socket buffers hold up to this much of a request body after it left our process
 /// (Linux autotunes send buffers to 4 MiB): it still has to cross the link.
 const SEND_BUFFER_BYTES_GUESS: u64 = 4 << 20;
-/// The slowest link we wait for while that buffer drains before declaring a stall.
+/// The slowest link we wait for while that buffer drains before declaring a stall. On Linux a
+/// link that dies meanwhile is caught sooner by the kernel (`TCP_USER_TIMEOUT`, set to the stall
+/// timeout): this allowance then only delays noticing a registry that took the whole body and
+/// stays silent.
 const DRAIN_BYTES_PER_S_MIN: u64 = 64 * 1024;
 
 /// Last time a byte moved, for the stall watchdog.

@@ -7,6 +7,9 @@
 //!   when `reset_every` is set;
 //! - `blackhole_until`: stop forwarding in both directions without closing (a sleeping laptop,
 //!   dead Wi-Fi), until the given instant;
+//! - `blackhole_after_upstream_bytes`: the same, for the given time, once N more client->registry
+//!   bytes went through (to catch a request at an exact point, e.g. after its body left the
+//!   client);
 //! - `upstream_bytes_per_sec`: a bandwidth cap on the client->registry direction;
 //! - `latency`: added to every forwarded read, with up to `jitter` more;
 //! - `slice_bytes`: forward writes in slices of at most this many bytes.
@@ -32,6 +35,7 @@ pub struct Faults {
     pub reset_after_upstream_bytes: Option<u64>,
     pub reset_every: bool,
     pub blackhole_until: Option<Instant>,
+    pub blackhole_after_upstream_bytes: Option<(u64, Duration)>,
     pub upstream_bytes_per_sec: Option<u64>,
     pub latency: Duration,
     pub jitter: Duration,
@@ -53,6 +57,8 @@ struct Shared {
     counters: Counters,
     /// Upstream byte count at which the next reset happens.
     next_reset_at: Mutex<Option<u64>>,
+    /// Upstream byte count at which a blackhole of the given length starts.
+    blackhole_at: Mutex<Option<(u64, Duration)>>,
 }
 
 /// A running proxy; stops accepting when dropped (open connections end with the runtime).
@@ -66,11 +72,28 @@ impl FaultProxy {
     /// Listens on a free loopback port and forwards to `upstream`. Needs a tokio runtime.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::serve(listener, upstream)
+    }
+
+    /// Like [`FaultProxy::start`], with the client side's receive buffer capped at `bytes`: a
+    /// blackhole then closes the TCP window within that many bytes, as a dead link leaves the
+    /// client's data unacknowledged (loopback's autotuned buffers would take megabytes in).
+    pub async fn start_with_window(upstream: SocketAddr, bytes: u32) -> FaultProxy {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind proxy");
+        Self::serve(socket.listen(64).expect("listen"), upstream)
+    }
+
+    fn serve(listener: TcpListener, upstream: SocketAddr) -> FaultProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let shared = Arc::new(Shared {
             faults: Mutex::new(Faults::default()),
             counters: Counters::default(),
             next_reset_at: Mutex::new(None),
+            blackhole_at: Mutex::new(None),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -97,6 +120,9 @@ impl FaultProxy {
         let now = self.upstream_bytes();
         *self.shared.next_reset_at.lock().unwrap() =
             faults.reset_after_upstream_bytes.map(|n| now + n);
+        *self.shared.blackhole_at.lock().unwrap() = faults
+            .blackhole_after_upstream_bytes
+            .map(|(n, d)| (now + n, d));
         *self.shared.faults.lock().unwrap() = faults;
     }
 
@@ -230,6 +256,15 @@ async fn forward(
         let mut take = faults.slice_bytes.unwrap_or(usize::MAX).min(data.len());
         if upstream {
             let sent = s.counters.upstream_bytes.load(Ordering::Relaxed);
+            let blackhole_at = *s.blackhole_at.lock().unwrap();
+            if let Some((at, length)) = blackhole_at {
+                if sent >= at {
+                    *s.blackhole_at.lock().unwrap() = None;
+                    s.faults.lock().unwrap().blackhole_until = Some(Instant::now() + length);
+                    continue;
+                }
+                take = take.min((at - sent) as usize);
+            }
             let reset_at = *s.next_reset_at.lock().unwrap();
             if let Some(at) = reset_at {
                 if sent >= at {
