@@ -54,9 +54,15 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
         arch_mismatch: None,
     };
     if opts.elf_census {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut censuses = Vec::with_capacity(plan.layers.len());
-        for (i, layer) in plan.layers.iter().enumerate() {
-            censuses.push(layer_census(layer).map_err(|source| InspectError::Census {
+        for (i, (layer, census)) in plan
+            .layers
+            .iter()
+            .zip(census_layers(&plan.layers, threads, false))
+            .enumerate()
+        {
+            censuses.push(census.map_err(|source| InspectError::Census {
                 name: layer.source.location.name.to_string(),
                 layer: i + 1,
                 source,
@@ -68,6 +74,57 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
         report.elf = Some(censuses);
     }
     Ok(report)
+}
+
+/// The nice value of census threads that run beside a push (`low_priority`): the scheduler
+/// gives the CPU to the uploads (and a local registry) first, the census takes what is left.
+pub const CENSUS_NICE: i32 = 10;
+
+/// The ELF census of every layer, in layer order, on up to `threads_max` threads (layers are
+/// taken one at a time, so a large layer does not hold the others back). With `low_priority`,
+/// each thread runs at [`CENSUS_NICE`].
+pub fn census_layers(
+    layers: &[PlannedLayer],
+    threads_max: usize,
+    low_priority: bool,
+) -> Vec<io::Result<LayerCensus>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<io::Result<LayerCensus>>>> =
+        layers.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads_max.clamp(1, layers.len().max(1)) {
+            s.spawn(|| {
+                if low_priority {
+                    lower_priority();
+                }
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = layers.get(i) else { break };
+                    let r = layer_census(layer);
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err(io::Error::other("the census thread ended abnormally")))
+        })
+        .collect()
+}
+
+/// Lowers the calling thread's priority (Linux nice values are per thread). Best effort: a
+/// failure only means the census competes with the uploads as an equal.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), CENSUS_NICE) {
+        tracing::debug!(error = %e, "cannot lower the census thread's priority");
+    }
 }
 
 /// Magic numbers of the layer compressions hoist reads.

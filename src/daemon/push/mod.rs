@@ -255,14 +255,17 @@ async fn push(
         .map_err(|e| JobError::failed(format!("cannot push to {}: {e}", ctx.spec().target)))?;
     ctx.enter(JobState::Uploading).await?;
 
-    // The ELF census reads every layer once more, on its own thread, while uploads run.
+    // The ELF census reads every layer once more, on threads of its own at a lower priority,
+    // while uploads run: it takes the CPU the uploads leave, and must be done before the commit.
     let census = (!ctx.spec().options.allow_arch_mismatch).then(|| {
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             plan.layers
                 .iter()
-                .map(|l| {
-                    crate::inspect::layer_census(l).map_err(|e| {
+                .zip(crate::inspect::census_layers(&plan.layers, threads, true))
+                .map(|(l, census)| {
+                    census.map_err(|e| {
                         JobError::failed(format!(
                             "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
                             l.source.location.name
