@@ -34,19 +34,21 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# HOIST_BIN_DIR: prebuilt hoist, hoistd and examples/sample_image (the shared target dir may be
+# HOIST_BIN_DIR: prebuilt hoist, hoistd, examples/sample_image and examples/ecr_emulator (the shared target dir may be
 # rebuilt by another worktree while the benchmark runs: copy the binaries away and point here).
 if [ -n "${HOIST_BIN_DIR:-}" ]; then
   BIN=$HOIST_BIN_DIR
 else
   scripts/install-deps.sh
-  cargo build --release --locked --bins --example sample_image >&2
+  cargo build --release --locked --bins --example sample_image --example ecr_emulator >&2
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
+ECR_PID=""
 cleanup() {
+  [ -n "$ECR_PID" ] && kill "$ECR_PID" 2>/dev/null || true
   [ -n "$HOISTD_PID" ] && kill -9 "$(daemon_pid)" "$HOISTD_PID" 2>/dev/null || true
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
   rm -rf "$WORK"
@@ -132,12 +134,15 @@ stop_hoistd() {
 }
 
 run_hoist() { # CASE SOURCE [extra args]
-  local case=$1 src=$2; shift 2
+  run_hoist_to "$REG" "$@"
+}
+run_hoist_to() { # HOST CASE SOURCE [extra args]
+  local host=$1 case=$2 src=$3; shift 3
   local t0 t1 tf="$WORK/time.hoist"
   start_hoistd
   t0=$(now)
   /usr/bin/time -f '%U %S %M' -o "$tf" "$BIN/hoist" --socket "$SOCK" push --no-autostart --json "$@" \
-    "$src" "$REG/bench/$case:hoist" >"$WORK/push.out"
+    "$src" "$host/bench/$case:hoist" >"$WORK/push.out"
   t1=$(now)
   read -r u s m < "$tf"
   stop_hoistd
@@ -176,23 +181,49 @@ stop_hoistd
 record repush hoist "$(calc "$t1 - $t0")" 0 0
 
 # kill -9 at 50 % of the uninterrupted push's bytes, restart, finish; total wall time.
+# resume_push CASE HOST: records CASE with the total wall time of that push to HOST.
+resume_push() {
+  local case=$1 host=$2 t0 t1
+  start_hoistd
+  t0=$(now)
+  JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$host/bench/resume:latest" | tail -n 1)
+  python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
+  kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
+  # The killed daemon leaves its socket file: wait for the new one, not the old.
+  rm -f "$SOCK"
+  /usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
+    "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
+  HOISTD_PID=$!
+  for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+  "$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null
+  t1=$(now)
+  stop_hoistd
+  record "$case" hoist "$(calc "$t1 - $t0")" 0 0
+}
 echo "bench: kill -9 at 50 % and resume" >&2
 fresh_registry
-start_hoistd
-t0=$(now)
-JOB=$("$BIN/hoist" --socket "$SOCK" push --no-autostart --detach "docker-archive:$WORK/image.tar" "$REG/bench/resume:latest" | tail -n 1)
-python3 scripts/wait_progress.py "$SOCK" "$JOB" 0.5 >/dev/null
-kill -9 "$(daemon_pid)"; wait "$HOISTD_PID" 2>/dev/null || true
-# The killed daemon leaves its socket file: wait for the new one, not the old.
-rm -f "$SOCK"
-/usr/bin/time -f '%U %S %M' -o "$WORK/time.hoistd" \
-  "$BIN/hoistd" --socket "$SOCK" --state-dir "$WORK/hoist-state" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
-HOISTD_PID=$!
-for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
-"$BIN/hoist" --socket "$SOCK" watch "$JOB" >/dev/null
-t1=$(now)
-stop_hoistd
-record resume hoist "$(calc "$t1 - $t0")" 0 0
+resume_push resume "$REG"
+
+# The same through the ECR emulation (atomic parts, as on ECR): Debian's registry cancels an
+# upload whose PATCH was cut, so there the blobs in flight start again. Its baseline is an
+# uninterrupted push through the emulation too.
+start_ecr() {
+  fresh_registry
+  [ -z "$ECR_PID" ] || { kill "$ECR_PID" 2>/dev/null || true; wait "$ECR_PID" 2>/dev/null || true; }
+  : > "$WORK/ecr.addr"
+  "$BIN/examples/ecr_emulator" "$REG" > "$WORK/ecr.addr" &
+  ECR_PID=$!
+  for _ in $(seq 1 100); do [ -s "$WORK/ecr.addr" ] && break; sleep 0.05; done
+  ECR=$(head -n 1 "$WORK/ecr.addr")
+}
+echo "bench: through the ECR emulation: uninterrupted, then kill -9 at 50 % and resume" >&2
+for run in $(seq 1 "$RUNS"); do
+  start_ecr
+  run_hoist_to "$ECR" ecr-archive-gzip "docker-archive:$WORK/image.tar"
+  start_ecr
+  resume_push ecr-resume "$ECR"
+done
+kill "$ECR_PID" 2>/dev/null || true; wait "$ECR_PID" 2>/dev/null || true; ECR_PID=""
 stop_registry
 
 if [ "$BIG_MIB" -gt 0 ]; then

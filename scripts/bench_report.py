@@ -92,7 +92,11 @@ base = med("archive-gzip", "hoist", 0)
 out.append("")
 out.append(f"- re-push of the same image to a new tag: {fmt(repush)} s")
 if resume is not None and base:
-    out.append(f"- kill -9 at 50 % and restart, total: {fmt(resume)} s ({resume / base:.2f}x the uninterrupted gzip push)")
+    out.append(f"- kill -9 at 50 % and restart, total: {fmt(resume)} s ({resume / base:.2f}x the uninterrupted gzip push; Debian's registry cancels the uploads whose PATCH was cut, so those blobs start again)")
+ecr_base = med("ecr-archive-gzip", "hoist", 0)
+ecr_resume = med("ecr-resume", "hoist", 0)
+if ecr_base and ecr_resume is not None:
+    out.append(f"- through the ECR emulation (atomic parts, `examples/ecr_emulator`): uninterrupted gzip push {fmt(ecr_base)} s; kill -9 at 50 % and restart, total {fmt(ecr_resume)} s ({ecr_resume / ecr_base:.2f}x)")
 for case, label in [("archive-gzip", "docker-archive -> gzip"), ("oci-gzip", "OCI layout, gzip as is")]:
     with_c, without = med(case, "hoist", 0), med(case + "-nocensus", "hoist", 0)
     cpu_with, cpu_without = med(case, "hoist", 1), med(case + "-nocensus", "hoist", 1)

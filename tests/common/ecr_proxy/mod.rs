@@ -501,7 +501,7 @@ fn repo_exists(st: &ProxyState, repo: &str) -> bool {
         .is_none_or(|s| s.contains(repo))
 }
 
-async fn handle(st: &ProxyState, req: Request<Incoming>) -> Result<Resp, Cut> {
+async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cut> {
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();

@@ -27,7 +27,7 @@ fn content_range_start(headers: &hyper::HeaderMap) -> Option<u64> {
 }
 
 pub(super) async fn handle_upload(
-    st: &ProxyState,
+    st: &std::sync::Arc<ProxyState>,
     proxy: SocketAddr,
     parts: &hyper::http::request::Parts,
     body: Incoming,
@@ -89,58 +89,23 @@ pub(super) async fn handle_upload(
             if data.is_empty() {
                 return Ok(oci_error(400, "BLOB_UPLOAD_INVALID", "empty layer part"));
             }
-            let end = up.committed + data.len() as u64 - 1;
-            let r = forward(
-                st,
-                Method::PATCH,
-                &path_and_query(&up.upstream_url),
-                &[
-                    ("content-range", format!("{}-{end}", up.committed)),
-                    ("content-type", "application/octet-stream".into()),
-                ],
+            // ECR commits a part it received whole even if the client is gone by then: the
+            // upstream PATCH runs on a task of its own, so a client that disconnects (or is
+            // killed) cannot cut it midway, which would make Debian's registry cancel the upload.
+            let first_end = match tokio::spawn(commit_part(
+                st.clone(),
+                uuid.to_string(),
+                up.upstream_url.clone(),
+                up.committed,
                 data.clone(),
-            )
-            .await?;
-            if r.status != 202 {
-                return Ok(pass(r, &["location"]));
-            }
-            let loc = header(&r.headers, "location").unwrap_or_default();
-            let upstream_url = url::Url::parse(&up.upstream_url)
-                .and_then(|b| b.join(&loc))
-                .map(|u| u.to_string())
-                .unwrap_or(loc);
-            let first_end = {
-                let mut uploads = st.uploads.lock().unwrap();
-                match uploads.get_mut(uuid) {
-                    Some(u) => {
-                        u.upstream_url = upstream_url.clone();
-                        u.committed = end + 1;
-                        u.parts.push(data.len() as u64);
-                        Some(*u.first_part_end.get_or_insert(end))
-                    }
-                    None => None,
-                }
+            ))
+            .await
+            {
+                Ok(Ok(Ok(first_end))) => first_end,
+                Ok(Ok(Err(resp))) => return Ok(resp),
+                Ok(Err(cut)) => return Err(cut),
+                Err(_) => return Err(Cut("the part's commit task failed")),
             };
-            let Some(first_end) = first_end else {
-                // Deleted while this part was in flight: ECR's session is gone, so the
-                // upstream session (whose location just moved on) goes too.
-                forward(
-                    st,
-                    Method::DELETE,
-                    &path_and_query(&upstream_url),
-                    &[],
-                    Bytes::new(),
-                )
-                .await?;
-                return Ok(oci_error(
-                    404,
-                    "BLOB_UPLOAD_UNKNOWN",
-                    "blob upload unknown to registry",
-                ));
-            };
-            st.bytes_committed
-                .fetch_add(data.len() as u64, Ordering::SeqCst);
-            st.part_sizes.lock().unwrap().push(data.len() as u64);
             if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
                 return Err(Cut("scripted lost acknowledgement"));
             }
@@ -157,6 +122,70 @@ pub(super) async fn handle_upload(
         }
         _ => Ok(oci_error(405, "UNSUPPORTED", "method not allowed")),
     }
+}
+
+/// Forwards a part received whole to the registry and records it: the part's end offset of
+/// the session's first part, or the response to give instead.
+async fn commit_part(
+    st: std::sync::Arc<ProxyState>,
+    uuid: String,
+    upstream_url_before: String,
+    committed: u64,
+    data: Bytes,
+) -> Result<Result<u64, Resp>, Cut> {
+    let end = committed + data.len() as u64 - 1;
+    let r = forward(
+        &st,
+        Method::PATCH,
+        &path_and_query(&upstream_url_before),
+        &[
+            ("content-range", format!("{}-{end}", committed)),
+            ("content-type", "application/octet-stream".into()),
+        ],
+        data.clone(),
+    )
+    .await?;
+    if r.status != 202 {
+        return Ok(Err(pass(r, &["location"])));
+    }
+    let loc = header(&r.headers, "location").unwrap_or_default();
+    let upstream_url = url::Url::parse(&upstream_url_before)
+        .and_then(|b| b.join(&loc))
+        .map(|u| u.to_string())
+        .unwrap_or(loc);
+    let first_end = {
+        let mut uploads = st.uploads.lock().unwrap();
+        match uploads.get_mut(&uuid) {
+            Some(u) => {
+                u.upstream_url = upstream_url.clone();
+                u.committed = end + 1;
+                u.parts.push(data.len() as u64);
+                Some(*u.first_part_end.get_or_insert(end))
+            }
+            None => None,
+        }
+    };
+    let Some(first_end) = first_end else {
+        // Deleted while this part was in flight: ECR's session is gone, so the
+        // upstream session (whose location just moved on) goes too.
+        forward(
+            &st,
+            Method::DELETE,
+            &path_and_query(&upstream_url),
+            &[],
+            Bytes::new(),
+        )
+        .await?;
+        return Ok(Err(oci_error(
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        )));
+    };
+    st.bytes_committed
+        .fetch_add(data.len() as u64, Ordering::SeqCst);
+    st.part_sizes.lock().unwrap().push(data.len() as u64);
+    Ok(Ok(first_end))
 }
 
 async fn finish(
