@@ -94,6 +94,9 @@ pub struct ProxyUpload {
     pub committed: u64,
     pub parts: Vec<u64>,
     pub first_part_end: Option<u64>,
+    /// Held while a part is checked and committed: ECR applies one part of an upload at a time
+    /// (a retry that arrives while the previous part still commits sees its result).
+    pub serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Scripting and counters. Change fields while the proxy runs.
@@ -619,6 +622,7 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
                     committed: 0,
                     parts: Vec::new(),
                     first_part_end: None,
+                    serial: Arc::new(tokio::sync::Mutex::new(())),
                 },
             );
             Ok(respond(

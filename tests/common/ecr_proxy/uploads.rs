@@ -70,6 +70,15 @@ pub(super) async fn handle_upload(
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 st.parts_held.fetch_sub(1, Ordering::SeqCst);
             }
+            // One part at a time, checked against the upload as the previous part left it.
+            let serial = up.serial.clone().lock_owned().await;
+            let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
+                return Ok(oci_error(
+                    404,
+                    "BLOB_UPLOAD_UNKNOWN",
+                    "blob upload unknown to registry",
+                ));
+            };
             let is_put = parts.method == Method::PUT;
             let start = content_range_start(&parts.headers).unwrap_or(up.committed);
             if !data.is_empty() && start != up.committed {
@@ -92,13 +101,18 @@ pub(super) async fn handle_upload(
             // ECR commits a part it received whole even if the client is gone by then: the
             // upstream PATCH runs on a task of its own, so a client that disconnects (or is
             // killed) cannot cut it midway, which would make Debian's registry cancel the upload.
-            let first_end = match tokio::spawn(commit_part(
+            let commit = commit_part(
                 st.clone(),
                 uuid.to_string(),
                 up.upstream_url.clone(),
                 up.committed,
                 data.clone(),
-            ))
+            );
+            let first_end = match tokio::spawn(async move {
+                let committed = commit.await;
+                drop(serial);
+                committed
+            })
             .await
             {
                 Ok(Ok(Ok(first_end))) => first_end,
