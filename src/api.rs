@@ -52,6 +52,7 @@ pub enum Endpoint {
     RetryJob,
     GetBandwidth,
     SetBandwidth,
+    SetJobBandwidth,
 }
 
 /// One row of the route table: method, path template (OpenAPI syntax) and endpoint.
@@ -118,6 +119,11 @@ pub const ROUTES: &[Route] = &[
         method: "POST",
         path: "/v1/jobs/{id}/retry",
         endpoint: Endpoint::RetryJob,
+    },
+    Route {
+        method: "PUT",
+        path: "/v1/jobs/{id}/bandwidth",
+        endpoint: Endpoint::SetJobBandwidth,
     },
     Route {
         method: "GET",
@@ -622,6 +628,32 @@ pub struct Bandwidth {
     pub bytes_per_s: Option<u64>,
 }
 
+/// `PUT /v1/jobs/{id}/bandwidth` body: the job's own upload limit, under the daemon-wide one.
+/// `bytes_per_s` must be present: a number (at least 1) sets the limit, `null` removes it, so
+/// an empty object cannot lift a limit by accident. A running job's uploads follow a change
+/// within about 100 ms; the limit is kept in the job's spec for later runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBandwidth {
+    // `deserialize_with` makes the field required: serde's derive would take a missing
+    // `Option` as `None`.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub bytes_per_s: Option<u64>,
+}
+
+impl JobBandwidth {
+    /// The limit asked for (`None`: no job limit). The error is the message for the client.
+    pub fn validate(self) -> Result<Option<u64>, String> {
+        match self.bytes_per_s {
+            Some(0) => Err(
+                "bytes_per_s 0 is not a limit: give at least 1, or null to remove the job's limit"
+                    .into(),
+            ),
+            other => Ok(other),
+        }
+    }
+}
+
 /// `GET /v1/health` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -829,7 +861,11 @@ mod tests {
         );
         assert_eq!(
             match_route("DELETE", &job_path(&id, "")).unwrap(),
-            (Endpoint::DeleteJob, Some(id))
+            (Endpoint::DeleteJob, Some(id.clone()))
+        );
+        assert_eq!(
+            match_route("PUT", &job_path(&id, "bandwidth")).unwrap(),
+            (Endpoint::SetJobBandwidth, Some(id))
         );
         assert!(matches!(
             match_route("PUT", "/v1/jobs"),
@@ -888,6 +924,22 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn job_bandwidth_needs_the_field_and_refuses_zero() {
+        let ok = |b: &[u8]| decode::<JobBandwidth>("job bandwidth", b).map(|r| r.validate());
+        assert_eq!(ok(br#"{"bytes_per_s":5}"#).unwrap(), Ok(Some(5)));
+        assert_eq!(ok(br#"{"bytes_per_s":null}"#).unwrap(), Ok(None));
+        assert!(
+            ok(br#"{"bytes_per_s":0}"#)
+                .unwrap()
+                .unwrap_err()
+                .contains("null")
+        );
+        assert!(ok(b"{}").is_err());
+        assert!(ok(br#"{"bytes_per_s":-1}"#).is_err());
+        assert!(ok(br#"{"bytes_per_s":1,"x":2}"#).is_err());
     }
 
     #[test]

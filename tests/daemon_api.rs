@@ -482,6 +482,34 @@ async fn errors_are_json_with_fitting_status_codes() {
             StatusCode::BAD_REQUEST,
             "after=x",
         ),
+        (
+            Method::PUT,
+            api::job_path(&unknown, "bandwidth"),
+            Some(br#"{"bytes_per_s":1000}"#),
+            StatusCode::NOT_FOUND,
+            "no job",
+        ),
+        (
+            Method::PUT,
+            api::job_path(&unknown, "bandwidth"),
+            Some(br#"{"bytes_per_s":0}"#),
+            StatusCode::BAD_REQUEST,
+            "null to remove",
+        ),
+        (
+            Method::PUT,
+            api::job_path(&unknown, "bandwidth"),
+            Some(b"{}"),
+            StatusCode::BAD_REQUEST,
+            "bytes_per_s",
+        ),
+        (
+            Method::PUT,
+            api::job_path(&unknown, "bandwidth"),
+            Some(br#"{"bytes_per_s":"5MiB/s"}"#),
+            StatusCode::BAD_REQUEST,
+            "job bandwidth",
+        ),
     ];
     for (method, path, body, want_status, want_text) in cases {
         let resp = client
@@ -606,5 +634,141 @@ async fn a_body_cannot_move_a_job_backwards() {
     assert!(
         reason.contains("cannot go from verifying to uploading"),
         "{reason}"
+    );
+}
+
+/// A body that takes its run's bandwidth bucket, shows it to the test, and "uploads" until
+/// it is stopped: what the production body's uploads pay is this same bucket.
+#[derive(Clone, Default)]
+struct BucketProbe {
+    runs: Arc<std::sync::Mutex<Vec<Arc<hoist::bandwidth::Bucket>>>>,
+}
+
+impl BucketProbe {
+    fn bucket(&self, run: usize) -> Option<Arc<hoist::bandwidth::Bucket>> {
+        self.runs.lock().unwrap().get(run).cloned()
+    }
+}
+
+impl hoist::daemon::job::JobBody for BucketProbe {
+    fn run(&self, ctx: hoist::daemon::job::JobContext) -> hoist::daemon::job::JobFuture {
+        let runs = self.runs.clone();
+        Box::pin(async move {
+            runs.lock().unwrap().push(ctx.bandwidth().clone());
+            ctx.enter(JobState::Uploading).await?;
+            ctx.stop_requested().await;
+            Err(hoist::daemon::job::JobError::Stopped)
+        })
+    }
+}
+
+/// `PUT /v1/jobs/{id}/bandwidth` stores the limit in the job's spec, changes the running
+/// run's bucket at once, is kept across a pause (the next run starts at it) and a restart,
+/// and is refused for a done job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_limit_changes_the_running_bucket_and_is_kept_for_later_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = BucketProbe::default();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(probe.clone()));
+    let client = daemon.client();
+    let mut req = submit_request("x.tar");
+    req.options.bandwidth_bytes_per_s = Some(1_000_000);
+    let id = client.submit(&req).await.unwrap().id;
+    wait_state(&client, &id, JobState::Uploading).await;
+    let first = probe.bucket(0).expect("the first run started");
+    assert_eq!(first.rate(), Some(1_000_000));
+
+    let job = client
+        .set_job_bandwidth(&id, Some(2_000_000))
+        .await
+        .unwrap();
+    assert_eq!(job.id, id);
+    assert_eq!(job.state, JobState::Uploading);
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(2_000_000));
+    // Applied by the time the response is sent.
+    assert_eq!(first.rate(), Some(2_000_000));
+    let job = client.set_job_bandwidth(&id, None).await.unwrap();
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, None);
+    assert_eq!(first.rate(), None);
+    assert_eq!(
+        client
+            .job(&id)
+            .await
+            .unwrap()
+            .spec
+            .options
+            .bandwidth_bytes_per_s,
+        None
+    );
+
+    // Paused: stored for the next run, which starts at it.
+    client.control(&id, "pause").await.unwrap();
+    wait_state(&client, &id, JobState::Paused).await;
+    let job = client
+        .set_job_bandwidth(&id, Some(3_000_000))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Paused);
+    client.control(&id, "resume").await.unwrap();
+    wait_state(&client, &id, JobState::Uploading).await;
+    let second = probe.bucket(1).expect("the second run started");
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_eq!(second.rate(), Some(3_000_000));
+
+    // A restart keeps it.
+    daemon.stop().unwrap();
+    let probe = BucketProbe::default();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(probe.clone()));
+    let client = daemon.client();
+    wait_state(&client, &id, JobState::Uploading).await;
+    assert_eq!(probe.bucket(0).unwrap().rate(), Some(3_000_000));
+    assert_eq!(
+        client
+            .job(&id)
+            .await
+            .unwrap()
+            .spec
+            .options
+            .bandwidth_bytes_per_s,
+        Some(3_000_000)
+    );
+
+    // Cancelled (final, but retryable): allowed, for the retry.
+    client.control(&id, "cancel").await.unwrap();
+    let job = client
+        .set_job_bandwidth(&id, Some(4_000_000))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(4_000_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_job_refuses_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(1, 1)));
+    let client = daemon.client();
+    let id = client.submit(&submit_request("x.tar")).await.unwrap().id;
+    wait_state(&client, &id, JobState::Done).await;
+    let err = client
+        .set_job_bandwidth(&id, Some(1_000_000))
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Api { status, message } => {
+            assert_eq!(status, StatusCode::CONFLICT, "{message}");
+            assert!(message.contains("is done"), "{message}");
+        }
+        other => panic!("not an API error: {other}"),
+    }
+    assert_eq!(
+        client
+            .job(&id)
+            .await
+            .unwrap()
+            .spec
+            .options
+            .bandwidth_bytes_per_s,
+        None
     );
 }

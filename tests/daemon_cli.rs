@@ -316,3 +316,67 @@ async fn limit_shows_and_changes_the_bandwidth_and_push_passes_deadline_and_band
         "{deadline} vs {now}"
     );
 }
+
+/// `hoist limit --job JOB [RATE|off]` shows and changes one job's own limit, in words or as
+/// JSON; plain `hoist limit --json` shows the daemon-wide one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_job_shows_and_changes_a_jobs_own_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough to stay running through the test.
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(2000, 20)));
+    let client = daemon.client();
+    let mut req = submit_request("docker-archive:/a.tar");
+    req.options.bandwidth_bytes_per_s = Some(5 << 20);
+    let id = client.submit(&req).await.unwrap().id;
+    let out = hoist(&daemon.socket, &["limit", "--job", id.as_str()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        last_line(&out.stdout),
+        format!("job {id} upload limit: 5242880 bytes/s (5.0 MiB/s), under the daemon-wide limit")
+    );
+    let out = hoist(&daemon.socket, &["limit", "--job", id.as_str(), "2MiB/s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        last_line(&out.stdout).contains("2097152 bytes/s"),
+        "{}",
+        text(&out.stdout)
+    );
+    let job = client.job(&id).await.unwrap();
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(2 << 20));
+    assert!(!job.state.is_final(), "{}", job.state);
+    // The daemon-wide limit is untouched.
+    assert_eq!(client.bandwidth().await.unwrap().bytes_per_s, None);
+    let out = hoist(
+        &daemon.socket,
+        &["limit", "--job", id.as_str(), "--json", "off"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out.stdout), r#"{"bytes_per_s":null}"#);
+    assert_eq!(
+        client
+            .job(&id)
+            .await
+            .unwrap()
+            .spec
+            .options
+            .bandwidth_bytes_per_s,
+        None
+    );
+    let out = hoist(&daemon.socket, &["limit", "--job", id.as_str()]);
+    assert_eq!(
+        last_line(&out.stdout),
+        format!("job {id} upload limit: none (the daemon-wide limit applies)")
+    );
+    let out = hoist(&daemon.socket, &["limit", "--json", "3MiB/s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out.stdout), r#"{"bytes_per_s":3145728}"#);
+
+    let unknown = api::JobId::random();
+    let out = hoist(
+        &daemon.socket,
+        &["limit", "--job", unknown.as_str(), "1MiB/s"],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no job") && err.lines().count() == 1, "{err}");
+}

@@ -484,6 +484,60 @@ async fn the_global_bandwidth_limit_holds_and_changes_at_runtime_and_a_job_limit
     assert!(within(at3, 3 * MIB), "{} MiB/s at 3", m(at3));
 }
 
+/// A job's own limit changes while it uploads (`PUT /v1/jobs/{id}/bandwidth`, `hoist limit
+/// --job`): up, then down below where it started; both blobs of the job share its one limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_limit_changes_at_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::through_ecr().await;
+    let ecr = link.ecr();
+    // No daemon-wide limit: only the job's own applies.
+    let d = daemon(dir.path(), NetSettings::default());
+    let client = d.client();
+    let mut req = request(
+        &image(dir.path(), 58, &[16, 16]),
+        &link.target("bw/joblive"),
+        Compression::Gzip,
+    );
+    req.options.bandwidth_bytes_per_s = Some(3 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    while ecr.bytes_in() < MIB {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at3 = rate_over(ecr, Duration::from_secs(2)).await;
+    // Uploads follow a change within a burst (100 ms); the windows start 150 ms after it.
+    let settle = Duration::from_millis(150);
+    let job = client.set_job_bandwidth(&id, Some(6 * MIB)).await.unwrap();
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(6 * MIB));
+    tokio::time::sleep(settle).await;
+    let at6 = rate_over(ecr, Duration::from_secs(2)).await;
+    client.set_job_bandwidth(&id, Some(2 * MIB)).await.unwrap();
+    tokio::time::sleep(settle).await;
+    let at2 = rate_over(ecr, Duration::from_secs(2)).await;
+    let job = client.job(&id).await.unwrap();
+    assert_eq!(job.state, JobState::Uploading, "{job:?}");
+    assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(2 * MIB));
+    client.control(&id, "cancel").await.unwrap();
+    let m = |r: f64| r / MIB as f64;
+    record(
+        "a_job_limit_changes_at_runtime",
+        "a job's own limit: 3 MiB/s at submission, 6 MiB/s then 2 MiB/s while it uploads",
+        "ECR emulation (atomic parts)",
+        "measured upload rate follows the job's limit",
+        &format!(
+            "{:.2} MiB/s at 3; {:.2} MiB/s after `hoist limit --job ID 6MiB/s`; {:.2} MiB/s after 2MiB/s",
+            m(at3),
+            m(at6),
+            m(at2)
+        ),
+        json!({"rate_job_3": at3, "rate_job_6": at6, "rate_job_2": at2}),
+    );
+    let within = |r: f64, want: u64| (r - want as f64).abs() <= 0.15 * want as f64;
+    assert!(within(at3, 3 * MIB), "{} MiB/s at 3", m(at3));
+    assert!(within(at6, 6 * MIB), "{} MiB/s at 6", m(at6));
+    assert!(within(at2, 2 * MIB), "{} MiB/s at 2", m(at2));
+}
+
 /// docker's config.json with `AWS:password` for `host`.
 fn docker_config(dir: &std::path::Path, host: &str, password: &str) {
     use base64::Engine as _;

@@ -197,6 +197,21 @@ impl Client {
         .await
     }
 
+    /// Sets a job's own upload limit (`None`: no job limit); returns the job afterwards.
+    pub async fn set_job_bandwidth(
+        &self,
+        id: &JobId,
+        bytes_per_s: Option<u64>,
+    ) -> Result<api::Job, ClientError> {
+        self.get_json(
+            Method::PUT,
+            &api::job_path(id, "bandwidth"),
+            Some(api::encode(&api::JobBandwidth { bytes_per_s })),
+            "job",
+        )
+        .await
+    }
+
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let bytes = self.call(Method::GET, "/v1/metrics", None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())

@@ -112,7 +112,7 @@ pub async fn rm(client: &Client, id: &JobId) -> anyhow::Result<ExitCode> {
 }
 
 /// `hoist limit [RATE]`: prints the daemon-wide upload limit, or changes it first.
-pub async fn limit(client: &Client, rate: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn limit(client: &Client, rate: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let now = match rate {
         Some(r) => {
             let parsed = crate::bandwidth::parse_rate(r).map_err(anyhow::Error::msg)?;
@@ -120,12 +120,51 @@ pub async fn limit(client: &Client, rate: Option<&str>) -> anyhow::Result<ExitCo
         }
         None => client.bandwidth().await?,
     };
+    if json {
+        println!("{}", String::from_utf8_lossy(&api::encode(&now)));
+        return Ok(ExitCode::SUCCESS);
+    }
     match now.bytes_per_s {
-        Some(b) => println!(
-            "upload limit: {b} bytes/s ({:.1} MiB/s), shared by all jobs",
-            b as f64 / f64::from(1 << 20)
-        ),
+        Some(b) => println!("upload limit: {}, shared by all jobs", rate_text(b)),
         None => println!("upload limit: none"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hoist limit --job JOB [RATE]`: prints the job's own upload limit, or changes it first
+/// (`off` removes it); a running job's uploads follow a change at once.
+pub async fn job_limit(
+    client: &Client,
+    id: &JobId,
+    rate: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let job = match rate {
+        Some(r) => {
+            let parsed = crate::bandwidth::parse_rate(r).map_err(anyhow::Error::msg)?;
+            client.set_job_bandwidth(id, parsed).await?
+        }
+        None => client.job(id).await?,
+    };
+    let bytes_per_s = job.spec.options.bandwidth_bytes_per_s;
+    if json {
+        let body = api::JobBandwidth { bytes_per_s };
+        println!("{}", String::from_utf8_lossy(&api::encode(&body)));
+        return Ok(ExitCode::SUCCESS);
+    }
+    match bytes_per_s {
+        Some(b) => println!(
+            "job {id} upload limit: {}, under the daemon-wide limit",
+            rate_text(b)
+        ),
+        None => println!("job {id} upload limit: none (the daemon-wide limit applies)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rate_text(bytes_per_s: u64) -> String {
+    format!(
+        "{bytes_per_s} bytes/s ({:.1} MiB/s)",
+        bytes_per_s as f64 / f64::from(1 << 20)
+    )
 }

@@ -86,10 +86,16 @@ pub enum Command {
         json: bool,
     },
     /// Show or change the daemon-wide upload limit shared by every job (e.g. 10MiB/s, 8Mbit/s,
-    /// off); running uploads follow a change at once.
+    /// off), or with --job one job's own limit; running uploads follow a change at once.
     Limit {
         /// The new limit; without it, print the current one.
         rate: Option<String>,
+        /// Show or change this job's own limit (under the daemon-wide one) instead.
+        #[arg(long)]
+        job: Option<JobId>,
+        /// Print the limit as JSON (`{"bytes_per_s": N}`, null when there is none).
+        #[arg(long)]
+        json: bool,
     },
     /// Check that TARGET in the registry is a complete, single-platform image.
     Verify {
@@ -242,7 +248,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
         Command::Retry { job } => jobs::control(&client, &job, "retry").await,
         Command::Rm { job } => jobs::rm(&client, &job).await,
-        Command::Limit { rate } => jobs::limit(&client, rate.as_deref()).await,
+        Command::Limit { rate, job, json } => match job {
+            Some(id) => jobs::job_limit(&client, &id, rate.as_deref(), json).await,
+            None => jobs::limit(&client, rate.as_deref(), json).await,
+        },
         Command::Inspect { .. } | Command::Verify { .. } => unreachable!("handled above"),
     }
 }
@@ -280,7 +289,20 @@ mod tests {
         assert_eq!(args.deadline, Some(std::time::Duration::from_secs(7200)));
         assert!(Cli::try_parse_from(["hoist", "push", "--bandwidth", "off", "a", "b"]).is_err());
         let cli = Cli::try_parse_from(["hoist", "limit", "10MiB/s"]).unwrap();
-        assert!(matches!(cli.command, Command::Limit { rate: Some(_) }));
+        assert!(matches!(
+            cli.command,
+            Command::Limit {
+                rate: Some(_),
+                job: None,
+                json: false
+            }
+        ));
+        let id = JobId::random();
+        let cli = Cli::try_parse_from(["hoist", "limit", "--job", id.as_str(), "off"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Limit { rate: Some(r), job: Some(j), .. } if r == "off" && j == id)
+        );
+        assert!(Cli::try_parse_from(["hoist", "limit", "--job", "nope"]).is_err());
     }
 
     #[test]

@@ -77,6 +77,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use super::metrics::Counters;
 use super::scheduler::Event;
 use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
+use crate::bandwidth::Bucket;
 use crate::digest::Digest;
 use crate::store::{BlobRecord, CursorRecord, NewBlob, Pushed, Store};
 
@@ -149,6 +150,9 @@ pub struct JobContext {
     pub(super) uploads: Arc<Semaphore>,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) counters: Arc<Counters>,
+    /// This run's own upload limit; the scheduler changes its rate when the user changes the
+    /// job's limit (`PUT /v1/jobs/{id}/bandwidth`).
+    pub(super) bandwidth: Arc<Bucket>,
 }
 
 impl JobContext {
@@ -156,8 +160,16 @@ impl JobContext {
         &self.id
     }
 
+    /// The spec as it was when this run started. The job's bandwidth limit may have changed
+    /// since: uploads pay [`JobContext::bandwidth`], which follows it.
     pub fn spec(&self) -> &JobSpec {
         &self.spec
+    }
+
+    /// The job's own upload limit for this run (unlimited when the job has none), shared by
+    /// all its uploads and changed while they run when the user changes the job's limit.
+    pub fn bandwidth(&self) -> &Arc<Bucket> {
+        &self.bandwidth
     }
 
     /// A directory for this job's compressed chunks; it exists and survives restarts. The

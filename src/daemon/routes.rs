@@ -185,6 +185,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             },
         ),
         Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
+        Endpoint::SetJobBandwidth => set_job_bandwidth(&app, id(), req).await,
         Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete).await {
             Ok(_) => respond(
                 StatusCode::NO_CONTENT,
@@ -244,18 +245,24 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn set_bandwidth(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let body = match http_body_util::Limited::new(req.into_body(), REQUEST_BYTES_MAX)
+/// Reads a small JSON request body; the error is the response to send.
+async fn small_body(req: Request<Incoming>) -> Result<Bytes, Box<Response<Body>>> {
+    match http_body_util::Limited::new(req.into_body(), REQUEST_BYTES_MAX)
         .collect()
         .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body ({e}): send a small JSON object"),
-            );
-        }
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body ({e}): send a small JSON object"),
+        ))),
+    }
+}
+
+async fn set_bandwidth(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
     let request: api::Bandwidth = match api::decode("bandwidth", &body) {
         Ok(r) => r,
@@ -274,6 +281,34 @@ async fn set_bandwidth(app: &App, req: Request<Incoming>) -> Response<Body> {
             bytes_per_s: app.bandwidth.rate(),
         },
     )
+}
+
+/// `PUT /v1/jobs/{id}/bandwidth`: the scheduler checks the job's state, stores the limit and
+/// applies it to the job's running uploads.
+async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Response<Body> {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let bytes_per_s = match api::decode::<api::JobBandwidth>("job bandwidth", &body) {
+        Ok(r) => match r.validate() {
+            Ok(rate) => rate,
+            Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: send {{\"bytes_per_s\": N}}, or null to remove the job's limit"),
+            );
+        }
+    };
+    match app.scheduler.set_bandwidth(id, bytes_per_s).await {
+        Ok(job) => match job_view(&app.store, job).await {
+            Ok(j) => json(StatusCode::OK, &j),
+            Err(e) => store_error(e),
+        },
+        Err(e) => sched_error(e),
+    }
 }
 
 async fn control(app: &App, id: JobId, action: Control) -> Response<Body> {

@@ -1,10 +1,12 @@
 //! The scheduler: the one owner of scheduling state.
 //!
 //! An actor drains a bounded channel of [`Event`]s: requests from the API (submit, pause,
-//! resume, cancel, retry, delete), reports from job tasks (phase, progress, finished) and
-//! shutdown. Only this loop changes a job's state, always through the store first, then tells
-//! followers over a `broadcast` channel (late followers read the persisted event log). Job
-//! tasks run the [`JobBody`]; a `Semaphore` caps upload connections across all of them.
+//! resume, cancel, retry, delete, a job's bandwidth limit), reports from job tasks (phase,
+//! progress, finished) and shutdown. Only this loop changes a job's state, always through the
+//! store first, then tells followers over a `broadcast` channel (late followers read the
+//! persisted event log). Job tasks run the [`JobBody`]; a `Semaphore` caps upload connections
+//! across all of them. Each run has its own bandwidth bucket (in its [`JobContext`]), made
+//! from the job's stored limit when the run starts and changed by the loop while it runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use tracing::{info, warn};
 use super::job::{JobBody, JobContext, JobError, JobOutput};
 use super::metrics::Counters;
 use crate::api::{self, EventKind, JobId, JobSpec, JobState};
+use crate::bandwidth::Bucket;
 use crate::store::{JobRecord, Store, StoreError};
 
 /// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
@@ -66,6 +69,12 @@ pub enum Event {
         id: JobId,
         action: Control,
         reply: oneshot::Sender<Result<Option<JobRecord>, SchedError>>,
+    },
+    /// Change a job's own upload limit (`None`: no job limit), stored and applied live.
+    SetBandwidth {
+        id: JobId,
+        bytes_per_s: Option<u64>,
+        reply: oneshot::Sender<Result<JobRecord, SchedError>>,
     },
     /// A job body announces a phase; the reply says whether it may go on.
     Phase {
@@ -138,6 +147,21 @@ impl SchedulerHandle {
         self.ask(|reply| Event::Control { id, action, reply }).await
     }
 
+    /// Sets the job's own upload limit: stored in its spec, and followed by its running
+    /// uploads at once. Returns the job afterwards.
+    pub async fn set_bandwidth(
+        &self,
+        id: JobId,
+        bytes_per_s: Option<u64>,
+    ) -> Result<JobRecord, SchedError> {
+        self.ask(|reply| Event::SetBandwidth {
+            id,
+            bytes_per_s,
+            reply,
+        })
+        .await
+    }
+
     /// Live events of all jobs from now on. Subscribe before reading the log, then skip
     /// sequence numbers already seen, so nothing falls in between.
     pub fn subscribe(&self) -> broadcast::Receiver<api::Event> {
@@ -159,6 +183,10 @@ struct Running {
     /// The job reached a final state (cancelled) while this run was still stopping: its late
     /// reports are dropped, so a final state event stays the last event in the job's log.
     ended: bool,
+    /// The run's own upload limit, shared with its uploads (through its context): a change
+    /// of the job's limit is applied here. It goes with the run; the next run makes a new one
+    /// from the stored spec.
+    bandwidth: Arc<Bucket>,
 }
 
 struct Scheduler {
@@ -224,6 +252,13 @@ impl Scheduler {
             }
             Event::Control { id, action, reply } => {
                 let _ = reply.send(self.control(id, action).await);
+            }
+            Event::SetBandwidth {
+                id,
+                bytes_per_s,
+                reply,
+            } => {
+                let _ = reply.send(self.set_bandwidth(id, bytes_per_s).await);
             }
             Event::Phase {
                 id,
@@ -463,6 +498,33 @@ impl Scheduler {
         Ok(Some(self.store.job(id).await?))
     }
 
+    async fn set_bandwidth(
+        &mut self,
+        id: JobId,
+        bytes_per_s: Option<u64>,
+    ) -> Result<JobRecord, SchedError> {
+        let job = self.store.job(id.clone()).await?;
+        // Allowed in every state but done: a queued, paused or running job runs (again) under
+        // the new limit, and so does a failed or cancelled one once retried, which is when a
+        // user wants to pick the rate (before the retry, not racing it). A done job never
+        // uploads again: a limit on it could only be a mistake (e.g. the wrong job ID).
+        if job.state == JobState::Done {
+            return Err(SchedError::Conflict(format!(
+                "job {id} is done: it uploads nothing any more; a limit applies only to jobs that have not finished"
+            )));
+        }
+        let job = self
+            .store
+            .set_job_bandwidth(id.clone(), bytes_per_s)
+            .await?;
+        // Stored first, then applied: a run that starts later reads the stored limit.
+        if let Some(run) = self.running.get(&id) {
+            run.bandwidth.set_rate(bytes_per_s);
+        }
+        info!(job = %id, ?bytes_per_s, "job bandwidth limit changed");
+        Ok(job)
+    }
+
     fn remove_spool(&self, id: &JobId) {
         let spool = self.config.spool_root.join(id.as_str());
         if let Err(e) = std::fs::remove_dir_all(&spool)
@@ -598,7 +660,9 @@ impl Scheduler {
         let generation = self.next_generation;
         self.next_generation += 1;
         let (stop, stop_rx) = watch::channel(false);
+        let bandwidth = Bucket::new(job.spec.options.bandwidth_bytes_per_s);
         let ctx = JobContext {
+            bandwidth: bandwidth.clone(),
             id: id.clone(),
             spec: job.spec,
             generation,
@@ -635,6 +699,7 @@ impl Scheduler {
                 generation,
                 stop,
                 ended: false,
+                bandwidth,
             },
         );
         self.counters.set_jobs_running(self.running.len() as u64);

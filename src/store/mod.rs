@@ -266,6 +266,18 @@ impl Store {
         .await
     }
 
+    /// Sets the job's own upload limit in its spec (`options.bandwidth_bytes_per_s`; `None`:
+    /// no job limit) and returns the job. `Full`: the user was told the new limit holds, for
+    /// later runs too (a retry, a resume after a restart).
+    pub async fn set_job_bandwidth(
+        &self,
+        id: JobId,
+        bytes_per_s: Option<u64>,
+    ) -> Result<JobRecord, StoreError> {
+        self.call(move |c| ops::set_job_bandwidth(c, &id, bytes_per_s))
+            .await
+    }
+
     /// Deletes a job with its blobs, cursors, progress and events.
     pub async fn delete_job(&self, id: JobId) -> Result<(), StoreError> {
         self.call(move |c| ops::delete_job(c, &id)).await

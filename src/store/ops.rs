@@ -185,6 +185,35 @@ pub(super) fn set_state(
     })
 }
 
+pub(super) fn set_job_bandwidth(
+    conn: &mut Connection,
+    id: &JobId,
+    bytes_per_s: Option<u64>,
+) -> Result<JobRecord, StoreError> {
+    let now = now_ms();
+    // Read, change and write the spec in one transaction: the spec is JSON, and it is checked
+    // again on the way out like on the way in.
+    with_tx(conn, Durability::Full, |tx| {
+        let raw = tx
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id.as_str()],
+                raw_job,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchJob(id.clone()))?;
+        let mut job = job_of(raw)?;
+        job.spec.options.bandwidth_bytes_per_s = bytes_per_s;
+        job.updated_ms = now;
+        let spec_json = serde_json::to_string(&job.spec).map_err(|e| corrupt("job spec", e))?;
+        tx.execute(
+            "UPDATE jobs SET spec = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![id.as_str(), spec_json, i64_of(now)],
+        )?;
+        Ok(job)
+    })
+}
+
 pub(super) fn delete_job(conn: &mut Connection, id: &JobId) -> Result<(), StoreError> {
     // Full: a deleted job must not come back after a power loss and run again.
     with_tx(conn, Durability::Full, |tx| {

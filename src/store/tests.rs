@@ -316,3 +316,37 @@ fn a_cursor_past_the_end_is_refused_when_read_back() {
         assert!(err.to_string().contains("past the end"), "{err}");
     });
 }
+
+#[test]
+fn a_job_limit_is_stored_in_the_spec_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_job(id.clone(), spec(), "{}".into())
+            .await
+            .unwrap();
+        let job = store
+            .set_job_bandwidth(id.clone(), Some(3 << 20))
+            .await
+            .unwrap();
+        assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(3 << 20));
+        // Nothing else of the spec changes.
+        let mut want = spec();
+        want.options.bandwidth_bytes_per_s = Some(3 << 20);
+        assert_eq!(job.spec, want);
+        assert!(matches!(
+            store.set_job_bandwidth(JobId::random(), None).await,
+            Err(StoreError::NoSuchJob(_))
+        ));
+    });
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let job = store.job(id.clone()).await.unwrap();
+        assert_eq!(job.spec.options.bandwidth_bytes_per_s, Some(3 << 20));
+        let job = store.set_job_bandwidth(id.clone(), None).await.unwrap();
+        assert_eq!(job.spec, spec());
+        assert_eq!(store.job(id).await.unwrap(), job);
+    });
+}

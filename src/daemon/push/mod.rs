@@ -148,7 +148,8 @@ impl JobBody for PushBody {
     fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) -> DiscardFuture {
         let net = self.net.clone();
         Box::pin(async move {
-            let Ok((_, client)) = target_of(&spec, &net) else {
+            // Deleting sessions sends no body: no job limit to pay.
+            let Ok((_, client)) = target_of(&spec, &net, None) else {
                 return;
             };
             delete_sessions(&client, cursors).await;
@@ -173,7 +174,14 @@ async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
 /// over (and reports `waiting for network`).
 const CLIENT_RETRIES_MAX: usize = 2;
 
-fn target_of(spec: &JobSpec, net: &NetSettings) -> Result<(ImageRef, RegistryClient), JobError> {
+/// The target and a registry client for it. Uploads pay the daemon-wide bucket and `job_limit`:
+/// the run's own bucket ([`JobContext::bandwidth`]), whose rate follows the job's limit while
+/// it runs (the spec's `bandwidth_bytes_per_s` is only what it was when the run started).
+fn target_of(
+    spec: &JobSpec,
+    net: &NetSettings,
+    job_limit: Option<Arc<crate::bandwidth::Bucket>>,
+) -> Result<(ImageRef, RegistryClient), JobError> {
     let target = ImageRef::parse(&spec.target)
         .map_err(|e| JobError::failed(format!("target {}: {e}", spec.target)))?;
     let client = RegistryClient::new(
@@ -193,10 +201,7 @@ fn target_of(spec: &JobSpec, net: &NetSettings) -> Result<(ImageRef, RegistryCli
             },
             bandwidth: Some(crate::bandwidth::Limits {
                 global: net.bandwidth.clone(),
-                job: spec
-                    .options
-                    .bandwidth_bytes_per_s
-                    .map(|r| crate::bandwidth::Bucket::new(Some(r))),
+                job: job_limit,
             }),
             ..ClientOptions::default()
         },
@@ -217,7 +222,7 @@ async fn cleanup_if_cancelled(ctx: &JobContext, net: &NetSettings) {
     }
     if let (Ok(blobs), Ok((_, client))) = (
         ctx.store.blobs(ctx.id().clone()).await,
-        target_of(ctx.spec(), net),
+        target_of(ctx.spec(), net, Some(ctx.bandwidth().clone())),
     ) {
         let mut cursors = Vec::new();
         for b in blobs {
@@ -241,7 +246,7 @@ async fn push(
     identity::check(ctx, &plan)?;
     let records = record_plan(ctx, &plan).await?;
     let plan = Arc::new(plan);
-    let (target, client) = target_of(ctx.spec(), net)?;
+    let (target, client) = target_of(ctx.spec(), net, Some(ctx.bandwidth().clone()))?;
     let repository = target.repository.clone();
     let patience = Patience {
         ctx: ctx.clone(),
