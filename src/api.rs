@@ -1,6 +1,6 @@
 //! The socket API's wire format: every request, response and event type, the route table, and
 //! the error body. `proto/openapi.yaml` describes the same thing for people and other clients;
-//! `tests/daemon_routes.rs` fails when [`ROUTES`] and the document disagree.
+//! `tests/daemon_api.rs` fails when [`ROUTES`] and the document disagree.
 //!
 //! **Architecture Invariant:** only this module knows the wire format. The daemon and the CLI
 //! exchange these types and call [`encode`] / [`decode`]; neither builds JSON by hand.
