@@ -20,15 +20,13 @@ use std::time::{Duration, Instant};
 
 use hoist::api::{BlobState, Compression, JobState};
 use hoist::cli::client::Client;
-use hoist::daemon::Config;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
 use rand::{Rng, SeedableRng};
 
 use common::TestRegistry;
 use common::ecr_proxy::EcrProxy;
 use common::fault_proxy::{FaultProxy, Faults};
 use common::figures::record;
-use daemon_support::{TestDaemon, hoistd_bin};
+use daemon_support::{hoistd_command, kill9, wait_answers};
 use push_support::*;
 
 const UPLOADS_MAX: u64 = hoist::daemon::UPLOADS_IN_FLIGHT_MAX_DEFAULT as u64;
@@ -41,29 +39,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn hoistd(dir: &std::path::Path) -> Child {
-    Command::new(hoistd_bin())
-        .arg("--socket")
-        .arg(dir.join("hoist.sock"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--allow-root")
+    hoistd_command(dir, "warn")
         .arg("--stall-timeout")
         .arg("5s")
         .arg("--retry-max")
         .arg("2s")
-        .env("HOIST_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn hoistd")
-}
-
-async fn wait_answers(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while client.health().await.is_err() {
-        assert!(Instant::now() < deadline, "hoistd does not answer");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn integrity_check(db: &std::path::Path) -> String {
@@ -90,24 +73,10 @@ async fn crash_loop_kill_9_at_random_moments() {
     let registry = TestRegistry::start();
 
     // A docker-archive: layers to compress (the spool) and blobs pushed as they are.
-    let mut spec = image_spec(61, 0, SampleCompression::None);
-    spec.layers = vec![
-        LayerSpec::new(LayerContent::SmallFiles(16), SampleCompression::None),
-        LayerSpec::new(LayerContent::Text(8 << 20), SampleCompression::None),
-        LayerSpec::new(LayerContent::Random(12 << 20), SampleCompression::None),
-    ];
-    let oci = dir.path().join("img");
-    write_oci(&oci, &spec);
-    let source = write_docker_archive(&oci, &dir.path().join("img.tar"));
+    let source = uncompressed_docker_archive(dir.path(), 61, 8 << 20, 12 << 20);
 
     // The uninterrupted push: the result every interrupted one must equal.
-    let want = {
-        let d = TestDaemon::start_with(&dir.path().join("base"), Config::default());
-        let client = d.client();
-        let target = format!("{}/base/img:1", registry.host());
-        let id = submit(&client, &source, &target, Compression::Gzip).await;
-        wait_done(&client, &id).await.manifest_digest.unwrap()
-    };
+    let want = uninterrupted(&dir.path().join("base"), &registry.host(), &source).await;
 
     let ecr = EcrProxy::start(registry.addr).await;
     let link = FaultProxy::start(ecr.addr).await;
@@ -161,7 +130,7 @@ async fn crash_loop_kill_9_at_random_moments() {
     let mut blob_bytes = 0u64;
     let mut manifest_bytes = 0u64;
     let mut child = hoistd(&d);
-    wait_answers(&client).await;
+    wait_answers(&client, 5).await;
     let submit = |n: usize| {
         let client = &client;
         let source = &source;
@@ -180,11 +149,10 @@ async fn crash_loop_kill_9_at_random_moments() {
         // A random moment of this daemon's life.
         let life = Duration::from_millis(rng.random_range(100..1200));
         tokio::time::sleep(life).await;
-        child.kill().expect("SIGKILL hoistd");
-        child.wait().unwrap();
+        kill9(child);
         killed += 1;
         child = hoistd(&d);
-        wait_answers(&client).await;
+        wait_answers(&client, 5).await;
         // Follow the current push; when done, check it and start the next one.
         let n = current.load(Ordering::SeqCst);
         let id = ids.lock().unwrap()[n].clone();
@@ -218,8 +186,7 @@ async fn crash_loop_kill_9_at_random_moments() {
     manifest_bytes += raw.len() as u64;
     stop.store(true, Ordering::SeqCst);
     watcher.await.unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill9(child);
 
     // Every pushed image pulls back whole (skopeo checks the digests).
     let last = dir.path().join("pulled");

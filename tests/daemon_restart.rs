@@ -2,7 +2,7 @@
 //! resumes it from its last saved cursor by itself.
 mod daemon_support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,33 +120,18 @@ async fn paused_jobs_stay_paused_across_restarts() {
 }
 
 fn hoistd(dir: &std::path::Path) -> std::process::Child {
-    Command::new(hoistd_bin())
-        .arg("--socket")
-        .arg(dir.join("hoist.sock"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--allow-root")
-        .env("HOIST_LOG", "info")
-        .stdout(Stdio::null())
+    hoistd_command(dir, "info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hoistd")
-}
-
-async fn wait_answers(client: &Client) {
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
-    while client.health().await.is_err() {
-        assert!(Instant::now() < deadline, "hoistd does not answer");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new(dir.path().join("hoist.sock"));
-    let mut child = hoistd(dir.path());
-    wait_answers(&client).await;
+    let child = hoistd(dir.path());
+    wait_answers(&client, 20).await;
     let id = client
         .submit(&bad_target(&sample_source(dir.path())))
         .await
@@ -158,12 +143,11 @@ async fn the_binary_keeps_jobs_across_sigkill_and_exits_0_on_sigterm() {
         "{job:?}"
     );
     assert_eq!(job.blobs.len(), 4);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill9(child);
 
     // The stale socket of the killed daemon is replaced; the job is still there.
     let child = hoistd(dir.path());
-    wait_answers(&client).await;
+    wait_answers(&client, 20).await;
     let jobs = client.jobs().await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!((jobs[0].id.clone(), jobs[0].state), (id, JobState::Failed));

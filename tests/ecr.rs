@@ -10,10 +10,9 @@ use common::ecr_proxy::EcrProxy;
 use common::images::{self, Blob, OCI_MANIFEST};
 use common::token_service::TokenService;
 use hoist::digest::Digest;
-use hoist::platform::Platform;
 use hoist::registry::{
-    ClientOptions, CredentialLookup, ImageRef, MountOutcome, RegistryClient, RegistryError,
-    ResumePoint, RetryPolicy, verify_tag,
+    ClientOptions, CredentialLookup, MountOutcome, RegistryClient, RegistryError, ResumePoint,
+    RetryPolicy,
 };
 
 const MIB: usize = 1 << 20;
@@ -21,24 +20,14 @@ const MIB: usize = 1 << 20;
 const PART_MIN: usize = MIB;
 
 async fn setup() -> (TestRegistry, EcrProxy) {
-    let reg = TestRegistry::start();
-    let proxy = EcrProxy::start(reg.addr).await;
-    proxy
-        .state
-        .part_min_bytes
-        .store(PART_MIN as u64, Ordering::SeqCst);
-    (reg, proxy)
+    common::start_behind_ecr(PART_MIN as u64).await
 }
 
 fn opts() -> ClientOptions {
     ClientOptions {
         chunk_bytes: Some(PART_MIN as u64),
         require_existing_repository: Some(true),
-        retry: RetryPolicy {
-            retries_max: 5,
-            delay_min: Duration::from_millis(10),
-            delay_max: Duration::from_millis(200),
-        },
+        retry: common::brisk_retries(),
         ..ClientOptions::default()
     }
 }
@@ -77,15 +66,9 @@ async fn chunked_upload_with_201_absolute_location_and_stale_range() {
     );
     assert_eq!(proxy.state.out_of_order.load(Ordering::SeqCst), 0);
     let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
-    let image: ImageRef = format!("{}/team/app:v1", proxy.host()).parse().unwrap();
-    let r = verify_tag(
-        &c,
-        &image,
-        Some(&Digest::sha256_of(&m)),
-        &Platform::linux_amd64(),
-    )
-    .await
-    .unwrap();
+    let r = images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
+        .await
+        .unwrap();
     assert_eq!(r.tag_digest, Digest::sha256_of(&m));
     // Through the real registry directly, with skopeo.
     assert_eq!(
@@ -129,10 +112,7 @@ async fn lost_ack_resyncs_from_the_416_message() {
     let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
     let blob = Blob::new(images::random_bytes(13, 3 * MIB + 10));
     let cur = c.start_upload("team/app").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     proxy
         .state
         .drop_next_patch_response
@@ -150,24 +130,12 @@ async fn lost_ack_resyncs_from_the_416_message() {
         resumed.offset, MIB as u64,
         "no status endpoint: trust our acknowledged offset"
     );
-    let next = c
-        .upload_chunk(&resumed, blob.bytes.slice(MIB..2 * MIB))
-        .await
-        .unwrap();
+    let next = images::send_chunk(&c, &resumed, &blob, MIB..2 * MIB).await;
     assert_eq!(next.offset, 2 * MIB as u64, "resynced from the 416 message");
     assert_eq!(proxy.state.out_of_order.load(Ordering::SeqCst), 1);
-    let next = c
-        .upload_chunk(&next, blob.bytes.slice(2 * MIB..3 * MIB))
-        .await
-        .unwrap();
-    c.finish_upload(&next, &blob.digest, blob.bytes.slice(3 * MIB..))
-        .await
-        .unwrap();
-    assert!(
-        c.blob_present("team/app", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    let next = images::send_chunk(&c, &next, &blob, 2 * MIB..3 * MIB).await;
+    images::send_last(&c, &next, &blob, 3 * MIB).await;
+    assert!(images::present(&c, "team/app", &blob).await);
 }
 
 /// Parts are committed whole or not at all: a PATCH cut midway leaves the offset where it was,
@@ -178,14 +146,8 @@ async fn cut_mid_patch_resumes_from_the_last_whole_part() {
     let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
     let blob = Blob::new(images::random_bytes(14, 4 * MIB + 1));
     let cur = c.start_upload("team/app").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
+    let cur = images::send_chunk(&c, &cur, &blob, MIB..2 * MIB).await;
     *proxy.state.cut_next_body_after.lock().unwrap() = Some((MIB / 2) as u64);
     let e = c
         .upload_chunk(&cur, blob.bytes.slice(2 * MIB..3 * MIB))
@@ -197,17 +159,9 @@ async fn cut_mid_patch_resumes_from_the_last_whole_part() {
         panic!("expected Continue")
     };
     assert_eq!(cur.offset, 2 * MIB as u64);
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(2 * MIB..3 * MIB))
-        .await
-        .unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(3 * MIB..4 * MIB))
-        .await
-        .unwrap();
-    c.finish_upload(&cur, &blob.digest, blob.bytes.slice(4 * MIB..))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 2 * MIB..3 * MIB).await;
+    let cur = images::send_chunk(&c, &cur, &blob, 3 * MIB..4 * MIB).await;
+    images::send_last(&c, &cur, &blob, 4 * MIB).await;
     let waste = proxy.bytes_in() - blob.len();
     assert!(
         waste >= (MIB / 2) as u64 && waste <= MIB as u64,
@@ -286,20 +240,12 @@ async fn expired_token_is_refreshed_from_the_helper() {
     c.ping().await.unwrap();
     let blob = Blob::new(images::random_bytes(16, 3 * MIB));
     let cur = c.start_upload("team/app").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     // The token expires mid-push; the helper now mints a new one.
     proxy.expire_password("token-1", "token-2");
     std::fs::write(&secret, "token-2").unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
-        .await
-        .unwrap();
-    c.finish_upload(&cur, &blob.digest, blob.bytes.slice(2 * MIB..))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, MIB..2 * MIB).await;
+    images::send_last(&c, &cur, &blob, 2 * MIB).await;
     let runs = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(
         runs.lines().collect::<Vec<_>>(),
@@ -316,11 +262,7 @@ async fn expired_token_is_refreshed_from_the_helper() {
     // HEAD answers carry no body: a 403 to a HEAD is refreshed once as well.
     proxy.expire_password("token-2", "token-3");
     std::fs::write(&secret, "token-3").unwrap();
-    assert!(
-        c.blob_present("team/app", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "team/app", &blob).await);
     assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3);
     // Parallel requests that all meet the expiry run the helper once between them.
     proxy.expire_password("token-3", "token-4");
@@ -359,49 +301,27 @@ async fn bearer_token_flow() {
     proxy.bearer_auth(ts.realm(), ts.state.clone());
     let c = RegistryClient::new(
         &proxy.host(),
-        ClientOptions {
-            credentials: Some(hoist::registry::Credentials {
-                username: "robot".into(),
-                secret: "pw-123".into(),
-            }),
-            ..opts()
-        },
+        common::with_credentials(opts(), "robot", "pw-123"),
     )
     .unwrap();
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(17, 2 * MIB + 5));
     images::upload(&c, "team/app", &layer, 0).await.unwrap();
     let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
-    let image: ImageRef = format!("{}/team/app:v1", proxy.host()).parse().unwrap();
-    verify_tag(
-        &c,
-        &image,
-        Some(&Digest::sha256_of(&m)),
-        &Platform::linux_amd64(),
-    )
-    .await
-    .unwrap();
+    images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
+        .await
+        .unwrap();
     let issued = ts.state.issued.load(Ordering::SeqCst);
     // push scope and pull scope (HEAD, GET) of one repository.
     assert!((1..=3).contains(&issued), "tokens issued: {issued}");
     // An expired token is replaced once.
     ts.state.expire_all();
-    assert!(
-        c.blob_present("team/app", &layer.digest, layer.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "team/app", &layer).await);
     assert!(ts.state.issued.load(Ordering::SeqCst) > issued);
     // Wrong credentials: the token service refuses, the error says where they came from.
     let bad = RegistryClient::new(
         &proxy.host(),
-        ClientOptions {
-            credentials: Some(hoist::registry::Credentials {
-                username: "robot".into(),
-                secret: "nope".into(),
-            }),
-            ..opts()
-        },
+        common::with_credentials(opts(), "robot", "nope"),
     )
     .unwrap();
     let e = bad
@@ -550,13 +470,7 @@ async fn no_credentials_to_other_hosts() {
     proxy.basic_auth(&["token-1"]);
     let c = RegistryClient::new(
         &proxy.host(),
-        ClientOptions {
-            credentials: Some(hoist::registry::Credentials {
-                username: "AWS".into(),
-                secret: "token-1".into(),
-            }),
-            ..opts()
-        },
+        common::with_credentials(opts(), "AWS", "token-1"),
     )
     .unwrap();
     c.ping().await.unwrap();
@@ -606,10 +520,7 @@ async fn digest_mismatch_is_recognised() {
     let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
     let blob = Blob::new(images::random_bytes(24, MIB + 1));
     let cur = c.start_upload("team/app").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     let wrong = Digest::sha256_of(b"other");
     let e = c
         .finish_upload(&cur, &wrong, blob.bytes.slice(MIB..))
@@ -678,13 +589,7 @@ async fn blob_redirects_get_no_credentials() {
     .await;
     let c = RegistryClient::new(
         &registry.to_string(),
-        ClientOptions {
-            credentials: Some(hoist::registry::Credentials {
-                username: "AWS".into(),
-                secret: "tok".into(),
-            }),
-            ..opts()
-        },
+        common::with_credentials(opts(), "AWS", "tok"),
     )
     .unwrap();
     let got = c.get_blob("team/app", &digest, 1 << 20).await.unwrap();
@@ -733,9 +638,5 @@ async fn lost_answer_to_the_final_put() {
         blob.len() + last_piece,
         "only the last piece went twice"
     );
-    assert!(
-        c.blob_present("team/app", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "team/app", &blob).await);
 }

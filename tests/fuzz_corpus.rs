@@ -6,11 +6,16 @@
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
 //! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of /work/shared/ECR.md.
 
+// The source tests' helpers: the same skopeo call and `docker save` archive entries.
+#[allow(dead_code, unused_imports)]
+#[path = "sources/helpers.rs"]
+mod helpers;
+
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use helpers::{add_bytes, docker25_head, skopeo};
 use hoist::digest::Digest;
 use hoist::fuzzing::{self, PIECE_SEPARATOR};
 use hoist::platform::Platform;
@@ -84,19 +89,6 @@ fn tiny_spec(seed: u64, compression: SampleCompression) -> SampleSpec {
     }
 }
 
-fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("skopeo is installed");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn blob(layout: &Path, d: &Digest) -> Vec<u8> {
     fs::read(layout.join("blobs/sha256").join(d.hex())).unwrap()
 }
@@ -107,14 +99,6 @@ fn tar_dir(dir: &Path, prefix: &str) -> Vec<u8> {
     b.mode(tar::HeaderMode::Deterministic);
     b.append_dir_all(prefix, dir).unwrap();
     b.into_inner().unwrap()
-}
-
-fn add(b: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
-    let mut h = tar::Header::new_ustar();
-    h.set_size(bytes.len() as u64);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, name, bytes).unwrap();
 }
 
 fn write_seed(target: &str, name: &str, bytes: &[u8]) {
@@ -154,28 +138,9 @@ fn write_seeds() {
     let gz = tmp.path().join("gz");
     let gimg = write_oci_layout(&gz, &tiny_spec(2, SampleCompression::Gzip)).unwrap();
     let mut b = tar::Builder::new(Vec::new());
-    let manifest = serde_json::json!([{
-        "Config": format!("blobs/sha256/{}", gimg.config.hex()),
-        "RepoTags": ["sample:latest"],
-        "Layers": [format!("blobs/sha256/{}", gimg.layers[0].digest.hex())],
-    }]);
-    add(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    add(
-        &mut b,
-        "oci-layout",
-        &fs::read(gz.join("oci-layout")).unwrap(),
-    );
-    add(
-        &mut b,
-        "index.json",
-        &fs::read(gz.join("index.json")).unwrap(),
-    );
+    docker25_head(&mut b, &gz, &gimg);
     for d in [&gimg.manifest, &gimg.config, &gimg.layers[0].digest] {
-        add(&mut b, &format!("blobs/sha256/{}", d.hex()), &blob(&gz, d));
+        add_bytes(&mut b, &format!("blobs/sha256/{}", d.hex()), &blob(&gz, d));
     }
     archives.push(("docker25-gzip", b.into_inner().unwrap()));
     for (name, bytes) in &archives {

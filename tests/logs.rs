@@ -3,33 +3,16 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use common::TestRegistry;
-use common::ecr_proxy::EcrProxy;
 use common::images::{self, Blob};
-use hoist::registry::{ClientOptions, RegistryClient, ResumePoint, RetryPolicy};
+use hoist::registry::{ClientOptions, RegistryClient, ResumePoint};
 
 const MIB: usize = 1 << 20;
-
-async fn setup() -> (TestRegistry, EcrProxy) {
-    let reg = TestRegistry::start();
-    let proxy = EcrProxy::start(reg.addr).await;
-    proxy
-        .state
-        .part_min_bytes
-        .store(MIB as u64, Ordering::SeqCst);
-    (reg, proxy)
-}
 
 fn opts() -> ClientOptions {
     ClientOptions {
         chunk_bytes: Some(MIB as u64),
-        retry: RetryPolicy {
-            retries_max: 5,
-            delay_min: Duration::from_millis(10),
-            delay_max: Duration::from_millis(200),
-        },
+        retry: common::brisk_retries(),
         ..ClientOptions::default()
     }
 }
@@ -64,17 +47,11 @@ async fn logs_never_show_credentials_or_upload_queries() {
     // subscriber loses DEBUG events to that cache when other threads log first.
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let (reg, proxy) = setup().await;
+    let (reg, proxy) = common::start_behind_ecr(MIB as u64).await;
     proxy.basic_auth(&["sekrit-token-1"]);
     let c = RegistryClient::new(
         &proxy.host(),
-        ClientOptions {
-            credentials: Some(hoist::registry::Credentials {
-                username: "AWS".into(),
-                secret: "sekrit-token-1".into(),
-            }),
-            ..opts()
-        },
+        common::with_credentials(opts(), "AWS", "sekrit-token-1"),
     )
     .unwrap();
     let blob = Blob::new(images::random_bytes(23, 3 * MIB));
@@ -91,10 +68,7 @@ async fn logs_never_show_credentials_or_upload_queries() {
         cur.session_url.contains("_state"),
         "the registry's Location has a query"
     );
-    let cur = d
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&d, &cur, &blob, 0..MIB).await;
     d.cancel_upload(&cur).await.unwrap();
     assert_eq!(
         d.resume("team/app", &cur).await.unwrap(),

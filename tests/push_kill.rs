@@ -7,10 +7,10 @@ mod common;
 mod daemon_support;
 mod push_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hoist::api::{self, BlobAction, BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
@@ -21,60 +21,22 @@ use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
 use common::TestRegistry;
 use common::cut_proxy::CutProxy;
 use common::ecr_proxy::EcrProxy;
-use daemon_support::{TestDaemon, hoistd_bin};
+use daemon_support::{TestDaemon, kill9, wait_answers};
 use push_support::*;
 
 /// Parallel uploads of one daemon (its default).
 const IN_FLIGHT_MAX: u64 = hoist::daemon::UPLOADS_IN_FLIGHT_MAX_DEFAULT as u64;
 
 fn hoistd(dir: &std::path::Path) -> Child {
-    Command::new(hoistd_bin())
-        .arg("--socket")
-        .arg(dir.join("hoist.sock"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--allow-root")
-        .env("HOIST_LOG", "info")
-        .stdout(Stdio::null())
+    daemon_support::hoistd_command(dir, "info")
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn hoistd")
 }
 
-async fn wait_answers(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while client.health().await.is_err() {
-        assert!(Instant::now() < deadline, "hoistd does not answer");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn kill9(mut child: Child) {
-    child.kill().expect("SIGKILL hoistd");
-    child.wait().unwrap();
-}
-
 /// A docker-archive of about 40 MB whose text layer takes several compressor chunks.
 fn archive(dir: &std::path::Path) -> String {
-    let mut spec = image_spec(21, 0, SampleCompression::None);
-    spec.layers = vec![
-        LayerSpec::new(LayerContent::SmallFiles(16), SampleCompression::None),
-        LayerSpec::new(LayerContent::Text(24 << 20), SampleCompression::None),
-        LayerSpec::new(LayerContent::Random(14 << 20), SampleCompression::None),
-    ];
-    let oci = dir.join("img");
-    write_oci(&oci, &spec);
-    write_docker_archive(&oci, &dir.join("img.tar"))
-}
-
-/// The manifest digest of an uninterrupted push of `source` (in-process daemon, directly
-/// to the registry, another repository).
-async fn uninterrupted(dir: &std::path::Path, host: &str, source: &str) -> Digest {
-    let daemon = TestDaemon::start_with(dir, Config::default());
-    let client = daemon.client();
-    let target = format!("{host}/base/img:1");
-    let id = submit(&client, source, &target, Compression::Gzip).await;
-    wait_done(&client, &id).await.manifest_digest.unwrap()
+    uncompressed_docker_archive(dir, 21, 24 << 20, 14 << 20)
 }
 
 /// Watches the tag while the push runs: records it if the tag exists while the job is not
@@ -125,7 +87,7 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     std::fs::create_dir_all(&d).unwrap();
     let client = Client::new(d.join("hoist.sock"));
     let child = hoistd(&d);
-    wait_answers(&client).await;
+    wait_answers(&client, 10).await;
     let target = format!("{}/kill/img:1", proxy.host());
     let id = submit(&client, &source, &target, Compression::Gzip).await;
     let (early, stop_watch) =
@@ -138,7 +100,7 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
 
     // 2. Mid-chunk: the proxy holds a part it received whole, not committed yet.
     let child = hoistd(&d);
-    wait_answers(&client).await;
+    wait_answers(&client, 10).await;
     wait_for(
         &client,
         &id,
@@ -157,7 +119,7 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     // 3. Between the last blob check and the manifest commit: the manifest PUT is held.
     proxy.state.hold_manifest_puts.store(true, Ordering::SeqCst);
     let child = hoistd(&d);
-    wait_answers(&client).await;
+    wait_answers(&client, 10).await;
     let job = wait_for(&client, &id, PUSH_MS_MAX, "committing", |j| {
         j.state == JobState::Committing && proxy.state.manifest_puts_held.load(Ordering::SeqCst)
     })
@@ -175,7 +137,7 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
 
     // The last daemon finishes the job by itself.
     let child = hoistd(&d);
-    wait_answers(&client).await;
+    wait_answers(&client, 10).await;
     let job = wait_done(&client, &id).await;
     stop_watch.store(true, Ordering::SeqCst);
     assert!(

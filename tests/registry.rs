@@ -27,6 +27,19 @@ fn client(host: &str, chunk: usize) -> RegistryClient {
     .unwrap()
 }
 
+/// A client that gives up on a request after 1 s without progress, and never retries.
+fn stall_client(host: &str) -> RegistryClient {
+    RegistryClient::new(
+        host,
+        ClientOptions {
+            stall_timeout: Duration::from_secs(1),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Pushes config + layers + manifest under `tag`; returns the manifest bytes.
 async fn push_image(
     c: &RegistryClient,
@@ -59,11 +72,7 @@ async fn multi_chunk_upload_and_manifest_round_trip() {
     let layer = Blob::new(images::random_bytes(1, 3 * MIB + 12345));
     let stats = images::upload(&c, "app/one", &layer, 0).await.unwrap();
     assert_eq!(stats.chunks, 3, "{stats:?}");
-    assert!(
-        c.blob_present("app/one", &layer.digest, layer.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "app/one", &layer).await);
     let m = push_image(&c, "app/one", "v1", "linux/amd64", &[&layer]).await;
     let (mt, bytes, digest) = c
         .get_manifest("app/one", &Reference::Tag("v1".into()))
@@ -99,10 +108,7 @@ async fn resume_between_chunks_from_persisted_cursor() {
         let c = client(&reg.host(), MIB);
         let mut cur = c.start_upload("app/two").await.unwrap();
         for i in 0..2 {
-            cur = c
-                .upload_chunk(&cur, blob.bytes.slice(i * MIB..(i + 1) * MIB))
-                .await
-                .unwrap();
+            cur = images::send_chunk(&c, &cur, &blob, i * MIB..(i + 1) * MIB).await;
         }
         assert_eq!(cur.offset, 2 * MIB as u64);
         serde_json::to_string(&cur).unwrap()
@@ -115,18 +121,9 @@ async fn resume_between_chunks_from_persisted_cursor() {
     };
     assert_eq!(cur.offset, 2 * MIB as u64);
     let off = cur.offset as usize;
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(off..off + MIB))
-        .await
-        .unwrap();
-    c.finish_upload(&cur, &blob.digest, blob.bytes.slice(off + MIB..))
-        .await
-        .unwrap();
-    assert!(
-        c.blob_present("app/two", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    let cur = images::send_chunk(&c, &cur, &blob, off..off + MIB).await;
+    images::send_last(&c, &cur, &blob, off + MIB).await;
+    assert!(images::present(&c, "app/two", &blob).await);
 }
 
 /// Sends the first `n` bytes of a `total`-byte PATCH body to the cursor's URL, then resets.
@@ -158,10 +155,7 @@ async fn cut_mid_patch_is_restart_on_debian() {
     let c = client(&reg.host(), MIB);
     let blob = Blob::new(images::random_bytes(3, 3 * MIB));
     let cur = c.start_upload("app/three").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     cut_patch(&cur, &blob.bytes[MIB..MIB + MIB / 2], MIB);
     assert_eq!(
         c.resume("app/three", &cur).await.unwrap(),
@@ -169,11 +163,7 @@ async fn cut_mid_patch_is_restart_on_debian() {
     );
     let stats = images::upload(&c, "app/three", &blob, 0).await.unwrap();
     assert_eq!(stats.chunks, 2);
-    assert!(
-        c.blob_present("app/three", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "app/three", &blob).await);
 }
 
 /// A lost session (cancelled, or a PATCH to it after cancel) is Restart / `is_upload_gone`.
@@ -183,10 +173,7 @@ async fn lost_session_restarts() {
     let c = client(&reg.host(), MIB);
     let blob = Blob::new(images::random_bytes(4, 2 * MIB + 1));
     let cur = c.start_upload("app/four").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     c.cancel_upload(&cur).await.unwrap();
     assert_eq!(
         c.resume("app/four", &cur).await.unwrap(),
@@ -217,31 +204,19 @@ async fn present_blobs_are_skipped_and_mount_works() {
             .unwrap(),
         "size must be checked"
     );
-    assert!(
-        !c.blob_present("dst/b", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(!images::present(&c, "dst/b", &blob).await);
     assert_eq!(
         c.mount_blob("dst/b", "src/a", &blob.digest).await.unwrap(),
         MountOutcome::Mounted
     );
-    assert!(
-        c.blob_present("dst/b", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "dst/b", &blob).await);
     let other = Blob::new(images::random_bytes(6, 1000));
     assert!(
         !images::mount_or_upload(&c, "dst/b", "src/a", &other)
             .await
             .unwrap()
     );
-    assert!(
-        c.blob_present("dst/b", &other.digest, other.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "dst/b", &other).await);
 }
 
 /// verify_tag resolves like containerd on an amd64 node: a good single image and a good index
@@ -331,15 +306,9 @@ async fn basic_auth_from_docker_config() {
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(8, 2 * MIB + 3));
     let m = push_image(&c, "auth/app", "v1", "linux/amd64", &[&layer]).await;
-    let image: ImageRef = format!("{}/auth/app:v1", reg.host()).parse().unwrap();
-    verify_tag(
-        &c,
-        &image,
-        Some(&hoist::digest::Digest::sha256_of(&m)),
-        &Platform::linux_amd64(),
-    )
-    .await
-    .unwrap();
+    images::verify_amd64(&c, &reg.host(), "auth/app:v1", &m)
+        .await
+        .unwrap();
 
     let bad = tempfile::tempdir().unwrap();
     write_config(bad.path(), "wrong-pass");
@@ -374,15 +343,7 @@ async fn stall_watchdog_aborts_silent_requests() {
         }
         std::thread::sleep(Duration::from_secs(6));
     });
-    let c = RegistryClient::new(
-        &addr.to_string(),
-        ClientOptions {
-            stall_timeout: Duration::from_secs(1),
-            retry: hoist::registry::RetryPolicy::none(),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let c = stall_client(&addr.to_string());
     let cursor = UploadCursor {
         session_url: format!("http://{addr}/v2/x/blobs/uploads/u?_state=S"),
         offset: 0,
@@ -427,10 +388,7 @@ async fn wrong_digest_is_refused_at_put() {
     let c = client(&reg.host(), MIB);
     let blob = Blob::new(images::random_bytes(30, MIB + 10));
     let cur = c.start_upload("app/dig").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     let wrong = hoist::digest::Digest::sha256_of(b"not this");
     let e = c
         .finish_upload(&cur, &wrong, blob.bytes.slice(MIB..))
@@ -446,17 +404,9 @@ async fn wrong_digest_is_refused_at_put() {
         c.resume("app/dig", &cur).await.unwrap(),
         ResumePoint::Restart
     );
-    assert!(
-        !c.blob_present("app/dig", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(!images::present(&c, "app/dig", &blob).await);
     images::upload(&c, "app/dig", &blob, 0).await.unwrap();
-    assert!(
-        c.blob_present("app/dig", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "app/dig", &blob).await);
 }
 
 /// One client, several blobs in parallel (HTTP/1.1, one connection each).
@@ -521,10 +471,7 @@ async fn cut_mid_patch_through_the_client_is_restart() {
     let c = client(&cut.host(), MIB);
     let blob = Blob::new(images::random_bytes(50, 3 * MIB));
     let cur = c.start_upload("app/cut").await.unwrap();
-    let cur = c
-        .upload_chunk(&cur, blob.bytes.slice(0..MIB))
-        .await
-        .unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     cut.cut_after((MIB / 2) as u64);
     let e = c
         .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
@@ -547,11 +494,7 @@ async fn cut_mid_patch_through_the_client_is_restart() {
     cut.cut_after((MIB + MIB / 2) as u64);
     let stats = images::upload(&c, "app/cut", &blob, 5).await.unwrap();
     assert!(stats.restarts >= 1, "{stats:?}");
-    assert!(
-        c.blob_present("app/cut", &blob.digest, blob.len())
-            .await
-            .unwrap()
-    );
+    assert!(images::present(&c, "app/cut", &blob).await);
 }
 
 /// A slow uplink is not a stall: with a 1 s stall timeout, a 1 MiB PATCH through a 256 KiB/s
@@ -564,15 +507,7 @@ async fn slow_uplink_is_not_a_stall() {
     slow.state
         .rate_up
         .store(256 * 1024, std::sync::atomic::Ordering::SeqCst);
-    let c = RegistryClient::new(
-        &slow.host(),
-        ClientOptions {
-            stall_timeout: Duration::from_secs(1),
-            retry: hoist::registry::RetryPolicy::none(),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let c = stall_client(&slow.host());
     let blob = Blob::new(images::random_bytes(60, MIB));
     let cur = c.start_upload("app/slow").await.unwrap();
     let t = std::time::Instant::now();
@@ -595,15 +530,7 @@ async fn slow_uplink_is_not_a_stall() {
 async fn a_link_dying_after_the_body_left_is_a_stall() {
     let reg = TestRegistry::start();
     let dying = common::fault_proxy::FaultProxy::start_with_window(reg.addr, 64 * 1024).await;
-    let c = RegistryClient::new(
-        &dying.host(),
-        ClientOptions {
-            stall_timeout: Duration::from_secs(1),
-            retry: hoist::registry::RetryPolicy::none(),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let c = stall_client(&dying.host());
     let blob = Blob::new(images::random_bytes(61, 8 * MIB));
     let cur = c.start_upload("app/dying").await.unwrap();
     // The last 512 KiB fit in the client's socket buffer: the body leaves the process whole.
@@ -656,28 +583,22 @@ async fn bearer_token_auth_of_the_real_registry() {
     assert!(matches!(e, RegistryError::Auth { status: 401, .. }), "{e}");
     let c = RegistryClient::new(
         &reg.host(),
-        ClientOptions {
-            chunk_bytes: Some(MIB as u64),
-            credentials: Some(hoist::registry::Credentials {
-                username: "robot".into(),
-                secret: "pw-456".into(),
-            }),
-            ..ClientOptions::default()
-        },
+        common::with_credentials(
+            ClientOptions {
+                chunk_bytes: Some(MIB as u64),
+                ..ClientOptions::default()
+            },
+            "robot",
+            "pw-456",
+        ),
     )
     .unwrap();
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(70, 2 * MIB + 9));
     let m = push_image(&c, "tok/app", "v1", "linux/amd64", &[&layer]).await;
-    let image: ImageRef = format!("{}/tok/app:v1", reg.host()).parse().unwrap();
-    verify_tag(
-        &c,
-        &image,
-        Some(&hoist::digest::Digest::sha256_of(&m)),
-        &Platform::linux_amd64(),
-    )
-    .await
-    .unwrap();
+    images::verify_amd64(&c, &reg.host(), "tok/app:v1", &m)
+        .await
+        .unwrap();
     let issued = ts.state.issued.load(std::sync::atomic::Ordering::SeqCst);
     // `/v2/`, pull (HEAD/GET) and pull,push scopes: a handful, not one per request.
     assert!((2..=4).contains(&issued), "tokens issued: {issued}");

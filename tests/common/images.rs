@@ -193,3 +193,51 @@ pub async fn mount_or_upload(
         }
     }
 }
+
+/// PATCHes `blob`'s bytes `range` to the session at `cursor` and returns the next cursor
+/// (panics if the registry refuses).
+pub async fn send_chunk(
+    client: &RegistryClient,
+    cursor: &UploadCursor,
+    blob: &Blob,
+    range: std::ops::Range<usize>,
+) -> UploadCursor {
+    client
+        .upload_chunk(cursor, blob.bytes.slice(range))
+        .await
+        .unwrap()
+}
+
+/// Completes the upload at `cursor` with `blob`'s bytes from `from` to the end, under the
+/// blob's digest (panics if the registry refuses).
+pub async fn send_last(client: &RegistryClient, cursor: &UploadCursor, blob: &Blob, from: usize) {
+    client
+        .finish_upload(cursor, &blob.digest, blob.bytes.slice(from..))
+        .await
+        .unwrap()
+}
+
+/// Whether `repo` has `blob` (HEAD, digest and size checked).
+pub async fn present(client: &RegistryClient, repo: &str, blob: &Blob) -> bool {
+    client
+        .blob_present(repo, &blob.digest, blob.len())
+        .await
+        .unwrap()
+}
+
+/// `verify_tag` of `host/reference` on linux/amd64, expecting the digest of `manifest`.
+pub async fn verify_amd64(
+    client: &RegistryClient,
+    host: &str,
+    reference: &str,
+    manifest: &Bytes,
+) -> Result<hoist::registry::VerifyReport, hoist::registry::VerifyError> {
+    let image: hoist::registry::ImageRef = format!("{host}/{reference}").parse().unwrap();
+    hoist::registry::verify_tag(
+        client,
+        &image,
+        Some(&Digest::sha256_of(manifest)),
+        &hoist::platform::Platform::linux_amd64(),
+    )
+    .await
+}

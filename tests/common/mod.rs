@@ -232,3 +232,40 @@ pub mod hostile;
 pub mod images;
 pub mod serve;
 pub mod token_service;
+
+/// A test registry behind the ECR emulation (`ecr_proxy`), whose minimum part is
+/// `part_min_bytes` (ECR's 5 MiB scaled down, to keep test data small).
+pub async fn start_behind_ecr(part_min_bytes: u64) -> (TestRegistry, ecr_proxy::EcrProxy) {
+    let reg = TestRegistry::start();
+    let proxy = ecr_proxy::EcrProxy::start(reg.addr).await;
+    proxy
+        .state
+        .part_min_bytes
+        .store(part_min_bytes, std::sync::atomic::Ordering::SeqCst);
+    (reg, proxy)
+}
+
+/// Client retries for tests through the ECR emulation: up to 5, backing off from 10 ms to
+/// 200 ms, so throttling bursts and lost answers cost milliseconds.
+pub fn brisk_retries() -> hoist::registry::RetryPolicy {
+    hoist::registry::RetryPolicy {
+        retries_max: 5,
+        delay_min: Duration::from_millis(10),
+        delay_max: Duration::from_millis(200),
+    }
+}
+
+/// `base` with the static credentials `username` / `secret`.
+pub fn with_credentials(
+    base: hoist::registry::ClientOptions,
+    username: &str,
+    secret: &str,
+) -> hoist::registry::ClientOptions {
+    hoist::registry::ClientOptions {
+        credentials: Some(hoist::registry::Credentials {
+            username: username.into(),
+            secret: secret.into(),
+        }),
+        ..base
+    }
+}

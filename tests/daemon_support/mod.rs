@@ -328,3 +328,33 @@ pub fn bad_target(source: &str) -> api::SubmitRequest {
         ..submit_request(source)
     }
 }
+
+/// A command for the `hoistd` binary serving `dir/hoist.sock` with its state in `dir/state`,
+/// logging at `log` (`HOIST_LOG`), stdout discarded; the caller adds flags, says where stderr
+/// goes, and spawns it.
+pub fn hoistd_command(dir: &Path, log: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(hoistd_bin());
+    cmd.arg("--socket")
+        .arg(dir.join("hoist.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--allow-root")
+        .env("HOIST_LOG", log)
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// Polls the daemon's health every `poll_ms` until it answers; fails after [`WAIT_MS_MAX`].
+pub async fn wait_answers(client: &Client, poll_ms: u64) {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while client.health().await.is_err() {
+        assert!(Instant::now() < deadline, "hoistd does not answer");
+        tokio::time::sleep(Duration::from_millis(poll_ms)).await;
+    }
+}
+
+/// `kill -9` of a spawned `hoistd`, and its exit reaped.
+pub fn kill9(mut child: std::process::Child) {
+    child.kill().expect("SIGKILL hoistd");
+    child.wait().unwrap();
+}

@@ -156,3 +156,35 @@ pub fn tag_exists(addr: std::net::SocketAddr, repo: &str, tag: &str) -> bool {
         other => panic!("HEAD manifest answered {other:?}: {head}"),
     }
 }
+
+/// Writes a docker-archive (`dir/img.tar`, by skopeo from the OCI layout `dir/img`) of image
+/// `seed` with three uncompressed layers: 16 small files, `text_bytes` of text and
+/// `random_bytes` of random bytes; returns its source reference.
+pub fn uncompressed_docker_archive(
+    dir: &Path,
+    seed: u64,
+    text_bytes: u64,
+    random_bytes: u64,
+) -> String {
+    let none = SampleCompression::None;
+    let mut spec = image_spec(seed, 0, none);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::SmallFiles(16), none),
+        LayerSpec::new(LayerContent::Text(text_bytes), none),
+        LayerSpec::new(LayerContent::Random(random_bytes), none),
+    ];
+    let oci = dir.join("img");
+    write_oci(&oci, &spec);
+    write_docker_archive(&oci, &dir.join("img.tar"))
+}
+
+/// The manifest digest of an uninterrupted push of `source` to `host/base/img:1` (gzip), by
+/// an in-process daemon in `dir`: the result an interrupted push must equal.
+pub async fn uninterrupted(dir: &Path, host: &str, source: &str) -> Digest {
+    let daemon =
+        crate::daemon_support::TestDaemon::start_with(dir, hoist::daemon::Config::default());
+    let client = daemon.client();
+    let target = format!("{host}/base/img:1");
+    let id = submit(&client, source, &target, Compression::Gzip).await;
+    wait_done(&client, &id).await.manifest_digest.unwrap()
+}

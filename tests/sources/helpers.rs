@@ -137,31 +137,39 @@ pub fn docker25_archive(layout: &Path, img: &SampleImage, out: &Path, largest_la
             p.clone(),
         )
     });
-    let manifest = json!([{
-        "Config": format!("blobs/sha256/{}", img.config.hex()),
-        "RepoTags": ["sample:latest"],
-        "Layers": img.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
-    }]);
-    add_bytes(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    add_bytes(
-        &mut b,
-        "oci-layout",
-        &fs::read(layout.join("oci-layout")).unwrap(),
-    );
-    add_bytes(
-        &mut b,
-        "index.json",
-        &fs::read(layout.join("index.json")).unwrap(),
-    );
+    docker25_head(&mut b, layout, img);
     for p in names {
         let name = format!("blobs/sha256/{}", p.file_name().unwrap().to_str().unwrap());
         b.append_path_with_name(&p, name).unwrap();
     }
     b.into_inner().unwrap().flush().unwrap();
+}
+
+/// The `manifest.json` of a `docker save` archive of `img`: its config, the tag
+/// `sample:latest`, and its layers, each at `blobs/sha256/HEX`.
+pub fn docker_save_manifest(img: &SampleImage) -> Value {
+    json!([{
+        "Config": format!("blobs/sha256/{}", img.config.hex()),
+        "RepoTags": ["sample:latest"],
+        "Layers": img.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
+    }])
+}
+
+/// The first entries of a Docker 25+ `docker save` archive of `img` written as an OCI layout
+/// at `layout`: manifest.json, then the layout's oci-layout and index.json. The blobs follow.
+pub fn docker25_head<W: Write>(b: &mut tar::Builder<W>, layout: &Path, img: &SampleImage) {
+    let manifest = docker_save_manifest(img);
+    add_bytes(b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    add_bytes(
+        b,
+        "oci-layout",
+        &fs::read(layout.join("oci-layout")).unwrap(),
+    );
+    add_bytes(
+        b,
+        "index.json",
+        &fs::read(layout.join("index.json")).unwrap(),
+    );
 }
 
 pub fn add_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, bytes: &[u8]) {
@@ -216,11 +224,7 @@ pub fn docker25_entries(dir: &Path) -> (SampleImage, Vec<(String, Vec<u8>)>) {
     let mut spec = mixed_spec(16);
     spec.layers.truncate(1);
     let img = sample(&layout, &spec);
-    let manifest = json!([{
-        "Config": format!("blobs/sha256/{}", img.config.hex()),
-        "RepoTags": ["sample:latest"],
-        "Layers": [format!("blobs/sha256/{}", img.layers[0].digest.hex())],
-    }]);
+    let manifest = docker_save_manifest(&img);
     let mut v = vec![(
         "manifest.json".to_string(),
         serde_json::to_vec(&manifest).unwrap(),

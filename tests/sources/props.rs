@@ -38,6 +38,23 @@ fn base_oci_archive() -> &'static [u8] {
     })
 }
 
+/// `base` with the bytes at `flips` set to their values, then cut at `cut`.
+fn mutated(
+    base: &[u8],
+    flips: Vec<(proptest::sample::Index, u8)>,
+    cut: Option<proptest::sample::Index>,
+) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    for (at, value) in flips {
+        let i = at.index(bytes.len());
+        bytes[i] = value;
+    }
+    if let Some(c) = cut {
+        bytes.truncate(c.index(bytes.len()));
+    }
+    bytes
+}
+
 /// Plans `bytes` as every kind of archive; must not panic, errors must be one line.
 fn plan_all_ways(bytes: &[u8]) {
     let t = tempfile::tempdir().unwrap();
@@ -73,15 +90,7 @@ proptest! {
         flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
         cut in proptest::option::of(any::<proptest::sample::Index>()),
     ) {
-        let mut bytes = base_archive().to_vec();
-        for (at, value) in flips {
-            let i = at.index(bytes.len());
-            bytes[i] = value;
-        }
-        if let Some(c) = cut {
-            bytes.truncate(c.index(bytes.len()));
-        }
-        plan_all_ways(&bytes);
+        plan_all_ways(&mutated(base_archive(), flips, cut));
     }
 
     #[test]
@@ -89,15 +98,7 @@ proptest! {
         flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
         cut in proptest::option::of(any::<proptest::sample::Index>()),
     ) {
-        let mut bytes = base_oci_archive().to_vec();
-        for (at, value) in flips {
-            let i = at.index(bytes.len());
-            bytes[i] = value;
-        }
-        if let Some(c) = cut {
-            bytes.truncate(c.index(bytes.len()));
-        }
-        plan_all_ways(&bytes);
+        plan_all_ways(&mutated(base_oci_archive(), flips, cut));
     }
 
     #[test]
