@@ -54,12 +54,11 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
         arch_mismatch: None,
     };
     if opts.elf_census {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut censuses = Vec::with_capacity(plan.layers.len());
         for (i, (layer, census)) in plan
             .layers
             .iter()
-            .zip(census_layers(&plan.layers, threads, false))
+            .zip(census_layers(&plan.layers, false))
             .enumerate()
         {
             censuses.push(census.map_err(|source| InspectError::Census {
@@ -80,14 +79,11 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
 /// gives the CPU to the uploads (and a local registry) first, the census takes what is left.
 pub const CENSUS_NICE: i32 = 10;
 
-/// The ELF census of every layer, in layer order, on up to `threads_max` threads (layers are
+/// The ELF census of every layer, in layer order, on up to one thread per core (layers are
 /// taken one at a time, so a large layer does not hold the others back). With `low_priority`,
 /// each thread runs at [`CENSUS_NICE`].
-pub fn census_layers(
-    layers: &[PlannedLayer],
-    threads_max: usize,
-    low_priority: bool,
-) -> Vec<io::Result<LayerCensus>> {
+pub fn census_layers(layers: &[PlannedLayer], low_priority: bool) -> Vec<io::Result<LayerCensus>> {
+    let threads_max = std::thread::available_parallelism().map_or(1, |n| n.get());
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);

@@ -662,6 +662,17 @@ impl hoist::daemon::job::JobBody for BucketProbe {
     }
 }
 
+/// The job's own limit as the daemon reports it.
+async fn stored_limit(client: &hoist::cli::client::Client, id: &hoist::api::JobId) -> Option<u64> {
+    client
+        .job(id)
+        .await
+        .unwrap()
+        .spec
+        .options
+        .bandwidth_bytes_per_s
+}
+
 /// `PUT /v1/jobs/{id}/bandwidth` stores the limit in the job's spec, changes the running
 /// run's bucket at once, is kept across a pause (the next run starts at it) and a restart,
 /// and is refused for a done job.
@@ -690,16 +701,7 @@ async fn a_job_limit_changes_the_running_bucket_and_is_kept_for_later_runs() {
     let job = client.set_job_bandwidth(&id, None).await.unwrap();
     assert_eq!(job.spec.options.bandwidth_bytes_per_s, None);
     assert_eq!(first.rate(), None);
-    assert_eq!(
-        client
-            .job(&id)
-            .await
-            .unwrap()
-            .spec
-            .options
-            .bandwidth_bytes_per_s,
-        None
-    );
+    assert_eq!(stored_limit(&client, &id).await, None);
 
     // Paused: stored for the next run, which starts at it.
     client.control(&id, "pause").await.unwrap();
@@ -722,16 +724,7 @@ async fn a_job_limit_changes_the_running_bucket_and_is_kept_for_later_runs() {
     let client = daemon.client();
     wait_state(&client, &id, JobState::Uploading).await;
     assert_eq!(probe.bucket(0).unwrap().rate(), Some(3_000_000));
-    assert_eq!(
-        client
-            .job(&id)
-            .await
-            .unwrap()
-            .spec
-            .options
-            .bandwidth_bytes_per_s,
-        Some(3_000_000)
-    );
+    assert_eq!(stored_limit(&client, &id).await, Some(3_000_000));
 
     // Cancelled (final, but retryable): allowed, for the retry.
     client.control(&id, "cancel").await.unwrap();
@@ -761,14 +754,5 @@ async fn a_done_job_refuses_a_limit() {
         }
         other => panic!("not an API error: {other}"),
     }
-    assert_eq!(
-        client
-            .job(&id)
-            .await
-            .unwrap()
-            .spec
-            .options
-            .bandwidth_bytes_per_s,
-        None
-    );
+    assert_eq!(stored_limit(&client, &id).await, None);
 }

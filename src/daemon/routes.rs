@@ -199,19 +199,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
     debug_assert_eq!(req.method(), Method::POST);
-    let body = match http_body_util::Limited::new(req.into_body(), REQUEST_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "cannot read the request body ({e}): send at most {REQUEST_BYTES_MAX} bytes of JSON"
-                ),
-            );
-        }
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
     let request: api::SubmitRequest = match api::decode("submit request", &body) {
         Ok(r) => r,
@@ -254,7 +244,9 @@ async fn small_body(req: Request<Incoming>) -> Result<Bytes, Box<Response<Body>>
         Ok(b) => Ok(b.to_bytes()),
         Err(e) => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
-            format!("cannot read the request body ({e}): send a small JSON object"),
+            format!(
+                "cannot read the request body ({e}): send at most {REQUEST_BYTES_MAX} bytes of JSON"
+            ),
         ))),
     }
 }

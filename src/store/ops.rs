@@ -135,6 +135,11 @@ pub(super) fn insert_job(
 }
 
 pub(super) fn job(conn: &mut Connection, id: &JobId) -> Result<JobRecord, StoreError> {
+    read_job(conn, id)
+}
+
+/// One job, read on a connection or inside a transaction.
+fn read_job(conn: &Connection, id: &JobId) -> Result<JobRecord, StoreError> {
     let raw = conn
         .query_row(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -194,15 +199,7 @@ pub(super) fn set_job_bandwidth(
     // Read, change and write the spec in one transaction: the spec is JSON, and it is checked
     // again on the way out like on the way in.
     with_tx(conn, Durability::Full, |tx| {
-        let raw = tx
-            .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                [id.as_str()],
-                raw_job,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoSuchJob(id.clone()))?;
-        let mut job = job_of(raw)?;
+        let mut job = read_job(tx, id)?;
         job.spec.options.bandwidth_bytes_per_s = bytes_per_s;
         job.updated_ms = now;
         let spec_json = serde_json::to_string(&job.spec).map_err(|e| corrupt("job spec", e))?;

@@ -265,10 +265,9 @@ async fn push(
     let census = (!ctx.spec().options.allow_arch_mismatch).then(|| {
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             plan.layers
                 .iter()
-                .zip(crate::inspect::census_layers(&plan.layers, threads, true))
+                .zip(crate::inspect::census_layers(&plan.layers, true))
                 .map(|(l, census)| {
                     census.map_err(|e| {
                         JobError::failed(format!(
@@ -356,7 +355,6 @@ async fn push(
         tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
     };
     let uploader = Arc::new(Uploader {
-        ctx: ctx.clone(),
         client: client.clone(),
         repository: repository.clone(),
         chunk_bytes: client.chunk_bytes(),

@@ -69,7 +69,6 @@ pub struct BlobJob {
 }
 
 pub struct Uploader {
-    pub ctx: JobContext,
     pub client: RegistryClient,
     pub repository: String,
     /// The configured chunk size: where the adaptive size starts and the most it grows to.
@@ -87,9 +86,13 @@ fn reg_failed(what: &str, e: &RegistryError) -> JobError {
 }
 
 impl Uploader {
+    fn ctx(&self) -> &JobContext {
+        &self.patience.ctx
+    }
+
     /// Uploads `blob` unless the registry has it; returns its pushed digest and size.
     pub async fn run(&self, blob: BlobJob) -> Result<CompressedLayer, JobError> {
-        let ctx = &self.ctx;
+        let ctx = self.ctx();
         let finished = blob.record.as_ref().is_some_and(|r| r.state.is_finished());
         // Known final digest and size, if any, before any byte is compressed or sent.
         let known = match &blob.src {
@@ -211,7 +214,7 @@ impl Uploader {
 
     async fn save(&self, key: &Digest, c: &UploadCursor, sent: u64) -> Result<(), JobError> {
         let saved = self
-            .ctx
+            .ctx()
             .save_cursor(
                 key,
                 CursorRecord {
@@ -221,7 +224,7 @@ impl Uploader {
                 sent,
             )
             .await;
-        if saved.is_err() && self.ctx.is_deleted().await {
+        if saved.is_err() && self.ctx().is_deleted().await {
             // The job was deleted while this chunk was in flight. The scheduler discarded the
             // sessions it found in the store, but this one's stored location was already stale
             // (the distribution registry refuses a DELETE whose state token names an older
@@ -266,7 +269,7 @@ impl Uploader {
 
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
     async fn send(&self, blob: &BlobJob) -> Result<CompressedLayer, JobError> {
-        let ctx = &self.ctx;
+        let ctx = self.ctx();
         let mut cursor = self.first_cursor(blob).await?;
         let mut attempts = 0u32;
         let mut digest_restarts = 0u32;
@@ -358,7 +361,7 @@ impl Uploader {
                 "finishing an upload whose offset is not the blob size"
             );
         }
-        let slot = self.ctx.upload_slot().await;
+        let slot = self.ctx().upload_slot().await;
         let r = self
             .client
             .finish_upload(cursor, &done.digest, Bytes::new())
@@ -433,7 +436,7 @@ impl Uploader {
                     r = rx.wait_for(|a| a.error.is_some() || a.done.is_some() || a.bytes >= want) => {
                         r.map_err(|_| JobError::Stopped)?.clone()
                     }
-                    () = self.ctx.stop_requested() => return Err(JobError::Stopped),
+                    () = self.ctx().stop_requested() => return Err(JobError::Stopped),
                 };
                 if let Some(e) = a.error {
                     return Err(e);
