@@ -354,6 +354,72 @@ async fn a_later_push_of_the_same_layers_to_another_registry_takes_them_from_the
     );
 }
 
+/// Incompressible chunks are stored (framed, not compressed), and their bytes are not copied
+/// into the spool: the spool (kept in the cache after the push) holds only the compressed
+/// chunks, its map describes the whole stream, and the registry got every byte right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompressible_chunks_are_sent_from_the_source_not_copied_into_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    // Text and random layers of 16 MiB each.
+    let source = archive(dir.path(), 40, 32);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let id = submit(
+        &client,
+        &source,
+        &format!("{}/stored/img:1", registry.host()),
+        Compression::Gzip,
+    )
+    .await;
+    let job = wait_done(&client, &id).await;
+    assert_eq!(
+        pull_back(&registry.host(), "stored/img:1", &dir.path().join("pulled")),
+        job.manifest_digest.clone().unwrap()
+    );
+    let pushed: Vec<u64> = job
+        .blobs
+        .iter()
+        .filter(|b| b.compressed_chunks > 0)
+        .map(|b| b.pushed_size_bytes.unwrap())
+        .collect();
+    let cache = daemon.state_dir.join("spool").join("cache");
+    let mut spooled_total = 0;
+    let mut described = Vec::new();
+    for e in std::fs::read_dir(&cache).unwrap().flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "map") {
+            continue;
+        }
+        let lengths = hoist::daemon::push::spool_view::map_lengths(
+            &hoist::daemon::push::spool_view::map_path(&path),
+        )
+        .unwrap();
+        assert_eq!(
+            lengths.spooled,
+            e.metadata().unwrap().len(),
+            "{}",
+            path.display()
+        );
+        spooled_total += lengths.spooled;
+        described.push(lengths.len);
+    }
+    described.sort();
+    let mut want = pushed.clone();
+    want.sort();
+    assert_eq!(
+        described, want,
+        "the maps describe every compressed layer whole"
+    );
+    // The random layer's first 4 MiB chunk starts with the tar header (zeros, so the probe
+    // compresses it); its other three are stored.
+    let stored_at_least = 3 * (4u64 << 20);
+    assert!(
+        spooled_total + stored_at_least <= pushed.iter().sum::<u64>(),
+        "the spool holds {spooled_total} bytes of {pushed:?}: the random layer was copied into it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -261,6 +261,167 @@ fn write_zstd_raw(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A chunk the incompressible path stored, described rather than held: its bytes are the
+/// chunk's input with fixed framing around it (see [`write_gzip_stored`], [`write_zstd_raw`]),
+/// so any range of them can be produced from the input alone. This lets the spool keep a
+/// stored chunk as a reference to the source instead of a copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub codec: Codec,
+    pub input_len: u64,
+    /// CRC-32 of the input (the gzip trailer); unused for zstd.
+    pub crc32: u32,
+}
+
+impl StoredChunk {
+    /// The stored chunk that `out` (one member or frame written by
+    /// [`ChunkCompressor::compress`] with `stored == true`) is, if its length agrees.
+    pub fn from_output(codec: Codec, input_len: u64, out: &[u8]) -> Option<Self> {
+        let crc32 = match codec {
+            Codec::Gzip => {
+                let t = out.len().checked_sub(8)?;
+                u32::from_le_bytes(out[t..t + 4].try_into().ok()?)
+            }
+            Codec::Zstd => 0,
+        };
+        let chunk = StoredChunk {
+            codec,
+            input_len,
+            crc32,
+        };
+        (chunk.len() == out.len() as u64).then_some(chunk)
+    }
+
+    fn prefix(&self) -> ([u8; 14], usize) {
+        let mut p = [0u8; 14];
+        match self.codec {
+            Codec::Gzip => {
+                p[..10].copy_from_slice(&GZIP_STORED_HEADER);
+                (p, 10)
+            }
+            Codec::Zstd => {
+                p[..4].copy_from_slice(&ZSTD_MAGIC);
+                p[5] = 7 << 3;
+                if let Ok(len) = u32::try_from(self.input_len) {
+                    p[4] = 2 << 6;
+                    p[6..10].copy_from_slice(&len.to_le_bytes());
+                    (p, 10)
+                } else {
+                    p[4] = 3 << 6;
+                    p[6..14].copy_from_slice(&self.input_len.to_le_bytes());
+                    (p, 14)
+                }
+            }
+        }
+    }
+
+    fn suffix(&self) -> ([u8; 8], usize) {
+        let mut s = [0u8; 8];
+        match self.codec {
+            Codec::Gzip => {
+                s[..4].copy_from_slice(&self.crc32.to_le_bytes());
+                s[4..].copy_from_slice(&(self.input_len as u32).to_le_bytes());
+                (s, 8)
+            }
+            Codec::Zstd => (s, 0),
+        }
+    }
+
+    /// (block header bytes, largest block payload).
+    fn block_shape(&self) -> (u64, u64) {
+        match self.codec {
+            Codec::Gzip => (5, DEFLATE_STORED_BLOCK_BYTES_MAX as u64),
+            Codec::Zstd => (3, ZSTD_BLOCK_BYTES_MAX as u64),
+        }
+    }
+
+    fn blocks(&self) -> u64 {
+        self.input_len.div_ceil(self.block_shape().1).max(1)
+    }
+
+    fn block_header(&self, i: u64) -> ([u8; 5], usize) {
+        let (h, b) = self.block_shape();
+        let n = self.input_len.saturating_sub(i * b).min(b);
+        let last = i + 1 == self.blocks();
+        let mut out = [0u8; 5];
+        match self.codec {
+            Codec::Gzip => {
+                out[0] = u8::from(last);
+                out[1..3].copy_from_slice(&(n as u16).to_le_bytes());
+                out[3..5].copy_from_slice(&(!(n as u16)).to_le_bytes());
+            }
+            Codec::Zstd => {
+                let header = ((n as u32) << 3) | u32::from(last);
+                out[..3].copy_from_slice(&header.to_le_bytes()[..3]);
+            }
+        }
+        (out, h as usize)
+    }
+
+    /// Bytes of the stored member or frame.
+    pub fn len(&self) -> u64 {
+        let (h, _) = self.block_shape();
+        self.prefix().1 as u64 + self.blocks() * h + self.input_len + self.suffix().1 as u64
+    }
+
+    /// Always false: even an empty chunk has framing.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Fills `buf` with the chunk's bytes from `pos` on (fewer at the chunk's end) and returns
+    /// how many. `read_input(dst, at)` must fill `dst` with the input's bytes from `at`.
+    pub fn read_at(
+        &self,
+        buf: &mut [u8],
+        pos: u64,
+        read_input: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<()>,
+    ) -> std::io::Result<usize> {
+        let (prefix, p_len) = self.prefix();
+        let (suffix, s_len) = self.suffix();
+        let (h, b) = self.block_shape();
+        let p_len = p_len as u64;
+        let blocks_end = p_len + self.blocks() * h + self.input_len;
+        let end = self.len();
+        let mut at = pos;
+        let mut filled = 0usize;
+        fn copy(buf: &mut [u8], src: &[u8], filled: &mut usize, at: &mut u64) {
+            let n = src.len().min(buf.len() - *filled);
+            buf[*filled..*filled + n].copy_from_slice(&src[..n]);
+            *filled += n;
+            *at += n as u64;
+        }
+        while filled < buf.len() && at < end {
+            if at < p_len {
+                copy(
+                    buf,
+                    &prefix[at as usize..p_len as usize],
+                    &mut filled,
+                    &mut at,
+                );
+            } else if at < blocks_end {
+                let r = at - p_len;
+                let (i, o) = (r / (h + b), r % (h + b));
+                if o < h {
+                    let (header, _) = self.block_header(i);
+                    copy(buf, &header[o as usize..h as usize], &mut filled, &mut at);
+                } else {
+                    let in_at = i * b + (o - h);
+                    let block_end = (i * b + b).min(self.input_len);
+                    let n = ((block_end - in_at) as usize).min(buf.len() - filled);
+                    read_input(&mut buf[filled..filled + n], in_at)?;
+                    filled += n;
+                    at += n as u64;
+                }
+            } else {
+                let o = (at - blocks_end) as usize;
+                copy(buf, &suffix[o..s_len], &mut filled, &mut at);
+            }
+        }
+        Ok(filled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +468,48 @@ mod tests {
                 "zstd raw, len {len}"
             );
         }
+    }
+
+    #[test]
+    fn stored_chunk_reads_back_the_written_bytes() {
+        let mut seed = 7u64;
+        for len in [0usize, 1, 65_534, 65_535, 65_536, 131_072, 131_073, 300_001] {
+            let input = testdata::random_bytes(len, 5);
+            for codec in [Codec::Gzip, Codec::Zstd] {
+                let mut whole = Vec::new();
+                match codec {
+                    Codec::Gzip => write_gzip_stored(&input, &mut whole),
+                    Codec::Zstd => write_zstd_raw(&input, &mut whole),
+                }
+                let chunk = StoredChunk::from_output(codec, len as u64, &whole)
+                    .expect("the layout agrees with the writer");
+                assert_eq!(chunk.len(), whole.len() as u64);
+                let mut read_input = |dst: &mut [u8], at: u64| {
+                    dst.copy_from_slice(&input[at as usize..at as usize + dst.len()]);
+                    Ok(())
+                };
+                // Every boundary region and some pseudo-random ranges.
+                let mut ranges = vec![(0usize, whole.len()), (0, 3), (whole.len() - 1, 10)];
+                for _ in 0..40 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let pos = (seed >> 33) as usize % whole.len();
+                    let n = (seed >> 13) as usize % 70_000 + 1;
+                    ranges.push((pos, n));
+                }
+                for (pos, n) in ranges {
+                    let mut buf = vec![0u8; n];
+                    let got = chunk
+                        .read_at(&mut buf, pos as u64, &mut read_input)
+                        .unwrap();
+                    let want = &whole[pos..(pos + n).min(whole.len())];
+                    assert_eq!(got, want.len(), "{codec:?} len {len} pos {pos} n {n}");
+                    assert_eq!(&buf[..got], want, "{codec:?} len {len} pos {pos} n {n}");
+                }
+            }
+        }
+        // A member whose length disagrees is not taken for a stored chunk.
+        assert!(StoredChunk::from_output(Codec::Gzip, 10, &[0u8; 20]).is_none());
     }
 }

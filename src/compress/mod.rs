@@ -33,7 +33,7 @@ pub mod testdata;
 use std::fmt;
 use std::str::FromStr;
 
-pub use chunk::{ChunkCompressor, compress_chunk};
+pub use chunk::{ChunkCompressor, StoredChunk, compress_chunk};
 pub use pipeline::{ChunkOut, CompressConfig, StreamState, Totals, compress_stream};
 
 /// Default input bytes per chunk: 4 MiB.

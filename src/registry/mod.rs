@@ -98,7 +98,7 @@ pub use error::{
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
 pub use reference::{ImageRef, Reference, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
-pub use transport::{FILE_PIECE_BYTES, FileRange};
+pub use transport::{FILE_PIECE_BYTES, FileRange, ReadAt};
 pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;

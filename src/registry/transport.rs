@@ -73,11 +73,24 @@ impl Req {
     }
 }
 
-/// A region of an open file, sent as a request body without holding it in memory: read in
-/// [`FILE_PIECE_BYTES`] pieces on the blocking pool as hyper asks for them.
+/// Something a body can be read from by position: a file, or a file-like view such as the
+/// spool's (compressed bytes in one file, stored chunks framed from the source).
+pub trait ReadAt: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `pos`; 0 only at the end.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, pos)
+    }
+}
+
+/// A region of an open file (or [`ReadAt`] view), sent as a request body without holding it in
+/// memory: read in [`FILE_PIECE_BYTES`] pieces on the blocking pool as hyper asks for them.
 #[derive(Clone)]
 pub struct FileRange {
-    pub file: Arc<std::fs::File>,
+    pub file: Arc<dyn ReadAt>,
     pub offset: u64,
     pub len: u64,
 }
@@ -206,7 +219,6 @@ fn file_body(
     progress: Arc<Progress>,
     limits: Option<crate::bandwidth::Limits>,
 ) -> reqwest::Body {
-    use std::os::unix::fs::FileExt as _;
     let end = range.offset + range.len;
     let stream = futures_util::stream::unfold(range.offset, move |pos| {
         let file = range.file.clone();

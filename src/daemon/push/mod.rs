@@ -13,6 +13,7 @@
 //!
 //! # Files
 //! - [`spool`]: compression into the spool, resumable at chunk k; the cross-push index.
+//! - [`spool_view`]: the compressed stream as uploads read it (stored chunks framed from the source).
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
 //! - [`commit`]: verification, platform check, manifest commit.
 //! - [`identity`]: the source files' identity, checked on every rerun (issue 7).
@@ -26,6 +27,7 @@ pub mod commit;
 pub mod identity;
 pub mod patience;
 pub mod spool;
+pub mod spool_view;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ use crate::registry::{ClientOptions, ImageRef, RegistryClient, UploadCursor};
 use crate::store::{BlobRecord, CursorRecord};
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
+use spool_view::SpoolView;
 use upload::{BlobJob, Bytesrc, Uploader};
 
 /// Blobs remembered for cross-repository mounts; the map is cleared beyond it.
@@ -323,16 +326,22 @@ async fn push(
                     }
                 }
                 spool_names.push(name.clone());
+                let view = Arc::new(SpoolView::new(
+                    layer.source.location.clone(),
+                    codec,
+                    spool::SPOOL_CHUNK_BYTES as u64,
+                ));
                 spool_layers.push(SpoolLayer {
                     layer: layer.clone(),
                     codec,
                     record,
-                    path: path.clone(),
+                    path,
+                    view: view.clone(),
                     tx,
                     skip: skip.clone(),
                 });
                 Bytesrc::Spool {
-                    path,
+                    view,
                     avail: rx,
                     known: spool::index_lookup(ctx, &name),
                     index_name: name,

@@ -3,11 +3,12 @@
 //!
 //! One file per layer in the job's spool directory, named by what determines its bytes
 //! (diff_id, codec, compressor chunk size, codec versions): compression is deterministic, so a
-//! resumed upload re-sends identical bytes. Every [`SPOOL_SYNC_CHUNKS`] chunks (and at the
-//! end) the file is synced, the progress (chunks done, compressed bytes) recorded and the new
-//! bytes offered to the uploads; a rerun truncates the file to the
-//! recorded length and continues at that chunk, re-hashing the prefix to restore the running
-//! digests.
+//! resumed upload re-sends identical bytes. The file holds the compressed chunks only; stored
+//! (incompressible) chunks are described in its map and read from the source
+//! ([`super::spool_view`]). Every [`SPOOL_SYNC_CHUNKS`] chunks (and at the end) the file and
+//! its map are synced, the progress (chunks done, stream bytes) recorded and the new bytes
+//! offered to the uploads; a rerun cuts both to the recorded chunks and continues at the next
+//! one, re-hashing the kept stream to restore the running digests.
 //!
 //! A small index (`<spool root>/index/`) remembers, per layer identity, the digest and size the
 //! compression produced, so a later push of the same layer can ask the registry whether it has
@@ -18,14 +19,15 @@
 //! the file back instead of compressing (the registry checks the digest at the final PUT).
 //! A cancelled or deleted job's spool is removed with it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::OpenOptions;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
+use super::spool_view::{SpoolView, ViewReader, map_lengths, map_path};
 use crate::compress::{
     CODEC_VERSIONS, COMPRESS_CHUNK_BYTES_DEFAULT, Codec, CompressConfig, CompressError,
     StreamState, compress_stream,
@@ -64,9 +66,11 @@ fn cache_dir(ctx: &JobContext) -> PathBuf {
 pub fn take_cached(ctx: &JobContext, name: &str, dest: &Path) -> Option<CompressedLayer> {
     let known = index_lookup(ctx, name)?;
     let cached = cache_dir(ctx).join(name);
-    if std::fs::metadata(&cached).ok()?.len() != known.size {
+    let lengths = map_lengths(&map_path(&cached)).ok()?;
+    if lengths.len != known.size || std::fs::metadata(&cached).ok()?.len() != lengths.spooled {
         return None;
     }
+    std::fs::rename(map_path(&cached), map_path(dest)).ok()?;
     std::fs::rename(&cached, dest).ok()?;
     Some(known)
 }
@@ -79,16 +83,21 @@ pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
         return;
     }
     for name in names {
-        let _ = std::fs::rename(ctx.spool_dir().join(name), dir.join(name));
+        let spool = ctx.spool_dir().join(name);
+        let _ = std::fs::rename(map_path(&spool), map_path(&dir.join(name)));
+        let _ = std::fs::rename(&spool, dir.join(name));
     }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
+    // A spool file and its map go together (a lone map or spool file is of no use).
     let mut files: Vec<_> = entries
         .flatten()
+        .filter(|e| e.path().extension().is_none_or(|x| x != "map"))
         .filter_map(|e| {
             let m = e.metadata().ok()?;
-            Some((m.modified().ok()?, m.len(), e.path()))
+            let map_len = std::fs::metadata(map_path(&e.path())).map_or(0, |m| m.len());
+            Some((m.modified().ok()?, m.len() + map_len, e.path()))
         })
         .collect();
     files.sort();
@@ -97,6 +106,7 @@ pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
         if total <= SPOOL_CACHE_BYTES_MAX {
             break;
         }
+        let _ = std::fs::remove_file(map_path(&path));
         if std::fs::remove_file(&path).is_ok() {
             total -= len;
         }
@@ -106,7 +116,7 @@ pub fn keep_in_cache(ctx: &JobContext, names: &[String]) {
 /// How far a layer's compression is, as the uploads see it.
 #[derive(Debug, Clone, Default)]
 pub struct Avail {
-    /// Compressed bytes in the spool file that are final (written and synced).
+    /// Bytes of the compressed stream that are final (written and synced; see [`SpoolView`]).
     pub bytes: u64,
     /// Set once the whole layer is compressed.
     pub done: Option<CompressedLayer>,
@@ -120,6 +130,8 @@ pub struct SpoolLayer {
     pub codec: Codec,
     pub record: Option<BlobRecord>,
     pub path: PathBuf,
+    /// The stream as the upload reads it; this layer's compressor fills it.
+    pub view: Arc<SpoolView>,
     pub tx: watch::Sender<Avail>,
     /// Set by the upload when the registry has the blob already: compression is not needed.
     pub skip: Arc<AtomicBool>,
@@ -340,9 +352,23 @@ fn compress_layer(
 ) -> Result<(), JobError> {
     let digest = &l.layer.source.digest;
     let name = &l.layer.source.location.name;
-    // A rerun after the compression finished: the file is there whole.
+    let open = |path: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_failed(path, e))
+    };
+    let spool = Arc::new(open(&l.path)?);
+    let map_file = map_path(&l.path);
+    let mut map = open(&map_file)?;
+    // A rerun after the compression finished: the stream is there whole.
     if let Some(p) = l.record.as_ref().and_then(|r| r.pushed.clone())
-        && std::fs::metadata(&l.path).is_ok_and(|m| m.len() == p.size_bytes)
+        && l.view
+            .load(spool.clone(), &mut map, None, Some(p.size_bytes))
+            .map_err(|e| io_failed(&l.path, e))?
     {
         let done = CompressedLayer {
             digest: p.digest,
@@ -354,40 +380,34 @@ fn compress_layer(
         });
         return Ok(());
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&l.path)
-        .map_err(|e| io_failed(&l.path, e))?;
     let (mut chunks, mut bytes) = l
         .record
         .as_ref()
         .filter(|r| r.pushed.is_none())
         .map_or((0, 0), |r| (r.chunks_done, r.compressed_bytes));
-    let have = file.metadata().map_err(|e| io_failed(&l.path, e))?.len();
-    if have < bytes {
-        // The spool lost data (removed by hand): start the layer over.
+    // Anything past the recorded chunks was written after the last durable one: cut off. Files
+    // holding less than the record (removed by hand): the layer starts over.
+    if !l
+        .view
+        .load(spool.clone(), &mut map, Some(chunks), Some(bytes))
+        .map_err(|e| io_failed(&l.path, e))?
+    {
         (chunks, bytes) = (0, 0);
     }
-    // Anything past the recorded length was written after the last durable chunk: drop it.
-    file.set_len(bytes).map_err(|e| io_failed(&l.path, e))?;
     let state = if chunks == 0 {
         StreamState::new()
     } else {
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| io_failed(&l.path, e))?;
-        let prefix = (&file).take(bytes);
         StreamState::resume(
             chunks,
             SPOOL_CHUNK_BYTES,
             l.layer.source.location.reader(),
-            prefix,
+            ViewReader::new(&l.view),
         )
         .map_err(|e| JobError::failed(format!("cannot resume compressing {name}: {e}")))?
     };
-    file.seek(SeekFrom::Start(bytes))
+    let file = spool.as_ref();
+    (&*file)
+        .seek(SeekFrom::End(0))
         .map_err(|e| io_failed(&l.path, e))?;
     l.tx.send_modify(|a| a.bytes = bytes);
     let input = l
@@ -401,6 +421,7 @@ fn compress_layer(
         threads,
     };
     let mut written = bytes;
+    let mut spool_dirty = false;
     let total_chunks = l
         .layer
         .source
@@ -414,11 +435,19 @@ fn compress_layer(
         if ctx.is_stop_requested() {
             return Err(SinkError::Job(JobError::Stopped));
         }
-        file.write_all(out.bytes).map_err(SinkError::Io)?;
+        // Stored chunks are only described in the map (see `spool_view`): no copy to write.
+        spool_dirty |= !out.stored;
+        l.view
+            .append(out.index, out.stored, out.bytes, file, &map)
+            .map_err(SinkError::Io)?;
         written += out.bytes.len() as u64;
         if (out.index + 1) % SPOOL_SYNC_CHUNKS == 0 || out.index + 1 >= total_chunks {
-            // Durable before it is recorded or sent: a rerun trusts the recorded length.
-            file.sync_data().map_err(SinkError::Io)?;
+            // Durable before it is recorded or sent: a rerun trusts the recorded chunks, and
+            // the map says where their bytes are.
+            if std::mem::take(&mut spool_dirty) {
+                file.sync_data().map_err(SinkError::Io)?;
+            }
+            map.sync_data().map_err(SinkError::Io)?;
             rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
                 .map_err(SinkError::Job)?;
             l.tx.send_modify(|a| a.bytes = written);
@@ -451,11 +480,6 @@ fn compress_layer(
         a.done = Some(done.clone());
     });
     Ok(())
-}
-
-/// Opens a spool file for reading (uploads read it while it grows).
-pub fn open_read(path: &Path) -> io::Result<Arc<File>> {
-    File::open(path).map(Arc::new)
 }
 
 /// Removes every file of the job's spool (cancel): the directory stays for the scheduler.

@@ -48,9 +48,9 @@ pub enum Bytesrc {
         location: BlobLocation,
         digest: Digest,
     },
-    /// The spool file a compressor is writing.
+    /// The spool a compressor is filling.
     Spool {
-        path: std::path::PathBuf,
+        view: Arc<super::spool_view::SpoolView>,
         avail: watch::Receiver<Avail>,
         /// The digest an earlier push recorded for the same layer, to check before compressing.
         known: Option<CompressedLayer>,
@@ -273,7 +273,6 @@ impl Uploader {
         let mut cursor = self.first_cursor(blob).await?;
         let mut attempts = 0u32;
         let mut digest_restarts = 0u32;
-        let mut file: Option<Arc<std::fs::File>> = None;
         // Smaller parts after failures (a cut costs less), back to the configured size on a
         // steady link.
         let mut sizer = ChunkSizer::new(
@@ -281,9 +280,7 @@ impl Uploader {
             self.chunk_bytes,
         );
         loop {
-            let (range, done) = self
-                .next_range(blob, &cursor, &mut file, sizer.current())
-                .await?;
+            let (range, done) = self.next_range(blob, &cursor, sizer.current()).await?;
             if range.len == 0 {
                 let Some(done) = done else {
                     continue;
@@ -410,7 +407,6 @@ impl Uploader {
         &self,
         blob: &BlobJob,
         cursor: &UploadCursor,
-        file: &mut Option<Arc<std::fs::File>>,
         chunk_bytes: u64,
     ) -> Result<(FileRange, Option<CompressedLayer>), JobError> {
         match &blob.src {
@@ -429,7 +425,7 @@ impl Uploader {
                     done,
                 ))
             }
-            Bytesrc::Spool { path, avail, .. } => {
+            Bytesrc::Spool { view, avail, .. } => {
                 let mut rx = avail.clone();
                 let want = cursor.offset + chunk_bytes;
                 let a = tokio::select! {
@@ -441,19 +437,11 @@ impl Uploader {
                 if let Some(e) = a.error {
                     return Err(e);
                 }
-                if file.is_none() {
-                    *file = Some(super::spool::open_read(path).map_err(|e| {
-                        JobError::failed(format!(
-                            "cannot read the spool file {}: {e}",
-                            path.display()
-                        ))
-                    })?);
-                }
                 let len = a.bytes.saturating_sub(cursor.offset).min(chunk_bytes);
                 let done = if len == 0 { a.done } else { None };
                 Ok((
                     FileRange {
-                        file: file.clone().expect("opened above"),
+                        file: view.clone(),
                         offset: cursor.offset,
                         len,
                     },

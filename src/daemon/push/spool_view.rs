@@ -1,0 +1,440 @@
+//! A layer's compressed stream as the uploads read it: compressed chunks from the spool file,
+//! stored chunks framed on the fly from the source.
+//!
+//! An incompressible chunk is written as stored deflate blocks (or raw zstd blocks): its input
+//! with a few bytes of framing every 64 KiB. Copying those bytes into the spool cost as much CPU
+//! as SHA-256 or deflate in a push's profile (the page-cache write of every byte, then the read
+//! back), and as much disk as the layer. So the spool file holds only the chunks that were
+//! compressed, and a map file beside it (`<spool file>.map`) says, per compressor chunk, how
+//! long its output is and whether it was stored (with its CRC-32, the one byte range framing
+//! cannot rebuild). [`SpoolView`] reads any range of the whole stream from the two.
+//!
+//! Durability: the map is synced with the spool file before the store records a chunk as done,
+//! so the store's chunk count is what a rerun trusts; records past it are cut off on load.
+//! A stored chunk's bytes are read from the source at upload time: the source's identity is
+//! checked on every rerun (`identity.rs`), the compressor hashed the same bytes for the blob
+//! digest, and the registry checks that digest at the final PUT, so a source changed under a
+//! running push fails the blob instead of landing wrong bytes.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::compress::{Codec, StoredChunk};
+use crate::registry::ReadAt;
+use crate::source::BlobLocation;
+
+/// Bytes of one map record: the chunk's output length, then flags and CRC-32.
+const MAP_RECORD_BYTES: usize = 16;
+/// Flag bit of a record's second word: the chunk is stored (framed input), not in the spool.
+const STORED_FLAG: u64 = 1 << 63;
+
+/// The map file of a spool file.
+pub fn map_path(spool: &Path) -> PathBuf {
+    let mut name = spool.as_os_str().to_owned();
+    name.push(".map");
+    PathBuf::from(name)
+}
+
+/// Where one chunk's output lives.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Spooled {
+        spool_start: u64,
+    },
+    Stored {
+        chunk: StoredChunk,
+        input_start: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    out_start: u64,
+    out_len: u64,
+    piece: Piece,
+}
+
+#[derive(Default)]
+struct Inner {
+    spool: Option<Arc<File>>,
+    entries: Vec<Entry>,
+    /// Bytes of the whole stream so far (the logical length).
+    len: u64,
+    /// Bytes of the spool file (compressed chunks only).
+    spooled: u64,
+}
+
+/// One layer's compressed stream: the spool file plus the source, as the map says.
+pub struct SpoolView {
+    source: BlobLocation,
+    codec: Codec,
+    chunk_bytes: u64,
+    inner: RwLock<Inner>,
+}
+
+/// Lengths a map file describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapLengths {
+    pub chunks: u64,
+    /// The whole stream's bytes.
+    pub len: u64,
+    /// The spool file's bytes.
+    pub spooled: u64,
+}
+
+/// Reads a map file's records: (output length, stored CRC-32 if stored).
+fn read_records(map: &mut File) -> io::Result<Vec<(u64, Option<u32>)>> {
+    map.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    map.read_to_end(&mut bytes)?;
+    Ok(bytes
+        .chunks_exact(MAP_RECORD_BYTES)
+        .map(|r| {
+            let out_len = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+            let info = u64::from_le_bytes(r[8..].try_into().expect("8 bytes"));
+            (out_len, (info & STORED_FLAG != 0).then_some(info as u32))
+        })
+        .collect())
+}
+
+/// The lengths a map file describes (for a cached spool file, before taking it).
+pub fn map_lengths(map: &Path) -> io::Result<MapLengths> {
+    let records = read_records(&mut File::open(map)?)?;
+    Ok(MapLengths {
+        chunks: records.len() as u64,
+        len: records.iter().map(|r| r.0).sum(),
+        spooled: records.iter().filter(|r| r.1.is_none()).map(|r| r.0).sum(),
+    })
+}
+
+impl SpoolView {
+    pub fn new(source: BlobLocation, codec: Codec, chunk_bytes: u64) -> Self {
+        SpoolView {
+            source,
+            codec,
+            chunk_bytes,
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A poisoned lock means a compressor thread panicked mid-push of an entry; the
+        // entries themselves are whole (pushed in one statement).
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of the whole stream the view holds so far.
+    pub fn len(&self) -> u64 {
+        self.read().len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored chunk `index` would be, if `out` (its output) is one.
+    fn stored_chunk(&self, index: u64, crc32: Option<u32>, out_len: u64) -> Option<StoredChunk> {
+        let input_start = index.checked_mul(self.chunk_bytes)?;
+        let input_len = self
+            .chunk_bytes
+            .min(self.source.len.checked_sub(input_start)?);
+        let chunk = StoredChunk {
+            codec: self.codec,
+            input_len,
+            crc32: crc32?,
+        };
+        (chunk.len() == out_len).then_some(chunk)
+    }
+
+    /// Loads the view from a spool file and its map: the first `chunks` records (all with
+    /// `None`), which must describe `len` bytes when given. Records and spool bytes past them
+    /// were written after the last durable chunk and are cut off. Returns false, with both
+    /// files emptied and the view empty, when the files hold less than that (removed or
+    /// damaged by hand): the layer starts over.
+    pub fn load(
+        &self,
+        spool: Arc<File>,
+        map: &mut File,
+        chunks: Option<u64>,
+        len: Option<u64>,
+    ) -> io::Result<bool> {
+        let mut records = read_records(map)?;
+        let want = chunks.unwrap_or(records.len() as u64);
+        let mut inner = Inner {
+            spool: Some(spool.clone()),
+            ..Inner::default()
+        };
+        let mut ok = records.len() as u64 >= want;
+        records.truncate(want as usize);
+        for (index, &(out_len, crc32)) in records.iter().enumerate() {
+            let piece = match crc32 {
+                None => Piece::Spooled {
+                    spool_start: inner.spooled,
+                },
+                Some(_) => match self.stored_chunk(index as u64, crc32, out_len) {
+                    Some(chunk) => Piece::Stored {
+                        chunk,
+                        input_start: index as u64 * self.chunk_bytes,
+                    },
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                },
+            };
+            inner.entries.push(Entry {
+                out_start: inner.len,
+                out_len,
+                piece,
+            });
+            inner.len += out_len;
+            if crc32.is_none() {
+                inner.spooled += out_len;
+            }
+        }
+        ok &= len.is_none_or(|l| l == inner.len) && spool.metadata()?.len() >= inner.spooled;
+        if !ok {
+            inner = Inner {
+                spool: Some(spool.clone()),
+                ..Inner::default()
+            };
+        }
+        spool.set_len(inner.spooled)?;
+        map.set_len(inner.entries.len() as u64 * MAP_RECORD_BYTES as u64)?;
+        map.seek(SeekFrom::End(0))?;
+        *self.write() = inner;
+        Ok(ok)
+    }
+
+    /// Adds chunk `index`'s output: written to `spool` (at its end) unless it is a stored
+    /// chunk, which is only described; either way a record is appended to `map`. Neither file
+    /// is synced here: the caller syncs both before recording the chunk as done.
+    pub fn append(
+        &self,
+        index: u64,
+        stored: bool,
+        out: &[u8],
+        mut spool: &File,
+        mut map: &File,
+    ) -> io::Result<()> {
+        let out_len = out.len() as u64;
+        let chunk = if stored {
+            index
+                .checked_mul(self.chunk_bytes)
+                .and_then(|start| self.source.len.checked_sub(start))
+                .and_then(|rest| {
+                    StoredChunk::from_output(self.codec, rest.min(self.chunk_bytes), out)
+                })
+        } else {
+            None
+        };
+        let mut inner = self.write();
+        if inner.entries.len() as u64 != index {
+            return Err(io::Error::other(format!(
+                "spool map out of step: chunk {index} after {} chunks",
+                inner.entries.len()
+            )));
+        }
+        let (piece, info) = match chunk {
+            Some(chunk) => (
+                Piece::Stored {
+                    chunk,
+                    input_start: index * self.chunk_bytes,
+                },
+                STORED_FLAG | u64::from(chunk.crc32),
+            ),
+            // Compressed, or a stored chunk whose framing the layout does not rebuild exactly
+            // (never expected): its bytes go to the spool like any other.
+            None => {
+                spool.write_all(out)?;
+                (
+                    Piece::Spooled {
+                        spool_start: inner.spooled,
+                    },
+                    0,
+                )
+            }
+        };
+        let mut record = [0u8; MAP_RECORD_BYTES];
+        record[..8].copy_from_slice(&out_len.to_le_bytes());
+        record[8..].copy_from_slice(&info.to_le_bytes());
+        map.write_all(&record)?;
+        let out_start = inner.len;
+        inner.entries.push(Entry {
+            out_start,
+            out_len,
+            piece,
+        });
+        inner.len += out_len;
+        if matches!(piece, Piece::Spooled { .. }) {
+            inner.spooled += out_len;
+        }
+        Ok(())
+    }
+
+    fn read_input(&self, dst: &mut [u8], at: u64) -> io::Result<()> {
+        if at + dst.len() as u64 > self.source.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a stored chunk reaches past the end of its layer",
+            ));
+        }
+        std::os::unix::fs::FileExt::read_exact_at(&*self.source.file, dst, self.source.offset + at)
+    }
+}
+
+impl ReadAt for SpoolView {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let (entry, spool) = {
+            let inner = self.read();
+            let i = inner
+                .entries
+                .partition_point(|e| e.out_start + e.out_len <= pos);
+            match inner.entries.get(i) {
+                Some(e) if e.out_start <= pos => (*e, inner.spool.clone()),
+                _ => return Ok(0),
+            }
+        };
+        let rel = pos - entry.out_start;
+        let n = ((entry.out_len - rel) as usize).min(buf.len());
+        match entry.piece {
+            Piece::Spooled { spool_start } => {
+                let spool = spool.ok_or_else(|| io::Error::other("the spool file is not open"))?;
+                ReadAt::read_at(&*spool, &mut buf[..n], spool_start + rel)
+            }
+            Piece::Stored { chunk, input_start } => {
+                chunk.read_at(&mut buf[..n], rel, &mut |dst, at| {
+                    self.read_input(dst, input_start + at)
+                })
+            }
+        }
+    }
+}
+
+/// A `Read` over a view from byte 0 (the compressor re-hashes the kept prefix on resume).
+pub struct ViewReader<'a> {
+    view: &'a SpoolView,
+    pos: u64,
+}
+
+impl<'a> ViewReader<'a> {
+    pub fn new(view: &'a SpoolView) -> Self {
+        ViewReader { view, pos: 0 }
+    }
+}
+
+impl Read for ViewReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.view.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::{ChunkCompressor, testdata};
+
+    const CHUNK: u64 = 256 << 10;
+
+    /// A source of three chunks: random (stored), text (compressed), random tail (stored).
+    fn source(dir: &Path) -> (BlobLocation, Vec<u8>) {
+        let mut bytes = testdata::random_bytes(CHUNK as usize, 1);
+        bytes.extend(testdata::text_like(CHUNK as usize, 2));
+        bytes.extend(testdata::random_bytes(CHUNK as usize - 1000, 3));
+        let path = dir.join("layer");
+        std::fs::write(&path, &bytes).unwrap();
+        let loc = BlobLocation {
+            file: Arc::new(File::open(&path).unwrap()),
+            offset: 0,
+            len: bytes.len() as u64,
+            name: "layer".into(),
+        };
+        (loc, bytes)
+    }
+
+    fn open(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    fn read_all(view: &SpoolView) -> Vec<u8> {
+        let mut out = Vec::new();
+        ViewReader::new(view).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_view_reads_the_whole_stream_with_stored_chunks_left_out_of_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (loc, input) = source(dir.path());
+        let spool_path = dir.path().join("spool");
+        let spool = Arc::new(open(&spool_path));
+        let mut map = open(&map_path(&spool_path));
+        let view = SpoolView::new(loc.clone(), Codec::Gzip, CHUNK);
+        assert!(
+            view.load(spool.clone(), &mut map, Some(0), Some(0))
+                .unwrap()
+        );
+        let mut whole = Vec::new();
+        let mut compressed_bytes = 0;
+        let mut c = ChunkCompressor::new();
+        for (i, chunk) in input.chunks(CHUNK as usize).enumerate() {
+            let mut out = Vec::new();
+            let stored = c.compress(Codec::Gzip, chunk, &mut out).unwrap();
+            assert_eq!(stored, i != 1, "chunk {i}");
+            if !stored {
+                compressed_bytes += out.len() as u64;
+            }
+            view.append(i as u64, stored, &out, &spool, &map).unwrap();
+            whole.extend(out);
+        }
+        assert_eq!(read_all(&view), whole);
+        assert_eq!(spool.metadata().unwrap().len(), compressed_bytes);
+        let lengths = map_lengths(&map_path(&spool_path)).unwrap();
+        assert_eq!(
+            lengths,
+            MapLengths {
+                chunks: 3,
+                len: whole.len() as u64,
+                spooled: compressed_bytes
+            }
+        );
+
+        // A rerun that trusts two chunks: the third is cut off, the first two read the same.
+        let two = view.read().entries[2].out_start;
+        let again = SpoolView::new(loc.clone(), Codec::Gzip, CHUNK);
+        assert!(
+            again
+                .load(spool.clone(), &mut map, Some(2), Some(two))
+                .unwrap()
+        );
+        assert_eq!(read_all(&again), whole[..two as usize]);
+        assert_eq!(map_lengths(&map_path(&spool_path)).unwrap().chunks, 2);
+
+        // A spool file shorter than the map says (damaged by hand): the layer starts over,
+        // both files emptied.
+        let fresh = SpoolView::new(loc, Codec::Gzip, CHUNK);
+        spool.set_len(1).unwrap();
+        assert!(
+            !fresh
+                .load(spool.clone(), &mut map, Some(2), Some(two))
+                .unwrap()
+        );
+        assert_eq!(fresh.len(), 0);
+        assert_eq!(spool.metadata().unwrap().len(), 0);
+        assert_eq!(map.metadata().unwrap().len(), 0);
+    }
+}
