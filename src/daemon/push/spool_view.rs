@@ -234,11 +234,15 @@ impl SpoolView {
         } else {
             None
         };
-        let mut inner = self.write();
-        if inner.entries.len() as u64 != index {
+        // Only this layer's compressor appends, so what is read here stays true while the bytes
+        // are written without holding the lock (the uploads keep reading meanwhile).
+        let (entries, spooled) = {
+            let inner = self.read();
+            (inner.entries.len() as u64, inner.spooled)
+        };
+        if entries != index {
             return Err(io::Error::other(format!(
-                "spool map out of step: chunk {index} after {} chunks",
-                inner.entries.len()
+                "spool map out of step: chunk {index} after {entries} chunks"
             )));
         }
         let (piece, info) = match chunk {
@@ -255,7 +259,7 @@ impl SpoolView {
                 spool.write_all(out)?;
                 (
                     Piece::Spooled {
-                        spool_start: inner.spooled,
+                        spool_start: spooled,
                     },
                     0,
                 )
@@ -265,6 +269,7 @@ impl SpoolView {
         record[..8].copy_from_slice(&out_len.to_le_bytes());
         record[8..].copy_from_slice(&info.to_le_bytes());
         map.write_all(&record)?;
+        let mut inner = self.write();
         let out_start = inner.len;
         inner.entries.push(Entry {
             out_start,
