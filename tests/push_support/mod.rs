@@ -138,24 +138,40 @@ pub async fn verify(host: &str, reference: &str, digest: &Digest) {
 
 /// Whether the tag exists in the registry (HEAD the manifest, accepting every manifest type:
 /// without an Accept header the registry hides OCI manifests).
+///
+/// Debian's registry (2.8.2) writes a tag's link file in place, truncated then written (upstream
+/// distribution v3 writes a temporary file and renames it, "to prevent partial writes"), so a
+/// HEAD that lands in between gets `500 UNKNOWN` (seen once in CI, from the crash loop's watcher
+/// polling every 25 ms while hoistd committed): a 5xx is asked again, up to
+/// [`TAG_HEAD_5XX_RETRIES_MAX`] times, 20 ms apart.
 pub fn tag_exists(addr: std::net::SocketAddr, repo: &str, tag: &str) -> bool {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the registry");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let head = String::from_utf8_lossy(&buf);
-    match head.split_whitespace().nth(1) {
-        Some("200") => true,
-        Some("404") => false,
-        other => panic!("HEAD manifest answered {other:?}: {head}"),
+    let mut attempt = 0;
+    loop {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the registry");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let head = String::from_utf8_lossy(&buf);
+        match head.split_whitespace().nth(1) {
+            Some("200") => return true,
+            Some("404") => return false,
+            Some(code) if code.starts_with('5') && attempt < TAG_HEAD_5XX_RETRIES_MAX => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("HEAD manifest answered {other:?}: {head}"),
+        }
     }
 }
+
+/// How many times [`tag_exists`] asks again after a 5xx (a tag being written).
+pub const TAG_HEAD_5XX_RETRIES_MAX: u32 = 10;
 
 /// Writes a docker-archive (`dir/img.tar`, by skopeo from the OCI layout `dir/img`) of image
 /// `seed` with three uncompressed layers: 16 small files, `text_bytes` of text and
