@@ -647,6 +647,23 @@ async fn wait_out(
     )
 }
 
+/// Records the figure of a test whose push waited out an outage through the ECR emulation:
+/// the status the job showed, and how long after the link returned the push was done.
+fn record_waited_out(test: &str, fault: &str, outcome: &str, reason: &str, done_after: Duration) {
+    record(
+        test,
+        fault,
+        "ECR emulation (atomic parts)",
+        outcome,
+        &format!(
+            "\"{}\"; done {:.1} s after the link returned",
+            reason.chars().take(50).collect::<String>(),
+            done_after.as_secs_f64()
+        ),
+        json!({"reason": reason, "done_after_s": done_after.as_secs_f64()}),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_submitted_offline_waits_for_the_network_then_completes() {
     let dir = tempfile::tempdir().unwrap();
@@ -670,17 +687,12 @@ async fn a_push_submitted_offline_waits_for_the_network_then_completes() {
     let (reason, job) = wait_out(&client, &id, start + outage).await;
     let done_after = start.elapsed().saturating_sub(outage);
     check_pulled(&link, dir.path(), "offline/img", &job).await;
-    record(
+    record_waited_out(
         "a_push_submitted_offline_waits_for_the_network_then_completes",
         "blackhole 8 s from submission (offline laptop), stall timeout 1 s, backoff cap 2 s",
-        "ECR emulation (atomic parts)",
         "the repository check waits for the network, status says so; push completes",
-        &format!(
-            "\"{}\"; done {:.1} s after the link returned",
-            reason.chars().take(50).collect::<String>(),
-            done_after.as_secs_f64()
-        ),
-        json!({"reason": reason, "done_after_s": done_after.as_secs_f64()}),
+        &reason,
+        done_after,
     );
     assert!(reason.contains("check the repository"), "{reason}");
 }
@@ -716,17 +728,12 @@ async fn an_outage_during_the_manifest_commit_is_waited_out() {
     let (reason, job) = wait_out(&client, &id, start + outage).await;
     let done_after = start.elapsed().saturating_sub(outage);
     check_pulled(&link, dir.path(), "commit-outage/img", &job).await;
-    record(
+    record_waited_out(
         "an_outage_during_the_manifest_commit_is_waited_out",
         "blackhole 8 s while the manifest PUT is answered, stall timeout 1 s, backoff cap 2 s",
-        "ECR emulation (atomic parts)",
         "the PUT (idempotent) is retried after the outage, status says so; tag read back",
-        &format!(
-            "\"{}\"; done {:.1} s after the link returned",
-            reason.chars().take(50).collect::<String>(),
-            done_after.as_secs_f64()
-        ),
-        json!({"reason": reason, "done_after_s": done_after.as_secs_f64()}),
+        &reason,
+        done_after,
     );
     assert!(reason.contains("manifest"), "{reason}");
     assert_eq!(job.state, JobState::Done);

@@ -89,8 +89,7 @@ impl ChunkCompressor {
     ) -> Result<bool, CompressError> {
         let stored = looks_incompressible(input);
         match (codec, stored) {
-            (Codec::Gzip, true) => write_gzip_stored(input, out),
-            (Codec::Zstd, true) => write_zstd_raw(input, out),
+            (_, true) => write_stored(codec, input, out),
             (Codec::Gzip, false) => self.gzip_compress(input, out)?,
             (Codec::Zstd, false) => self.zstd_compress(input, out)?,
         }
@@ -204,66 +203,36 @@ pub fn looks_incompressible(input: &[u8]) -> bool {
 /// Hash table size of the repeat probe: 4096 entries.
 const PROBE_HASH_BITS: u32 = 12;
 
-/// A gzip member of stored deflate blocks (RFC 1951 BTYPE 00), CRC-32 by libdeflate.
-fn write_gzip_stored(input: &[u8], out: &mut Vec<u8>) {
-    let blocks = input.len().div_ceil(DEFLATE_STORED_BLOCK_BYTES_MAX).max(1);
-    out.reserve(GZIP_STORED_HEADER.len() + blocks * 5 + input.len() + 8);
-    out.extend_from_slice(&GZIP_STORED_HEADER);
-    let mut rest = input;
-    loop {
-        let n = rest.len().min(DEFLATE_STORED_BLOCK_BYTES_MAX);
-        let last = n == rest.len();
-        // BFINAL, BTYPE=00, then padding to the byte boundary: one byte.
-        out.push(u8::from(last));
-        out.extend_from_slice(&(n as u16).to_le_bytes());
-        out.extend_from_slice(&(!(n as u16)).to_le_bytes());
-        out.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        if last {
-            break;
-        }
+/// Appends `input` as a stored chunk: a gzip member of stored deflate blocks (RFC 1951 BTYPE
+/// 00, CRC-32 by libdeflate) or a zstd frame of raw blocks (RFC 8878 Block_Type 0). The framing
+/// is [`StoredChunk`]'s, so what is written here is what a spool view reads back.
+fn write_stored(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
+    let chunk = StoredChunk {
+        codec,
+        input_len: input.len() as u64,
+        crc32: match codec {
+            Codec::Gzip => libdeflater::crc32(input),
+            Codec::Zstd => 0,
+        },
+    };
+    out.reserve(chunk.encoded_len() as usize);
+    let (prefix, p_len) = chunk.prefix();
+    out.extend_from_slice(&prefix[..p_len]);
+    let payload_max = chunk.block_shape().1 as usize;
+    for i in 0..chunk.blocks() {
+        let (header, h_len) = chunk.block_header(i);
+        out.extend_from_slice(&header[..h_len]);
+        // An empty input still has one (empty) block.
+        let start = (i as usize * payload_max).min(input.len());
+        out.extend_from_slice(&input[start..(start + payload_max).min(input.len())]);
     }
-    out.extend_from_slice(&libdeflater::crc32(input).to_le_bytes());
-    // ISIZE is the input size modulo 2^32 (RFC 1952).
-    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
-}
-
-/// A zstd frame of raw blocks (RFC 8878 Block_Type 0): no checksum, no dictionary id, the
-/// content size in 4 or 8 bytes, and a 128 KiB window (raw blocks never refer back).
-fn write_zstd_raw(input: &[u8], out: &mut Vec<u8>) {
-    let blocks = input.len().div_ceil(ZSTD_BLOCK_BYTES_MAX).max(1);
-    out.reserve(18 + blocks * 3 + input.len());
-    out.extend_from_slice(&ZSTD_MAGIC);
-    // Frame_Header_Descriptor: Frame_Content_Size_flag in bits 7-6 (2: 4 bytes, 3: 8 bytes),
-    // Single_Segment 0, Content_Checksum 0, Dictionary_ID_flag 0.
-    let len = input.len() as u64;
-    let fcs_4 = u32::try_from(len).is_ok();
-    out.push(if fcs_4 { 2 << 6 } else { 3 << 6 });
-    // Window_Descriptor: exponent 7 (2^(10+7) = 128 KiB), mantissa 0.
-    out.push(7 << 3);
-    if fcs_4 {
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&len.to_le_bytes());
-    }
-    let mut rest = input;
-    loop {
-        let n = rest.len().min(ZSTD_BLOCK_BYTES_MAX);
-        let last = n == rest.len();
-        // Block_Header, 3 bytes little-endian: Last_Block, Block_Type 0 (raw), Block_Size.
-        let header = ((n as u32) << 3) | u32::from(last);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        if last {
-            break;
-        }
-    }
+    let (suffix, s_len) = chunk.suffix();
+    out.extend_from_slice(&suffix[..s_len]);
 }
 
 /// A chunk the incompressible path stored, described rather than held: its bytes are the
-/// chunk's input with fixed framing around it (see [`write_gzip_stored`], [`write_zstd_raw`]),
-/// so any range of them can be produced from the input alone. This lets the spool keep a
+/// chunk's input with fixed framing around it (written whole by [`write_stored`]), so any
+/// range of them can be produced from the input alone. This lets the spool keep a
 /// stored chunk as a reference to the source instead of a copy of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredChunk {
@@ -289,7 +258,7 @@ impl StoredChunk {
             input_len,
             crc32,
         };
-        (chunk.len() == out.len() as u64).then_some(chunk)
+        (chunk.encoded_len() == out.len() as u64).then_some(chunk)
     }
 
     fn prefix(&self) -> ([u8; 14], usize) {
@@ -300,8 +269,13 @@ impl StoredChunk {
                 (p, 10)
             }
             Codec::Zstd => {
+                // No checksum, no dictionary id, the content size in 4 or 8 bytes, and a
+                // 128 KiB window (raw blocks never refer back).
                 p[..4].copy_from_slice(&ZSTD_MAGIC);
+                // Window_Descriptor: exponent 7 (2^(10+7) = 128 KiB), mantissa 0.
                 p[5] = 7 << 3;
+                // Frame_Header_Descriptor: Frame_Content_Size_flag in bits 7-6 (2: 4 bytes,
+                // 3: 8 bytes), Single_Segment 0, Content_Checksum 0, Dictionary_ID_flag 0.
                 if let Ok(len) = u32::try_from(self.input_len) {
                     p[4] = 2 << 6;
                     p[6..10].copy_from_slice(&len.to_le_bytes());
@@ -319,6 +293,7 @@ impl StoredChunk {
         let mut s = [0u8; 8];
         match self.codec {
             Codec::Gzip => {
+                // CRC-32, then ISIZE: the input size modulo 2^32 (RFC 1952).
                 s[..4].copy_from_slice(&self.crc32.to_le_bytes());
                 s[4..].copy_from_slice(&(self.input_len as u32).to_le_bytes());
                 (s, 8)
@@ -346,11 +321,13 @@ impl StoredChunk {
         let mut out = [0u8; 5];
         match self.codec {
             Codec::Gzip => {
+                // BFINAL, BTYPE=00, then padding to the byte boundary: one byte; LEN, NLEN.
                 out[0] = u8::from(last);
                 out[1..3].copy_from_slice(&(n as u16).to_le_bytes());
                 out[3..5].copy_from_slice(&(!(n as u16)).to_le_bytes());
             }
             Codec::Zstd => {
+                // Block_Header, 3 bytes little-endian: Last_Block, Block_Type 0 (raw), Block_Size.
                 let header = ((n as u32) << 3) | u32::from(last);
                 out[..3].copy_from_slice(&header.to_le_bytes()[..3]);
             }
@@ -359,14 +336,9 @@ impl StoredChunk {
     }
 
     /// Bytes of the stored member or frame.
-    pub fn len(&self) -> u64 {
+    pub fn encoded_len(&self) -> u64 {
         let (h, _) = self.block_shape();
         self.prefix().1 as u64 + self.blocks() * h + self.input_len + self.suffix().1 as u64
-    }
-
-    /// Always false: even an empty chunk has framing.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Fills `buf` with the chunk's bytes from `pos` on (fewer at the chunk's end) and returns
@@ -382,7 +354,7 @@ impl StoredChunk {
         let (h, b) = self.block_shape();
         let p_len = p_len as u64;
         let blocks_end = p_len + self.blocks() * h + self.input_len;
-        let end = self.len();
+        let end = self.encoded_len();
         let mut at = pos;
         let mut filled = 0usize;
         fn copy(buf: &mut [u8], src: &[u8], filled: &mut usize, at: &mut u64) {
@@ -454,14 +426,14 @@ mod tests {
         for len in [0, 1, 65_535, 65_536, 200_000, 131_072, 131_073] {
             let input = testdata::random_bytes(len, 3);
             let mut gz = Vec::new();
-            write_gzip_stored(&input, &mut gz);
+            write_stored(Codec::Gzip, &input, &mut gz);
             let mut back = Vec::new();
             flate2::read::MultiGzDecoder::new(&gz[..])
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, input, "gzip stored, len {len}");
             let mut zs = Vec::new();
-            write_zstd_raw(&input, &mut zs);
+            write_stored(Codec::Zstd, &input, &mut zs);
             assert_eq!(
                 zstd::decode_all(&zs[..]).unwrap(),
                 input,
@@ -477,13 +449,10 @@ mod tests {
             let input = testdata::random_bytes(len, 5);
             for codec in [Codec::Gzip, Codec::Zstd] {
                 let mut whole = Vec::new();
-                match codec {
-                    Codec::Gzip => write_gzip_stored(&input, &mut whole),
-                    Codec::Zstd => write_zstd_raw(&input, &mut whole),
-                }
+                write_stored(codec, &input, &mut whole);
                 let chunk = StoredChunk::from_output(codec, len as u64, &whole)
                     .expect("the layout agrees with the writer");
-                assert_eq!(chunk.len(), whole.len() as u64);
+                assert_eq!(chunk.encoded_len(), whole.len() as u64);
                 let mut read_input = |dst: &mut [u8], at: u64| {
                     dst.copy_from_slice(&input[at as usize..at as usize + dst.len()]);
                     Ok(())

@@ -405,9 +405,8 @@ fn compress_layer(
         )
         .map_err(|e| JobError::failed(format!("cannot resume compressing {name}: {e}")))?
     };
-    let file = spool.as_ref();
-    (&*file)
-        .seek(SeekFrom::End(0))
+    let mut file: &std::fs::File = &spool;
+    file.seek(SeekFrom::End(0))
         .map_err(|e| io_failed(&l.path, e))?;
     l.tx.send_modify(|a| a.bytes = bytes);
     let input = l

@@ -129,27 +129,23 @@ impl SpoolView {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes of the whole stream the view holds so far.
-    pub fn len(&self) -> u64 {
-        self.read().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The stored chunk `index` would be, if `out` (its output) is one.
-    fn stored_chunk(&self, index: u64, crc32: Option<u32>, out_len: u64) -> Option<StoredChunk> {
+    /// Input bytes of compressor chunk `index` (the last one may be short).
+    fn input_len(&self, index: u64) -> Option<u64> {
         let input_start = index.checked_mul(self.chunk_bytes)?;
-        let input_len = self
-            .chunk_bytes
-            .min(self.source.len.checked_sub(input_start)?);
+        Some(
+            self.chunk_bytes
+                .min(self.source.len.checked_sub(input_start)?),
+        )
+    }
+
+    /// The stored chunk a map record describes, if its length agrees with the layout.
+    fn stored_chunk(&self, index: u64, crc32: Option<u32>, out_len: u64) -> Option<StoredChunk> {
         let chunk = StoredChunk {
             codec: self.codec,
-            input_len,
+            input_len: self.input_len(index)?,
             crc32: crc32?,
         };
-        (chunk.len() == out_len).then_some(chunk)
+        (chunk.encoded_len() == out_len).then_some(chunk)
     }
 
     /// Loads the view from a spool file and its map: the first `chunks` records (all with
@@ -225,12 +221,8 @@ impl SpoolView {
     ) -> io::Result<()> {
         let out_len = out.len() as u64;
         let chunk = if stored {
-            index
-                .checked_mul(self.chunk_bytes)
-                .and_then(|start| self.source.len.checked_sub(start))
-                .and_then(|rest| {
-                    StoredChunk::from_output(self.codec, rest.min(self.chunk_bytes), out)
-                })
+            self.input_len(index)
+                .and_then(|input_len| StoredChunk::from_output(self.codec, input_len, out))
         } else {
             None
         };
@@ -438,7 +430,7 @@ mod tests {
                 .load(spool.clone(), &mut map, Some(2), Some(two))
                 .unwrap()
         );
-        assert_eq!(fresh.len(), 0);
+        assert_eq!(fresh.read().len, 0);
         assert_eq!(spool.metadata().unwrap().len(), 0);
         assert_eq!(map.metadata().unwrap().len(), 0);
     }
