@@ -122,42 +122,6 @@ impl Limits {
     }
 }
 
-/// Parses `10MiB/s`, `500KiB`, `2000000` (bytes per second); `0`, `off` and `none` mean
-/// unlimited (`None`).
-pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
-    let t = s.trim();
-    if matches!(
-        t.to_ascii_lowercase().as_str(),
-        "0" | "off" | "none" | "unlimited"
-    ) {
-        return Ok(None);
-    }
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate: write e.g. 10MiB/s, 500KiB/s or off"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "mbit" => 125_000,
-        other => {
-            return Err(format!(
-                "unknown rate unit {other:?} in {s:?}: use KiB/s, MiB/s, MB/s or Mbit/s"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .map(|r| Some(r).filter(|r| *r > 0))
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,17 +198,5 @@ mod tests {
             t >= Duration::from_millis(1900) && t <= Duration::from_millis(2200),
             "{t:?}"
         );
-    }
-
-    #[test]
-    fn parses_rates() {
-        assert_eq!(parse_rate("10MiB/s").unwrap(), Some(10 << 20));
-        assert_eq!(parse_rate("8Mbit/s").unwrap(), Some(1_000_000));
-        assert_eq!(parse_rate("500KiB").unwrap(), Some(500 << 10));
-        assert_eq!(parse_rate("2000000").unwrap(), Some(2_000_000));
-        assert_eq!(parse_rate("off").unwrap(), None);
-        assert_eq!(parse_rate("0").unwrap(), None);
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("10 parsecs").is_err());
     }
 }

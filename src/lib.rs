@@ -12,6 +12,8 @@
 //! - [`daemon`]: the job scheduler and the socket server.
 //! - [`api`]: the socket API's wire types, mirroring `proto/openapi.yaml`.
 //! - [`cli`]: the `hoist` command's subcommands (the binaries stay thin).
+//! - [`paths`], [`units`]: where hoist's files are, and quantities as people type them; shared by
+//!   the CLI and the daemon so neither imports the other.
 
 pub mod api;
 pub mod bandwidth;
@@ -25,9 +27,11 @@ pub mod elf;
 pub mod fuzzing;
 pub mod image;
 pub mod inspect;
+pub mod paths;
 pub mod plan;
 pub mod platform;
 pub mod registry;
 pub mod sample;
 pub mod source;
 pub mod store;
+pub mod units;

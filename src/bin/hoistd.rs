@@ -1,12 +1,13 @@
-//! `hoistd`: the daemon. Parses arguments, binds the socket (or takes systemd's), calls
-//! `daemon::run` until SIGTERM or SIGINT.
+//! `hoistd`: the daemon. Parses arguments, takes its socket from `daemon::paths::listener`
+//! (systemd's, or one it binds), and calls `daemon::run` until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hoist::daemon::{self, Config, paths, systemd};
+use hoist::daemon::{self, Config};
+use hoist::paths;
 
 /// The hoist daemon: owns push jobs and serves the `hoist` CLI on a Unix socket.
 #[derive(Parser)]
@@ -27,10 +28,10 @@ struct Args {
     jobs_max: usize,
     /// Drop a registry request when no byte moved for this long (e.g. 30s, 2m); the upload
     /// resumes by itself (a sleeping laptop, a dead Wi-Fi).
-    #[arg(long, env = "HOIST_STALL_TIMEOUT", default_value = "30s", value_parser = hoist::cli::parse_duration)]
+    #[arg(long, env = "HOIST_STALL_TIMEOUT", default_value = "30s", value_parser = hoist::units::parse_duration)]
     stall_timeout: std::time::Duration,
     /// The longest wait between two attempts while the network is down (e.g. 5m, 30s).
-    #[arg(long, env = "HOIST_RETRY_MAX", default_value = "5m", value_parser = hoist::cli::parse_duration)]
+    #[arg(long, env = "HOIST_RETRY_MAX", default_value = "5m", value_parser = hoist::units::parse_duration)]
     retry_max: std::time::Duration,
     /// Upload limit shared by all jobs (e.g. 10MiB/s, 20Mbit/s, off); `hoist limit` changes it
     /// while the daemon runs.
@@ -75,9 +76,7 @@ fn real_main() -> anyhow::Result<()> {
         bail!("--uploads-max and --jobs-max must be at least 1");
     }
     let rate = match &args.bandwidth {
-        Some(r) => {
-            hoist::bandwidth::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?
-        }
+        Some(r) => hoist::units::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?,
         None => None,
     };
     let state_dir = match args.state_dir {
@@ -86,28 +85,7 @@ fn real_main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let std_listener = match systemd::activated_listener().context(
-            "systemd passed a socket hoistd cannot use: check hoist.socket (ListenStream=)",
-        )? {
-            Some(l) => {
-                tracing::info!("using the socket passed by systemd");
-                l
-            }
-            None => {
-                let socket = match args.socket {
-                    Some(s) => s,
-                    None => paths::default_socket_path().map_err(anyhow::Error::msg)?,
-                };
-                let l = paths::bind_socket(&socket)?;
-                tracing::info!(socket = %socket.display(), "listening");
-                l
-            }
-        };
-        std_listener
-            .set_nonblocking(true)
-            .context("cannot make the socket non-blocking")?;
-        let listener =
-            tokio::net::UnixListener::from_std(std_listener).context("cannot use the socket")?;
+        let listener = daemon::paths::listener(args.socket)?;
         let net = daemon::push::NetSettings {
             stall_timeout: args.stall_timeout,
             retry_delay_max: args.retry_max,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::client::Client;
-use crate::daemon::paths;
+use crate::paths;
 
 /// How long a freshly started daemon may take to answer.
 const DAEMON_START_MS_MAX: u64 = 10_000;

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use crate::api::{self, JobId};
+use crate::api::{self, Endpoint, JobId};
 
 /// What can go wrong talking to the daemon. Each message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum ClientError {
     /// The daemon answered with an error; `message` is its one-line explanation.
     #[error("{message}")]
     Api { status: StatusCode, message: String },
+    #[error("{0:?} is not a job action: use pause, resume, cancel or retry")]
+    UnknownAction(String),
     #[error(
         "hoistd sent a response this hoist cannot read ({0}): use a hoist and hoistd of the same version"
     )]
@@ -134,53 +136,65 @@ impl Client {
         Err(ClientError::Api { status, message })
     }
 
+    /// Sends a request to `endpoint` (method and path from the route table) and reads the whole
+    /// body; non-2xx statuses become [`ClientError::Api`].
+    async fn call_endpoint(
+        &self,
+        endpoint: Endpoint,
+        id: Option<&JobId>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        self.call(method_of(endpoint), &endpoint.path(id), body)
+            .await
+    }
+
+    /// [`Client::call_endpoint`], decoding the body as `what`.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
+        endpoint: Endpoint,
+        id: Option<&JobId>,
         body: Option<Vec<u8>>,
         what: &'static str,
     ) -> Result<T, ClientError> {
-        let bytes = self.call(method, path, body).await?;
+        let bytes = self.call_endpoint(endpoint, id, body).await?;
         api::decode(what, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn health(&self) -> Result<api::Health, ClientError> {
-        self.get_json(Method::GET, "/v1/health", None, "health")
-            .await
+        self.get_json(Endpoint::Health, None, None, "health").await
     }
 
     pub async fn submit(&self, req: &api::SubmitRequest) -> Result<api::Job, ClientError> {
-        self.get_json(Method::POST, "/v1/jobs", Some(api::encode(req)), "job")
+        self.get_json(Endpoint::SubmitJob, None, Some(api::encode(req)), "job")
             .await
     }
 
     pub async fn jobs(&self) -> Result<Vec<api::Job>, ClientError> {
         let list: api::JobList = self
-            .get_json(Method::GET, "/v1/jobs", None, "job list")
+            .get_json(Endpoint::ListJobs, None, None, "job list")
             .await?;
         Ok(list.jobs)
     }
 
     pub async fn job(&self, id: &JobId) -> Result<api::Job, ClientError> {
-        self.get_json(Method::GET, &api::job_path(id, ""), None, "job")
-            .await
+        self.get_json(Endpoint::GetJob, Some(id), None, "job").await
     }
 
     /// `action` is one of `pause`, `resume`, `cancel`, `retry`.
     pub async fn control(&self, id: &JobId, action: &str) -> Result<api::Job, ClientError> {
-        self.get_json(Method::POST, &api::job_path(id, action), None, "job")
-            .await
+        let endpoint = Endpoint::job_action(action)
+            .ok_or_else(|| ClientError::UnknownAction(action.to_string()))?;
+        self.get_json(endpoint, Some(id), None, "job").await
     }
 
     pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
-        self.call(Method::DELETE, &api::job_path(id, ""), None)
+        self.call_endpoint(Endpoint::DeleteJob, Some(id), None)
             .await
             .map(|_| ())
     }
 
     pub async fn bandwidth(&self) -> Result<api::Bandwidth, ClientError> {
-        self.get_json(Method::GET, "/v1/bandwidth", None, "bandwidth")
+        self.get_json(Endpoint::GetBandwidth, None, None, "bandwidth")
             .await
     }
 
@@ -188,13 +202,9 @@ impl Client {
         &self,
         bytes_per_s: Option<u64>,
     ) -> Result<api::Bandwidth, ClientError> {
-        self.get_json(
-            Method::PUT,
-            "/v1/bandwidth",
-            Some(api::encode(&api::Bandwidth { bytes_per_s })),
-            "bandwidth",
-        )
-        .await
+        let body = api::encode(&api::Bandwidth { bytes_per_s });
+        self.get_json(Endpoint::SetBandwidth, None, Some(body), "bandwidth")
+            .await
     }
 
     /// Sets a job's own upload limit (`None`: no job limit); returns the job afterwards.
@@ -203,17 +213,13 @@ impl Client {
         id: &JobId,
         bytes_per_s: Option<u64>,
     ) -> Result<api::Job, ClientError> {
-        self.get_json(
-            Method::PUT,
-            &api::job_path(id, "bandwidth"),
-            Some(api::encode(&api::JobBandwidth { bytes_per_s })),
-            "job",
-        )
-        .await
+        let body = api::encode(&api::JobBandwidth { bytes_per_s });
+        self.get_json(Endpoint::SetJobBandwidth, Some(id), Some(body), "job")
+            .await
     }
 
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let bytes = self.call(Method::GET, "/v1/metrics", None).await?;
+        let bytes = self.call_endpoint(Endpoint::Metrics, None, None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -225,11 +231,9 @@ impl Client {
         after: u64,
         follow: bool,
     ) -> Result<EventStream, ClientError> {
-        let path = format!(
-            "{}?after={after}&follow={follow}",
-            api::job_path(id, "events")
-        );
-        let resp = self.send(Method::GET, &path, None).await?;
+        let endpoint = Endpoint::JobEvents;
+        let path = format!("{}?after={after}&follow={follow}", endpoint.path(Some(id)));
+        let resp = self.send(method_of(endpoint), &path, None).await?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp
@@ -249,6 +253,11 @@ impl Client {
             socket: self.socket.clone(),
         })
     }
+}
+
+/// The HTTP method of `endpoint`'s route.
+fn method_of(endpoint: Endpoint) -> Method {
+    Method::from_bytes(endpoint.method().as_bytes()).expect("the route table holds HTTP methods")
 }
 
 /// NDJSON events as they arrive.
@@ -286,5 +295,30 @@ impl EventStream {
                 None => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_method_is_an_http_method() {
+        for route in api::ROUTES {
+            assert_eq!(method_of(route.endpoint).as_str(), route.method);
+        }
+    }
+
+    /// The client names endpoints; the route table alone spells paths. A path written here by
+    /// hand would drift from the server's dispatch unnoticed.
+    #[test]
+    fn the_client_spells_no_path_itself() {
+        let source = include_str!("client.rs");
+        let literal = concat!('"', '/', 'v');
+        assert!(
+            !source.contains(literal),
+            "src/cli/client.rs writes a path literal: name an api::Endpoint instead"
+        );
+        assert!(!source.contains(concat!("job", "_path(")));
     }
 }

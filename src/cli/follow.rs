@@ -139,26 +139,7 @@ impl Renderer {
             }
             EventKind::Blob {
                 digest, size_bytes, ..
-            } => {
-                self.sizes.insert(digest.clone(), *size_bytes);
-                if self.mode == Mode::Bars && !self.bars.contains_key(digest) {
-                    let bar = self.multi.add(ProgressBar::new(*size_bytes));
-                    bar.set_style(
-                        ProgressStyle::with_template(BAR_TEMPLATE)
-                            .expect("valid template")
-                            .progress_chars("=> "),
-                    );
-                    bar.set_prefix(digest.short());
-                    self.bars.insert(digest.clone(), bar);
-                }
-                let _ = self.overall();
-                if self.mode == Mode::Lines {
-                    self.say(format!(
-                        "blob {}: {size_bytes} bytes planned",
-                        digest.short()
-                    ));
-                }
-            }
+            } => self.blob_planned(digest, *size_bytes),
             EventKind::Compress {
                 digest,
                 chunks_done,
@@ -174,32 +155,58 @@ impl Renderer {
                 digest,
                 offset_bytes,
                 size_bytes,
-            } => {
-                if let Some(bar) = self.bars.get(digest) {
-                    bar.set_position(*offset_bytes);
-                    bar.set_message("uploading");
-                } else {
-                    self.say(format!(
-                        "blob {}: {offset_bytes}/{size_bytes} bytes",
-                        digest.short()
-                    ));
-                }
-                self.set_done(digest, *offset_bytes);
-            }
-            EventKind::BlobDone { digest, state } => {
-                let size = self.sizes.get(digest).copied().unwrap_or(0);
-                if let Some(bar) = self.bars.get(digest) {
-                    bar.set_position(size);
-                    bar.finish_with_message(state.as_str());
-                } else {
-                    self.say(format!("blob {}: {}", digest.short(), state.as_str()));
-                }
-                self.set_done(digest, size);
-            }
+            } => self.progress(digest, *offset_bytes, *size_bytes),
+            EventKind::BlobDone { digest, state } => self.blob_done(digest, *state),
             EventKind::Retry { what, reason } => self.say(format!("retrying {what}: {reason}")),
             EventKind::Deleted {} => self.say(format!("job {}: deleted", ev.job)),
             EventKind::Warning { message } => self.say(format!("warning: {message}")),
         }
+    }
+
+    /// A blob joins the plan: its own bar (on a terminal) and its share of the total.
+    fn blob_planned(&mut self, digest: &Digest, size_bytes: u64) {
+        self.sizes.insert(digest.clone(), size_bytes);
+        if self.mode == Mode::Bars && !self.bars.contains_key(digest) {
+            let bar = self.multi.add(ProgressBar::new(size_bytes));
+            bar.set_style(
+                ProgressStyle::with_template(BAR_TEMPLATE)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(digest.short());
+            self.bars.insert(digest.clone(), bar);
+        }
+        let _ = self.overall();
+        if self.mode == Mode::Lines {
+            self.say(format!(
+                "blob {}: {size_bytes} bytes planned",
+                digest.short()
+            ));
+        }
+    }
+
+    fn progress(&mut self, digest: &Digest, offset_bytes: u64, size_bytes: u64) {
+        if let Some(bar) = self.bars.get(digest) {
+            bar.set_position(offset_bytes);
+            bar.set_message("uploading");
+        } else {
+            self.say(format!(
+                "blob {}: {offset_bytes}/{size_bytes} bytes",
+                digest.short()
+            ));
+        }
+        self.set_done(digest, offset_bytes);
+    }
+
+    fn blob_done(&mut self, digest: &Digest, state: api::BlobState) {
+        let size = self.sizes.get(digest).copied().unwrap_or(0);
+        if let Some(bar) = self.bars.get(digest) {
+            bar.set_position(size);
+            bar.finish_with_message(state.as_str());
+        } else {
+            self.say(format!("blob {}: {}", digest.short(), state.as_str()));
+        }
+        self.set_done(digest, size);
     }
 
     fn finish(&self) {

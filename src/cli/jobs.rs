@@ -115,7 +115,7 @@ pub async fn rm(client: &Client, id: &JobId) -> anyhow::Result<ExitCode> {
 pub async fn limit(client: &Client, rate: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let now = match rate {
         Some(r) => {
-            let parsed = crate::bandwidth::parse_rate(r).map_err(anyhow::Error::msg)?;
+            let parsed = crate::units::parse_rate(r).map_err(anyhow::Error::msg)?;
             client.set_bandwidth(parsed).await?
         }
         None => client.bandwidth().await?,
@@ -141,7 +141,7 @@ pub async fn job_limit(
 ) -> anyhow::Result<ExitCode> {
     let job = match rate {
         Some(r) => {
-            let parsed = crate::bandwidth::parse_rate(r).map_err(anyhow::Error::msg)?;
+            let parsed = crate::units::parse_rate(r).map_err(anyhow::Error::msg)?;
             client.set_job_bandwidth(id, parsed).await?
         }
         None => client.job(id).await?,

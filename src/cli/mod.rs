@@ -22,7 +22,8 @@ use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 use crate::api::{Compression, JobId};
-use crate::daemon::paths;
+use crate::paths;
+use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// Exit code when Ctrl-C detached from a job that goes on in the daemon (128 + SIGINT).
 pub const EXIT_DETACHED: u8 = 130;
@@ -154,63 +155,10 @@ pub struct PushArgs {
     pub target: String,
 }
 
-/// Parses `16MiB`, `16M`, `512KiB`, `5242880`: binary units.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: write e.g. 16MiB or 16777216"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 /// A job's own limit: a rate, not `off` (a job without `--bandwidth` has no limit of its own).
 fn parse_job_rate(s: &str) -> Result<u64, String> {
-    crate::bandwidth::parse_rate(s)?
+    parse_rate(s)?
         .ok_or_else(|| format!("{s:?}: give a job limit such as 5MiB/s, or leave --bandwidth out"))
-}
-
-/// Parses `2h`, `30m`, `90s`, `1d`, `1h30m`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(n));
-    }
-    let bad = || format!("{s:?} is not a duration: write e.g. 2h, 30m, 90s or 1h30m");
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let mult = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
 }
 
 /// Runs the command; the caller prints the error chain.
@@ -261,15 +209,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
-        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
-        assert_eq!(parse_size("5242880").unwrap(), 5_242_880);
-        assert!(parse_size("5 parsecs").is_err());
-        assert!(parse_size("MiB").is_err());
-    }
-
-    #[test]
     fn push_limits_parse() {
         let cli = Cli::try_parse_from([
             "hoist",
@@ -303,19 +242,6 @@ mod tests {
             matches!(cli.command, Command::Limit { rate: Some(r), job: Some(j), .. } if r == "off" && j == id)
         );
         assert!(Cli::try_parse_from(["hoist", "limit", "--job", "nope"]).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        let d = |s| parse_duration(s).map(|d| d.as_secs());
-        assert_eq!(d("2h"), Ok(7200));
-        assert_eq!(d("1h30m"), Ok(5400));
-        assert_eq!(d("90s"), Ok(90));
-        assert_eq!(d("45"), Ok(45));
-        assert_eq!(d("1d"), Ok(86_400));
-        assert!(d("2x").is_err());
-        assert!(d("h").is_err());
-        assert!(d("5m3").is_err());
     }
 
     #[test]

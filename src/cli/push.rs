@@ -27,10 +27,8 @@ pub async fn run(
     }
     let request = SubmitRequest {
         // The daemon has another working directory: send an absolute path.
-        source: crate::daemon::push::identity::map_source_path(&args.source, |p| {
-            std::path::absolute(p)
-        })
-        .unwrap_or(args.source),
+        source: crate::paths::map_source_path(&args.source, |p| std::path::absolute(p))
+            .unwrap_or(args.source),
         target: args.target,
         platform: Some(args.platform),
         compression: Some(args.compression),

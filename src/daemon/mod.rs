@@ -18,6 +18,7 @@ pub mod push;
 mod routes;
 pub mod scheduler;
 mod server;
+mod shutdown;
 pub mod systemd;
 
 use std::future::Future;

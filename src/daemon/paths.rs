@@ -1,49 +1,49 @@
-//! Where the socket and the state live, and how the socket is bound so that only its owner can
-//! reach it.
+//! How the socket is bound so that only its owner can reach it (where it and the state live
+//! is [`crate::paths`]).
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use super::DaemonError;
 
-/// `$XDG_RUNTIME_DIR/hoist/hoist.sock`; where there is no runtime dir (macOS, a plain ssh
-/// session), the socket lives in the state dir: `<state dir>/hoist.sock`.
-pub fn default_socket_path() -> Result<PathBuf, String> {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => Ok(PathBuf::from(dir).join("hoist").join("hoist.sock")),
-        None => default_state_dir()
-            .map(|d| d.join("hoist.sock"))
-            .map_err(|e| format!("{e}; or pass --socket PATH (or set HOIST_SOCKET)")),
-    }
+/// The socket to serve: the one systemd passed (socket activation), else `socket` (or the
+/// default path) bound by [`bind_socket`]. Call it inside the tokio runtime.
+pub fn listener(socket: Option<PathBuf>) -> Result<tokio::net::UnixListener, DaemonError> {
+    let activated = super::systemd::activated_listener().map_err(|e| {
+        DaemonError::Config(format!(
+            "systemd passed a socket hoistd cannot use ({e}): check hoist.socket (ListenStream=)"
+        ))
+    })?;
+    let (listener, path) = match activated {
+        Some(l) => {
+            tracing::info!("using the socket passed by systemd");
+            (l, PathBuf::from("the socket systemd passed"))
+        }
+        None => {
+            let socket = match socket {
+                Some(s) => s,
+                None => crate::paths::default_socket_path().map_err(DaemonError::Config)?,
+            };
+            let l = bind_socket(&socket)?;
+            tracing::info!(socket = %socket.display(), "listening");
+            (l, socket)
+        }
+    };
+    let io = |source| DaemonError::Io {
+        path: path.clone(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    tokio::net::UnixListener::from_std(listener).map_err(io)
 }
 
-/// `$XDG_STATE_HOME/hoist`, else `~/.local/state/hoist`.
-pub fn default_state_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(dir).join("hoist"));
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".local/state/hoist")),
-        None => Err(
-            "neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR (or set HOIST_STATE_DIR)"
-                .into(),
-        ),
-    }
-}
-
-/// Creates `dir` (and missing parents) with mode 0700. An existing directory is left as it is:
-/// it may be shared on purpose (e.g. `--socket /tmp/x.sock`), and changing it is not ours to do.
+/// [`crate::paths::private_dir`], failing with the daemon's error.
 pub fn private_dir(dir: &Path) -> Result<(), DaemonError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| DaemonError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::paths::private_dir(dir).map_err(|source| DaemonError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Binds the socket at `path`: its directory is created 0700 if missing, a stale socket from a

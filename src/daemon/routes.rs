@@ -120,81 +120,118 @@ async fn job_view(store: &Store, job: JobRecord) -> Result<api::Job, StoreError>
 
 /// Routes one request from an allowed peer.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let (endpoint, id) = match api::match_route(req.method().as_str(), req.uri().path()) {
-        Ok(m) => m,
-        Err(e @ api::RouteError::NotFound(_)) => {
-            return error(StatusCode::NOT_FOUND, e.to_string());
-        }
-        Err(e @ api::RouteError::MethodNotAllowed { .. }) => {
-            return error(StatusCode::METHOD_NOT_ALLOWED, e.to_string());
-        }
-        Err(e @ api::RouteError::BadJobId(_)) => {
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-    };
+    match api::match_route(req.method().as_str(), req.uri().path()) {
+        Ok((endpoint, id)) => dispatch(app, endpoint, id, req).await,
+        Err(e) => error(route_status(&e), e.to_string()),
+    }
+}
+
+fn route_status(e: &api::RouteError) -> StatusCode {
+    match e {
+        api::RouteError::NotFound(_) => StatusCode::NOT_FOUND,
+        api::RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        api::RouteError::BadJobId(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Calls the handler of `endpoint`; `id` is the `{id}` of routes that have one.
+async fn dispatch(
+    app: Arc<App>,
+    endpoint: Endpoint,
+    id: Option<JobId>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_string();
     let id = || id.clone().expect("routes with {id} always carry one");
     match endpoint {
-        Endpoint::Health => json(
-            StatusCode::OK,
-            &api::Health {
-                status: "ok".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                pid: std::process::id(),
-                jobs_running: app.counters.jobs_running(),
-            },
-        ),
-        Endpoint::Metrics => match app.store.count_by_state().await {
-            Ok(counts) => respond(
-                StatusCode::OK,
-                api::CONTENT_TYPE_PROMETHEUS,
-                full(app.counters.snapshot(counts).to_prometheus().into_bytes()),
-            ),
-            Err(e) => store_error(e),
-        },
+        Endpoint::Health => health(&app),
+        Endpoint::Metrics => metrics(&app).await,
         Endpoint::SubmitJob => submit(&app, req).await,
-        Endpoint::ListJobs => match app.store.jobs().await {
-            Ok(records) => {
-                let mut jobs = Vec::with_capacity(records.len());
-                for r in records {
-                    match job_view(&app.store, r).await {
-                        Ok(j) => jobs.push(j),
-                        Err(e) => return store_error(e),
-                    }
-                }
-                json(StatusCode::OK, &api::JobList { jobs })
-            }
-            Err(e) => store_error(e),
-        },
-        Endpoint::GetJob => match app.store.job(id()).await {
-            Ok(r) => match job_view(&app.store, r).await {
-                Ok(j) => json(StatusCode::OK, &j),
-                Err(e) => store_error(e),
-            },
-            Err(e) => store_error(e),
-        },
+        Endpoint::ListJobs => list_jobs(&app).await,
+        Endpoint::GetJob => job_response(&app, app.store.job(id()).await, StatusCode::OK).await,
         Endpoint::JobEvents => events(app, id(), &query).await,
         Endpoint::PauseJob => control(&app, id(), Control::Pause).await,
         Endpoint::ResumeJob => control(&app, id(), Control::Resume).await,
         Endpoint::CancelJob => control(&app, id(), Control::Cancel).await,
         Endpoint::RetryJob => control(&app, id(), Control::Retry).await,
-        Endpoint::GetBandwidth => json(
-            StatusCode::OK,
-            &api::Bandwidth {
-                bytes_per_s: app.bandwidth.rate(),
-            },
-        ),
+        Endpoint::GetBandwidth => bandwidth(&app),
         Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
         Endpoint::SetJobBandwidth => set_job_bandwidth(&app, id(), req).await,
         Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete).await {
-            Ok(_) => respond(
-                StatusCode::NO_CONTENT,
-                api::CONTENT_TYPE_JSON,
-                full(Vec::new()),
-            ),
+            Ok(_) => no_content(),
             Err(e) => sched_error(e),
         },
     }
+}
+
+fn no_content() -> Response<Body> {
+    respond(
+        StatusCode::NO_CONTENT,
+        api::CONTENT_TYPE_JSON,
+        full(Vec::new()),
+    )
+}
+
+/// The job `record` names, as the API shows it, with `status`; or the store's error.
+async fn job_response(
+    app: &App,
+    record: Result<JobRecord, StoreError>,
+    status: StatusCode,
+) -> Response<Body> {
+    match record {
+        Ok(r) => match job_view(&app.store, r).await {
+            Ok(j) => json(status, &j),
+            Err(e) => store_error(e),
+        },
+        Err(e) => store_error(e),
+    }
+}
+
+fn health(app: &App) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &api::Health {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            jobs_running: app.counters.jobs_running(),
+        },
+    )
+}
+
+async fn metrics(app: &App) -> Response<Body> {
+    match app.store.count_by_state().await {
+        Ok(counts) => respond(
+            StatusCode::OK,
+            api::CONTENT_TYPE_PROMETHEUS,
+            full(app.counters.snapshot(counts).to_prometheus().into_bytes()),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_jobs(app: &App) -> Response<Body> {
+    let records = match app.store.jobs().await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let mut jobs = Vec::with_capacity(records.len());
+    for r in records {
+        match job_view(&app.store, r).await {
+            Ok(j) => jobs.push(j),
+            Err(e) => return store_error(e),
+        }
+    }
+    json(StatusCode::OK, &api::JobList { jobs })
+}
+
+fn bandwidth(app: &App) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &api::Bandwidth {
+            bytes_per_s: app.bandwidth.rate(),
+        },
+    )
 }
 
 async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -216,21 +253,18 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(s) => s,
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
     };
-    // Issue 7: the job reads the file the path named at submission, whatever a symlink on
-    // the way points at later (the first run then records the file's identity).
+    // The job reads the file the path named at submission, whatever a symlink on the way
+    // points at later (the first run then records the file's identity).
     let source = spec.source.clone();
     if let Ok(Some(canonical)) = tokio::task::spawn_blocking(move || {
-        super::push::identity::map_source_path(&source, |p| std::fs::canonicalize(p))
+        crate::paths::map_source_path(&source, |p| std::fs::canonicalize(p))
     })
     .await
     {
         spec.source = canonical;
     }
     match app.scheduler.submit(spec).await {
-        Ok(job) => match job_view(&app.store, job).await {
-            Ok(j) => json(StatusCode::CREATED, &j),
-            Err(e) => store_error(e),
-        },
+        Ok(job) => job_response(app, Ok(job), StatusCode::CREATED).await,
         Err(e) => sched_error(e),
     }
 }
@@ -267,12 +301,7 @@ async fn set_bandwidth(app: &App, req: Request<Incoming>) -> Response<Body> {
     };
     app.bandwidth.set_rate(request.bytes_per_s);
     tracing::info!(bytes_per_s = ?app.bandwidth.rate(), "bandwidth limit changed");
-    json(
-        StatusCode::OK,
-        &api::Bandwidth {
-            bytes_per_s: app.bandwidth.rate(),
-        },
-    )
+    bandwidth(app)
 }
 
 /// `PUT /v1/jobs/{id}/bandwidth`: the scheduler checks the job's state, stores the limit and
@@ -295,25 +324,15 @@ async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Resp
         }
     };
     match app.scheduler.set_bandwidth(id, bytes_per_s).await {
-        Ok(job) => match job_view(&app.store, job).await {
-            Ok(j) => json(StatusCode::OK, &j),
-            Err(e) => store_error(e),
-        },
+        Ok(job) => job_response(app, Ok(job), StatusCode::OK).await,
         Err(e) => sched_error(e),
     }
 }
 
 async fn control(app: &App, id: JobId, action: Control) -> Response<Body> {
     match app.scheduler.control(id, action).await {
-        Ok(Some(job)) => match job_view(&app.store, job).await {
-            Ok(j) => json(StatusCode::OK, &j),
-            Err(e) => store_error(e),
-        },
-        Ok(None) => respond(
-            StatusCode::NO_CONTENT,
-            api::CONTENT_TYPE_JSON,
-            full(Vec::new()),
-        ),
+        Ok(Some(job)) => job_response(app, Ok(job), StatusCode::OK).await,
+        Ok(None) => no_content(),
         Err(e) => sched_error(e),
     }
 }
@@ -398,7 +417,7 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
                 r = live.recv() => r,
                 // The client left: stop waiting for events nobody reads.
                 () = tx.closed() => return,
-                () = super::server::stopped(&mut stopping) => return,
+                () = super::shutdown::stopped(&mut stopping) => return,
             };
             let batch = match received {
                 Ok(ev) => vec![ev],

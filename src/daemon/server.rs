@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::routes::{self, App};
+use super::shutdown::stopped;
 
 /// How long open connections (event followers) may take to finish after shutdown began.
 const CONNECTION_DRAIN_MS_MAX: u64 = 2_000;
@@ -105,10 +106,4 @@ async fn serve_connection(
             let _ = conn.await;
         }
     }
-}
-
-/// Resolves once shutdown began (or the sender is gone). Drops the watch guard before
-/// returning, so nothing borrowed is held across later awaits.
-pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }

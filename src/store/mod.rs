@@ -19,6 +19,7 @@
 // The one place SQL is allowed (clippy.toml disallows rusqlite's SQL methods elsewhere).
 #![allow(clippy::disallowed_methods)]
 
+mod encode;
 mod ops;
 mod schema;
 

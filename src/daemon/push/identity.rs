@@ -18,32 +18,6 @@ use crate::plan::PushPlan;
 
 const IDENTITY_FILE: &str = "source-identity.json";
 
-/// `source` with its path replaced by `f(path)` (transport and image reference kept), or
-/// `None` when it does not parse or `f` fails (the plan then reports the problem itself).
-/// The CLI makes the path absolute (the daemon has another working directory); the daemon
-/// canonicalises it at submission, so a symlink swapped afterwards cannot redirect the push.
-pub fn map_source_path(
-    source: &str,
-    f: impl Fn(&std::path::Path) -> std::io::Result<std::path::PathBuf>,
-) -> Option<String> {
-    use crate::source::SourceRef;
-    let mapped = match source.parse::<SourceRef>().ok()? {
-        SourceRef::DockerArchive { path, reference } => SourceRef::DockerArchive {
-            path: f(&path).ok()?,
-            reference,
-        },
-        SourceRef::Oci { dir, reference } => SourceRef::Oci {
-            dir: f(&dir).ok()?,
-            reference,
-        },
-        SourceRef::OciArchive { path, reference } => SourceRef::OciArchive {
-            path: f(&path).ok()?,
-            reference,
-        },
-    };
-    Some(mapped.to_string())
-}
-
 /// What identifies one source file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {

@@ -1,0 +1,58 @@
+//! Request and response bodies other than jobs and events.
+
+use serde::{Deserialize, Serialize};
+
+use super::job::{Compression, JobOptions};
+
+/// `POST /v1/jobs` body: what to push where. Absent fields take the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub source: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub options: JobOptions,
+}
+
+/// `GET` and `PUT /v1/bandwidth` body: the daemon-wide upload limit, shared by every job.
+/// `null` (or absent): unlimited. A change applies to uploads already running.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bandwidth {
+    pub bytes_per_s: Option<u64>,
+}
+
+/// `PUT /v1/jobs/{id}/bandwidth` body: the job's own upload limit, under the daemon-wide one.
+/// `bytes_per_s` must be present: a number (at least 1) sets the limit, `null` removes it, so
+/// an empty object cannot lift a limit by accident. A running job's uploads follow a change
+/// within about 100 ms; the limit is kept in the job's spec for later runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBandwidth {
+    // `deserialize_with` makes the field required: serde's derive would take a missing
+    // `Option` as `None`.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub bytes_per_s: Option<u64>,
+}
+
+/// `GET /v1/health` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    pub status: String,
+    pub version: String,
+    pub pid: u32,
+    pub jobs_running: u64,
+}
+
+/// Every error response: one line that says what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,71 @@
+//! The event stream of a job (`GET /v1/jobs/{id}/events`, NDJSON).
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::JobId;
+use super::job::{BlobAction, BlobState, JobState};
+use crate::digest::Digest;
+
+/// One entry of a job's event stream (`GET /v1/jobs/{id}/events`, NDJSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing across the daemon's whole event log; a follower resumes with `?after=SEQ`.
+    pub seq: u64,
+    pub job: JobId,
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Tagged by `"type"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The job changed state.
+    State {
+        state: JobState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest_digest: Option<Digest>,
+    },
+    /// A blob is part of the push plan.
+    Blob {
+        digest: Digest,
+        size_bytes: u64,
+        media_type: String,
+        action: BlobAction,
+    },
+    /// Compression progress of one blob.
+    Compress {
+        digest: Digest,
+        chunks_done: u64,
+        bytes_done: u64,
+    },
+    /// The registry acknowledged `offset_bytes` of the blob's `size_bytes` pushed bytes (the
+    /// compressed size once known).
+    Progress {
+        digest: Digest,
+        offset_bytes: u64,
+        size_bytes: u64,
+    },
+    /// A blob is finished (`uploaded`, `existed` or `verified`).
+    BlobDone { digest: Digest, state: BlobState },
+    /// A step is retried after a transient failure.
+    Retry { what: String, reason: String },
+    /// Something to know that does not stop the push (e.g. platforms of an index not pushed).
+    Warning { message: String },
+    /// The job was deleted. Sent live only (its log is deleted with it), with `seq` 0.
+    Deleted {},
+}
+
+impl EventKind {
+    /// The job ended with this event: a follower stops here.
+    pub fn is_final(&self) -> bool {
+        match self {
+            EventKind::State { state, .. } => state.is_final(),
+            EventKind::Deleted {} => true,
+            _ => false,
+        }
+    }
+}

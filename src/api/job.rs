@@ -1,0 +1,276 @@
+//! Jobs and their blobs as the API shows them: the spec, the states, the progress.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::JobId;
+use crate::digest::Digest;
+use crate::platform::Platform;
+
+/// Layer compression for blobs that are pushed compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!("compression {other:?} is not gzip or zstd")),
+        }
+    }
+}
+
+/// Options of a job that are not its identity. No field carries credentials: the registry client
+/// reads docker's config itself, so nothing secret ever reaches the store or the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobOptions {
+    /// Talk plain HTTP to the registry (test registries on loopback).
+    pub insecure: bool,
+    /// Push even when most ELF binaries in the layers are for another architecture than the
+    /// config declares; by default the job fails before the manifest commit.
+    #[serde(default)]
+    pub allow_arch_mismatch: bool,
+    /// Give up at this moment (Unix seconds): until then the job keeps retrying through
+    /// outages; past it the job fails with the reason. `None`: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_s: Option<u64>,
+    /// This job's own upload limit, under the daemon-wide one; `None`: only the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
+}
+
+/// A validated job description: the daemon only ever sees these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub source: String,
+    pub target: String,
+    pub platform: Platform,
+    pub compression: Compression,
+    pub chunk_size_bytes: u64,
+    pub options: JobOptions,
+}
+
+/// Where a job is in its life.
+///
+/// ```text
+/// queued -> preparing -> uploading -> verifying -> committing -> verified -> done
+///    any state before committing -> paused -> queued (resume)
+///    any unfinished state -> cancelled;  any running state -> failed (reason) -> queued (retry)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Preparing,
+    Uploading,
+    Verifying,
+    Committing,
+    Verified,
+    Done,
+    Failed,
+    Paused,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 10] = [
+        JobState::Queued,
+        JobState::Preparing,
+        JobState::Uploading,
+        JobState::Verifying,
+        JobState::Committing,
+        JobState::Verified,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Paused,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Preparing => "preparing",
+            JobState::Uploading => "uploading",
+            JobState::Verifying => "verifying",
+            JobState::Committing => "committing",
+            JobState::Verified => "verified",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Paused => "paused",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The job's task is (or should be) working: preparing through verified.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            JobState::Preparing
+                | JobState::Uploading
+                | JobState::Verifying
+                | JobState::Committing
+                | JobState::Verified
+        )
+    }
+
+    /// Nothing more happens to the job by itself: done, failed or cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What the push does with one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobAction {
+    /// Upload the bytes as they are in the source.
+    AsIs,
+    /// Compress into the spool, then upload the compressed bytes.
+    Compress,
+}
+
+/// Where one blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobState {
+    Pending,
+    Compressing,
+    Uploading,
+    /// Uploaded by this job.
+    Uploaded,
+    /// The registry had it already (HEAD or cross-repository mount).
+    Existed,
+    /// HEAD-checked after the upload: the registry has it with the right size.
+    Verified,
+}
+
+impl BlobState {
+    pub const ALL: [BlobState; 6] = [
+        BlobState::Pending,
+        BlobState::Compressing,
+        BlobState::Uploading,
+        BlobState::Uploaded,
+        BlobState::Existed,
+        BlobState::Verified,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobState::Pending => "pending",
+            BlobState::Compressing => "compressing",
+            BlobState::Uploading => "uploading",
+            BlobState::Uploaded => "uploaded",
+            BlobState::Existed => "existed",
+            BlobState::Verified => "verified",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            BlobState::Uploaded | BlobState::Existed | BlobState::Verified
+        )
+    }
+}
+
+/// One blob of a job, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStatus {
+    /// Digest of the blob in the push plan (the source's digest); the key of the blob.
+    pub digest: Digest,
+    pub size_bytes: u64,
+    pub media_type: String,
+    pub action: BlobAction,
+    pub state: BlobState,
+    /// For a compressed blob, once compressed: the digest and size of the bytes uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_size_bytes: Option<u64>,
+    /// Bytes the registry acknowledged (of the pushed bytes).
+    pub uploaded_bytes: u64,
+    pub compressed_chunks: u64,
+}
+
+impl BlobStatus {
+    /// Bytes the registry receives: the compressed size once known.
+    pub fn upload_size_bytes(&self) -> u64 {
+        self.pushed_size_bytes.unwrap_or(self.size_bytes)
+    }
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Why the job failed, or what it is waiting for; one line for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<Digest>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Blobs of the push plan, empty until the job is prepared.
+    #[serde(default)]
+    pub blobs: Vec<BlobStatus>,
+}
+
+impl Job {
+    /// Bytes to upload: compressed sizes where known.
+    pub fn bytes_total(&self) -> u64 {
+        self.blobs.iter().map(BlobStatus::upload_size_bytes).sum()
+    }
+
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.blobs
+            .iter()
+            .map(|b| b.uploaded_bytes.min(b.upload_size_bytes()))
+            .sum()
+    }
+}
+
+/// `GET /v1/jobs` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_honours_width_for_tables() {
+        assert_eq!(format!("{:<10}|", JobState::Done), "done      |");
+    }
+}

@@ -1,0 +1,37 @@
+//! The wire format's vocabulary: every request, response and event type, the route table,
+//! the error body. Each concern has its own file: [`routes`] (the route table), [`ids`] (job
+//! IDs), [`job`] (jobs, blobs and their states), [`bodies`] (the other request and response
+//! bodies), [`event`] (the event stream), [`validate`] (what the daemon accepts), [`metrics`]
+//! (the metrics page), [`codec`] (JSON in and out). `proto/openapi.yaml` describes the same
+//! thing for people and other clients; `tests/daemon_api.rs` fails when [`ROUTES`] and the
+//! document disagree. Every item is re-exported here: callers write `crate::api::Name`.
+//!
+//! **Architecture Invariant:** only this module knows the wire format. The daemon and the CLI
+//! exchange these types and call [`encode`] / [`decode`]; neither builds JSON by hand. How the
+//! store keeps these types is the store's business (`store/encode.rs`).
+//!
+//! Conventions: JSON bodies, `snake_case` field names, sizes in bytes with a `_bytes` suffix,
+//! times as Unix epoch milliseconds with a `_ms` suffix, errors as [`ErrorBody`].
+
+pub mod bodies;
+pub mod codec;
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod metrics;
+pub mod routes;
+pub mod validate;
+
+pub use bodies::{Bandwidth, ErrorBody, Health, JobBandwidth, SubmitRequest};
+pub use codec::{
+    CONTENT_TYPE_JSON, CONTENT_TYPE_NDJSON, CONTENT_TYPE_PROMETHEUS, DecodeError, decode, encode,
+    encode_event_line, error_body,
+};
+pub use event::{Event, EventKind};
+pub use ids::{JobId, JobIdError};
+pub use job::{
+    BlobAction, BlobState, BlobStatus, Compression, Job, JobList, JobOptions, JobSpec, JobState,
+};
+pub use metrics::Metrics;
+pub use routes::{API_PREFIX, Endpoint, ROUTES, Route, RouteError, job_path, match_route};
+pub use validate::{CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, REFERENCE_LEN_MAX};

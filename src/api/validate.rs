@@ -1,0 +1,136 @@
+//! What the daemon accepts: the limits of a submit request and of a job's bandwidth, checked
+//! once at the boundary so the daemon only ever sees a [`JobSpec`].
+
+use super::bodies::{JobBandwidth, SubmitRequest};
+use super::job::JobSpec;
+use crate::platform::Platform;
+
+/// Smallest accepted chunk: ECR refuses upload parts below 5 MiB (except the last one).
+pub const CHUNK_BYTES_MIN: u64 = 5 * 1024 * 1024;
+/// Largest accepted chunk: one chunk is held in memory per upload connection.
+pub const CHUNK_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Chunk size when the client does not ask for one.
+pub const CHUNK_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Longest accepted source or target string; anything longer is a mistake, not an image name.
+pub const REFERENCE_LEN_MAX: usize = 4096;
+
+impl SubmitRequest {
+    /// Checks the request and fills in defaults. The error is the message for the client.
+    pub fn validate(self) -> Result<JobSpec, String> {
+        for (what, value) in [("source", &self.source), ("target", &self.target)] {
+            if value.trim().is_empty() {
+                return Err(format!("{what} is empty: give an image {what}"));
+            }
+            if value.len() > REFERENCE_LEN_MAX || value.chars().any(char::is_control) {
+                return Err(format!(
+                    "{what} is longer than {REFERENCE_LEN_MAX} characters or has control characters: check the {what}"
+                ));
+            }
+        }
+        // `user:password@registry/...` would carry credentials into the store and the logs.
+        let host = self.target.split('/').next().unwrap_or_default();
+        if host.contains('@') || self.target.contains("://") {
+            return Err(
+                "target must be REGISTRY/REPOSITORY[:TAG] without a scheme or credentials: log in with `docker login REGISTRY` instead"
+                    .into(),
+            );
+        }
+        let platform = match &self.platform {
+            None => Platform::linux_amd64(),
+            Some(p) => p
+                .parse()
+                .map_err(|e: crate::platform::PlatformError| e.to_string())?,
+        };
+        let chunk_size_bytes = self.chunk_size_bytes.unwrap_or(CHUNK_BYTES_DEFAULT);
+        if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk_size_bytes) {
+            return Err(format!(
+                "chunk size {chunk_size_bytes} bytes is outside {CHUNK_BYTES_MIN}..={CHUNK_BYTES_MAX}: ECR needs at least 5 MiB per chunk"
+            ));
+        }
+        Ok(JobSpec {
+            source: self.source,
+            target: self.target,
+            platform,
+            compression: self.compression.unwrap_or_default(),
+            chunk_size_bytes,
+            options: self.options,
+        })
+    }
+}
+
+impl JobBandwidth {
+    /// The limit asked for (`None`: no job limit). The error is the message for the client.
+    pub fn validate(self) -> Result<Option<u64>, String> {
+        match self.bytes_per_s {
+            Some(0) => Err(
+                "bytes_per_s 0 is not a limit: give at least 1, or null to remove the job's limit"
+                    .into(),
+            ),
+            other => Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::decode;
+    use crate::digest::Digest;
+
+    #[test]
+    fn submit_defaults_and_limits() {
+        let req: SubmitRequest =
+            decode("submit request", br#"{"source":"a.tar","target":"r/x:1"}"#).unwrap();
+        let spec = req.clone().validate().unwrap();
+        assert_eq!(spec.platform, Platform::linux_amd64());
+        assert_eq!(spec.chunk_size_bytes, CHUNK_BYTES_DEFAULT);
+        let small = SubmitRequest {
+            chunk_size_bytes: Some(1024),
+            ..req
+        };
+        assert!(small.clone().validate().unwrap_err().contains("5 MiB"));
+        for target in [
+            "user:pw@registry.example/a:1",
+            "https://registry.example/a:1",
+        ] {
+            let creds = SubmitRequest {
+                target: target.into(),
+                chunk_size_bytes: None,
+                ..small.clone()
+            };
+            assert!(
+                creds.validate().unwrap_err().contains("docker login"),
+                "{target}"
+            );
+        }
+        let by_digest = SubmitRequest {
+            target: format!("registry.example/a@{}", Digest::sha256_of(b"x")),
+            chunk_size_bytes: None,
+            ..small
+        };
+        assert!(by_digest.validate().is_ok());
+        assert!(
+            decode::<SubmitRequest>(
+                "submit request",
+                br#"{"source":"a","target":"b","password":"x"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn job_bandwidth_needs_the_field_and_refuses_zero() {
+        let ok = |b: &[u8]| decode::<JobBandwidth>("job bandwidth", b).map(|r| r.validate());
+        assert_eq!(ok(br#"{"bytes_per_s":5}"#).unwrap(), Ok(Some(5)));
+        assert_eq!(ok(br#"{"bytes_per_s":null}"#).unwrap(), Ok(None));
+        assert!(
+            ok(br#"{"bytes_per_s":0}"#)
+                .unwrap()
+                .unwrap_err()
+                .contains("null")
+        );
+        assert!(ok(b"{}").is_err());
+        assert!(ok(br#"{"bytes_per_s":-1}"#).is_err());
+        assert!(ok(br#"{"bytes_per_s":1,"x":2}"#).is_err());
+    }
+}
