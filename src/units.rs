@@ -5,13 +5,9 @@ use std::time::Duration;
 
 /// Parses `16MiB`, `16M`, `512KiB`, `5242880`: binary units.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: write e.g. 16MiB or 16777216"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s.trim())
+        .ok_or_else(|| format!("{s:?} is not a size: write e.g. 16MiB or 16777216"))?;
+    let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -20,6 +16,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `16MiB` as `(16, "mib")`: the leading digits, and the rest trimmed and lowercased. `None`
+/// when there are no leading digits.
+fn number_and_unit(t: &str) -> Option<(u64, String)> {
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
 }
 
 /// Parses `2h`, `30m`, `90s`, `1d`, `1h30m`, or plain seconds.
@@ -67,13 +71,9 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
     ) {
         return Ok(None);
     }
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate: write e.g. 10MiB/s, 500KiB/s or off"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(t.strip_suffix("/s").unwrap_or(t))
+        .ok_or_else(|| format!("{s:?} is not a rate: write e.g. 10MiB/s, 500KiB/s or off"))?;
+    let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
         "kib" => 1 << 10,

@@ -18,48 +18,47 @@ impl Metrics {
     /// The Prometheus text exposition of these counters.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters = [
+        let series = [
             (
                 "hoist_upload_bytes_total",
+                "counter",
                 "Blob bytes acknowledged by registries.",
                 self.bytes_sent,
             ),
             (
                 "hoist_upload_chunks_total",
+                "counter",
                 "Blob chunks acknowledged by registries.",
                 self.chunks_sent,
             ),
             (
                 "hoist_retries_total",
+                "counter",
                 "Steps retried after a transient failure.",
                 self.retries,
             ),
             (
                 "hoist_resumes_total",
+                "counter",
                 "Jobs resumed after a pause or a daemon restart.",
                 self.resumes,
             ),
-        ];
-        for (name, help, value) in counters {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
-        let gauges = [
             (
                 "hoist_jobs_running",
+                "gauge",
                 "Jobs whose task runs now.",
                 self.jobs_running,
             ),
             (
                 "hoist_upload_slots_in_use",
+                "gauge",
                 "Upload connections open now (capped by --uploads-max).",
                 self.upload_slots_in_use,
             ),
         ];
-        for (name, help, value) in gauges {
+        for (name, kind, help, value) in series {
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
         }
         out.push_str("# HELP hoist_jobs Jobs in the store, by state.\n# TYPE hoist_jobs gauge\n");

@@ -5,7 +5,8 @@
 //! - [`push`]: `hoist push` (submit, then follow), with `autostart` of a missing daemon.
 //! - [`follow`]: rendering a job's events (bars on a TTY, lines otherwise, NDJSON).
 //! - [`jobs`]: `ls`, `watch`, `pause`, `resume`, `cancel`, `retry`, `rm`.
-//! - [`inspect`], [`verify`]: filled in with the image pipeline.
+//! - [`inspect`], [`verify`]: the commands that need no daemon: `inspect` reads the source
+//!   itself, `verify` asks the registry itself.
 
 pub mod autostart;
 pub mod client;
