@@ -4,11 +4,13 @@
 //! - [`run`]: the whole daemon, given a bound listener; `hoistd` and tests call it.
 //! - `server`: accept loop, peer-uid check, HTTP/1.1 (hyper) per connection.
 //! - `routes`: request handlers (wire types from [`crate::api`] only).
+//! - `shutdown`: the wait for the stop signal, shared by `server` and `routes`.
 //! - [`scheduler`]: the one owner of job state (an actor over a bounded channel).
 //! - [`job`]: the seam: [`job::JobBody`] is the push itself, [`job::JobContext`] its reporting.
 //! - [`prepare`]: the part of the push that is wired so far: open the source and plan.
 //! - [`systemd`]: socket activation and readiness notification.
-//! - [`paths`]: default socket and state paths, and binding the socket safely.
+//! - [`paths`]: the listening socket, systemd's or bound safely (where files live is
+//!   [`crate::paths`]).
 
 pub mod job;
 pub mod metrics;
