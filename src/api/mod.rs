@@ -1,10 +1,11 @@
 //! The wire format's vocabulary: every request, response and event type, the route table,
-//! the error body. Each concern has its own file: [`routes`] (the route table), [`ids`] (job
-//! IDs), [`job`] (jobs, blobs and their states), [`bodies`] (the other request and response
-//! bodies), [`event`] (the event stream), [`validate`] (what the daemon accepts), [`metrics`]
-//! (the metrics page), [`codec`] (JSON in and out). `proto/openapi.yaml` describes the same
-//! thing for people and other clients; `tests/daemon_api.rs` fails when [`ROUTES`] and the
-//! document disagree. Every item is re-exported here: callers write `crate::api::Name`.
+//! the error body. Each concern has its own file: `routes` (the route table), `ids` (job IDs),
+//! `job` (jobs, blobs and their states), `bodies` (the other request and response bodies),
+//! `event` (the event stream), `validate` (what the daemon accepts), `metrics` (the metrics
+//! page), `codec` (JSON in and out). The files are private and every item is re-exported
+//! here: `crate::api::Name` is its one path. `proto/openapi.yaml` describes the same thing for
+//! people and other clients; `tests/daemon_api.rs` fails when [`ROUTES`] and the document
+//! disagree.
 //!
 //! **Architecture Invariant:** only this module knows the wire format. The daemon and the CLI
 //! exchange these types and call [`encode`] / [`decode`]; neither builds JSON by hand. How the
@@ -13,14 +14,14 @@
 //! Conventions: JSON bodies, `snake_case` field names, sizes in bytes with a `_bytes` suffix,
 //! times as Unix epoch milliseconds with a `_ms` suffix, errors as [`ErrorBody`].
 
-pub mod bodies;
-pub mod codec;
-pub mod event;
-pub mod ids;
-pub mod job;
-pub mod metrics;
-pub mod routes;
-pub mod validate;
+mod bodies;
+mod codec;
+mod event;
+mod ids;
+mod job;
+mod metrics;
+mod routes;
+mod validate;
 
 pub use bodies::{Bandwidth, ErrorBody, Health, JobBandwidth, SubmitRequest};
 pub use codec::{
