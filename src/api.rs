@@ -27,11 +27,11 @@ pub const CONTENT_TYPE_NDJSON: &str = "application/x-ndjson";
 pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4";
 
 /// Smallest accepted chunk: ECR refuses upload parts below 5 MiB (except the last one).
-pub const CHUNK_BYTES_MIN: u64 = 5 * 1024 * 1024;
+pub const CHUNK_BYTES_MIN: u64 = crate::registry::ECR_CHUNK_BYTES_MIN;
 /// Largest accepted chunk: one chunk is held in memory per upload connection.
 pub const CHUNK_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Chunk size when the client does not ask for one.
-pub const CHUNK_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+pub const CHUNK_BYTES_DEFAULT: u64 = crate::registry::CHUNK_BYTES_DEFAULT;
 /// Longest accepted source or target string; anything longer is a mistake, not an image name.
 pub const REFERENCE_LEN_MAX: usize = 4096;
 
