@@ -8,6 +8,11 @@
 //! the link is fine. It never goes below the registry's minimum (5 MiB on ECR, whose parts
 //! except the last must be at least that) nor above the configured size.
 
+/// Default chunk (PATCH body) size: what one cut costs at most on a registry with atomic parts.
+pub const CHUNK_BYTES_DEFAULT: u64 = 16 << 20;
+/// ECR refuses layer parts below 5 MiB (except the last), so no chunk is ever smaller.
+pub const ECR_CHUNK_BYTES_MIN: u64 = 5 << 20;
+
 /// Clean chunks in a row before the size doubles again.
 pub const GROW_AFTER_SUCCESSES: u32 = 3;
 

@@ -128,8 +128,8 @@ fn lower_priority() {
 }
 
 /// Magic numbers of the layer compressions hoist reads.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const GZIP_MAGIC: [u8; 2] = crate::compress::GZIP_MAGIC;
+const ZSTD_MAGIC: [u8; 4] = crate::compress::ZSTD_MAGIC;
 
 /// The ELF census of one layer: its source bytes, decompressed when they are compressed
 /// (detected from the magic bytes, not trusted from the media type).

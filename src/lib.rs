@@ -3,6 +3,7 @@
 //! # Layout
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 //! - [`digest`], [`platform`]: newtypes parsed once at the boundary.
+//! - [`text`]: outside text (registry bodies, library errors) made fit for a one-line error.
 //! - [`source`]: reads `docker save` archives, OCI layouts and OCI archives in place.
 //! - [`image`]: manifest, index and config documents; the platform guard.
 //! - [`plan`]: the push plan: every blob, where its bytes come from, what is done to them.
@@ -34,4 +35,5 @@ pub mod registry;
 pub mod sample;
 pub mod source;
 pub mod store;
+pub mod text;
 pub mod units;

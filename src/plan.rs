@@ -34,9 +34,11 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::image::media::{self, Compression, Family};
+use crate::image::{Doc, Manifest};
 use crate::platform::Platform;
 use crate::source::{
-    self, BlobLocation, BlobReader, Check, ResolvedImage, SourceError, SourceRef, VerifyingReader,
+    self, BlobLocation, BlobReader, Check, ResolvedImage, SourceError, SourceLayer, SourceRef,
+    VerifyingReader,
 };
 
 /// ECR refuses images with more layers than this (`Limit on number of layers per image exceeded`).
@@ -191,6 +193,110 @@ pub struct PushPlan {
     manifest_annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// What the user should know before pushing `image`: over ECR's layer limit (an error unless
+/// forced), empty layers, other images of an index left behind.
+fn image_warnings(image: &ResolvedImage, opts: &PlanOptions) -> Result<Vec<String>, PlanError> {
+    let mut warnings = Vec::new();
+    if image.layers.len() > LAYERS_MAX {
+        if !opts.force_layers {
+            return Err(PlanError::TooManyLayers {
+                image: image.source.clone(),
+                layers: image.layers.len(),
+                max: LAYERS_MAX,
+            });
+        }
+        warnings.push(format!(
+            "image has {} layers, over ECR's limit of {LAYERS_MAX}: ECR will refuse the manifest",
+            image.layers.len()
+        ));
+    }
+    for (i, l) in image.layers.iter().enumerate() {
+        if l.size == 0 {
+            warnings.push(format!(
+                "layer {i} ({}) is empty (0 bytes): ECR refuses zero-length blobs",
+                l.digest.short()
+            ));
+        }
+    }
+    if !image.skipped.is_empty() {
+        warnings.push(format!(
+            "the source is an index that also holds {}: hoist pushes only the {} image manifest",
+            image.skipped.join(", "),
+            image.platform
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The media type family pushed: a Docker schema 2 image with a zstd layer (as it is or
+/// compressed with `codec`) becomes OCI, as zstd has no Docker media type.
+fn pushed_family(image: &ResolvedImage, codec: Codec, warnings: &mut Vec<String>) -> Family {
+    let needs_oci = image.layers.iter().any(|l| match l.compression {
+        Compression::None => codec_compression(codec) == Compression::Zstd,
+        other => other == Compression::Zstd,
+    });
+    if image.family == Family::Docker2 && needs_oci {
+        warnings.push(
+            "converting the Docker schema 2 image to OCI media types: zstd layers have no Docker media type (docker before 23 cannot pull them)".to_string(),
+        );
+        return Family::Oci;
+    }
+    image.family
+}
+
+/// What is done to layer `l`: compressed with `codec` when uncompressed, else pushed as is
+/// (under the `family` media type when the image is `converted`).
+fn plan_layer(l: SourceLayer, family: Family, converted: bool, codec: Codec) -> PlannedLayer {
+    let (action, media_type) = match l.compression {
+        Compression::None => (
+            LayerAction::Compress {
+                diff_id: l.diff_id.clone(),
+                uncompressed_size: l.size,
+                codec,
+            },
+            media::layer_media_type(family, codec_compression(codec), l.foreign).to_string(),
+        ),
+        c if converted => (
+            LayerAction::AsIs,
+            media::layer_media_type(family, c, l.foreign).to_string(),
+        ),
+        _ => (LayerAction::AsIs, l.media_type.clone()),
+    };
+    PlannedLayer {
+        source: PlannedBlob {
+            digest: l.digest,
+            size: l.size,
+            media_type: l.media_type,
+            location: l.location,
+        },
+        media_type,
+        action,
+        diff_id: l.diff_id,
+        urls: l.urls,
+        annotations: l.annotations,
+    }
+}
+
+/// The source manifest's bytes, to push unchanged, when it names its own media type (ECR
+/// requires the top-level mediaType; without it the manifest is written again).
+fn unchanged_manifest(
+    doc: &Doc<Manifest>,
+    media_type: &str,
+    warnings: &mut Vec<String>,
+) -> Option<ManifestBytes> {
+    if doc.parsed.media_type.is_none() {
+        warnings.push(
+            "the source manifest has no top-level mediaType (ECR requires it): hoist writes the manifest again with it, so its digest differs from the source's".to_string(),
+        );
+        return None;
+    }
+    Some(ManifestBytes {
+        media_type: media_type.to_string(),
+        bytes: doc.bytes.clone(),
+        digest: doc.digest.clone(),
+    })
+}
+
 impl PushPlan {
     /// Opens `reference`, applies the platform guard and plans the push.
     pub fn new(reference: &SourceRef, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
@@ -200,112 +306,25 @@ impl PushPlan {
 
     /// Plans the push of an already resolved image.
     pub fn from_resolved(image: ResolvedImage, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
-        let mut warnings = Vec::new();
-        if image.layers.len() > LAYERS_MAX {
-            if !opts.force_layers {
-                return Err(PlanError::TooManyLayers {
-                    image: image.source,
-                    layers: image.layers.len(),
-                    max: LAYERS_MAX,
-                });
-            }
-            warnings.push(format!(
-                "image has {} layers, over ECR's limit of {LAYERS_MAX}: ECR will refuse the manifest",
-                image.layers.len()
-            ));
-        }
-        for (i, l) in image.layers.iter().enumerate() {
-            if l.size == 0 {
-                warnings.push(format!(
-                    "layer {i} ({}) is empty (0 bytes): ECR refuses zero-length blobs",
-                    l.digest.short()
-                ));
-            }
-        }
-        if !image.skipped.is_empty() {
-            warnings.push(format!(
-                "the source is an index that also holds {}: hoist pushes only the {} image manifest",
-                image.skipped.join(", "),
-                image.platform
-            ));
-        }
-        let pushed_compression = |c: Compression| match c {
-            Compression::None => codec_compression(opts.compression),
-            other => other,
-        };
-        let needs_oci = image
-            .layers
-            .iter()
-            .any(|l| pushed_compression(l.compression) == Compression::Zstd);
-        let family = if image.family == Family::Docker2 && needs_oci {
-            warnings.push(
-                "converting the Docker schema 2 image to OCI media types: zstd layers have no Docker media type (docker before 23 cannot pull them)".to_string(),
-            );
-            Family::Oci
-        } else {
-            image.family
-        };
+        let mut warnings = image_warnings(&image, opts)?;
+        let family = pushed_family(&image, opts.compression, &mut warnings);
         let converted = family != image.family;
-
         let layers: Vec<PlannedLayer> = image
             .layers
             .into_iter()
-            .map(|l| {
-                let (action, media_type) = match l.compression {
-                    Compression::None => (
-                        LayerAction::Compress {
-                            diff_id: l.diff_id.clone(),
-                            uncompressed_size: l.size,
-                            codec: opts.compression,
-                        },
-                        media::layer_media_type(
-                            family,
-                            codec_compression(opts.compression),
-                            l.foreign,
-                        )
-                        .to_string(),
-                    ),
-                    c if converted => (
-                        LayerAction::AsIs,
-                        media::layer_media_type(family, c, l.foreign).to_string(),
-                    ),
-                    _ => (LayerAction::AsIs, l.media_type.clone()),
-                };
-                PlannedLayer {
-                    source: PlannedBlob {
-                        digest: l.digest,
-                        size: l.size,
-                        media_type: l.media_type,
-                        location: l.location,
-                    },
-                    media_type,
-                    action,
-                    diff_id: l.diff_id,
-                    urls: l.urls,
-                    annotations: l.annotations,
-                }
-            })
+            .map(|l| plan_layer(l, family, converted, opts.compression))
             .collect();
-
         let all_as_is = layers.iter().all(|l| l.action == LayerAction::AsIs);
-        let mut manifest_annotations = None;
-        let mut source_manifest = None;
-        if let Some((doc, media_type)) = &image.manifest {
-            manifest_annotations = doc.parsed.annotations.clone();
-            if all_as_is && !converted {
-                if doc.parsed.media_type.is_some() {
-                    source_manifest = Some(ManifestBytes {
-                        media_type: media_type.clone(),
-                        bytes: doc.bytes.clone(),
-                        digest: doc.digest.clone(),
-                    });
-                } else {
-                    warnings.push(
-                        "the source manifest has no top-level mediaType (ECR requires it): hoist writes the manifest again with it, so its digest differs from the source's".to_string(),
-                    );
-                }
+        let manifest_annotations = image
+            .manifest
+            .as_ref()
+            .and_then(|(doc, _)| doc.parsed.annotations.clone());
+        let source_manifest = match &image.manifest {
+            Some((doc, media_type)) if all_as_is && !converted => {
+                unchanged_manifest(doc, media_type, &mut warnings)
             }
-        }
+            _ => None,
+        };
         let manifest_media_type = match &source_manifest {
             Some(m) => m.media_type.clone(),
             None => family.manifest_media_type().to_string(),
@@ -532,5 +551,11 @@ mod tests {
         }
         assert!("xz".parse::<Codec>().is_err());
         assert_eq!(PlanOptions::default().compression, Codec::Gzip);
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PushPlan>();
     }
 }

@@ -120,7 +120,7 @@ async fn upload_url_queries_are_redacted_in_errors() {
         offset: 0,
     };
     let e = c
-        .upload_chunk(&cursor, Bytes::from_static(b"abc"))
+        .upload_chunk_from(&cursor, common::body(Bytes::from_static(b"abc")))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("?REDACTED"), "{e}");
@@ -135,7 +135,7 @@ async fn upload_url_queries_are_redacted_in_errors() {
     };
     let c = RegistryClient::new(&format!("127.0.0.1:{port}"), opts()).unwrap();
     let e = c
-        .upload_chunk(&gone, Bytes::from_static(b"abc"))
+        .upload_chunk_from(&gone, common::body(Bytes::from_static(b"abc")))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("?REDACTED"), "{e}");

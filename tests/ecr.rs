@@ -1,5 +1,5 @@
 //! The registry client against our ECR-emulating proxy (tests/common/ecr_proxy.rs) in front of
-//! the real registry. Each test names the ECR behaviour (from /work/shared/ECR.md) it covers.
+//! the real registry. Each test names the ECR behaviour (from docs/ECR.md) it covers.
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -118,7 +118,7 @@ async fn lost_ack_resyncs_from_the_416_message() {
         .drop_next_patch_response
         .store(true, Ordering::SeqCst);
     let e = c
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -150,7 +150,7 @@ async fn cut_mid_patch_resumes_from_the_last_whole_part() {
     let cur = images::send_chunk(&c, &cur, &blob, MIB..2 * MIB).await;
     *proxy.state.cut_next_body_after.lock().unwrap() = Some((MIB / 2) as u64);
     let e = c
-        .upload_chunk(&cur, blob.bytes.slice(2 * MIB..3 * MIB))
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(2 * MIB..3 * MIB)))
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -344,7 +344,10 @@ async fn throttling_bursts_are_retried() {
     let cur = c.start_upload("team/app").await.unwrap();
     proxy.state.throttle_next.store(2, Ordering::SeqCst);
     let other = Blob::new(images::random_bytes(19, MIB));
-    let cur = c.upload_chunk(&cur, other.bytes.clone()).await.unwrap();
+    let cur = c
+        .upload_chunk_from(&cur, common::body(other.bytes.clone()))
+        .await
+        .unwrap();
     c.finish_upload(&cur, &other.digest, bytes::Bytes::new())
         .await
         .unwrap();
@@ -497,7 +500,7 @@ async fn no_credentials_to_other_hosts() {
         offset: 0,
     };
     let next = c
-        .upload_chunk(&cursor, bytes::Bytes::from_static(b"abc"))
+        .upload_chunk_from(&cursor, common::body(bytes::Bytes::from_static(b"abc")))
         .await
         .unwrap();
     assert_eq!(

@@ -4,7 +4,7 @@
 //! and each former crash) still passes.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
-//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of /work/shared/ECR.md.
+//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of docs/ECR.md.
 
 // The source tests' helpers: the same skopeo call and `docker save` archive entries.
 #[allow(dead_code, unused_imports)]
@@ -185,7 +185,7 @@ fn write_seeds() {
     }
     write_seed("parse_image", "docker-manifest-json", &da_manifest.unwrap());
 
-    // Registry answers, from /work/shared/ECR.md and the distribution registry.
+    // Registry answers, from docs/ECR.md and the distribution registry.
     let registry: &[(&str, &str)] = &[
         (
             "ecr-basic",

@@ -156,7 +156,7 @@ async fn upload_locations_off_the_registry_are_refused() {
     .await;
     let c = client(&h, creds());
     let cur = c.start_upload("team/app").await.unwrap();
-    let e = timed(c.upload_chunk(&cur, Bytes::from_static(b"abc")))
+    let e = timed(c.upload_chunk_from(&cur, common::body(Bytes::from_static(b"abc"))))
         .await
         .unwrap_err();
     assert_clear(&e, &["upload Location on another origin", "refused"]);

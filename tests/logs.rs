@@ -75,7 +75,7 @@ async fn logs_never_show_credentials_or_upload_queries() {
         ResumePoint::Restart
     );
     let e = d
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
         .await
         .unwrap_err();
     tracing::warn!(error = %e, cursor = ?cur, "as the daemon would log it");

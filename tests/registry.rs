@@ -180,7 +180,7 @@ async fn lost_session_restarts() {
         ResumePoint::Restart
     );
     let e = c
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
         .await
         .unwrap_err();
     assert!(e.is_upload_gone(), "{e}");
@@ -350,7 +350,7 @@ async fn stall_watchdog_aborts_silent_requests() {
     };
     let t = std::time::Instant::now();
     let e = c
-        .upload_chunk(&cursor, images::random_bytes(9, 32 * MIB))
+        .upload_chunk_from(&cursor, common::body(images::random_bytes(9, 32 * MIB)))
         .await
         .unwrap_err();
     assert!(
@@ -474,7 +474,7 @@ async fn cut_mid_patch_through_the_client_is_restart() {
     let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     cut.cut_after((MIB / 2) as u64);
     let e = c
-        .upload_chunk(&cur, blob.bytes.slice(MIB..2 * MIB))
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -511,7 +511,10 @@ async fn slow_uplink_is_not_a_stall() {
     let blob = Blob::new(images::random_bytes(60, MIB));
     let cur = c.start_upload("app/slow").await.unwrap();
     let t = std::time::Instant::now();
-    let cur = c.upload_chunk(&cur, blob.bytes.clone()).await.unwrap();
+    let cur = c
+        .upload_chunk_from(&cur, common::body(blob.bytes.clone()))
+        .await
+        .unwrap();
     assert!(
         t.elapsed() >= Duration::from_secs(2),
         "the link was not slow: {:?}",
@@ -542,7 +545,10 @@ async fn a_link_dying_after_the_body_left_is_a_stall() {
         ..Default::default()
     });
     let t = std::time::Instant::now();
-    let e = c.upload_chunk(&cur, blob.bytes.clone()).await.unwrap_err();
+    let e = c
+        .upload_chunk_from(&cur, common::body(blob.bytes.clone()))
+        .await
+        .unwrap_err();
     let took = t.elapsed();
     common::figures::record(
         "a_link_dying_after_the_body_left_is_a_stall",

@@ -6,11 +6,11 @@ use super::job::JobSpec;
 use crate::platform::Platform;
 
 /// Smallest accepted chunk: ECR refuses upload parts below 5 MiB (except the last one).
-pub const CHUNK_BYTES_MIN: u64 = 5 * 1024 * 1024;
+pub const CHUNK_BYTES_MIN: u64 = crate::chunk_size::ECR_CHUNK_BYTES_MIN;
 /// Largest accepted chunk: one chunk is held in memory per upload connection.
 pub const CHUNK_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Chunk size when the client does not ask for one.
-pub const CHUNK_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+pub const CHUNK_BYTES_DEFAULT: u64 = crate::chunk_size::CHUNK_BYTES_DEFAULT;
 /// Longest accepted source or target string; anything longer is a mistake, not an image name.
 pub const REFERENCE_LEN_MAX: usize = 4096;
 

@@ -32,7 +32,7 @@
 
 use libdeflater::{CompressionLvl, Compressor};
 
-use super::{Codec, CompressError, GZIP_LEVEL, ZSTD_LEVEL};
+use super::{Codec, CompressError, GZIP_LEVEL, ZSTD_LEVEL, ZSTD_MAGIC};
 
 /// A chunk shorter than this is always compressed (cheap anyway, and too small a sample).
 pub const PROBE_MIN_BYTES: usize = 128 << 10;
@@ -56,7 +56,6 @@ const ZSTD_BLOCK_BYTES_MAX: usize = 128 << 10;
 /// The gzip header libdeflate writes (no FTEXT, MTIME 0, XFL 0, OS 255 "unknown"), except that
 /// XFL is 4 ("fastest") for the stored members we write ourselves, as libdeflate level 0 does.
 const GZIP_STORED_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff];
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Compresses chunks with reusable codec contexts (libdeflate's compressor and zstd's `CCtx`
 /// cost an allocation and setup each); one per thread.

@@ -49,10 +49,17 @@ pub const COMPRESS_CHUNK_BYTES_DEFAULT: usize = 4 << 20;
 pub const COMPRESS_CHUNK_BYTES_MIN: usize = 64 << 10;
 /// Largest accepted chunk size; it bounds memory (`4 * threads * chunk_bytes`).
 pub const COMPRESS_CHUNK_BYTES_MAX: usize = 256 << 20;
-/// Most compression threads one stream may use.
-pub const COMPRESS_THREADS_MAX: usize = 64;
+/// Most compression threads one stream may use: the codec's own bound, which keeps a
+/// configuration error from spawning thousands of threads. How many threads the daemon lends
+/// its pushes is its own, smaller budget.
+pub const STREAM_THREADS_MAX: usize = 64;
 
-/// libdeflate level for gzip members: 2 (it was 6, gzip's own default, until issue 6).
+/// The first bytes of a gzip member (RFC 1952).
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The first bytes of a zstd frame (RFC 8878).
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// libdeflate level for gzip members: 2, not gzip's own default of 6.
 ///
 /// Measured on this 2-core machine (4 MiB chunks, one thread, loaded, so speeds are rough):
 ///
@@ -153,7 +160,7 @@ pub enum CompressError {
         max = COMPRESS_CHUNK_BYTES_MAX
     )]
     ChunkSize(usize),
-    #[error("thread count {0} is out of range: use 1..={max}", max = COMPRESS_THREADS_MAX)]
+    #[error("thread count {0} is out of range: use 1..={max}", max = STREAM_THREADS_MAX)]
     Threads(usize),
     #[error(
         "cannot resume at chunk {index}: the input prefix has {got} bytes, {expected} expected; \

@@ -27,8 +27,8 @@ use std::thread;
 
 use super::chunk::ChunkCompressor;
 use super::{
-    COMPRESS_CHUNK_BYTES_DEFAULT, COMPRESS_CHUNK_BYTES_MAX, COMPRESS_CHUNK_BYTES_MIN,
-    COMPRESS_THREADS_MAX, Codec, CompressError,
+    COMPRESS_CHUNK_BYTES_DEFAULT, COMPRESS_CHUNK_BYTES_MAX, COMPRESS_CHUNK_BYTES_MIN, Codec,
+    CompressError, STREAM_THREADS_MAX,
 };
 use crate::digest::{Algorithm, Digest, Hasher};
 
@@ -39,7 +39,7 @@ pub struct CompressConfig {
     /// Input bytes per chunk, in `COMPRESS_CHUNK_BYTES_MIN..=COMPRESS_CHUNK_BYTES_MAX`. Part of
     /// the output's identity: a different chunk size gives different bytes.
     pub chunk_bytes: usize,
-    /// Compression threads, in `1..=COMPRESS_THREADS_MAX`. Does not change the output. A stream
+    /// Compression threads, in `1..=STREAM_THREADS_MAX`. Does not change the output. A stream
     /// also uses one reader thread (read + SHA-256 of the input) and the calling thread
     /// (SHA-256 of the output + the sink), so hashing overlaps compression even on one thread.
     pub threads: usize,
@@ -52,7 +52,7 @@ impl CompressConfig {
         CompressConfig {
             codec,
             chunk_bytes: COMPRESS_CHUNK_BYTES_DEFAULT,
-            threads: cores.min(COMPRESS_THREADS_MAX),
+            threads: cores.min(STREAM_THREADS_MAX),
         }
     }
 
@@ -60,7 +60,7 @@ impl CompressConfig {
         if !(COMPRESS_CHUNK_BYTES_MIN..=COMPRESS_CHUNK_BYTES_MAX).contains(&self.chunk_bytes) {
             return Err(CompressError::ChunkSize(self.chunk_bytes));
         }
-        if !(1..=COMPRESS_THREADS_MAX).contains(&self.threads) {
+        if !(1..=STREAM_THREADS_MAX).contains(&self.threads) {
             return Err(CompressError::Threads(self.threads));
         }
         Ok(())
@@ -243,15 +243,8 @@ where
     E: From<CompressError>,
 {
     config.validate()?;
-    let slots = 2 * config.threads;
-    // The free list is the memory bound: nothing else creates slots.
-    let (free_tx, free_rx) = mpsc::sync_channel::<Slot>(slots);
-    for _ in 0..slots {
-        free_tx
-            .send(Slot::default())
-            .expect("the receiver is alive and the channel has room");
-    }
-    // Unbounded, but never holds more than `slots` items because slots are bounded.
+    let (free_tx, free_rx) = free_list(2 * config.threads);
+    // Unbounded, but never holds more than the free list's slots.
     let (work_tx, work_rx) = mpsc::channel::<Work>();
     let work_rx = Mutex::new(work_rx);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -301,6 +294,18 @@ where
         };
         delivery.run(sink)
     })
+}
+
+/// The free list, full of `slots` empty slots. It is the memory bound: nothing else creates
+/// slots.
+fn free_list(slots: usize) -> (mpsc::SyncSender<Slot>, mpsc::Receiver<Slot>) {
+    let (free_tx, free_rx) = mpsc::sync_channel::<Slot>(slots);
+    for _ in 0..slots {
+        free_tx
+            .send(Slot::default())
+            .expect("the receiver is alive and the channel has room");
+    }
+    (free_tx, free_rx)
 }
 
 struct Reader<R> {

@@ -41,7 +41,7 @@ pub fn parse<T: DeserializeOwned>(
     let parsed = serde_json::from_slice(&bytes).map_err(|e| ImageError::Json {
         what: what.to_string(),
         kind,
-        detail: crate::source::one_line(&e.to_string()),
+        detail: crate::text::detail(&e.to_string()),
     })?;
     let digest = Digest::sha256_of(&bytes);
     Ok(Doc {
@@ -152,6 +152,20 @@ pub struct Config {
 impl Config {
     pub fn platform(&self) -> Platform {
         Platform::new(&self.os, &self.architecture, self.variant.as_deref())
+    }
+
+    /// The config's diff_ids, one per layer of the manifest (`what`) that lists `layers`
+    /// layers: a count that differs means the image is inconsistent.
+    pub fn diff_ids_for(&self, what: &str, layers: usize) -> Result<&[Digest], ImageError> {
+        let diff_ids = &self.rootfs.diff_ids;
+        if layers != diff_ids.len() {
+            return Err(ImageError::LayerCountMismatch {
+                what: what.to_string(),
+                layers,
+                diff_ids: diff_ids.len(),
+            });
+        }
+        Ok(diff_ids)
     }
 }
 

@@ -84,9 +84,9 @@ impl Compression {
     /// Sniffs the compression of a blob from its first bytes. `None` means "not gzip or zstd";
     /// other compressions (xz, bzip2) are reported by [`sniff_unsupported`].
     pub fn sniff(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
+        if head.starts_with(&crate::compress::GZIP_MAGIC) {
             Compression::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        } else if head.starts_with(&crate::compress::ZSTD_MAGIC) {
             Compression::Zstd
         } else {
             Compression::None

@@ -179,7 +179,7 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
-        // Found by fuzz target parse_registry: an empty realm was a Bearer challenge.
+        // An empty realm names no token service: not a usable Bearer challenge.
         assert_eq!(parse_challenge("bearer reaLm=,http://12"), None);
         assert_eq!(parse_challenge(r#"Bearer realm="""#), None);
     }

@@ -170,16 +170,7 @@ impl RegistryClient {
         .await?;
         match resp.status.as_u16() {
             201 => {
-                if let Some(d) = resp.header("docker-content-digest")
-                    && d != digest.to_string()
-                {
-                    return Err(RegistryError::DigestMismatch {
-                        method: "POST".into(),
-                        url: redact_url(&resp.url),
-                        expected: digest.to_string(),
-                        got: d.to_string(),
-                    });
-                }
+                resp.check_digest("POST", digest)?;
                 Ok(MountOutcome::Mounted)
             }
             202 => Ok(MountOutcome::Upload(
@@ -258,23 +249,14 @@ impl RegistryClient {
         })
     }
 
-    /// Sends `chunk` as the bytes at `cursor.offset` (PATCH with `Content-Range`). Returns the
-    /// next cursor: the latest Location and the acknowledged offset. Any 2xx is success (ECR
-    /// answers 201). On ECR's 416 the registry's committed offset is returned instead, and the
-    /// caller continues from there.
-    pub async fn upload_chunk(
-        &self,
-        cursor: &UploadCursor,
-        chunk: Bytes,
-    ) -> Result<UploadCursor, RegistryError> {
-        let len = chunk.len() as u64;
-        self.patch(cursor, len, |req| req.body(chunk)).await
-    }
-
-    /// [`Self::upload_chunk`] with the bytes streamed from a file region (`range.len` bytes at
-    /// `range.offset`) in [`FILE_PIECE_BYTES`](super::FILE_PIECE_BYTES) pieces: memory stays at a few pieces whatever
-    /// the chunk size. The stall watchdog applies as for any request; a PATCH that fails in
-    /// flight is not retried here (only a 429, which took no bytes): call `resume`.
+    /// Sends the bytes of a file region (`range.len` bytes at `range.offset`) as the bytes at
+    /// `cursor.offset` (PATCH with `Content-Range`), streamed in
+    /// [`FILE_PIECE_BYTES`](super::FILE_PIECE_BYTES) pieces: memory stays at a few pieces
+    /// whatever the chunk size. Returns the next cursor: the latest Location and the
+    /// acknowledged offset. Any 2xx is success (ECR answers 201). On ECR's 416 the registry's
+    /// committed offset is returned instead, and the caller continues from there. The stall
+    /// watchdog applies as for any request; a PATCH that fails in flight is not retried here
+    /// (only a 429, which took no bytes): call `resume`.
     pub async fn upload_chunk_from(
         &self,
         cursor: &UploadCursor,
@@ -435,16 +417,7 @@ impl RegistryClient {
         if !resp.status.is_success() {
             return Err(resp.error(&Method::PUT));
         }
-        if let Some(d) = resp.header("docker-content-digest")
-            && d != digest.to_string()
-        {
-            return Err(RegistryError::DigestMismatch {
-                method: "PUT".into(),
-                url: redact_url(&resp.url),
-                expected: digest.to_string(),
-                got: d.to_string(),
-            });
-        }
+        resp.check_digest("PUT", digest)?;
         Ok(())
     }
 

@@ -231,47 +231,58 @@ impl CredentialLookup {
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
-            // Helpers print their errors on stdout (docker-credential-helpers do), but a helper
-            // that printed credentials and then failed must not put them in our message: JSON
-            // on stdout is never quoted.
-            let stdout = if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok() {
-                ""
-            } else {
-                &*String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
-            };
-            let msg = [
-                stdout.trim(),
-                String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]).trim(),
-            ]
-            .join(" ")
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect::<String>();
-            let msg = msg.trim();
+            let msg = helper_error_text(&out);
             if msg.contains("credentials not found") {
                 return Ok(None);
             }
             return Err(fail(format!("exited with {}: {msg}", out.status)));
         }
-        if out.stdout.len() > HELPER_OUTPUT_BYTES_MAX {
-            return Err(fail("printed too much".into()));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|_| fail("did not print JSON {\"Username\",\"Secret\"}".into()))?;
-        let username = v
-            .get("Username")
-            .and_then(|u| u.as_str())
-            .unwrap_or_default();
-        let secret = v.get("Secret").and_then(|u| u.as_str()).unwrap_or_default();
-        if secret.is_empty() || username == "<token>" {
-            // "<token>" is an OAuth2 identity token, which needs a refresh-token flow we lack.
-            return Err(fail("gave no usable username and secret".into()));
-        }
-        Ok(Some(Credentials {
-            username: username.into(),
-            secret: secret.into(),
-        }))
+        parse_helper_output(&out.stdout)
+            .map(Some)
+            .map_err(|m| fail(m.into()))
     }
+}
+
+/// What a failed helper said, on one line. Helpers print their errors on stdout
+/// (docker-credential-helpers do), but a helper that printed credentials and then failed must
+/// not put them in our message: JSON on stdout is never quoted.
+fn helper_error_text(out: &std::process::Output) -> String {
+    let stdout = if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok() {
+        ""
+    } else {
+        &*String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
+    };
+    let msg = [
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]).trim(),
+    ]
+    .join(" ")
+    .chars()
+    .map(|c| if c.is_control() { ' ' } else { c })
+    .collect::<String>();
+    msg.trim().to_string()
+}
+
+/// The credentials a helper printed (`{"Username","Secret"}`), or what is wrong with them.
+fn parse_helper_output(stdout: &[u8]) -> Result<Credentials, &'static str> {
+    if stdout.len() > HELPER_OUTPUT_BYTES_MAX {
+        return Err("printed too much");
+    }
+    let v: serde_json::Value = serde_json::from_slice(stdout)
+        .map_err(|_| "did not print JSON {\"Username\",\"Secret\"}")?;
+    let username = v
+        .get("Username")
+        .and_then(|u| u.as_str())
+        .unwrap_or_default();
+    let secret = v.get("Secret").and_then(|u| u.as_str()).unwrap_or_default();
+    if secret.is_empty() || username == "<token>" {
+        // "<token>" is an OAuth2 identity token, which needs a refresh-token flow we lack.
+        return Err("gave no usable username and secret");
+    }
+    Ok(Credentials {
+        username: username.into(),
+        secret: secret.into(),
+    })
 }
 
 /// `config.json`'s path: the explicit directory, else `$DOCKER_CONFIG`, else `~/.docker`.

@@ -18,21 +18,9 @@ pub struct RegistryErrorBody {
 /// characters before it goes into an error message.
 pub const ERROR_TEXT_CHARS_MAX: usize = 300;
 
-/// Registry-supplied text made fit for a one-line error on a terminal: control characters
-/// (newlines, ANSI escapes) become spaces, and at most [`ERROR_TEXT_CHARS_MAX`] characters
-/// are kept (the last one `…` when cut).
+/// Registry-supplied text made fit for a one-line error (see [`crate::text::one_line`]).
 fn clean_text(s: &str) -> String {
-    let mut out: String = s
-        .trim()
-        .chars()
-        .take(ERROR_TEXT_CHARS_MAX + 1)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if out.chars().count() > ERROR_TEXT_CHARS_MAX {
-        out = out.chars().take(ERROR_TEXT_CHARS_MAX - 1).collect();
-        out.push('…');
-    }
-    out
+    crate::text::one_line(s, ERROR_TEXT_CHARS_MAX)
 }
 
 impl RegistryErrorBody {

@@ -10,20 +10,25 @@ use super::{
     Reference, RegistryClient, RegistryError, pull_scope, push_scope, retry, transport::Req,
 };
 use crate::digest::Digest;
+use crate::image::media;
 
-/// The registries' manifest size limit (ECR and distribution: 4 MiB).
-pub const MANIFEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// The registries' manifest size limit (ECR and distribution: 4 MiB): the same bound hoist
+/// puts on every JSON document it reads.
+pub const MANIFEST_BYTES_MAX: usize = crate::image::JSON_BYTES_MAX as usize;
 
 /// The four manifest media types registries accept.
 pub mod media_types {
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    pub const ALL: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+    use crate::image::media::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+
+    pub const ALL: [&str; 4] = [
+        OCI_MANIFEST,
+        OCI_INDEX,
+        DOCKER_MANIFEST,
+        DOCKER_MANIFEST_LIST,
+    ];
 
     pub fn is_index(m: &str) -> bool {
-        m == OCI_INDEX || m == DOCKER_LIST
+        m == OCI_INDEX || m == DOCKER_MANIFEST_LIST
     }
     pub fn is_manifest(m: &str) -> bool {
         m == OCI_MANIFEST || m == DOCKER_MANIFEST
@@ -62,16 +67,7 @@ impl RegistryClient {
         if !resp.status.is_success() {
             return Err(self.manifest_error(&resp, repository, tag, media_type));
         }
-        if let Some(d) = resp.header("docker-content-digest")
-            && d != digest.to_string()
-        {
-            return Err(RegistryError::DigestMismatch {
-                method: "PUT".into(),
-                url: redact_url(&resp.url),
-                expected: digest.to_string(),
-                got: d.to_string(),
-            });
-        }
+        resp.check_digest("PUT", &digest)?;
         Ok(digest)
     }
 
@@ -117,9 +113,7 @@ impl RegistryClient {
             return rejected(format!("manifest too large ({msg})"));
         }
         if code == "UNSUPPORTED" || status == 415 || status == 405 {
-            let hint = if media_type == media_types::OCI_MANIFEST
-                || media_type == media_types::OCI_INDEX
-            {
+            let hint = if media_type == media::OCI_MANIFEST || media_type == media::OCI_INDEX {
                 ": ECR needs a top-level \"mediaType\" in OCI manifests and indexes"
             } else {
                 ""

@@ -1,5 +1,5 @@
 //! The OCI Distribution client: auth, blob HEAD/mount/POST/PATCH/PUT, resume, manifests,
-//! verification. Built for Amazon ECR's quirks (see `/work/shared/ECR.md`) and tested against
+//! verification. Built for Amazon ECR's quirks (see `docs/ECR.md`) and tested against
 //! Debian's distribution registry and an ECR-emulating proxy in front of it.
 //!
 //! # Shape: steps from one cursor to the next
@@ -9,12 +9,12 @@
 //!
 //! ```text
 //! check_repository -> blob_present? -> mount_blob? -> start_upload -> cursor0
-//! cursor_n --upload_chunk(bytes at cursor_n.offset)--> cursor_n+1      (persist each)
+//! cursor_n --upload_chunk_from(bytes at cursor_n.offset)--> cursor_n+1 (persist each)
 //! after a failure or a restart: resume(cursor) -> Continue(cursor') | Restart
 //! finish_upload(cursor, digest, last bytes) -> done ; put_manifest ; verify_tag
 //! ```
 //!
-//! - `upload_chunk` returns where the registry is after the step. Normally that is
+//! - `upload_chunk_from` returns where the registry is after the step. Normally that is
 //!   `offset + chunk.len()`; after ECR's 416 (`First byte of the layer part is N instead of M`)
 //!   it is `M`: the caller always sends from `cursor.offset`, so it resyncs by itself.
 //! - The acknowledged offset is tracked by the client (ECR's `Range` header is stale), and the
@@ -31,7 +31,7 @@
 //! loop:
 //!   bytes = blob[cursor.offset .. cursor.offset + chunk_bytes()]
 //!   last piece?  finish_upload(cursor, digest, bytes) -> done
-//!   else         upload_chunk(cursor, bytes)          -> Ok(next): persist next, go on
+//!   else         upload_chunk_from(cursor, bytes)     -> Ok(next): persist next, go on
 //!   Err(e) if e.is_upload_gone()    -> new session for this blob (start_upload); after a
 //!                                      failed finish_upload, blob_present first: the PUT
 //!                                      may have landed and only its answer was lost
@@ -103,10 +103,7 @@ pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
 
-/// Default chunk (PATCH body) size.
-pub const CHUNK_BYTES_DEFAULT: u64 = 16 << 20;
-/// ECR refuses layer parts below 5 MiB (except the last).
-pub const ECR_CHUNK_BYTES_MIN: u64 = 5 << 20;
+pub use crate::chunk_size::{CHUNK_BYTES_DEFAULT, ECR_CHUNK_BYTES_MIN};
 /// The stall watchdog's default: abort a request when no byte moved for this long.
 pub const STALL_TIMEOUT_S_DEFAULT: u64 = 30;
 pub const CONNECT_TIMEOUT_S_DEFAULT: u64 = 30;

@@ -17,6 +17,7 @@ use super::auth::{self, Challenge, Token};
 use super::error::{Redacted, RegistryErrorBody, TransportKind, redact_url};
 use super::retry::parse_retry_after;
 use super::{Inner, RegistryError};
+use crate::digest::Digest;
 
 /// Request bodies are handed to hyper in pieces of this size, so the watchdog sees progress.
 const BODY_PIECE_BYTES: usize = 64 * 1024;
@@ -124,6 +125,20 @@ impl Resp {
     /// `Location`, resolved against the request URL.
     pub fn location(&self) -> Option<Url> {
         self.header("location").and_then(|l| self.url.join(l).ok())
+    }
+
+    /// A `Docker-Content-Digest` that names another digest than `expected` is an error (the
+    /// header is optional: ECR leaves it out of some answers).
+    pub fn check_digest(&self, method: &str, expected: &Digest) -> Result<(), RegistryError> {
+        match self.header("docker-content-digest") {
+            Some(d) if d != expected.to_string() => Err(RegistryError::DigestMismatch {
+                method: method.into(),
+                url: redact_url(&self.url),
+                expected: expected.to_string(),
+                got: d.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn error(&self, method: &Method) -> RegistryError {
@@ -476,33 +491,7 @@ impl Inner {
             (None, None) => 0,
         };
         let progress = Progress::new(body_len);
-        let mut rb = self
-            .http
-            .request(req.method.clone(), req.url.clone())
-            .headers(req.headers.clone());
-        if let Some(a) = authz {
-            let mut v = HeaderValue::from_str(a).map_err(|_| RegistryError::Credentials {
-                registry: self.host.clone(),
-                message: "the credentials contain characters that cannot go in a header".into(),
-            })?;
-            v.set_sensitive(true);
-            rb = rb.header(header::AUTHORIZATION, v);
-        }
-        if let Some(f) = &req.body_file {
-            rb = rb
-                .header(header::CONTENT_LENGTH, f.len.to_string())
-                .body(file_body(
-                    f.clone(),
-                    progress.clone(),
-                    self.opts.bandwidth.clone(),
-                ));
-        } else if let Some(b) = &req.body {
-            rb = rb
-                .header(header::CONTENT_LENGTH, b.len().to_string())
-                .body(progress_body(b.clone(), progress.clone()));
-        } else if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
-            rb = rb.header(header::CONTENT_LENGTH, "0");
-        }
+        let rb = self.request(req, authz, &progress)?;
         let method = req.method.clone();
         let url = req.url.clone();
         let started = Instant::now();
@@ -519,56 +508,11 @@ impl Inner {
             p.tick();
             let status = resp.status();
             let headers = resp.headers().clone();
-            let mut body = Vec::new();
-            let body_started = Instant::now();
-            if method != Method::HEAD {
-                let mut resp = resp;
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(c)) => {
-                            p.tick();
-                            // A body trickling in (one byte a second) keeps the stall watchdog
-                            // quiet: bound the whole read by a minimum average rate.
-                            let allowed = stall
-                                + Duration::from_millis(
-                                    (body.len() as u64).saturating_mul(1000)
-                                        / RESPONSE_BYTES_PER_S_MIN,
-                                );
-                            if body_started.elapsed() > allowed {
-                                return Err(RegistryError::Transport {
-                                    method: method.to_string(),
-                                    url: redact_url(&url),
-                                    kind: TransportKind::Stalled,
-                                    message: format!(
-                                        "the response came too slowly ({} bytes in {} s): aborted",
-                                        body.len() + c.len(),
-                                        body_started.elapsed().as_secs()
-                                    ),
-                                });
-                            }
-                            if !status.is_success() && body.len() + c.len() > ERROR_BODY_BYTES_MAX {
-                                // An error answer: its first bytes say what is wrong; the rest
-                                // is not read (the connection is dropped, not reused).
-                                let keep = ERROR_BODY_BYTES_MAX - body.len();
-                                body.extend_from_slice(&c[..keep.min(c.len())]);
-                                break;
-                            }
-                            if body.len() + c.len() > RESPONSE_BYTES_MAX {
-                                return Err(RegistryError::Protocol {
-                                    method: method.to_string(),
-                                    url: redact_url(&url),
-                                    message: format!(
-                                        "response body larger than {RESPONSE_BYTES_MAX} bytes"
-                                    ),
-                                });
-                            }
-                            body.extend_from_slice(&c);
-                        }
-                        Ok(None) => break,
-                        Err(e) => return Err(RegistryError::transport(method.as_str(), &url, &e)),
-                    }
-                }
-            }
+            let body = if method == Method::HEAD {
+                Vec::new()
+            } else {
+                read_body(resp, &method, &url, stall, &p).await?
+            };
             Ok(Resp {
                 status,
                 headers,
@@ -600,4 +544,99 @@ impl Inner {
         }
         result
     }
+
+    /// The HTTP request for `req`: its headers, `authz` (marked sensitive, so never logged),
+    /// and its body, counted by `progress` as hyper takes it.
+    fn request(
+        &self,
+        req: &Req,
+        authz: Option<&str>,
+        progress: &Arc<Progress>,
+    ) -> Result<reqwest::RequestBuilder, RegistryError> {
+        let mut rb = self
+            .http
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(a) = authz {
+            let mut v = HeaderValue::from_str(a).map_err(|_| RegistryError::Credentials {
+                registry: self.host.clone(),
+                message: "the credentials contain characters that cannot go in a header".into(),
+            })?;
+            v.set_sensitive(true);
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        if let Some(f) = &req.body_file {
+            rb = rb
+                .header(header::CONTENT_LENGTH, f.len.to_string())
+                .body(file_body(
+                    f.clone(),
+                    progress.clone(),
+                    self.opts.bandwidth.clone(),
+                ));
+        } else if let Some(b) = &req.body {
+            rb = rb
+                .header(header::CONTENT_LENGTH, b.len().to_string())
+                .body(progress_body(b.clone(), progress.clone()));
+        } else if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            rb = rb.header(header::CONTENT_LENGTH, "0");
+        }
+        Ok(rb)
+    }
+}
+
+/// Reads a response body into memory: at most [`RESPONSE_BYTES_MAX`], only the first
+/// [`ERROR_BODY_BYTES_MAX`] of an error answer, and no slower on average than
+/// [`RESPONSE_BYTES_PER_S_MIN`] after a grace of `stall`.
+async fn read_body(
+    mut resp: reqwest::Response,
+    method: &Method,
+    url: &Url,
+    stall: Duration,
+    p: &Progress,
+) -> Result<Vec<u8>, RegistryError> {
+    let status = resp.status();
+    let mut body = Vec::new();
+    let body_started = Instant::now();
+    loop {
+        let c = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(RegistryError::transport(method.as_str(), url, &e)),
+        };
+        p.tick();
+        // A body trickling in (one byte a second) keeps the stall watchdog quiet: bound the
+        // whole read by a minimum average rate.
+        let allowed = stall
+            + Duration::from_millis(
+                (body.len() as u64).saturating_mul(1000) / RESPONSE_BYTES_PER_S_MIN,
+            );
+        if body_started.elapsed() > allowed {
+            return Err(RegistryError::Transport {
+                method: method.to_string(),
+                url: redact_url(url),
+                kind: TransportKind::Stalled,
+                message: format!(
+                    "the response came too slowly ({} bytes in {} s): aborted",
+                    body.len() + c.len(),
+                    body_started.elapsed().as_secs()
+                ),
+            });
+        }
+        if !status.is_success() && body.len() + c.len() > ERROR_BODY_BYTES_MAX {
+            // An error answer: its first bytes say what is wrong; the rest is not read (the
+            // connection is dropped, not reused).
+            let keep = ERROR_BODY_BYTES_MAX - body.len();
+            body.extend_from_slice(&c[..keep.min(c.len())]);
+            break;
+        }
+        if body.len() + c.len() > RESPONSE_BYTES_MAX {
+            return Err(RegistryError::Protocol {
+                method: method.to_string(),
+                url: redact_url(url),
+                message: format!("response body larger than {RESPONSE_BYTES_MAX} bytes"),
+            });
+        }
+        body.extend_from_slice(&c);
+    }
+    Ok(body)
 }

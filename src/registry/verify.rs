@@ -3,13 +3,14 @@
 //! os/architecture must be the node's.
 
 use crate::digest::Digest;
+use crate::image::media;
 use crate::platform::Platform;
 
 use super::manifests::media_types;
 use super::{ImageRef, Reference, RegistryClient, RegistryError};
 
-/// Configs are small; a bigger one is not an image config.
-const CONFIG_BYTES_MAX: usize = 4 << 20;
+/// Configs are small; a bigger one is not an image config (the bound on every JSON document).
+const CONFIG_BYTES_MAX: usize = crate::image::JSON_BYTES_MAX as usize;
 
 /// What the verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,12 +93,18 @@ fn platform_of(v: &serde_json::Value) -> Option<Platform> {
     ))
 }
 
+/// The valid `digest` of a descriptor, if it has one.
+fn digest_field(descriptor: &serde_json::Value) -> Option<Digest> {
+    let d = descriptor.get("digest")?.as_str()?;
+    Digest::parse(d).ok()
+}
+
 fn is_attestation(entry: &serde_json::Value) -> bool {
     entry
         .get("annotations")
-        .and_then(|a| a.get("vnd.docker.reference.type"))
+        .and_then(|a| a.get(media::ANNOTATION_REFERENCE_TYPE))
         .and_then(|t| t.as_str())
-        == Some("attestation-manifest")
+        == Some(media::ATTESTATION_MANIFEST)
 }
 
 /// Reads the tag back and checks it is `expected` (when given) and runs on `platform`.
@@ -123,41 +130,7 @@ pub async fn verify_tag(
     let is_index = media_types::is_index(&media_type)
         || (media_type.is_empty() && doc.get("manifests").is_some_and(|m| m.is_array()));
     let (image_digest, manifest) = if is_index {
-        let entries = doc
-            .get("manifests")
-            .and_then(|m| m.as_array())
-            .ok_or_else(|| malformed("index", &image.to_string(), "no manifests array"))?;
-        let mut seen = Vec::new();
-        let mut chosen = None;
-        for e in entries {
-            let p = e.get("platform").and_then(platform_of);
-            seen.push(
-                p.as_ref()
-                    .map_or("unknown/unknown".to_string(), |p| p.to_string()),
-            );
-            // containerd skips entries without a platform and attestation manifests.
-            let Some(p) = p else { continue };
-            if is_attestation(e) || p.is_unknown() {
-                continue;
-            }
-            if chosen.is_none() && platform.matches(&p) {
-                chosen = Some(e);
-            }
-        }
-        let Some(entry) = chosen else {
-            seen.dedup();
-            return Err(VerifyError::NoPlatformMatch {
-                wanted: platform.clone(),
-                entries: seen,
-            });
-        };
-        let d = entry
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .and_then(|d| Digest::parse(d).ok())
-            .ok_or_else(|| {
-                malformed("index", &image.to_string(), "entry without a valid digest")
-            })?;
+        let d = index_entry(&doc, image, platform)?;
         let (mt, b, got) = client
             .get_manifest(repo, &Reference::Digest(d.clone()))
             .await?;
@@ -170,11 +143,72 @@ pub async fn verify_tag(
     } else {
         (tag_digest.clone(), doc)
     };
+    let found = config_platform(client, repo, &manifest, &image_digest).await?;
+    if !platform.matches(&found) {
+        return Err(VerifyError::WrongPlatform {
+            found,
+            wanted: platform.clone(),
+        });
+    }
+    let layers = check_layers(client, image, &manifest, &image_digest).await?;
+    Ok(VerifyReport {
+        tag_digest,
+        tag_media_type: media_type,
+        image_digest,
+        platform: found,
+        via_index: is_index,
+        layers,
+    })
+}
+
+/// The digest of the entry of `index` a node of `platform` pulls, the way containerd picks
+/// it: entries without a platform and attestation manifests are skipped.
+fn index_entry(
+    index: &serde_json::Value,
+    image: &ImageRef,
+    platform: &Platform,
+) -> Result<Digest, VerifyError> {
+    let entries = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| malformed("index", &image.to_string(), "no manifests array"))?;
+    let mut seen = Vec::new();
+    let mut chosen = None;
+    for e in entries {
+        let p = e.get("platform").and_then(platform_of);
+        seen.push(
+            p.as_ref()
+                .map_or("unknown/unknown".to_string(), |p| p.to_string()),
+        );
+        let Some(p) = p else { continue };
+        if is_attestation(e) || p.is_unknown() {
+            continue;
+        }
+        if chosen.is_none() && platform.matches(&p) {
+            chosen = Some(e);
+        }
+    }
+    let Some(entry) = chosen else {
+        seen.dedup();
+        return Err(VerifyError::NoPlatformMatch {
+            wanted: platform.clone(),
+            entries: seen,
+        });
+    };
+    digest_field(entry)
+        .ok_or_else(|| malformed("index", &image.to_string(), "entry without a valid digest"))
+}
+
+/// The platform the image manifest's config (fetched from `repo`) declares.
+async fn config_platform(
+    client: &RegistryClient,
+    repo: &str,
+    manifest: &serde_json::Value,
+    image_digest: &Digest,
+) -> Result<Platform, VerifyError> {
     let config_digest = manifest
         .get("config")
-        .and_then(|c| c.get("digest"))
-        .and_then(|d| d.as_str())
-        .and_then(|d| Digest::parse(d).ok())
+        .and_then(digest_field)
         .ok_or_else(|| {
             malformed(
                 "manifest",
@@ -187,25 +221,24 @@ pub async fn verify_tag(
         .await?;
     let config: serde_json::Value = serde_json::from_slice(&config)
         .map_err(|e| malformed("config", &config_digest.to_string(), e.to_string()))?;
-    let found = platform_of(&config)
-        .ok_or_else(|| malformed("config", &config_digest.to_string(), "no os/architecture"))?;
-    if !platform.matches(&found) {
-        return Err(VerifyError::WrongPlatform {
-            found,
-            wanted: platform.clone(),
-        });
-    }
-    // A node pulls every layer: each must be there with its size (a partial push leaves a
-    // manifest whose layers 404).
+    platform_of(&config)
+        .ok_or_else(|| malformed("config", &config_digest.to_string(), "no os/architecture"))
+}
+
+/// Checks every layer of `manifest` is in the registry with its size: a node pulls every
+/// layer, and a partial push leaves a manifest whose layers 404. Returns how many there are.
+async fn check_layers(
+    client: &RegistryClient,
+    image: &ImageRef,
+    manifest: &serde_json::Value,
+    image_digest: &Digest,
+) -> Result<usize, VerifyError> {
     let layers = manifest
         .get("layers")
         .and_then(|l| l.as_array())
         .ok_or_else(|| malformed("manifest", &image_digest.to_string(), "no layers array"))?;
     for (i, layer) in layers.iter().enumerate() {
-        let digest = layer
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .and_then(|d| Digest::parse(d).ok());
+        let digest = digest_field(layer);
         let size = layer.get("size").and_then(|s| s.as_u64());
         let (Some(digest), Some(size)) = (digest, size) else {
             return Err(malformed(
@@ -214,7 +247,10 @@ pub async fn verify_tag(
                 format!("layer {} has no valid digest and size", i + 1),
             ));
         };
-        if !client.blob_present(repo, &digest, size).await? {
+        if !client
+            .blob_present(&image.repository, &digest, size)
+            .await?
+        {
             return Err(VerifyError::MissingLayer {
                 image: image.to_string(),
                 layer: i + 1,
@@ -223,14 +259,7 @@ pub async fn verify_tag(
             });
         }
     }
-    Ok(VerifyReport {
-        tag_digest,
-        tag_media_type: media_type,
-        image_digest,
-        platform: found,
-        via_index: is_index,
-        layers: layers.len(),
-    })
+    Ok(layers.len())
 }
 
 #[cfg(test)]

@@ -349,7 +349,6 @@ mod tests {
     fn shareable_across_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<BlobLocation>();
-        send_sync::<crate::plan::PushPlan>();
         send_sync::<SourceError>();
     }
 

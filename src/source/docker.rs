@@ -72,7 +72,7 @@ pub fn check_compressed_layer(
         } else {
             SourceError::Decompress {
                 what: what.clone(),
-                detail: super::error::one_line(&e.to_string()),
+                detail: crate::text::detail(&e.to_string()),
             }
         }
     };
@@ -119,7 +119,7 @@ fn pick<'a>(
     let available = if all.is_empty() {
         "no tags".to_string()
     } else {
-        super::one_line(&all.join(", "))
+        crate::text::detail(&all.join(", "))
     };
     match reference {
         Some(r) => entries
@@ -144,7 +144,7 @@ fn pick<'a>(
                 count: entries.len(),
                 example: format!(
                     "docker-archive:FILE:{}",
-                    super::one_line(all.first().map(String::as_str).unwrap_or("NAME:TAG"))
+                    crate::text::detail(all.first().map(String::as_str).unwrap_or("NAME:TAG"))
                 ),
                 available,
             }
@@ -229,137 +229,127 @@ pub(super) fn resolve(
     let config_name = entry_name(&display, &entry.config)?;
     let config_location = c.locate(&config_name, MANIFEST_HINT)?;
     let config_what = config_location.name.to_string();
-    if config_location.len > doc::JSON_BYTES_MAX {
-        return Err(ImageError::TooLarge {
-            what: config_what,
-            size: config_location.len,
-            max: doc::JSON_BYTES_MAX,
-        }
-        .into());
-    }
-    let config_bytes = config_location.read_all()?;
-    if let Some(expected) = digest_of_path(&display, &config_name)? {
-        let mut h = Hasher::new(expected.algorithm());
-        h.update(&config_bytes);
-        let actual = h.finish();
-        if actual != expected {
-            return Err(SourceError::DigestMismatch {
-                what: config_what,
-                expected,
-                actual,
-            });
-        }
-    }
+    let config_digest = digest_of_path(&display, &config_name)?;
+    let config_bytes = super::read_json_at(&config_location, config_digest.as_ref())?;
     let config: Doc<Config> = doc::parse(config_bytes, &config_what, "image config")?;
     let platform = select::check_config_platform(&config_what, &config.parsed, wanted)?;
 
-    let diff_ids = &config.parsed.rootfs.diff_ids;
-    if entry.layers.len() != diff_ids.len() {
-        return Err(ImageError::LayerCountMismatch {
-            what,
-            layers: entry.layers.len(),
-            diff_ids: diff_ids.len(),
-        }
-        .into());
-    }
-    let mut layers = Vec::with_capacity(entry.layers.len());
-    for (raw, diff_id) in entry.layers.iter().zip(diff_ids) {
-        let name = entry_name(&display, raw)?;
-        // Layers are checked against their diff_id as they stream, so docker's own
-        // in-archive symlinks (a layer saved twice) are safe to follow.
-        let location = c.locate_following_symlink(&name, MANIFEST_HINT)?;
-        let layer_what = location.name.to_string();
-        let path_digest = digest_of_path(&display, &name)?;
-        let head = location.head(8)?;
-        if let Some(codec) = sniff_unsupported(&head) {
-            return Err(SourceError::UnsupportedCompression {
-                what: layer_what,
-                codec,
-            });
-        }
-        let compression = Compression::sniff(&head);
-        let digest = match compression {
-            // Uncompressed: the blob's digest is its diff_id; the bytes are checked against it
-            // as they stream to the compressor.
-            Compression::None => {
-                if let Some(p) = &path_digest
-                    && p != diff_id
-                {
-                    return Err(SourceError::DiffIdMismatch {
-                        what: layer_what,
-                        expected: diff_id.clone(),
-                        actual: p.clone(),
-                    });
-                }
-                diff_id.clone()
-            }
-            // Compressed: the archive does not record the compressed digest (classic layout) or
-            // records it only in the path, so read the layer once now, checking the diff_id.
-            Compression::Gzip | Compression::Zstd => {
-                let algorithm = path_digest
-                    .as_ref()
-                    .map_or(Algorithm::Sha256, Digest::algorithm);
-                let actual = check_compressed_layer(&location, compression, diff_id, algorithm)?;
-                if let Some(expected) = path_digest
-                    && expected != actual
-                {
-                    return Err(SourceError::DigestMismatch {
-                        what: layer_what,
-                        expected,
-                        actual,
-                    });
-                }
-                actual
-            }
-        };
-        layers.push(SourceLayer {
-            digest,
-            size: location.len,
-            media_type: media::layer_media_type(Family::Docker2, compression, false).to_string(),
-            compression,
-            foreign: false,
-            location,
-            diff_id: diff_id.clone(),
-            urls: None,
-            annotations: None,
-        });
-    }
+    let diff_ids = config.parsed.diff_ids_for(&what, entry.layers.len())?;
+    let mut layers = entry
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(raw, diff_id)| layer(c, &display, raw, diff_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut image = ResolvedImage {
+        source: source.reference.to_string(),
+        family: Family::Docker2,
+        manifest: None,
+        config_media_type: media::DOCKER_CONFIG.to_string(),
+        config_location,
+        platform,
+        layers: Vec::new(),
+        skipped: Vec::new(),
+        config,
+    };
     // Docker 25+ archives also hold the image's OCI manifest: when one matches this config and
     // these layers, push it byte for byte (keeping the digest docker/buildx gave the image).
-    if let Some((manifest, media_type, family)) = find_oci_manifest(c, &config.digest, &layers) {
+    if let Some((manifest, media_type, family)) =
+        find_oci_manifest(c, &image.config.digest, &layers)
+    {
         for (l, d) in layers.iter_mut().zip(&manifest.parsed.layers) {
             l.media_type = d.media_type.clone();
             l.urls = d.urls.clone();
             l.annotations = d.annotations.clone();
             l.foreign = media::classify_layer(&d.media_type).is_some_and(|t| t.foreign);
         }
-        let config_media_type = match manifest.parsed.config.media_type.as_str() {
+        image.config_media_type = match manifest.parsed.config.media_type.as_str() {
             "" => family.config_media_type().to_string(),
             mt => mt.to_string(),
         };
-        return Ok(ResolvedImage {
-            source: source.reference.to_string(),
-            family,
-            manifest: Some((manifest, media_type)),
-            config,
-            config_media_type,
-            config_location,
-            platform,
-            layers,
-            skipped: Vec::new(),
+        image.family = family;
+        image.manifest = Some((manifest, media_type));
+    }
+    image.layers = layers;
+    Ok(image)
+}
+
+/// The layer at archive path `raw` whose uncompressed content is `diff_id`. Layers are checked
+/// against their diff_id as they stream, so docker's own in-archive symlinks (a layer saved
+/// twice) are safe to follow.
+fn layer(
+    c: &Container,
+    display: &str,
+    raw: &str,
+    diff_id: &Digest,
+) -> Result<SourceLayer, SourceError> {
+    let name = entry_name(display, raw)?;
+    let location = c.locate_following_symlink(&name, MANIFEST_HINT)?;
+    let path_digest = digest_of_path(display, &name)?;
+    let head = location.head(8)?;
+    if let Some(codec) = sniff_unsupported(&head) {
+        return Err(SourceError::UnsupportedCompression {
+            what: location.name.to_string(),
+            codec,
         });
     }
-    Ok(ResolvedImage {
-        source: source.reference.to_string(),
-        family: Family::Docker2,
-        manifest: None,
-        config,
-        config_media_type: media::DOCKER_CONFIG.to_string(),
-        config_location,
-        platform,
-        layers,
-        skipped: Vec::new(),
+    let compression = Compression::sniff(&head);
+    let digest = layer_digest(&location, compression, diff_id, path_digest)?;
+    Ok(SourceLayer {
+        digest,
+        size: location.len,
+        media_type: media::layer_media_type(Family::Docker2, compression, false).to_string(),
+        compression,
+        foreign: false,
+        location,
+        diff_id: diff_id.clone(),
+        urls: None,
+        annotations: None,
     })
+}
+
+/// The blob digest of a layer, checked against the digest its path implies (if any).
+fn layer_digest(
+    location: &BlobLocation,
+    compression: Compression,
+    diff_id: &Digest,
+    path_digest: Option<Digest>,
+) -> Result<Digest, SourceError> {
+    let layer_what = || location.name.to_string();
+    match compression {
+        // Uncompressed: the blob's digest is its diff_id; the bytes are checked against it as
+        // they stream to the compressor.
+        Compression::None => {
+            if let Some(p) = path_digest
+                && &p != diff_id
+            {
+                return Err(SourceError::DiffIdMismatch {
+                    what: layer_what(),
+                    expected: diff_id.clone(),
+                    actual: p,
+                });
+            }
+            Ok(diff_id.clone())
+        }
+        // Compressed: the archive does not record the compressed digest (classic layout) or
+        // records it only in the path, so read the layer once now, checking the diff_id.
+        Compression::Gzip | Compression::Zstd => {
+            let algorithm = path_digest
+                .as_ref()
+                .map_or(Algorithm::Sha256, Digest::algorithm);
+            let actual = check_compressed_layer(location, compression, diff_id, algorithm)?;
+            if let Some(expected) = path_digest
+                && expected != actual
+            {
+                return Err(SourceError::DigestMismatch {
+                    what: layer_what(),
+                    expected,
+                    actual,
+                });
+            }
+            Ok(actual)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -146,22 +146,20 @@ pub enum SourceError {
     Image(#[from] ImageError),
 }
 
-/// Makes a detail from another library fit a one-line message: control characters become
-/// spaces and it is cut at `DETAIL_CHARS_MAX` characters.
-pub fn one_line(detail: &str) -> String {
-    const DETAIL_CHARS_MAX: usize = 120;
-    let mut out: String = detail
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(DETAIL_CHARS_MAX)
-        .collect();
-    if detail.chars().count() > DETAIL_CHARS_MAX {
-        out.push_str("...");
-    }
-    out
-}
-
 impl SourceError {
+    /// An error opening `path` (a file or its metadata): a missing one is `NotFound`.
+    pub fn opening(path: &str, e: io::Error) -> SourceError {
+        match e.kind() {
+            io::ErrorKind::NotFound => SourceError::NotFound {
+                path: path.to_string(),
+            },
+            _ => SourceError::Io {
+                what: path.to_string(),
+                source: e,
+            },
+        }
+    }
+
     /// Recovers a `SourceError` carried through an `io::Error` (from a [`super::VerifyingReader`]);
     /// other I/O errors are wrapped with `what`.
     pub fn from_io(what: &str, e: io::Error) -> SourceError {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 pub use archive::{TAR_ENTRIES_MAX, TarIndex, normalise_name};
 pub use blob::{BlobLocation, BlobReader, Check, VerifyingReader};
 pub use docker::check_compressed_layer;
-pub use error::{SourceError, one_line};
+pub use error::SourceError;
 
 use crate::digest::Digest;
 use crate::image::media::{Compression, Family};
@@ -85,15 +85,7 @@ impl SourceRef {
     /// `manifest.json`) is an OCI archive.
     pub fn detect(path: &Path) -> Result<SourceRef, SourceError> {
         let display = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::NotFound {
-                path: display.clone(),
-            },
-            _ => SourceError::Io {
-                what: display.clone(),
-                source: e,
-            },
-        })?;
+        let meta = std::fs::metadata(path).map_err(|e| SourceError::opening(&display, e))?;
         if meta.is_dir() {
             if path.join("index.json").is_file() || path.join("oci-layout").is_file() {
                 return Ok(SourceRef::Oci {
@@ -287,9 +279,7 @@ impl Container {
 
     /// Reads a JSON document, refusing it before reading if it is over [`JSON_BYTES_MAX`].
     pub fn read_json(&self, name: &str, hint: &'static str) -> Result<Vec<u8>, SourceError> {
-        let loc = self.locate(name, hint)?;
-        check_json_size(&loc.name, loc.len)?;
-        loc.read_all()
+        read_json_at(&self.locate(name, hint)?, None)
     }
 
     /// Where blob `digest` is (`blobs/ALG/HEX`), checked to be `size` bytes.
@@ -311,20 +301,28 @@ impl Container {
     /// Reads a JSON blob and checks its digest and size.
     pub fn read_json_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, SourceError> {
         check_json_size(&format!("{}: {}", self.display(), blob_path(digest)), size)?;
-        let loc = self.locate_blob(digest, size)?;
-        let bytes = loc.read_all()?;
-        let mut h = crate::digest::Hasher::new(digest.algorithm());
+        read_json_at(&self.locate_blob(digest, size)?, Some(digest))
+    }
+}
+
+/// Reads the JSON document at `loc`, refusing it before reading if it is over
+/// [`JSON_BYTES_MAX`], and checks its bytes against `expected` when the name implies a digest.
+fn read_json_at(loc: &BlobLocation, expected: Option<&Digest>) -> Result<Vec<u8>, SourceError> {
+    check_json_size(&loc.name, loc.len)?;
+    let bytes = loc.read_all()?;
+    if let Some(expected) = expected {
+        let mut h = crate::digest::Hasher::new(expected.algorithm());
         h.update(&bytes);
         let actual = h.finish();
-        if &actual != digest {
+        if &actual != expected {
             return Err(SourceError::DigestMismatch {
                 what: loc.name.to_string(),
-                expected: digest.clone(),
+                expected: expected.clone(),
                 actual,
             });
         }
-        Ok(bytes)
     }
+    Ok(bytes)
 }
 
 fn check_json_size(what: &str, size: u64) -> Result<(), SourceError> {

@@ -139,7 +139,7 @@ pub async fn upload(
                 .map(|()| None)
         } else {
             client
-                .upload_chunk(&cursor, blob.bytes.slice(off..end))
+                .upload_chunk_from(&cursor, super::body(blob.bytes.slice(off..end)))
                 .await
                 .map(Some)
         };
@@ -203,7 +203,7 @@ pub async fn send_chunk(
     range: std::ops::Range<usize>,
 ) -> UploadCursor {
     client
-        .upload_chunk(cursor, blob.bytes.slice(range))
+        .upload_chunk_from(cursor, super::body(blob.bytes.slice(range)))
         .await
         .unwrap()
 }

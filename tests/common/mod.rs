@@ -233,6 +233,26 @@ pub mod images;
 pub mod serve;
 pub mod token_service;
 
+/// Bytes in memory as an upload body, sent the way the daemon sends every PATCH: as a region
+/// read by position ([`hoist::registry::ReadAt`]), through `upload_chunk_from`.
+pub fn body(bytes: bytes::Bytes) -> hoist::registry::FileRange {
+    struct Memory(bytes::Bytes);
+    impl hoist::registry::ReadAt for Memory {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            let rest = self.0.get(pos as usize..).unwrap_or_default();
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            Ok(n)
+        }
+    }
+    let len = bytes.len() as u64;
+    hoist::registry::FileRange {
+        file: std::sync::Arc::new(Memory(bytes)),
+        offset: 0,
+        len,
+    }
+}
+
 /// A test registry behind the ECR emulation (`ecr_proxy`), whose minimum part is
 /// `part_min_bytes` (ECR's 5 MiB scaled down, to keep test data small).
 pub async fn start_behind_ecr(part_min_bytes: u64) -> (TestRegistry, ecr_proxy::EcrProxy) {

@@ -1,4 +1,4 @@
-//! An ECR-emulating proxy in front of the real registry: enforces what /work/shared/ECR.md
+//! An ECR-emulating proxy in front of the real registry: enforces what docs/ECR.md
 //! lists, so the client is tested against ECR's quirks without ECR. Scriptable through the
 //! public fields of [`ProxyState`] (atomics and mutexes, changeable while it runs), and it
 //! counts bytes in each direction.
