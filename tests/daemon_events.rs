@@ -1,13 +1,14 @@
-//! What a job leaves behind over time, driven through the socket: the bounded event log, and
-//! event followers that fall behind a deleted job.
+//! What a job leaves behind over time, driven through the socket: the start-up sweep of the
+//! spool, the bounded event log, and event followers that fall behind a deleted job.
 mod daemon_support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use daemon_support::*;
-use hoist::api::{self, EventKind, JobState};
-use hoist::cli::client::EventStream;
+use hoist::api::{self, EventKind, JobId, JobState};
+use hoist::cli::client::{Client, EventStream};
 use hoist::daemon::job::{JobBody, JobContext, JobError, JobFuture};
 use hoist::store::EVENTS_PER_JOB_MAX;
 use tokio::sync::Semaphore;
@@ -140,4 +141,65 @@ async fn a_follower_that_fell_behind_a_deleted_job_ends() {
     assert!(events.iter().all(|e| e.job == first));
     // It did fall behind: the job's failure was never sent, its log went with the job.
     assert!(!events.iter().any(is_failed));
+}
+
+/// A job directory in the spool as a run leaves it.
+fn spool_dir(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    state_dir.join("spool").join(id)
+}
+
+async fn job_in(client: &Client, source: &str, state: JobState) -> JobId {
+    let id = client.submit(&submit_request(source)).await.unwrap().id;
+    wait_state(client, &id, JobState::Uploading).await;
+    match state {
+        JobState::Paused => drop(client.control(&id, "pause").await.unwrap()),
+        JobState::Cancelled => drop(client.control(&id, "cancel").await.unwrap()),
+        _ => {}
+    }
+    wait_state(client, &id, state).await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_leftovers_are_swept_at_start_up_and_needed_spools_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(40, 25)));
+    let client = daemon.client();
+    let paused = job_in(&client, "a.tar", JobState::Paused).await;
+    let cancelled = job_in(&client, "b.tar", JobState::Cancelled).await;
+    let done = job_in(&client, "c.tar", JobState::Done).await;
+    let state_dir = daemon.state_dir.clone();
+    daemon.stop().unwrap();
+
+    // What a daemon that died between a job's row and its directory leaves behind.
+    let gone = JobId::random();
+    for id in [&gone, &done, &cancelled] {
+        std::fs::create_dir_all(spool_dir(&state_dir, id.as_str())).unwrap();
+        std::fs::write(spool_dir(&state_dir, id.as_str()).join("chunks"), b"x").unwrap();
+    }
+    std::fs::write(state_dir.join("spool/stray.tmp"), b"x").unwrap();
+    // The daemon-wide compression index and cache are not a job's.
+    for shared in ["index", "cache"] {
+        std::fs::create_dir_all(state_dir.join("spool").join(shared)).unwrap();
+        std::fs::write(state_dir.join("spool").join(shared).join("entry"), b"x").unwrap();
+    }
+
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(40, 25)));
+    let client = daemon.client();
+    // The socket is bound before the daemon starts; it answers once start-up is over.
+    wait_answers(&client, 20).await;
+    for id in [&gone, &done, &cancelled] {
+        assert!(!spool_dir(&state_dir, id.as_str()).exists(), "{id} kept");
+    }
+    assert!(!state_dir.join("spool/stray.tmp").exists());
+    assert!(
+        spool_dir(&state_dir, paused.as_str())
+            .join("chunks")
+            .exists()
+    );
+    assert!(state_dir.join("spool/index/entry").exists());
+    assert!(state_dir.join("spool/cache/entry").exists());
+    // The paused job resumes from its spool.
+    client.control(&paused, "resume").await.unwrap();
+    wait_state(&client, &paused, JobState::Done).await;
 }
