@@ -412,17 +412,14 @@ enum Flow {
 struct Follower {
     app: Arc<App>,
     id: JobId,
-    /// The newest `seq` sent (or the client's `after`).
+    /// The newest `seq` read from the log or sent live (at first the client's `after`).
     last: u64,
     tx: mpsc::Sender<Vec<u8>>,
 }
 
 impl Follower {
     /// Sends one event; [`Flow::End`] when the client left.
-    async fn send(&mut self, ev: &api::Event) -> Flow {
-        if ev.seq != 0 {
-            self.last = ev.seq;
-        }
+    async fn send(&self, ev: &api::Event) -> Flow {
         match self.tx.send(api::encode_event_line(ev)).await {
             Ok(()) => Flow::Go,
             Err(_) => Flow::End,
@@ -442,6 +439,8 @@ impl Follower {
                 return Flow::End;
             };
             let full = page.len() == EVENTS_PAGE_MAX;
+            // The next page starts after this one, even where its last events are unreadable.
+            self.last = page.last().map_or(self.last, |r| r.seq);
             for ev in page.into_iter().filter_map(to_event) {
                 ended |= ev.kind.is_final();
                 if self.send(&ev).await == Flow::End {
@@ -505,6 +504,7 @@ impl Follower {
         if ev.seq <= self.last && !matches!(ev.kind, api::EventKind::Deleted {}) {
             return Flow::Go;
         }
+        self.last = self.last.max(ev.seq);
         let end = ev.kind.is_final();
         match self.send(&ev).await {
             Flow::Go if !end => Flow::Go,
