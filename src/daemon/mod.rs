@@ -7,7 +7,8 @@
 //! - `shutdown`: the wait for the stop signal, shared by `server` and `routes`.
 //! - [`scheduler`]: the one owner of job state (an actor over a bounded channel).
 //! - [`job`]: the seam: [`job::JobBody`] is the push itself, [`job::JobContext`] its reporting.
-//! - [`prepare`]: the part of the push that is wired so far: open the source and plan.
+//! - [`prepare`]: the push's first step: open the source, plan, record the plan.
+//! - [`sweep`]: at start-up, removes spool directories no job needs any more.
 //! - [`systemd`]: socket activation and readiness notification.
 //! - [`paths`]: the listening socket, systemd's or bound safely (where files live is
 //!   [`crate::paths`]).
@@ -21,8 +22,10 @@ mod routes;
 pub mod scheduler;
 mod server;
 mod shutdown;
+pub mod sweep;
 pub mod systemd;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,37 +103,23 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    paths::private_dir(state_dir)?;
-    let dir = state_dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let store_failed = store_failed(state_dir);
+    let store = open_store(state_dir).await?;
+    let spool_root = state_dir.join("spool");
+    // Before the scheduler: no job runs yet, so no spool is being written.
+    sweep_orphans(&store, &spool_root)
         .await
-        .map_err(|e| DaemonError::Config(format!("the store could not start: {e}")))?
-        .map_err(|source| DaemonError::Store {
-            dir: state_dir.to_path_buf(),
-            source,
-        })?;
-    // A damaged database would resume jobs from wrong cursors: refuse to start on one. The
-    // database holds a few rows per job, so the full check takes milliseconds.
-    store
-        .integrity_check()
-        .await
-        .map_err(|source| DaemonError::Store {
-            dir: state_dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(store_failed)?;
     let counters = Arc::new(metrics::Counters::default());
     let sched_config = scheduler::SchedulerConfig {
         uploads_in_flight_max: config.uploads_in_flight_max,
         jobs_running_max: config.jobs_running_max,
-        spool_root: state_dir.join("spool"),
+        spool_root,
         body: config.job_body,
     };
     let (handle, sched_task) = scheduler::start(sched_config, store.clone(), counters.clone())
         .await
-        .map_err(|source| DaemonError::Store {
-            dir: state_dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(store_failed)?;
     // The server, its connections and event followers stop when this flips to true.
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(routes::App {
@@ -164,5 +153,51 @@ pub async fn run(
     let _ = server.await;
     sched_task.abort();
     info!("hoistd stopped");
+    Ok(())
+}
+
+fn store_failed(dir: &Path) -> impl Fn(StoreError) -> DaemonError + Copy + '_ {
+    move |source| DaemonError::Store {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens the store in `state_dir` (created 0700) and checks the database's integrity.
+async fn open_store(state_dir: &Path) -> Result<Store, DaemonError> {
+    let store_failed = store_failed(state_dir);
+    paths::private_dir(state_dir)?;
+    let dir = state_dir.to_path_buf();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| DaemonError::Config(format!("the store could not start: {e}")))?
+        .map_err(store_failed)?;
+    // A damaged database would resume jobs from wrong cursors: refuse to start on one. The
+    // database holds a few rows per job, so the full check takes milliseconds.
+    store.integrity_check().await.map_err(store_failed)?;
+    Ok(store)
+}
+
+/// Removes the spool directories of jobs that no longer need one ([`sweep::sweep_spool`]).
+async fn sweep_orphans(store: &Store, spool_root: &Path) -> Result<(), StoreError> {
+    let keep: HashSet<_> = store
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|job| sweep::needs_spool(job.state))
+        .map(|job| job.id)
+        .collect();
+    let root = spool_root.to_path_buf();
+    match tokio::task::spawn_blocking(move || sweep::sweep_spool(&root, &keep)).await {
+        Ok(swept) if swept != sweep::Swept::default() => {
+            info!(
+                dirs = swept.dirs,
+                files = swept.files,
+                "removed leftovers from the spool"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "the spool sweep stopped abnormally"),
+    }
     Ok(())
 }

@@ -19,6 +19,8 @@ use crate::store::{EventRecord, JobRecord, Store, StoreError};
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Event lines buffered per follower before the stream waits for the client to read.
 const FOLLOW_BUFFER_LINES: usize = 256;
+/// Events a follower reads from the log at a time (replay and catch-up after a lag).
+const EVENTS_PAGE_MAX: usize = 256;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -384,69 +386,25 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     // Subscribe first, then read the log: an event committed in between is in one or the other.
-    let mut live = app.scheduler.subscribe();
+    let live = app.scheduler.subscribe();
     let job = match app.store.job(id.clone()).await {
         Ok(j) => j,
         Err(e) => return store_error(e),
     };
-    let past = match app.store.events_after(id.clone(), after).await {
-        Ok(p) => p,
-        Err(e) => return store_error(e),
-    };
     let (tx, rx) = mpsc::channel::<Vec<u8>>(FOLLOW_BUFFER_LINES);
+    let mut follower = Follower {
+        app,
+        id,
+        last: after,
+        tx,
+    };
     tokio::spawn(async move {
-        let mut last = after;
         // A job read in a final state sends no further final event, and a final event in the
         // log may be followed by late ones (a stopping body's last progress): either way there
-        // is nothing to follow. (Judging by the last replayed event alone made followers of a
-        // cancelled job wait forever.)
-        let mut ended = job.state.is_final();
-        for ev in past.into_iter().filter_map(to_event) {
-            last = ev.seq;
-            ended |= ev.kind.is_final();
-            if tx.send(api::encode_event_line(&ev)).await.is_err() {
-                return;
-            }
-        }
-        if ended || !follow {
-            return;
-        }
-        let mut stopping = app.stopping.clone();
-        loop {
-            let received = tokio::select! {
-                r = live.recv() => r,
-                // The client left: stop waiting for events nobody reads.
-                () = tx.closed() => return,
-                () = super::shutdown::stopped(&mut stopping) => return,
-            };
-            let batch = match received {
-                Ok(ev) => vec![ev],
-                // Fell behind the broadcast: catch up from the log.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    match app.store.events_after(id.clone(), last).await {
-                        Ok(rs) => rs.into_iter().filter_map(to_event).collect(),
-                        Err(_) => return,
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            for ev in batch {
-                if ev.job != id {
-                    continue;
-                }
-                if let api::EventKind::Deleted {} = ev.kind {
-                    let _ = tx.send(api::encode_event_line(&ev)).await;
-                    return;
-                }
-                if ev.seq <= last {
-                    continue;
-                }
-                last = ev.seq;
-                let end = ev.kind.is_final();
-                if tx.send(api::encode_event_line(&ev)).await.is_err() || end {
-                    return;
-                }
-            }
+        // is nothing to follow once the log is replayed.
+        let replayed = follower.replay().await;
+        if replayed == Flow::Go && follow && !job.state.is_final() {
+            follower.follow(live).await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -459,4 +417,117 @@ async fn events(app: Arc<App>, id: JobId, query: &str) -> Response<Body> {
         api::CONTENT_TYPE_NDJSON,
         StreamBody::new(stream).boxed(),
     )
+}
+
+/// Whether a follower goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The job ended, was deleted, or the client left.
+    End,
+}
+
+/// One client's stream of a job's events: what it has seen, and where its lines go.
+struct Follower {
+    app: Arc<App>,
+    id: JobId,
+    /// The newest `seq` read from the log or sent live (at first the client's `after`).
+    last: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Follower {
+    /// Sends one event; [`Flow::End`] when the client left.
+    async fn send(&self, ev: &api::Event) -> Flow {
+        match self.tx.send(api::encode_event_line(ev)).await {
+            Ok(()) => Flow::Go,
+            Err(_) => Flow::End,
+        }
+    }
+
+    /// Sends the logged events after `last`, a page at a time, so a long log is never held
+    /// whole. Ends after the log when it holds a final event. A store error ends the stream.
+    async fn replay(&mut self) -> Flow {
+        let mut ended = false;
+        loop {
+            let page = self
+                .app
+                .store
+                .events_after(self.id.clone(), self.last, EVENTS_PAGE_MAX);
+            let Ok(page) = page.await else {
+                return Flow::End;
+            };
+            let full = page.len() == EVENTS_PAGE_MAX;
+            // The next page starts after this one, even where its last events are unreadable.
+            self.last = page.last().map_or(self.last, |r| r.seq);
+            for ev in page.into_iter().filter_map(to_event) {
+                ended |= ev.kind.is_final();
+                if self.send(&ev).await == Flow::End {
+                    return Flow::End;
+                }
+            }
+            if !full {
+                return if ended { Flow::End } else { Flow::Go };
+            }
+        }
+    }
+
+    /// After falling behind the broadcast: the missed events are in the log, unless the job
+    /// was deleted meanwhile (its `Deleted` event may be among those missed), which ends the
+    /// stream as the live event would have.
+    async fn catch_up(&mut self) -> Flow {
+        if self.replay().await == Flow::End {
+            return Flow::End;
+        }
+        match self.app.store.job(self.id.clone()).await {
+            Ok(_) => Flow::Go,
+            Err(StoreError::NoSuchJob(_)) => {
+                let deleted = api::Event {
+                    seq: 0,
+                    job: self.id.clone(),
+                    time_ms: crate::store::now_ms(),
+                    kind: api::EventKind::Deleted {},
+                };
+                let _ = self.send(&deleted).await;
+                Flow::End
+            }
+            Err(_) => Flow::End,
+        }
+    }
+
+    /// Sends live events of the job until it ends, the client leaves or the daemon stops.
+    async fn follow(&mut self, mut live: broadcast::Receiver<api::Event>) {
+        let mut stopping = self.app.stopping.clone();
+        loop {
+            let received = tokio::select! {
+                r = live.recv() => r,
+                // The client left: stop waiting for events nobody reads.
+                () = self.tx.closed() => return,
+                () = super::shutdown::stopped(&mut stopping) => return,
+            };
+            let flow = match received {
+                Ok(ev) if ev.job == self.id => self.live(ev).await,
+                Ok(_) => Flow::Go,
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
+                Err(broadcast::error::RecvError::Closed) => Flow::End,
+            };
+            if flow == Flow::End {
+                return;
+            }
+        }
+    }
+
+    /// One live event of the job: skipped when the replay sent it already.
+    async fn live(&mut self, ev: api::Event) -> Flow {
+        // `Deleted` is never logged (seq 0): it always goes out, and ends the stream.
+        if ev.seq <= self.last && !matches!(ev.kind, api::EventKind::Deleted {}) {
+            return Flow::Go;
+        }
+        self.last = self.last.max(ev.seq);
+        let end = ev.kind.is_final();
+        match self.send(&ev).await {
+            Flow::Go if !end => Flow::Go,
+            _ => Flow::End,
+        }
+    }
 }

@@ -38,6 +38,10 @@ pub use ops::now_ms;
 const STORE_QUEUE_MAX: usize = 256;
 /// How long a statement waits on a lock held by another process (e.g. `sqlite3` by hand).
 const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Events kept per job. Beyond it the oldest progress, retry and waiting events go first;
+/// state changes, the plan's blobs and warnings stay, so the log of a long outage stays
+/// bounded and still ends with the job's final state.
+pub const EVENTS_PER_JOB_MAX: u64 = 2048;
 
 /// Errors of the store. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +161,8 @@ pub struct Pushed {
     pub size_bytes: u64,
 }
 
-/// A persisted event: its sequence number, job, time and body (the `api::EventKind` JSON,
-/// opaque to the store).
+/// A persisted event: its sequence number, job, time and body (the `api::EventKind` JSON; the
+/// store reads its kind only to choose what a trimmed log keeps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: u64,
@@ -244,7 +248,8 @@ impl Store {
     }
 
     /// Moves a job to `state` and appends the state event, in one transaction; returns the
-    /// event's sequence number. `Full` for transitions a user relies on (done, committing,
+    /// event's sequence number and time. The same state again (a new `reason`) is an event the
+    /// trimmed log may drop; a change of state is kept. `Full` for transitions a user relies on (done, committing,
     /// failed, cancelled, paused), `Normal` for the rest: see [`state_durability`].
     pub async fn set_state(
         &self,
@@ -348,18 +353,21 @@ impl Store {
     }
 
     /// Appends an event (`Normal`: events are a log for people, not a promise); returns its
-    /// sequence number.
+    /// sequence number. The job's log is trimmed to [`EVENTS_PER_JOB_MAX`] on the way.
     pub async fn append_event(&self, id: JobId, body: String) -> Result<(u64, u64), StoreError> {
         self.call(move |c| ops::append_event(c, &id, &body)).await
     }
 
-    /// Events of a job with `seq > after`, oldest first.
+    /// At most `page_events_max` events of a job with `seq > after`, oldest first: a reader
+    /// pages through a log by passing the last `seq` it got.
     pub async fn events_after(
         &self,
         id: JobId,
         after: u64,
+        page_events_max: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        self.call(move |c| ops::events_after(c, &id, after)).await
+        self.call(move |c| ops::events_after(c, &id, after, page_events_max))
+            .await
     }
 
     /// Number of jobs per state.

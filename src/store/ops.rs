@@ -5,10 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{
-    BlobRecord, CursorRecord, Durability, EventRecord, JobRecord, NewBlob, Pushed, StoreError,
-    state_durability,
+    BlobRecord, CursorRecord, Durability, EVENTS_PER_JOB_MAX, EventRecord, JobRecord, NewBlob,
+    Pushed, StoreError, state_durability,
 };
-use crate::api::{BlobState, JobId, JobSpec, JobState};
+use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
 use crate::digest::Digest;
 
 /// Milliseconds since the Unix epoch.
@@ -115,8 +115,7 @@ pub(super) fn insert_job(
                 i64_of(now)
             ],
         )?;
-        let seq = insert_event(tx, id, now, event_body)?;
-        Ok(seq)
+        insert_event(tx, id, now, event_body, true)
     })
     .map(|seq| {
         (
@@ -171,7 +170,13 @@ pub(super) fn set_state(
 ) -> Result<(u64, u64), StoreError> {
     let now = now_ms();
     with_tx(conn, state_durability(state), |tx| {
-        let n = tx.execute(
+        let before: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [id.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let before = before.ok_or_else(|| StoreError::NoSuchJob(id.clone()))?;
+        tx.execute(
             "UPDATE jobs SET state = ?2, reason = ?3,
                  manifest_digest = COALESCE(?4, manifest_digest), updated_ms = ?5
              WHERE id = ?1",
@@ -183,10 +188,10 @@ pub(super) fn set_state(
                 i64_of(now)
             ],
         )?;
-        if n == 0 {
-            return Err(StoreError::NoSuchJob(id.clone()));
-        }
-        Ok((insert_event(tx, id, now, event_body)?, now))
+        // A change of state (and every final state) is the job's history; the same state
+        // again only says what a running job waits for, which a long outage repeats.
+        let essential = before != state.as_str() || state.is_final();
+        Ok((insert_event(tx, id, now, event_body, essential)?, now))
     })
 }
 
@@ -501,17 +506,45 @@ pub(super) fn save_compress_progress(
     })
 }
 
+/// Appends an event and trims the job's log to [`EVENTS_PER_JOB_MAX`]: the oldest events
+/// that are not `essential` go first, so state changes and the final state always stay.
 fn insert_event(
     tx: &Transaction<'_>,
     id: &JobId,
     time_ms: u64,
     body: &str,
+    essential: bool,
 ) -> Result<u64, StoreError> {
     tx.execute(
-        "INSERT INTO events (job_id, time_ms, body) VALUES (?1, ?2, ?3)",
-        params![id.as_str(), i64_of(time_ms), body],
+        "INSERT INTO events (job_id, time_ms, body, essential) VALUES (?1, ?2, ?3, ?4)",
+        params![id.as_str(), i64_of(time_ms), body, essential],
     )?;
-    Ok(tx.last_insert_rowid().max(0) as u64)
+    let seq = tx.last_insert_rowid().max(0) as u64;
+    let count: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM events WHERE job_id = ?1",
+        [id.as_str()],
+        |r| r.get(0),
+    )?;
+    let excess = count - i64_of(EVENTS_PER_JOB_MAX);
+    if excess > 0 {
+        tx.execute(
+            "DELETE FROM events WHERE seq IN (
+                 SELECT seq FROM events WHERE job_id = ?1 AND essential = 0
+                 ORDER BY seq LIMIT ?2)",
+            params![id.as_str(), excess],
+        )?;
+    }
+    Ok(seq)
+}
+
+/// Whether an event appended outside a state change stays when the log is trimmed: the
+/// plan's blobs, finished blobs and warnings are few; progress and retries are what a long
+/// push or a long outage repeats. A body that does not decode is kept.
+fn is_essential(body: &str) -> bool {
+    !matches!(
+        crate::api::decode::<EventKind>("event", body.as_bytes()),
+        Ok(EventKind::Progress { .. } | EventKind::Compress { .. } | EventKind::Retry { .. })
+    )
 }
 
 pub(super) fn append_event(
@@ -522,7 +555,7 @@ pub(super) fn append_event(
     let now = now_ms();
     // Normal: events are a log for people; the job's state row is what matters.
     with_tx(conn, Durability::Normal, |tx| {
-        Ok((insert_event(tx, id, now, body)?, now))
+        Ok((insert_event(tx, id, now, body, is_essential(body))?, now))
     })
 }
 
@@ -530,12 +563,15 @@ pub(super) fn events_after(
     conn: &mut Connection,
     id: &JobId,
     after: u64,
+    page_events_max: usize,
 ) -> Result<Vec<EventRecord>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT seq, time_ms, body FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
+        "SELECT seq, time_ms, body FROM events WHERE job_id = ?1 AND seq > ?2
+         ORDER BY seq LIMIT ?3",
     )?;
+    let page = i64::try_from(page_events_max).unwrap_or(i64::MAX);
     let rows = stmt
-        .query_map(params![id.as_str(), i64_of(after)], |r| {
+        .query_map(params![id.as_str(), i64_of(after), page], |r| {
             Ok(EventRecord {
                 seq: u64_col(r, 0)?,
                 job: id.clone(),

@@ -74,6 +74,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE blobs ADD COLUMN pushed_digest TEXT;
     ALTER TABLE blobs ADD COLUMN pushed_size_bytes INTEGER;
     ",
+    // 3: which events survive when a job's log is trimmed to `EVENTS_PER_JOB_MAX` (`ops`
+    // says which are essential). Existing progress, compression and retry events are not.
+    "
+    ALTER TABLE events ADD COLUMN essential INTEGER NOT NULL DEFAULT 1;
+    UPDATE events SET essential = 0
+     WHERE CASE WHEN json_valid(body) THEN json_extract(body, '$.type') END
+           IN ('progress', 'compress', 'retry');
+    CREATE INDEX events_trimmed ON events(job_id, essential, seq);
+    ",
 ];
 
 /// The schema version this build writes.

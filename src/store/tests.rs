@@ -68,23 +68,33 @@ fn migrates_from_every_older_version() {
     assert_eq!(mode, "wal");
 }
 
+/// A database at schema `version`, written as that version's hoistd did, holding one
+/// uploading job `id`.
+fn older_database(dir: &std::path::Path, version: usize, id: &JobId) -> Connection {
+    let mut conn = Connection::open(dir.join("hoist.db")).unwrap();
+    for (done, migration) in schema::MIGRATIONS[..version].iter().enumerate() {
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(migration).unwrap();
+        tx.pragma_update(None, "user_version", done as i64 + 1)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    conn.execute(
+        "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms)
+         VALUES (?1, 's', 't', ?2, 'uploading', 1, 2)",
+        rusqlite::params![id.as_str(), serde_json::to_string(&spec()).unwrap()],
+    )
+    .unwrap();
+    conn
+}
+
 #[test]
 fn version_1_rows_survive_the_migration_to_the_latest() {
     let dir = tempfile::tempdir().unwrap();
     let id = JobId::random();
     let digest = Digest::sha256_of(b"layer");
     {
-        let mut conn = Connection::open(dir.path().join("hoist.db")).unwrap();
-        let tx = conn.transaction().unwrap();
-        tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
-        tx.pragma_update(None, "user_version", 1).unwrap();
-        tx.commit().unwrap();
-        conn.execute(
-            "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms)
-             VALUES (?1, 's', 't', ?2, 'uploading', 1, 2)",
-            rusqlite::params![id.as_str(), serde_json::to_string(&spec()).unwrap()],
-        )
-        .unwrap();
+        let conn = older_database(dir.path(), 1, &id);
         conn.execute(
             "INSERT INTO blobs (job_id, digest, position, size_bytes, media_type, action, state)
              VALUES (?1, ?2, 0, 10, 'm', 'compress', 'uploading')",
@@ -125,35 +135,57 @@ fn version_1_rows_survive_the_migration_to_the_latest() {
     });
 }
 
+fn layer(d: &Digest) -> NewBlob {
+    NewBlob {
+        digest: d.clone(),
+        size_bytes: 10,
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        action: BlobAction::Compress,
+    }
+}
+
+/// A queued job (its first event's body `{}`) with `blobs` planned; returns its ID and the
+/// first event's seq.
+async fn planned_job(store: &Store, blobs: Vec<NewBlob>) -> (JobId, u64) {
+    let id = JobId::random();
+    let (job, seq) = store
+        .insert_job(id.clone(), spec(), "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(store.job(id.clone()).await.unwrap(), job);
+    store.put_blobs(id.clone(), blobs).await.unwrap();
+    (id, seq)
+}
+
+fn cursor_at(offset_bytes: u64) -> CursorRecord {
+    CursorRecord {
+        session_url: "http://r/v2/a/blobs/uploads/x".into(),
+        offset_bytes,
+    }
+}
+
+/// Every event of the job, paged through as a follower reads them.
+async fn all_events(store: &Store, id: &JobId) -> Vec<EventRecord> {
+    let mut all: Vec<EventRecord> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |e| e.seq);
+        let page = store.events_after(id.clone(), after, 100).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
 #[test]
-fn jobs_blobs_cursors_events_round_trip_and_cascade() {
+fn blobs_keep_their_progress_when_planned_again() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        let id = JobId::random();
-        let (job, seq1) = store
-            .insert_job(id.clone(), spec(), "{\"a\":1}".into())
-            .await
-            .unwrap();
-        assert_eq!(job.state, JobState::Queued);
-        assert_eq!(store.job(id.clone()).await.unwrap(), job);
-
-        let a = Digest::sha256_of(b"a");
-        let b = Digest::sha256_of(b"b");
-        let blob = |d: &Digest| NewBlob {
-            digest: d.clone(),
-            size_bytes: 10,
-            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-            action: BlobAction::Compress,
-        };
-        store
-            .put_blobs(id.clone(), vec![blob(&a), blob(&b)])
-            .await
-            .unwrap();
-        let cursor = CursorRecord {
-            session_url: "http://r/v2/a/blobs/uploads/x".into(),
-            offset_bytes: 5,
-        };
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let (id, _) = planned_job(&store, vec![layer(&a), layer(&b)]).await;
+        let cursor = cursor_at(5);
         store
             .save_cursor(id.clone(), a.clone(), cursor.clone())
             .await
@@ -167,44 +199,52 @@ fn jobs_blobs_cursors_events_round_trip_and_cascade() {
             .await
             .unwrap();
         // Planning again keeps progress of blobs still planned and drops the others.
-        store.put_blobs(id.clone(), vec![blob(&a)]).await.unwrap();
+        store.put_blobs(id.clone(), vec![layer(&a)]).await.unwrap();
         let blobs = store.blobs(id.clone()).await.unwrap();
         assert_eq!(blobs.len(), 1);
         assert_eq!(blobs[0].cursor, Some(cursor.clone()));
         assert_eq!((blobs[0].chunks_done, blobs[0].compressed_bytes), (2, 7));
         // A cursor for a blob outside the plan is refused, not stored.
-        assert!(
-            store
-                .save_cursor(id.clone(), b.clone(), cursor.clone())
-                .await
-                .is_err()
-        );
-        // So is one past the end of the bytes to upload, once their size is known.
+        let err = store.save_cursor(id.clone(), b, cursor).await.unwrap_err();
+        assert!(err.to_string().contains("no blob"), "{err}");
+    });
+}
+
+#[test]
+fn a_cursor_past_the_end_is_refused_when_written() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let a = Digest::sha256_of(b"a");
+        let (id, _) = planned_job(&store, vec![layer(&a)]).await;
+        let cursor = cursor_at(5);
         store
-            .set_blob_pushed(
-                id.clone(),
-                a.clone(),
-                Pushed {
-                    digest: Digest::sha256_of(b"gz"),
-                    size_bytes: 8,
-                },
-            )
+            .save_cursor(id.clone(), a.clone(), cursor.clone())
             .await
             .unwrap();
-        let past_end = CursorRecord {
-            offset_bytes: 9,
-            ..cursor.clone()
+        let pushed = Pushed {
+            digest: Digest::sha256_of(b"gz"),
+            size_bytes: 8,
         };
+        store
+            .set_blob_pushed(id.clone(), a.clone(), pushed)
+            .await
+            .unwrap();
         let err = store
-            .save_cursor(id.clone(), a.clone(), past_end)
+            .save_cursor(id.clone(), a.clone(), cursor_at(9))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("past the end"), "{err}");
-        assert_eq!(
-            store.blobs(id.clone()).await.unwrap()[0].cursor,
-            Some(cursor)
-        );
+        assert_eq!(store.blobs(id).await.unwrap()[0].cursor, Some(cursor));
+    });
+}
 
+#[test]
+fn states_and_events_round_trip_and_a_delete_cascades() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (id, seq1) = planned_job(&store, vec![layer(&Digest::sha256_of(b"a"))]).await;
         let digest = Digest::sha256_of(b"manifest");
         let (seq2, _) = store
             .set_state(
@@ -222,12 +262,14 @@ fn jobs_blobs_cursors_events_round_trip_and_cascade() {
             (job.state, job.manifest_digest),
             (JobState::Done, Some(digest))
         );
-        let events = store.events_after(id.clone(), 0).await.unwrap();
-        assert_eq!(
-            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            vec![seq1, seq2]
-        );
-        assert_eq!(store.events_after(id.clone(), seq1).await.unwrap().len(), 1);
+        let seqs = |events: Vec<EventRecord>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let events = store.events_after(id.clone(), 0, 10).await.unwrap();
+        assert_eq!(seqs(events), vec![seq1, seq2]);
+        // Pages: at most the number asked for, continuing after the last seq given.
+        let first = store.events_after(id.clone(), 0, 1).await.unwrap();
+        assert_eq!(seqs(first), vec![seq1]);
+        let rest = store.events_after(id.clone(), seq1, 10).await.unwrap();
+        assert_eq!(seqs(rest), vec![seq2]);
         assert_eq!(
             store.count_by_state().await.unwrap(),
             vec![(JobState::Done, 1)]
@@ -239,9 +281,107 @@ fn jobs_blobs_cursors_events_round_trip_and_cascade() {
             Err(StoreError::NoSuchJob(_))
         ));
         assert!(store.blobs(id.clone()).await.unwrap().is_empty());
-        assert!(store.events_after(id.clone(), 0).await.unwrap().is_empty());
+        assert!(store.events_after(id, 0, 10).await.unwrap().is_empty());
         store.integrity_check().await.unwrap();
     });
+}
+
+fn body(kind: &crate::api::EventKind) -> String {
+    String::from_utf8(crate::api::encode(kind)).unwrap()
+}
+
+fn state_body(state: JobState, reason: Option<&str>) -> String {
+    body(&crate::api::EventKind::State {
+        state,
+        reason: reason.map(String::from),
+        manifest_digest: None,
+    })
+}
+
+#[test]
+fn a_long_outage_keeps_the_log_bounded_with_every_state_change() {
+    use crate::api::EventKind;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let id = JobId::random();
+        let queued = state_body(JobState::Queued, None);
+        store.insert_job(id.clone(), spec(), queued).await.unwrap();
+        let warning = body(&EventKind::Warning {
+            message: "other platforms are not pushed".into(),
+        });
+        store
+            .append_event(id.clone(), warning.clone())
+            .await
+            .unwrap();
+        let up = state_body(JobState::Uploading, None);
+        let uploading = |b: String| store.set_state(id.clone(), JobState::Uploading, None, None, b);
+        uploading(up.clone()).await.unwrap();
+        // What one retry of a push leaves: the retry, the reason while waiting, its end.
+        let retries = EVENTS_PER_JOB_MAX;
+        for attempt in 0..retries {
+            let retry = body(&EventKind::Retry {
+                what: "PATCH chunk at 0".into(),
+                reason: format!("attempt {attempt}: connection refused"),
+            });
+            store.append_event(id.clone(), retry).await.unwrap();
+            let waiting = state_body(JobState::Uploading, Some("waiting for network"));
+            uploading(waiting).await.unwrap();
+            uploading(up.clone()).await.unwrap();
+        }
+        let failed = state_body(JobState::Failed, Some("deadline passed"));
+        store
+            .set_state(id.clone(), JobState::Failed, None, None, failed.clone())
+            .await
+            .unwrap();
+        let events = all_events(&store, &id).await;
+        assert!(
+            events.len() as u64 <= EVENTS_PER_JOB_MAX,
+            "{}",
+            events.len()
+        );
+        let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+        // The state changes and the warning stay, in order; the newest retries are kept.
+        let queued = state_body(JobState::Queued, None);
+        assert_eq!(
+            bodies[..3],
+            [queued.as_str(), warning.as_str(), up.as_str()]
+        );
+        assert_eq!(bodies.last(), Some(&failed.as_str()));
+        let last_retry = format!("attempt {}: connection refused", retries - 1);
+        assert!(bodies.iter().any(|b| b.contains(&last_retry)));
+        assert!(!bodies.iter().any(|b| b.contains("attempt 0:")));
+    });
+}
+
+#[test]
+fn the_migration_marks_old_progress_and_retries_as_trimmable() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    {
+        let conn = older_database(dir.path(), 2, &id);
+        let retry = r#"{"type":"retry","what":"w","reason":"r"}"#;
+        for b in [r#"{"type":"state","state":"queued"}"#, "not json", retry] {
+            conn.execute(
+                "INSERT INTO events (job_id, time_ms, body) VALUES (?1, 0, ?2)",
+                rusqlite::params![id.as_str(), b],
+            )
+            .unwrap();
+        }
+    }
+    rt().block_on(async {
+        Store::open(dir.path()).unwrap();
+    });
+    let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT essential FROM events ORDER BY seq")
+        .unwrap();
+    let kept: Vec<bool> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(kept, [true, true, false]);
 }
 
 #[test]
