@@ -353,9 +353,9 @@ async fn jobs_beyond_the_running_limit_wait_in_the_queue() {
 async fn the_production_body_plans_for_real_then_refuses_a_bad_target() {
     let dir = tempfile::tempdir().unwrap();
     let source = sample_source(dir.path());
-    let sample = hoist::sample::write_oci_layout(
+    let sample = hoist_testkit::sample::write_oci_layout(
         &dir.path().join("again"),
-        &hoist::sample::SampleSpec::small(1),
+        &hoist_testkit::sample::SampleSpec::small(1),
     )
     .unwrap();
     let daemon = TestDaemon::start_with(dir.path(), Config::default());

@@ -1,10 +1,11 @@
 //! CI smoke for the fuzz targets: replays every file of `fuzz/seeds/<target>/` and
-//! `fuzz/corpus/<target>/` through the target's entry point in `hoist::fuzzing` (the same function the fuzzer runs). Cheap and
-//! deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
+//! `fuzz/corpus/<target>/` through the target's entry point in `hoist_testkit::fuzzing` (the
+//! same function the fuzzer runs). Cheap and deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
 //! and each former crash) still passes.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
-//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of /work/shared/ECR.md.
+//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from
+//! `hoist_testkit::sample`, skopeo and the header values of /work/shared/ECR.md.
 
 // The source tests' helpers: the same skopeo call and `docker save` archive entries.
 #[allow(dead_code, unused_imports)]
@@ -17,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 use helpers::{add_bytes, docker25_head, skopeo};
 use hoist::digest::Digest;
-use hoist::fuzzing::{self, PIECE_SEPARATOR};
 use hoist::platform::Platform;
-use hoist::sample::{
+use hoist_testkit::fuzzing::{self, PIECE_SEPARATOR};
+use hoist_testkit::sample::{
     IndexSpec, LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout,
 };
 

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hoist::sample::{SampleSpec, write_oci_layout};
+use hoist_testkit::sample::{SampleSpec, write_oci_layout};
 
 const USER: &str = "pusher";
 const SECRET: &str = "s3cret-Pa55word-hoist";

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hoist::api::{Compression, JobState};
 use hoist::daemon::Config;
 use hoist::daemon::push::NetSettings;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec};
 use serde_json::json;
 
 use common::TestRegistry;

@@ -16,7 +16,7 @@ use hoist::api::{self, BlobAction, BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist::digest::Digest;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
 use common::TestRegistry;
 use common::cut_proxy::CutProxy;

@@ -1,5 +1,5 @@
 //! Each kind of source (OCI layout, docker-archive classic and Docker 25+, OCI archive),
-//! written by hoist::sample and converted by real tools, planned and streamed.
+//! written by hoist_testkit::sample and converted by real tools, planned and streamed.
 
 use crate::helpers::*;
 

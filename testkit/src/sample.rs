@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::digest::{Algorithm, Digest, Hasher};
-use crate::image::media;
-use crate::platform::Platform;
+use hoist::digest::{Algorithm, Digest, Hasher};
+use hoist::image::media;
+use hoist::platform::Platform;
+
+use crate::testdata::SplitMix64;
 
 /// Modification time written into every tar header (fixed, for reproducible layers).
 const SAMPLE_MTIME: u64 = 1_700_000_000;
@@ -132,20 +134,6 @@ pub struct SampleImage {
     pub attestation: Option<Digest>,
 }
 
-/// splitmix64: tiny, fast and stable forever (the layout's digests depend on it).
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 const WORDS: &[&str] = &[
     "layer",
     "image",
@@ -181,7 +169,7 @@ const WORDS: &[&str] = &[
 
 /// Generates `remaining` bytes of random or text content.
 struct Generator {
-    rng: Rng,
+    rng: SplitMix64,
     remaining: u64,
     text: bool,
     pending: Vec<u8>,
@@ -191,7 +179,7 @@ struct Generator {
 impl Generator {
     fn new(seed: u64, len: u64, text: bool) -> Self {
         Generator {
-            rng: Rng(seed),
+            rng: SplitMix64(seed),
             remaining: len,
             text,
             pending: Vec::with_capacity(8192),
@@ -204,7 +192,7 @@ impl Generator {
         self.pos = 0;
         if self.text {
             while self.pending.len() < 4096 {
-                let r = self.rng.next();
+                let r = self.rng.next_u64();
                 let word = WORDS[(r % WORDS.len() as u64) as usize];
                 self.pending.extend_from_slice(word.as_bytes());
                 self.pending.push(if (r >> 32).is_multiple_of(12) {
@@ -216,7 +204,7 @@ impl Generator {
         } else {
             for _ in 0..512 {
                 self.pending
-                    .extend_from_slice(&self.rng.next().to_le_bytes());
+                    .extend_from_slice(&self.rng.next_u64().to_le_bytes());
             }
         }
     }
@@ -370,11 +358,11 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
             b.append(&h, Generator::new(seed, *n, true))?;
         }
         LayerContent::SmallFiles(count) => {
-            let mut rng = Rng(seed);
+            let mut rng = SplitMix64(seed);
             for j in 0..*count {
-                let n = 64 + rng.next() % 512;
+                let n = 64 + rng.next_u64() % 512;
                 let h = tar_header(&format!("files/{index}/file-{j}.txt"), n)?;
-                b.append(&h, Generator::new(rng.next(), n, true))?;
+                b.append(&h, Generator::new(rng.next_u64(), n, true))?;
             }
         }
         LayerContent::HostFiles(paths) => {
