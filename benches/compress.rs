@@ -14,10 +14,11 @@ use criterion::{
 use hoist::compress::chunk::looks_incompressible;
 use hoist::compress::{
     COMPRESS_CHUNK_BYTES_DEFAULT, ChunkCompressor, Codec, CompressConfig, CompressError,
-    StreamState, compress_stream, testdata,
+    StreamState, compress_stream,
 };
 use hoist::daemon::push::spool::SPOOL_SYNC_CHUNKS;
 use hoist::digest::{Algorithm, Hasher};
+use hoist_testkit::testdata;
 
 const CHUNK: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
 /// Input for the multi-chunk benchmarks: 8 chunks, so two threads have work to share.

@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use hoist::compress::{
     COMPRESS_CHUNK_BYTES_DEFAULT, ChunkCompressor, Codec, CompressConfig, CompressError,
-    StreamState, compress_stream, testdata,
+    StreamState, compress_stream,
 };
+use hoist_testkit::testdata;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hoist::platform::Platform;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout};
+use hoist_testkit::sample::{
+    LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout,
+};
 
 #[derive(Parser)]
 struct Args {

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install what is missing, then format check, clippy with
-# warnings as errors, and every test, all with --locked.
+# warnings as errors, and every test, over the whole workspace (hoist and testkit/), all with
+# --locked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== tests"
-cargo nextest run --locked --no-fail-fast
+cargo nextest run --locked --workspace --no-fail-fast

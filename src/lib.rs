@@ -24,15 +24,12 @@ pub mod compress;
 pub mod daemon;
 pub mod digest;
 pub mod elf;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod image;
 pub mod inspect;
 pub mod paths;
 pub mod plan;
 pub mod platform;
 pub mod registry;
-pub mod sample;
 pub mod source;
 pub mod store;
 pub mod text;

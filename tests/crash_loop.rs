@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hoist::api::{BlobState, Compression, JobState};
+use hoist::api::{BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
+use hoist::digest::Digest;
 use rand::{Rng, SeedableRng};
 
 use common::TestRegistry;
@@ -64,11 +65,132 @@ fn integrity_check(db: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// What the tag watcher shares with the test: the index of the current push, the ids of the
+/// pushes so far, whether a tag was seen before its blobs were verified, and when to stop.
+#[derive(Default, Clone)]
+struct Watch {
+    current: Arc<AtomicUsize>,
+    early: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    ids: Arc<std::sync::Mutex<Vec<JobId>>>,
+}
+
+impl Watch {
+    fn current_id(&self) -> (usize, JobId) {
+        let n = self.current.load(Ordering::SeqCst);
+        (n, self.ids.lock().unwrap()[n].clone())
+    }
+
+    fn start_next(&self, n: usize, id: JobId) {
+        self.ids.lock().unwrap().push(id);
+        self.current.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Watches the tag of the current push: records it if it exists while a blob of the job is
+/// not verified.
+fn spawn_tag_watcher(
+    socket: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    watch: Watch,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = Client::new(&socket);
+        while !watch.stop.load(Ordering::SeqCst) {
+            let n = watch.current.load(Ordering::SeqCst);
+            let id = watch.ids.lock().unwrap().get(n).cloned();
+            if let Some(id) = id
+                && let Ok(job) = client.job(&id).await
+            {
+                let unverified = job.blobs.iter().any(|b| b.state != BlobState::Verified);
+                let repo = format!("crash/img{n}");
+                let exists = tokio::task::spawn_blocking(move || tag_exists(addr, &repo, "1"))
+                    .await
+                    .unwrap();
+                if exists && unverified && job.state != JobState::Done {
+                    watch.early.store(true, Ordering::SeqCst);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+/// The pushes that completed and the bytes each had to send once.
+#[derive(Default)]
+struct Tally {
+    pushes_done: u64,
+    blob_bytes: u64,
+    manifest_bytes: u64,
+}
+
+impl Tally {
+    /// Push `n` is done: it must have the uninterrupted push's manifest `want`.
+    fn done(&mut self, n: usize, job: &hoist::api::Job, want: &Digest, registry_host: &str) {
+        assert_eq!(job.manifest_digest.as_ref(), Some(want), "push {n}");
+        self.pushes_done += 1;
+        self.blob_bytes += job.bytes_total();
+        let raw = common::skopeo_raw_manifest(registry_host, &format!("crash/img{n}:1"));
+        self.manifest_bytes += raw.len() as u64;
+    }
+}
+
+/// Where the pushes go and what they must end with.
+struct Run<'a> {
+    dir: &'a std::path::Path,
+    client: &'a Client,
+    source: &'a str,
+    link_host: String,
+    registry_host: String,
+    want: Digest,
+}
+
+impl Run<'_> {
+    async fn submit(&self, n: usize) -> JobId {
+        let target = format!("{}/crash/img{n}:1", self.link_host);
+        self.client
+            .submit(&request(self.source, &target, Compression::Gzip))
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Kills hoistd `kills` times at random moments, restarting it after each kill and starting
+    /// the next push whenever the current one is done; returns the last daemon.
+    async fn kill_loop(&self, seed: u64, kills: u64, watch: &Watch, tally: &mut Tally) -> Child {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut child = hoistd(self.dir);
+        wait_answers(self.client, 5).await;
+        watch.start_next(0, self.submit(0).await);
+        for _ in 0..kills {
+            // A random moment of this daemon's life.
+            let life = Duration::from_millis(rng.random_range(100..1200));
+            tokio::time::sleep(life).await;
+            kill9(child);
+            child = hoistd(self.dir);
+            wait_answers(self.client, 5).await;
+            // Follow the current push; when done, check it and start the next one.
+            let (n, id) = watch.current_id();
+            let job = self.client.job(&id).await.unwrap();
+            assert!(
+                !matches!(job.state, JobState::Failed | JobState::Cancelled),
+                "push {n} ended {}: {:?}",
+                job.state,
+                job.reason
+            );
+            if job.state == JobState::Done {
+                tally.done(n, &job, &self.want, &self.registry_host);
+                watch.start_next(n + 1, self.submit(n + 1).await);
+            }
+        }
+        child
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_kill_9_at_random_moments() {
     let seed = env_u64("HOIST_CRASH_SEED", 1);
     let kills = env_u64("HOIST_CRASH_KILLS", 20);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
 
@@ -90,101 +212,25 @@ async fn crash_loop_kill_9_at_random_moments() {
     let d = dir.path().join("d");
     std::fs::create_dir_all(&d).unwrap();
     let client = Client::new(d.join("hoist.sock"));
-
-    // Watches the tag of the current push: records it if it exists while a blob of the job is
-    // not verified.
-    let current = Arc::new(AtomicUsize::new(0));
-    let early = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ids: Arc<std::sync::Mutex<Vec<hoist::api::JobId>>> = Arc::default();
-    let watcher = {
-        let (current, early, stop, ids) =
-            (current.clone(), early.clone(), stop.clone(), ids.clone());
-        let socket = d.join("hoist.sock");
-        let addr = registry.addr;
-        tokio::spawn(async move {
-            let client = Client::new(&socket);
-            while !stop.load(Ordering::SeqCst) {
-                let n = current.load(Ordering::SeqCst);
-                let id = ids.lock().unwrap().get(n).cloned();
-                if let Some(id) = id
-                    && let Ok(job) = client.job(&id).await
-                {
-                    let unverified = job.blobs.iter().any(|b| b.state != BlobState::Verified);
-                    let repo = format!("crash/img{n}");
-                    let exists = tokio::task::spawn_blocking(move || tag_exists(addr, &repo, "1"))
-                        .await
-                        .unwrap();
-                    if exists && unverified && job.state != JobState::Done {
-                        early.store(true, Ordering::SeqCst);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-    };
+    let watch = Watch::default();
+    let watcher = spawn_tag_watcher(d.join("hoist.sock"), registry.addr, watch.clone());
 
     let started = Instant::now();
-    let mut killed = 0u64;
-    let mut pushes_done = 0u64;
-    let mut blob_bytes = 0u64;
-    let mut manifest_bytes = 0u64;
-    let mut child = hoistd(&d);
-    wait_answers(&client, 5).await;
-    let submit = |n: usize| {
-        let client = &client;
-        let source = &source;
-        let target = format!("{}/crash/img{n}:1", link.host());
-        async move {
-            client
-                .submit(&request(source, &target, Compression::Gzip))
-                .await
-                .unwrap()
-                .id
-        }
+    let run = Run {
+        dir: &d,
+        client: &client,
+        source: &source,
+        link_host: link.host(),
+        registry_host: registry.host(),
+        want: want.clone(),
     };
-    let first = submit(0).await;
-    ids.lock().unwrap().push(first);
-    while killed < kills {
-        // A random moment of this daemon's life.
-        let life = Duration::from_millis(rng.random_range(100..1200));
-        tokio::time::sleep(life).await;
-        kill9(child);
-        killed += 1;
-        child = hoistd(&d);
-        wait_answers(&client, 5).await;
-        // Follow the current push; when done, check it and start the next one.
-        let n = current.load(Ordering::SeqCst);
-        let id = ids.lock().unwrap()[n].clone();
-        let job = client.job(&id).await.unwrap();
-        assert!(
-            !matches!(job.state, JobState::Failed | JobState::Cancelled),
-            "push {n} ended {}: {:?}",
-            job.state,
-            job.reason
-        );
-        if job.state == JobState::Done {
-            assert_eq!(job.manifest_digest.as_ref(), Some(&want), "push {n}");
-            pushes_done += 1;
-            blob_bytes += job.bytes_total();
-            manifest_bytes +=
-                common::skopeo_raw_manifest(&registry.host(), &format!("crash/img{n}:1")).len()
-                    as u64;
-            let next = submit(n + 1).await;
-            ids.lock().unwrap().push(next);
-            current.store(n + 1, Ordering::SeqCst);
-        }
-    }
+    let mut tally = Tally::default();
+    let child = run.kill_loop(seed, kills, &watch, &mut tally).await;
     // The last push finishes without kills.
-    let n = current.load(Ordering::SeqCst);
-    let id = ids.lock().unwrap()[n].clone();
+    let (n, id) = watch.current_id();
     let job = wait_done(&client, &id).await;
-    assert_eq!(job.manifest_digest.as_ref(), Some(&want), "push {n}");
-    pushes_done += 1;
-    blob_bytes += job.bytes_total();
-    let raw = common::skopeo_raw_manifest(&registry.host(), &format!("crash/img{n}:1"));
-    manifest_bytes += raw.len() as u64;
-    stop.store(true, Ordering::SeqCst);
+    tally.done(n, &job, &want, &registry.host());
+    watch.stop.store(true, Ordering::SeqCst);
     watcher.await.unwrap();
     kill9(child);
 
@@ -197,31 +243,62 @@ async fn crash_loop_kill_9_at_random_moments() {
         .unwrap();
     assert_eq!(pulled, want);
     let integrity = integrity_check(&d.join("state/hoist.db"));
-    let received = ecr.bytes_in();
-    let once = blob_bytes + manifest_bytes;
-    let resent = received.saturating_sub(once);
-    let budget = killed * UPLOADS_MAX * CHUNK;
-    let secs = started.elapsed().as_secs_f64();
-    record(
-        "crash_loop_kill_9_at_random_moments",
-        &format!("kill -9 of hoistd at {killed} random moments (seed {seed})"),
-        "ECR emulation (atomic parts)",
-        "every push completes with the uninterrupted push's manifest; tag never early; integrity ok",
-        &format!(
-            "{pushes_done} pushes, {killed} kills in {secs:.0} s; {:.1} MB sent again ({:.2} MB per kill; budget {:.0} MB per kill); integrity_check: {integrity}",
-            resent as f64 / 1e6,
-            resent as f64 / 1e6 / killed as f64,
-            (UPLOADS_MAX * CHUNK) as f64 / 1e6
-        ),
-        serde_json::json!({"seed": seed, "kills": killed, "pushes": pushes_done, "received_bytes": received, "once_bytes": once, "resent_bytes": resent, "seconds": secs, "integrity": integrity}),
-    );
+    let outcome = Outcome {
+        seed,
+        killed: kills,
+        secs: started.elapsed().as_secs_f64(),
+        received: ecr.bytes_in(),
+        integrity,
+    };
+    outcome.record_and_check(&tally);
     assert!(
-        !early.load(Ordering::SeqCst),
+        !watch.early.load(Ordering::SeqCst),
         "a tag existed before its blobs were verified"
     );
-    assert_eq!(integrity, "ok");
-    assert!(
-        resent <= budget,
-        "{resent} bytes sent again over {killed} kills (budget {budget})"
-    );
+}
+
+/// What one run measured.
+struct Outcome {
+    seed: u64,
+    killed: u64,
+    secs: f64,
+    /// Request-body bytes the ECR emulation received.
+    received: u64,
+    integrity: String,
+}
+
+impl Outcome {
+    /// Records the figure, then checks the state's integrity and the bytes sent again against
+    /// one part per upload connection per kill.
+    fn record_and_check(&self, tally: &Tally) {
+        let Outcome {
+            seed,
+            killed,
+            secs,
+            received,
+            ref integrity,
+        } = *self;
+        let once = tally.blob_bytes + tally.manifest_bytes;
+        let resent = received.saturating_sub(once);
+        let budget = killed * UPLOADS_MAX * CHUNK;
+        let pushes_done = tally.pushes_done;
+        record(
+            "crash_loop_kill_9_at_random_moments",
+            &format!("kill -9 of hoistd at {killed} random moments (seed {seed})"),
+            "ECR emulation (atomic parts)",
+            "every push completes with the uninterrupted push's manifest; tag never early; integrity ok",
+            &format!(
+                "{pushes_done} pushes, {killed} kills in {secs:.0} s; {:.1} MB sent again ({:.2} MB per kill; budget {:.0} MB per kill); integrity_check: {integrity}",
+                resent as f64 / 1e6,
+                resent as f64 / 1e6 / killed as f64,
+                (UPLOADS_MAX * CHUNK) as f64 / 1e6
+            ),
+            serde_json::json!({"seed": seed, "kills": killed, "pushes": pushes_done, "received_bytes": received, "once_bytes": once, "resent_bytes": resent, "seconds": secs, "integrity": integrity}),
+        );
+        assert_eq!(integrity, "ok");
+        assert!(
+            resent <= budget,
+            "{resent} bytes sent again over {killed} kills (budget {budget})"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use daemon_support::*;
 use hoist::api::{self, EventKind, JobState};
-use hoist::cli::client::ClientError;
+use hoist::cli::client::{Client, ClientError};
 use hoist::daemon::Config;
 use http::{Method, StatusCode};
 
@@ -97,8 +97,37 @@ async fn job_runs_to_done_with_events_and_metrics() {
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.spec.chunk_size_bytes, api::CHUNK_BYTES_DEFAULT);
 
-    // Follow live: the stream ends by itself after the final event.
-    let mut stream = client.events(&job.id, 0, true).await.unwrap();
+    let events = follow_live(&client, &job.id).await;
+    check_live_events(&events);
+    check_replay(&client, &job.id, &events).await;
+
+    let job = client.job(&job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Done);
+    // The spool of a finished job is removed.
+    assert!(
+        !daemon
+            .state_dir
+            .join("spool")
+            .join(job.id.as_str())
+            .exists()
+    );
+    assert_eq!(job.manifest_digest, Some(manifest_digest()));
+    assert_eq!(job.blobs.len(), 1);
+    assert_eq!(job.blobs[0].state, api::BlobState::Verified);
+    assert_eq!(job.blobs[0].uploaded_bytes, 5 * CHUNK);
+    assert_eq!(job.blobs[0].compressed_chunks, 5);
+    assert_eq!(job.blobs[0].digest, layer_digest());
+    assert_eq!(job.blobs[0].pushed_digest, Some(compressed_digest()));
+    assert_eq!(job.blobs[0].pushed_size_bytes, Some(5 * CHUNK));
+
+    check_done_metrics(&client).await;
+    assert_eq!(client.jobs().await.unwrap().len(), 1);
+    assert_eq!(body.starts(), vec![0]);
+}
+
+/// Follows a job live from the start: the stream ends by itself after the final event.
+async fn follow_live(client: &Client, id: &api::JobId) -> Vec<api::Event> {
+    let mut stream = client.events(id, 0, true).await.unwrap();
     let mut events = Vec::new();
     let collect = async {
         while let Some(ev) = stream.next().await {
@@ -108,6 +137,12 @@ async fn job_runs_to_done_with_events_and_metrics() {
     tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), collect)
         .await
         .expect("the event stream ended by itself");
+    events
+}
+
+/// The events of the scripted five-chunk job: every state in order, increasing `seq`, one
+/// progress event per chunk boundary, the manifest digest in the last one.
+fn check_live_events(events: &[api::Event]) {
     let states: Vec<JobState> = events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -141,9 +176,11 @@ async fn job_runs_to_done_with_events_and_metrics() {
         } => assert_eq!(d.as_ref(), Some(&manifest_digest())),
         other => panic!("last event is {other:?}"),
     }
+}
 
-    // A late follower replays the same log and ends; `after` skips what it saw.
-    let mut replay = client.events(&job.id, 0, true).await.unwrap();
+/// A late follower replays the same log and ends; `after` skips what it saw.
+async fn check_replay(client: &Client, id: &api::JobId, events: &[api::Event]) {
+    let mut replay = client.events(id, 0, true).await.unwrap();
     let mut n = 0;
     while let Some(ev) = replay.next().await {
         assert_eq!(ev.unwrap(), events[n]);
@@ -151,31 +188,15 @@ async fn job_runs_to_done_with_events_and_metrics() {
     }
     assert_eq!(n, events.len());
     let mut tail = client
-        .events(&job.id, seqs[seqs.len() - 2], false)
+        .events(id, events[events.len() - 2].seq, false)
         .await
         .unwrap();
     assert_eq!(tail.next().await.unwrap().unwrap(), *events.last().unwrap());
     assert!(tail.next().await.is_none());
+}
 
-    let job = client.job(&job.id).await.unwrap();
-    assert_eq!(job.state, Done);
-    // The spool of a finished job is removed.
-    assert!(
-        !daemon
-            .state_dir
-            .join("spool")
-            .join(job.id.as_str())
-            .exists()
-    );
-    assert_eq!(job.manifest_digest, Some(manifest_digest()));
-    assert_eq!(job.blobs.len(), 1);
-    assert_eq!(job.blobs[0].state, api::BlobState::Verified);
-    assert_eq!(job.blobs[0].uploaded_bytes, 5 * CHUNK);
-    assert_eq!(job.blobs[0].compressed_chunks, 5);
-    assert_eq!(job.blobs[0].digest, layer_digest());
-    assert_eq!(job.blobs[0].pushed_digest, Some(compressed_digest()));
-    assert_eq!(job.blobs[0].pushed_size_bytes, Some(5 * CHUNK));
-
+/// The metrics after the scripted five-chunk job is done.
+async fn check_done_metrics(client: &Client) {
     let metrics = client.metrics().await.unwrap();
     for line in [
         "hoist_upload_chunks_total 5",
@@ -193,8 +214,6 @@ async fn job_runs_to_done_with_events_and_metrics() {
         );
     }
     assert!(metrics.contains("# TYPE hoist_upload_bytes_total counter"));
-    assert_eq!(client.jobs().await.unwrap().len(), 1);
-    assert_eq!(body.starts(), vec![0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,45 +227,7 @@ async fn pause_resume_cancel_delete() {
         uploaded(j) >= 2 * CHUNK
     })
     .await;
-
-    // Pause: the job stops at a chunk boundary and stays still.
-    assert_eq!(
-        client.control(&id, "pause").await.unwrap().state,
-        JobState::Paused
-    );
-    // The job's task has stopped once no job runs.
-    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS_MAX);
-    while client.health().await.unwrap().jobs_running > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the paused job's task never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let paused_at = uploaded(&client.job(&id).await.unwrap());
-    // The spool of an unfinished job stays for its resumption.
-    assert!(
-        daemon
-            .state_dir
-            .join("spool")
-            .join(id.as_str())
-            .join("chunks")
-            .is_file()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let job = client.job(&id).await.unwrap();
-    assert_eq!((job.state, uploaded(&job)), (JobState::Paused, paused_at));
-    // Wrong transitions are refused with 409 and a JSON error that says why.
-    match client.control(&id, "retry").await {
-        Err(ClientError::Api { status, message }) => {
-            assert_eq!(status, StatusCode::CONFLICT);
-            assert!(
-                message.contains("is paused: only a failed or cancelled job can be retried"),
-                "{message}"
-            );
-        }
-        other => panic!("retry of a paused job: {other:?}"),
-    }
+    let paused_at = pause_and_check(&daemon, &client, &id).await;
 
     // Resume: continues from the saved cursor, not from zero.
     // The reply shows the job queued, or already started again.
@@ -263,8 +244,56 @@ async fn pause_resume_cancel_delete() {
         "resumed from {starts:?}, paused at {paused_at}"
     );
 
-    // A running job cannot be deleted; cancel first.
-    match client.delete(&id).await {
+    cancel_and_delete_running(&daemon, &client, &id).await;
+}
+
+/// Pauses a running job and checks it stops at a chunk boundary, stays still, keeps its spool
+/// and refuses a retry; returns the bytes uploaded when it stopped.
+async fn pause_and_check(daemon: &TestDaemon, client: &Client, id: &api::JobId) -> u64 {
+    assert_eq!(
+        client.control(id, "pause").await.unwrap().state,
+        JobState::Paused
+    );
+    // The job's task has stopped once no job runs.
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while client.health().await.unwrap().jobs_running > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the paused job's task never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let paused_at = uploaded(&client.job(id).await.unwrap());
+    // The spool of an unfinished job stays for its resumption.
+    assert!(
+        daemon
+            .state_dir
+            .join("spool")
+            .join(id.as_str())
+            .join("chunks")
+            .is_file()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = client.job(id).await.unwrap();
+    assert_eq!((job.state, uploaded(&job)), (JobState::Paused, paused_at));
+    // Wrong transitions are refused with 409 and a JSON error that says why.
+    match client.control(id, "retry").await {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert!(
+                message.contains("is paused: only a failed or cancelled job can be retried"),
+                "{message}"
+            );
+        }
+        other => panic!("retry of a paused job: {other:?}"),
+    }
+    paused_at
+}
+
+/// A running job cannot be deleted; once cancelled (twice is refused) its follower ends, and
+/// the delete removes it and its spool.
+async fn cancel_and_delete_running(daemon: &TestDaemon, client: &Client, id: &api::JobId) {
+    match client.delete(id).await {
         Err(ClientError::Api { status, message }) => {
             assert_eq!(status, StatusCode::CONFLICT);
             assert!(message.contains("cancel it first"), "{message}");
@@ -272,29 +301,29 @@ async fn pause_resume_cancel_delete() {
         other => panic!("delete of a running job: {other:?}"),
     }
     assert_eq!(
-        client.control(&id, "cancel").await.unwrap().state,
+        client.control(id, "cancel").await.unwrap().state,
         JobState::Cancelled
     );
-    let job = client.job(&id).await.unwrap();
+    let job = client.job(id).await.unwrap();
     assert_eq!(job.reason.as_deref(), Some("cancelled by the user"));
     assert!(matches!(
-        client.control(&id, "cancel").await,
+        client.control(id, "cancel").await,
         Err(ClientError::Api {
             status: StatusCode::CONFLICT,
             ..
         })
     ));
     // The follower of a cancelled job ends.
-    let mut stream = client.events(&id, 0, true).await.unwrap();
+    let mut stream = client.events(id, 0, true).await.unwrap();
     let mut last = None;
     while let Some(ev) = stream.next().await {
         last = Some(ev.unwrap());
     }
     assert!(last.unwrap().kind.is_final());
 
-    client.delete(&id).await.unwrap();
+    client.delete(id).await.unwrap();
     assert!(matches!(
-        client.job(&id).await,
+        client.job(id).await,
         Err(ClientError::Api {
             status: StatusCode::NOT_FOUND,
             ..
@@ -353,9 +382,9 @@ async fn jobs_beyond_the_running_limit_wait_in_the_queue() {
 async fn the_production_body_plans_for_real_then_refuses_a_bad_target() {
     let dir = tempfile::tempdir().unwrap();
     let source = sample_source(dir.path());
-    let sample = hoist::sample::write_oci_layout(
+    let sample = hoist_testkit::sample::write_oci_layout(
         &dir.path().join("again"),
-        &hoist::sample::SampleSpec::small(1),
+        &hoist_testkit::sample::SampleSpec::small(1),
     )
     .unwrap();
     let daemon = TestDaemon::start_with(dir.path(), Config::default());
@@ -409,9 +438,30 @@ async fn errors_are_json_with_fitting_status_codes() {
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(1, 1)));
     let client = daemon.client();
     let unknown = api::JobId::random();
-    /// method, path, body, expected status, text the error must contain
-    type Case<'a> = (Method, String, Option<&'a [u8]>, StatusCode, &'a str);
-    let cases: Vec<Case> = vec![
+    let cases = routing_error_cases(&unknown)
+        .into_iter()
+        .chain(submit_error_cases())
+        .chain(job_error_cases(&unknown));
+    let mut n = 0;
+    for case in cases {
+        check_error_case(&client, case).await;
+        n += 1;
+    }
+    assert_eq!(n, 14);
+}
+
+/// method, path, body, expected status, text the error must contain
+type ErrorCase = (
+    Method,
+    String,
+    Option<&'static [u8]>,
+    StatusCode,
+    &'static str,
+);
+
+/// Unknown endpoints, methods, ids and jobs.
+fn routing_error_cases(unknown: &api::JobId) -> Vec<ErrorCase> {
+    vec![
         (
             Method::GET,
             "/v1/nothing".into(),
@@ -435,18 +485,24 @@ async fn errors_are_json_with_fitting_status_codes() {
         ),
         (
             Method::GET,
-            api::job_path(&unknown, ""),
+            api::job_path(unknown, ""),
             None,
             StatusCode::NOT_FOUND,
             "no job",
         ),
         (
             Method::POST,
-            api::job_path(&unknown, "pause"),
+            api::job_path(unknown, "pause"),
             None,
             StatusCode::NOT_FOUND,
             "no job",
         ),
+    ]
+}
+
+/// Submit requests the daemon refuses.
+fn submit_error_cases() -> Vec<ErrorCase> {
+    vec![
         (
             Method::POST,
             "/v1/jobs".into(),
@@ -475,72 +531,80 @@ async fn errors_are_json_with_fitting_status_codes() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "OS/ARCH",
         ),
+    ]
+}
+
+/// Bad event and bandwidth requests for a job.
+fn job_error_cases(unknown: &api::JobId) -> Vec<ErrorCase> {
+    vec![
         (
             Method::GET,
-            format!("{}?after=x", api::job_path(&unknown, "events")),
+            format!("{}?after=x", api::job_path(unknown, "events")),
             None,
             StatusCode::BAD_REQUEST,
             "after=x",
         ),
         (
             Method::PUT,
-            api::job_path(&unknown, "bandwidth"),
+            api::job_path(unknown, "bandwidth"),
             Some(br#"{"bytes_per_s":1000}"#),
             StatusCode::NOT_FOUND,
             "no job",
         ),
         (
             Method::PUT,
-            api::job_path(&unknown, "bandwidth"),
+            api::job_path(unknown, "bandwidth"),
             Some(br#"{"bytes_per_s":0}"#),
             StatusCode::BAD_REQUEST,
             "null to remove",
         ),
         (
             Method::PUT,
-            api::job_path(&unknown, "bandwidth"),
+            api::job_path(unknown, "bandwidth"),
             Some(b"{}"),
             StatusCode::BAD_REQUEST,
             "bytes_per_s",
         ),
         (
             Method::PUT,
-            api::job_path(&unknown, "bandwidth"),
+            api::job_path(unknown, "bandwidth"),
             Some(br#"{"bytes_per_s":"5MiB/s"}"#),
             StatusCode::BAD_REQUEST,
             "job bandwidth",
         ),
-    ];
-    for (method, path, body, want_status, want_text) in cases {
-        let resp = client
-            .send(method.clone(), &path, body.map(|b| b.to_vec()))
-            .await
-            .unwrap();
-        let status = resp.status();
-        let ct = resp.headers()[http::header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let bytes = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let err: api::ErrorBody = api::decode("error", &bytes).unwrap_or_else(|e| {
-            panic!("{method} {path}: body is not an error JSON ({e}): {bytes:?}")
-        });
-        assert_eq!(status, want_status, "{method} {path}: {}", err.error);
-        assert_eq!(ct, api::CONTENT_TYPE_JSON);
-        assert!(
-            err.error.contains(want_text),
-            "{method} {path}: {:?} lacks {want_text:?}",
-            err.error
-        );
-        assert!(
-            !err.error.contains('\n'),
-            "error is not one line: {:?}",
-            err.error
-        );
-    }
+    ]
+}
+
+/// Sends one request and checks the answer is a one-line JSON error with the fitting status.
+async fn check_error_case(client: &Client, case: ErrorCase) {
+    let (method, path, body, want_status, want_text) = case;
+    let resp = client
+        .send(method.clone(), &path, body.map(|b| b.to_vec()))
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ct = resp.headers()[http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let err: api::ErrorBody = api::decode("error", &bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not an error JSON ({e}): {bytes:?}"));
+    assert_eq!(status, want_status, "{method} {path}: {}", err.error);
+    assert_eq!(ct, api::CONTENT_TYPE_JSON);
+    assert!(
+        err.error.contains(want_text),
+        "{method} {path}: {:?} lacks {want_text:?}",
+        err.error
+    );
+    assert!(
+        !err.error.contains('\n'),
+        "error is not one line: {:?}",
+        err.error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

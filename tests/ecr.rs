@@ -202,29 +202,7 @@ async fn expired_token_is_refreshed_from_the_helper() {
     proxy.basic_auth(&["token-1"]);
     let dir = tempfile::tempdir().unwrap();
     let host = proxy.host();
-    std::fs::write(
-        dir.path().join("config.json"),
-        serde_json::json!({"credHelpers": {host.clone(): "ecr-fake"}}).to_string(),
-    )
-    .unwrap();
-    let secret = dir.path().join("secret");
-    let calls = dir.path().join("calls");
-    std::fs::write(&secret, "token-1").unwrap();
-    let helper = dir.path().join("docker-credential-ecr-fake");
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\nread server\necho \"$server\" >> {calls}\nprintf '{{\"Username\":\"AWS\",\"Secret\":\"%s\"}}' \"$(cat {secret})\"\n",
-            calls = calls.display(),
-            secret = secret.display()
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&helper)
-        .status()
-        .unwrap();
+    let helper = FakeHelper::install(dir.path(), &host, "token-1");
     let c = RegistryClient::new(
         &host,
         ClientOptions {
@@ -243,10 +221,10 @@ async fn expired_token_is_refreshed_from_the_helper() {
     let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     // The token expires mid-push; the helper now mints a new one.
     proxy.expire_password("token-1", "token-2");
-    std::fs::write(&secret, "token-2").unwrap();
+    helper.mint("token-2");
     let cur = images::send_chunk(&c, &cur, &blob, MIB..2 * MIB).await;
     images::send_last(&c, &cur, &blob, 2 * MIB).await;
-    let runs = std::fs::read_to_string(&calls).unwrap();
+    let runs = std::fs::read_to_string(&helper.calls).unwrap();
     assert_eq!(
         runs.lines().collect::<Vec<_>>(),
         vec![host.as_str(), host.as_str()],
@@ -261,12 +239,12 @@ async fn expired_token_is_refreshed_from_the_helper() {
 
     // HEAD answers carry no body: a 403 to a HEAD is refreshed once as well.
     proxy.expire_password("token-2", "token-3");
-    std::fs::write(&secret, "token-3").unwrap();
+    helper.mint("token-3");
     assert!(images::present(&c, "team/app", &blob).await);
-    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3);
+    assert_eq!(helper.runs(), 3);
     // Parallel requests that all meet the expiry run the helper once between them.
     proxy.expire_password("token-3", "token-4");
-    std::fs::write(&secret, "token-4").unwrap();
+    helper.mint("token-4");
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let c = c.clone();
@@ -276,7 +254,7 @@ async fn expired_token_is_refreshed_from_the_helper() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 4);
+    assert_eq!(helper.runs(), 4);
     // A helper that keeps handing out an expired token: an auth error naming the helper.
     proxy.expire_password("token-4", "token-5");
     let e = c.check_repository("team/app").await.unwrap_err();
@@ -290,6 +268,57 @@ async fn expired_token_is_refreshed_from_the_helper() {
         "{msg}"
     );
     assert!(!msg.contains("token-4"), "{msg}");
+}
+
+/// `docker-credential-ecr-fake` in a directory with a Docker config naming it for one host: it
+/// hands out the token in `secret` and appends each server it is asked about to `calls`.
+struct FakeHelper {
+    secret: std::path::PathBuf,
+    calls: std::path::PathBuf,
+}
+
+impl FakeHelper {
+    fn install(dir: &std::path::Path, host: &str, token: &str) -> FakeHelper {
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::json!({"credHelpers": {host: "ecr-fake"}}).to_string(),
+        )
+        .unwrap();
+        let helper = FakeHelper {
+            secret: dir.join("secret"),
+            calls: dir.join("calls"),
+        };
+        helper.mint(token);
+        let script = dir.join("docker-credential-ecr-fake");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nread server\necho \"$server\" >> {calls}\nprintf '{{\"Username\":\"AWS\",\"Secret\":\"%s\"}}' \"$(cat {secret})\"\n",
+                calls = helper.calls.display(),
+                secret = helper.secret.display()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .unwrap();
+        helper
+    }
+
+    /// The token the helper hands out from now on.
+    fn mint(&self, token: &str) {
+        std::fs::write(&self.secret, token).unwrap();
+    }
+
+    /// How many times the helper ran.
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(&self.calls)
+            .unwrap()
+            .lines()
+            .count()
+    }
 }
 
 /// ECR Public style Bearer flow with our token service: realm, service and scope; tokens are
@@ -544,52 +573,11 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 /// Authorization, the registry does, and the blob's digest is checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_redirects_get_no_credentials() {
-    use common::serve::{Cut, respond, spawn_server};
     let body = bytes::Bytes::from_static(b"{\"os\":\"linux\",\"architecture\":\"amd64\"}");
     let digest = Digest::sha256_of(&body);
     let seen: Seen = Seen::default();
-    let record = |seen: &Seen, who: &str, req: &hyper::Request<hyper::body::Incoming>| {
-        let authz = req
-            .headers()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_string());
-        seen.lock().unwrap().push((who.to_string(), authz));
-    };
-    let (s3, s3_task) = spawn_server({
-        let (seen, body) = (seen.clone(), body.clone());
-        move |req: hyper::Request<hyper::body::Incoming>| {
-            record(&seen, "s3", &req);
-            let body = body.clone();
-            async move { Ok::<_, Cut>(respond(200, &[], body)) }
-        }
-    })
-    .await;
-    let (registry, reg_task) = spawn_server({
-        let seen = seen.clone();
-        move |req: hyper::Request<hyper::body::Incoming>| {
-            record(&seen, "registry", &req);
-            let authed = req.headers().contains_key("authorization");
-            async move {
-                Ok::<_, Cut>(if !authed {
-                    respond(
-                        401,
-                        &[("www-authenticate", r#"Basic realm="r""#.to_string())],
-                        "",
-                    )
-                } else {
-                    respond(
-                        307,
-                        &[(
-                            "location",
-                            format!("http://{s3}/bucket/obj?X-Amz-Signature=sig"),
-                        )],
-                        "",
-                    )
-                })
-            }
-        }
-    })
-    .await;
+    let (s3, s3_task) = spawn_s3(&seen, body.clone()).await;
+    let (registry, reg_task) = spawn_redirecting_registry(&seen, s3).await;
     let c = RegistryClient::new(
         &registry.to_string(),
         common::with_credentials(opts(), "AWS", "tok"),
@@ -618,6 +606,62 @@ async fn blob_redirects_get_no_credentials() {
     );
     s3_task.abort();
     reg_task.abort();
+}
+
+/// Notes who was asked and with which `Authorization` header.
+fn record_request(seen: &Seen, who: &str, req: &hyper::Request<hyper::body::Incoming>) {
+    let authz = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    seen.lock().unwrap().push((who.to_string(), authz));
+}
+
+/// The presigned-URL host: serves `body` to anyone.
+async fn spawn_s3(
+    seen: &Seen,
+    body: bytes::Bytes,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use common::serve::{Cut, respond, spawn_server};
+    let seen = seen.clone();
+    spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {
+        record_request(&seen, "s3", &req);
+        let body = body.clone();
+        async move { Ok::<_, Cut>(respond(200, &[], body)) }
+    })
+    .await
+}
+
+/// A registry that asks for Basic credentials, then redirects every request to `s3`.
+async fn spawn_redirecting_registry(
+    seen: &Seen,
+    s3: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use common::serve::{Cut, respond, spawn_server};
+    let seen = seen.clone();
+    spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {
+        record_request(&seen, "registry", &req);
+        let authed = req.headers().contains_key("authorization");
+        async move {
+            Ok::<_, Cut>(if !authed {
+                respond(
+                    401,
+                    &[("www-authenticate", r#"Basic realm="r""#.to_string())],
+                    "",
+                )
+            } else {
+                respond(
+                    307,
+                    &[(
+                        "location",
+                        format!("http://{s3}/bucket/obj?X-Amz-Signature=sig"),
+                    )],
+                    "",
+                )
+            })
+        }
+    })
+    .await
 }
 
 /// The lost answer to the final PUT: the blob is complete but the client saw the connection

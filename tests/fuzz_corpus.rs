@@ -1,10 +1,11 @@
 //! CI smoke for the fuzz targets: replays every file of `fuzz/seeds/<target>/` and
-//! `fuzz/corpus/<target>/` through the target's entry point in `hoist::fuzzing` (the same function the fuzzer runs). Cheap and
-//! deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
+//! `fuzz/corpus/<target>/` through the target's entry point in `hoist_testkit::fuzzing` (the
+//! same function the fuzzer runs). Cheap and deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
 //! and each former crash) still passes.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
-//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from `hoist::sample`, skopeo and the header values of docs/ECR.md.
+//! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from
+//! `hoist_testkit::sample`, skopeo and the header values of docs/ECR.md.
 
 // The source tests' helpers: the same skopeo call and `docker save` archive entries.
 #[allow(dead_code, unused_imports)]
@@ -17,10 +18,11 @@ use std::path::{Path, PathBuf};
 
 use helpers::{add_bytes, docker25_head, skopeo};
 use hoist::digest::Digest;
-use hoist::fuzzing::{self, PIECE_SEPARATOR};
 use hoist::platform::Platform;
-use hoist::sample::{
-    IndexSpec, LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout,
+use hoist_testkit::fuzzing::{self, PIECE_SEPARATOR};
+use hoist_testkit::sample::{
+    IndexSpec, LayerContent, LayerSpec, SampleCompression, SampleImage, SampleSpec,
+    write_oci_layout,
 };
 
 type Entry = fn(&[u8]);
@@ -114,11 +116,20 @@ fn write_seed(target: &str, name: &str, bytes: &[u8]) {
 #[ignore = "writes the seed corpus; run by hand"]
 fn write_seeds() {
     let tmp = tempfile::tempdir().unwrap();
-    // Archives: skopeo's docker-archive and oci-archive, a Docker 25+ save, a tar of a layout.
-    let layout = tmp.path().join("layout");
+    let (img, skopeo_archive) = write_archive_seeds(tmp.path());
+    write_document_seeds(tmp.path(), &img, &skopeo_archive);
+    for (name, v) in REGISTRY_SEEDS {
+        write_seed("parse_registry", name, v.as_bytes());
+    }
+}
+
+/// Archives: skopeo's docker-archive and oci-archive, a Docker 25+ save, a tar of a layout;
+/// returns the layout they were made from and the path of skopeo's docker-archive.
+fn write_archive_seeds(tmp: &Path) -> (SampleImage, PathBuf) {
+    let layout = tmp.join("layout");
     let img = write_oci_layout(&layout, &tiny_spec(1, SampleCompression::None)).unwrap();
-    let da = tmp.path().join("d.tar");
-    let oa = tmp.path().join("o.tar");
+    let da = tmp.join("d.tar");
+    let oa = tmp.join("o.tar");
     let layout_ref = format!("oci:{}:latest", layout.display());
     skopeo(&[
         "copy",
@@ -135,7 +146,7 @@ fn write_seeds() {
         ("skopeo-oci-archive", fs::read(&oa).unwrap()),
         ("layout-dot", tar_dir(&layout, ".")),
     ];
-    let gz = tmp.path().join("gz");
+    let gz = tmp.join("gz");
     let gimg = write_oci_layout(&gz, &tiny_spec(2, SampleCompression::Gzip)).unwrap();
     let mut b = tar::Builder::new(Vec::new());
     docker25_head(&mut b, &gz, &gimg);
@@ -147,12 +158,17 @@ fn write_seeds() {
         write_seed("index_tar", name, bytes);
         write_seed("plan_archive", name, bytes);
     }
+    (img, da)
+}
 
-    // Documents: single manifest + config + layer descriptor's blob is not needed.
+/// Documents: the single manifest of `img` with its config, a buildx index with its manifests,
+/// a layout's `index.json`, and the `manifest.json` of skopeo's docker-archive `da`.
+fn write_document_seeds(tmp: &Path, img: &SampleImage, da: &Path) {
     let sep = [PIECE_SEPARATOR];
-    let single = [blob(&layout, &img.manifest), blob(&layout, &img.config)].join(&sep[..]);
+    let layout = &img.dir;
+    let single = [blob(layout, &img.manifest), blob(layout, &img.config)].join(&sep[..]);
     write_seed("parse_image", "single-manifest", &single);
-    let multi = tmp.path().join("multi");
+    let multi = tmp.join("multi");
     let mut spec = tiny_spec(3, SampleCompression::Gzip);
     spec.index = Some(IndexSpec {
         extra_platforms: vec!["linux/arm64/v8".parse().unwrap()],
@@ -174,7 +190,7 @@ fn write_seeds() {
     let index_json = fs::read(multi.join("index.json")).unwrap();
     write_seed("parse_image", "layout-index-json", &index_json);
     let mut da_manifest = None;
-    let mut ar = tar::Archive::new(fs::File::open(&da).unwrap());
+    let mut ar = tar::Archive::new(fs::File::open(da).unwrap());
     for e in ar.entries().unwrap() {
         let mut e = e.unwrap();
         if e.path().unwrap().to_str() == Some("manifest.json") {
@@ -184,68 +200,65 @@ fn write_seeds() {
         }
     }
     write_seed("parse_image", "docker-manifest-json", &da_manifest.unwrap());
-
-    // Registry answers, from docs/ECR.md and the distribution registry.
-    let registry: &[(&str, &str)] = &[
-        (
-            "ecr-basic",
-            r#"Basic realm="https://123456789012.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com""#,
-        ),
-        (
-            "bearer",
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
-        ),
-        (
-            "bearer-escaped",
-            r#"bearer realm="http://127.0.0.1:5001/token?a=\"b\"", service=reg, error="insufficient_scope""#,
-        ),
-        (
-            "ecr-416",
-            r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"First byte of the layer part is 0 instead of 11304960"}]}"#,
-        ),
-        (
-            "ecr-416-message",
-            "First byte of the layer part is 5242880 instead of 10485760",
-        ),
-        (
-            "ecr-digest",
-            r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"None of the provided layer digests match the calculated layer digest"}]}"#,
-        ),
-        (
-            "ecr-name-unknown",
-            r#"{"errors":[{"code":"NAME_UNKNOWN","message":"The repository with name 'app' does not exist in the registry with id '123456789012'"}]}"#,
-        ),
-        (
-            "ecr-unsupported",
-            r#"{"errors":[{"code":"UNSUPPORTED","message":"Invalid parameter at 'ImageManifest' failed to satisfy constraint: 'Invalid JSON syntax'"}]}"#,
-        ),
-        (
-            "distribution-detail",
-            r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content","detail":{"Digest":"sha256:0"}}]}"#,
-        ),
-        (
-            "ecr-denied",
-            "denied: Your authorization token has expired. Reauthenticate and try again.",
-        ),
-        ("range", "0-11304959"),
-        ("range-bytes", "bytes=0-5242879"),
-        ("retry-after", "30"),
-        (
-            "location-ecr",
-            "https://123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/app/blobs/uploads/6f1b5c1e-0d9f-4b59-9a6c-2a1f0c1d2e3f",
-        ),
-        (
-            "location-state",
-            "/v2/a/b/blobs/uploads/0c2e9a?_state=c2VjcmV0&digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        ),
-        ("location-evil", "http://evil:8080/v2/a/b/blobs/uploads/x"),
-        ("location-file", "file:///etc/passwd"),
-        (
-            "location-userinfo",
-            "https://AWS:secret@123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/app/blobs/uploads/x?X-Amz-Signature=abc",
-        ),
-    ];
-    for (name, v) in registry {
-        write_seed("parse_registry", name, v.as_bytes());
-    }
 }
+
+/// Registry answers, from docs/ECR.md and the distribution registry.
+const REGISTRY_SEEDS: &[(&str, &str)] = &[
+    (
+        "ecr-basic",
+        r#"Basic realm="https://123456789012.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com""#,
+    ),
+    (
+        "bearer",
+        r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
+    ),
+    (
+        "bearer-escaped",
+        r#"bearer realm="http://127.0.0.1:5001/token?a=\"b\"", service=reg, error="insufficient_scope""#,
+    ),
+    (
+        "ecr-416",
+        r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"First byte of the layer part is 0 instead of 11304960"}]}"#,
+    ),
+    (
+        "ecr-416-message",
+        "First byte of the layer part is 5242880 instead of 10485760",
+    ),
+    (
+        "ecr-digest",
+        r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"None of the provided layer digests match the calculated layer digest"}]}"#,
+    ),
+    (
+        "ecr-name-unknown",
+        r#"{"errors":[{"code":"NAME_UNKNOWN","message":"The repository with name 'app' does not exist in the registry with id '123456789012'"}]}"#,
+    ),
+    (
+        "ecr-unsupported",
+        r#"{"errors":[{"code":"UNSUPPORTED","message":"Invalid parameter at 'ImageManifest' failed to satisfy constraint: 'Invalid JSON syntax'"}]}"#,
+    ),
+    (
+        "distribution-detail",
+        r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content","detail":{"Digest":"sha256:0"}}]}"#,
+    ),
+    (
+        "ecr-denied",
+        "denied: Your authorization token has expired. Reauthenticate and try again.",
+    ),
+    ("range", "0-11304959"),
+    ("range-bytes", "bytes=0-5242879"),
+    ("retry-after", "30"),
+    (
+        "location-ecr",
+        "https://123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/app/blobs/uploads/6f1b5c1e-0d9f-4b59-9a6c-2a1f0c1d2e3f",
+    ),
+    (
+        "location-state",
+        "/v2/a/b/blobs/uploads/0c2e9a?_state=c2VjcmV0&digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ),
+    ("location-evil", "http://evil:8080/v2/a/b/blobs/uploads/x"),
+    ("location-file", "file:///etc/passwd"),
+    (
+        "location-userinfo",
+        "https://AWS:secret@123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/app/blobs/uploads/x?X-Amz-Signature=abc",
+    ),
+];

@@ -2,8 +2,10 @@
 
 use hoist::inspect::{InspectOptions, inspect};
 use hoist::platform::Platform;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout};
 use hoist::source::SourceRef;
+use hoist_testkit::sample::{
+    LayerContent, LayerSpec, SampleCompression, SampleSpec, write_oci_layout,
+};
 
 const X86_64: u16 = 0x3e;
 const AARCH64: u16 = 0xb7;

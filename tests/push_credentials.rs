@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hoist::sample::{SampleSpec, write_oci_layout};
+use hoist_testkit::sample::{SampleSpec, write_oci_layout};
 
 const USER: &str = "pusher";
 const SECRET: &str = "s3cret-Pa55word-hoist";
@@ -50,24 +50,7 @@ fn credentials_never_reach_the_state_dir_or_the_log() {
 
     let state = dir.path().join("state");
     let socket = dir.path().join("run/hoist.sock");
-    let log = std::fs::File::create(dir.path().join("hoistd.log")).unwrap();
-    let mut daemon = Command::new(daemon_support::hoistd_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--allow-root")
-        .env("DOCKER_CONFIG", &docker_config)
-        .env("HOIST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
+    let mut daemon = start_hoistd(dir.path(), &socket, &state, &docker_config);
     let target = format!("{}/secret/app:1", reg.host());
     let out = Command::new(daemon_support::hoist_bin())
         .arg("--socket")
@@ -90,12 +73,48 @@ fn credentials_never_reach_the_state_dir_or_the_log() {
             .unwrap_or("")
             .starts_with("sha256:")
     );
+    check_no_credential_written(dir.path(), &state, &auth);
+    for output in [&stdout, &stderr] {
+        assert!(!output.contains(SECRET) && !output.contains(&auth));
+    }
+}
 
+/// The real hoistd with trace logging into `dir/hoistd.log`, credentials from
+/// `docker_config`; returns once its socket exists (or after 10 s).
+fn start_hoistd(
+    dir: &Path,
+    socket: &Path,
+    state: &Path,
+    docker_config: &Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("hoistd.log")).unwrap();
+    let daemon = Command::new(daemon_support::hoistd_bin())
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--allow-root")
+        .env("DOCKER_CONFIG", docker_config)
+        .env("HOIST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+/// Every file under `state` and the trace log in `dir` hold neither the secret nor its base64
+/// form `auth`.
+fn check_no_credential_written(dir: &Path, state: &Path, auth: &str) {
     let mut files = Vec::new();
-    all_bytes_under(&state, &mut files);
+    all_bytes_under(state, &mut files);
     files.push((
         "hoistd.log".into(),
-        std::fs::read(dir.path().join("hoistd.log")).unwrap(),
+        std::fs::read(dir.join("hoistd.log")).unwrap(),
     ));
     assert!(
         files.iter().any(|(p, _)| p.ends_with("hoist.db")),
@@ -114,8 +133,5 @@ fn credentials_never_reach_the_state_dir_or_the_log() {
                 String::from_utf8_lossy(needle)
             );
         }
-    }
-    for output in [&stdout, &stderr] {
-        assert!(!output.contains(SECRET) && !output.contains(&auth));
     }
 }

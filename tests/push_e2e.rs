@@ -7,7 +7,7 @@ mod push_support;
 
 use hoist::api::{BlobState, Compression};
 use hoist::daemon::Config;
-use hoist::sample::SampleCompression;
+use hoist_testkit::sample::SampleCompression;
 
 use common::TestRegistry;
 use daemon_support::TestDaemon;
@@ -96,7 +96,7 @@ async fn docker_archive_is_compressed_with_zstd_and_pushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_uploads_while_it_is_compressed() {
     use hoist::api::EventKind;
-    use hoist::sample::{LayerContent, LayerSpec};
+    use hoist_testkit::sample::{LayerContent, LayerSpec};
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
     let mut spec = image_spec(13, 0, SampleCompression::None);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hoist::api::{Compression, JobState};
 use hoist::daemon::Config;
 use hoist::daemon::push::NetSettings;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression, SampleSpec};
 use serde_json::json;
 
 use common::TestRegistry;
@@ -562,27 +562,7 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
     let source = image(dir.path(), 59, &[16, 12]);
     let d = dir.path().join("d");
     std::fs::create_dir_all(&d).unwrap();
-    let mut child = std::process::Command::new(daemon_support::hoistd_bin())
-        .arg("--socket")
-        .arg(d.join("hoist.sock"))
-        .arg("--state-dir")
-        .arg(d.join("state"))
-        .arg("--allow-root")
-        .env("DOCKER_CONFIG", &docker)
-        .env("HOIST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn hoistd");
-    let client = hoist::cli::client::Client::new(d.join("hoist.sock"));
-    let t = Instant::now();
-    while client.health().await.is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "hoistd does not answer"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut child, client) = hoistd_reading_docker_config(&d, &docker).await;
     let id = submit(
         &client,
         &source,
@@ -623,6 +603,36 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
         sent <= blobs + hoist::daemon::UPLOADS_IN_FLIGHT_MAX_DEFAULT as u64 * CHUNK,
         "sent {sent} for {blobs}"
     );
+}
+
+/// The real hoistd in `d`, reading its credentials from the docker config in `docker`; returns
+/// once it answers.
+async fn hoistd_reading_docker_config(
+    d: &std::path::Path,
+    docker: &std::path::Path,
+) -> (std::process::Child, hoist::cli::client::Client) {
+    let child = std::process::Command::new(daemon_support::hoistd_bin())
+        .arg("--socket")
+        .arg(d.join("hoist.sock"))
+        .arg("--state-dir")
+        .arg(d.join("state"))
+        .arg("--allow-root")
+        .env("DOCKER_CONFIG", docker)
+        .env("HOIST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn hoistd");
+    let client = hoist::cli::client::Client::new(d.join("hoist.sock"));
+    let t = Instant::now();
+    while client.health().await.is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "hoistd does not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (child, client)
 }
 
 /// The status of a job while it waits for the network, and how it ended.

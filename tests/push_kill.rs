@@ -16,7 +16,7 @@ use hoist::api::{self, BlobAction, BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist::digest::Digest;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
 use common::TestRegistry;
 use common::cut_proxy::CutProxy;
@@ -99,41 +99,9 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     assert!(!tag_exists(registry.addr, "kill/img", "1"));
 
     // 2. Mid-chunk: the proxy holds a part it received whole, not committed yet.
-    let child = hoistd(&d);
-    wait_answers(&client, 10).await;
-    wait_for(
-        &client,
-        &id,
-        PUSH_MS_MAX,
-        "uploading with a part held",
-        |j| {
-            j.state == JobState::Uploading
-                && j.bytes_uploaded() >= CHUNK
-                && proxy.state.parts_held.load(Ordering::SeqCst) > 0
-        },
-    )
-    .await;
-    kill9(child);
-    assert!(!tag_exists(registry.addr, "kill/img", "1"));
-
+    kill_with_a_part_held(&d, &client, &id, &proxy, registry.addr).await;
     // 3. Between the last blob check and the manifest commit: the manifest PUT is held.
-    proxy.state.hold_manifest_puts.store(true, Ordering::SeqCst);
-    let child = hoistd(&d);
-    wait_answers(&client, 10).await;
-    let job = wait_for(&client, &id, PUSH_MS_MAX, "committing", |j| {
-        j.state == JobState::Committing && proxy.state.manifest_puts_held.load(Ordering::SeqCst)
-    })
-    .await;
-    assert!(
-        job.blobs.iter().all(|b| b.state == BlobState::Verified),
-        "{job:?}"
-    );
-    assert!(!tag_exists(registry.addr, "kill/img", "1"));
-    kill9(child);
-    proxy
-        .state
-        .hold_manifest_puts
-        .store(false, Ordering::SeqCst);
+    kill_with_the_manifest_held(&d, &client, &id, &proxy, registry.addr).await;
 
     // The last daemon finishes the job by itself.
     let child = hoistd(&d);
@@ -152,8 +120,68 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     let raw = common::skopeo_raw_manifest(&registry.host(), "kill/img:1");
     assert_eq!(Digest::sha256_of(&raw), want);
 
-    // Bytes sent again: everything the proxy received, less one full push (blobs + manifest).
-    let once: u64 = job.bytes_total() + raw.len() as u64;
+    check_resent(&proxy, &job, raw.len() as u64);
+
+    kill9(child);
+    let store = hoist::store::Store::open(&d.join("state")).unwrap();
+    store.integrity_check().await.unwrap();
+    let spool = d.join("state/spool").join(id.as_str());
+    assert!(!spool.exists(), "the finished job's spool is left behind");
+}
+
+/// Starts hoistd in `d`, waits until the proxy holds a part it received whole (not committed
+/// yet) of the uploading job `id`, and kills it.
+async fn kill_with_a_part_held(
+    d: &std::path::Path,
+    client: &Client,
+    id: &JobId,
+    proxy: &EcrProxy,
+    registry: std::net::SocketAddr,
+) {
+    let child = hoistd(d);
+    wait_answers(client, 10).await;
+    wait_for(client, id, PUSH_MS_MAX, "uploading with a part held", |j| {
+        j.state == JobState::Uploading
+            && j.bytes_uploaded() >= CHUNK
+            && proxy.state.parts_held.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    kill9(child);
+    assert!(!tag_exists(registry, "kill/img", "1"));
+}
+
+/// Starts hoistd in `d` with manifest PUTs held, waits until job `id` commits with every blob
+/// verified and the tag not written yet, kills it, and lets manifest PUTs through again.
+async fn kill_with_the_manifest_held(
+    d: &std::path::Path,
+    client: &Client,
+    id: &JobId,
+    proxy: &EcrProxy,
+    registry: std::net::SocketAddr,
+) {
+    proxy.state.hold_manifest_puts.store(true, Ordering::SeqCst);
+    let child = hoistd(d);
+    wait_answers(client, 10).await;
+    let job = wait_for(client, id, PUSH_MS_MAX, "committing", |j| {
+        j.state == JobState::Committing && proxy.state.manifest_puts_held.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(
+        job.blobs.iter().all(|b| b.state == BlobState::Verified),
+        "{job:?}"
+    );
+    assert!(!tag_exists(registry, "kill/img", "1"));
+    kill9(child);
+    proxy
+        .state
+        .hold_manifest_puts
+        .store(false, Ordering::SeqCst);
+}
+
+/// Bytes sent again: everything the proxy received, less one full push (blobs + a manifest of
+/// `manifest_bytes`).
+fn check_resent(proxy: &EcrProxy, job: &api::Job, manifest_bytes: u64) {
+    let once: u64 = job.bytes_total() + manifest_bytes;
     let received = proxy.state.bytes_in.load(Ordering::SeqCst);
     let resent = received.saturating_sub(once);
     eprintln!(
@@ -161,15 +189,9 @@ async fn kill_9_at_three_points_through_the_ecr_proxy_then_the_job_completes_by_
     );
     // Kill 3 costs only the held manifest; kills 1 and 2 at most one part per in-flight blob.
     assert!(
-        resent <= 2 * IN_FLIGHT_MAX * CHUNK + raw.len() as u64,
+        resent <= 2 * IN_FLIGHT_MAX * CHUNK + manifest_bytes,
         "{resent} bytes sent again"
     );
-
-    kill9(child);
-    let store = hoist::store::Store::open(&d.join("state")).unwrap();
-    store.integrity_check().await.unwrap();
-    let spool = d.join("state/spool").join(id.as_str());
-    assert!(!spool.exists(), "the finished job's spool is left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use hoist::api::{Compression, JobState};
 use hoist::daemon::Config;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
 use common::TestRegistry;
 use common::cut_proxy::CutProxy;

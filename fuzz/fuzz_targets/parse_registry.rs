@@ -5,4 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| hoist::fuzzing::parse_registry(data));
+fuzz_target!(|data: &[u8]| hoist_testkit::fuzzing::parse_registry(data));

@@ -396,7 +396,7 @@ impl StoredChunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::testdata;
+    use hoist_testkit::testdata;
 
     #[test]
     fn probe_separates_random_from_text() {

@@ -24,11 +24,9 @@
 //! # Layout
 //! - [`chunk`]: one chunk to one member / frame, and the incompressible-data fast path.
 //! - [`pipeline`]: the bounded, ordered, parallel driver with running digests and resume.
-//! - [`testdata`]: deterministic text-like and random inputs for benchmarks and examples.
 
 pub mod chunk;
 pub mod pipeline;
-pub mod testdata;
 
 use std::fmt;
 use std::str::FromStr;

@@ -127,19 +127,34 @@ impl Hostile {
 
 async fn serve(mut s: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
+    let Some(req) = read_request(&mut s).await? else {
+        return Ok(());
+    };
+    let answer = script(&req);
+    seen.lock().unwrap().push(req);
+    write_answer(&mut s, answer).await?;
+    s.flush().await?;
+    // Let the client read everything before the close.
+    let _ = s.shutdown().await;
+    Ok(())
+}
+
+/// Reads one request (its body is counted, not kept); `None` when the client closes first or
+/// sends a head longer than [`REQUEST_HEAD_BYTES_MAX`].
+async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Seen>> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut b = [0u8; 4096];
         let n = s.read(&mut b).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&b[..n]);
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
         if buf.len() > REQUEST_HEAD_BYTES_MAX {
-            return Ok(());
+            return Ok(None);
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -165,35 +180,38 @@ async fn serve(mut s: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> st
         }
         have += n;
     }
-    let req = Seen {
+    Ok(Some(Seen {
         method,
         target,
         headers,
         body_len,
-    };
-    let answer = script(&req);
-    seen.lock().unwrap().push(req);
-    let head = |status: u16, headers: &[(String, String)], len: u64| {
-        let mut h = format!("HTTP/1.1 {status} Hostile\r\nconnection: close\r\n");
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        {
-            h.push_str(&format!("content-length: {len}\r\n"));
-        }
-        for (k, v) in headers {
-            h.push_str(&format!("{k}: {v}\r\n"));
-        }
-        h.push_str("\r\n");
-        h.into_bytes()
-    };
+    }))
+}
+
+/// A response head: `content-length: len` unless the script's headers set one.
+fn response_head(status: u16, headers: &[(String, String)], len: u64) -> Vec<u8> {
+    let mut h = format!("HTTP/1.1 {status} Hostile\r\nconnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        h.push_str(&format!("content-length: {len}\r\n"));
+    }
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    h.into_bytes()
+}
+
+async fn write_answer(s: &mut TcpStream, answer: Answer) -> std::io::Result<()> {
     match answer {
         Answer::Full {
             status,
             headers,
             body,
         } => {
-            s.write_all(&head(status, &headers, body.len() as u64))
+            s.write_all(&response_head(status, &headers, body.len() as u64))
                 .await?;
             s.write_all(&body).await?;
         }
@@ -202,7 +220,7 @@ async fn serve(mut s: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> st
             headers,
             len,
         } => {
-            s.write_all(&head(status, &headers, len)).await?;
+            s.write_all(&response_head(status, &headers, len)).await?;
             let piece = vec![b'x'; 64 * 1024];
             let mut left = len;
             while left > 0 {
@@ -218,7 +236,7 @@ async fn serve(mut s: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> st
             every,
             head_too,
         } => {
-            let h = head(status, &headers, body.len() as u64);
+            let h = response_head(status, &headers, body.len() as u64);
             if head_too {
                 for b in h {
                     s.write_all(&[b]).await?;
@@ -233,8 +251,5 @@ async fn serve(mut s: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> st
             }
         }
     }
-    s.flush().await?;
-    // Let the client read everything before the close.
-    let _ = s.shutdown().await;
     Ok(())
 }

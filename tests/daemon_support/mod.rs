@@ -38,7 +38,7 @@ fn bin(name: &str, cargo_path: &str) -> PathBuf {
 /// returns its source reference.
 pub fn sample_source(dir: &Path) -> String {
     let image = dir.join("image");
-    hoist::sample::write_oci_layout(&image, &hoist::sample::SampleSpec::small(1))
+    hoist_testkit::sample::write_oci_layout(&image, &hoist_testkit::sample::SampleSpec::small(1))
         .expect("write the sample image");
     format!("oci:{}", image.display())
 }

@@ -9,7 +9,7 @@ use hoist::api::{self, Compression, JobId, JobState};
 use hoist::cli::client::Client;
 use hoist::digest::Digest;
 use hoist::platform::Platform;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression, SampleImage, SampleSpec};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression, SampleImage, SampleSpec};
 
 use crate::common;
 
@@ -31,7 +31,7 @@ pub fn image_spec(seed: u64, mb: u64, compression: SampleCompression) -> SampleS
 }
 
 pub fn write_oci(dir: &Path, spec: &SampleSpec) -> (SampleImage, String) {
-    let img = hoist::sample::write_oci_layout(dir, spec).expect("write the sample layout");
+    let img = hoist_testkit::sample::write_oci_layout(dir, spec).expect("write the sample layout");
     let src = format!("oci:{}", dir.display());
     (img, src)
 }

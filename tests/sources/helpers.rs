@@ -9,11 +9,11 @@ pub use hoist::digest::Digest;
 pub use hoist::image::media;
 pub use hoist::plan::{Codec, CompressedLayer, LayerAction, PlanError, PlanOptions, PushPlan};
 pub use hoist::platform::Platform;
-pub use hoist::sample::{
+pub use hoist::source::{SourceRef, TarIndex};
+pub use hoist_testkit::sample::{
     IndexSpec, LayerContent, LayerSpec, SampleCompression, SampleImage, SampleSpec,
     write_oci_layout,
 };
-pub use hoist::source::{SourceRef, TarIndex};
 pub use serde_json::{Value, json};
 
 pub fn plan(src: &str) -> Result<PushPlan, PlanError> {

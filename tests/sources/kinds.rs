@@ -1,5 +1,5 @@
 //! Each kind of source (OCI layout, docker-archive classic and Docker 25+, OCI archive),
-//! written by hoist::sample and converted by real tools, planned and streamed.
+//! written by hoist_testkit::sample and converted by real tools, planned and streamed.
 
 use crate::helpers::*;
 
@@ -124,6 +124,27 @@ fn skopeo_docker_archive_classic_layout() {
     assert!(matches!(detected, SourceRef::DockerArchive { .. }));
 
     let p = plan(&archive.display().to_string()).unwrap();
+    check_classic_plan(&p, &img);
+    check_archive_names(t.path(), &layout, &archive, &img);
+    check_zstd_converts_to_oci(&archive);
+
+    let m = p
+        .build_manifest(&vec![
+            CompressedLayer {
+                digest: Digest::sha256_of(b"x"),
+                size: 1
+            };
+            3
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_slice(&m.bytes).unwrap();
+    assert_eq!(v["mediaType"], media::DOCKER_MANIFEST);
+    assert_eq!(v["config"]["mediaType"], media::DOCKER_CONFIG);
+}
+
+/// The plan of skopeo's docker-archive of `img`: Docker schema 2, every layer compressed
+/// (skopeo keeps them uncompressed), the sources as the plan says.
+fn check_classic_plan(p: &PushPlan, img: &SampleImage) {
     assert_eq!(p.family, media::Family::Docker2);
     assert_eq!(p.config.media_type, media::DOCKER_CONFIG);
     assert_eq!(p.config.digest, img.config);
@@ -141,6 +162,11 @@ fn skopeo_docker_archive_classic_layout() {
         );
     }
     p.verify_sources().unwrap();
+}
+
+/// Images in a docker-archive are found by their full and their short (normalised) names; an
+/// unknown name is an error that lists the names there are.
+fn check_archive_names(dir: &Path, layout: &Path, archive: &Path, img: &SampleImage) {
     let named = plan(&format!(
         "docker-archive:{}:example.com/sample:v1",
         archive.display()
@@ -148,7 +174,7 @@ fn skopeo_docker_archive_classic_layout() {
     .unwrap();
     assert_eq!(named.config.digest, img.config);
     // skopeo writes RepoTags normalised: docker.io/library/NAME:TAG
-    let short = t.path().join("short.tar");
+    let short = dir.join("short.tar");
     skopeo(&[
         "copy",
         &format!("oci:{}", layout.display()),
@@ -161,8 +187,10 @@ fn skopeo_docker_archive_classic_layout() {
         &e,
         &["no image named \"other:v2\"", "example.com/sample:v1"],
     );
+}
 
-    // zstd turns the Docker image into an OCI one, and says so
+/// zstd turns the Docker image into an OCI one, and says so.
+fn check_zstd_converts_to_oci(archive: &Path) {
     let opts = PlanOptions {
         compression: Codec::Zstd,
         ..PlanOptions::default()
@@ -176,19 +204,6 @@ fn skopeo_docker_archive_classic_layout() {
         &z.warnings.join(" "),
         &["converting the Docker schema 2 image to OCI"],
     );
-
-    let m = p
-        .build_manifest(&vec![
-            CompressedLayer {
-                digest: Digest::sha256_of(b"x"),
-                size: 1
-            };
-            3
-        ])
-        .unwrap();
-    let v: Value = serde_json::from_slice(&m.bytes).unwrap();
-    assert_eq!(v["mediaType"], media::DOCKER_MANIFEST);
-    assert_eq!(v["config"]["mediaType"], media::DOCKER_CONFIG);
 }
 
 #[test]

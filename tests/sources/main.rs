@@ -1,4 +1,4 @@
-//! Image sources end to end: sample images written by `hoist::sample`, converted by real tools
+//! Image sources end to end: sample images written by `hoist_testkit::sample`, converted by real tools
 //! (skopeo, tar), planned, and streamed with verification. Then every kind of bad input.
 
 mod bad_input;

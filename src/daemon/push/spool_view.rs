@@ -337,7 +337,8 @@ impl Read for ViewReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::{ChunkCompressor, testdata};
+    use crate::compress::ChunkCompressor;
+    use hoist_testkit::testdata;
 
     const CHUNK: u64 = 256 << 10;
 

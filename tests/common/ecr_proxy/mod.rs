@@ -432,68 +432,84 @@ fn check_auth(
     let authz = header(headers, "authorization");
     match &*st.auth.lock().unwrap() {
         ProxyAuth::None => None,
-        ProxyAuth::Basic { valid, expired } => {
-            let challenge = || {
-                let mut r = oci_error(401, "DENIED", "Not Authorized");
-                r.headers_mut().insert(
-                    "www-authenticate",
-                    format!(r#"Basic realm="https://{REGISTRY_ID}.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com""#)
-                        .parse()
-                        .unwrap(),
-                );
-                r
-            };
-            let Some(a) = authz.and_then(|a| a.strip_prefix("Basic ").map(str::to_string)) else {
-                return Some(challenge());
-            };
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(a.trim())
-                .ok()
-                .and_then(|d| String::from_utf8(d).ok())
-                .unwrap_or_default();
-            let Some(("AWS", pw)) = decoded.split_once(':') else {
-                return Some(challenge());
-            };
-            if expired.contains(pw) {
-                return Some(oci_error(403, "DENIED", EXPIRED_MESSAGE));
-            }
-            if valid.contains(pw) {
-                None
-            } else {
-                Some(challenge())
-            }
-        }
-        ProxyAuth::Bearer { realm, tokens } => {
-            let repo = repo_of(r);
-            let action = if matches!(*method, Method::GET | Method::HEAD) {
-                "pull"
-            } else {
-                "push"
-            };
-            let ok = match (
-                authz.as_deref().and_then(|a| a.strip_prefix("Bearer ")),
-                repo,
-            ) {
-                (Some(t), Some(repo)) => tokens.allows(t, repo, action),
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if ok {
-                return None;
-            }
-            let scope = repo
-                .map(|r| format!(r#",scope="repository:{r}:pull,push""#))
-                .unwrap_or_default();
-            let mut resp = oci_error(401, "UNAUTHORIZED", "authentication required");
-            resp.headers_mut().insert(
-                "www-authenticate",
-                format!(r#"Bearer realm="{realm}",service="hoist-proxy"{scope}"#)
-                    .parse()
-                    .unwrap(),
-            );
-            Some(resp)
-        }
+        ProxyAuth::Basic { valid, expired } => check_basic(valid, expired, authz),
+        ProxyAuth::Bearer { realm, tokens } => check_bearer(realm, tokens, authz, method, r),
     }
+}
+
+/// ECR's Basic auth: user `AWS`, a password from the valid set; an expired one gets ECR's 403.
+fn check_basic(
+    valid: &HashSet<String>,
+    expired: &HashSet<String>,
+    authz: Option<String>,
+) -> Option<Resp> {
+    let challenge = || {
+        let mut r = oci_error(401, "DENIED", "Not Authorized");
+        r.headers_mut().insert(
+            "www-authenticate",
+            format!(r#"Basic realm="https://{REGISTRY_ID}.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com""#)
+                .parse()
+                .unwrap(),
+        );
+        r
+    };
+    let Some(a) = authz.and_then(|a| a.strip_prefix("Basic ").map(str::to_string)) else {
+        return Some(challenge());
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(a.trim())
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .unwrap_or_default();
+    let Some(("AWS", pw)) = decoded.split_once(':') else {
+        return Some(challenge());
+    };
+    if expired.contains(pw) {
+        return Some(oci_error(403, "DENIED", EXPIRED_MESSAGE));
+    }
+    if valid.contains(pw) {
+        None
+    } else {
+        Some(challenge())
+    }
+}
+
+/// Bearer tokens from the token service, scoped to a repository and pull or push.
+fn check_bearer(
+    realm: &str,
+    tokens: &TokenState,
+    authz: Option<String>,
+    method: &Method,
+    r: &Route,
+) -> Option<Resp> {
+    let repo = repo_of(r);
+    let action = if matches!(*method, Method::GET | Method::HEAD) {
+        "pull"
+    } else {
+        "push"
+    };
+    let ok = match (
+        authz.as_deref().and_then(|a| a.strip_prefix("Bearer ")),
+        repo,
+    ) {
+        (Some(t), Some(repo)) => tokens.allows(t, repo, action),
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if ok {
+        return None;
+    }
+    let scope = repo
+        .map(|r| format!(r#",scope="repository:{r}:pull,push""#))
+        .unwrap_or_default();
+    let mut resp = oci_error(401, "UNAUTHORIZED", "authentication required");
+    resp.headers_mut().insert(
+        "www-authenticate",
+        format!(r#"Bearer realm="{realm}",service="hoist-proxy"{scope}"#)
+            .parse()
+            .unwrap(),
+    );
+    Some(resp)
 }
 
 fn repo_exists(st: &ProxyState, repo: &str) -> bool {
@@ -518,43 +534,15 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
         }
     ));
     let r = route(&path);
-    if let Some(resp) = check_auth(st, &parts.headers, &method, &r) {
+    if let Some(resp) = check_auth(st, &parts.headers, &method, &r)
+        .or_else(|| injected_fault(st))
+        .map(Ok)
+        .or_else(|| missing_repository(&r, st))
+    {
+        let resp = resp?;
         // Drain the body so the connection stays usable.
         let _ = read_body(st, body).await;
         return Ok(resp);
-    }
-    if st
-        .throttle_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        st.throttled.fetch_add(1, Ordering::SeqCst);
-        let _ = read_body(st, body).await;
-        return Ok(oci_error(429, "TOOMANYREQUESTS", "Rate exceeded"));
-    }
-    if st
-        .fail_next_5xx
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        st.throttled.fetch_add(1, Ordering::SeqCst);
-        let _ = read_body(st, body).await;
-        return Ok(oci_error(503, "UNAVAILABLE", "service unavailable"));
-    }
-    if let Some(repo) = repo_of(&r)
-        && !repo_exists(st, repo)
-    {
-        if matches!(r, Route::UploadStart { .. }) {
-            return Err(Cut("upload POST to a missing repository"));
-        }
-        let _ = read_body(st, body).await;
-        return Ok(oci_error(
-            404,
-            "NAME_UNKNOWN",
-            &format!(
-                "The repository with name '{repo}' does not exist in the registry with id '{REGISTRY_ID}'"
-            ),
-        ));
     }
     let proxy_addr = st.addr.lock().unwrap().expect("proxy address set");
     match r {
@@ -567,73 +555,14 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
             ))
         }
         Route::Other => Ok(oci_error(404, "NOT_FOUND", "no such endpoint")),
-        Route::Tags { repo } => {
-            let up = forward(
-                st,
-                method,
-                &format!("{path}?{}", query.unwrap_or_default()),
-                &[],
-                Bytes::new(),
-            )
-            .await?;
-            if up.status == 404 {
-                // The repository exists here (created in "ECR") even if nothing was pushed.
-                let body = serde_json::json!({"name": repo, "tags": []}).to_string();
-                return Ok(respond(
-                    200,
-                    &[("content-type", "application/json".into())],
-                    body,
-                ));
-            }
-            Ok(pass(up, &[]))
-        }
+        Route::Tags { repo } => list_tags(st, method, &path, query, &repo).await,
         Route::Blob { .. } => {
             let up = forward(st, method, &path, &[], Bytes::new()).await?;
             Ok(pass(up, &[]))
         }
         Route::UploadStart { repo } => {
             let _ = read_body(st, body).await?;
-            let mut q = query.unwrap_or_default();
-            if q.contains("mount=") && !st.mount_enabled.load(Ordering::SeqCst) {
-                q.clear();
-            }
-            let pq = if q.is_empty() {
-                path.clone()
-            } else {
-                format!("{path}?{q}")
-            };
-            let up = forward(st, Method::POST, &pq, &[], Bytes::new()).await?;
-            if up.status != 202 {
-                return Ok(pass(up, &["location"]));
-            }
-            let loc = header(&up.headers, "location").unwrap_or_default();
-            let upstream_url = url::Url::parse(&format!("http://{}/", st.upstream))
-                .unwrap()
-                .join(&loc)
-                .map(|u| u.to_string())
-                .unwrap_or(loc);
-            let uuid = header(&up.headers, "docker-upload-uuid")
-                .unwrap_or_else(|| format!("{:x}", rand::random::<u64>()));
-            st.uploads.lock().unwrap().insert(
-                uuid.clone(),
-                ProxyUpload {
-                    repo: repo.clone(),
-                    upstream_url,
-                    committed: 0,
-                    parts: Vec::new(),
-                    first_part_end: None,
-                    serial: Arc::new(tokio::sync::Mutex::new(())),
-                },
-            );
-            Ok(respond(
-                202,
-                &[
-                    ("location", upload_location(proxy_addr, &repo, &uuid)),
-                    ("docker-upload-uuid", uuid),
-                    ("range", "0-0".into()),
-                ],
-                Bytes::new(),
-            ))
+            start_upload(st, proxy_addr, &path, query, &repo).await
         }
         Route::Upload { repo, uuid } => {
             handle_upload(st, proxy_addr, &parts, body, &repo, &uuid, query).await
@@ -642,4 +571,120 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
             handle_manifest(st, &parts, body, &repo, &reference).await
         }
     }
+}
+
+/// A throttle (429) or a 5xx the test asked for, counted in `throttled`.
+fn injected_fault(st: &ProxyState) -> Option<Resp> {
+    let take = |n: &AtomicU32| {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    let resp = if take(&st.throttle_next) {
+        oci_error(429, "TOOMANYREQUESTS", "Rate exceeded")
+    } else if take(&st.fail_next_5xx) {
+        oci_error(503, "UNAVAILABLE", "service unavailable")
+    } else {
+        return None;
+    };
+    st.throttled.fetch_add(1, Ordering::SeqCst);
+    Some(resp)
+}
+
+/// ECR's answer for a repository that was not created: 404 NAME_UNKNOWN, except an upload POST,
+/// whose connection ECR cuts.
+fn missing_repository(r: &Route, st: &ProxyState) -> Option<Result<Resp, Cut>> {
+    let repo = repo_of(r)?;
+    if repo_exists(st, repo) {
+        return None;
+    }
+    if matches!(r, Route::UploadStart { .. }) {
+        return Some(Err(Cut("upload POST to a missing repository")));
+    }
+    Some(Ok(oci_error(
+        404,
+        "NAME_UNKNOWN",
+        &format!(
+            "The repository with name '{repo}' does not exist in the registry with id '{REGISTRY_ID}'"
+        ),
+    )))
+}
+
+/// The tag list; an empty one for a repository that exists here but holds nothing yet.
+async fn list_tags(
+    st: &ProxyState,
+    method: Method,
+    path: &str,
+    query: Option<String>,
+    repo: &str,
+) -> Result<Resp, Cut> {
+    let up = forward(
+        st,
+        method,
+        &format!("{path}?{}", query.unwrap_or_default()),
+        &[],
+        Bytes::new(),
+    )
+    .await?;
+    if up.status == 404 {
+        // The repository exists here (created in "ECR") even if nothing was pushed.
+        let body = serde_json::json!({"name": repo, "tags": []}).to_string();
+        return Ok(respond(
+            200,
+            &[("content-type", "application/json".into())],
+            body,
+        ));
+    }
+    Ok(pass(up, &[]))
+}
+
+/// An upload POST: opened upstream (a mount only when the test enables it), then kept as a
+/// proxy upload whose location points back at the proxy.
+async fn start_upload(
+    st: &ProxyState,
+    proxy_addr: SocketAddr,
+    path: &str,
+    query: Option<String>,
+    repo: &str,
+) -> Result<Resp, Cut> {
+    let mut q = query.unwrap_or_default();
+    if q.contains("mount=") && !st.mount_enabled.load(Ordering::SeqCst) {
+        q.clear();
+    }
+    let pq = if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    };
+    let up = forward(st, Method::POST, &pq, &[], Bytes::new()).await?;
+    if up.status != 202 {
+        return Ok(pass(up, &["location"]));
+    }
+    let loc = header(&up.headers, "location").unwrap_or_default();
+    let upstream_url = url::Url::parse(&format!("http://{}/", st.upstream))
+        .unwrap()
+        .join(&loc)
+        .map(|u| u.to_string())
+        .unwrap_or(loc);
+    let uuid = header(&up.headers, "docker-upload-uuid")
+        .unwrap_or_else(|| format!("{:x}", rand::random::<u64>()));
+    st.uploads.lock().unwrap().insert(
+        uuid.clone(),
+        ProxyUpload {
+            repo: repo.to_string(),
+            upstream_url,
+            committed: 0,
+            parts: Vec::new(),
+            first_part_end: None,
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+        },
+    );
+    Ok(respond(
+        202,
+        &[
+            ("location", upload_location(proxy_addr, repo, &uuid)),
+            ("docker-upload-uuid", uuid),
+            ("range", "0-0".into()),
+        ],
+        Bytes::new(),
+    ))
 }

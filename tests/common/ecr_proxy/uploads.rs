@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hyper::Method;
 use hyper::body::Incoming;
 
-use super::{ProxyState, ProxyUpload, forward, header, pass, path_and_query, read_body};
+use super::{ProxyState, ProxyUpload, Upstream, forward, header, pass, path_and_query, read_body};
 use crate::common::serve::{Cut, Resp, oci_error, respond};
 
 /// ECR's absolute Location, pointed at the proxy; the same for every step of a session.
@@ -63,79 +63,112 @@ pub(super) async fn handle_upload(
         }
         Method::PATCH | Method::PUT => {
             let data = read_body(st, body).await?;
-            if !data.is_empty() {
-                // A part received whole but not committed yet: a kill now costs this part.
-                st.parts_held.fetch_add(1, Ordering::SeqCst);
-                let ms = st.part_delay_ms.load(Ordering::SeqCst);
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                st.parts_held.fetch_sub(1, Ordering::SeqCst);
-            }
+            hold_part(st, &data).await;
             // One part at a time, checked against the upload as the previous part left it.
             let serial = up.serial.clone().lock_owned().await;
-            let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
-                return Ok(oci_error(
-                    404,
-                    "BLOB_UPLOAD_UNKNOWN",
-                    "blob upload unknown to registry",
-                ));
+            let up = match checked_session(st, parts, uuid, &data) {
+                Ok(up) => up,
+                Err(refused) => return Ok(*refused),
             };
-            let is_put = parts.method == Method::PUT;
-            let start = content_range_start(&parts.headers).unwrap_or(up.committed);
-            if !data.is_empty() && start != up.committed {
-                st.out_of_order.fetch_add(1, Ordering::SeqCst);
-                return Ok(oci_error(
-                    416,
-                    "BLOB_UPLOAD_INVALID",
-                    &format!(
-                        "First byte of the layer part is {start} instead of {}",
-                        up.committed
-                    ),
-                ));
-            }
-            if is_put {
+            if parts.method == Method::PUT {
                 return finish(st, proxy, &up, uuid, repo, data, query).await;
             }
             if data.is_empty() {
                 return Ok(oci_error(400, "BLOB_UPLOAD_INVALID", "empty layer part"));
             }
-            // ECR commits a part it received whole even if the client is gone by then: the
-            // upstream PATCH runs on a task of its own, so a client that disconnects (or is
-            // killed) cannot cut it midway, which would make Debian's registry cancel the upload.
-            let commit = commit_part(
-                st.clone(),
-                uuid.to_string(),
-                up.upstream_url.clone(),
-                up.committed,
-                data.clone(),
-            );
-            let first_end = match tokio::spawn(async move {
-                let committed = commit.await;
-                drop(serial);
-                committed
-            })
-            .await
-            {
-                Ok(Ok(Ok(first_end))) => first_end,
-                Ok(Ok(Err(resp))) => return Ok(resp),
-                Ok(Err(cut)) => return Err(cut),
-                Err(_) => return Err(Cut("the part's commit task failed")),
-            };
-            if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
-                return Err(Cut("scripted lost acknowledgement"));
-            }
-            Ok(respond(
-                201,
-                &[
-                    ("location", upload_location(proxy, repo, uuid)),
-                    ("docker-upload-uuid", uuid.to_string()),
-                    // Stale: stuck at the end of the first part.
-                    ("range", format!("0-{first_end}")),
-                ],
-                Bytes::new(),
-            ))
+            patch_part(st, proxy, serial, &up, repo, uuid, data).await
         }
         _ => Ok(oci_error(405, "UNSUPPORTED", "method not allowed")),
     }
+}
+
+/// Holds a part received whole as the test scripts it (`part_delay_ms`).
+async fn hold_part(st: &ProxyState, data: &Bytes) {
+    if !data.is_empty() {
+        // A part received whole but not committed yet: a kill now costs this part.
+        st.parts_held.fetch_add(1, Ordering::SeqCst);
+        let ms = st.part_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        st.parts_held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The session as the previous part left it, or ECR's answer when it is gone or the part does
+/// not start where the session ends (416).
+fn checked_session(
+    st: &ProxyState,
+    parts: &hyper::http::request::Parts,
+    uuid: &str,
+    data: &Bytes,
+) -> Result<ProxyUpload, Box<Resp>> {
+    let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
+        return Err(Box::new(oci_error(
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        )));
+    };
+    let start = content_range_start(&parts.headers).unwrap_or(up.committed);
+    if !data.is_empty() && start != up.committed {
+        st.out_of_order.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(oci_error(
+            416,
+            "BLOB_UPLOAD_INVALID",
+            &format!(
+                "First byte of the layer part is {start} instead of {}",
+                up.committed
+            ),
+        )));
+    }
+    Ok(up)
+}
+
+/// A PATCH part checked against the session: committed upstream, answered with ECR's 201 and
+/// its stale Range. `serial` is released once the commit is done.
+async fn patch_part(
+    st: &std::sync::Arc<ProxyState>,
+    proxy: SocketAddr,
+    serial: tokio::sync::OwnedMutexGuard<()>,
+    up: &ProxyUpload,
+    repo: &str,
+    uuid: &str,
+    data: Bytes,
+) -> Result<Resp, Cut> {
+    // ECR commits a part it received whole even if the client is gone by then: the
+    // upstream PATCH runs on a task of its own, so a client that disconnects (or is
+    // killed) cannot cut it midway, which would make Debian's registry cancel the upload.
+    let commit = commit_part(
+        st.clone(),
+        uuid.to_string(),
+        up.upstream_url.clone(),
+        up.committed,
+        data,
+    );
+    let first_end = match tokio::spawn(async move {
+        let committed = commit.await;
+        drop(serial);
+        committed
+    })
+    .await
+    {
+        Ok(Ok(Ok(first_end))) => first_end,
+        Ok(Ok(Err(resp))) => return Ok(resp),
+        Ok(Err(cut)) => return Err(cut),
+        Err(_) => return Err(Cut("the part's commit task failed")),
+    };
+    if st.drop_next_patch_response.swap(false, Ordering::SeqCst) {
+        return Err(Cut("scripted lost acknowledgement"));
+    }
+    Ok(respond(
+        201,
+        &[
+            ("location", upload_location(proxy, repo, uuid)),
+            ("docker-upload-uuid", uuid.to_string()),
+            // Stale: stuck at the end of the first part.
+            ("range", format!("0-{first_end}")),
+        ],
+        Bytes::new(),
+    ))
 }
 
 /// Forwards a part received whole to the registry and records it: the part's end offset of
@@ -211,24 +244,8 @@ async fn finish(
     data: Bytes,
     query: Option<String>,
 ) -> Result<Resp, Cut> {
-    let mut parts = up.parts.clone();
-    if !data.is_empty() {
-        parts.push(data.len() as u64);
-    }
-    if parts.is_empty() {
-        return Ok(oci_error(
-            400,
-            "BLOB_UPLOAD_INVALID",
-            &format!("Layer upload {uuid} does not have any parts"),
-        ));
-    }
-    let min = st.part_min_bytes.load(Ordering::SeqCst);
-    if parts[..parts.len() - 1].iter().any(|p| *p < min) {
-        return Ok(oci_error(
-            400,
-            "BLOB_UPLOAD_INVALID",
-            "LayerPartTooSmallException: All layer parts except the last part should be at least 5MB",
-        ));
+    if let Some(refused) = refused_parts(st, up, uuid, &data) {
+        return Ok(refused);
     }
     let digest = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "digest")
@@ -253,20 +270,7 @@ async fn finish(
     )
     .await?;
     if r.status == 201 {
-        st.bytes_committed.fetch_add(n, Ordering::SeqCst);
-        st.uploads.lock().unwrap().remove(uuid);
-        if st.drop_next_finish_response.swap(false, Ordering::SeqCst) {
-            return Err(Cut("scripted lost acknowledgement of the final PUT"));
-        }
-        let d = header(&r.headers, "docker-content-digest").unwrap_or(digest.clone());
-        return Ok(respond(
-            201,
-            &[
-                ("location", format!("http://{proxy}/v2/{repo}/blobs/{d}")),
-                ("docker-content-digest", d),
-            ],
-            Bytes::new(),
-        ));
+        return finished(st, proxy, repo, uuid, &r, n, digest);
     }
     if r.status == 400 {
         return Ok(oci_error(
@@ -276,4 +280,56 @@ async fn finish(
         ));
     }
     Ok(pass(r, &["location"]))
+}
+
+/// ECR's check of a session's parts at the final PUT: at least one part, and every part but the
+/// last at least the minimum part size.
+fn refused_parts(st: &ProxyState, up: &ProxyUpload, uuid: &str, data: &Bytes) -> Option<Resp> {
+    let mut parts = up.parts.clone();
+    if !data.is_empty() {
+        parts.push(data.len() as u64);
+    }
+    if parts.is_empty() {
+        return Some(oci_error(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            &format!("Layer upload {uuid} does not have any parts"),
+        ));
+    }
+    let min = st.part_min_bytes.load(Ordering::SeqCst);
+    if parts[..parts.len() - 1].iter().any(|p| *p < min) {
+        return Some(oci_error(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            "LayerPartTooSmallException: All layer parts except the last part should be at least 5MB",
+        ));
+    }
+    None
+}
+
+/// The registry accepted the final PUT (`n` last-part bytes): the session ends, and the client
+/// gets ECR's 201 (unless the test drops it).
+fn finished(
+    st: &ProxyState,
+    proxy: SocketAddr,
+    repo: &str,
+    uuid: &str,
+    r: &Upstream,
+    n: u64,
+    digest: String,
+) -> Result<Resp, Cut> {
+    st.bytes_committed.fetch_add(n, Ordering::SeqCst);
+    st.uploads.lock().unwrap().remove(uuid);
+    if st.drop_next_finish_response.swap(false, Ordering::SeqCst) {
+        return Err(Cut("scripted lost acknowledgement of the final PUT"));
+    }
+    let d = header(&r.headers, "docker-content-digest").unwrap_or(digest);
+    Ok(respond(
+        201,
+        &[
+            ("location", format!("http://{proxy}/v2/{repo}/blobs/{d}")),
+            ("docker-content-digest", d),
+        ],
+        Bytes::new(),
+    ))
 }

@@ -1,10 +1,11 @@
-//! Deterministic inputs for benchmarks, examples and unit tests: random bytes and text-like
+//! Deterministic inputs for benchmarks, examples and tests: random bytes and text-like
 //! bytes from a fixed SplitMix64, so they never depend on a crate's RNG.
 //!
 //! The golden-digest test in `tests/compress.rs` keeps its own copy of its generator on
 //! purpose: a change here must not look like a codec change there.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and fixed forever.
+/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and fixed forever (the sample images'
+/// digests depend on it).
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
 

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 
 use url::Url;
 
-use crate::digest::Digest;
-use crate::image::doc::{self, DockerArchiveEntry, Probe};
-use crate::image::select::{self, Fetch};
-use crate::image::{Config, Descriptor, ImageError, Index, Manifest};
-use crate::plan::{PlanOptions, PushPlan};
-use crate::platform::Platform;
-use crate::registry::{self, Challenge, RegistryErrorBody};
-use crate::source::{Source, SourceRef, TarIndex};
+use hoist::digest::Digest;
+use hoist::image::doc::{self, DockerArchiveEntry, Probe};
+use hoist::image::select::{self, Fetch};
+use hoist::image::{Config, Descriptor, ImageError, Index, Manifest};
+use hoist::plan::{PlanOptions, PushPlan};
+use hoist::platform::Platform;
+use hoist::registry::{self, Challenge, RegistryErrorBody};
+use hoist::source::{Source, SourceRef, TarIndex};
 
 /// Inputs larger than this are cut: libFuzzer's default `-max_len` is 4 KiB, corpora stay small.
 pub const FUZZ_INPUT_BYTES_MAX: usize = 1 << 20;

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::digest::{Algorithm, Digest, Hasher};
-use crate::image::media;
-use crate::platform::Platform;
+use hoist::digest::{Algorithm, Digest, Hasher};
+use hoist::image::media;
+use hoist::platform::Platform;
+
+use crate::testdata::SplitMix64;
 
 /// Modification time written into every tar header (fixed, for reproducible layers).
 const SAMPLE_MTIME: u64 = 1_700_000_000;
@@ -132,20 +134,6 @@ pub struct SampleImage {
     pub attestation: Option<Digest>,
 }
 
-/// splitmix64: tiny, fast and stable forever (the layout's digests depend on it).
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 const WORDS: &[&str] = &[
     "layer",
     "image",
@@ -181,7 +169,7 @@ const WORDS: &[&str] = &[
 
 /// Generates `remaining` bytes of random or text content.
 struct Generator {
-    rng: Rng,
+    rng: SplitMix64,
     remaining: u64,
     text: bool,
     pending: Vec<u8>,
@@ -191,7 +179,7 @@ struct Generator {
 impl Generator {
     fn new(seed: u64, len: u64, text: bool) -> Self {
         Generator {
-            rng: Rng(seed),
+            rng: SplitMix64(seed),
             remaining: len,
             text,
             pending: Vec::with_capacity(8192),
@@ -204,7 +192,7 @@ impl Generator {
         self.pos = 0;
         if self.text {
             while self.pending.len() < 4096 {
-                let r = self.rng.next();
+                let r = self.rng.next_u64();
                 let word = WORDS[(r % WORDS.len() as u64) as usize];
                 self.pending.extend_from_slice(word.as_bytes());
                 self.pending.push(if (r >> 32).is_multiple_of(12) {
@@ -216,7 +204,7 @@ impl Generator {
         } else {
             for _ in 0..512 {
                 self.pending
-                    .extend_from_slice(&self.rng.next().to_le_bytes());
+                    .extend_from_slice(&self.rng.next_u64().to_le_bytes());
             }
         }
     }
@@ -370,11 +358,11 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
             b.append(&h, Generator::new(seed, *n, true))?;
         }
         LayerContent::SmallFiles(count) => {
-            let mut rng = Rng(seed);
+            let mut rng = SplitMix64(seed);
             for j in 0..*count {
-                let n = 64 + rng.next() % 512;
+                let n = 64 + rng.next_u64() % 512;
                 let h = tar_header(&format!("files/{index}/file-{j}.txt"), n)?;
-                b.append(&h, Generator::new(rng.next(), n, true))?;
+                b.append(&h, Generator::new(rng.next_u64(), n, true))?;
             }
         }
         LayerContent::HostFiles(paths) => {
@@ -542,74 +530,24 @@ pub fn write_oci_layout(dir: &Path, spec: &SampleSpec) -> io::Result<SampleImage
         &spec.layers,
         spec.manifest_media_type,
     )?;
-    let mut extra_manifests = Vec::new();
-    let mut attestation = None;
-    let mut index_digest = None;
-    let ref_annotations = spec
-        .ref_name
-        .as_ref()
-        .map(|r| json!({ media::ANNOTATION_REF_NAME: r }));
-    let top = match &spec.index {
-        None => {
-            let mut d = descriptor(media::OCI_MANIFEST, &main.manifest, main.manifest_size);
-            if let (Some(a), Some(map)) = (&ref_annotations, d.as_object_mut()) {
-                map.insert("annotations".into(), a.clone());
-            }
-            d
-        }
+    let (top, wrapped) = match &spec.index {
+        None => (
+            descriptor(media::OCI_MANIFEST, &main.manifest, main.manifest_size),
+            WrappedIndex::default(),
+        ),
         Some(ix) => {
-            let mut entry = descriptor(media::OCI_MANIFEST, &main.manifest, main.manifest_size);
-            if let Some(map) = entry.as_object_mut() {
-                map.insert("platform".into(), platform_json(&spec.platform));
-            }
-            let mut entries = vec![entry];
-            for (k, p) in ix.extra_platforms.iter().enumerate() {
-                let small = [LayerSpec::new(
-                    LayerContent::SmallFiles(3),
-                    SampleCompression::Gzip,
-                )];
-                let seed = spec.seed.wrapping_add(1 + k as u64);
-                let img = write_image(&mut layout, seed, p, &small, true)?;
-                let mut e = descriptor(media::OCI_MANIFEST, &img.manifest, img.manifest_size);
-                if let Some(map) = e.as_object_mut() {
-                    map.insert("platform".into(), platform_json(p));
-                }
-                entries.push(e);
-                extra_manifests.push((p.clone(), img.manifest));
-            }
-            if ix.attestation {
-                let (d, size) = write_attestation(&mut layout, &main.manifest)?;
-                let mut e = descriptor(media::OCI_MANIFEST, &d, size);
-                if let Some(map) = e.as_object_mut() {
-                    map.insert(
-                        "annotations".into(),
-                        json!({
-                            "vnd.docker.reference.digest": main.manifest.to_string(),
-                            media::ANNOTATION_REFERENCE_TYPE: media::ATTESTATION_MANIFEST,
-                        }),
-                    );
-                    map.insert(
-                        "platform".into(),
-                        json!({"architecture": "unknown", "os": "unknown"}),
-                    );
-                }
-                entries.push(e);
-                attestation = Some(d);
-            }
-            let index = json!({
-                "schemaVersion": 2,
-                "mediaType": media::OCI_INDEX,
-                "manifests": entries,
-            });
-            let (d, size) = layout.put_json(&index)?;
-            index_digest = Some(d.clone());
-            let mut top = descriptor(media::OCI_INDEX, &d, size);
-            if let (Some(a), Some(map)) = (&ref_annotations, top.as_object_mut()) {
-                map.insert("annotations".into(), a.clone());
-            }
-            top
+            let wrapped = write_image_index(&mut layout, spec, ix, &main)?;
+            let (d, size) = wrapped.index.as_ref().expect("an index was written");
+            (descriptor(media::OCI_INDEX, d, *size), wrapped)
         }
     };
+    let mut top = top;
+    if let (Some(r), Some(map)) = (&spec.ref_name, top.as_object_mut()) {
+        map.insert(
+            "annotations".into(),
+            json!({ media::ANNOTATION_REF_NAME: r }),
+        );
+    }
     let index_json = json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_INDEX,
@@ -627,10 +565,75 @@ pub fn write_oci_layout(dir: &Path, spec: &SampleSpec) -> io::Result<SampleImage
         config: main.config,
         config_size: main.config_size,
         layers: main.layers,
-        index: index_digest,
-        extra_manifests,
-        attestation,
+        index: wrapped.index.map(|(d, _)| d),
+        extra_manifests: wrapped.extra_manifests,
+        attestation: wrapped.attestation,
     })
+}
+
+/// What [`write_image_index`] wrote besides the main image.
+#[derive(Default)]
+struct WrappedIndex {
+    /// The image index and its size.
+    index: Option<(Digest, u64)>,
+    extra_manifests: Vec<(Platform, Digest)>,
+    attestation: Option<Digest>,
+}
+
+/// Writes the image index wrapping `main`, like `docker buildx` does: `main` for
+/// `spec.platform`, a small image for each extra platform, and the attestation if asked for.
+fn write_image_index(
+    layout: &mut Layout,
+    spec: &SampleSpec,
+    ix: &IndexSpec,
+    main: &WrittenImage,
+) -> io::Result<WrappedIndex> {
+    let mut wrapped = WrappedIndex::default();
+    let mut entry = descriptor(media::OCI_MANIFEST, &main.manifest, main.manifest_size);
+    if let Some(map) = entry.as_object_mut() {
+        map.insert("platform".into(), platform_json(&spec.platform));
+    }
+    let mut entries = vec![entry];
+    for (k, p) in ix.extra_platforms.iter().enumerate() {
+        let small = [LayerSpec::new(
+            LayerContent::SmallFiles(3),
+            SampleCompression::Gzip,
+        )];
+        let seed = spec.seed.wrapping_add(1 + k as u64);
+        let img = write_image(layout, seed, p, &small, true)?;
+        let mut e = descriptor(media::OCI_MANIFEST, &img.manifest, img.manifest_size);
+        if let Some(map) = e.as_object_mut() {
+            map.insert("platform".into(), platform_json(p));
+        }
+        entries.push(e);
+        wrapped.extra_manifests.push((p.clone(), img.manifest));
+    }
+    if ix.attestation {
+        let (d, size) = write_attestation(layout, &main.manifest)?;
+        let mut e = descriptor(media::OCI_MANIFEST, &d, size);
+        if let Some(map) = e.as_object_mut() {
+            map.insert(
+                "annotations".into(),
+                json!({
+                    "vnd.docker.reference.digest": main.manifest.to_string(),
+                    media::ANNOTATION_REFERENCE_TYPE: media::ATTESTATION_MANIFEST,
+                }),
+            );
+            map.insert(
+                "platform".into(),
+                json!({"architecture": "unknown", "os": "unknown"}),
+            );
+        }
+        entries.push(e);
+        wrapped.attestation = Some(d);
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": entries,
+    });
+    wrapped.index = Some(layout.put_json(&index)?);
+    Ok(wrapped)
 }
 
 #[cfg(test)]

@@ -1,0 +1,12 @@
+//! Test and tool code for hoist, kept out of the library so release builds do not contain it.
+//!
+//! - [`sample`]: deterministic sample images (OCI layouts) for tests, the demo and benchmarks.
+//! - [`testdata`]: deterministic random and text-like bytes for benchmarks, examples and tests.
+//! - [`fuzzing`]: entry points of the fuzz targets, replayed by `tests/fuzz_corpus.rs`.
+//!
+//! Used as a dev-dependency of `hoist` (tests, examples, benches, unit tests) and by the fuzz
+//! crate; it is never published.
+
+pub mod fuzzing;
+pub mod sample;
+pub mod testdata;
