@@ -6,27 +6,36 @@ use std::str::FromStr;
 
 use crate::api::{BlobAction, BlobState, JobState};
 
+/// The value of `all` whose word is `s`; `what` names the kind in the error.
+fn word<T: Copy>(
+    all: &[T],
+    as_str: fn(T) -> &'static str,
+    s: &str,
+    what: &str,
+) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| as_str(*v) == s)
+        .ok_or_else(|| format!("unknown {what} {s:?}"))
+}
+
 impl FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown job state {s:?}"))
+        word(&JobState::ALL, JobState::as_str, s, "job state")
     }
 }
 
 impl FromStr for BlobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        BlobState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown blob state {s:?}"))
+        word(&BlobState::ALL, BlobState::as_str, s, "blob state")
     }
 }
 
 impl BlobAction {
+    const ALL: [BlobAction; 2] = [BlobAction::AsIs, BlobAction::Compress];
+
     /// The word the store keeps for this action.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,11 +48,7 @@ impl BlobAction {
 impl FromStr for BlobAction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "as_is" => Ok(BlobAction::AsIs),
-            "compress" => Ok(BlobAction::Compress),
-            other => Err(format!("unknown blob action {other:?}")),
-        }
+        word(&BlobAction::ALL, BlobAction::as_str, s, "blob action")
     }
 }
 
@@ -59,7 +64,7 @@ mod tests {
         for st in BlobState::ALL {
             assert_eq!(st.as_str().parse::<BlobState>(), Ok(st));
         }
-        for a in [BlobAction::AsIs, BlobAction::Compress] {
+        for a in BlobAction::ALL {
             assert_eq!(a.as_str().parse::<BlobAction>(), Ok(a));
         }
         assert!("gone".parse::<JobState>().is_err());
