@@ -29,11 +29,15 @@
 //!    and each transient-failure retry with [`JobContext::retrying`].
 //! 6. Stop at a chunk boundary: check [`JobContext::is_stop_requested`] between chunks (or
 //!    `select!` on [`JobContext::stop_requested`]), and when it is set return
-//!    `Err(JobError::Stopped)` after the last acknowledged cursor is saved. Any context method
-//!    returns `Err(JobError::Stopped)` once a stop was requested; pass it up with `?`.
-//!    Stops come from pause, cancel, delete and daemon shutdown ([`StopReason`]); every wait
-//!    of the body (upload slots, compression threads, the census, backoff) ends on a stop.
-//!    The scheduler decides the state.
+//!    `Err(JobError::Stopped)` after the last acknowledged cursor is saved. [`JobContext::enter`],
+//!    [`JobContext::plan`] and [`JobContext::upload_slot`] return `Err(JobError::Stopped)` once
+//!    a stop was requested; pass it up with `?` (the recording methods keep working, so the
+//!    last acknowledged chunk is never lost). Stops come from pause, cancel, delete and daemon
+//!    shutdown ([`JobContext::stop_reason`]); every wait of the body (upload slots,
+//!    compression threads, the census, backoff) ends on a stop. The scheduler decides the
+//!    state, and releases what a cancelled or deleted job left open once the body returned;
+//!    only a session whose cursor a deleted job could no longer persist is the body's to
+//!    delete.
 //! 7. On a failure that retrying inside the body did not fix, return
 //!    `Err(JobError::Failed { reason })`: one line, no credentials, saying what went wrong and
 //!    what to do. The job becomes `failed` and may be retried by the user.

@@ -307,9 +307,13 @@ impl Scheduler {
         }
     }
 
-    /// Jobs left running by a previous daemon go back to the queue.
+    /// Jobs left running by a previous daemon go back to the queue; a cancelled job whose
+    /// release the previous daemon did not finish (it stopped first) is released now.
     async fn recover(&mut self) -> Result<(), StoreError> {
         for job in self.store.jobs().await? {
+            if job.state == JobState::Cancelled {
+                self.release(&job.id, job.spec.clone()).await;
+            }
             if job.state.is_running() {
                 info!(job = %job.id, was = %job.state, "resuming job left unfinished");
                 self.counters.add_resume();

@@ -568,12 +568,3 @@ impl Sink<'_> {
         Ok(())
     }
 }
-
-/// Removes every file of the job's spool (cancel): the directory stays for the scheduler.
-pub fn clear(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
