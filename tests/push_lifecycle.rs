@@ -325,7 +325,7 @@ fn text_image(dir: &Path, seed: u64, mb: u64) -> String {
 async fn a_job_waiting_for_compression_threads_pauses_and_cancels_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let big = text_image(dir.path(), 54, 384);
+    let big = text_image(dir.path(), 54, 256);
     let small = [text_image(dir.path(), 55, 4), text_image(dir.path(), 56, 4)];
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
