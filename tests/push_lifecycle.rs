@@ -416,7 +416,7 @@ fn zeros_image(dir: &Path, gib: u64) -> String {
         (d.to_string(), bytes.len())
     };
     let member = |data: &[u8]| {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(data).unwrap();
         gz.finish().unwrap()
     };
@@ -460,14 +460,14 @@ fn zeros_image(dir: &Path, gib: u64) -> String {
 async fn sigterm_does_not_wait_for_the_elf_census() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let source = zeros_image(&dir.path().join("img"), 16);
+    let source = zeros_image(&dir.path().join("img"), 32);
     let mut cmd = daemon_support::hoistd_command(dir.path(), "info");
     let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let client = Client::new(dir.path().join("hoist.sock"));
     daemon_support::wait_answers(&client, 20).await;
     let target = format!("{}/census/img:1", registry.host());
     let id = submit(&client, &source, &target, Compression::Gzip).await;
-    // The uploads are done; the census of 16 GiB of zeros is not.
+    // The uploads are done; the census of 32 GiB of zeros (seconds of inflating) is not.
     let job = wait_for(&client, &id, PUSH_MS_MAX, "waiting for the census", |j| {
         j.reason
             .as_deref()
