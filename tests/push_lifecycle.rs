@@ -155,45 +155,30 @@ async fn cancel_and_delete_in_every_state_leave_no_session_and_no_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_delete_of_a_failed_job_leave_no_session_and_no_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let mut registry = TestRegistry::start();
+    let registry = TestRegistry::start();
     let proxy = EcrProxy::start(registry.addr).await;
     proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
-    // Two sources: jobs pushing the same blob to one registry would send it one after the other.
-    let sources = [archive(dir.path(), 57, 24), archive(dir.path(), 58, 24)];
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
-    // Failed: the registry went away mid-upload and the deadline passed while the jobs waited;
-    // their sessions are kept for a retry.
-    let deadline_s = unix_s() + 8;
-    let mut jobs = Vec::new();
-    for (repo, source) in ["st/failed-cancel", "st/failed-delete"]
-        .into_iter()
-        .zip(&sources)
-    {
-        let mut req = request(
-            source,
-            &format!("{}/{repo}:1", proxy.host()),
-            Compression::Gzip,
-        );
-        req.options.deadline_unix_s = Some(deadline_s);
-        jobs.push((repo, client.submit(&req).await.unwrap().id));
-    }
-    for (_, id) in &jobs {
-        wait_for(&client, id, PUSH_MS_MAX, "uploading", |j| {
-            j.bytes_uploaded() >= CHUNK
-        })
-        .await;
-    }
-    registry.stop();
-    for (_, id) in &jobs {
-        let job = wait_for(&client, id, PUSH_MS_MAX, "failed", |j| j.state.is_final()).await;
+    for (seed, repo, action) in [
+        (57, "st/failed-cancel", "cancel"),
+        (58, "st/failed-delete", "rm"),
+    ] {
+        // Failed with its sessions kept for a retry: paused at a chunk boundary, then its
+        // source replaced by another file, which the resumed run refuses to push.
+        let source = archive(dir.path(), seed, 24);
+        let id = uploading(&client, &proxy, &registry, &source, repo).await;
+        pause(&client, &id).await;
+        let tar = PathBuf::from(source.strip_prefix("docker-archive:").unwrap());
+        let copy = tar.with_extension("copy");
+        std::fs::copy(&tar, &copy).unwrap();
+        std::fs::rename(&copy, &tar).unwrap();
+        client.control(&id, "resume").await.unwrap();
+        let job = wait_for(&client, &id, PUSH_MS_MAX, "failed", |j| j.state.is_final()).await;
         assert_eq!(job.state, JobState::Failed, "{job:?}");
-    }
-    registry.start_again();
-    for ((repo, id), action) in jobs.iter().zip(["cancel", "rm"]) {
         assert!(!sessions_of(&registry.storage(), repo).is_empty());
-        end(&client, id, action).await;
-        wait_released(&daemon, &registry, repo, id).await;
+        end(&client, &id, action).await;
+        wait_released(&daemon, &registry, repo, &id).await;
     }
 }
 

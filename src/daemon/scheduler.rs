@@ -27,7 +27,7 @@ use super::job::{
 use super::metrics::Counters;
 use crate::api::{self, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
-use crate::store::{JobRecord, Store, StoreError};
+use crate::store::{CursorRecord, JobRecord, Store, StoreError};
 
 /// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
 /// job tasks that report faster than the store commits).
@@ -170,6 +170,9 @@ struct Running {
     /// of the job's limit is applied here. It goes with the run; the next run makes a new one
     /// from the stored spec.
     bandwidth: Arc<Bucket>,
+    /// The job was deleted while this run was stopping: the sessions it had are deleted once
+    /// the run has ended, so no DELETE races with a chunk still in flight.
+    discard_after: Option<(JobSpec, Vec<CursorRecord>)>,
 }
 
 struct Scheduler {
@@ -485,8 +488,9 @@ impl Scheduler {
     }
 
     /// Delete, in any state but running (cancel it first): the row and its log, the spool and
-    /// the open upload sessions go. A run still stopping (after a cancel) is told, so it
-    /// deletes the session of a chunk in flight itself.
+    /// the open upload sessions go. A run still stopping (after a pause or cancel) is told, so
+    /// it deletes the session of a chunk in flight itself, and the stored sessions are deleted
+    /// once it has ended.
     async fn delete(&mut self, job: JobRecord) -> Result<(), SchedError> {
         let (id, state) = (job.id.clone(), job.state);
         if state.is_running() {
@@ -498,7 +502,10 @@ impl Scheduler {
         let cursors = self.take_cursors(&id).await;
         self.store.delete_job(id.clone()).await?;
         self.remove_spool(&id);
-        self.discard(job.spec, cursors);
+        match self.running.get_mut(&id) {
+            Some(run) => run.discard_after = Some((job.spec, cursors)),
+            None => self.discard(job.spec, cursors),
+        }
         // Followers of the job end here; nothing is persisted, the log went with the job.
         let _ = self.events.send(api::Event {
             seq: 0,
@@ -519,7 +526,7 @@ impl Scheduler {
     }
 
     /// The job's stored upload cursors, forgotten in the store.
-    async fn take_cursors(&self, id: &JobId) -> Vec<crate::store::CursorRecord> {
+    async fn take_cursors(&self, id: &JobId) -> Vec<CursorRecord> {
         let blobs = self.store.blobs(id.clone()).await.unwrap_or_default();
         let mut cursors = Vec::new();
         for b in blobs {
@@ -533,7 +540,7 @@ impl Scheduler {
         cursors
     }
 
-    fn discard(&self, spec: JobSpec, cursors: Vec<crate::store::CursorRecord>) {
+    fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) {
         if !cursors.is_empty() {
             // Off the loop: the registry may be slow or unreachable.
             tokio::spawn(self.config.body.discard(spec, cursors));
@@ -622,9 +629,12 @@ impl Scheduler {
             .running
             .get(&id)
             .is_some_and(|r| r.generation == generation)
+            && let Some(run) = self.running.remove(&id)
         {
-            self.running.remove(&id);
             self.counters.set_jobs_running(self.running.len() as u64);
+            if let Some((spec, cursors)) = run.discard_after {
+                self.discard(spec, cursors);
+            }
         }
         let job = match self.store.job(id.clone()).await {
             Ok(job) => job,
@@ -740,6 +750,7 @@ impl Scheduler {
                 stop,
                 ended: false,
                 bandwidth,
+                discard_after: None,
             },
         );
         self.counters.set_jobs_running(self.running.len() as u64);

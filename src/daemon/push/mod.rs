@@ -47,7 +47,7 @@ use super::prepare::{build_plan, record_plan};
 use crate::api::{JobSpec, JobState};
 use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
-use crate::registry::{ClientOptions, ImageRef, RegistryClient, UploadCursor};
+use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
 use crate::store::{BlobRecord, CursorRecord};
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
@@ -151,22 +151,34 @@ impl JobBody for PushBody {
         let net = self.net.clone();
         Box::pin(async move {
             // Deleting sessions sends no body: no job limit to pay.
-            let Ok((_, client)) = target_of(&spec, &net, None) else {
+            let Ok((target, client)) = target_of(&spec, &net, None) else {
                 return;
             };
-            delete_sessions(&client, cursors).await;
+            delete_sessions(&client, &target.repository, cursors).await;
         })
     }
 }
 
 /// DELETEs upload sessions; a failure is logged (the registry expires sessions eventually).
-async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
+/// A stored cursor may lag behind its session (the registry kept part of a chunk whose answer
+/// was lost), and the distribution registry refuses a DELETE whose state token names an older
+/// offset: a refused DELETE asks the registry where the session is, then deletes it there.
+async fn delete_sessions(client: &RegistryClient, repository: &str, cursors: Vec<CursorRecord>) {
     for c in cursors {
         let cursor = UploadCursor {
             session_url: c.session_url,
             offset: c.offset_bytes,
         };
-        if let Err(e) = client.cancel_upload(&cursor).await {
+        if client.cancel_upload(&cursor).await.is_ok() {
+            continue;
+        }
+        let deleted = match client.resume(repository, &cursor).await {
+            Ok(ResumePoint::Continue(now)) => client.cancel_upload(&now).await.map(|_| ()),
+            // Gone already: nothing to delete.
+            Ok(ResumePoint::Restart) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(error = %e, "cannot delete an upload session of a cancelled or deleted job");
         }
     }

@@ -235,10 +235,10 @@ impl Uploader {
             .await;
         if self.ctx().stop_reason() == Some(StopReason::Delete) {
             // The job is being deleted while this chunk was in flight. The scheduler discards
-            // the sessions it finds in the store, but it may have read this one's location
-            // before this save (the distribution registry refuses a DELETE whose state token
-            // names an older offset): the delete was asked before that read, so whatever
-            // the order, this step or the scheduler holds the current cursor, and both delete.
+            // the sessions it found in the store once this run has ended, but it may have read
+            // this one's location before this save (the distribution registry refuses a
+            // DELETE whose state token names an older offset): the delete was asked before
+            // that read, so this step holds the current cursor, and deletes the session.
             if let Err(e) = self.client.cancel_upload(c).await {
                 tracing::warn!(error = %e, "cannot delete the upload session of a deleted job");
             }
