@@ -58,7 +58,7 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
         for (i, (layer, census)) in plan
             .layers
             .iter()
-            .zip(census_layers(&plan.layers, false))
+            .zip(census_layers(&plan.layers, false, &|| false))
             .enumerate()
         {
             censuses.push(census.map_err(|source| InspectError::Census {
@@ -83,10 +83,19 @@ pub fn inspect(source: &SourceRef, opts: &InspectOptions) -> Result<InspectRepor
 /// `unsafe` libc calls; rustix does not offer it.)
 pub const CENSUS_NICE: i32 = 19;
 
+/// Whether the census should give up (its push stopped); asked before every read.
+pub type CensusStop<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// The ELF census of every layer, in layer order, on up to one thread per core (layers are
 /// taken one at a time, so a large layer does not hold the others back). With `low_priority`,
-/// each thread runs at [`CENSUS_NICE`].
-pub fn census_layers(layers: &[PlannedLayer], low_priority: bool) -> Vec<io::Result<LayerCensus>> {
+/// each thread runs at [`CENSUS_NICE`]. Once `stop` says so, every read fails and the layers
+/// not done yet give an error: a stopped push (or a daemon shutting down) does not wait for
+/// the census of every layer.
+pub fn census_layers(
+    layers: &[PlannedLayer],
+    low_priority: bool,
+    stop: CensusStop<'_>,
+) -> Vec<io::Result<LayerCensus>> {
     let threads_max = std::thread::available_parallelism().map_or(1, |n| n.get());
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,7 +111,7 @@ pub fn census_layers(layers: &[PlannedLayer], low_priority: bool) -> Vec<io::Res
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { break };
-                    let r = layer_census(layer);
+                    let r = layer_census_until(layer, stop);
                     *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 }
             });
@@ -116,6 +125,35 @@ pub fn census_layers(layers: &[PlannedLayer], low_priority: bool) -> Vec<io::Res
                 .unwrap_or_else(|| Err(io::Error::other("the census thread ended abnormally")))
         })
         .collect()
+}
+
+// Not `Interrupted`: readers retry on that kind, and would spin.
+fn census_stopped() -> io::Error {
+    io::Error::other("the ELF census was stopped")
+}
+
+/// A reader that fails once its census is told to stop.
+struct UntilStop<'a, R> {
+    inner: R,
+    stop: CensusStop<'a>,
+}
+
+impl<R: Read> Read for UntilStop<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(census_stopped());
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<R: io::Seek> io::Seek for UntilStop<'_, R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        if (self.stop)() {
+            return Err(census_stopped());
+        }
+        self.inner.seek(pos)
+    }
 }
 
 /// Lowers the calling thread's priority (Linux nice values are per thread). Best effort: a
@@ -134,13 +172,23 @@ const ZSTD_MAGIC: [u8; 4] = crate::compress::ZSTD_MAGIC;
 /// The ELF census of one layer: its source bytes, decompressed when they are compressed
 /// (detected from the magic bytes, not trusted from the media type).
 pub fn layer_census(layer: &PlannedLayer) -> io::Result<LayerCensus> {
+    layer_census_until(layer, &|| false)
+}
+
+fn layer_census_until(layer: &PlannedLayer, stop: CensusStop<'_>) -> io::Result<LayerCensus> {
+    if stop() {
+        return Err(census_stopped());
+    }
     let head = layer
         .source
         .location
         .head(4)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let reader = layer.source.location.reader();
-    let tar: Box<dyn Read> = if head.starts_with(&GZIP_MAGIC) {
+    let reader = UntilStop {
+        inner: layer.source.location.reader(),
+        stop,
+    };
+    let tar: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(
             reader,
         )))
@@ -148,10 +196,18 @@ pub fn layer_census(layer: &PlannedLayer) -> io::Result<LayerCensus> {
         Box::new(zstd::stream::read::Decoder::new(reader)?)
     } else {
         // Uncompressed: seek over file contents instead of reading them.
-        return elf::census_tar_seek(io::BufReader::new(reader))
-            .map_err(|e| io::Error::other(e.to_string()));
+        return elf::census_tar_seek(io::BufReader::new(reader)).map_err(|e| census_error(e, stop));
     };
-    elf::census_tar(tar).map_err(|e| io::Error::other(e.to_string()))
+    elf::census_tar(tar).map_err(|e| census_error(e, stop))
+}
+
+/// A census error as an I/O error, or the stop that caused it.
+fn census_error(e: elf::CensusError, stop: CensusStop<'_>) -> io::Error {
+    if stop() {
+        census_stopped()
+    } else {
+        io::Error::other(e.to_string())
+    }
 }
 
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.

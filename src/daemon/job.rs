@@ -29,43 +29,31 @@
 //!    and each transient-failure retry with [`JobContext::retrying`].
 //! 6. Stop at a chunk boundary: check [`JobContext::is_stop_requested`] between chunks (or
 //!    `select!` on [`JobContext::stop_requested`]), and when it is set return
-//!    `Err(JobError::Stopped)` after the last acknowledged cursor is saved. Any context method
-//!    returns `Err(JobError::Stopped)` once a stop was requested; pass it up with `?`.
-//!    Stops come from pause, cancel and daemon shutdown; the scheduler decides the state.
+//!    `Err(JobError::Stopped)` after the last acknowledged cursor is saved. [`JobContext::enter`],
+//!    [`JobContext::plan`] and [`JobContext::upload_slot`] return `Err(JobError::Stopped)` once
+//!    a stop was requested; pass it up with `?` (the recording methods keep working, so the
+//!    last acknowledged chunk is never lost). Stops come from pause, cancel, delete and daemon
+//!    shutdown ([`JobContext::stop_reason`]); every wait of the body (upload slots,
+//!    compression threads, the census, backoff) ends on a stop. The scheduler decides the
+//!    state, and releases what a cancelled or deleted job left open once the body returned;
+//!    only a session whose cursor a deleted job could no longer persist is the body's to
+//!    delete.
 //! 7. On a failure that retrying inside the body did not fix, return
 //!    `Err(JobError::Failed { reason })`: one line, no credentials, saying what went wrong and
 //!    what to do. The job becomes `failed` and may be retried by the user.
 //! 8. On success return the digest of the manifest the registry now serves for the target.
+//!    Once the manifest PUT landed, return `Ok` whatever else happens (a stop, the deadline):
+//!    the tag is written, and the scheduler records `done` whenever `run` returns `Ok`.
 //!
 //! Credentials never pass through the context: the registry client reads docker's config.
 //!
-//! # Wiring sketch (for the integration)
-//! ```text
-//! run(ctx):
-//!   source = SourceRef::parse(spec.source)?; image = open + select spec.platform (guard)
-//!   plan   = PushPlan::build(image, spec.compression)            // blobs + actions
-//!   stored = ctx.plan(plan.blobs as NewBlob { digest, size, media_type, action }).await?
-//!   ctx.enter(Uploading)
-//!   for each blob (in parallel, bounded by upload_slot):
-//!     if stored.state is existed/uploaded/verified: skip
-//!     if action == compress: compress into ctx.spool_dir() (skip chunks already there),
-//!        ctx.compress_progress(..) per chunk, then ctx.blob_compressed(digest, pushed, size)
-//!     HEAD pushed digest -> exists: ctx.blob_state(digest, Existed); continue
-//!     permit = ctx.upload_slot().await?
-//!     cursor = stored.cursor.map(|c| UploadCursor { session_url: c.session_url,
-//!                                                 offset: c.offset_bytes })
-//!              // ask the registry for the real offset of a stored session; on 404 start over
-//!              .unwrap_or(registry.start_upload()?); ctx.save_cursor(digest, cursor, 0)
-//!     while cursor.offset < size:
-//!       if ctx.is_stop_requested(): return Err(Stopped)
-//!       cursor = registry.push_chunk(cursor, bytes[offset..offset+chunk])   // cursor -> cursor
-//!       ctx.save_cursor(digest, cursor, chunk_len).await?                     // before the next
-//!     registry.finish_upload(cursor, pushed_digest); ctx.blob_state(digest, Uploaded)
-//!   ctx.enter(Verifying); HEAD every blob (size and digest); ctx.blob_state(.., Verified)
-//!   ctx.enter(Committing); PUT manifest bytes (as built, never re-serialised)
-//!   read the manifest back, compare digest; ctx.enter(Verified)
-//!   Ok(JobOutput { manifest_digest })
-//! ```
+//! # Who owns what
+//! The scheduler makes one [`JobContext`] per run ([`JobContext::new`]) and reads the run's
+//! [`RunMessage`]s from the channel of [`RunLink`]; this module knows nothing of the
+//! scheduler. A stop carries its [`StopReason`], which the body reads with
+//! [`JobContext::stop_reason`]. What a job leaves on the registry and in its spool when it
+//! ends without a push (cancel, delete) is released by the scheduler, once its run (if any)
+//! has ended, through [`JobBody::discard`]: the body only stops.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -75,7 +63,6 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::metrics::Counters;
-use super::scheduler::Event;
 use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
 use crate::digest::Digest;
@@ -88,9 +75,10 @@ pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, JobError>> + 
 pub trait JobBody: Send + Sync + 'static {
     fn run(&self, ctx: JobContext) -> JobFuture;
 
-    /// Called when a job that is not running is deleted, with the upload sessions it left
-    /// open (a failed job keeps them for a retry): release them. The job and its spool are
-    /// gone already; this runs in the background and must not fail.
+    /// Called when a job ends without a push (cancelled, or deleted) once no run of it is
+    /// left, with the upload sessions it left open (a paused or failed job keeps them for a
+    /// resume): release them. The scheduler has removed its spool and forgotten the cursors
+    /// already; this runs in the background and must not fail.
     fn discard(&self, _spec: JobSpec, _cursors: Vec<CursorRecord>) -> DiscardFuture {
         Box::pin(async {})
     }
@@ -136,26 +124,141 @@ impl Drop for UploadSlot {
     }
 }
 
+/// Why a run is asked to stop. A later request replaces an earlier one only when it weighs
+/// more (this order): a cancelled job that is then deleted stops as deleted, a cancelled job
+/// whose daemon shuts down stays cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopReason {
+    Pause,
+    Shutdown,
+    Cancel,
+    Delete,
+}
+
+/// What a run tells the scheduler that launched it.
+pub enum RunReport {
+    /// A phase is announced; the reply says whether the run may go on.
+    Phase {
+        state: JobState,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    /// Blob progress, compression progress, blob done, retry, warning: persisted and broadcast.
+    Progress(EventKind),
+    /// What the run waits for (`None`: no longer waiting): shown as the job's reason.
+    Waiting(Option<String>),
+    /// The run ended (sent by the task that awaited the body, after every other report).
+    Finished(Result<JobOutput, JobError>),
+}
+
+/// A report and the run it comes from.
+pub struct RunMessage {
+    pub id: JobId,
+    /// Distinguishes runs of the same job: reports from a run the scheduler stopped are ignored.
+    pub generation: u64,
+    pub report: RunReport,
+}
+
+/// What every run shares: the store, the channel its reports go to (read by the scheduler),
+/// the daemon-wide upload slots and the counters. Made once by the scheduler.
+#[derive(Clone)]
+pub struct RunLink {
+    store: Store,
+    reports: mpsc::Sender<RunMessage>,
+    uploads: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+impl RunLink {
+    /// The link and the receiving end of its reports; `queue_max` reports may wait before
+    /// senders wait (back-pressure on runs that report faster than the store commits).
+    pub fn new(
+        store: Store,
+        uploads_in_flight_max: usize,
+        counters: Arc<Counters>,
+        queue_max: usize,
+    ) -> (RunLink, mpsc::Receiver<RunMessage>) {
+        let (reports, rx) = mpsc::channel(queue_max);
+        let link = RunLink {
+            store,
+            reports,
+            uploads: Arc::new(Semaphore::new(uploads_in_flight_max.max(1))),
+            counters,
+        };
+        (link, rx)
+    }
+
+    /// Reports that the run `generation` of `id` ended. Dropped when the scheduler is gone.
+    pub async fn finished(&self, id: JobId, generation: u64, result: Result<JobOutput, JobError>) {
+        let _ = self
+            .reports
+            .send(RunMessage {
+                id,
+                generation,
+                report: RunReport::Finished(result),
+            })
+            .await;
+    }
+}
+
+/// The scheduler's end of one run's stop signal.
+pub struct StopSender(watch::Sender<Option<StopReason>>);
+
+impl StopSender {
+    /// Asks the run to stop for `reason` (kept if an earlier reason weighs more).
+    pub fn stop(&self, reason: StopReason) {
+        self.0.send_if_modified(|r| {
+            let stronger = r.is_none_or(|old| reason > old);
+            if stronger {
+                *r = Some(reason);
+            }
+            stronger
+        });
+    }
+
+    /// Why the run was asked to stop, if it was.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.0.borrow()
+    }
+}
+
 /// What a body can do to its job. Cheap to clone; every method is safe to call from any task
 /// the body spawns.
 #[derive(Clone)]
 pub struct JobContext {
-    pub(super) id: JobId,
-    pub(super) spec: JobSpec,
-    /// Distinguishes runs of the same job: reports from a run the scheduler stopped are ignored.
-    pub(super) generation: u64,
-    pub(super) spool_dir: PathBuf,
-    pub(super) store: Store,
-    pub(super) scheduler: mpsc::Sender<Event>,
-    pub(super) uploads: Arc<Semaphore>,
-    pub(super) stop: watch::Receiver<bool>,
-    pub(super) counters: Arc<Counters>,
+    id: JobId,
+    spec: JobSpec,
+    generation: u64,
+    spool_dir: PathBuf,
+    link: RunLink,
+    stop: watch::Receiver<Option<StopReason>>,
     /// This run's own upload limit; the scheduler changes its rate when the user changes the
     /// job's limit (`PUT /v1/jobs/{id}/bandwidth`).
-    pub(super) bandwidth: Arc<Bucket>,
+    bandwidth: Arc<Bucket>,
 }
 
 impl JobContext {
+    /// The context of run `generation` of job `id`, and the scheduler's end of its stop signal.
+    pub fn new(
+        link: &RunLink,
+        id: JobId,
+        spec: JobSpec,
+        generation: u64,
+        spool_dir: PathBuf,
+        bandwidth: Arc<Bucket>,
+    ) -> (JobContext, StopSender) {
+        let (stop, rx) = watch::channel(None);
+        let ctx = JobContext {
+            id,
+            spec,
+            generation,
+            spool_dir,
+            link: link.clone(),
+            stop: rx,
+            bandwidth,
+        };
+        (ctx, StopSender(stop))
+    }
+
     pub fn id(&self) -> &JobId {
         &self.id
     }
@@ -173,29 +276,29 @@ impl JobContext {
     }
 
     /// A directory for this job's compressed chunks; it exists and survives restarts. The
-    /// scheduler removes it when the job is done or deleted.
+    /// scheduler removes it when the job is done, cancelled or deleted.
     pub fn spool_dir(&self) -> &Path {
         &self.spool_dir
     }
 
-    /// Whether a stop (pause, cancel, shutdown) was requested.
+    /// Why a stop was requested, if one was. A scheduler that is gone counts as a shutdown.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        match self.stop.has_changed() {
+            Err(_) => Some((*self.stop.borrow()).unwrap_or(StopReason::Shutdown)),
+            Ok(_) => *self.stop.borrow(),
+        }
+    }
+
+    /// Whether a stop (pause, cancel, delete, shutdown) was requested.
     pub fn is_stop_requested(&self) -> bool {
-        *self.stop.borrow()
+        self.stop_reason().is_some()
     }
 
     /// Resolves once a stop is requested (for `select!` around a long wait).
     pub async fn stop_requested(&self) {
         let mut stop = self.stop.clone();
         // An Err means the scheduler dropped the sender: that is a stop too.
-        let _ = stop.wait_for(|s| *s).await;
-    }
-
-    /// Whether the job was deleted (while this run was still stopping).
-    pub async fn is_deleted(&self) -> bool {
-        matches!(
-            self.store.job(self.id.clone()).await,
-            Err(crate::store::StoreError::NoSuchJob(_))
-        )
+        let _ = stop.wait_for(Option::is_some).await;
     }
 
     fn check_stop(&self) -> Result<(), JobError> {
@@ -210,20 +313,24 @@ impl JobContext {
         JobError::failed(format!("cannot record progress: {e}"))
     }
 
+    async fn report(&self, report: RunReport) -> Result<(), JobError> {
+        self.link
+            .reports
+            .send(RunMessage {
+                id: self.id.clone(),
+                generation: self.generation,
+                report,
+            })
+            .await
+            .map_err(|_| JobError::Stopped)
+    }
+
     /// Announces a phase (`uploading`, `verifying`, `committing`, `verified`); returns once it
     /// is persisted. `Err(Stopped)` when a stop was requested.
     pub async fn enter(&self, state: JobState) -> Result<(), JobError> {
         self.check_stop()?;
         let (reply, rx) = oneshot::channel();
-        self.scheduler
-            .send(Event::Phase {
-                id: self.id.clone(),
-                generation: self.generation,
-                state,
-                reply,
-            })
-            .await
-            .map_err(|_| JobError::Stopped)?;
+        self.report(RunReport::Phase { state, reply }).await?;
         rx.await.map_err(|_| JobError::Stopped)?
     }
 
@@ -231,11 +338,13 @@ impl JobContext {
     /// (state, cursor, compression progress), in plan order.
     pub async fn plan(&self, blobs: Vec<NewBlob>) -> Result<Vec<BlobRecord>, JobError> {
         self.check_stop()?;
-        self.store
+        self.link
+            .store
             .put_blobs(self.id.clone(), blobs)
             .await
             .map_err(Self::store_failed)?;
         let records = self
+            .link
             .store
             .blobs(self.id.clone())
             .await
@@ -252,18 +361,49 @@ impl JobContext {
         Ok(records)
     }
 
+    /// What the store holds for every blob of the job now (state, cursor, compression), in
+    /// plan order.
+    pub async fn records(&self) -> Result<Vec<BlobRecord>, JobError> {
+        self.link
+            .store
+            .blobs(self.id.clone())
+            .await
+            .map_err(Self::store_failed)
+    }
+
+    /// Records that the registry no longer has `digest` although an earlier run recorded it
+    /// as uploaded or present (its garbage collector removed it): the blob is pending again,
+    /// without a cursor, and the user is told.
+    pub async fn blob_lost(&self, digest: &Digest, pushed: &Digest) -> Result<(), JobError> {
+        self.link
+            .store
+            .set_blob_state(self.id.clone(), digest.clone(), BlobState::Pending)
+            .await
+            .map_err(Self::store_failed)?;
+        self.link
+            .store
+            .clear_cursor(self.id.clone(), digest.clone())
+            .await
+            .map_err(Self::store_failed)?;
+        self.warning(format!(
+            "blob {pushed} is no longer in the registry (removed by its garbage collector?): uploading it again"
+        ))
+        .await;
+        Ok(())
+    }
+
     /// Waits for one of the daemon-wide upload connection slots. Hold the slot while the
     /// connection sends; dropping it frees the slot.
     pub async fn upload_slot(&self) -> Result<UploadSlot, JobError> {
         self.check_stop()?;
         let permit = tokio::select! {
-            permit = self.uploads.clone().acquire_owned() => permit.map_err(|_| JobError::Stopped)?,
+            permit = self.link.uploads.clone().acquire_owned() => permit.map_err(|_| JobError::Stopped)?,
             () = self.stop_requested() => return Err(JobError::Stopped),
         };
-        self.counters.slot_taken();
+        self.link.counters.slot_taken();
         Ok(UploadSlot {
             _permit: permit,
-            counters: self.counters.clone(),
+            counters: self.link.counters.clone(),
         })
     }
 
@@ -278,12 +418,13 @@ impl JobContext {
         sent_bytes: u64,
     ) -> Result<(), JobError> {
         let offset_bytes = cursor.offset_bytes;
-        self.store
+        self.link
+            .store
             .save_cursor(self.id.clone(), digest.clone(), cursor)
             .await
             .map_err(Self::store_failed)?;
         if sent_bytes > 0 {
-            self.counters.add_chunk(sent_bytes);
+            self.link.counters.add_chunk(sent_bytes);
         }
         let size_bytes = self.blob_size(digest).await;
         self.emit(EventKind::Progress {
@@ -297,7 +438,8 @@ impl JobContext {
 
     async fn blob_size(&self, digest: &Digest) -> u64 {
         // Progress events carry the size for followers; the plan is small, reading it is cheap.
-        self.store
+        self.link
+            .store
             .blobs(self.id.clone())
             .await
             .ok()
@@ -313,7 +455,8 @@ impl JobContext {
         pushed_digest: Digest,
         pushed_size_bytes: u64,
     ) -> Result<(), JobError> {
-        self.store
+        self.link
+            .store
             .set_blob_pushed(
                 self.id.clone(),
                 digest.clone(),
@@ -333,7 +476,8 @@ impl JobContext {
         chunks_done: u64,
         bytes_done: u64,
     ) -> Result<(), JobError> {
-        self.store
+        self.link
+            .store
             .save_compress_progress(self.id.clone(), digest.clone(), chunks_done, bytes_done)
             .await
             .map_err(Self::store_failed)?;
@@ -349,12 +493,14 @@ impl JobContext {
     /// Records a blob's new state. A finished state (`existed`, `uploaded`, `verified`) also
     /// forgets the upload cursor.
     pub async fn blob_state(&self, digest: &Digest, state: BlobState) -> Result<(), JobError> {
-        self.store
+        self.link
+            .store
             .set_blob_state(self.id.clone(), digest.clone(), state)
             .await
             .map_err(Self::store_failed)?;
         if state.is_finished() {
-            self.store
+            self.link
+                .store
                 .clear_cursor(self.id.clone(), digest.clone())
                 .await
                 .map_err(Self::store_failed)?;
@@ -378,7 +524,7 @@ impl JobContext {
 
     /// Reports a retry after a transient failure (`what`: e.g. "PATCH chunk at 16777216").
     pub async fn retrying(&self, what: impl Into<String>, reason: impl Into<String>) {
-        self.counters.add_retry();
+        self.link.counters.add_retry();
         self.emit(EventKind::Retry {
             what: what.into(),
             reason: reason.into(),
@@ -389,26 +535,12 @@ impl JobContext {
     /// Says what the job is waiting for (e.g. `waiting for network, retry in 20 s`), shown as
     /// the job's reason while it runs; `None` when it no longer waits.
     pub async fn waiting(&self, reason: Option<String>) {
-        let _ = self
-            .scheduler
-            .send(Event::Waiting {
-                id: self.id.clone(),
-                generation: self.generation,
-                reason,
-            })
-            .await;
+        let _ = self.report(RunReport::Waiting(reason)).await;
     }
 
     /// Sends an event to the scheduler, which persists and broadcasts it. Dropped silently
     /// when the scheduler is gone (the daemon is stopping).
     async fn emit(&self, kind: EventKind) {
-        let _ = self
-            .scheduler
-            .send(Event::Progress {
-                id: self.id.clone(),
-                generation: self.generation,
-                kind,
-            })
-            .await;
+        let _ = self.report(RunReport::Progress(kind)).await;
     }
 }

@@ -1,25 +1,33 @@
 //! The scheduler: the one owner of scheduling state.
 //!
-//! An actor drains a bounded channel of [`Event`]s: requests from the API (submit, pause,
-//! resume, cancel, retry, delete, a job's bandwidth limit), reports from job tasks (phase,
-//! progress, finished) and shutdown. Only this loop changes a job's state, always through the
-//! store first, then tells followers over a `broadcast` channel (late followers read the
-//! persisted event log). Job tasks run the [`JobBody`]; a `Semaphore` caps upload connections
-//! across all of them. Each run has its own bandwidth bucket (in its [`JobContext`]), made
-//! from the job's stored limit when the run starts and changed by the loop while it runs.
+//! An actor drains two bounded channels: [`Event`]s, the API's requests (submit, pause, resume,
+//! cancel, retry, delete, a job's bandwidth limit) and shutdown; and the runs' reports
+//! ([`RunMessage`]: phase, progress, waiting, finished), read first. Only this loop changes a
+//! job's state, always through the store first, then tells followers over a `broadcast`
+//! channel (late followers read the persisted event log). Job tasks run the [`JobBody`]; the
+//! [`RunLink`] caps upload connections across all of them. Each run has its own bandwidth
+//! bucket (in its [`JobContext`]), made from the job's stored limit when the run starts and
+//! changed by the loop while it runs.
+//!
+//! The loop owns a job's whole life: a stop carries its [`StopReason`] to the run, and a job
+//! that ends without a push (cancel, delete), in whatever state, has its upload sessions
+//! released ([`JobBody::discard`]) and its spool removed here, once no run of it is left.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::job::{JobBody, JobContext, JobError, JobOutput};
+use super::job::{
+    JobBody, JobContext, JobError, JobOutput, RunLink, RunMessage, RunReport, StopReason,
+    StopSender,
+};
 use super::metrics::Counters;
 use crate::api::{self, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
-use crate::store::{JobRecord, Store, StoreError};
+use crate::store::{CursorRecord, JobRecord, Store, StoreError};
 
 /// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
 /// job tasks that report faster than the store commits).
@@ -75,31 +83,6 @@ pub enum Event {
         id: JobId,
         bytes_per_s: Option<u64>,
         reply: oneshot::Sender<Result<JobRecord, SchedError>>,
-    },
-    /// A job body announces a phase; the reply says whether it may go on.
-    Phase {
-        id: JobId,
-        generation: u64,
-        state: JobState,
-        reply: oneshot::Sender<Result<(), JobError>>,
-    },
-    /// Blob progress, compression progress, blob done, retry: persisted and broadcast.
-    Progress {
-        id: JobId,
-        generation: u64,
-        kind: EventKind,
-    },
-    /// What a running job waits for (`None`: no longer waiting): shown as its `reason`.
-    Waiting {
-        id: JobId,
-        generation: u64,
-        reason: Option<String>,
-    },
-    /// A job task ended.
-    Finished {
-        id: JobId,
-        generation: u64,
-        result: Result<JobOutput, JobError>,
     },
     /// Stop every job at a chunk boundary, wait for them, then end the loop.
     Shutdown { reply: oneshot::Sender<()> },
@@ -179,7 +162,7 @@ impl SchedulerHandle {
 
 struct Running {
     generation: u64,
-    stop: watch::Sender<bool>,
+    stop: StopSender,
     /// The job reached a final state (cancelled) while this run was still stopping: its late
     /// reports are dropped, so a final state event stays the last event in the job's log.
     ended: bool,
@@ -187,16 +170,18 @@ struct Running {
     /// of the job's limit is applied here. It goes with the run; the next run makes a new one
     /// from the stored spec.
     bandwidth: Arc<Bucket>,
+    /// The job was deleted while this run was stopping: the sessions it had are deleted once
+    /// the run has ended, so no DELETE races with a chunk still in flight.
+    discard_after: Option<(JobSpec, Vec<CursorRecord>)>,
 }
 
 struct Scheduler {
     config: SchedulerConfig,
     store: Store,
     counters: Arc<Counters>,
-    /// Given to job contexts; the loop itself never sends into its own channel.
-    tx: mpsc::Sender<Event>,
+    /// What every run's context shares (store, report channel, upload slots, counters).
+    link: RunLink,
     events: broadcast::Sender<api::Event>,
-    uploads: Arc<Semaphore>,
     running: HashMap<JobId, Running>,
     next_generation: u64,
     /// Set once shutdown began: no job starts, and the reply is sent when `running` is empty.
@@ -212,12 +197,17 @@ pub async fn start(
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel(SCHEDULER_QUEUE_MAX);
     let (events, _) = broadcast::channel(BROADCAST_LAG_MAX);
+    let (link, reports) = RunLink::new(
+        store.clone(),
+        config.uploads_in_flight_max,
+        counters.clone(),
+        SCHEDULER_QUEUE_MAX,
+    );
     let mut sched = Scheduler {
-        uploads: Arc::new(Semaphore::new(config.uploads_in_flight_max.max(1))),
         config,
         store,
         counters,
-        tx: tx.clone(),
+        link,
         events: events.clone(),
         running: HashMap::new(),
         next_generation: 1,
@@ -225,14 +215,23 @@ pub async fn start(
     };
     sched.recover().await?;
     sched.start_queued().await;
-    let task = tokio::spawn(sched.run(rx));
+    let task = tokio::spawn(sched.run(rx, reports));
     Ok((SchedulerHandle { tx, events }, task))
 }
 
 impl Scheduler {
-    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        while let Some(event) = rx.recv().await {
-            self.handle(event).await;
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>, mut reports: mpsc::Receiver<RunMessage>) {
+        loop {
+            // Reports first: a run's reports are handled in the order it sent them, before
+            // requests that came later.
+            tokio::select! {
+                biased;
+                Some(m) = reports.recv() => self.report(m).await,
+                event = rx.recv() => match event {
+                    Some(event) => self.handle(event).await,
+                    None => break,
+                },
+            }
             if let Some(waiters) = &mut self.shutdown
                 && self.running.is_empty()
             {
@@ -260,19 +259,30 @@ impl Scheduler {
             } => {
                 let _ = reply.send(self.set_bandwidth(id, bytes_per_s).await);
             }
-            Event::Phase {
-                id,
-                generation,
-                state,
-                reply,
-            } => {
+            Event::Shutdown { reply } => {
+                info!(
+                    jobs = self.running.len(),
+                    "stopping jobs at a chunk boundary"
+                );
+                for run in self.running.values() {
+                    run.stop.stop(StopReason::Shutdown);
+                }
+                self.shutdown.get_or_insert_with(Vec::new).push(reply);
+            }
+        }
+    }
+
+    async fn report(&mut self, m: RunMessage) {
+        let RunMessage {
+            id,
+            generation,
+            report,
+        } = m;
+        match report {
+            RunReport::Phase { state, reply } => {
                 let _ = reply.send(self.phase(id, generation, state).await);
             }
-            Event::Progress {
-                id,
-                generation,
-                kind,
-            } => {
+            RunReport::Progress(kind) => {
                 // Progress of a run that is stopping for a pause is still true (its last cursor
                 // was saved); reports of an older, replaced run, or of a run whose job was
                 // cancelled meanwhile, are dropped.
@@ -284,41 +294,29 @@ impl Scheduler {
                     self.emit(&id, kind).await;
                 }
             }
-            Event::Waiting {
-                id,
-                generation,
-                reason,
-            } => {
-                if self.is_current(&id, generation)
-                    && let Ok(job) = self.store.job(id.clone()).await
-                    && job.state.is_running()
-                    && job.reason != reason
-                    && let Err(e) = self.set_state(&id, job.state, reason, None).await
-                {
-                    warn!(job = %id, error = %e, "cannot record what the job waits for");
-                }
-            }
-            Event::Finished {
-                id,
-                generation,
-                result,
-            } => self.finished(id, generation, result).await,
-            Event::Shutdown { reply } => {
-                info!(
-                    jobs = self.running.len(),
-                    "stopping jobs at a chunk boundary"
-                );
-                for run in self.running.values() {
-                    let _ = run.stop.send(true);
-                }
-                self.shutdown.get_or_insert_with(Vec::new).push(reply);
-            }
+            RunReport::Waiting(reason) => self.waiting(id, generation, reason).await,
+            RunReport::Finished(result) => self.finished(id, generation, result).await,
         }
     }
 
-    /// Jobs left running by a previous daemon go back to the queue.
+    async fn waiting(&mut self, id: JobId, generation: u64, reason: Option<String>) {
+        if self.is_current(&id, generation)
+            && let Ok(job) = self.store.job(id.clone()).await
+            && job.state.is_running()
+            && job.reason != reason
+            && let Err(e) = self.set_state(&id, job.state, reason, None).await
+        {
+            warn!(job = %id, error = %e, "cannot record what the job waits for");
+        }
+    }
+
+    /// Jobs left running by a previous daemon go back to the queue; a cancelled job whose
+    /// release the previous daemon did not finish (it stopped first) is released now.
     async fn recover(&mut self) -> Result<(), StoreError> {
         for job in self.store.jobs().await? {
+            if job.state == JobState::Cancelled {
+                self.release(&job.id, job.spec.clone()).await;
+            }
             if job.state.is_running() {
                 info!(job = %job.id, was = %job.state, "resuming job left unfinished");
                 self.counters.add_resume();
@@ -337,7 +335,7 @@ impl Scheduler {
     fn is_current(&self, id: &JobId, generation: u64) -> bool {
         self.running
             .get(id)
-            .is_some_and(|r| r.generation == generation && !*r.stop.borrow())
+            .is_some_and(|r| r.generation == generation && r.stop.reason().is_none())
     }
 
     /// Persists a state change with its event, then broadcasts the event.
@@ -414,8 +412,7 @@ impl Scheduler {
     ) -> Result<Option<JobRecord>, SchedError> {
         let job = self.store.job(id.clone()).await?;
         let state = job.state;
-        let conflict =
-            |what: &str| Err(SchedError::Conflict(format!("job {id} is {state}: {what}")));
+        let refused = |what: &str| SchedError::Conflict(format!("job {id} is {state}: {what}"));
         match action {
             Control::Pause => {
                 if !matches!(
@@ -425,77 +422,135 @@ impl Scheduler {
                         | JobState::Uploading
                         | JobState::Verifying
                 ) {
-                    return conflict(
+                    return Err(refused(
                         "only a queued or running job can be paused, before it commits",
-                    );
+                    ));
                 }
                 self.set_state(&id, JobState::Paused, None, None).await?;
-                self.stop(&id);
+                self.stop(&id, StopReason::Pause);
             }
             Control::Resume => {
                 if state != JobState::Paused {
-                    return conflict("only a paused job can be resumed");
+                    return Err(refused("only a paused job can be resumed"));
                 }
                 self.counters.add_resume();
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;
             }
-            Control::Cancel => {
-                if state.is_final() {
-                    return conflict("it has ended already; remove it with `hoist rm`");
-                }
-                self.set_state(
-                    &id,
-                    JobState::Cancelled,
-                    Some("cancelled by the user".into()),
-                    None,
-                )
-                .await?;
-                self.stop(&id);
-                if let Some(run) = self.running.get_mut(&id) {
-                    run.ended = true;
-                }
-            }
+            Control::Cancel => self.cancel(job).await?,
             Control::Retry => {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
-                    return conflict("only a failed or cancelled job can be retried");
+                    return Err(refused("only a failed or cancelled job can be retried"));
                 }
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;
             }
             Control::Delete => {
-                if state.is_running() {
-                    return Err(SchedError::Conflict(format!(
-                        "job {id} is {state}: cancel it first with `hoist cancel {id}`"
-                    )));
-                }
-                self.stop(&id);
-                let cursors: Vec<_> = self
-                    .store
-                    .blobs(id.clone())
-                    .await
-                    .map(|bs| bs.into_iter().filter_map(|b| b.cursor).collect())
-                    .unwrap_or_default();
-                let spec = self.store.job(id.clone()).await?.spec;
-                self.store.delete_job(id.clone()).await?;
-                self.remove_spool(&id);
-                if !cursors.is_empty() {
-                    // Off the loop: the registry may be slow or unreachable.
-                    tokio::spawn(self.config.body.discard(spec, cursors));
-                }
-                // Followers of the job end here; nothing is persisted, the log went with the job.
-                let _ = self.events.send(api::Event {
-                    seq: 0,
-                    job: id.clone(),
-                    time_ms: crate::store::now_ms(),
-                    kind: EventKind::Deleted {},
-                });
-                info!(job = %id, "job deleted");
+                self.delete(job).await?;
                 return Ok(None);
             }
         }
         info!(job = %id, ?action, "job control applied");
         Ok(Some(self.store.job(id).await?))
+    }
+
+    /// Cancel, in any state before the commit: once the manifest PUT may have gone out, the
+    /// tag may be written, and only `done` or `failed` tell the truth. A job without a run
+    /// is released at once; a running one once its run has stopped ([`Scheduler::finished`]).
+    async fn cancel(&mut self, job: JobRecord) -> Result<(), SchedError> {
+        let (id, state) = (job.id.clone(), job.state);
+        if matches!(
+            state,
+            JobState::Committing | JobState::Verified | JobState::Done | JobState::Cancelled
+        ) {
+            let why = if state.is_final() {
+                "it has ended already; remove it with `hoist rm`"
+            } else {
+                "it is writing the tag and can no longer be cancelled; wait for it to end"
+            };
+            return Err(SchedError::Conflict(format!("job {id} is {state}: {why}")));
+        }
+        self.set_state(
+            &id,
+            JobState::Cancelled,
+            Some("cancelled by the user".into()),
+            None,
+        )
+        .await?;
+        match self.running.get_mut(&id) {
+            Some(run) => {
+                run.stop.stop(StopReason::Cancel);
+                run.ended = true;
+            }
+            None => self.release(&id, job.spec).await,
+        }
+        Ok(())
+    }
+
+    /// Delete, in any state but running (cancel it first): the row and its log, the spool and
+    /// the open upload sessions go. A run still stopping (after a pause or cancel) is told, so
+    /// it deletes the session of a chunk in flight itself, and the stored sessions are deleted
+    /// once it has ended.
+    async fn delete(&mut self, job: JobRecord) -> Result<(), SchedError> {
+        let (id, state) = (job.id.clone(), job.state);
+        if state.is_running() {
+            return Err(SchedError::Conflict(format!(
+                "job {id} is {state}: cancel it first with `hoist cancel {id}`"
+            )));
+        }
+        self.stop(&id, StopReason::Delete);
+        let cursors = self.take_cursors(&id).await;
+        self.store.delete_job(id.clone()).await?;
+        self.remove_spool(&id);
+        match self.running.get_mut(&id) {
+            Some(run) => run.discard_after = Some((job.spec, cursors)),
+            None => self.discard(job.spec, cursors),
+        }
+        // Followers of the job end here; nothing is persisted, the log went with the job.
+        let _ = self.events.send(api::Event {
+            seq: 0,
+            job: id.clone(),
+            time_ms: crate::store::now_ms(),
+            kind: EventKind::Deleted {},
+        });
+        info!(job = %id, "job deleted");
+        Ok(())
+    }
+
+    /// A job that ended without a push leaves nothing behind: its cursors are forgotten, its
+    /// spool removed and its sessions handed to the body to delete.
+    async fn release(&self, id: &JobId, spec: JobSpec) {
+        let cursors = self.take_cursors(id).await;
+        self.remove_spool(id);
+        self.discard(spec, cursors);
+    }
+
+    /// The job's stored upload cursors, forgotten in the store.
+    async fn take_cursors(&self, id: &JobId) -> Vec<CursorRecord> {
+        let blobs = self.store.blobs(id.clone()).await.unwrap_or_default();
+        let mut cursors = Vec::new();
+        for b in blobs {
+            if let Some(c) = b.cursor {
+                cursors.push(c);
+                if let Err(e) = self.store.clear_cursor(id.clone(), b.digest).await {
+                    warn!(job = %id, error = %e, "cannot forget an upload cursor");
+                }
+            }
+        }
+        cursors
+    }
+
+    fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) {
+        if !cursors.is_empty() {
+            // Off the loop: the registry may be slow or unreachable.
+            tokio::spawn(self.config.body.discard(spec, cursors));
+        }
+    }
+
+    fn stop(&self, id: &JobId, reason: StopReason) {
+        if let Some(run) = self.running.get(id) {
+            run.stop.stop(reason);
+        }
     }
 
     async fn set_bandwidth(
@@ -531,12 +586,6 @@ impl Scheduler {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             warn!(job = %id, error = %e, "cannot remove the job's spool directory");
-        }
-    }
-
-    fn stop(&self, id: &JobId) {
-        if let Some(run) = self.running.get(id) {
-            let _ = run.stop.send(true);
         }
     }
 
@@ -580,33 +629,21 @@ impl Scheduler {
             .running
             .get(&id)
             .is_some_and(|r| r.generation == generation)
+            && let Some(run) = self.running.remove(&id)
         {
-            self.running.remove(&id);
             self.counters.set_jobs_running(self.running.len() as u64);
+            if let Some((spec, cursors)) = run.discard_after {
+                self.discard(spec, cursors);
+            }
         }
         let job = match self.store.job(id.clone()).await {
             Ok(job) => job,
-            // Deleted while it stopped: nothing to record.
+            // Deleted while it stopped: released by the delete.
             Err(_) => return self.start_queued().await,
         };
-        let shutting_down = self.shutdown.is_some();
-        let outcome = match (&result, job.state) {
-            // A push that completed is reported even when a pause raced with it.
-            (Ok(out), s) if s.is_running() || s == JobState::Paused => {
-                Some((JobState::Done, None, Some(out.manifest_digest.clone())))
-            }
-            (Err(JobError::Failed { reason }), s) if s.is_running() => {
-                Some((JobState::Failed, Some(reason.clone()), None))
-            }
-            // Stopped for shutdown: the state stays, and the next daemon resumes the job.
-            (Err(JobError::Stopped), s) if s.is_running() && !shutting_down => Some((
-                JobState::Failed,
-                Some("the job stopped without being asked to: retry it with `hoist retry`".into()),
-                None,
-            )),
-            _ => None,
-        };
-        if let Some((state, reason, digest)) = outcome {
+        if job.state == JobState::Cancelled && result.is_err() {
+            self.release(&id, job.spec).await;
+        } else if let Some((state, reason, digest)) = self.outcome(&result, job.state) {
             match &reason {
                 Some(r) => warn!(job = %id, reason = %r, "job failed"),
                 None => info!(job = %id, %state, "job finished"),
@@ -619,6 +656,30 @@ impl Scheduler {
             }
         }
         self.start_queued().await;
+    }
+
+    /// The state a run's end gives its job (`None`: the state stays).
+    fn outcome(
+        &self,
+        result: &Result<JobOutput, JobError>,
+        state: JobState,
+    ) -> Option<(JobState, Option<String>, Option<crate::digest::Digest>)> {
+        match (result, state) {
+            // The tag is written: whatever raced with the push (a pause, a stop, a deadline),
+            // `done` is the only state that agrees with the registry.
+            (Ok(_), JobState::Done) => None,
+            (Ok(out), _) => Some((JobState::Done, None, Some(out.manifest_digest.clone()))),
+            (Err(JobError::Failed { reason }), s) if s.is_running() => {
+                Some((JobState::Failed, Some(reason.clone()), None))
+            }
+            // Stopped for shutdown: the state stays, and the next daemon resumes the job.
+            (Err(JobError::Stopped), s) if s.is_running() && self.shutdown.is_none() => Some((
+                JobState::Failed,
+                Some("the job stopped without being asked to: retry it with `hoist retry`".into()),
+                None,
+            )),
+            _ => None,
+        }
     }
 
     /// Starts queued jobs, oldest first, up to `jobs_running_max` running at once.
@@ -659,22 +720,17 @@ impl Scheduler {
         self.set_state(&id, JobState::Preparing, None, None).await?;
         let generation = self.next_generation;
         self.next_generation += 1;
-        let (stop, stop_rx) = watch::channel(false);
         let bandwidth = Bucket::new(job.spec.options.bandwidth_bytes_per_s);
-        let ctx = JobContext {
-            bandwidth: bandwidth.clone(),
-            id: id.clone(),
-            spec: job.spec,
+        let (ctx, stop) = JobContext::new(
+            &self.link,
+            id.clone(),
+            job.spec,
             generation,
             spool_dir,
-            store: self.store.clone(),
-            scheduler: self.tx.clone(),
-            uploads: self.uploads.clone(),
-            stop: stop_rx,
-            counters: self.counters.clone(),
-        };
+            bandwidth.clone(),
+        );
         let body = self.config.body.run(ctx);
-        let tx = self.tx.clone();
+        let link = self.link.clone();
         let task_id = id.clone();
         tokio::spawn(async move {
             // The body runs in its own task so that a panic becomes a failed job.
@@ -684,13 +740,7 @@ impl Scheduler {
                     "internal error: the job task ended abnormally ({e}): retry it, and report this as a bug"
                 ))),
             };
-            let _ = tx
-                .send(Event::Finished {
-                    id: task_id,
-                    generation,
-                    result,
-                })
-                .await;
+            link.finished(task_id, generation, result).await;
         });
         info!(job = %id, generation, "job started");
         self.running.insert(
@@ -700,6 +750,7 @@ impl Scheduler {
                 stop,
                 ended: false,
                 bandwidth,
+                discard_after: None,
             },
         );
         self.counters.set_jobs_running(self.running.len() as u64);

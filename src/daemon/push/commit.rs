@@ -9,21 +9,24 @@
 
 use super::patience::Patience;
 use crate::api::{BlobState, JobState};
-use crate::daemon::job::JobError;
+use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
 use crate::elf::{self, LayerCensus};
 use crate::plan::{CompressedLayer, PushPlan};
 use crate::registry::{ImageRef, RegistryClient, verify_tag};
 
-/// `verifying`: HEAD every pushed blob (`key`, what was pushed).
+/// `verifying`: HEAD every pushed blob (`key`, what was pushed); the present ones become
+/// `verified`. Returns the ones the registry does not have (it lost them, e.g. to its garbage
+/// collector while the job was paused or failed).
 pub async fn verify_blobs(
     patience: &Patience,
     client: &RegistryClient,
     repository: &str,
     blobs: &[(Digest, CompressedLayer)],
-) -> Result<(), JobError> {
+) -> Result<Vec<(Digest, CompressedLayer)>, JobError> {
     let ctx = &patience.ctx;
     ctx.enter(JobState::Verifying).await?;
+    let mut lost = Vec::new();
     for (key, pushed) in blobs {
         let what = format!("HEAD blob {}", pushed.digest.short());
         let present = patience
@@ -34,25 +37,33 @@ pub async fn verify_blobs(
             .map_err(|e| {
                 JobError::failed(format!("checking blob {}: {e}", pushed.digest.short()))
             })?;
-        if !present {
-            return Err(JobError::failed(format!(
-                "blob {} ({} bytes) is not in the registry after its upload: run `hoist retry {}`",
-                pushed.digest,
-                pushed.size,
-                ctx.id()
-            )));
+        if present {
+            ctx.blob_state(key, BlobState::Verified).await?;
+        } else {
+            lost.push((key.clone(), pushed.clone()));
         }
-        ctx.blob_state(key, BlobState::Verified).await?;
     }
-    Ok(())
+    Ok(lost)
 }
 
-/// Fails unless the layers' binaries match the declared platform (issue 8).
+/// The failure of a blob still missing after it was uploaded again.
+pub fn missing(ctx: &JobContext, pushed: &CompressedLayer) -> JobError {
+    JobError::failed(format!(
+        "blob {} ({} bytes) is not in the registry after its upload: run `hoist retry {}`",
+        pushed.digest,
+        pushed.size,
+        ctx.id()
+    ))
+}
+
+/// Fails unless the layers' binaries match the declared platform.
 pub fn check_census(plan: &PushPlan, census: &[LayerCensus]) -> Result<(), JobError> {
     elf::check_platform(&plan.platform, census).map_err(|m| JobError::failed(m.to_string()))
 }
 
-/// `committing` then `verified`: PUT the exact manifest bytes, read the tag back.
+/// `committing` then `verified`: PUT the exact manifest bytes, read the tag back. Once the
+/// PUT landed the tag is written, and this returns the digest whatever else happens (a stop,
+/// the deadline): the job is `done`, as the registry says.
 pub async fn commit(
     patience: &Patience,
     client: &RegistryClient,
@@ -65,11 +76,49 @@ pub async fn commit(
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
     ctx.enter(JobState::Committing).await?;
+    let digest = put_manifest(patience, client, target, &manifest).await?;
+    if digest != manifest.digest {
+        return Err(JobError::failed(format!(
+            "the registry stored the manifest as {digest}, not {}: report this as a bug",
+            manifest.digest
+        )));
+    }
+    let read_back = patience
+        .call("read the tag back", || {
+            verify_tag(client, target, Some(&digest), &ctx.spec().platform)
+        })
+        .await;
+    match read_back {
+        Ok(r) => r.map_err(|e| JobError::failed(format!("reading the tag back: {e}")))?,
+        Err(e) => {
+            ctx.warning(format!(
+                "the tag is written, but reading it back was cut short ({e}): check it with `hoist verify`"
+            ))
+            .await;
+            return Ok(digest);
+        }
+    };
+    // A stop now only means the phase is not recorded: the tag is written.
+    let _ = ctx.enter(JobState::Verified).await;
+    Ok(digest)
+}
+
+/// The manifest PUT, with an upload slot like every body-carrying request, not sent after a
+/// stop. A request in flight is not cut at the deadline; when the deadline ends the retries,
+/// or the registry refuses the PUT, the tag is read: holding our manifest, it was written.
+async fn put_manifest(
+    patience: &Patience,
+    client: &RegistryClient,
+    target: &ImageRef,
+    manifest: &crate::plan::ManifestBytes,
+) -> Result<Digest, JobError> {
+    let ctx = &patience.ctx;
     let body = bytes::Bytes::from(manifest.bytes.clone());
     let reference = target.reference.to_string();
+    let slot = ctx.upload_slot().await?;
     // Retried on transient errors: the PUT of the same bytes to the same tag is idempotent.
     let put = patience
-        .call("PUT the manifest", || {
+        .call_to_end("PUT the manifest", || {
             client.put_manifest(
                 &target.repository,
                 &reference,
@@ -77,39 +126,25 @@ pub async fn commit(
                 body.clone(),
             )
         })
-        .await?;
-    let digest = match put {
-        Ok(d) => d,
-        Err(e) => {
-            // A rerun after a crash between the PUT and its answer meets its own tag, which
-            // an immutable repository (ECR) refuses to write again: that is success.
-            let found = patience
-                .call("read the tag after a refused PUT", || {
-                    client.get_manifest(&target.repository, &target.reference)
-                })
-                .await?;
-            match found {
-                Ok((_, _, found)) if found == manifest.digest => found,
-                _ => {
-                    return Err(JobError::failed(format!(
-                        "committing the manifest: {e}; fix the cause, then `hoist retry` the job"
-                    )));
-                }
-            }
-        }
+        .await;
+    drop(slot);
+    // A rerun after a crash between the PUT and its answer meets its own tag, which an
+    // immutable repository (ECR) refuses to write again: that is success. So is a PUT whose
+    // answer was lost before the deadline ended the retries.
+    let read = || client.get_manifest(&target.repository, &target.reference);
+    let (why, found) = match put {
+        Ok(Ok(d)) => return Ok(d),
+        Err(JobError::Stopped) => return Err(JobError::Stopped),
+        Ok(Err(e)) => (
+            format!("committing the manifest: {e}; fix the cause, then `hoist retry` the job"),
+            patience
+                .call("read the tag after a refused PUT", read)
+                .await?,
+        ),
+        Err(JobError::Failed { reason }) => (reason, read().await),
     };
-    if digest != manifest.digest {
-        return Err(JobError::failed(format!(
-            "the registry stored the manifest as {digest}, not {}: report this as a bug",
-            manifest.digest
-        )));
+    match found {
+        Ok((_, _, found)) if found == manifest.digest => Ok(found),
+        _ => Err(JobError::failed(why)),
     }
-    patience
-        .call("read the tag back", || {
-            verify_tag(client, target, Some(&digest), &ctx.spec().platform)
-        })
-        .await?
-        .map_err(|e| JobError::failed(format!("reading the tag back: {e}")))?;
-    ctx.enter(JobState::Verified).await?;
-    Ok(digest)
 }

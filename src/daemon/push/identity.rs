@@ -1,4 +1,4 @@
-//! The identity of the source files a job reads (issue 7): device, inode, size and mtime of
+//! The identity of the source files a job reads: device, inode, size and mtime of
 //! every file a planned blob is read from, taken with `fstat` on the descriptor the plan opened
 //! (so it names the file actually read, whatever a path or symlink points at later).
 //!

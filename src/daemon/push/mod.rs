@@ -7,7 +7,9 @@
 //!        layers to compress: a blocking compressor writes the spool; the upload of a layer
 //!        follows it chunk by chunk (pipelined: the digest is only needed at the final PUT)
 //!      alongside: the ELF census of every layer (blocking thread, off the critical path)
-//!   -> verifying: HEAD every blob -> census check -> committing: PUT the manifest bytes
+//!   -> verifying: HEAD every blob; one the registry lost (garbage collected while the job
+//!      was paused or failed) is pending again and uploaded once more in the same run
+//!   -> census check -> committing: PUT the manifest bytes
 //!   -> verified: read the tag back as a node does -> the manifest digest
 //! ```
 //!
@@ -16,7 +18,10 @@
 //! - [`spool_view`]: the compressed stream as uploads read it (stored chunks framed from the source).
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
 //! - [`commit`]: verification, platform check, manifest commit.
-//! - [`identity`]: the source files' identity, checked on every rerun (issue 7).
+//! - [`identity`]: the source files' identity, checked on every rerun.
+//!
+//! The body only stops when asked ([`JobContext::stop_reason`]): what a cancelled or deleted
+//! job leaves behind is released by the scheduler, through [`JobBody::discard`].
 //!
 //! # Daemon-wide state ([`Shared`])
 //! - in-flight uploads by (registry host, blob): two jobs pushing the same blob to the same
@@ -31,7 +36,7 @@ pub mod spool_view;
 pub mod upload;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +47,7 @@ use super::prepare::{build_plan, record_plan};
 use crate::api::{JobSpec, JobState};
 use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
-use crate::registry::{ClientOptions, ImageRef, RegistryClient, UploadCursor};
+use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
 use crate::store::{BlobRecord, CursorRecord};
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
@@ -61,7 +66,7 @@ pub struct Shared {
     inflight: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
     pushed_to: Mutex<HashMap<BlobKey, String>>,
     /// Compression threads daemon-wide: the compressors' buffers are the largest memory of a
-    /// push (`4 * threads * chunk`), and they already use every core.
+    /// push (`4 * threads * chunk`); one per core by default.
     compressing: Arc<spool::ThreadTokens>,
 }
 
@@ -139,35 +144,41 @@ impl JobBody for PushBody {
     fn run(&self, ctx: JobContext) -> JobFuture {
         let shared = self.shared.clone();
         let net = self.net.clone();
-        Box::pin(async move {
-            let result = push(&ctx, shared, &net).await;
-            if matches!(result, Err(JobError::Stopped)) {
-                cleanup_if_cancelled(&ctx, &net).await;
-            }
-            result
-        })
+        Box::pin(async move { push(&ctx, shared, &net).await })
     }
 
     fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) -> DiscardFuture {
         let net = self.net.clone();
         Box::pin(async move {
             // Deleting sessions sends no body: no job limit to pay.
-            let Ok((_, client)) = target_of(&spec, &net, None) else {
+            let Ok((target, client)) = target_of(&spec, &net, None) else {
                 return;
             };
-            delete_sessions(&client, cursors).await;
+            delete_sessions(&client, &target.repository, cursors).await;
         })
     }
 }
 
 /// DELETEs upload sessions; a failure is logged (the registry expires sessions eventually).
-async fn delete_sessions(client: &RegistryClient, cursors: Vec<CursorRecord>) {
+/// A stored cursor may lag behind its session (the registry kept part of a chunk whose answer
+/// was lost), and the distribution registry refuses a DELETE whose state token names an older
+/// offset: a refused DELETE asks the registry where the session is, then deletes it there.
+async fn delete_sessions(client: &RegistryClient, repository: &str, cursors: Vec<CursorRecord>) {
     for c in cursors {
         let cursor = UploadCursor {
             session_url: c.session_url,
             offset: c.offset_bytes,
         };
-        if let Err(e) = client.cancel_upload(&cursor).await {
+        if client.cancel_upload(&cursor).await.is_ok() {
+            continue;
+        }
+        let deleted = match client.resume(repository, &cursor).await {
+            Ok(ResumePoint::Continue(now)) => client.cancel_upload(&now).await.map(|_| ()),
+            // Gone already: nothing to delete.
+            Ok(ResumePoint::Restart) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(error = %e, "cannot delete an upload session of a cancelled or deleted job");
         }
     }
@@ -213,30 +224,14 @@ fn target_of(
     Ok((target, client))
 }
 
-/// Cancel leaves nothing behind: open upload sessions are deleted and the spool emptied.
-async fn cleanup_if_cancelled(ctx: &JobContext, net: &NetSettings) {
-    let cancelled = ctx
-        .store
-        .job(ctx.id().clone())
-        .await
-        .is_ok_and(|j| j.state == JobState::Cancelled);
-    if !cancelled {
-        return;
-    }
-    if let (Ok(blobs), Ok((_, client))) = (
-        ctx.store.blobs(ctx.id().clone()).await,
-        target_of(ctx.spec(), net, Some(ctx.bandwidth().clone())),
-    ) {
-        let mut cursors = Vec::new();
-        for b in blobs {
-            if let Some(c) = b.cursor {
-                cursors.push(c);
-                let _ = ctx.store.clear_cursor(ctx.id().clone(), b.digest).await;
-            }
-        }
-        delete_sessions(&client, cursors).await;
-    }
-    spool::clear(ctx.spool_dir());
+/// One run of a push: what every step after planning works with.
+struct Run {
+    ctx: JobContext,
+    plan: Arc<PushPlan>,
+    target: ImageRef,
+    client: RegistryClient,
+    patience: Patience,
+    shared: Arc<Shared>,
 }
 
 async fn push(
@@ -244,49 +239,144 @@ async fn push(
     shared: Arc<Shared>,
     net: &NetSettings,
 ) -> Result<JobOutput, JobError> {
-    let plan = build_plan(ctx).await?;
-    // Before anything is recorded: a swapped source must not change the job's plan.
-    identity::check(ctx, &plan)?;
-    let records = record_plan(ctx, &plan).await?;
-    let plan = Arc::new(plan);
-    let (target, client) = target_of(ctx.spec(), net, Some(ctx.bandwidth().clone()))?;
-    let repository = target.repository.clone();
-    let patience = Patience {
-        ctx: ctx.clone(),
-        retry_delay_max: net.retry_delay_max,
-    };
-    patience
-        .call("check the repository", || {
-            client.check_repository(&repository)
+    let (run, records) = Run::start(ctx, shared, net).await?;
+    let census = Census::start(ctx, &run.plan);
+    let pushed = run.upload(&records, None).await?;
+    let pushed = run.verify(pushed).await?;
+    census.check(ctx, &run.plan).await?;
+    let compressed = compressed_layers(&run.plan, &pushed)?;
+    let digest = commit::commit(
+        &run.patience,
+        &run.client,
+        &run.target,
+        &run.plan,
+        &compressed,
+    )
+    .await?;
+    // The scheduler removes the job's spool once it is done: keep the compressed layers.
+    let names: Vec<String> = run
+        .plan
+        .layers_to_compress()
+        .filter_map(|(_, l)| match l.action {
+            LayerAction::Compress { codec, .. } => Some(spool::spool_name(&l.diff_id, codec)),
+            LayerAction::AsIs => None,
         })
-        .await?
-        .map_err(|e| JobError::failed(format!("cannot push to {}: {e}", ctx.spec().target)))?;
-    ctx.enter(JobState::Uploading).await?;
+        .collect();
+    spool::keep_in_cache(ctx, &names);
+    Ok(JobOutput {
+        manifest_digest: digest,
+    })
+}
 
-    // The ELF census reads every layer once more, on threads of its own at a lower priority,
-    // while uploads run: it takes the CPU the uploads leave, and must be done before the commit.
-    let census = (!ctx.spec().options.allow_arch_mismatch).then(|| {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || {
-            plan.layers
-                .iter()
-                .zip(crate::inspect::census_layers(&plan.layers, true))
-                .map(|(l, census)| {
-                    census.map_err(|e| {
-                        JobError::failed(format!(
-                            "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
-                            l.source.location.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-    });
+impl Run {
+    /// Plans (the source checked against its identity before anything is recorded: a swapped
+    /// source must not change the job's plan), records the plan, checks the repository and
+    /// enters `uploading`. Returns what earlier runs recorded for every blob.
+    async fn start(
+        ctx: &JobContext,
+        shared: Arc<Shared>,
+        net: &NetSettings,
+    ) -> Result<(Run, Vec<BlobRecord>), JobError> {
+        let plan = build_plan(ctx).await?;
+        identity::check(ctx, &plan)?;
+        let records = record_plan(ctx, &plan).await?;
+        let (target, client) = target_of(ctx.spec(), net, Some(ctx.bandwidth().clone()))?;
+        let patience = Patience {
+            ctx: ctx.clone(),
+            retry_delay_max: net.retry_delay_max,
+        };
+        let repository = target.repository.clone();
+        patience
+            .call("check the repository", || {
+                client.check_repository(&repository)
+            })
+            .await?
+            .map_err(|e| JobError::failed(format!("cannot push to {}: {e}", ctx.spec().target)))?;
+        ctx.enter(JobState::Uploading).await?;
+        let run = Run {
+            ctx: ctx.clone(),
+            plan: Arc::new(plan),
+            target,
+            client,
+            patience,
+            shared,
+        };
+        Ok((run, records))
+    }
 
+    /// `verifying`: HEAD every blob. Blobs the registry lost since an earlier run recorded
+    /// them are pending again and uploaded once more, then checked again.
+    async fn verify(
+        &self,
+        mut pushed: Vec<(Digest, CompressedLayer)>,
+    ) -> Result<Vec<(Digest, CompressedLayer)>, JobError> {
+        let (client, repository) = (&self.client, &self.target.repository);
+        let lost = commit::verify_blobs(&self.patience, client, repository, &pushed).await?;
+        if lost.is_empty() {
+            return Ok(pushed);
+        }
+        for (key, p) in &lost {
+            self.ctx.blob_lost(key, &p.digest).await?;
+        }
+        let keys: Vec<Digest> = lost.iter().map(|(k, _)| k.clone()).collect();
+        let records = self.ctx.records().await?;
+        let again = self.upload(&records, Some(&keys)).await?;
+        let lost = commit::verify_blobs(&self.patience, client, repository, &again).await?;
+        if let Some((_, p)) = lost.first() {
+            return Err(commit::missing(&self.ctx, p));
+        }
+        pushed.retain(|(k, _)| !keys.contains(k));
+        pushed.extend(again);
+        Ok(pushed)
+    }
+
+    /// Uploads the plan's blobs (`only` these keys, when given), compressing the layers that
+    /// need it alongside; returns every blob's key and what was pushed for it.
+    async fn upload(
+        &self,
+        records: &[BlobRecord],
+        only: Option<&[Digest]>,
+    ) -> Result<Vec<(Digest, CompressedLayer)>, JobError> {
+        let (mut jobs, spool_layers) = blob_jobs(&self.ctx, &self.plan, records).await?;
+        if let Some(keys) = only {
+            jobs.retain(|j| keys.contains(&j.key));
+        }
+        let spool_layers: Vec<SpoolLayer> = spool_layers
+            .into_iter()
+            .filter(|l| only.is_none_or(|keys| keys.contains(&l.layer.source.digest)))
+            .collect();
+        let skips: Vec<Arc<AtomicBool>> = spool_layers.iter().map(|l| l.skip.clone()).collect();
+        let compressor = {
+            let ctx = self.ctx.clone();
+            let rt = tokio::runtime::Handle::current();
+            let gate = self.shared.compressing.clone();
+            tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
+        };
+        let uploader = Arc::new(Uploader {
+            client: self.client.clone(),
+            repository: self.target.repository.clone(),
+            chunk_bytes: self.client.chunk_bytes(),
+            patience: self.patience.clone(),
+            shared: self.shared.clone(),
+        });
+        let result = upload_all(uploader, jobs, &skips).await;
+        // Wait for the compressor so nothing writes the spool after we return.
+        let _ = compressor.await;
+        result
+    }
+}
+
+/// The blobs to upload in plan order (config first, a layer listed twice once) and the
+/// layers to compress into the spool; a layer compressed by an earlier push is taken from
+/// the spool cache instead.
+async fn blob_jobs(
+    ctx: &JobContext,
+    plan: &PushPlan,
+    records: &[BlobRecord],
+) -> Result<(Vec<BlobJob>, Vec<SpoolLayer>), JobError> {
     let record_of =
         |d: &Digest| -> Option<BlobRecord> { records.iter().find(|r| &r.digest == d).cloned() };
     let mut spool_layers = Vec::new();
-    let mut spool_names = Vec::new();
     let mut jobs = vec![BlobJob {
         key: plan.config.digest.clone(),
         record: record_of(&plan.config.digest),
@@ -297,7 +387,6 @@ async fn push(
     }];
     for layer in &plan.layers {
         let key = layer.source.digest.clone();
-        // A layer listed twice is uploaded once.
         if jobs.iter().any(|j| j.key == key) {
             continue;
         }
@@ -307,46 +396,9 @@ async fn push(
                 digest: key.clone(),
             },
             LayerAction::Compress { codec, .. } => {
-                let name = spool::spool_name(&layer.diff_id, codec);
-                let (tx, rx) = watch::channel(Avail::default());
-                let skip = Arc::new(AtomicBool::new(false));
-                let path = ctx.spool_dir().join(&name);
-                let mut record = record_of(&key);
-                // Compressed by an earlier push: take its file instead of compressing again.
-                let fresh = record
-                    .as_ref()
-                    .is_none_or(|r| r.pushed.is_none() && r.chunks_done == 0);
-                if fresh && let Some(c) = spool::take_cached(ctx, &name, &path) {
-                    ctx.blob_compressed(&key, c.digest.clone(), c.size).await?;
-                    if let Some(r) = record.as_mut() {
-                        r.pushed = Some(crate::store::Pushed {
-                            digest: c.digest,
-                            size_bytes: c.size,
-                        });
-                    }
-                }
-                spool_names.push(name.clone());
-                let view = Arc::new(SpoolView::new(
-                    layer.source.location.clone(),
-                    codec,
-                    spool::SPOOL_CHUNK_BYTES as u64,
-                ));
-                spool_layers.push(SpoolLayer {
-                    layer: layer.clone(),
-                    codec,
-                    record,
-                    path,
-                    view: view.clone(),
-                    tx,
-                    skip: skip.clone(),
-                });
-                Bytesrc::Spool {
-                    view,
-                    avail: rx,
-                    known: spool::index_lookup(ctx, &name),
-                    index_name: name,
-                    skip,
-                }
+                let (src, spool) = spool_job(ctx, layer, codec, record_of(&key)).await?;
+                spool_layers.push(spool);
+                src
             }
         };
         jobs.push(BlobJob {
@@ -355,21 +407,67 @@ async fn push(
             src,
         });
     }
-    let skips: Vec<Arc<AtomicBool>> = spool_layers.iter().map(|l| l.skip.clone()).collect();
+    Ok((jobs, spool_layers))
+}
 
-    let compressor = {
-        let ctx = ctx.clone();
-        let rt = tokio::runtime::Handle::current();
-        let gate = shared.compressing.clone();
-        tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
+/// A layer to compress: where its upload reads and what its compressor writes.
+async fn spool_job(
+    ctx: &JobContext,
+    layer: &crate::plan::PlannedLayer,
+    codec: crate::plan::Codec,
+    mut record: Option<BlobRecord>,
+) -> Result<(Bytesrc, SpoolLayer), JobError> {
+    let key = &layer.source.digest;
+    let name = spool::spool_name(&layer.diff_id, codec);
+    let (tx, rx) = watch::channel(Avail::default());
+    let skip = Arc::new(AtomicBool::new(false));
+    let path = ctx.spool_dir().join(&name);
+    // Compressed by an earlier push: take its file instead of compressing again.
+    let fresh = record
+        .as_ref()
+        .is_none_or(|r| r.pushed.is_none() && r.chunks_done == 0);
+    if fresh && let Some(c) = spool::take_cached(ctx, &name, &path) {
+        ctx.blob_compressed(key, c.digest.clone(), c.size).await?;
+        if let Some(r) = record.as_mut() {
+            r.pushed = Some(crate::store::Pushed {
+                digest: c.digest,
+                size_bytes: c.size,
+            });
+        }
+    }
+    let view = Arc::new(SpoolView::new(
+        layer.source.location.clone(),
+        codec,
+        spool::SPOOL_CHUNK_BYTES as u64,
+    ));
+    let spool = SpoolLayer {
+        layer: layer.clone(),
+        codec,
+        record,
+        path,
+        view: view.clone(),
+        tx,
+        skip: skip.clone(),
     };
-    let uploader = Arc::new(Uploader {
-        client: client.clone(),
-        repository: repository.clone(),
-        chunk_bytes: client.chunk_bytes(),
-        patience: patience.clone(),
-        shared,
-    });
+    let src = Bytesrc::Spool {
+        view,
+        avail: rx,
+        known: spool::index_lookup(ctx, &name),
+        index_name: name,
+        skip,
+    };
+    Ok((src, spool))
+}
+
+/// Runs one upload task per blob; returns every blob's key and what was pushed for it.
+/// A failure ends the others where they are (their last acknowledged chunk is persisted)
+/// and the compressor at its next chunk; on a stop they end by themselves at their next chunk
+/// boundary. A failure wins over a stop; the first failure is the one reported.
+async fn upload_all(
+    uploader: Arc<Uploader>,
+    jobs: Vec<BlobJob>,
+    skips: &[Arc<AtomicBool>],
+) -> Result<Vec<(Digest, CompressedLayer)>, JobError> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, job) in jobs.into_iter().enumerate() {
         let up = uploader.clone();
@@ -392,48 +490,97 @@ async fn push(
         };
         match r {
             Ok(done) => results[i] = Some((key, done)),
-            // A failure wins over a stop; the first failure is the one reported.
             Err(e) => {
                 let failed = matches!(e, JobError::Failed { .. });
                 if first_error.is_none() || (failed && first_error == Some(JobError::Stopped)) {
                     first_error = Some(e);
                 }
                 if failed {
-                    // The other uploads end where they are (their last acknowledged chunk is
-                    // persisted); the compressor stops at its next chunk. On a stop they end
-                    // by themselves at their next chunk boundary, so a cancel's cleanup never
-                    // races with a part still in flight.
                     tasks.abort_all();
-                    for s in &skips {
+                    for s in skips {
                         s.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
         }
     }
-    // Wait for the compressor so nothing writes the spool after we return.
-    let _ = compressor.await;
-    if let Some(e) = first_error {
-        return Err(e);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(results.into_iter().flatten().collect()),
     }
-    let pushed: Vec<(Digest, CompressedLayer)> = results.into_iter().flatten().collect();
-    let compressed = compressed_layers(&plan, &pushed)?;
-    commit::verify_blobs(&patience, &client, &repository, &pushed).await?;
-    if let Some(census) = census {
-        let census = census.await.map_err(|e| {
+}
+
+/// The ELF census of the plan's layers, on threads of its own at a lower priority while the
+/// uploads run: it takes the CPU the uploads leave, and must be done before the commit. It
+/// gives up when the job stops or the push ends without it (dropped).
+struct Census {
+    task: Option<tokio::task::JoinHandle<Result<Vec<crate::elf::LayerCensus>, JobError>>>,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Census {
+    fn start(ctx: &JobContext, plan: &Arc<PushPlan>) -> Census {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let task = (!ctx.spec().options.allow_arch_mismatch).then(|| {
+            let (plan, ctx, gone) = (plan.clone(), ctx.clone(), abandoned.clone());
+            tokio::task::spawn_blocking(move || {
+                let stop = || ctx.is_stop_requested() || gone.load(Ordering::Relaxed);
+                let censuses = crate::inspect::census_layers(&plan.layers, true, &stop);
+                if stop() {
+                    return Err(JobError::Stopped);
+                }
+                plan.layers
+                    .iter()
+                    .zip(censuses)
+                    .map(|(l, census)| {
+                        census.map_err(|e| {
+                            JobError::failed(format!(
+                                "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
+                                l.source.location.name
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        });
+        Census { task, abandoned }
+    }
+
+    /// Waits for the census (saying so when it is what the job waits for), then checks the
+    /// binaries against the declared platform.
+    async fn check(mut self, ctx: &JobContext, plan: &PushPlan) -> Result<(), JobError> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        let waits = !task.is_finished();
+        if waits {
+            ctx.waiting(Some(CENSUS_WAIT_REASON.into())).await;
+        }
+        let census = tokio::select! {
+            r = task => r,
+            () = ctx.stop_requested() => return Err(JobError::Stopped),
+        };
+        if waits {
+            ctx.waiting(None).await;
+        }
+        let census = census.map_err(|e| {
             JobError::failed(format!(
                 "internal error: the ELF census ended abnormally ({e}): report this as a bug"
             ))
         })??;
-        commit::check_census(&plan, &census)?;
+        commit::check_census(plan, &census)
     }
-    let digest = commit::commit(&patience, &client, &target, &plan, &compressed).await?;
-    // The scheduler removes the job's spool once it is done: keep the compressed layers.
-    spool::keep_in_cache(ctx, &spool_names);
-    Ok(JobOutput {
-        manifest_digest: digest,
-    })
 }
+
+impl Drop for Census {
+    fn drop(&mut self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The job's reason while the uploads are done and the ELF census is not.
+pub const CENSUS_WAIT_REASON: &str =
+    "checking the layers' binaries against the platform (ELF census) before the commit";
 
 /// What the manifest needs: one entry per compressed layer, in layer order. `pushed` holds
 /// every uploaded blob by its plan digest.

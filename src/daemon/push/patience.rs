@@ -42,7 +42,38 @@ pub struct Patience {
 impl Patience {
     /// Runs `op` until it succeeds or fails permanently (the inner `Err`). The outer `Err` is
     /// a stop or the job's deadline.
-    pub async fn call<T, E, F, Fut>(&self, what: &str, mut op: F) -> Result<Result<T, E>, JobError>
+    pub async fn call<T, E, F, Fut>(&self, what: &str, op: F) -> Result<Result<T, E>, JobError>
+    where
+        E: Transient,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.attempts(what, op, true).await
+    }
+
+    /// [`Patience::call`], but a request in flight is not cut at the deadline (the stall
+    /// watchdog still ends a dead one): for the manifest PUT, which must not be dropped
+    /// half-way into a tag that is written while the job says it failed. The deadline still
+    /// ends the waits between attempts.
+    pub async fn call_to_end<T, E, F, Fut>(
+        &self,
+        what: &str,
+        op: F,
+    ) -> Result<Result<T, E>, JobError>
+    where
+        E: Transient,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.attempts(what, op, false).await
+    }
+
+    async fn attempts<T, E, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+        cut_at_deadline: bool,
+    ) -> Result<Result<T, E>, JobError>
     where
         E: Transient,
         F: FnMut() -> Fut,
@@ -50,7 +81,12 @@ impl Patience {
     {
         let mut attempts = 0;
         loop {
-            match self.before_deadline(what, op()).await? {
+            let result = if cut_at_deadline {
+                self.before_deadline(what, op()).await?
+            } else {
+                op().await
+            };
+            match result {
                 Ok(v) => return Ok(Ok(v)),
                 Err(e) if e.is_transient() => {
                     attempts += 1;

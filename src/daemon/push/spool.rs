@@ -39,10 +39,8 @@ use crate::store::BlobRecord;
 
 /// Compressor input chunk size: part of the output's identity, so fixed.
 pub const SPOOL_CHUNK_BYTES: usize = COMPRESS_CHUNK_BYTES_DEFAULT;
-/// Compression threads daemon-wide ([`ThreadTokens`]). Memory is about
-/// `4 * threads * SPOOL_CHUNK_BYTES`; two keep the daemon inside its memory budget next to
-/// four streaming uploads.
-pub const COMPRESS_THREADS_MAX: usize = 2;
+/// How often a compressor waiting for compression threads asks whether its job stopped.
+pub const TOKENS_STOP_POLL_MS: u64 = 50;
 /// Compressor chunks written between two syncs of the spool file; the progress is recorded
 /// and offered to the uploads at each sync. A crash costs at most this many chunks of
 /// recompression (8 MiB of input); a sync and a store commit for every 4 MiB chunk showed up
@@ -212,29 +210,43 @@ impl From<CompressError> for SinkError {
 }
 
 /// Compression threads, daemon-wide: a layer's compression takes its threads' tokens first, so
-/// the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by
-/// [`COMPRESS_THREADS_MAX`] whatever the number of jobs and layers.
+/// the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by the token
+/// count ([`daemon_compress_threads_default`] unless set) whatever the number of jobs and
+/// layers.
 pub struct ThreadTokens {
+    threads: usize,
     free: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
 }
 
 impl Default for ThreadTokens {
     fn default() -> Self {
-        ThreadTokens {
-            free: std::sync::Mutex::new(compress_threads()),
-            freed: std::sync::Condvar::new(),
-        }
+        ThreadTokens::new(daemon_compress_threads_default())
     }
 }
 
-/// What one [`ThreadTokens::take`] holds; gives the tokens back when dropped.
+/// What one [`ThreadTokens::take_until`] holds; gives the tokens back when dropped.
 pub struct Tokens<'a> {
     pool: &'a ThreadTokens,
     n: usize,
 }
 
 impl ThreadTokens {
+    /// `threads` compression threads for the whole daemon (at least one).
+    pub fn new(threads: usize) -> ThreadTokens {
+        let threads = threads.max(1);
+        ThreadTokens {
+            threads,
+            free: std::sync::Mutex::new(threads),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// How many tokens there are in all.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Takes `n` tokens if they are free now.
     pub fn try_take(&self, n: usize) -> Option<Tokens<'_>> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,15 +256,24 @@ impl ThreadTokens {
         })
     }
 
-    /// Blocks until `n` tokens are free and takes them.
-    pub fn take(&self, n: usize) -> Tokens<'_> {
+    /// Blocks until `n` tokens are free and takes them, or until `stop` says so (`None`):
+    /// another job's layer may hold the tokens for minutes, and a stop must not wait for it.
+    pub fn take_until(&self, n: usize, stop: &dyn Fn() -> bool) -> Option<Tokens<'_>> {
+        let poll = std::time::Duration::from_millis(TOKENS_STOP_POLL_MS);
         // A poisoned lock only means a compressor panicked: the count is still right.
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free < n {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+            if stop() {
+                return None;
+            }
+            free = self
+                .freed
+                .wait_timeout(free, poll)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         *free -= n;
-        Tokens { pool: self, n }
+        Some(Tokens { pool: self, n })
     }
 }
 
@@ -263,11 +284,10 @@ impl Drop for Tokens<'_> {
     }
 }
 
-/// Compression threads daemon-wide: one per core, at most [`COMPRESS_THREADS_MAX`].
-fn compress_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(COMPRESS_THREADS_MAX)
+/// Compression threads daemon-wide by default: one per core (the README's promise). Memory
+/// is about `4 * threads * SPOOL_CHUNK_BYTES`.
+pub fn daemon_compress_threads_default() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Compresses `layers` into the spool (blocking: run on a blocking thread). With several
@@ -286,7 +306,7 @@ pub fn run(
         .iter()
         .filter(|l| !l.skip.load(Ordering::Relaxed))
         .collect();
-    let threads = compress_threads();
+    let threads = tokens.threads();
     let lanes = todo.len().clamp(1, threads);
     let per_layer = threads / lanes;
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -300,22 +320,7 @@ pub fn run(
             if failed.load(Ordering::Relaxed) || l.skip.load(Ordering::Relaxed) {
                 continue;
             }
-            let result = if ctx.is_stop_requested() {
-                Err(JobError::Stopped)
-            } else {
-                let _turn = match tokens.try_take(per_layer) {
-                    Some(t) => t,
-                    None => {
-                        rt.block_on(ctx.waiting(Some(
-                            "waiting for another job's compression to finish (compression threads are shared daemon-wide)".into(),
-                        )));
-                        let t = tokens.take(per_layer);
-                        rt.block_on(ctx.waiting(None));
-                        t
-                    }
-                };
-                compress_layer(ctx, rt, l, per_layer)
-            };
+            let result = compress_in_turn(ctx, rt, tokens, l, per_layer);
             if let Err(e) = result {
                 failed.store(true, Ordering::Relaxed);
                 for rest in &todo[i..] {
@@ -337,6 +342,31 @@ pub fn run(
     });
 }
 
+/// Compresses one layer once its threads' tokens are free; a stop ends the wait.
+fn compress_in_turn(
+    ctx: &JobContext,
+    rt: &tokio::runtime::Handle,
+    tokens: &ThreadTokens,
+    l: &SpoolLayer,
+    threads: usize,
+) -> Result<(), JobError> {
+    if ctx.is_stop_requested() {
+        return Err(JobError::Stopped);
+    }
+    let _turn = match tokens.try_take(threads) {
+        Some(t) => t,
+        None => {
+            rt.block_on(ctx.waiting(Some(
+                "waiting for another job's compression to finish (compression threads are shared daemon-wide)".into(),
+            )));
+            let t = tokens.take_until(threads, &|| ctx.is_stop_requested());
+            rt.block_on(ctx.waiting(None));
+            t.ok_or(JobError::Stopped)?
+        }
+    };
+    compress_layer(ctx, rt, l, threads)
+}
+
 fn io_failed(path: &Path, e: io::Error) -> JobError {
     JobError::failed(format!(
         "cannot write the spool file {}: {e}: check the free space of the state directory, then `hoist retry` the job",
@@ -350,8 +380,6 @@ fn compress_layer(
     l: &SpoolLayer,
     threads: usize,
 ) -> Result<(), JobError> {
-    let digest = &l.layer.source.digest;
-    let name = &l.layer.source.location.name;
     let open = |path: &Path| {
         OpenOptions::new()
             .read(true)
@@ -362,12 +390,58 @@ fn compress_layer(
             .map_err(|e| io_failed(path, e))
     };
     let spool = Arc::new(open(&l.path)?);
-    let map_file = map_path(&l.path);
-    let mut map = open(&map_file)?;
-    // A rerun after the compression finished: the stream is there whole.
+    let mut map = open(&map_path(&l.path))?;
+    let Some((chunks, bytes)) = resume_point(l, &spool, &mut map)? else {
+        return Ok(());
+    };
+    let state = if chunks == 0 {
+        StreamState::new()
+    } else {
+        StreamState::resume(
+            chunks,
+            SPOOL_CHUNK_BYTES,
+            l.layer.source.location.reader(),
+            ViewReader::new(&l.view),
+        )
+        .map_err(|e| {
+            let name = &l.layer.source.location.name;
+            JobError::failed(format!("cannot resume compressing {name}: {e}"))
+        })?
+    };
+    let file: &std::fs::File = &spool;
+    let mut seek: &std::fs::File = file;
+    seek.seek(SeekFrom::End(0))
+        .map_err(|e| io_failed(&l.path, e))?;
+    l.tx.send_modify(|a| a.bytes = bytes);
+    let sink = Sink {
+        ctx,
+        rt,
+        l,
+        file,
+        map: &map,
+    };
+    let done = sink.write(threads, chunks, bytes, state)?;
+    if let Some(done) = done {
+        rt.block_on(ctx.blob_compressed(&l.layer.source.digest, done.digest.clone(), done.size))?;
+        index_store(ctx, &spool_name(&l.layer.diff_id, l.codec), &done);
+        l.tx.send_modify(|a| {
+            a.bytes = done.size;
+            a.done = Some(done.clone());
+        });
+    }
+    Ok(())
+}
+
+/// Where the layer's compression goes on: `(chunks, bytes)` done, or `None` when the stream
+/// is whole already (a rerun after the compression finished; the uploads are told).
+fn resume_point(
+    l: &SpoolLayer,
+    spool: &Arc<std::fs::File>,
+    map: &mut std::fs::File,
+) -> Result<Option<(u64, u64)>, JobError> {
     if let Some(p) = l.record.as_ref().and_then(|r| r.pushed.clone())
         && l.view
-            .load(spool.clone(), &mut map, None, Some(p.size_bytes))
+            .load(spool.clone(), map, None, Some(p.size_bytes))
             .map_err(|e| io_failed(&l.path, e))?
     {
         let done = CompressedLayer {
@@ -378,114 +452,119 @@ fn compress_layer(
             a.bytes = done.size;
             a.done = Some(done.clone());
         });
-        return Ok(());
+        return Ok(None);
     }
-    let (mut chunks, mut bytes) = l
+    let (chunks, bytes) = l
         .record
         .as_ref()
         .filter(|r| r.pushed.is_none())
         .map_or((0, 0), |r| (r.chunks_done, r.compressed_bytes));
     // Anything past the recorded chunks was written after the last durable one: cut off. Files
     // holding less than the record (removed by hand): the layer starts over.
-    if !l
+    let kept = l
         .view
-        .load(spool.clone(), &mut map, Some(chunks), Some(bytes))
-        .map_err(|e| io_failed(&l.path, e))?
-    {
-        (chunks, bytes) = (0, 0);
-    }
-    let state = if chunks == 0 {
-        StreamState::new()
-    } else {
-        StreamState::resume(
-            chunks,
-            SPOOL_CHUNK_BYTES,
-            l.layer.source.location.reader(),
-            ViewReader::new(&l.view),
-        )
-        .map_err(|e| JobError::failed(format!("cannot resume compressing {name}: {e}")))?
-    };
-    let mut file: &std::fs::File = &spool;
-    file.seek(SeekFrom::End(0))
+        .load(spool.clone(), map, Some(chunks), Some(bytes))
         .map_err(|e| io_failed(&l.path, e))?;
-    l.tx.send_modify(|a| a.bytes = bytes);
-    let input = l
-        .layer
-        .source
-        .location
-        .reader_at(chunks * SPOOL_CHUNK_BYTES as u64);
-    let config = CompressConfig {
-        codec: l.codec,
-        chunk_bytes: SPOOL_CHUNK_BYTES,
-        threads,
-    };
-    let mut written = bytes;
-    let mut spool_dirty = false;
-    let total_chunks = l
-        .layer
-        .source
-        .location
-        .len
-        .div_ceil(SPOOL_CHUNK_BYTES as u64);
-    let totals = compress_stream(input, &config, state, |out| {
+    Ok(Some(if kept { (chunks, bytes) } else { (0, 0) }))
+}
+
+/// Where one layer's compressed chunks go: the spool file, its map, the view and the job.
+struct Sink<'a> {
+    ctx: &'a JobContext,
+    rt: &'a tokio::runtime::Handle,
+    l: &'a SpoolLayer,
+    file: &'a std::fs::File,
+    map: &'a std::fs::File,
+}
+
+impl Sink<'_> {
+    /// Compresses the layer from chunk `chunks` (`bytes` of stream written before) into the
+    /// spool; returns what it produced, or `None` when the upload no longer needs it.
+    fn write(
+        &self,
+        threads: usize,
+        chunks: u64,
+        bytes: u64,
+        state: StreamState,
+    ) -> Result<Option<CompressedLayer>, JobError> {
+        let l = self.l;
+        let name = &l.layer.source.location.name;
+        let input = l
+            .layer
+            .source
+            .location
+            .reader_at(chunks * SPOOL_CHUNK_BYTES as u64);
+        let config = CompressConfig {
+            codec: l.codec,
+            chunk_bytes: SPOOL_CHUNK_BYTES,
+            threads,
+        };
+        let mut written = bytes;
+        let mut spool_dirty = false;
+        let totals = compress_stream(input, &config, state, |out| {
+            self.chunk(out, &mut written, &mut spool_dirty)
+        });
+        let totals = match totals {
+            Ok(t) => t,
+            Err(SinkError::Skipped) => return Ok(None),
+            Err(SinkError::Job(e)) => return Err(e),
+            Err(SinkError::Io(e)) => return Err(io_failed(&l.path, e)),
+            Err(SinkError::Compress(e)) => {
+                return Err(JobError::failed(format!("cannot compress {name}: {e}")));
+            }
+        };
+        if totals.diff_id != l.layer.diff_id {
+            return Err(JobError::failed(format!(
+                "layer {name} changed since the job was planned (its content hashes to {}, not {}): submit the push again",
+                totals.diff_id, l.layer.diff_id
+            )));
+        }
+        Ok(Some(CompressedLayer {
+            digest: totals.blob_digest.clone(),
+            size: totals.compressed_bytes,
+        }))
+    }
+
+    /// Takes one compressed chunk: appended, and every [`SPOOL_SYNC_CHUNKS`] synced, recorded
+    /// and offered to the upload.
+    fn chunk(
+        &self,
+        out: crate::compress::ChunkOut<'_>,
+        written: &mut u64,
+        spool_dirty: &mut bool,
+    ) -> Result<(), SinkError> {
+        let l = self.l;
         if l.skip.load(Ordering::Relaxed) {
             return Err(SinkError::Skipped);
         }
-        if ctx.is_stop_requested() {
+        if self.ctx.is_stop_requested() {
             return Err(SinkError::Job(JobError::Stopped));
         }
+        let total_chunks = l
+            .layer
+            .source
+            .location
+            .len
+            .div_ceil(SPOOL_CHUNK_BYTES as u64);
         // Stored chunks are only described in the map (see `spool_view`): no copy to write.
-        spool_dirty |= !out.stored;
+        *spool_dirty |= !out.stored;
         l.view
-            .append(out.index, out.stored, out.bytes, file, &map)
+            .append(out.index, out.stored, out.bytes, self.file, self.map)
             .map_err(SinkError::Io)?;
-        written += out.bytes.len() as u64;
-        if (out.index + 1) % SPOOL_SYNC_CHUNKS == 0 || out.index + 1 >= total_chunks {
+        *written += out.bytes.len() as u64;
+        if (out.index + 1).is_multiple_of(SPOOL_SYNC_CHUNKS) || out.index + 1 >= total_chunks {
             // Durable before it is recorded or sent: a rerun trusts the recorded chunks, and
             // the map says where their bytes are.
-            if std::mem::take(&mut spool_dirty) {
-                file.sync_data().map_err(SinkError::Io)?;
+            if std::mem::take(spool_dirty) {
+                self.file.sync_data().map_err(SinkError::Io)?;
             }
-            map.sync_data().map_err(SinkError::Io)?;
-            rt.block_on(ctx.compress_progress(digest, out.index + 1, written))
+            self.map.sync_data().map_err(SinkError::Io)?;
+            let digest = &l.layer.source.digest;
+            self.rt
+                .block_on(self.ctx.compress_progress(digest, out.index + 1, *written))
                 .map_err(SinkError::Job)?;
-            l.tx.send_modify(|a| a.bytes = written);
+            l.tx.send_modify(|a| a.bytes = *written);
         }
         Ok(())
-    });
-    let totals = match totals {
-        Ok(t) => t,
-        Err(SinkError::Skipped) => return Ok(()),
-        Err(SinkError::Job(e)) => return Err(e),
-        Err(SinkError::Io(e)) => return Err(io_failed(&l.path, e)),
-        Err(SinkError::Compress(e)) => {
-            return Err(JobError::failed(format!("cannot compress {name}: {e}")));
-        }
-    };
-    if totals.diff_id != l.layer.diff_id {
-        return Err(JobError::failed(format!(
-            "layer {name} changed since the job was planned (its content hashes to {}, not {}): submit the push again",
-            totals.diff_id, l.layer.diff_id
-        )));
-    }
-    let done = CompressedLayer {
-        digest: totals.blob_digest.clone(),
-        size: totals.compressed_bytes,
-    };
-    rt.block_on(ctx.blob_compressed(digest, done.digest.clone(), done.size))?;
-    index_store(ctx, &spool_name(&l.layer.diff_id, l.codec), &done);
-    l.tx.send_modify(|a| {
-        a.bytes = done.size;
-        a.done = Some(done.clone());
-    });
-    Ok(())
-}
-
-/// Removes every file of the job's spool (cancel): the directory stays for the scheduler.
-pub fn clear(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
     }
 }

@@ -22,7 +22,7 @@ use super::patience::Patience;
 use super::spool::Avail;
 use crate::api::BlobState;
 use crate::chunk_size::ChunkSizer;
-use crate::daemon::job::{JobContext, JobError};
+use crate::daemon::job::{JobContext, JobError, StopReason};
 use crate::digest::Digest;
 use crate::plan::CompressedLayer;
 use crate::registry::{
@@ -66,6 +66,15 @@ pub struct BlobJob {
     pub key: Digest,
     pub record: Option<BlobRecord>,
     pub src: Bytesrc,
+}
+
+/// Where one blob's upload stands between two steps.
+struct SendState {
+    cursor: UploadCursor,
+    /// Failed steps since the last acknowledged chunk.
+    attempts: u32,
+    digest_restarts: u32,
+    sizer: ChunkSizer,
 }
 
 pub struct Uploader {
@@ -224,11 +233,12 @@ impl Uploader {
                 sent,
             )
             .await;
-        if saved.is_err() && self.ctx().is_deleted().await {
-            // The job was deleted while this chunk was in flight. The scheduler discarded the
-            // sessions it found in the store, but this one's stored location was already stale
-            // (the distribution registry refuses a DELETE whose state token names an older
-            // offset): this step holds the only current cursor, so it deletes the session.
+        if self.ctx().stop_reason() == Some(StopReason::Delete) {
+            // The job is being deleted while this chunk was in flight. The scheduler discards
+            // the sessions it found in the store once this run has ended, but it may have read
+            // this one's location before this save (the distribution registry refuses a
+            // DELETE whose state token names an older offset): the delete was asked before
+            // that read, so this step holds the current cursor, and deletes the session.
             if let Err(e) = self.client.cancel_upload(c).await {
                 tracing::warn!(error = %e, "cannot delete the upload session of a deleted job");
             }
@@ -269,87 +279,117 @@ impl Uploader {
 
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
     async fn send(&self, blob: &BlobJob) -> Result<CompressedLayer, JobError> {
-        let ctx = self.ctx();
-        let mut cursor = self.first_cursor(blob).await?;
-        let mut attempts = 0u32;
-        let mut digest_restarts = 0u32;
-        // Smaller parts after failures (a cut costs less), back to the configured size on a
-        // steady link.
-        let mut sizer = ChunkSizer::new(
-            self.client.chunk_bytes_min().max(ADAPTIVE_CHUNK_BYTES_MIN),
-            self.chunk_bytes,
-        );
+        let mut state = SendState {
+            cursor: self.first_cursor(blob).await?,
+            attempts: 0,
+            digest_restarts: 0,
+            // Smaller parts after failures (a cut costs less), back to the configured size on
+            // a steady link.
+            sizer: ChunkSizer::new(
+                self.client.chunk_bytes_min().max(ADAPTIVE_CHUNK_BYTES_MIN),
+                self.chunk_bytes,
+            ),
+        };
         loop {
-            let (range, done) = self.next_range(blob, &cursor, sizer.current()).await?;
-            if range.len == 0 {
-                let Some(done) = done else {
-                    continue;
-                };
-                match self.finish(&cursor, &done).await {
-                    Ok(()) => return Ok(done),
-                    Err(e) => {
-                        // The PUT may have landed and only its answer was lost.
-                        if let Ok(true) = self
-                            .client
-                            .blob_present(&self.repository, &done.digest, done.size)
-                            .await
-                        {
-                            return Ok(done);
-                        }
-                        if e.is_digest_refused() && digest_restarts < DIGEST_RESTARTS_MAX {
-                            digest_restarts += 1;
-                            tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
-                            cursor = self.new_session(&blob.key).await?;
-                            continue;
-                        }
-                        cursor = self
-                            .recover(&blob.key, &cursor, e, &mut attempts, "finish upload")
-                            .await?;
-                        continue;
-                    }
-                }
-            }
-            if ctx.is_stop_requested() {
-                return Err(JobError::Stopped);
-            }
-            let slot = ctx.upload_slot().await?;
-            let result = self
-                .patience
-                .before_deadline(
-                    &format!("PATCH chunk at {}", cursor.offset),
-                    self.client.upload_chunk_from(&cursor, range.clone()),
-                )
+            let (range, done) = self
+                .next_range(blob, &state.cursor, state.sizer.current())
                 .await?;
-            drop(slot);
-            match result {
-                Ok(next) => {
-                    let sent = next.offset.saturating_sub(cursor.offset);
-                    cursor = next;
-                    // Persisted before the next chunk is sent.
-                    self.save(&blob.key, &cursor, sent).await?;
-                    if sent > 0 {
-                        attempts = 0;
-                        sizer.on_success();
-                    }
-                }
-                Err(e) => {
-                    if e.is_retryable() {
-                        sizer.on_failure();
-                    }
-                    let what = format!("PATCH chunk at {}", cursor.offset);
-                    cursor = self
-                        .recover(&blob.key, &cursor, e, &mut attempts, &what)
-                        .await?;
-                }
+            if range.len > 0 {
+                self.send_chunk(blob, &mut state, range).await?;
+            } else if let Some(done) = done
+                && self.finish_or_recover(blob, &mut state, &done).await?
+            {
+                return Ok(done);
             }
         }
     }
 
+    /// Sends one chunk with an upload slot and persists the cursor the registry answers
+    /// (before the next chunk); a failure is recovered from (new session, or wait and resume).
+    async fn send_chunk(
+        &self,
+        blob: &BlobJob,
+        state: &mut SendState,
+        range: FileRange,
+    ) -> Result<(), JobError> {
+        let ctx = self.ctx();
+        if ctx.is_stop_requested() {
+            return Err(JobError::Stopped);
+        }
+        let what = format!("PATCH chunk at {}", state.cursor.offset);
+        let slot = ctx.upload_slot().await?;
+        let result = self
+            .patience
+            .before_deadline(&what, self.client.upload_chunk_from(&state.cursor, range))
+            .await?;
+        drop(slot);
+        match result {
+            Ok(next) => {
+                let sent = next.offset.saturating_sub(state.cursor.offset);
+                state.cursor = next;
+                // Persisted before the next chunk is sent.
+                self.save(&blob.key, &state.cursor, sent).await?;
+                if sent > 0 {
+                    state.attempts = 0;
+                    state.sizer.on_success();
+                }
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    state.sizer.on_failure();
+                }
+                state.cursor = self
+                    .recover(&blob.key, &state.cursor, e, &mut state.attempts, &what)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The final PUT; `true` once the blob is complete in the registry. A failed PUT may have
+    /// landed (its answer lost): the registry is asked first. A refused digest sends the blob
+    /// again from byte 0 (once); other failures are recovered from like a chunk's.
+    async fn finish_or_recover(
+        &self,
+        blob: &BlobJob,
+        state: &mut SendState,
+        done: &CompressedLayer,
+    ) -> Result<bool, JobError> {
+        let Err(e) = self.finish(&state.cursor, done).await? else {
+            return Ok(true);
+        };
+        if let Ok(true) = self
+            .client
+            .blob_present(&self.repository, &done.digest, done.size)
+            .await
+        {
+            return Ok(true);
+        }
+        if e.is_digest_refused() && state.digest_restarts < DIGEST_RESTARTS_MAX {
+            state.digest_restarts += 1;
+            tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
+            state.cursor = self.new_session(&blob.key).await?;
+            return Ok(false);
+        }
+        state.cursor = self
+            .recover(
+                &blob.key,
+                &state.cursor,
+                e,
+                &mut state.attempts,
+                "finish upload",
+            )
+            .await?;
+        Ok(false)
+    }
+
+    /// The final PUT (`?digest=`, empty body), with an upload slot like every other request
+    /// of the upload; not sent after a stop (the outer `Err`).
     async fn finish(
         &self,
         cursor: &UploadCursor,
         done: &CompressedLayer,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Result<(), RegistryError>, JobError> {
         if cursor.offset != done.size {
             // Our count and the blob disagree: let the registry's digest check decide, but say so.
             tracing::warn!(
@@ -358,13 +398,11 @@ impl Uploader {
                 "finishing an upload whose offset is not the blob size"
             );
         }
-        let slot = self.ctx().upload_slot().await;
-        let r = self
+        let _slot = self.ctx().upload_slot().await?;
+        Ok(self
             .client
             .finish_upload(cursor, &done.digest, Bytes::new())
-            .await;
-        drop(slot);
-        r
+            .await)
     }
 
     /// After a failed step: a new session when the old one is gone, else wait and ask the
