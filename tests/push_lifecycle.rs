@@ -17,7 +17,7 @@ use hoist::api::{self, BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist::digest::Digest;
-use hoist::sample::{LayerContent, LayerSpec, SampleCompression};
+use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
 use common::TestRegistry;
 use common::ecr_proxy::EcrProxy;
