@@ -55,7 +55,10 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "plan", "source", "elf", "compress", "image", "digest", "platform", "text",
         ]),
     ),
-    ("api", Only(&["digest", "platform", "chunk_size", "text", "units"])),
+    (
+        "api",
+        Only(&["digest", "platform", "chunk_size", "text", "units"]),
+    ),
     ("store", Only(&["api", "digest", "platform", "text"])),
     ("daemon", AllBut(&["cli"])),
     (
