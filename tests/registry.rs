@@ -202,6 +202,23 @@ async fn lost_session_restarts() {
     images::upload(&c, "app/four", &blob, 0).await.unwrap();
 }
 
+/// A default-sized part (and larger) sent to a session Debian's registry cancelled: the
+/// registry answers 404 before reading the body, and the client sees that answer
+/// (`is_upload_gone`), not a broken connection, so the upload loop starts the blob again
+/// instead of resuming the dead session for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_part_to_a_cancelled_session_is_upload_gone() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), 32 * MIB);
+    let blob = Blob::new(images::random_bytes(6, 33 * MIB));
+    let cur = c.start_upload("app/large").await.unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
+    c.cancel_upload(&cur).await.unwrap();
+    for _ in 0..3 {
+        gone_at(&c, "app/large", &cur, blob.bytes.slice(MIB..33 * MIB)).await;
+    }
+}
+
 /// HEAD skips present blobs (size and digest checked); mount works across repositories, and a
 /// mount of a blob the source lacks opens a usable session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
