@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! HEAD (known digest) -> present: existed | mount from a repository that has it
-//! stored cursor? resume -> Continue(c) | Restart ; else start_upload ; save_cursor(c, 0)
+//! stored cursor? resume -> c (a 404 status proves nothing: the next PATCH on c tells) ;
+//!   else start_upload ; save_cursor(c, 0)
 //! loop: bytes [c.offset, c.offset + chunk) available? (spool: wait for the compressor)
 //!       slot ; PATCH streamed from the file ; save_cursor(next, sent)   <- before the next PATCH
 //! PUT ?digest= (empty body) ; failed? blob_present first (the PUT may have landed)
 //! ```
 //! Transient errors wait with backoff (reported with `ctx.retrying`, saying when the next try
-//! is) then ask the registry where the session is (`resume`); a lost session starts that blob
-//! only over; anything else fails the job with the registry's message.
+//! is) then ask the registry where the session is (`resume`); a session lost (a PATCH or PUT
+//! answered `is_upload_gone`) starts that blob only over; anything else fails the job with the
+//! registry's message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +27,7 @@ use crate::chunk_size::ChunkSizer;
 use crate::daemon::job::{JobContext, JobError, StopReason};
 use crate::digest::Digest;
 use crate::plan::CompressedLayer;
-use crate::registry::{
-    FileRange, MountOutcome, RegistryClient, RegistryError, ResumePoint, UploadCursor,
-};
+use crate::registry::{FileRange, MountOutcome, RegistryClient, RegistryError, UploadCursor};
 use crate::source::BlobLocation;
 use crate::store::{BlobRecord, CursorRecord};
 
@@ -266,15 +266,13 @@ impl Uploader {
             session_url: stored.session_url,
             offset: stored.offset_bytes,
         };
-        let point = self
+        // An unconfirmed point is tried as it is: the next PATCH says if the session is gone.
+        Ok(self
             .with_retries("ask the registry where the upload is", || {
                 self.client.resume(&self.repository, &cursor)
             })
-            .await?;
-        match point {
-            ResumePoint::Continue(c) => Ok(c),
-            ResumePoint::Restart => self.new_session(&blob.key).await,
-        }
+            .await?
+            .cursor())
     }
 
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
@@ -428,15 +426,12 @@ impl Uploader {
         }
         *attempts += 1;
         self.patience.wait_before_retry(what, &e, *attempts).await?;
-        let point = self
+        Ok(self
             .with_retries("ask the registry where the upload is", || {
                 self.client.resume(&self.repository, cursor)
             })
-            .await?;
-        match point {
-            ResumePoint::Continue(c) => Ok(c),
-            ResumePoint::Restart => self.new_session(key).await,
-        }
+            .await?
+            .cursor())
     }
 
     /// The next chunk to send from `cursor.offset` (empty at the end, with the final digest).
