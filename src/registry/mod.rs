@@ -71,6 +71,7 @@ mod blobs;
 mod credentials;
 mod error;
 mod manifests;
+mod profile;
 mod reference;
 mod retry;
 mod transport;
@@ -96,6 +97,7 @@ pub use error::{
     redact_url_str,
 };
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
+pub use profile::{ECR_PUBLIC_HOST, is_ecr_public_host, limits_for_host};
 pub use reference::{ImageRef, Reference, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
 pub use transport::{FILE_PIECE_BYTES, FileRange, ReadAt};
