@@ -22,6 +22,7 @@ use daemon_support::TestDaemon;
 use push_support::*;
 
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// An image of `n` gzip layers of one small file each (pushed as they are).
 fn layers_spec(seed: u64, n: usize) -> SampleSpec {
@@ -42,10 +43,16 @@ fn write_blob(dir: &Path, doc: &Value) -> (Digest, u64) {
     (digest, bytes.len() as u64)
 }
 
-/// Appends a gzip layer to the image of the OCI layout `dir` (index -> manifest): its
-/// descriptor says `digest` and `size`, `write` puts its bytes in place; the config gets a
+/// Appends a layer of `media_type` to the image of the OCI layout `dir` (index -> manifest):
+/// its descriptor says `digest` and `size`, `write` puts its bytes in place; the config gets a
 /// diff_id for it.
-fn append_layer(dir: &Path, digest: &Digest, size: u64, write: impl FnOnce(&Path)) {
+fn append_layer(
+    dir: &Path,
+    media_type: &str,
+    digest: &Digest,
+    size: u64,
+    write: impl FnOnce(&Path),
+) {
     write(&dir.join("blobs/sha256").join(digest.hex()));
     let blob = |d: &str| {
         dir.join("blobs/sha256")
@@ -65,12 +72,20 @@ fn append_layer(dir: &Path, digest: &Digest, size: u64, write: impl FnOnce(&Path
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({
-            "mediaType": GZIP_LAYER, "digest": digest.to_string(), "size": size,
+            "mediaType": media_type, "digest": digest.to_string(), "size": size,
         }));
     let (manifest_digest, manifest_size) = write_blob(dir, &manifest);
     index["manifests"][0]["digest"] = Value::String(manifest_digest.to_string());
     index["manifests"][0]["size"] = manifest_size.into();
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// A sparse file of `size` bytes that starts with `head`: the size is real to the source, but
+/// it takes no disk.
+fn sparse(path: &Path, head: &[u8], size: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    std::io::Write::write_all(&mut &f, head).unwrap();
+    f.set_len(size).unwrap();
 }
 
 /// No layer blob reached the registry (only what a manifest PUT would leave is absent too).
@@ -126,10 +141,8 @@ async fn a_layer_over_52000_mib_is_refused_before_any_upload() {
     // A sparse file: the declared size is real to the source, but takes no disk.
     let size = ECR_LIMITS.layer_bytes_max + 1;
     let digest = Digest::sha256_of(b"a layer too large to hash in a test");
-    append_layer(&layout, &digest, size, |path| {
-        let f = std::fs::File::create(path).unwrap();
-        std::io::Write::write_all(&mut &f, &[0x1f, 0x8b, 8, 0]).unwrap();
-        f.set_len(size).unwrap();
+    append_layer(&layout, GZIP_LAYER, &digest, size, |path| {
+        sparse(path, &[0x1f, 0x8b, 8, 0], size)
     });
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
@@ -155,7 +168,7 @@ async fn a_layer_over_52000_mib_is_refused_before_any_upload() {
 /// jobs skip it).
 fn image_with_an_empty_layer(dir: &Path) -> String {
     write_oci(dir, &layers_spec(4, 1));
-    append_layer(dir, &Digest::sha256_of(b""), 0, |path| {
+    append_layer(dir, GZIP_LAYER, &Digest::sha256_of(b""), 0, |path| {
         std::fs::write(path, b"").unwrap();
     });
     format!("oci:{}", dir.display())
@@ -216,4 +229,40 @@ async fn a_zero_length_blob_is_pushed_where_the_registry_takes_it_and_refused_cl
     let req = push(format!("{}/empty/img:2", proxy.host()));
     let id = client.submit(&req).await.unwrap().id;
     wait_done(&client, &id).await;
+}
+
+#[test]
+fn inspect_shows_the_limits_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = hoist::inspect::InspectOptions {
+        plan: hoist::plan::PlanOptions::default(),
+        elf_census: false,
+    };
+    let inspect = |layout: &Path| {
+        let source = format!("oci:{}", layout.display()).parse().unwrap();
+        hoist::inspect::inspect(&source, &opts)
+    };
+    // An uncompressed layer at the limit may end over it once compressed: a warning.
+    let layout = dir.path().join("tar");
+    write_oci(&layout, &layers_spec(5, 1));
+    let size = ECR_LIMITS.layer_bytes_max;
+    let digest = Digest::sha256_of(b"an uncompressed layer at the limit");
+    append_layer(&layout, TAR_LAYER, &digest, size, |path| {
+        sparse(path, b"", size)
+    });
+    let report = inspect(&layout).unwrap();
+    let warnings = report.plan.warnings.join("\n");
+    assert!(
+        warnings.contains("before compression, near or over ECR's limit"),
+        "{warnings}"
+    );
+    // A compressed layer over it: the same refusal as a push.
+    let layout = dir.path().join("gz");
+    write_oci(&layout, &layers_spec(6, 1));
+    let size = ECR_LIMITS.layer_bytes_max + 1;
+    append_layer(&layout, GZIP_LAYER, &digest, size, |path| {
+        sparse(path, &[0x1f, 0x8b, 8, 0], size)
+    });
+    let e = inspect(&layout).unwrap_err().to_string();
+    assert!(e.contains("over ECR's limit of 52000 MiB per layer"), "{e}");
 }
