@@ -74,6 +74,7 @@ mod blobs;
 mod credentials;
 mod error;
 mod manifests;
+mod profile;
 mod reference;
 mod retry;
 mod transport;
@@ -99,6 +100,7 @@ pub use error::{
     redact_url_str,
 };
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
+pub use profile::limits_for_host;
 pub use reference::{EcrKind, ImageRef, Reference, ecr_kind, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
 pub use transport::{FILE_PIECE_BYTES, FileRange, ReadAt};
