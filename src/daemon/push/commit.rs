@@ -103,7 +103,7 @@ async fn write_tag(
     let reference = target.reference.to_string();
     // Retried on transient errors: the PUT of the same bytes to the same tag is idempotent.
     let put = patience
-        .call(&format!("PUT the manifest as {reference}"), || {
+        .call(&format!("PUT the manifest to {target}"), || {
             client.put_manifest(
                 &target.repository,
                 &reference,
@@ -139,7 +139,7 @@ async fn write_tag(
         )));
     }
     patience
-        .call(&format!("read {reference} back"), || {
+        .call(&format!("read {target} back"), || {
             verify_tag(client, target, Some(&digest), &ctx.spec().platform)
         })
         .await?

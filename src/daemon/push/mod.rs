@@ -7,8 +7,9 @@
 //!        layers to compress: a blocking compressor writes the spool; the upload of a layer
 //!        follows it chunk by chunk (pipelined: the digest is only needed at the final PUT)
 //!      alongside: the ELF census of every layer (blocking thread, off the critical path)
-//!   -> verifying: HEAD every blob -> census check -> committing: PUT the manifest bytes
-//!   -> verified: read the tag back as a node does -> the manifest digest
+//!   -> verifying: HEAD every blob -> census check -> committing: for the target and each
+//!      extra tag, PUT the manifest bytes and read the tag back as a node does
+//!   -> verified -> the manifest digest
 //! ```
 //!
 //! # Files
