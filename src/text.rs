@@ -1,5 +1,7 @@
 //! Text from outside hoist (a registry's error body, another library's error message) made fit
 //! for a one-line error on a terminal. Neither source is trusted to send printable text.
+//! Also the grammar of a tag, which both the API (tags given at submission) and the registry
+//! client (references it parses) check.
 
 /// Details from other libraries (serde_json, tar) are cut to this many characters.
 pub const DETAIL_CHARS_MAX: usize = 120;
@@ -25,6 +27,19 @@ pub fn detail(s: &str) -> String {
     one_line(s, DETAIL_CHARS_MAX)
 }
 
+/// Longest tag the OCI Distribution grammar allows.
+pub const TAG_CHARS_MAX: usize = 128;
+
+/// An OCI tag: `[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}`.
+pub fn is_tag(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= TAG_CHARS_MAX
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +51,16 @@ mod tests {
         assert_eq!(cut.chars().count(), 10);
         assert!(cut.ends_with('…'));
         assert_eq!(one_line("short", 10), "short");
+    }
+
+    #[test]
+    fn tags_follow_the_oci_grammar() {
+        for ok in ["1", "latest", "_x", "v1.2-rc_3", &"a".repeat(TAG_CHARS_MAX)] {
+            assert!(is_tag(ok), "{ok}");
+        }
+        let long = "a".repeat(TAG_CHARS_MAX + 1);
+        for bad in ["", ".x", "-x", "a/b", "a:b", "a b", "é", long.as_str()] {
+            assert!(!is_tag(bad), "{bad}");
+        }
     }
 }

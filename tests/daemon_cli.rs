@@ -2,28 +2,13 @@
 //! Ctrl-C detaching, autostart, and the errors people see.
 mod daemon_support;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use hoist::api::{self, JobState};
 use hoist::cli::client::Client;
-
-fn hoist(socket: &Path, args: &[&str]) -> Output {
-    Command::new(hoist_bin())
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hoist")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn last_line(b: &[u8]) -> String {
     text(b).lines().last().unwrap_or_default().to_string()

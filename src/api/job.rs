@@ -66,6 +66,11 @@ pub struct JobSpec {
     pub platform: Platform,
     pub compression: Compression,
     pub chunk_size_bytes: u64,
+    /// More tags of the target's repository, each a valid tag, without duplicates: the blobs
+    /// are uploaded once, and every tag is written and read back only after every blob is
+    /// verified. Absent in specs stored before the field existed: they load as empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_tags: Vec<String>,
     pub options: JobOptions,
 }
 

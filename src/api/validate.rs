@@ -4,6 +4,7 @@
 use super::bodies::{JobBandwidth, SubmitRequest};
 use super::job::JobSpec;
 use crate::platform::Platform;
+use crate::text::{TAG_CHARS_MAX, detail, is_tag};
 
 /// Smallest accepted chunk: ECR refuses upload parts below 5 MiB (except the last one).
 pub const CHUNK_BYTES_MIN: u64 = crate::chunk_size::ECR_CHUNK_BYTES_MIN;
@@ -13,6 +14,9 @@ pub const CHUNK_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const CHUNK_BYTES_DEFAULT: u64 = crate::chunk_size::CHUNK_BYTES_DEFAULT;
 /// Longest accepted source or target string; anything longer is a mistake, not an image name.
 pub const REFERENCE_LEN_MAX: usize = 4096;
+/// Most extra tags one job writes: each costs a manifest PUT and a read-back, and a list this
+/// long is a mistake rather than a release's names.
+pub const EXTRA_TAGS_MAX: usize = 100;
 
 impl SubmitRequest {
     /// Checks the request and fills in defaults. The error is the message for the client.
@@ -48,6 +52,7 @@ impl SubmitRequest {
             ));
         }
         Ok(JobSpec {
+            extra_tags: extra_tags(self.extra_tags)?,
             source: self.source,
             target: self.target,
             platform,
@@ -56,6 +61,29 @@ impl SubmitRequest {
             options: self.options,
         })
     }
+}
+
+/// The extra tags, each checked, in the order given, each once.
+fn extra_tags(tags: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if !is_tag(&tag) {
+            return Err(format!(
+                "tag {:?} is not a valid tag: use 1 to {TAG_CHARS_MAX} letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                detail(&tag)
+            ));
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    if out.len() > EXTRA_TAGS_MAX {
+        return Err(format!(
+            "{} extra tags is more than {EXTRA_TAGS_MAX}: push fewer tags at once",
+            out.len()
+        ));
+    }
+    Ok(out)
 }
 
 impl JobBandwidth {
@@ -115,6 +143,33 @@ mod tests {
                 br#"{"source":"a","target":"b","password":"x"}"#
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn extra_tags_are_checked_and_duplicates_collapse() {
+        let req = |tags: &[&str]| SubmitRequest {
+            extra_tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..decode("submit request", br#"{"source":"a.tar","target":"r/x:1"}"#).unwrap()
+        };
+        let spec = req(&["2", "3", "2", "latest"]).validate().unwrap();
+        assert_eq!(spec.extra_tags, ["2", "3", "latest"]);
+        for bad in ["", "-x", "a/b", "a:b", "x\n"] {
+            let err = req(&["ok", bad]).validate().unwrap_err();
+            assert!(err.contains("not a valid tag"), "{bad}: {err}");
+        }
+        let many: Vec<String> = (0..=EXTRA_TAGS_MAX).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(req(&many).validate().unwrap_err().contains("fewer tags"));
+        // Absent in the request and in a stored spec: no extra tags.
+        assert!(req(&[]).validate().unwrap().extra_tags.is_empty());
+        let stored = br#"{"source":"a","target":"r/x:1","platform":{"os":"linux","architecture":"amd64"},"compression":"gzip","chunk_size_bytes":5242880,"options":{"insecure":false}}"#;
+        let spec: JobSpec = decode("job spec", stored).unwrap();
+        assert!(spec.extra_tags.is_empty());
+        assert!(
+            !String::from_utf8(crate::api::encode(&spec))
+                .unwrap()
+                .contains("extra_tags")
         );
     }
 

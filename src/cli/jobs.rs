@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use super::client::Client;
 use super::follow::{self, Mode, Outcome};
 use crate::api::{self, JobId, JobState};
+use crate::digest::Digest;
 
 /// `hoist ls`: one line per job, or the job list as JSON.
 pub async fn ls(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
@@ -34,10 +35,23 @@ pub async fn ls(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{:<17}  {:<10}  {:>6}  {:<40}  {note}",
-            job.id, job.state, pct, job.spec.target
+            job.id,
+            job.state,
+            pct,
+            target_text(&job.spec)
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The target as `ls` shows it: the reference, then each extra tag (`REPO:1 +2 +latest`).
+fn target_text(spec: &api::JobSpec) -> String {
+    let mut out = spec.target.clone();
+    for tag in &spec.extra_tags {
+        out.push_str(" +");
+        out.push_str(tag);
+    }
+    out
 }
 
 /// `hoist watch JOB`: follows the job; exit 0 iff it ends done.
@@ -56,17 +70,8 @@ pub async fn finish(
 ) -> anyhow::Result<ExitCode> {
     match outcome {
         Outcome::Done(digest) => {
-            let digest = match digest {
-                Some(d) => Some(d),
-                None => client.job(id).await?.manifest_digest,
-            };
             if mode != Mode::Json {
-                match digest {
-                    Some(d) => println!("{d}"),
-                    None => anyhow::bail!(
-                        "job {id} is done but hoistd reports no manifest digest: check with `hoist ls`"
-                    ),
-                }
+                println!("{}", done_digest(client, id, digest).await?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -95,6 +100,23 @@ pub async fn finish(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The manifest digest of a job that ended done: the one its last event reported (`known`),
+/// else the job's.
+pub async fn done_digest(
+    client: &Client,
+    id: &JobId,
+    known: Option<Digest>,
+) -> anyhow::Result<Digest> {
+    if let Some(d) = known {
+        return Ok(d);
+    }
+    client.job(id).await?.manifest_digest.ok_or_else(|| {
+        anyhow::anyhow!(
+            "job {id} is done but hoistd reports no manifest digest: check with `hoist ls`"
+        )
+    })
 }
 
 /// `hoist pause|resume|cancel|retry JOB`: prints the job's new state.

@@ -150,6 +150,14 @@ pub struct PushArgs {
     /// This job's upload limit (e.g. 5MiB/s, 20Mbit/s), under the daemon's (`hoist limit`).
     #[arg(long, value_parser = parse_job_rate)]
     pub bandwidth: Option<u64>,
+    /// Also tag the image as TAG in the target's repository (repeatable): the blobs are
+    /// uploaded once, and every tag is written after all of them are verified.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Write the manifest digest (`sha256:...`, no newline, as skopeo does) to FILE when the
+    /// push is done; hoist must follow the job to its end, so not with --detach.
+    #[arg(long, value_name = "FILE")]
+    pub digestfile: Option<PathBuf>,
     /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
@@ -228,6 +236,24 @@ mod tests {
         assert_eq!(args.bandwidth, Some(5 << 20));
         assert_eq!(args.deadline, Some(std::time::Duration::from_secs(7200)));
         assert!(Cli::try_parse_from(["hoist", "push", "--bandwidth", "off", "a", "b"]).is_err());
+        let cli = Cli::try_parse_from([
+            "hoist",
+            "push",
+            "--tag",
+            "2",
+            "--digestfile",
+            "d",
+            "--tag",
+            "3",
+            "a.tar",
+            "r/x:1",
+        ])
+        .unwrap();
+        let Command::Push(args) = cli.command else {
+            panic!("not a push")
+        };
+        assert_eq!(args.tags, ["2", "3"]);
+        assert_eq!(args.digestfile, Some(PathBuf::from("d")));
         let cli = Cli::try_parse_from(["hoist", "limit", "10MiB/s"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -1,18 +1,23 @@
-//! `hoist push SOURCE TARGET`: submit a job, then follow it.
+//! `hoist push SOURCE TARGET`: submit a job, then follow it; with `--digestfile`, write the
+//! manifest digest once it is done.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use super::client::Client;
-use super::follow::{self, Mode};
+use super::follow::{self, Mode, Outcome};
 use super::{PushArgs, autostart, jobs};
 use crate::api::{JobOptions, SubmitRequest};
+use crate::digest::Digest;
 
 pub async fn run(
     client: &Client,
     state_dir: Option<PathBuf>,
     args: PushArgs,
 ) -> anyhow::Result<ExitCode> {
+    check_digest_file(&args)?;
     if let Err(e) = client.health().await {
         if !e.is_no_daemon() {
             return Err(e.into());
@@ -33,6 +38,7 @@ pub async fn run(
         platform: Some(args.platform),
         compression: Some(args.compression),
         chunk_size_bytes: args.chunk_size,
+        extra_tags: args.tags,
         options: JobOptions {
             insecure: args.insecure,
             allow_arch_mismatch: args.allow_arch_mismatch,
@@ -56,6 +62,76 @@ pub async fn run(
     if mode != Mode::Json {
         eprintln!("job {} submitted", job.id);
     }
-    let outcome = follow::follow(client, &job.id, mode, &mut interrupt).await?;
+    let mut outcome = follow::follow(client, &job.id, mode, &mut interrupt).await?;
+    if let (Outcome::Done(known), Some(path)) = (&outcome, args.digestfile) {
+        let digest = jobs::done_digest(client, &job.id, known.clone()).await?;
+        let written = digest.clone();
+        tokio::task::spawn_blocking(move || write_digest_file(&path, &written)).await??;
+        outcome = Outcome::Done(Some(digest));
+    }
     jobs::finish(client, &job.id, mode, outcome).await
+}
+
+/// Refuses, before anything is submitted, a digest file hoist could not write: with
+/// `--detach` nobody is there when the push ends, and a missing directory would only show then.
+fn check_digest_file(args: &PushArgs) -> anyhow::Result<()> {
+    let Some(path) = &args.digestfile else {
+        return Ok(());
+    };
+    if args.detach {
+        anyhow::bail!(
+            "--digestfile cannot go with --detach: the file is written when hoist follows the push to its end; drop --detach, or drop --digestfile and read the digest from `hoist ls` later"
+        );
+    }
+    let dir = digest_file_dir(path);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--digestfile {}: directory {} does not exist: create it or choose another path",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn digest_file_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Writes `digest` as skopeo's and podman's `--digestfile` do (`sha256:...`, no newline, mode
+/// 0644 before the umask), through a temporary file beside `path` renamed over it: a reader
+/// never sees a partial digest.
+fn write_digest_file(path: &Path, digest: &Digest) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path
+        .file_name()
+        .with_context(|| format!("--digestfile {}: give a file name", path.display()))?;
+    let tmp = digest_file_dir(path).join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(digest.to_string().as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| {
+        format!(
+            "the push is done ({digest}) but the digest file {} cannot be written: check the path is writable",
+            path.display()
+        )
+    })
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Digest;
+use crate::text::is_tag;
 
 use super::RegistryError;
 
@@ -34,7 +35,7 @@ impl Reference {
             Digest::parse(s)
                 .map(Reference::Digest)
                 .map_err(|_| RegistryError::InvalidReference(s.to_string()))
-        } else if valid_tag(s) {
+        } else if is_tag(s) {
             Ok(Reference::Tag(s.to_string()))
         } else {
             Err(RegistryError::InvalidReference(s.to_string()))
@@ -49,16 +50,6 @@ pub struct ImageRef {
     pub host: String,
     pub repository: String,
     pub reference: Reference,
-}
-
-/// `[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}`
-fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// One path component: lowercase alphanumerics separated by `.`, `_`, `__` or dashes.
@@ -118,7 +109,7 @@ impl ImageRef {
         }
         let reference = match (tag, digest) {
             (_, Some(d)) => Reference::Digest(d),
-            (Some(t), None) if valid_tag(t) => Reference::Tag(t.to_string()),
+            (Some(t), None) if is_tag(t) => Reference::Tag(t.to_string()),
             (Some(_), None) => return Err(bad()),
             (None, None) => Reference::Tag("latest".into()),
         };

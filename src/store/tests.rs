@@ -9,6 +9,7 @@ fn spec() -> JobSpec {
         platform: Platform::linux_amd64(),
         compression: Compression::Zstd,
         chunk_size_bytes: crate::api::CHUNK_BYTES_DEFAULT,
+        extra_tags: Vec::new(),
         options: JobOptions::default(),
     }
 }
@@ -488,5 +489,28 @@ fn a_job_limit_is_stored_in_the_spec_and_survives_a_reopen() {
         let job = store.set_job_bandwidth(id.clone(), None).await.unwrap();
         assert_eq!(job.spec, spec());
         assert_eq!(store.job(id).await.unwrap(), job);
+    });
+}
+
+#[test]
+fn extra_tags_are_stored_with_the_spec_and_survive_a_limit_change_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    let want = JobSpec {
+        extra_tags: vec!["2".into(), "stable".into()],
+        ..spec()
+    };
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_job(id.clone(), want.clone(), "{}".into())
+            .await
+            .unwrap();
+        let job = store.set_job_bandwidth(id.clone(), None).await.unwrap();
+        assert_eq!(job.spec, want);
+    });
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.job(id).await.unwrap().spec, want);
     });
 }

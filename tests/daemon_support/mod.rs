@@ -20,6 +20,22 @@ pub fn hoist_bin() -> PathBuf {
     bin("hoist", env!("CARGO_BIN_EXE_hoist"))
 }
 
+/// Runs the `hoist` binary against the daemon on `socket` and waits for it to exit.
+pub fn hoist(socket: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(hoist_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run hoist")
+}
+
+/// Output of a command as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// The `hoistd` binary under test.
 pub fn hoistd_bin() -> PathBuf {
     bin("hoistd", env!("CARGO_BIN_EXE_hoistd"))
@@ -316,6 +332,7 @@ pub fn submit_request(source: &str) -> api::SubmitRequest {
         platform: None,
         compression: None,
         chunk_size_bytes: None,
+        extra_tags: Vec::new(),
         options: api::JobOptions::default(),
     }
 }

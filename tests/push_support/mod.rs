@@ -68,6 +68,7 @@ pub fn request(source: &str, target: &str, compression: Compression) -> api::Sub
         platform: None,
         compression: Some(compression),
         chunk_size_bytes: Some(CHUNK),
+        extra_tags: Vec::new(),
         options: api::JobOptions {
             insecure: true,
             ..api::JobOptions::default()

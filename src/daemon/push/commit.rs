@@ -12,8 +12,8 @@ use crate::api::{BlobState, JobState};
 use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
 use crate::elf::{self, LayerCensus};
-use crate::plan::{CompressedLayer, PushPlan};
-use crate::registry::{ImageRef, RegistryClient, verify_tag};
+use crate::plan::{CompressedLayer, ManifestBytes, PushPlan};
+use crate::registry::{ImageRef, Reference, RegistryClient, verify_tag};
 
 /// `verifying`: HEAD every pushed blob (`key`, what was pushed); the present ones become
 /// `verified`. Returns the ones the registry does not have (it lost them, e.g. to its garbage
@@ -61,9 +61,9 @@ pub fn check_census(plan: &PushPlan, census: &[LayerCensus]) -> Result<(), JobEr
     elf::check_platform(&plan.platform, census).map_err(|m| JobError::failed(m.to_string()))
 }
 
-/// `committing` then `verified`: PUT the exact manifest bytes, read the tag back. Once the
-/// PUT landed the tag is written, and this returns the digest whatever else happens (a stop,
-/// the deadline): the job is `done`, as the registry says.
+/// `committing` then `verified`: PUT the exact manifest bytes under the target's reference,
+/// then under each extra tag, reading every one back. A rerun after a crash between two tags
+/// writes every tag again: the same bytes, so the tags written before stay as they are.
 pub async fn commit(
     patience: &Patience,
     client: &RegistryClient,
@@ -76,7 +76,39 @@ pub async fn commit(
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
     ctx.enter(JobState::Committing).await?;
-    let digest = put_manifest(patience, client, target, &manifest).await?;
+    for image in references(target, &ctx.spec().extra_tags) {
+        write_tag(patience, client, &image, &manifest).await?;
+    }
+    // A stop now only means the phase is not recorded: every tag is written.
+    let _ = ctx.enter(JobState::Verified).await;
+    Ok(manifest.digest.clone())
+}
+
+/// The target, then each extra tag of its repository that is not the target's own.
+fn references(target: &ImageRef, extra_tags: &[String]) -> Vec<ImageRef> {
+    let mut out = vec![target.clone()];
+    for tag in extra_tags {
+        let reference = Reference::Tag(tag.clone());
+        if out.iter().all(|r| r.reference != reference) {
+            out.push(ImageRef {
+                reference,
+                ..target.clone()
+            });
+        }
+    }
+    out
+}
+
+/// PUTs the manifest under one reference and reads it back as a node would. Once the PUT
+/// landed the tag is written: a read-back cut short (a stop, the deadline) is a warning.
+async fn write_tag(
+    patience: &Patience,
+    client: &RegistryClient,
+    target: &ImageRef,
+    manifest: &ManifestBytes,
+) -> Result<(), JobError> {
+    let ctx = &patience.ctx;
+    let digest = put_manifest(patience, client, target, manifest).await?;
     if digest != manifest.digest {
         return Err(JobError::failed(format!(
             "the registry stored the manifest as {digest}, not {}: report this as a bug",
@@ -84,23 +116,22 @@ pub async fn commit(
         )));
     }
     let read_back = patience
-        .call("read the tag back", || {
+        .call(&format!("read {target} back"), || {
             verify_tag(client, target, Some(&digest), &ctx.spec().platform)
         })
         .await;
     match read_back {
-        Ok(r) => r.map_err(|e| JobError::failed(format!("reading the tag back: {e}")))?,
+        Ok(r) => {
+            r.map_err(|e| JobError::failed(format!("reading {target} back: {e}")))?;
+        }
         Err(e) => {
             ctx.warning(format!(
-                "the tag is written, but reading it back was cut short ({e}): check it with `hoist verify`"
+                "{target} is written, but reading it back was cut short ({e}): check it with `hoist verify`"
             ))
             .await;
-            return Ok(digest);
         }
-    };
-    // A stop now only means the phase is not recorded: the tag is written.
-    let _ = ctx.enter(JobState::Verified).await;
-    Ok(digest)
+    }
+    Ok(())
 }
 
 /// The manifest PUT, with an upload slot like every body-carrying request, not sent after a
@@ -110,7 +141,7 @@ async fn put_manifest(
     patience: &Patience,
     client: &RegistryClient,
     target: &ImageRef,
-    manifest: &crate::plan::ManifestBytes,
+    manifest: &ManifestBytes,
 ) -> Result<Digest, JobError> {
     let ctx = &patience.ctx;
     let body = bytes::Bytes::from(manifest.bytes.clone());
@@ -118,7 +149,7 @@ async fn put_manifest(
     let slot = ctx.upload_slot().await?;
     // Retried on transient errors: the PUT of the same bytes to the same tag is idempotent.
     let put = patience
-        .call_to_end("PUT the manifest", || {
+        .call_to_end(&format!("PUT the manifest to {target}"), || {
             client.put_manifest(
                 &target.repository,
                 &reference,
@@ -136,7 +167,9 @@ async fn put_manifest(
         Ok(Ok(d)) => return Ok(d),
         Err(JobError::Stopped) => return Err(JobError::Stopped),
         Ok(Err(e)) => (
-            format!("committing the manifest: {e}; fix the cause, then `hoist retry` the job"),
+            format!(
+                "committing the manifest as {target}: {e}; fix the cause, then `hoist retry` the job"
+            ),
             patience
                 .call("read the tag after a refused PUT", read)
                 .await?,

@@ -9,8 +9,9 @@
 //!      alongside: the ELF census of every layer (blocking thread, off the critical path)
 //!   -> verifying: HEAD every blob; one the registry lost (garbage collected while the job
 //!      was paused or failed) is pending again and uploaded once more in the same run
-//!   -> census check -> committing: PUT the manifest bytes
-//!   -> verified: read the tag back as a node does -> the manifest digest
+//!   -> census check -> committing: for the target and each extra tag, PUT the manifest
+//!      bytes and read the tag back as a node does
+//!   -> verified -> the manifest digest
 //! ```
 //!
 //! # Files

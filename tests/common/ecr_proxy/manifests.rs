@@ -50,7 +50,12 @@ async fn put_manifest(
     path: &str,
 ) -> Result<Resp, Cut> {
     let data = read_body(st, body).await?;
-    while st.hold_manifest_puts.load(Ordering::SeqCst) {
+    let let_through = || {
+        st.manifest_puts_before_hold
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    while st.hold_manifest_puts.load(Ordering::SeqCst) && !let_through() {
         st.manifest_puts_held.store(true, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

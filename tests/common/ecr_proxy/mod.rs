@@ -136,6 +136,9 @@ pub struct ProxyState {
     pub hold_manifest_puts: AtomicBool,
     /// Set once a manifest PUT was held.
     pub manifest_puts_held: AtomicBool,
+    /// Manifest PUTs still let through while `hold_manifest_puts` is set (one per PUT), so
+    /// a push of several tags can be stopped between two of them.
+    pub manifest_puts_before_hold: AtomicU32,
     /// Request-body bytes received from clients.
     pub bytes_in: AtomicU64,
     /// Response-body bytes sent to clients.
@@ -187,6 +190,7 @@ impl EcrProxy {
             parts_held: AtomicU32::new(0),
             hold_manifest_puts: AtomicBool::new(false),
             manifest_puts_held: AtomicBool::new(false),
+            manifest_puts_before_hold: AtomicU32::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_committed: AtomicU64::new(0),
