@@ -541,7 +541,7 @@ async fn no_credentials_to_other_hosts() {
     assert_eq!(*seen.lock().unwrap(), vec![None]);
     // The registry itself does get them.
     assert!(proxy.log().iter().any(|l| l == "GET /v2/ auth"));
-    task.abort();
+    drop(task);
 }
 
 /// A digest mismatch at the final PUT (ECR: 400 BLOB_UPLOAD_INVALID "None of the provided
@@ -604,8 +604,8 @@ async fn blob_redirects_get_no_credentials() {
         seen.iter().all(|(w, a)| w != "s3" || a.is_none()),
         "{seen:?}"
     );
-    s3_task.abort();
-    reg_task.abort();
+    drop(s3_task);
+    drop(reg_task);
 }
 
 /// Notes who was asked and with which `Authorization` header.
@@ -621,7 +621,7 @@ fn record_request(seen: &Seen, who: &str, req: &hyper::Request<hyper::body::Inco
 async fn spawn_s3(
     seen: &Seen,
     body: bytes::Bytes,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (std::net::SocketAddr, common::serve::ServerTask) {
     use common::serve::{Cut, respond, spawn_server};
     let seen = seen.clone();
     spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -636,7 +636,7 @@ async fn spawn_s3(
 async fn spawn_redirecting_registry(
     seen: &Seen,
     s3: std::net::SocketAddr,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (std::net::SocketAddr, common::serve::ServerTask) {
     use common::serve::{Cut, respond, spawn_server};
     let seen = seen.clone();
     spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {

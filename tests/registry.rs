@@ -456,7 +456,7 @@ async fn chunk_min_length_is_honoured() {
     );
     assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
     assert_eq!(c.chunk_bytes_min(), 3 * MIB as u64);
-    task.abort();
+    drop(task);
 }
 
 /// The same cut mid-PATCH, through the client (a TCP proxy forwards half of the PATCH body to

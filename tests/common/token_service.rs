@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::serve::{Cut, Resp, respond, spawn_server};
+use super::serve::{Cut, Resp, ServerTask, respond, spawn_server};
 
 pub struct TokenState {
     pub user: String,
@@ -42,13 +42,7 @@ pub const JWT_SERVICE: &str = "hoist-test-registry";
 pub struct TokenService {
     pub addr: SocketAddr,
     pub state: Arc<TokenState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TokenService {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 impl TokenState {
