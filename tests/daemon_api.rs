@@ -605,9 +605,7 @@ async fn deleting_a_paused_job_ends_its_followers() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
     let client = daemon.client();
-    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
-    wait_state(&client, &id, JobState::Uploading).await;
-    client.control(&id, "pause").await.unwrap();
+    let id = submit_paused(&client, "a.tar").await;
     let mut stream = client.events(&id, 0, true).await.unwrap();
     let follower = tokio::spawn(async move {
         let mut last = None;

@@ -92,9 +92,7 @@ async fn paused_jobs_stay_paused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
     let client = daemon.client();
-    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
-    wait_state(&client, &id, JobState::Uploading).await;
-    client.control(&id, "pause").await.unwrap();
+    let id = submit_paused(&client, "a.tar").await;
     daemon.stop().unwrap();
     let body = Scripted::new(500, 1);
     let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));

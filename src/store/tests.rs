@@ -20,24 +20,26 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Opens the store in `dir` and checks that it reached the latest schema version.
+async fn open_latest(dir: &std::path::Path) -> Store {
+    let store = Store::open(dir).unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        schema::latest_version()
+    );
+    store
+}
+
 #[test]
 fn migrates_fresh_and_reopens_and_refuses_newer() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        let store = open_latest(dir.path()).await;
         store.integrity_check().await.unwrap();
     });
     // Reopening runs no migration twice (it would fail on CREATE TABLE).
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        open_latest(dir.path()).await;
     });
     let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
     conn.pragma_update(None, "user_version", schema::latest_version() + 1)
@@ -55,11 +57,7 @@ fn migrates_from_every_older_version() {
     let dir = tempfile::tempdir().unwrap();
     Connection::open(dir.path().join("hoist.db")).unwrap();
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        open_latest(dir.path()).await;
     });
     let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
     let mode: String = conn
@@ -109,11 +107,7 @@ fn version_1_rows_survive_the_migration_to_the_latest() {
         .unwrap();
     }
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        let store = open_latest(dir.path()).await;
         let job = store.job(id.clone()).await.unwrap();
         assert_eq!((job.state, job.created_ms), (JobState::Uploading, 1));
         let blobs = store.blobs(id.clone()).await.unwrap();

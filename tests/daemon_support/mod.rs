@@ -319,6 +319,14 @@ pub async fn submit_uploading(client: &Client, source: &str, chunks: u64) -> Job
     id
 }
 
+/// Submits `source` and pauses its job once it is uploading.
+pub async fn submit_paused(client: &Client, source: &str) -> JobId {
+    let id = client.submit(&submit_request(source)).await.unwrap().id;
+    wait_state(client, &id, JobState::Uploading).await;
+    client.control(&id, "pause").await.unwrap();
+    id
+}
+
 /// Asserts that each of `lines` is a whole line of `text` (metrics, unit files), quoting
 /// `text` under `what` when one is missing.
 pub fn assert_lines(text: &str, lines: &[&str], what: &str) {
