@@ -30,6 +30,14 @@ async fn open_latest(dir: &std::path::Path) -> Store {
     store
 }
 
+/// Inserts a job of `spec()` under `id`, with an empty state body.
+async fn insert_plain_job(store: &Store, id: &JobId) {
+    store
+        .insert_job(id.clone(), spec(), "{}".into())
+        .await
+        .unwrap();
+}
+
 #[test]
 fn migrates_fresh_and_reopens_and_refuses_newer() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,10 +431,7 @@ fn a_cursor_past_the_end_is_refused_when_read_back() {
     let digest = Digest::sha256_of(b"as is");
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_job(id.clone(), spec(), "{}".into())
-            .await
-            .unwrap();
+        insert_plain_job(&store, &id).await;
         let blob = NewBlob {
             digest: digest.clone(),
             size_bytes: 10,
@@ -457,10 +462,7 @@ fn a_job_limit_is_stored_in_the_spec_and_survives_a_reopen() {
     let id = JobId::random();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_job(id.clone(), spec(), "{}".into())
-            .await
-            .unwrap();
+        insert_plain_job(&store, &id).await;
         let job = store
             .set_job_bandwidth(id.clone(), Some(3 << 20))
             .await
