@@ -32,21 +32,6 @@ fn opts() -> ClientOptions {
     }
 }
 
-async fn push_manifest(
-    c: &RegistryClient,
-    repo: &str,
-    tag: &str,
-    layers: &[&Blob],
-) -> bytes::Bytes {
-    let cfg = images::config("linux", "amd64");
-    images::upload(c, repo, &cfg, 0).await.unwrap();
-    let m = images::manifest(&cfg, layers, true);
-    c.put_manifest(repo, tag, OCI_MANIFEST, m.clone())
-        .await
-        .unwrap();
-    m
-}
-
 /// Chunked PATCH answered 201 (not 202), absolute Location with the same UUID each time, a
 /// stale Range, 5 MiB (scaled) minimum parts, manifest GET without Docker-Content-Digest: the
 /// upload sends every byte exactly once, and the tag verifies.
@@ -65,7 +50,7 @@ async fn chunked_upload_with_201_absolute_location_and_stale_range() {
         "every byte sent exactly once"
     );
     assert_eq!(proxy.state.out_of_order.load(Ordering::SeqCst), 0);
-    let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
+    let m = images::put_image(&c, "team/app", "v1", "linux/amd64", &[&layer]).await;
     let r = images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
         .await
         .unwrap();
@@ -336,7 +321,7 @@ async fn bearer_token_flow() {
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(17, 2 * MIB + 5));
     images::upload(&c, "team/app", &layer, 0).await.unwrap();
-    let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
+    let m = images::put_image(&c, "team/app", "v1", "linux/amd64", &[&layer]).await;
     images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
         .await
         .unwrap();
