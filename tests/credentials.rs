@@ -102,6 +102,18 @@ async fn auth_errors_never_show_credentials() {
     );
 }
 
+/// Sends a chunk to `cursor` and expects an error whose Display and Debug show the session's
+/// query as `?REDACTED` and no secret; `what` names the error in the messages.
+async fn assert_upload_error_redacted(c: &RegistryClient, cursor: &UploadCursor, what: &str) {
+    let e = c
+        .upload_chunk_from(cursor, common::body(Bytes::from_static(b"abc")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("?REDACTED"), "{e}");
+    assert_clean(what, &e.to_string());
+    assert_clean(&format!("{what} {{:?}}"), &format!("{e:?}"));
+}
+
 /// Upload URLs keep the registry's state in their query: errors (status and transport, their
 /// Display and Debug) show it as `?REDACTED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,13 +131,7 @@ async fn upload_url_queries_are_redacted_in_errors() {
         session_url: format!("http://{}/v2/a/blobs/uploads/x?{STATE}", h.host()),
         offset: 0,
     };
-    let e = c
-        .upload_chunk_from(&cursor, common::body(Bytes::from_static(b"abc")))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("?REDACTED"), "{e}");
-    assert_clean("status error", &e.to_string());
-    assert_clean("status error {:?}", &format!("{e:?}"));
+    assert_upload_error_redacted(&c, &cursor, "status error").await;
 
     // A transport error: nobody listens there any more.
     let port = common::free_port();
@@ -134,13 +140,7 @@ async fn upload_url_queries_are_redacted_in_errors() {
         offset: 0,
     };
     let c = RegistryClient::new(&format!("127.0.0.1:{port}"), opts()).unwrap();
-    let e = c
-        .upload_chunk_from(&gone, common::body(Bytes::from_static(b"abc")))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("?REDACTED"), "{e}");
-    assert_clean("transport error", &e.to_string());
-    assert_clean("transport error {:?}", &format!("{e:?}"));
+    assert_upload_error_redacted(&c, &gone, "transport error").await;
 }
 
 /// A client without credentials of its own for a server that asks for Basic ones, with the
