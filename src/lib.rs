@@ -7,6 +7,7 @@
 //! - [`source`]: reads `docker save` archives, OCI layouts and OCI archives in place.
 //! - [`image`]: manifest, index and config documents; the platform guard.
 //! - [`plan`]: the push plan: every blob, where its bytes come from, what is done to them.
+//! - [`limits`]: what a registry accepts (parts per upload, bytes per layer, layers per image).
 //! - [`compress`]: deterministic, chunked, parallel gzip/zstd.
 //! - [`registry`]: the OCI Distribution client (resumable chunked uploads, ECR quirks).
 //! - [`store`]: SQLite, the only module with SQL.
@@ -26,6 +27,7 @@ pub mod digest;
 pub mod elf;
 pub mod image;
 pub mod inspect;
+pub mod limits;
 pub mod paths;
 pub mod plan;
 pub mod platform;

@@ -32,17 +32,16 @@ use std::io;
 
 use serde::Serialize;
 
+use crate::compress::compressed_bytes_bound;
 use crate::digest::Digest;
 use crate::image::media::{self, Compression, Family};
 use crate::image::{Doc, Manifest};
+use crate::limits::{LimitError, RegistryLimits};
 use crate::platform::Platform;
 use crate::source::{
     self, BlobLocation, BlobReader, Check, ResolvedImage, SourceError, SourceLayer, SourceRef,
     VerifyingReader,
 };
-
-/// ECR refuses images with more layers than this (`Limit on number of layers per image exceeded`).
-pub const LAYERS_MAX: usize = 127;
 
 pub use crate::compress::Codec;
 
@@ -61,8 +60,8 @@ pub struct PlanOptions {
     pub platform: Platform,
     /// Codec for uncompressed layers.
     pub compression: Codec,
-    /// Allow more than [`LAYERS_MAX`] layers (for registries other than ECR).
-    pub force_layers: bool,
+    /// What the target registry accepts (ECR's limits unless the target is known to differ).
+    pub limits: RegistryLimits,
 }
 
 impl Default for PlanOptions {
@@ -70,7 +69,7 @@ impl Default for PlanOptions {
         PlanOptions {
             platform: Platform::linux_amd64(),
             compression: Codec::Gzip,
-            force_layers: false,
+            limits: RegistryLimits::default(),
         }
     }
 }
@@ -80,14 +79,8 @@ pub enum PlanError {
     #[error(transparent)]
     Source(#[from] SourceError),
 
-    #[error(
-        "{image}: image has {layers} layers, over ECR's limit of {max}: squash the image (fewer RUN steps, multi-stage build), or pass --force-layers for a registry without this limit"
-    )]
-    TooManyLayers {
-        image: String,
-        layers: usize,
-        max: usize,
-    },
+    #[error("{image}: {source}")]
+    Limit { image: String, source: LimitError },
 
     #[error(
         "{image}: build_manifest got {got} compressed layers for {expected} layers to compress: pass one result per layer whose action is compress, in order"
@@ -193,24 +186,26 @@ pub struct PushPlan {
     manifest_annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// What the user should know before pushing `image`: over ECR's layer limit (an error unless
-/// forced), empty layers, other images of an index left behind.
+/// What the user should know before pushing `image`: over the registry's limits (an error),
+/// empty layers, other images of an index left behind.
 fn image_warnings(image: &ResolvedImage, opts: &PlanOptions) -> Result<Vec<String>, PlanError> {
+    check_limits(image, &opts.limits).map_err(|source| PlanError::Limit {
+        image: image.source.clone(),
+        source,
+    })?;
     let mut warnings = Vec::new();
-    if image.layers.len() > LAYERS_MAX {
-        if !opts.force_layers {
-            return Err(PlanError::TooManyLayers {
-                image: image.source.clone(),
-                layers: image.layers.len(),
-                max: LAYERS_MAX,
-            });
-        }
-        warnings.push(format!(
-            "image has {} layers, over ECR's limit of {LAYERS_MAX}: ECR will refuse the manifest",
-            image.layers.len()
-        ));
-    }
     for (i, l) in image.layers.iter().enumerate() {
+        if l.compression == Compression::None
+            && compressed_bytes_bound(l.size) > opts.limits.layer_bytes_max
+        {
+            warnings.push(format!(
+                "layer {i} ({}) is {} bytes before compression, near or over {}'s limit of {} bytes per layer: its upload waits until compression ends, and the push stops if the compressed layer is over the limit",
+                l.digest.short(),
+                l.size,
+                opts.limits.registry,
+                opts.limits.layer_bytes_max
+            ));
+        }
         if l.size == 0 {
             warnings.push(format!(
                 "layer {i} ({}) is empty (0 bytes): ECR refuses zero-length blobs",
@@ -226,6 +221,19 @@ fn image_warnings(image: &ResolvedImage, opts: &PlanOptions) -> Result<Vec<Strin
         ));
     }
     Ok(warnings)
+}
+
+/// The registry's limits that the plan can check before any upload: the layer count, and the
+/// size of every layer pushed as it is (a layer to compress is checked once its compressed
+/// size is known, before its first part is sent).
+fn check_limits(image: &ResolvedImage, limits: &RegistryLimits) -> Result<(), LimitError> {
+    limits.check_layer_count(image.layers.len())?;
+    for (i, l) in image.layers.iter().enumerate() {
+        if l.compression != Compression::None {
+            limits.check_layer_bytes(&format!("layer {i} ({})", l.digest), l.size)?;
+        }
+    }
+    Ok(())
 }
 
 /// The media type family pushed: a Docker schema 2 image with a zstd layer (as it is or

@@ -29,6 +29,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("units", Only(&[])),
     ("bandwidth", Only(&["text"])),
     ("chunk_size", Only(&["text"])),
+    ("limits", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
     ("source", Only(&["digest", "platform", "image", "text"])),
@@ -36,7 +37,9 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("elf", Only(&["platform", "text"])),
     (
         "plan",
-        Only(&["digest", "platform", "image", "source", "compress", "text"]),
+        Only(&[
+            "digest", "platform", "image", "source", "compress", "limits", "text",
+        ]),
     ),
     (
         "registry",
@@ -45,6 +48,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "platform",
             "bandwidth",
             "chunk_size",
+            "limits",
             "text",
             "image",
         ]),

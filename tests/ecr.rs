@@ -26,7 +26,6 @@ async fn setup() -> (TestRegistry, EcrProxy) {
 fn opts() -> ClientOptions {
     ClientOptions {
         chunk_bytes: Some(PART_MIN as u64),
-        require_existing_repository: Some(true),
         retry: common::brisk_retries(),
         ..ClientOptions::default()
     }
@@ -89,7 +88,7 @@ async fn parts_below_the_minimum_are_refused_and_ecr_hosts_never_use_them() {
 }
 
 /// The lost acknowledgement: ECR stored a part but the answer never arrived. GET status is 404
-/// on ECR, so resume trusts the acknowledged offset; the resent part gets 416 "First byte of
+/// on ECR (with an upload error code), so resume is unconfirmed at the acknowledged offset; the resent part gets 416 "First byte of
 /// the layer part is N instead of M", and the client resyncs to M.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_ack_resyncs_from_the_416_message() {
@@ -107,8 +106,8 @@ async fn lost_ack_resyncs_from_the_416_message() {
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    let ResumePoint::Continue(resumed) = c.resume("team/app", &cur).await.unwrap() else {
-        panic!("expected Continue")
+    let ResumePoint::Unconfirmed(resumed) = c.resume("team/app", &cur).await.unwrap() else {
+        panic!("expected Unconfirmed")
     };
     assert_eq!(proxy.state.status_gets.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -124,7 +123,8 @@ async fn lost_ack_resyncs_from_the_416_message() {
 }
 
 /// Parts are committed whole or not at all: a PATCH cut midway leaves the offset where it was,
-/// so resuming costs at most the part in flight (unlike Debian's registry, where it is Restart).
+/// so resuming costs at most the part in flight (unlike Debian's registry, which cancels the
+/// session). The status GET answers 404 `BLOB_UPLOAD_UNKNOWN`, which does not end the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_mid_patch_resumes_from_the_last_whole_part() {
     let (_reg, proxy) = setup().await;
@@ -140,8 +140,8 @@ async fn cut_mid_patch_resumes_from_the_last_whole_part() {
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     assert_eq!(proxy.state.cuts.load(Ordering::SeqCst), 1);
-    let ResumePoint::Continue(cur) = c.resume("team/app", &cur).await.unwrap() else {
-        panic!("expected Continue")
+    let ResumePoint::Unconfirmed(cur) = c.resume("team/app", &cur).await.unwrap() else {
+        panic!("expected Unconfirmed")
     };
     assert_eq!(cur.offset, 2 * MIB as u64);
     let cur = images::send_chunk(&c, &cur, &blob, 2 * MIB..3 * MIB).await;
@@ -159,22 +159,59 @@ async fn cut_mid_patch_resumes_from_the_last_whole_part() {
     assert_eq!((stats.resumes, stats.restarts), (1, 0), "{stats:?}");
 }
 
-/// A missing repository: ECR drops the connection on the upload POST; the client checks and
-/// says what to do, both up front and when the POST is dropped.
+/// A missing repository: ECR drops the connection on the upload POST. Nothing refuses it
+/// before the POST (a create-on-push template may cover it); once the POST is dropped and the
+/// tag list answers NAME_UNKNOWN, the client says what to do, on a host not named like ECR.
+/// Asked explicitly (`require_existing_repository`), the check up front refuses it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_repository_is_a_clear_error() {
     let (_reg, proxy) = setup().await;
     proxy.set_repositories(&["exists"]);
     let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
+    assert!(!c.is_ecr());
     c.check_repository("exists").await.unwrap();
-    let e = c.check_repository("nope/app").await.unwrap_err();
+    c.check_repository("nope/app").await.unwrap();
     let want = format!(
-        "repository nope/app does not exist in registry {}: create it (aws ecr create-repository --repository-name nope/app) or enable create-on-push",
+        "repository nope/app does not exist in registry {}: create it (aws ecr create-repository --repository-name nope/app) or add a repository creation template with CREATE_ON_PUSH that covers it",
         proxy.host()
     );
-    assert_eq!(e.to_string(), want);
     let e = c.start_upload("nope/app").await.unwrap_err();
+    assert!(matches!(e, RegistryError::RepositoryMissing { .. }), "{e}");
     assert_eq!(e.to_string(), want);
+    assert!(!e.is_retryable());
+    let strict = RegistryClient::new(
+        &proxy.host(),
+        ClientOptions {
+            require_existing_repository: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let e = strict.check_repository("nope/app").await.unwrap_err();
+    assert_eq!(e.to_string(), want);
+}
+
+/// A repository creation template with CREATE_ON_PUSH: the upload POST creates a missing
+/// repository under its prefix (`team` covers `team/new`, not `teamwork`), which then works like
+/// any other; one outside stays missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_on_push_template_creates_the_repository() {
+    let (_reg, proxy) = setup().await;
+    proxy.set_repositories(&[]);
+    proxy.create_on_push(&["team"]);
+    let c = RegistryClient::new(&proxy.host(), opts()).unwrap();
+    assert!(!proxy.repository_exists("team/new"));
+    let layer = Blob::new(images::random_bytes(17, 2 * MIB + 3));
+    images::upload(&c, "team/new", &layer, 0).await.unwrap();
+    assert!(proxy.repository_exists("team/new"));
+    images::put_image(&c, "team/new", "v1", "linux/amd64", &[&layer]).await;
+    c.get_manifest("team/new", &hoist::registry::Reference::Tag("v1".into()))
+        .await
+        .unwrap();
+    let e = c.start_upload("teamwork").await.unwrap_err();
+    assert!(matches!(e, RegistryError::RepositoryMissing { .. }), "{e}");
+    proxy.create_on_push(&["ROOT"]);
+    c.start_upload("teamwork").await.unwrap();
 }
 
 /// Basic challenge, credentials from a credential helper (as docker-credential-ecr-login), and

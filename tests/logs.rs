@@ -72,7 +72,7 @@ async fn logs_never_show_credentials_or_upload_queries() {
     d.cancel_upload(&cur).await.unwrap();
     assert_eq!(
         d.resume("team/app", &cur).await.unwrap(),
-        ResumePoint::Restart
+        ResumePoint::Unconfirmed(cur.clone())
     );
     let e = d
         .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))

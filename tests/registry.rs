@@ -138,8 +138,24 @@ fn cut_patch(cursor: &UploadCursor, body: &[u8], total: usize) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
+/// The status of a session that is gone is a 404, which proves nothing by itself (ECR answers
+/// 404 for live sessions too): resume is `Unconfirmed` at the persisted cursor, and the PATCH
+/// there (`bytes`) is what says the session is gone.
+async fn gone_at(c: &RegistryClient, repo: &str, cur: &UploadCursor, bytes: Bytes) {
+    assert_eq!(
+        c.resume(repo, cur).await.unwrap(),
+        ResumePoint::Unconfirmed(cur.clone())
+    );
+    let e = c
+        .upload_chunk_from(cur, common::body(bytes))
+        .await
+        .unwrap_err();
+    assert!(e.is_upload_gone(), "{e}");
+}
+
 /// Debian's registry keeps the part of a cut PATCH and then refuses the session
-/// (404 BLOB_UPLOAD_INVALID): resume says Restart, and a new session completes the blob.
+/// (404 BLOB_UPLOAD_INVALID): resume is unconfirmed, the next PATCH finds the session gone,
+/// and a new session completes the blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_mid_patch_is_restart_on_debian() {
     let reg = TestRegistry::start();
@@ -148,16 +164,13 @@ async fn cut_mid_patch_is_restart_on_debian() {
     let cur = c.start_upload("app/three").await.unwrap();
     let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
     cut_patch(&cur, &blob.bytes[MIB..MIB + MIB / 2], MIB);
-    assert_eq!(
-        c.resume("app/three", &cur).await.unwrap(),
-        ResumePoint::Restart
-    );
+    gone_at(&c, "app/three", &cur, blob.bytes.slice(MIB..2 * MIB)).await;
     let stats = images::upload(&c, "app/three", &blob, 0).await.unwrap();
     assert_eq!(stats.chunks, 2);
     assert!(images::present(&c, "app/three", &blob).await);
 }
 
-/// A lost session (cancelled, or a PATCH to it after cancel) is Restart / `is_upload_gone`.
+/// A lost session (cancelled): its PATCH is `is_upload_gone`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_session_restarts() {
     let reg = TestRegistry::start();
@@ -168,7 +181,7 @@ async fn lost_session_restarts() {
     c.cancel_upload(&cur).await.unwrap();
     assert_eq!(
         c.resume("app/four", &cur).await.unwrap(),
-        ResumePoint::Restart
+        ResumePoint::Unconfirmed(cur.clone())
     );
     let e = c
         .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
@@ -178,6 +191,23 @@ async fn lost_session_restarts() {
     assert!(!e.to_string().contains("_state"), "query leaked: {e}");
     // The reference loop restarts by itself.
     images::upload(&c, "app/four", &blob, 0).await.unwrap();
+}
+
+/// A default-sized part (and larger) sent to a session Debian's registry cancelled: the
+/// registry answers 404 before reading the body, and the client sees that answer
+/// (`is_upload_gone`), not a broken connection, so the upload loop starts the blob again
+/// instead of resuming the dead session for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_part_to_a_cancelled_session_is_upload_gone() {
+    let reg = TestRegistry::start();
+    let c = client(&reg.host(), 32 * MIB);
+    let blob = Blob::new(images::random_bytes(6, 33 * MIB));
+    let cur = c.start_upload("app/large").await.unwrap();
+    let cur = images::send_chunk(&c, &cur, &blob, 0..MIB).await;
+    c.cancel_upload(&cur).await.unwrap();
+    for _ in 0..3 {
+        gone_at(&c, "app/large", &cur, blob.bytes.slice(MIB..33 * MIB)).await;
+    }
 }
 
 /// HEAD skips present blobs (size and digest checked); mount works across repositories, and a
@@ -372,7 +402,7 @@ async fn stall_watchdog_aborts_silent_requests() {
 
 /// A wrong digest at the final PUT is refused (400 DIGEST_INVALID, not retryable). Measured:
 /// Debian's 2.8.2 then cancels the session (REGISTRIES.md says it stays alive; it does not),
-/// so resume says Restart, and the blob goes again in a new session.
+/// so its next PATCH finds it gone, and the blob goes again in a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_digest_is_refused_at_put() {
     let reg = TestRegistry::start();
@@ -391,10 +421,7 @@ async fn wrong_digest_is_refused_at_put() {
         "{e}"
     );
     assert!(!e.is_retryable() && e.is_digest_refused(), "{e}");
-    assert_eq!(
-        c.resume("app/dig", &cur).await.unwrap(),
-        ResumePoint::Restart
-    );
+    gone_at(&c, "app/dig", &cur, blob.bytes.slice(MIB..)).await;
     assert!(!images::present(&c, "app/dig", &blob).await);
     images::upload(&c, "app/dig", &blob, 0).await.unwrap();
     assert!(images::present(&c, "app/dig", &blob).await);
@@ -451,10 +478,9 @@ async fn chunk_min_length_is_honoured() {
 }
 
 /// The same cut mid-PATCH, through the client (a TCP proxy forwards half of the PATCH body to
-/// the registry, then resets): the client's error is retryable, resume says Restart (Debian's
-/// registry kept the partial part and refuses the session), and the daemon-like loop (which
-/// resumes at once, racing the registry, and then meets `is_upload_gone`) finishes the blob in
-/// a new session.
+/// the registry, then resets): the client's error is retryable, the next PATCH at the
+/// persisted offset finds the session gone (Debian's registry kept the partial part and
+/// refuses the session), and the daemon-like loop finishes the blob in a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_mid_patch_through_the_client_is_restart() {
     let reg = TestRegistry::start();
@@ -471,16 +497,21 @@ async fn cut_mid_patch_through_the_client_is_restart() {
     assert!(e.is_retryable(), "{e}");
     assert_eq!(cut.state.cuts.load(std::sync::atomic::Ordering::SeqCst), 1);
     // Right after the cut the registry may still be swallowing the broken body: its status
-    // then says the old offset, and the next PATCH finds the session gone. Once it is done:
+    // then says the old offset. Once it is done, the status is a 404 and the PATCH says gone.
     let mut point = None;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         point = Some(c.resume("app/cut", &cur).await.unwrap());
-        if point == Some(ResumePoint::Restart) {
+        if point == Some(ResumePoint::Unconfirmed(cur.clone())) {
             break;
         }
     }
-    assert_eq!(point, Some(ResumePoint::Restart));
+    assert_eq!(point, Some(ResumePoint::Unconfirmed(cur.clone())));
+    let e = c
+        .upload_chunk_from(&cur, common::body(blob.bytes.slice(MIB..2 * MIB)))
+        .await
+        .unwrap_err();
+    assert!(e.is_upload_gone(), "{e}");
     // The loop copes on its own too.
     cut.cut_after((MIB + MIB / 2) as u64);
     let stats = images::upload(&c, "app/cut", &blob, 5).await.unwrap();

@@ -52,6 +52,15 @@ pub const COMPRESS_CHUNK_BYTES_MAX: usize = 256 << 20;
 /// its pushes is its own, smaller budget.
 pub const STREAM_THREADS_MAX: usize = 64;
 
+/// The most bytes compressing `input_bytes` can produce, any codec and chunk size: a chunk
+/// grows by at most its codec's bound (zstd's is the larger, `n / 256` plus a frame header),
+/// and at least [`COMPRESS_CHUNK_BYTES_MIN`] of input goes into each chunk. For limits that
+/// must hold before the compressed size is known.
+pub fn compressed_bytes_bound(input_bytes: u64) -> u64 {
+    let chunks = input_bytes.div_ceil(COMPRESS_CHUNK_BYTES_MIN as u64).max(1);
+    input_bytes + input_bytes / 128 + chunks * 1024
+}
+
 /// The first bytes of a gzip member (RFC 1952).
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The first bytes of a zstd frame (RFC 8878).

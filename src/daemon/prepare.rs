@@ -21,10 +21,14 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
+        // A target that does not parse fails later with its own message; its limits are ECR's.
+        let limits = crate::registry::ImageRef::parse(&spec.target)
+            .map(|t| crate::registry::limits_for_host(&t.host))
+            .unwrap_or_default();
         let opts = PlanOptions {
             platform: spec.platform.clone(),
             compression: codec(spec.compression),
-            ..PlanOptions::default()
+            limits,
         };
         PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
     })

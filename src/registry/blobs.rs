@@ -43,13 +43,26 @@ pub enum MountOutcome {
     Upload(UploadCursor),
 }
 
-/// Where to go on from a persisted cursor.
+/// Where to go on from a persisted cursor. Either way the caller sends from `cursor.offset`;
+/// the variants say how much the registry vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumePoint {
-    /// Send from `cursor.offset` (which may differ from the persisted one).
+    /// The registry said where the session is (which may differ from the persisted offset).
     Continue(UploadCursor),
-    /// The session is gone: start a new one for this blob.
-    Restart,
+    /// The registry's upload status said nothing that can be trusted (404 or 405, as ECR
+    /// answers for live sessions): the cursor is the persisted one, and the next PATCH on it
+    /// tells whether the session lives (an error with
+    /// [`RegistryError::is_upload_gone`] means it does not).
+    Unconfirmed(UploadCursor),
+}
+
+impl ResumePoint {
+    /// The cursor to send from.
+    pub fn cursor(self) -> UploadCursor {
+        match self {
+            ResumePoint::Continue(c) | ResumePoint::Unconfirmed(c) => c,
+        }
+    }
 }
 
 /// Parses ECR's `First byte of the layer part is N instead of M`: `(N, M)`; `M` is what the
@@ -191,14 +204,14 @@ impl RegistryClient {
         {
             Ok(r) => r,
             Err(e @ RegistryError::Transport { .. }) => {
-                // ECR drops the connection when the repository is missing: say so if that is it.
-                if self
-                    .inner
-                    .opts
-                    .require_existing_repository
-                    .unwrap_or(self.inner.ecr)
-                {
-                    self.check_repository(repository).await?;
+                // ECR drops the connection when the repository is missing (and no create-on-push
+                // template covers it): say so if that is it, on any host, since ECR is also
+                // reached through names no list knows.
+                if self.repository_unknown(repository).await {
+                    return Err(RegistryError::RepositoryMissing {
+                        repository: repository.to_string(),
+                        registry: self.inner.host.clone(),
+                    });
                 }
                 return Err(e);
             }
@@ -332,11 +345,13 @@ impl RegistryClient {
     }
 
     /// Finds where the registry really is for a persisted cursor. Asks the upload status
-    /// (GET, 204 + `Range`) where supported; where not (404/405 without an upload error code,
-    /// or any 404 on ECR, whose status endpoint does not work) trusts the cursor. A `Range`
-    /// ahead of the cursor (a lost acknowledgement) is followed; on ECR one behind it is
-    /// stale and ignored. Debian's registry: a PATCH cut midway poisons the session, which
-    /// shows here as 404 `BLOB_UPLOAD_INVALID`: `Restart`.
+    /// (GET, 204 + `Range`) where supported: a `Range` ahead of the cursor (a lost
+    /// acknowledgement) is followed; on ECR one behind it is stale and ignored. A 404 or 405
+    /// there proves nothing (ECR's status endpoint answers 404 for live sessions, with or
+    /// without an upload error code): `Unconfirmed` at the persisted offset, and the next
+    /// PATCH there decides (2xx: go on; 416: resync from the registry's offset; 404
+    /// [`RegistryError::is_upload_gone`]: start the blob again). Debian's registry, whose
+    /// session a cut PATCH poisons, answers that PATCH with 404 `BLOB_UPLOAD_UNKNOWN`.
     pub async fn resume(
         &self,
         repository: &str,
@@ -373,14 +388,9 @@ impl RegistryClient {
             }));
         }
         let err = resp.error(&Method::GET);
-        if status == 404 && err.is_upload_gone() && !self.inner.ecr {
-            tracing::info!(url = %Redacted(&resp.url), code = err.code().unwrap_or(""), "upload session gone: restarting the blob");
-            return Ok(ResumePoint::Restart);
-        }
         if status == 404 || status == 405 {
-            // No status endpoint: our acknowledged offset is the best knowledge. If the
-            // session is gone after all, the next PATCH says so (`is_upload_gone`).
-            return Ok(ResumePoint::Continue(cursor.clone()));
+            tracing::info!(url = %Redacted(&resp.url), status, code = err.code().unwrap_or(""), offset = cursor.offset, "upload status unknown: the next PATCH at the persisted offset tells");
+            return Ok(ResumePoint::Unconfirmed(cursor.clone()));
         }
         Err(err)
     }

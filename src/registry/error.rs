@@ -86,7 +86,7 @@ pub enum RegistryError {
         retry_after: Option<Duration>,
     },
     #[error(
-        "repository {repository} does not exist in registry {registry}: create it (aws ecr create-repository --repository-name {repository}) or enable create-on-push"
+        "repository {repository} does not exist in registry {registry}: create it (aws ecr create-repository --repository-name {repository}) or add a repository creation template with CREATE_ON_PUSH that covers it"
     )]
     RepositoryMissing {
         repository: String,

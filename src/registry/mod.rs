@@ -10,7 +10,7 @@
 //! ```text
 //! check_repository -> blob_present? -> mount_blob? -> start_upload -> cursor0
 //! cursor_n --upload_chunk_from(bytes at cursor_n.offset)--> cursor_n+1 (persist each)
-//! after a failure or a restart: resume(cursor) -> Continue(cursor') | Restart
+//! after a failure or a restart: resume(cursor) -> Continue(cursor') | Unconfirmed(cursor)
 //! finish_upload(cursor, digest, last bytes) -> done ; put_manifest ; verify_tag
 //! ```
 //!
@@ -19,8 +19,9 @@
 //!   it is `M`: the caller always sends from `cursor.offset`, so it resyncs by itself.
 //! - The acknowledged offset is tracked by the client (ECR's `Range` header is stale), and the
 //!   latest `Location` is always used (Debian's registry rejects older ones).
-//! - An error with [`RegistryError::is_upload_gone`] (or `ResumePoint::Restart`) means the
-//!   session is lost: start a new one for that blob only. A wrong guess costs bandwidth, never
+//! - Only an error of a `PATCH` or `PUT` with [`RegistryError::is_upload_gone`] means the
+//!   session is lost: start a new one for that blob only. The upload status (`resume`) never
+//!   proves it (ECR answers 404 there for live sessions). A wrong guess costs bandwidth, never
 //!   correctness: the registry checks the digest at `finish_upload`.
 //! - Only safe requests are retried inside the client (idempotent ones, and anything answered
 //!   429); a PATCH that failed in flight is left to the caller, who calls `resume`.
@@ -36,8 +37,9 @@
 //!                                      failed finish_upload, blob_present first: the PUT
 //!                                      may have landed and only its answer was lost
 //!   Err(e) if e.is_retryable()      -> back off, then resume(repo, cursor):
-//!                                        Continue(c) -> cursor = c (offset may move either way)
-//!                                        Restart     -> new session for this blob
+//!                                        Continue(c)    -> cursor = c (offset may move either way)
+//!                                        Unconfirmed(c) -> cursor = c (the persisted one); the
+//!                                                          next PATCH tells (is_upload_gone)
 //!   Err(e) if e.is_digest_refused() -> the bytes the registry holds are wrong: new session,
 //!                                      from byte 0, once; then fail the blob
 //!   Err(e)                          -> fail the job with e's message
@@ -46,11 +48,12 @@
 //!
 //! # Registry behaviours this relies on (measured, see tests/registry.rs and tests/ecr.rs)
 //! - Debian's distribution 2.8.2: new `_state` Location on every PATCH, older ones are 404;
-//!   a PATCH cut midway keeps the partial bytes and poisons the session (`Restart`); right
-//!   after such a cut its status may still show the old offset, then the next PATCH is
-//!   `is_upload_gone`; a `DIGEST_INVALID` PUT cancels the session.
+//!   a PATCH cut midway keeps the partial bytes and poisons the session: its status answers
+//!   404 `BLOB_UPLOAD_INVALID` (or, right after the cut, still the old offset), and the next
+//!   PATCH is `is_upload_gone`; a `DIGEST_INVALID` PUT cancels the session.
 //! - ECR (emulated by tests/common/ecr_proxy): parts whole or not at all, 201 on PATCH, one
-//!   absolute Location, stale `Range`, no status endpoint, 416 with the committed offset in
+//!   absolute Location, stale `Range`, no status endpoint (404, even with an upload error
+//!   code, for a live session), 416 with the committed offset in
 //!   the message, 5 MiB minimum part, expiring Basic tokens (403), dropped connection on an
 //!   upload POST to a missing repository, 429 without `Retry-After`.
 //!
@@ -71,6 +74,7 @@ mod blobs;
 mod credentials;
 mod error;
 mod manifests;
+mod profile;
 mod reference;
 mod retry;
 mod transport;
@@ -96,7 +100,8 @@ pub use error::{
     redact_url_str,
 };
 pub use manifests::{MANIFEST_BYTES_MAX, media_types};
-pub use reference::{ImageRef, Reference, is_ecr_host, is_loopback_host};
+pub use profile::limits_for_host;
+pub use reference::{EcrKind, ImageRef, Reference, ecr_kind, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
 pub use transport::{FILE_PIECE_BYTES, FileRange, ReadAt};
 pub use verify::{VerifyError, VerifyReport, verify_tag};
@@ -127,9 +132,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Retries of safe requests inside the client.
     pub retry: RetryPolicy,
-    /// Fail `check_repository` when the repository does not exist. `None`: only on ECR hosts
-    /// (other registries create repositories on push).
-    pub require_existing_repository: Option<bool>,
+    /// Fail `check_repository` when the repository does not exist (default: no, since
+    /// registries, ECR with a create-on-push template among them, create repositories on
+    /// push).
+    pub require_existing_repository: bool,
     /// Upload bandwidth limits (daemon-wide and per job) every streamed PATCH body pays
     /// before each piece is written; `None`: unlimited.
     pub bandwidth: Option<crate::bandwidth::Limits>,
@@ -145,7 +151,7 @@ impl Default for ClientOptions {
             stall_timeout: Duration::from_secs(STALL_TIMEOUT_S_DEFAULT),
             connect_timeout: Duration::from_secs(CONNECT_TIMEOUT_S_DEFAULT),
             retry: RetryPolicy::default(),
-            require_existing_repository: None,
+            require_existing_repository: false,
             bandwidth: None,
         }
     }
@@ -285,9 +291,15 @@ impl RegistryClient {
         self.inner.base.as_str()
     }
 
-    /// Whether the host is an ECR private registry (by name).
+    /// Whether the host is Amazon ECR by name, private or public (defaults only: an ECR
+    /// behind another name must work as well).
     pub fn is_ecr(&self) -> bool {
         self.inner.ecr
+    }
+
+    /// Which ECR the host is by name, for defaults and limits.
+    pub fn ecr_kind(&self) -> Option<EcrKind> {
+        reference::ecr_kind(&self.inner.host)
     }
 
     /// PATCH size for this host: configured or 16 MiB, at least [`Self::chunk_bytes_min`].
@@ -329,10 +341,41 @@ impl RegistryClient {
         }
     }
 
-    /// Checks `repository` exists. On ECR (or with `require_existing_repository`) a missing
-    /// one is [`RegistryError::RepositoryMissing`]: ECR answers an upload POST to it by
-    /// dropping the connection, which says nothing.
+    /// Checks the registry answers for `repository` (auth, reachability). A missing one is
+    /// fine unless `require_existing_repository`: ECR creates it on the first push when a
+    /// repository creation template covers it, and otherwise drops the upload POST, which
+    /// `start_upload` turns into [`RegistryError::RepositoryMissing`].
     pub async fn check_repository(&self, repository: &str) -> Result<(), RegistryError> {
+        match self.tags_probe(repository).await? {
+            Ok(()) => Ok(()),
+            Err(err) if err.code() == Some("NAME_UNKNOWN") && err.status() == Some(404) => {
+                if self.inner.opts.require_existing_repository {
+                    return Err(RegistryError::RepositoryMissing {
+                        repository: repository.to_string(),
+                        registry: self.inner.host.clone(),
+                    });
+                }
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether the registry says `repository` does not exist (`404 NAME_UNKNOWN` on a tag
+    /// list); `false` when it exists or cannot tell (a failed request).
+    pub(crate) async fn repository_unknown(&self, repository: &str) -> bool {
+        matches!(
+            self.tags_probe(repository).await,
+            Ok(Err(e)) if e.status() == Some(404) && e.code() == Some("NAME_UNKNOWN")
+        )
+    }
+
+    /// `GET /v2/<repo>/tags/list?n=1`: `Ok(Ok(()))` on a 2xx, `Ok(Err(answer))` for any other
+    /// answer, `Err` when the request failed.
+    async fn tags_probe(
+        &self,
+        repository: &str,
+    ) -> Result<Result<(), RegistryError>, RegistryError> {
         let mut url = self.inner.repo_url(repository, "tags/list")?;
         url.set_query(Some("n=1"));
         let req = Req::new(Method::GET, url).scope(pull_scope(repository));
@@ -341,24 +384,9 @@ impl RegistryClient {
         })
         .await?;
         if resp.status.is_success() {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        let err = resp.error(&Method::GET);
-        if resp.status.as_u16() == 404 && err.code() == Some("NAME_UNKNOWN") {
-            let strict = self
-                .inner
-                .opts
-                .require_existing_repository
-                .unwrap_or(self.inner.ecr);
-            if strict {
-                return Err(RegistryError::RepositoryMissing {
-                    repository: repository.to_string(),
-                    registry: self.inner.host.clone(),
-                });
-            }
-            return Ok(());
-        }
-        Err(err)
+        Ok(Err(resp.error(&Method::GET)))
     }
 }
 
@@ -493,6 +521,8 @@ mod tests {
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
             "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
             "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "123456789012.dkr-ecr.us-east-1.on.aws",
+            "public.ecr.aws",
         ] {
             assert_eq!(c(ecr, small()).chunk_bytes(), ECR_CHUNK_BYTES_MIN, "{ecr}");
             assert_eq!(

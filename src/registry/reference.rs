@@ -184,16 +184,47 @@ pub fn host_without_port(host: &str) -> &str {
     }
 }
 
-/// `<id>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`
-pub fn is_ecr_host(host: &str) -> bool {
+/// Which Amazon ECR a host name is, when the name says so. Names only tune defaults and
+/// limits: ECR is also reached through names no list knows (a proxy, a CNAME), so nothing
+/// about correctness may depend on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcrKind {
+    /// A private registry: `<id>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`, or its
+    /// dual-stack (IPv6) name `<id>.dkr-ecr.<region>.on.aws`.
+    Private,
+    /// ECR Public: `public.ecr.aws`.
+    Public,
+}
+
+/// The ECR kind of `host` (optionally with `:port`), by name.
+pub fn ecr_kind(host: &str) -> Option<EcrKind> {
     let name = host_without_port(host).to_ascii_lowercase();
-    let name = name.strip_suffix(".cn").unwrap_or(&name);
-    let Some(rest) = name.strip_suffix(".amazonaws.com") else {
-        return false;
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    if name == "public.ecr.aws" {
+        return Some(EcrKind::Public);
+    }
+    let private = if let Some(rest) = name.strip_suffix(".on.aws") {
+        // Dual-stack: `<id>.dkr-ecr.<region>.on.aws`.
+        matches!(rest.split('.').collect::<Vec<_>>().as_slice(), [id, dkr_ecr, region]
+            if is_account_id(id) && *dkr_ecr == "dkr-ecr" && !region.is_empty())
+    } else {
+        let name = name.strip_suffix(".cn").unwrap_or(name);
+        name.strip_suffix(".amazonaws.com").is_some_and(|rest| {
+            matches!(rest.split('.').collect::<Vec<_>>().as_slice(), [id, dkr, ecr, region]
+                if is_account_id(id) && *dkr == "dkr" && (*ecr == "ecr" || *ecr == "ecr-fips") && !region.is_empty())
+        })
     };
-    let parts: Vec<&str> = rest.split('.').collect();
-    matches!(parts.as_slice(), [id, dkr, ecr, region]
-        if !id.is_empty() && *dkr == "dkr" && (*ecr == "ecr" || *ecr == "ecr-fips") && !region.is_empty())
+    private.then_some(EcrKind::Private)
+}
+
+/// An AWS account ID as it appears in a registry name: twelve digits.
+fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `host` is Amazon ECR by name, private or public (see [`ecr_kind`]).
+pub fn is_ecr_host(host: &str) -> bool {
+    ecr_kind(host).is_some()
 }
 
 #[cfg(test)]
@@ -250,19 +281,42 @@ mod tests {
         for h in ["10.0.0.1:5000", "example.com", "localhost.example.com"] {
             assert!(!is_loopback_host(h), "{h}");
         }
+    }
+
+    #[test]
+    fn ecr_names() {
         for h in [
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
             "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
             "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "123456789012.DKR.ECR.eu-west-1.AMAZONAWS.COM:443",
+            "123456789012.dkr-ecr.us-east-1.on.aws",
+            "123456789012.dkr-ecr.ap-southeast-2.on.aws:443",
+            "123456789012.dkr-ecr.eu-central-1.on.aws.",
         ] {
+            assert_eq!(ecr_kind(h), Some(EcrKind::Private), "{h}");
+            assert!(is_ecr_host(h), "{h}");
+        }
+        for h in ["public.ecr.aws", "PUBLIC.ECR.AWS:443"] {
+            assert_eq!(ecr_kind(h), Some(EcrKind::Public), "{h}");
             assert!(is_ecr_host(h), "{h}");
         }
         for h in [
-            "public.ecr.aws",
             "dkr.ecr.us-east-1.amazonaws.com",
             "s3.amazonaws.com",
+            "12345.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr..amazonaws.com",
+            "123456789012.dkr-ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-1.on.aws",
+            "dkr-ecr.us-east-1.on.aws",
+            "x.123456789012.dkr-ecr.us-east-1.on.aws",
+            "ecr.aws",
+            "gallery.ecr.aws",
+            "public.ecr.aws.example.com",
+            "127.0.0.1:5000",
+            "[::1]:5000",
         ] {
-            assert!(!is_ecr_host(h), "{h}");
+            assert_eq!(ecr_kind(h), None, "{h}");
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use hoist::digest::Digest;
-use hoist::registry::{MountOutcome, RegistryClient, RegistryError, ResumePoint, UploadCursor};
+use hoist::registry::{MountOutcome, RegistryClient, RegistryError, UploadCursor};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -130,7 +130,8 @@ pub struct UploadStats {
 
 /// Uploads `blob` to `repo` the way the daemon does: HEAD, POST, PATCH chunks of
 /// `client.chunk_bytes()` from the cursor's offset, `resume` after a retryable failure (at most
-/// `failures_max` times), a new session on `Restart`, final PUT with the last chunk.
+/// `failures_max` times), a new session when a PATCH or PUT finds the session gone
+/// (`is_upload_gone`), final PUT with the last chunk.
 pub async fn upload(
     client: &RegistryClient,
     repo: &str,
@@ -168,27 +169,20 @@ pub async fn upload(
                 stats.chunks += 1;
                 cursor = next;
             }
-            Err(e) if (e.is_retryable() || e.is_upload_gone()) && failures < failures_max => {
+            Err(e) if e.is_upload_gone() && failures < failures_max => {
                 failures += 1;
-                let point = if e.is_upload_gone() {
-                    ResumePoint::Restart
-                } else {
-                    client.resume(repo, &cursor).await?
-                };
-                match point {
-                    ResumePoint::Continue(c) => {
-                        stats.resumes += 1;
-                        cursor = c;
-                    }
-                    ResumePoint::Restart => {
-                        // A lost answer to the final PUT: the blob may be complete.
-                        if client.blob_present(repo, &blob.digest, blob.len()).await? {
-                            return Ok(stats);
-                        }
-                        stats.restarts += 1;
-                        cursor = client.start_upload(repo).await?;
-                    }
+                // A lost answer to the final PUT: the blob may be complete.
+                if client.blob_present(repo, &blob.digest, blob.len()).await? {
+                    return Ok(stats);
                 }
+                stats.restarts += 1;
+                cursor = client.start_upload(repo).await?;
+            }
+            Err(e) if e.is_retryable() && failures < failures_max => {
+                failures += 1;
+                stats.resumes += 1;
+                // Unconfirmed or not, the next PATCH tells where the session stands.
+                cursor = client.resume(repo, &cursor).await?.cursor();
             }
             Err(e) => return Err(e),
         }

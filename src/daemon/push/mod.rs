@@ -174,8 +174,9 @@ async fn delete_sessions(client: &RegistryClient, repository: &str, cursors: Vec
         }
         let deleted = match client.resume(repository, &cursor).await {
             Ok(ResumePoint::Continue(now)) => client.cancel_upload(&now).await.map(|_| ()),
-            // Gone already: nothing to delete.
-            Ok(ResumePoint::Restart) => Ok(()),
+            // No trustworthy status (gone, or a registry without one): the DELETE at the
+            // recorded place was refused already, and the registry expires what is left.
+            Ok(ResumePoint::Unconfirmed(_)) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = deleted {

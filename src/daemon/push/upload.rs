@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! HEAD (known digest) -> present: existed | mount from a repository that has it
-//! stored cursor? resume -> Continue(c) | Restart ; else start_upload ; save_cursor(c, 0)
+//! stored cursor? resume -> c (a 404 status proves nothing: the next PATCH on c tells) ;
+//!   else start_upload ; save_cursor(c, 0)
 //! loop: bytes [c.offset, c.offset + chunk) available? (spool: wait for the compressor)
 //!       slot ; PATCH streamed from the file ; save_cursor(next, sent)   <- before the next PATCH
 //! PUT ?digest= (empty body) ; failed? blob_present first (the PUT may have landed)
 //! ```
 //! Transient errors wait with backoff (reported with `ctx.retrying`, saying when the next try
-//! is) then ask the registry where the session is (`resume`); a lost session starts that blob
-//! only over; anything else fails the job with the registry's message.
+//! is) then ask the registry where the session is (`resume`); a session lost (a PATCH or PUT
+//! answered `is_upload_gone`) starts that blob only over; anything else fails the job with the
+//! registry's message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +24,12 @@ use super::patience::Patience;
 use super::spool::Avail;
 use crate::api::BlobState;
 use crate::chunk_size::ChunkSizer;
+use crate::compress::compressed_bytes_bound;
 use crate::daemon::job::{JobContext, JobError, StopReason};
 use crate::digest::Digest;
+use crate::limits::{LimitError, RegistryLimits};
 use crate::plan::CompressedLayer;
-use crate::registry::{
-    FileRange, MountOutcome, RegistryClient, RegistryError, ResumePoint, UploadCursor,
-};
+use crate::registry::{FileRange, MountOutcome, RegistryClient, RegistryError, UploadCursor};
 use crate::source::BlobLocation;
 use crate::store::{BlobRecord, CursorRecord};
 
@@ -87,6 +89,21 @@ pub struct Uploader {
     pub shared: Arc<Shared>,
 }
 
+/// Fails the job when the registry refused to finish an empty blob for good (ECR: "does not
+/// have any parts"): no retry or resume can change that answer.
+fn refuse_empty(key: &Digest, done: &CompressedLayer, e: &RegistryError) -> Result<(), JobError> {
+    if done.size > 0 || e.is_retryable() || e.is_upload_gone() {
+        return Ok(());
+    }
+    Err(JobError::failed(
+        LimitError::EmptyBlobRefused {
+            digest: key.to_string(),
+            answer: e.to_string(),
+        }
+        .to_string(),
+    ))
+}
+
 /// A permanent registry error: one line with the registry's answer and what to do next.
 fn reg_failed(what: &str, e: &RegistryError) -> JobError {
     JobError::failed(format!(
@@ -94,9 +111,27 @@ fn reg_failed(what: &str, e: &RegistryError) -> JobError {
     ))
 }
 
+/// The blob's size as the registry receives it, or an upper bound while it is compressed.
+fn upload_bytes_bound(blob: &BlobJob) -> u64 {
+    match (&blob.src, &blob.record) {
+        (Bytesrc::Source { location, .. }, _) => location.len,
+        (Bytesrc::Spool { .. }, Some(r)) => r
+            .pushed
+            .as_ref()
+            .map_or_else(|| compressed_bytes_bound(r.size_bytes), |p| p.size_bytes),
+        // Every planned blob has a record; without one there is no size to plan parts for.
+        (Bytesrc::Spool { known, .. }, None) => known.as_ref().map_or(0, |k| k.size),
+    }
+}
+
 impl Uploader {
     fn ctx(&self) -> &JobContext {
         &self.patience.ctx
+    }
+
+    /// What the registry accepts (ECR's limits unless the host is known to differ).
+    fn limits(&self) -> RegistryLimits {
+        crate::registry::limits_for_host(self.client.host())
     }
 
     /// Uploads `blob` unless the registry has it; returns its pushed digest and size.
@@ -266,15 +301,23 @@ impl Uploader {
             session_url: stored.session_url,
             offset: stored.offset_bytes,
         };
-        let point = self
+        // An unconfirmed point is tried as it is: the next PATCH says if the session is gone.
+        Ok(self
             .with_retries("ask the registry where the upload is", || {
                 self.client.resume(&self.repository, &cursor)
             })
-            .await?;
-        match point {
-            ResumePoint::Continue(c) => Ok(c),
-            ResumePoint::Restart => self.new_session(&blob.key).await,
-        }
+            .await?
+            .cursor())
+    }
+
+    /// Smaller parts after failures (a cut costs less), back to the configured size on a
+    /// steady link; never so small that the blob would need more parts than allowed.
+    fn sizer(&self, blob: &BlobJob) -> ChunkSizer {
+        ChunkSizer::new(
+            self.client.chunk_bytes_min().max(ADAPTIVE_CHUNK_BYTES_MIN),
+            self.chunk_bytes,
+        )
+        .with_part_limit(self.limits().parts_per_upload_max, upload_bytes_bound(blob))
     }
 
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
@@ -283,17 +326,10 @@ impl Uploader {
             cursor: self.first_cursor(blob).await?,
             attempts: 0,
             digest_restarts: 0,
-            // Smaller parts after failures (a cut costs less), back to the configured size on
-            // a steady link.
-            sizer: ChunkSizer::new(
-                self.client.chunk_bytes_min().max(ADAPTIVE_CHUNK_BYTES_MIN),
-                self.chunk_bytes,
-            ),
+            sizer: self.sizer(blob),
         };
         loop {
-            let (range, done) = self
-                .next_range(blob, &state.cursor, state.sizer.current())
-                .await?;
+            let (range, done) = self.next_range(blob, &state.cursor, &state.sizer).await?;
             if range.len > 0 {
                 self.send_chunk(blob, &mut state, range).await?;
             } else if let Some(done) = done
@@ -325,13 +361,16 @@ impl Uploader {
         drop(slot);
         match result {
             Ok(next) => {
-                let sent = next.offset.saturating_sub(state.cursor.offset);
+                let (from, sent) = (
+                    state.cursor.offset,
+                    next.offset.saturating_sub(state.cursor.offset),
+                );
                 state.cursor = next;
                 // Persisted before the next chunk is sent.
                 self.save(&blob.key, &state.cursor, sent).await?;
                 if sent > 0 {
                     state.attempts = 0;
-                    state.sizer.on_success();
+                    state.sizer.on_part_stored(from, state.cursor.offset);
                 }
             }
             Err(e) => {
@@ -365,6 +404,7 @@ impl Uploader {
         {
             return Ok(true);
         }
+        refuse_empty(&blob.key, done, &e)?;
         if e.is_digest_refused() && state.digest_restarts < DIGEST_RESTARTS_MAX {
             state.digest_restarts += 1;
             tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
@@ -428,25 +468,24 @@ impl Uploader {
         }
         *attempts += 1;
         self.patience.wait_before_retry(what, &e, *attempts).await?;
-        let point = self
+        Ok(self
             .with_retries("ask the registry where the upload is", || {
                 self.client.resume(&self.repository, cursor)
             })
-            .await?;
-        match point {
-            ResumePoint::Continue(c) => Ok(c),
-            ResumePoint::Restart => self.new_session(key).await,
-        }
+            .await?
+            .cursor())
     }
 
-    /// The next chunk to send from `cursor.offset` (empty at the end, with the final digest).
-    /// For a spool file, waits until the compressor has written the bytes.
+    /// The next chunk to send from `cursor.offset`, as `sizer` sizes it (empty at the end,
+    /// with the final digest). For a spool file, waits until the compressor has written the
+    /// bytes.
     async fn next_range(
         &self,
         blob: &BlobJob,
         cursor: &UploadCursor,
-        chunk_bytes: u64,
+        sizer: &ChunkSizer,
     ) -> Result<(FileRange, Option<CompressedLayer>), JobError> {
+        let chunk_bytes = sizer.part_bytes(cursor.offset);
         match &blob.src {
             Bytesrc::Source { location, digest } => {
                 let len = location.len.saturating_sub(cursor.offset).min(chunk_bytes);
@@ -465,7 +504,12 @@ impl Uploader {
             }
             Bytesrc::Spool { view, avail, .. } => {
                 let mut rx = avail.clone();
-                let want = cursor.offset + chunk_bytes;
+                let layer_bytes_max = self.limits().layer_bytes_max;
+                let mut want = cursor.offset + chunk_bytes;
+                if upload_bytes_bound(blob) > layer_bytes_max {
+                    // It may end over the limit: no part before compression shows it fits.
+                    want = want.max(layer_bytes_max + 1);
+                }
                 let a = tokio::select! {
                     r = rx.wait_for(|a| a.error.is_some() || a.done.is_some() || a.bytes >= want) => {
                         r.map_err(|_| JobError::Stopped)?.clone()
@@ -475,6 +519,9 @@ impl Uploader {
                 if let Some(e) = a.error {
                     return Err(e);
                 }
+                self.limits()
+                    .check_layer_bytes(&format!("layer {} once compressed", blob.key), a.bytes)
+                    .map_err(|e| JobError::failed(e.to_string()))?;
                 let len = a.bytes.saturating_sub(cursor.offset).min(chunk_bytes);
                 let done = if len == 0 { a.done } else { None };
                 Ok((

@@ -9,7 +9,9 @@
 //! - PATCH answers 201; `Location` is absolute, points at the proxy, the same UUID every time
 //!   (the registry's `_state` Location is kept inside);
 //! - `Range` is stale: it advances after the first PATCH and then stays;
-//! - GET upload status answers 404 (no OCI error code);
+//! - GET upload status answers 404 `BLOB_UPLOAD_UNKNOWN`, for live sessions too (ECR's status
+//!   endpoint does not work; the code it sends is unknown, so the emulation sends the one
+//!   that looks most like "session gone");
 //! - a part that does not start at the committed offset: 416 `BLOB_UPLOAD_INVALID` "First byte
 //!   of the layer part is N instead of M";
 //! - every part but the last must be at least `part_min_bytes`, checked at the final PUT
@@ -21,6 +23,8 @@
 //! - Basic challenge with expiring tokens (403 "Your authorization token has expired"), or a
 //!   Bearer challenge backed by our token service (as ECR Public);
 //! - a missing repository: upload POST gets a dropped connection, the rest 404 `NAME_UNKNOWN`;
+//!   unless a repository creation template with `CREATE_ON_PUSH` covers it
+//!   (`create_on_push`): then the upload POST creates it, and it works like any other;
 //! - 429 `TOOMANYREQUESTS` bursts without `Retry-After` (`throttle_next`), 503 bursts
 //!   (`fail_next_5xx`); the sizes of the committed parts in order (`part_sizes`);
 //! - faults: cut the connection after N request-body bytes; drop the response after the
@@ -33,6 +37,7 @@
 //! proxy.state.part_min_bytes.store(1 << 20, SeqCst);    // smaller data in tests
 //! proxy.basic_auth(&["token-1"]);                       // user AWS
 //! proxy.set_repositories(&["team/app"]);                // others are missing
+//! proxy.create_on_push(&["prod"]);                       // prod/... is created on push
 //! *proxy.state.cut_next_body_after.lock().unwrap() = Some(512 * 1024);
 //! proxy.state.drop_next_patch_response.store(true, SeqCst);
 //! proxy.state.throttle_next.store(3, SeqCst);
@@ -109,6 +114,9 @@ pub struct ProxyState {
     pub auth: Mutex<ProxyAuth>,
     /// `None`: every repository exists; `Some(set)`: only these (as if created in ECR).
     pub repositories: Mutex<Option<HashSet<String>>>,
+    /// Prefixes of the repository creation templates that apply to `CREATE_ON_PUSH`: an upload
+    /// POST to a missing repository under one of them creates it. `ROOT` covers every name.
+    pub create_on_push_prefixes: Mutex<Vec<String>>,
     /// Answer the next N requests with 429.
     pub throttle_next: AtomicU32,
     /// Answer the next N requests with 503 (a burst of server errors).
@@ -163,6 +171,7 @@ impl EcrProxy {
             mount_enabled: AtomicBool::new(false),
             auth: Mutex::new(ProxyAuth::None),
             repositories: Mutex::new(None),
+            create_on_push_prefixes: Mutex::new(Vec::new()),
             throttle_next: AtomicU32::new(0),
             fail_next_5xx: AtomicU32::new(0),
             cut_next_body_after: Mutex::new(None),
@@ -238,6 +247,18 @@ impl EcrProxy {
     pub fn set_repositories(&self, repos: &[&str]) {
         *self.state.repositories.lock().unwrap() =
             Some(repos.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Repository creation templates with `CREATE_ON_PUSH` for these prefixes (as ECR's
+    /// `prefix`: `prod` covers `prod/...`; `ROOT` covers every repository).
+    pub fn create_on_push(&self, prefixes: &[&str]) {
+        *self.state.create_on_push_prefixes.lock().unwrap() =
+            prefixes.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Whether the repository exists in the emulated registry (created, or created on push).
+    pub fn repository_exists(&self, repo: &str) -> bool {
+        repo_exists(&self.state, repo)
     }
 
     pub fn bytes_in(&self) -> u64 {
@@ -584,14 +605,32 @@ fn injected_fault(st: &ProxyState) -> Option<Resp> {
     Some(resp)
 }
 
+/// Whether a `CREATE_ON_PUSH` template covers `repo` (ECR matches a template's prefix as a
+/// namespace: `prod` covers `prod/app`, not `production`).
+fn created_on_push(st: &ProxyState, repo: &str) -> bool {
+    st.create_on_push_prefixes.lock().unwrap().iter().any(|p| {
+        p == "ROOT"
+            || repo
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
 /// ECR's answer for a repository that was not created: 404 NAME_UNKNOWN, except an upload POST,
-/// whose connection ECR cuts.
+/// whose connection ECR cuts, or which creates the repository when a create-on-push template
+/// covers it.
 fn missing_repository(r: &Route, st: &ProxyState) -> Option<Result<Resp, Cut>> {
     let repo = repo_of(r)?;
     if repo_exists(st, repo) {
         return None;
     }
     if matches!(r, Route::UploadStart { .. }) {
+        if created_on_push(st, repo) {
+            if let Some(set) = st.repositories.lock().unwrap().as_mut() {
+                set.insert(repo.to_string());
+            }
+            return None;
+        }
         return Some(Err(Cut("upload POST to a missing repository")));
     }
     Some(Ok(oci_error(

@@ -36,9 +36,14 @@ pub(super) async fn handle_upload(
     query: Option<String>,
 ) -> Result<Resp, Cut> {
     if parts.method == Method::GET {
-        // ECR has no working upload-status endpoint, for live sessions or gone ones.
+        // ECR has no working upload-status endpoint, for live sessions or gone ones: its 404
+        // says nothing, whatever code it carries.
         st.status_gets.fetch_add(1, Ordering::SeqCst);
-        return Ok(respond(404, &[], "404 page not found\n"));
+        return Ok(oci_error(
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        ));
     }
     let Some(up) = st.uploads.lock().unwrap().get(uuid).cloned() else {
         let _ = read_body(st, body).await;
