@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use hoist::api::{BlobState, Compression, JobId, JobState};
 use hoist::cli::client::Client;
 use hoist::digest::Digest;
+use hoist_testkit::tools::run_ok;
 use rand::{Rng, SeedableRng};
 
 use common::TestRegistry;
@@ -51,16 +52,12 @@ fn hoistd(dir: &std::path::Path) -> Child {
 }
 
 fn integrity_check(db: &std::path::Path) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])")
-        .arg(db)
-        .output()
-        .expect("run python3 for the integrity check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])")
+            .arg(db),
+        "python3 for the integrity check",
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -102,6 +102,18 @@ async fn auth_errors_never_show_credentials() {
     );
 }
 
+/// Sends a chunk to `cursor` and expects an error whose Display and Debug show the session's
+/// query as `?REDACTED` and no secret; `what` names the error in the messages.
+async fn assert_upload_error_redacted(c: &RegistryClient, cursor: &UploadCursor, what: &str) {
+    let e = c
+        .upload_chunk_from(cursor, common::body(Bytes::from_static(b"abc")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("?REDACTED"), "{e}");
+    assert_clean(what, &e.to_string());
+    assert_clean(&format!("{what} {{:?}}"), &format!("{e:?}"));
+}
+
 /// Upload URLs keep the registry's state in their query: errors (status and transport, their
 /// Display and Debug) show it as `?REDACTED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,13 +131,7 @@ async fn upload_url_queries_are_redacted_in_errors() {
         session_url: format!("http://{}/v2/a/blobs/uploads/x?{STATE}", h.host()),
         offset: 0,
     };
-    let e = c
-        .upload_chunk_from(&cursor, common::body(Bytes::from_static(b"abc")))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("?REDACTED"), "{e}");
-    assert_clean("status error", &e.to_string());
-    assert_clean("status error {:?}", &format!("{e:?}"));
+    assert_upload_error_redacted(&c, &cursor, "status error").await;
 
     // A transport error: nobody listens there any more.
     let port = common::free_port();
@@ -134,13 +140,26 @@ async fn upload_url_queries_are_redacted_in_errors() {
         offset: 0,
     };
     let c = RegistryClient::new(&format!("127.0.0.1:{port}"), opts()).unwrap();
-    let e = c
-        .upload_chunk_from(&gone, common::body(Bytes::from_static(b"abc")))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("?REDACTED"), "{e}");
-    assert_clean("transport error", &e.to_string());
-    assert_clean("transport error {:?}", &format!("{e:?}"));
+    assert_upload_error_redacted(&c, &gone, "transport error").await;
+}
+
+/// A client without credentials of its own for a server that asks for Basic ones, with the
+/// credential helper `name` (running `script`) configured for it in `dir`.
+async fn client_with_helper(dir: &Path, name: &str, script: &str) -> (Hostile, RegistryClient) {
+    let h =
+        Hostile::start(|_| Answer::full(401, &[("www-authenticate", r#"Basic realm="r""#)], ""))
+            .await;
+    let lookup = helper(dir, &h.host(), name, script);
+    let c = RegistryClient::new(
+        &h.host(),
+        ClientOptions {
+            credentials: None,
+            lookup,
+            ..opts()
+        },
+    )
+    .unwrap();
+    (h, c)
 }
 
 fn helper(dir: &Path, host: &str, name: &str, script: &str) -> CredentialLookup {
@@ -166,27 +185,15 @@ fn helper(dir: &Path, host: &str, name: &str, script: &str) -> CredentialLookup 
 /// A helper that printed credentials and then failed: its stdout is not quoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_helper_does_not_leak_what_it_printed() {
-    let h =
-        Hostile::start(|_| Answer::full(401, &[("www-authenticate", r#"Basic realm="r""#)], ""))
-            .await;
     let dir = tempfile::tempdir().unwrap();
-    let lookup = helper(
+    let (_h, c) = client_with_helper(
         dir.path(),
-        &h.host(),
         "leaky",
         &format!(
             "#!/bin/sh\nprintf '{{\"Username\":\"AWS\",\"Secret\":\"{SECRET}\"}}'\necho 'token service down' >&2\nexit 1\n"
         ),
-    );
-    let c = RegistryClient::new(
-        &h.host(),
-        ClientOptions {
-            credentials: None,
-            lookup,
-            ..opts()
-        },
     )
-    .unwrap();
+    .await;
     let e = c.ping().await.unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("docker-credential-leaky"), "{msg}");
@@ -205,29 +212,17 @@ fn state(pid: &str) -> Option<char> {
 /// with a message that names the helper and says what to check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_helper_is_killed_after_its_timeout() {
-    let h =
-        Hostile::start(|_| Answer::full(401, &[("www-authenticate", r#"Basic realm="r""#)], ""))
-            .await;
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let lookup = helper(
+    let (_h, c) = client_with_helper(
         dir.path(),
-        &h.host(),
         "hang",
         &format!(
             "#!/bin/sh\nsleep 600 &\necho \"$$ $!\" > {}\nwait\n",
             pids.display()
         ),
-    );
-    let c = RegistryClient::new(
-        &h.host(),
-        ClientOptions {
-            credentials: None,
-            lookup,
-            ..opts()
-        },
     )
-    .unwrap();
+    .await;
     let t = Instant::now();
     let e = c.ping().await.unwrap_err();
     let elapsed = t.elapsed();

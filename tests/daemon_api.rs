@@ -198,21 +198,18 @@ async fn check_replay(client: &Client, id: &api::JobId, events: &[api::Event]) {
 /// The metrics after the scripted five-chunk job is done.
 async fn check_done_metrics(client: &Client) {
     let metrics = client.metrics().await.unwrap();
-    for line in [
+    let bytes_total = format!("hoist_upload_bytes_total {}", 5 * CHUNK);
+    let lines = [
         "hoist_upload_chunks_total 5",
-        &format!("hoist_upload_bytes_total {}", 5 * CHUNK),
+        &bytes_total,
         "hoist_retries_total 0",
         "hoist_resumes_total 0",
         "hoist_jobs{state=\"done\"} 1",
         "hoist_jobs{state=\"queued\"} 0",
         "hoist_upload_slots_in_use 0",
         "hoist_jobs_running 0",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "metrics lack {line:?}:\n{metrics}"
-        );
-    }
+    ];
+    assert_lines(&metrics, &lines, "metrics");
     assert!(metrics.contains("# TYPE hoist_upload_bytes_total counter"));
 }
 
@@ -222,11 +219,7 @@ async fn pause_resume_cancel_delete() {
     let body = Scripted::new(400, 20);
     let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));
     let client = daemon.client();
-    let id = client.submit(&submit_request("oci:/img")).await.unwrap().id;
-    wait_job(&client, &id, "uploading 2 chunks", |j| {
-        uploaded(j) >= 2 * CHUNK
-    })
-    .await;
+    let id = submit_uploading(&client, "oci:/img", 2).await;
     let paused_at = pause_and_check(&daemon, &client, &id).await;
 
     // Resume: continues from the saved cursor, not from zero.
@@ -612,9 +605,7 @@ async fn deleting_a_paused_job_ends_its_followers() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
     let client = daemon.client();
-    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
-    wait_state(&client, &id, JobState::Uploading).await;
-    client.control(&id, "pause").await.unwrap();
+    let id = submit_paused(&client, "a.tar").await;
     let mut stream = client.events(&id, 0, true).await.unwrap();
     let follower = tokio::spawn(async move {
         let mut last = None;
@@ -649,8 +640,7 @@ async fn the_upload_connection_cap_is_shared_by_all_jobs() {
         },
     );
     let client = daemon.client();
-    let first = client.submit(&submit_request("a.tar")).await.unwrap().id;
-    wait_job(&client, &first, "uploading", |j| uploaded(j) >= CHUNK).await;
+    let first = submit_uploading(&client, "a.tar", 1).await;
     let second = client.submit(&submit_request("b.tar")).await.unwrap().id;
     // Both run, but the second waits for the only upload slot.
     wait_state(&client, &second, JobState::Uploading).await;
@@ -658,12 +648,11 @@ async fn the_upload_connection_cap_is_shared_by_all_jobs() {
     // Long enough for several chunks, had the second job a slot.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let metrics = client.metrics().await.unwrap();
-    for line in ["hoist_upload_slots_in_use 1", "hoist_jobs_running 2"] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "metrics lack {line:?}:\n{metrics}"
-        );
-    }
+    assert_lines(
+        &metrics,
+        &["hoist_upload_slots_in_use 1", "hoist_jobs_running 2"],
+        "metrics",
+    );
     let job = client.job(&second).await.unwrap();
     assert!(
         job.blobs[0].uploaded_bytes == 0

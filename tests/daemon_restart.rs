@@ -16,15 +16,7 @@ async fn killed_daemon_resumes_the_job_from_its_cursor() {
     let first = Scripted::new(60, 20);
     let daemon = TestDaemon::start(dir.path(), Arc::new(first.clone()));
     let client = daemon.client();
-    let id = client
-        .submit(&submit_request("docker-archive:/big.tar"))
-        .await
-        .unwrap()
-        .id;
-    wait_job(&client, &id, "3 chunks uploaded", |j| {
-        uploaded(j) >= 3 * CHUNK
-    })
-    .await;
+    let id = submit_uploading(&client, "docker-archive:/big.tar", 3).await;
     daemon.kill();
 
     let second = Scripted::new(60, 1);
@@ -58,10 +50,7 @@ async fn killed_daemon_resumes_the_job_from_its_cursor() {
         "{reasons:?}"
     );
     let metrics = client.metrics().await.unwrap();
-    assert!(
-        metrics.lines().any(|l| l == "hoist_resumes_total 1"),
-        "{metrics}"
-    );
+    assert_lines(&metrics, &["hoist_resumes_total 1"], "metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +59,7 @@ async fn graceful_stop_persists_and_the_next_daemon_finishes() {
     let first = Scripted::new(1000, 10);
     let daemon = TestDaemon::start(dir.path(), Arc::new(first.clone()));
     let client = daemon.client();
-    let id = client.submit(&submit_request("oci:/dir")).await.unwrap().id;
-    wait_job(&client, &id, "2 chunks uploaded", |j| {
-        uploaded(j) >= 2 * CHUNK
-    })
-    .await;
+    let id = submit_uploading(&client, "oci:/dir", 2).await;
     let mut stream = client.events(&id, 0, true).await.unwrap();
     let follower = tokio::spawn(async move { while stream.next().await.is_some() {} });
     let started = Instant::now();
@@ -107,9 +92,7 @@ async fn paused_jobs_stay_paused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(500, 20)));
     let client = daemon.client();
-    let id = client.submit(&submit_request("a.tar")).await.unwrap().id;
-    wait_state(&client, &id, JobState::Uploading).await;
-    client.control(&id, "pause").await.unwrap();
+    let id = submit_paused(&client, "a.tar").await;
     daemon.stop().unwrap();
     let body = Scripted::new(500, 1);
     let daemon = TestDaemon::start(dir.path(), Arc::new(body.clone()));

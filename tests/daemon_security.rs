@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use daemon_support::*;
+use hoist_testkit::tools::run_ok;
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -51,8 +52,8 @@ fn curl_as(uid: Option<u32>, socket: &std::path::Path) -> String {
         }
         None => Command::new("curl"),
     };
-    let out = cmd
-        .args([
+    let out = run_ok(
+        cmd.args([
             "-sS",
             "--max-time",
             "10",
@@ -61,13 +62,8 @@ fn curl_as(uid: Option<u32>, socket: &std::path::Path) -> String {
             "--unix-socket",
         ])
         .arg(socket)
-        .arg("http://hoistd/v1/health")
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        .arg("http://hoistd/v1/health"),
+        "curl",
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

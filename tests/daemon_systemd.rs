@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon_support::hoistd_bin;
+use daemon_support::{assert_lines, hoistd_bin};
 use hoist::cli::client::Client;
 
 fn require(tool: &str) {
@@ -50,29 +50,21 @@ fn units_pass_systemd_analyze_verify() {
         out.status
     );
     let service = std::fs::read_to_string(Path::new(units).join("hoist.service")).unwrap();
-    for line in [
+    let lines = [
         "Type=notify",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "PrivateTmp=yes",
-    ] {
-        assert!(
-            service.lines().any(|l| l == line),
-            "hoist.service lacks {line}"
-        );
-    }
+    ];
+    assert_lines(&service, &lines, "hoist.service");
     let socket = std::fs::read_to_string(Path::new(units).join("hoist.socket")).unwrap();
-    for line in [
+    let lines = [
         "ListenStream=%t/hoist/hoist.sock",
         "SocketMode=0600",
         "DirectoryMode=0700",
-    ] {
-        assert!(
-            socket.lines().any(|l| l == line),
-            "hoist.socket lacks {line}"
-        );
-    }
+    ];
+    assert_lines(&socket, &lines, "hoist.socket");
 }
 
 #[tokio::test]

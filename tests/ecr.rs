@@ -31,21 +31,6 @@ fn opts() -> ClientOptions {
     }
 }
 
-async fn push_manifest(
-    c: &RegistryClient,
-    repo: &str,
-    tag: &str,
-    layers: &[&Blob],
-) -> bytes::Bytes {
-    let cfg = images::config("linux", "amd64");
-    images::upload(c, repo, &cfg, 0).await.unwrap();
-    let m = images::manifest(&cfg, layers, true);
-    c.put_manifest(repo, tag, OCI_MANIFEST, m.clone())
-        .await
-        .unwrap();
-    m
-}
-
 /// Chunked PATCH answered 201 (not 202), absolute Location with the same UUID each time, a
 /// stale Range, 5 MiB (scaled) minimum parts, manifest GET without Docker-Content-Digest: the
 /// upload sends every byte exactly once, and the tag verifies.
@@ -64,7 +49,7 @@ async fn chunked_upload_with_201_absolute_location_and_stale_range() {
         "every byte sent exactly once"
     );
     assert_eq!(proxy.state.out_of_order.load(Ordering::SeqCst), 0);
-    let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
+    let m = images::put_image(&c, "team/app", "v1", "linux/amd64", &[&layer]).await;
     let r = images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
         .await
         .unwrap();
@@ -219,7 +204,7 @@ async fn create_on_push_template_creates_the_repository() {
     let layer = Blob::new(images::random_bytes(17, 2 * MIB + 3));
     images::upload(&c, "team/new", &layer, 0).await.unwrap();
     assert!(proxy.repository_exists("team/new"));
-    push_manifest(&c, "team/new", "v1", &[&layer]).await;
+    images::put_image(&c, "team/new", "v1", "linux/amd64", &[&layer]).await;
     c.get_manifest("team/new", &hoist::registry::Reference::Tag("v1".into()))
         .await
         .unwrap();
@@ -373,7 +358,7 @@ async fn bearer_token_flow() {
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(17, 2 * MIB + 5));
     images::upload(&c, "team/app", &layer, 0).await.unwrap();
-    let m = push_manifest(&c, "team/app", "v1", &[&layer]).await;
+    let m = images::put_image(&c, "team/app", "v1", "linux/amd64", &[&layer]).await;
     images::verify_amd64(&c, &proxy.host(), "team/app:v1", &m)
         .await
         .unwrap();
@@ -578,7 +563,7 @@ async fn no_credentials_to_other_hosts() {
     assert_eq!(*seen.lock().unwrap(), vec![None]);
     // The registry itself does get them.
     assert!(proxy.log().iter().any(|l| l == "GET /v2/ auth"));
-    task.abort();
+    drop(task);
 }
 
 /// A digest mismatch at the final PUT (ECR: 400 BLOB_UPLOAD_INVALID "None of the provided
@@ -641,8 +626,8 @@ async fn blob_redirects_get_no_credentials() {
         seen.iter().all(|(w, a)| w != "s3" || a.is_none()),
         "{seen:?}"
     );
-    s3_task.abort();
-    reg_task.abort();
+    drop(s3_task);
+    drop(reg_task);
 }
 
 /// Notes who was asked and with which `Authorization` header.
@@ -658,7 +643,7 @@ fn record_request(seen: &Seen, who: &str, req: &hyper::Request<hyper::body::Inco
 async fn spawn_s3(
     seen: &Seen,
     body: bytes::Bytes,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (std::net::SocketAddr, common::serve::ServerTask) {
     use common::serve::{Cut, respond, spawn_server};
     let seen = seen.clone();
     spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -673,7 +658,7 @@ async fn spawn_s3(
 async fn spawn_redirecting_registry(
     seen: &Seen,
     s3: std::net::SocketAddr,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (std::net::SocketAddr, common::serve::ServerTask) {
     use common::serve::{Cut, respond, spawn_server};
     let seen = seen.clone();
     spawn_server(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -45,12 +45,6 @@ fn sessions_of(storage: &Path, repo: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn archive(dir: &Path, seed: u64, mb: u64) -> String {
-    let oci = dir.join(format!("img{seed}"));
-    write_oci(&oci, &image_spec(seed, mb, SampleCompression::None));
-    write_docker_archive(&oci, &dir.join(format!("img{seed}.tar")))
-}
-
 fn spool_of(daemon: &TestDaemon, id: &JobId) -> PathBuf {
     daemon.state_dir.join("spool").join(id.as_str())
 }
@@ -105,8 +99,7 @@ async fn pause(client: &Client, id: &JobId) {
 async fn cancel_and_delete_in_every_state_leave_no_session_and_no_spool() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let source = archive(dir.path(), 51, 24);
     // One job runs at a time: a resumed job waits in `queued` behind another.
     let daemon = TestDaemon::start_with(
@@ -156,8 +149,7 @@ async fn cancel_and_delete_in_every_state_leave_no_session_and_no_spool() {
 async fn cancel_and_delete_of_a_failed_job_leave_no_session_and_no_spool() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
     for (seed, repo, action) in [
@@ -257,8 +249,7 @@ async fn cancel_is_refused_while_the_tag_is_written_and_a_deadline_mid_put_still
 async fn a_blob_the_registry_lost_while_the_job_was_paused_is_uploaded_again() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let source = archive(dir.path(), 53, 24);
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();

@@ -49,18 +49,11 @@ fn open_sessions(storage: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn archive(dir: &Path, seed: u64, mb: u64) -> String {
-    let oci = dir.join(format!("img{seed}"));
-    write_oci(&oci, &image_spec(seed, mb, SampleCompression::None));
-    write_docker_archive(&oci, &dir.join(format!("img{seed}.tar")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_deletes_open_sessions_and_the_spool_and_delete_removes_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let source = archive(dir.path(), 31, 24);
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();
@@ -239,8 +232,7 @@ async fn arm64_binaries_in_an_amd64_image_fail_before_the_commit_unless_allowed(
 async fn a_symlink_is_resolved_at_submission_and_a_replaced_file_fails_the_job_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let real = archive(dir.path(), 35, 16);
     let real = PathBuf::from(real.strip_prefix("docker-archive:").unwrap());
     // Same bytes, another file: what a swap to a look-alike would give.
@@ -424,8 +416,7 @@ async fn incompressible_chunks_are_sent_from_the_source_not_copied_into_the_spoo
 async fn deleting_a_paused_job_deletes_the_sessions_it_kept_open() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
-    let proxy = EcrProxy::start(registry.addr).await;
-    proxy.state.part_delay_ms.store(300, Ordering::SeqCst);
+    let proxy = slow_ecr(registry.addr).await;
     let source = archive(dir.path(), 38, 24);
     let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = daemon.client();

@@ -40,25 +40,16 @@ fn stall_client(host: &str) -> RegistryClient {
     .unwrap()
 }
 
-/// Pushes config + layers + manifest under `tag`; returns the manifest bytes.
+/// Pushes `layer`, its config and their manifest under `tag`; returns the manifest bytes.
 async fn push_image(
     c: &RegistryClient,
     repo: &str,
     tag: &str,
     os_arch: &str,
-    layers: &[&Blob],
+    layer: &Blob,
 ) -> Bytes {
-    let (os, arch) = os_arch.split_once('/').unwrap();
-    let cfg = images::config(os, arch);
-    images::upload(c, repo, &cfg, 0).await.unwrap();
-    for l in layers {
-        images::upload(c, repo, l, 0).await.unwrap();
-    }
-    let m = images::manifest(&cfg, layers, true);
-    c.put_manifest(repo, tag, OCI_MANIFEST, m.clone())
-        .await
-        .unwrap();
-    m
+    images::upload(c, repo, layer, 0).await.unwrap();
+    images::put_image(c, repo, tag, os_arch, &[layer]).await
 }
 
 /// Several chunks, then the manifest round trip: the tag reads back with the exact bytes and
@@ -73,7 +64,7 @@ async fn multi_chunk_upload_and_manifest_round_trip() {
     let stats = images::upload(&c, "app/one", &layer, 0).await.unwrap();
     assert_eq!(stats.chunks, 3, "{stats:?}");
     assert!(images::present(&c, "app/one", &layer).await);
-    let m = push_image(&c, "app/one", "v1", "linux/amd64", &[&layer]).await;
+    let m = push_image(&c, "app/one", "v1", "linux/amd64", &layer).await;
     let (mt, bytes, digest) = c
         .get_manifest("app/one", &Reference::Tag("v1".into()))
         .await
@@ -260,18 +251,18 @@ async fn verify_tag_catches_wrong_platforms() {
     let amd = Platform::linux_amd64();
     let at = |t: &str| -> ImageRef { format!("{}/app/v:{t}", reg.host()).parse().unwrap() };
 
-    let good = push_image(&c, "app/v", "good", "linux/amd64", &[&layer]).await;
+    let good = push_image(&c, "app/v", "good", "linux/amd64", &layer).await;
     let r = verify_tag(&c, &at("good"), None, &amd).await.unwrap();
     assert_eq!(r.platform, amd);
 
-    let arm = push_image(&c, "app/v", "arm", "linux/arm64", &[&layer]).await;
+    let arm = push_image(&c, "app/v", "arm", "linux/arm64", &layer).await;
     let e = verify_tag(&c, &at("arm"), None, &amd).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "image is linux/arm64 but nodes ask for linux/amd64: they fail with \"exec format error\""
     );
 
-    let att = push_image(&c, "app/v", "att", "unknown/unknown", &[&layer]).await;
+    let att = push_image(&c, "app/v", "att", "unknown/unknown", &layer).await;
     let idx = images::index(&[
         (&arm, "linux/arm64", false),
         (&att, "unknown/unknown", true),
@@ -335,7 +326,7 @@ async fn basic_auth_from_docker_config() {
     let c = RegistryClient::new(&reg.host(), opts(dir.path())).unwrap();
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(8, 2 * MIB + 3));
-    let m = push_image(&c, "auth/app", "v1", "linux/amd64", &[&layer]).await;
+    let m = push_image(&c, "auth/app", "v1", "linux/amd64", &layer).await;
     images::verify_amd64(&c, &reg.host(), "auth/app:v1", &m)
         .await
         .unwrap();
@@ -483,7 +474,7 @@ async fn chunk_min_length_is_honoured() {
     );
     assert_eq!(c.chunk_bytes(), 3 * MIB as u64);
     assert_eq!(c.chunk_bytes_min(), 3 * MIB as u64);
-    task.abort();
+    drop(task);
 }
 
 /// The same cut mid-PATCH, through the client (a TCP proxy forwards half of the PATCH body to
@@ -632,7 +623,7 @@ async fn bearer_token_auth_of_the_real_registry() {
     .unwrap();
     c.ping().await.unwrap();
     let layer = Blob::new(images::random_bytes(70, 2 * MIB + 9));
-    let m = push_image(&c, "tok/app", "v1", "linux/amd64", &[&layer]).await;
+    let m = push_image(&c, "tok/app", "v1", "linux/amd64", &layer).await;
     images::verify_amd64(&c, &reg.host(), "tok/app:v1", &m)
         .await
         .unwrap();

@@ -21,24 +21,34 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Opens the store in `dir` and checks that it reached the latest schema version.
+async fn open_latest(dir: &std::path::Path) -> Store {
+    let store = Store::open(dir).unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        schema::latest_version()
+    );
+    store
+}
+
+/// Inserts a job of `spec()` under `id`, with an empty state body.
+async fn insert_plain_job(store: &Store, id: &JobId) {
+    store
+        .insert_job(id.clone(), spec(), "{}".into())
+        .await
+        .unwrap();
+}
+
 #[test]
 fn migrates_fresh_and_reopens_and_refuses_newer() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        let store = open_latest(dir.path()).await;
         store.integrity_check().await.unwrap();
     });
     // Reopening runs no migration twice (it would fail on CREATE TABLE).
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        open_latest(dir.path()).await;
     });
     let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
     conn.pragma_update(None, "user_version", schema::latest_version() + 1)
@@ -56,11 +66,7 @@ fn migrates_from_every_older_version() {
     let dir = tempfile::tempdir().unwrap();
     Connection::open(dir.path().join("hoist.db")).unwrap();
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        open_latest(dir.path()).await;
     });
     let conn = Connection::open(dir.path().join("hoist.db")).unwrap();
     let mode: String = conn
@@ -110,11 +116,7 @@ fn version_1_rows_survive_the_migration_to_the_latest() {
         .unwrap();
     }
     rt().block_on(async {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            schema::latest_version()
-        );
+        let store = open_latest(dir.path()).await;
         let job = store.job(id.clone()).await.unwrap();
         assert_eq!((job.state, job.created_ms), (JobState::Uploading, 1));
         let blobs = store.blobs(id.clone()).await.unwrap();
@@ -430,10 +432,7 @@ fn a_cursor_past_the_end_is_refused_when_read_back() {
     let digest = Digest::sha256_of(b"as is");
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_job(id.clone(), spec(), "{}".into())
-            .await
-            .unwrap();
+        insert_plain_job(&store, &id).await;
         let blob = NewBlob {
             digest: digest.clone(),
             size_bytes: 10,
@@ -464,10 +463,7 @@ fn a_job_limit_is_stored_in_the_spec_and_survives_a_reopen() {
     let id = JobId::random();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_job(id.clone(), spec(), "{}".into())
-            .await
-            .unwrap();
+        insert_plain_job(&store, &id).await;
         let job = store
             .set_job_bandwidth(id.clone(), Some(3 << 20))
             .await

@@ -3,6 +3,7 @@
 //! - [`sample`]: deterministic sample images (OCI layouts) for tests, the demo and benchmarks.
 //! - [`testdata`]: deterministic random and text-like bytes for benchmarks, examples and tests.
 //! - [`fuzzing`]: entry points of the fuzz targets, replayed by `tests/fuzz_corpus.rs`.
+//! - [`tools`]: running the outside tools (skopeo, openssl, curl) tests check results with.
 //!
 //! Used as a dev-dependency of `hoist` (tests, examples, benches, unit tests) and by the fuzz
 //! crate; it is never published.
@@ -10,3 +11,4 @@
 pub mod fuzzing;
 pub mod sample;
 pub mod testdata;
+pub mod tools;

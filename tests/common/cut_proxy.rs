@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::serve::ServerTask;
+
 pub struct CutState {
     /// Client->registry bytes still allowed before the connection carrying them is cut;
     /// negative: no cut scheduled.
@@ -24,13 +26,7 @@ pub struct CutState {
 pub struct CutProxy {
     pub addr: SocketAddr,
     pub state: Arc<CutState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 impl CutProxy {
@@ -47,7 +43,7 @@ impl CutProxy {
             rate_up: AtomicU64::new(0),
         });
         let st = state.clone();
-        let task = tokio::spawn(async move {
+        let task = ServerTask::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((client, _)) = listener.accept().await else {

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::serve::ServerTask;
+
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     pub reset_after_upstream_bytes: Option<u64>,
@@ -65,7 +67,7 @@ struct Shared {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    task: ServerTask,
 }
 
 impl FaultProxy {
@@ -96,7 +98,7 @@ impl FaultProxy {
             blackhole_at: Mutex::new(None),
         });
         let s = shared.clone();
-        let task = tokio::spawn(async move {
+        let task = ServerTask::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 s.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let s = s.clone();
@@ -143,12 +145,6 @@ impl FaultProxy {
 
     pub fn connections(&self) -> u64 {
         self.shared.counters.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

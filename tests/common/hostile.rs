@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::serve::ServerTask;
+
 /// A request as the hostile server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -80,13 +82,7 @@ type Script = dyn Fn(&Seen) -> Answer + Send + Sync;
 pub struct Hostile {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 /// A request head larger than this is refused by the server (the client never sends one).
@@ -101,7 +97,7 @@ impl Hostile {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
         let s2 = seen.clone();
-        let task = tokio::spawn(async move {
+        let task = ServerTask::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;

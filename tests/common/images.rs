@@ -11,6 +11,25 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
+/// Uploads the config of `os_arch` (`os/arch`) and puts under `tag` the manifest of it and
+/// `layers` (already in `repo`); returns the manifest bytes.
+pub async fn put_image(
+    c: &RegistryClient,
+    repo: &str,
+    tag: &str,
+    os_arch: &str,
+    layers: &[&Blob],
+) -> Bytes {
+    let (os, arch) = os_arch.split_once('/').unwrap();
+    let cfg = config(os, arch);
+    upload(c, repo, &cfg, 0).await.unwrap();
+    let m = manifest(&cfg, layers, true);
+    c.put_manifest(repo, tag, OCI_MANIFEST, m.clone())
+        .await
+        .unwrap();
+    m
+}
+
 /// `n` pseudo-random bytes from `seed` (xorshift: fast, deterministic, incompressible enough).
 pub fn random_bytes(seed: u64, n: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hoist_testkit::tools::run_ok;
+
 /// How long a registry may take to answer `/v2/` after it is spawned.
 const REGISTRY_START_MS_MAX: u64 = 15_000;
 
@@ -191,16 +193,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
 /// Runs `skopeo` with `args`, panicking with its stderr when it fails.
 pub fn skopeo(args: &[&str]) -> Output {
     require_tool("skopeo");
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("spawn skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(
+        Command::new("skopeo").args(args),
+        &format!("skopeo {args:?}"),
+    )
 }
 
 /// `skopeo inspect --raw` of `docker://HOST/REPO:TAG` on a plain-HTTP test registry.

@@ -25,8 +25,23 @@ impl std::fmt::Display for Cut {
 
 impl std::error::Error for Cut {}
 
-/// Serves `handler` on a fresh loopback port until the returned handle is aborted/dropped.
-pub async fn spawn_server<F, Fut>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+/// A test double's accept loop, aborted when dropped: the double stops with its owner.
+pub struct ServerTask(tokio::task::JoinHandle<()>);
+
+impl ServerTask {
+    pub fn spawn(accept_loop: impl Future<Output = ()> + Send + 'static) -> ServerTask {
+        ServerTask(tokio::spawn(accept_loop))
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `handler` on a fresh loopback port until the returned task is dropped.
+pub async fn spawn_server<F, Fut>(handler: F) -> (SocketAddr, ServerTask)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, Cut>> + Send + 'static,
@@ -35,7 +50,7 @@ where
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
+    let task = ServerTask::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::serve::{Cut, Resp, respond, spawn_server};
+use super::serve::{Cut, Resp, ServerTask, respond, spawn_server};
 
 pub struct TokenState {
     pub user: String,
@@ -42,13 +42,7 @@ pub const JWT_SERVICE: &str = "hoist-test-registry";
 pub struct TokenService {
     pub addr: SocketAddr,
     pub state: Arc<TokenState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TokenService {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 impl TokenState {
@@ -91,27 +85,23 @@ impl TokenService {
     ) -> TokenService {
         super::require_tool("openssl");
         let (key_pem, cert_pem) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ])
-            .arg("-keyout")
-            .arg(&key_pem)
-            .arg("-out")
-            .arg(&cert_pem)
-            .args(["-subj", "/CN=hoist-test-token", "-days", "2"])
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
+        hoist_testkit::tools::run_ok(
+            std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                ])
+                .arg("-keyout")
+                .arg(&key_pem)
+                .arg("-out")
+                .arg(&cert_pem)
+                .args(["-subj", "/CN=hoist-test-token", "-days", "2"]),
+            "openssl",
         );
         let key_der = pem_body(&std::fs::read_to_string(&key_pem).unwrap());
         let cert_der = pem_body(&std::fs::read_to_string(&cert_pem).unwrap());

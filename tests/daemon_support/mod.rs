@@ -325,6 +325,35 @@ pub fn uploaded(job: &api::Job) -> u64 {
     job.blobs.first().map_or(0, |b| b.uploaded_bytes)
 }
 
+/// Submits `source` and waits until its job has uploaded `chunks` chunks.
+pub async fn submit_uploading(client: &Client, source: &str, chunks: u64) -> JobId {
+    let id = client.submit(&submit_request(source)).await.unwrap().id;
+    wait_job(client, &id, &format!("{chunks} chunks uploaded"), |j| {
+        uploaded(j) >= chunks * CHUNK
+    })
+    .await;
+    id
+}
+
+/// Submits `source` and pauses its job once it is uploading.
+pub async fn submit_paused(client: &Client, source: &str) -> JobId {
+    let id = client.submit(&submit_request(source)).await.unwrap().id;
+    wait_state(client, &id, JobState::Uploading).await;
+    client.control(&id, "pause").await.unwrap();
+    id
+}
+
+/// Asserts that each of `lines` is a whole line of `text` (metrics, unit files), quoting
+/// `text` under `what` when one is missing.
+pub fn assert_lines(text: &str, lines: &[&str], what: &str) {
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "{what} lacks {line:?}:\n{text}"
+        );
+    }
+}
+
 pub fn submit_request(source: &str) -> api::SubmitRequest {
     api::SubmitRequest {
         source: source.into(),

@@ -47,6 +47,24 @@ pub fn write_docker_archive(oci_dir: &Path, tar: &Path) -> String {
     format!("docker-archive:{}", tar.display())
 }
 
+/// A docker-archive under `dir` of [`image_spec`] `seed` of about `mb` MB, layers uncompressed.
+pub fn archive(dir: &Path, seed: u64, mb: u64) -> String {
+    let oci = dir.join(format!("img{seed}"));
+    write_oci(&oci, &image_spec(seed, mb, SampleCompression::None));
+    write_docker_archive(&oci, &dir.join(format!("img{seed}.tar")))
+}
+
+/// An ECR emulation in front of `upstream` that takes 300 ms over each part: slow enough for
+/// a test to act on a job while it uploads.
+pub async fn slow_ecr(upstream: std::net::SocketAddr) -> common::ecr_proxy::EcrProxy {
+    let proxy = common::ecr_proxy::EcrProxy::start(upstream).await;
+    proxy
+        .state
+        .part_delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    proxy
+}
+
 /// Submits a push of `source` to `target` (see [`request`]) and returns the job's ID.
 pub async fn submit(
     client: &Client,

@@ -16,6 +16,8 @@ pub use hoist_testkit::sample::{
 };
 pub use serde_json::{Value, json};
 
+use hoist_testkit::tools::run_ok;
+
 pub fn plan(src: &str) -> Result<PushPlan, PlanError> {
     plan_with(src, PlanOptions::default())
 }
@@ -66,15 +68,9 @@ pub fn sample(dir: &Path, spec: &SampleSpec) -> SampleImage {
 }
 
 pub fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("skopeo is installed");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo").arg("--insecure-policy").args(args),
+        &format!("skopeo {args:?}"),
     );
 }
 

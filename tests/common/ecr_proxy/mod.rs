@@ -65,7 +65,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
-use super::serve::{Cut, Resp, oci_error, respond, spawn_server};
+use super::serve::{Cut, Resp, ServerTask, oci_error, respond, spawn_server};
 use super::token_service::TokenState;
 
 pub const ECR_PART_MIN_BYTES: u64 = 5 << 20;
@@ -160,13 +160,7 @@ pub struct ProxyState {
 pub struct EcrProxy {
     pub addr: SocketAddr,
     pub state: Arc<ProxyState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EcrProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 impl EcrProxy {
