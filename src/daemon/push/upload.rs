@@ -40,6 +40,10 @@ pub const BLOB_ATTEMPTS_MAX: u32 = 16;
 pub const ADAPTIVE_CHUNK_BYTES_MIN: u64 = crate::registry::ECR_CHUNK_BYTES_MIN;
 /// Fresh sessions for one blob after a refused digest before the job fails.
 pub const DIGEST_RESTARTS_MAX: u32 = 1;
+/// The reason a `restarted` event gives when the registry no longer has the upload session.
+const SESSION_LOST: &str = "the registry lost the session";
+/// The reason a `restarted` event gives when the registry refused the finished blob's digest.
+const DIGEST_REFUSED: &str = "the registry refused the digest";
 
 /// Where a blob's bytes come from.
 pub enum Bytesrc {
@@ -270,7 +274,7 @@ impl Uploader {
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
     async fn send(&self, blob: &BlobJob) -> Result<CompressedLayer, JobError> {
         let ctx = self.ctx();
-        let mut cursor = self.first_cursor(blob).await?;
+        let mut cursor = self.first_cursor_announced(blob).await?;
         let mut attempts = 0u32;
         let mut digest_restarts = 0u32;
         // Smaller parts after failures (a cut costs less), back to the configured size on a
@@ -299,7 +303,7 @@ impl Uploader {
                         if e.is_digest_refused() && digest_restarts < DIGEST_RESTARTS_MAX {
                             digest_restarts += 1;
                             tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
-                            cursor = self.new_session(&blob.key).await?;
+                            cursor = self.restart(&blob.key, &cursor, DIGEST_REFUSED).await?;
                             continue;
                         }
                         cursor = self
@@ -383,7 +387,7 @@ impl Uploader {
             if *attempts > BLOB_ATTEMPTS_MAX {
                 return Err(reg_failed(what, &e));
             }
-            return self.new_session(key).await;
+            return self.restart(key, cursor, SESSION_LOST).await;
         }
         if !e.is_retryable() {
             return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));
@@ -397,8 +401,39 @@ impl Uploader {
             .await?;
         match point {
             ResumePoint::Continue(c) => Ok(c),
-            ResumePoint::Restart => self.new_session(key).await,
+            ResumePoint::Restart => self.restart(key, cursor, SESSION_LOST).await,
         }
+    }
+
+    /// [`Self::first_cursor`], saying what became of a stored cursor, so the user sees whether
+    /// the bytes the registry acknowledged before (an earlier run, a killed daemon) count: the
+    /// blob resumes at an offset, or starts again from 0.
+    async fn first_cursor_announced(&self, blob: &BlobJob) -> Result<UploadCursor, JobError> {
+        let cursor = self.first_cursor(blob).await?;
+        if let Some(stored) = blob.record.as_ref().and_then(|r| r.cursor.as_ref()) {
+            if cursor.offset > 0 {
+                self.ctx().resumed(&blob.key, cursor.offset).await;
+            } else if stored.offset_bytes > 0 {
+                self.ctx()
+                    .restarted(&blob.key, stored.offset_bytes, SESSION_LOST)
+                    .await;
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// A new session for a blob whose upload was at `lost`, reported as a restart for `reason`
+    /// when that loses acknowledged bytes.
+    async fn restart(
+        &self,
+        key: &Digest,
+        lost: &UploadCursor,
+        reason: &str,
+    ) -> Result<UploadCursor, JobError> {
+        if lost.offset > 0 {
+            self.ctx().restarted(key, lost.offset, reason).await;
+        }
+        self.new_session(key).await
     }
 
     /// The next chunk to send from `cursor.offset` (empty at the end, with the final digest).
