@@ -1,7 +1,8 @@
 //! What a kill -9 mid-blob looks like to the user, through the ECR emulation (atomic parts, on
 //! a loopback address, so not ECR by name): after the restart the daemon reports `resumed` for
 //! the interrupted blob at the offset the killed daemon had acknowledged, never `restarted`,
-//! and `hoist watch` says so in a line (and carries the event in its JSON output).
+//! and `hoist watch` says so in a line (and carries the event in its JSON output). On Debian's
+//! registry, which cancels an upload whose PATCH was cut, the blob says `restarted` instead.
 mod common;
 mod daemon_support;
 mod push_support;
@@ -11,12 +12,14 @@ use std::sync::atomic::Ordering;
 
 use hoist::api::{self, Compression, EventKind, JobId, JobState};
 use hoist::cli::client::Client;
+use hoist::daemon::Config;
 use hoist::digest::Digest;
 use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
 use common::TestRegistry;
+use common::cut_proxy::CutProxy;
 use common::ecr_proxy::EcrProxy;
-use daemon_support::{hoist_bin, kill9, wait_answers};
+use daemon_support::{TestDaemon, hoist_bin, kill9, wait_answers};
 use push_support::*;
 
 /// Size of the one layer: several parts of `CHUNK`.
@@ -141,4 +144,36 @@ async fn kill_9_mid_blob_is_followed_by_resumed_at_the_acknowledged_offset() {
         "no resumed event in:\n{json}"
     );
     kill9(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_debians_registry_a_cut_mid_patch_says_restarted_with_the_bytes_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let cut = CutProxy::start(registry.addr).await;
+    let mut spec = image_spec(32, 0, SampleCompression::Gzip);
+    spec.layers = vec![LayerSpec::new(
+        LayerContent::Random(16 << 20),
+        SampleCompression::Gzip,
+    )];
+    let (img, source) = write_oci(&dir.path().join("img"), &spec);
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    // In the middle of the layer's second chunk: its first chunk is acknowledged.
+    cut.cut_after(CHUNK + CHUNK / 2 + img.config_size);
+    let target = format!("{}/restarted/img:1", cut.host());
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
+    let job = wait_done(&client, &id).await;
+    assert_eq!(job.manifest_digest, Some(img.manifest.clone()));
+    let said: Vec<EventKind> = all_events(&client, &id)
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, EventKind::Resumed { .. } | EventKind::Restarted { .. }))
+        .collect();
+    assert!(
+        matches!(said.as_slice(), [EventKind::Restarted { offset_bytes, reason, .. }]
+            if *offset_bytes >= CHUNK && reason == "the registry lost the session"),
+        "{said:?}"
+    );
 }
