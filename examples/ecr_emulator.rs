@@ -1,8 +1,9 @@
 //! The tests' ECR emulation (`tests/common/ecr_proxy`) as a program, for benchmarks: ECR's
 //! atomic layer parts (a part cut midway is not committed; the upload goes on from the last
 //! whole part), 5 MiB minimum parts and the rest of `docs/ECR.md`, in front of a real
-//! registry. `scripts/bench.sh` measures the kill -9 resume through it, since Debian's registry
-//! cancels an upload whose PATCH was cut (see `docs/PERFORMANCE.md`).
+//! registry. `scripts/demo.sh` pushes through it and `scripts/bench.sh` measures the kill -9
+//! resume through it, since Debian's registry cancels an upload whose PATCH was cut (see
+//! `docs/PERFORMANCE.md`).
 //!
 //! usage: ecr_emulator UPSTREAM_ADDR  (prints its own `127.0.0.1:PORT`, serves until killed)
 #[path = "../tests/common/mod.rs"]

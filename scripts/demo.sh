@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job, end to end, on this machine: starts a local registry (Debian's docker-registry)
-# and hoistd, generates a sample image of a few hundred MB as a `docker save`-style archive,
-# shows what would be pushed, pushes it with live progress, kills the daemon (-9) midway,
-# restarts it, watches the push finish from where the registry left off, and checks the result
-# with `hoist verify` and `skopeo inspect`.
+# behind an ECR emulation (examples/ecr_emulator: ECR's atomic layer parts, among the rest of
+# docs/ECR.md) and hoistd, generates a sample image of a few hundred MB as a `docker save`-style
+# archive, shows what would be pushed, pushes it with live progress, kills the daemon (-9)
+# midway, restarts it, watches the push finish from where the registry left off (the big blob
+# resumes at its last acknowledged part: the demo fails if it started again from 0), and checks
+# the result with `hoist verify` and `skopeo inspect`. Through Debian's registry alone the big
+# blob would start again: it cancels an upload whose PATCH was cut.
 #
 #   scripts/demo.sh [--random-mib N] [--text-mib N] [--keep]
 set -euo pipefail
@@ -26,23 +29,30 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "installing what is missing (docker-registry, skopeo, ...) and building hoist (release)"
 scripts/install-deps.sh
-cargo build --release --locked --bins --example sample_image
+cargo build --release --locked --bins --example sample_image --example ecr_emulator
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 export PATH="$BIN:$PATH"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-demo.XXXXXX")
 REG_PID=""
+ECR_PID=""
 DAEMON_PID=""
 cleanup() {
   [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null || true
+  [ -n "$ECR_PID" ] && kill "$ECR_PID" 2>/dev/null || true
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
   if [ "$KEEP" = 1 ]; then echo "demo: kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-say "starting a local registry"
+say "starting a local registry behind an ECR emulation (atomic layer parts, as on ECR)"
 start_registry "$WORK/registry"
-echo "registry at $REG"
+"$BIN/examples/ecr_emulator" "$REG" > "$WORK/ecr.addr" &
+ECR_PID=$!
+for _ in $(seq 1 100); do [ -s "$WORK/ecr.addr" ] && break; sleep 0.05; done
+ECR=$(head -n 1 "$WORK/ecr.addr")
+[ -n "$ECR" ] || { echo "demo: the ECR emulation did not start" >&2; exit 1; }
+echo "registry at $REG, the ECR emulation in front of it at $ECR"
 
 say "generating a sample image: ${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text, as a docker save archive"
 "$BIN/examples/sample_image" "$WORK/layout" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB"
@@ -59,6 +69,8 @@ SOCK=$WORK/hoist.sock
 ALLOW_ROOT=()
 [ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
 start_daemon() {
+  # A killed daemon leaves its socket file behind: wait for the new one, not the old.
+  rm -f "$SOCK"
   hoistd --socket "$SOCK" --state-dir "$STATE" "${ALLOW_ROOT[@]}" >>"$WORK/hoistd.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
@@ -66,7 +78,7 @@ start_daemon() {
 say "starting hoistd (socket $SOCK, state in $STATE)"
 start_daemon
 
-TARGET=$REG/demo/app:v1
+TARGET=$ECR/demo/app:v1
 say "hoist push $WORK/app.tar $TARGET (detached, so we can pull the plug)"
 JOB=$(hoist --socket "$SOCK" push --no-autostart --detach "$WORK/app.tar" "$TARGET" | tail -n 1)
 echo "job $JOB"
@@ -90,10 +102,13 @@ say "restarting hoistd: the job continues by itself from what the registry holds
 start_daemon
 hoist --socket "$SOCK" watch "$JOB"
 
+say "where the interrupted blobs went on (the job's events: resumed or restarted)"
+hoist --socket "$SOCK" watch --json "$JOB" | python3 scripts/demo_resumed.py
+
 say "hoist verify $TARGET (resolved the way a linux/amd64 node resolves it)"
 hoist verify "$TARGET"
 
 say "skopeo inspect docker://$TARGET"
 skopeo inspect --tls-verify=false "docker://$TARGET" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("digest", d["Digest"]); print("platform", d["Os"] + "/" + d["Architecture"]); print("layers", len(d["Layers"]))'
 
-say "done: pushed, interrupted, resumed and verified"
+say "done: pushed, interrupted, resumed from the last acknowledged part and verified"

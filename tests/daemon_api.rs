@@ -61,6 +61,112 @@ fn route_table_and_openapi_document_agree() {
     );
 }
 
+/// The `type` values the document lists for `Event` (its `type: { ... enum: [...] }` line).
+fn document_event_types() -> BTreeSet<String> {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/openapi.yaml"))
+        .unwrap();
+    let event = yaml
+        .split("\n    Event:\n")
+        .nth(1)
+        .expect("proto/openapi.yaml has an Event schema");
+    let line = event
+        .lines()
+        .find(|l| l.trim_start().starts_with("type: { type: string, enum: ["))
+        .expect("Event lists its types");
+    let list = line
+        .split_once("enum: [")
+        .unwrap()
+        .1
+        .split_once(']')
+        .unwrap()
+        .0;
+    list.split(',').map(|t| t.trim().to_string()).collect()
+}
+
+/// One value of every event kind, as the daemon sends them. The match below stops compiling
+/// when a kind is added, as a reminder to add it here (and so to the document check).
+fn every_event_kind() -> Vec<EventKind> {
+    let digest = hoist::digest::Digest::sha256_of(b"blob");
+    let kinds = vec![
+        EventKind::State {
+            state: JobState::Done,
+            reason: None,
+            manifest_digest: None,
+        },
+        EventKind::Blob {
+            digest: digest.clone(),
+            size_bytes: 1,
+            media_type: "m".into(),
+            action: api::BlobAction::AsIs,
+        },
+        EventKind::Compress {
+            digest: digest.clone(),
+            chunks_done: 1,
+            bytes_done: 1,
+        },
+        EventKind::Progress {
+            digest: digest.clone(),
+            offset_bytes: 1,
+            size_bytes: 2,
+        },
+        EventKind::Resumed {
+            digest: digest.clone(),
+            offset_bytes: 1,
+            size_bytes: 2,
+        },
+        EventKind::Restarted {
+            digest: digest.clone(),
+            offset_bytes: 1,
+            size_bytes: 2,
+            reason: "r".into(),
+        },
+        EventKind::BlobDone {
+            digest,
+            state: api::BlobState::Uploaded,
+        },
+        EventKind::Retry {
+            what: "w".into(),
+            reason: "r".into(),
+        },
+        EventKind::Warning {
+            message: "m".into(),
+        },
+        EventKind::Deleted {},
+    ];
+    for kind in &kinds {
+        match kind {
+            EventKind::State { .. }
+            | EventKind::Blob { .. }
+            | EventKind::Compress { .. }
+            | EventKind::Progress { .. }
+            | EventKind::Resumed { .. }
+            | EventKind::Restarted { .. }
+            | EventKind::BlobDone { .. }
+            | EventKind::Retry { .. }
+            | EventKind::Warning { .. }
+            | EventKind::Deleted {} => {}
+        }
+    }
+    kinds
+}
+
+#[test]
+fn event_types_and_openapi_document_agree() {
+    let code: BTreeSet<String> = every_event_kind()
+        .iter()
+        .map(|k| {
+            let json = String::from_utf8(api::encode(k)).unwrap();
+            let tag = json.split_once("\"type\":\"").expect("tagged by type").1;
+            tag.split_once('"').unwrap().0.to_string()
+        })
+        .collect();
+    let doc = document_event_types();
+    assert_eq!(
+        code, doc,
+        "event types in code and in proto/openapi.yaml's Event differ"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_in_the_table_is_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,6 +49,21 @@ pub enum EventKind {
         offset_bytes: u64,
         size_bytes: u64,
     },
+    /// A run goes on with a blob from its stored upload cursor at `offset_bytes` (> 0) of its
+    /// `size_bytes` pushed bytes: the bytes before it are not sent again.
+    Resumed {
+        digest: Digest,
+        offset_bytes: u64,
+        size_bytes: u64,
+    },
+    /// A blob's upload starts again from byte 0 in a new session: the `offset_bytes` the
+    /// registry had acknowledged are sent again, for `reason`.
+    Restarted {
+        digest: Digest,
+        offset_bytes: u64,
+        size_bytes: u64,
+        reason: String,
+    },
     /// A blob is finished (`uploaded`, `existed` or `verified`).
     BlobDone { digest: Digest, state: BlobState },
     /// A step is retried after a transient failure.

@@ -156,6 +156,23 @@ impl Renderer {
                 offset_bytes,
                 size_bytes,
             } => self.progress(digest, *offset_bytes, *size_bytes),
+            EventKind::Resumed {
+                digest,
+                offset_bytes,
+                size_bytes,
+            } => {
+                self.say(resumed_line(digest, *offset_bytes, *size_bytes));
+                self.moved_to(digest, *offset_bytes);
+            }
+            EventKind::Restarted {
+                digest,
+                offset_bytes,
+                size_bytes,
+                reason,
+            } => {
+                self.say(restarted_line(digest, *offset_bytes, *size_bytes, reason));
+                self.moved_to(digest, 0);
+            }
             EventKind::BlobDone { digest, state } => self.blob_done(digest, *state),
             EventKind::Retry { what, reason } => self.say(format!("retrying {what}: {reason}")),
             EventKind::Deleted {} => self.say(format!("job {}: deleted", ev.job)),
@@ -198,6 +215,14 @@ impl Renderer {
         self.set_done(digest, offset_bytes);
     }
 
+    /// A blob's upload goes on from `offset_bytes` (a resume, or 0 after a restart).
+    fn moved_to(&mut self, digest: &Digest, offset_bytes: u64) {
+        if let Some(bar) = self.bars.get(digest) {
+            bar.set_position(offset_bytes);
+        }
+        self.set_done(digest, offset_bytes);
+    }
+
     fn blob_done(&mut self, digest: &Digest, state: api::BlobState) {
         let size = self.sizes.get(digest).copied().unwrap_or(0);
         if let Some(bar) = self.bars.get(digest) {
@@ -218,6 +243,36 @@ impl Renderer {
         if let Some(bar) = &self.overall {
             bar.abandon();
         }
+    }
+}
+
+/// `resumed sha256:abcd1234abcd at 176 MiB of 192 MiB`: the run goes on from a stored cursor.
+fn resumed_line(digest: &Digest, offset_bytes: u64, size_bytes: u64) -> String {
+    format!(
+        "resumed {} at {} of {}",
+        digest.short(),
+        size_text(offset_bytes),
+        size_text(size_bytes)
+    )
+}
+
+/// `restarted sha256:abcd1234abcd from 0 (had 40 MiB of 192 MiB): the registry lost the session`.
+fn restarted_line(digest: &Digest, offset_bytes: u64, size_bytes: u64, reason: &str) -> String {
+    format!(
+        "restarted {} from 0 (had {} of {}): {reason}",
+        digest.short(),
+        size_text(offset_bytes),
+        size_text(size_bytes)
+    )
+}
+
+/// Whole MiB (rounded down) from 1 MiB on, bytes below: a resume point people can read.
+fn size_text(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes < MIB {
+        format!("{bytes} bytes")
+    } else {
+        format!("{} MiB", bytes / MIB)
     }
 }
 
@@ -289,4 +344,25 @@ pub async fn follow(
         tokio::time::sleep(Duration::from_millis(1000 / u64::from(DRAW_HZ))).await;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_and_restart_lines_say_where_the_blob_goes_on() {
+        let d = Digest::sha256_of(b"layer");
+        let line = resumed_line(&d, 176 << 20, 201_343_355);
+        assert_eq!(line, format!("resumed {} at 176 MiB of 192 MiB", d.short()));
+        let line = restarted_line(&d, 40 << 20, 201_343_355, "the registry lost the session");
+        assert_eq!(
+            line,
+            format!(
+                "restarted {} from 0 (had 40 MiB of 192 MiB): the registry lost the session",
+                d.short()
+            )
+        );
+        assert_eq!(size_text(1000), "1000 bytes");
+    }
 }

@@ -532,6 +532,29 @@ impl JobContext {
         .await;
     }
 
+    /// Reports that this run goes on with `digest` from its stored cursor at `offset_bytes`.
+    pub async fn resumed(&self, digest: &Digest, offset_bytes: u64) {
+        let size_bytes = self.blob_size(digest).await;
+        self.emit(EventKind::Resumed {
+            digest: digest.clone(),
+            offset_bytes,
+            size_bytes,
+        })
+        .await;
+    }
+
+    /// Reports that `digest` starts again from byte 0, losing the `offset_bytes` acknowledged.
+    pub async fn restarted(&self, digest: &Digest, offset_bytes: u64, reason: impl Into<String>) {
+        let size_bytes = self.blob_size(digest).await;
+        self.emit(EventKind::Restarted {
+            digest: digest.clone(),
+            offset_bytes,
+            size_bytes,
+            reason: reason.into(),
+        })
+        .await;
+    }
+
     /// Says what the job is waiting for (e.g. `waiting for network, retry in 20 s`), shown as
     /// the job's reason while it runs; `None` when it no longer waits.
     pub async fn waiting(&self, reason: Option<String>) {

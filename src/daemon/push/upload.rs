@@ -104,6 +104,11 @@ fn refuse_empty(key: &Digest, done: &CompressedLayer, e: &RegistryError) -> Resu
     ))
 }
 
+/// The reason a `restarted` event gives when the registry no longer has the upload session.
+const SESSION_LOST: &str = "the registry lost the session";
+/// The reason a `restarted` event gives when the registry refused the finished blob's digest.
+const DIGEST_REFUSED: &str = "the registry refused the digest";
+
 /// A permanent registry error: one line with the registry's answer and what to do next.
 fn reg_failed(what: &str, e: &RegistryError) -> JobError {
     JobError::failed(format!(
@@ -323,7 +328,7 @@ impl Uploader {
     /// Sends the blob's bytes chunk by chunk and finishes the upload.
     async fn send(&self, blob: &BlobJob) -> Result<CompressedLayer, JobError> {
         let mut state = SendState {
-            cursor: self.first_cursor(blob).await?,
+            cursor: self.first_cursor_announced(blob).await?,
             attempts: 0,
             digest_restarts: 0,
             sizer: self.sizer(blob),
@@ -408,7 +413,9 @@ impl Uploader {
         if e.is_digest_refused() && state.digest_restarts < DIGEST_RESTARTS_MAX {
             state.digest_restarts += 1;
             tracing::warn!(blob = %blob.key, error = %e, "digest refused: sending the blob again from byte 0");
-            state.cursor = self.new_session(&blob.key).await?;
+            state.cursor = self
+                .restart(&blob.key, &state.cursor, DIGEST_REFUSED)
+                .await?;
             return Ok(false);
         }
         state.cursor = self
@@ -445,6 +452,37 @@ impl Uploader {
             .await)
     }
 
+    /// [`Self::first_cursor`], saying what became of a stored cursor, so the user sees whether
+    /// the bytes the registry acknowledged before (an earlier run, a killed daemon) count: the
+    /// blob resumes at an offset, or starts again from 0.
+    async fn first_cursor_announced(&self, blob: &BlobJob) -> Result<UploadCursor, JobError> {
+        let cursor = self.first_cursor(blob).await?;
+        if let Some(stored) = blob.record.as_ref().and_then(|r| r.cursor.as_ref()) {
+            if cursor.offset > 0 {
+                self.ctx().resumed(&blob.key, cursor.offset).await;
+            } else if stored.offset_bytes > 0 {
+                self.ctx()
+                    .restarted(&blob.key, stored.offset_bytes, SESSION_LOST)
+                    .await;
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// A new session for a blob whose upload was at `lost`, reported as a restart for `reason`
+    /// when that loses acknowledged bytes.
+    async fn restart(
+        &self,
+        key: &Digest,
+        lost: &UploadCursor,
+        reason: &str,
+    ) -> Result<UploadCursor, JobError> {
+        if lost.offset > 0 {
+            self.ctx().restarted(key, lost.offset, reason).await;
+        }
+        self.new_session(key).await
+    }
+
     /// After a failed step: a new session when the old one is gone, else wait and ask the
     /// registry where the session is.
     async fn recover(
@@ -461,7 +499,7 @@ impl Uploader {
             if *attempts > BLOB_ATTEMPTS_MAX {
                 return Err(reg_failed(what, &e));
             }
-            return self.new_session(key).await;
+            return self.restart(key, cursor, SESSION_LOST).await;
         }
         if !e.is_retryable() {
             return Err(reg_failed(&format!("{what} for blob {}", key.short()), &e));

@@ -20,7 +20,16 @@ pub(super) async fn handle_manifest(
     let path = format!("/v2/{repo}/manifests/{reference}");
     match parts.method {
         Method::GET | Method::HEAD => {
-            let accept = header(&parts.headers, "accept").unwrap_or_default();
+            // Every Accept header the client sent (skopeo sends one per media type): with only
+            // the first, the registry may convert a Docker schema 2 manifest to schema 1, which
+            // ECR never does.
+            let accept = parts
+                .headers
+                .get_all("accept")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
             let up = forward(
                 st,
                 parts.method.clone(),
