@@ -212,10 +212,12 @@ async fn cancel_is_refused_while_the_tag_is_written_and_a_deadline_mid_put_still
     let deadline_s = unix_s() + 20;
     req.options.deadline_unix_s = Some(deadline_s);
     let id = client.submit(&req).await.unwrap().id;
-    let job = wait_for(&client, &id, PUSH_MS_MAX, "committing", |j| {
+    wait_for(&client, &id, PUSH_MS_MAX, "committing", |j| {
         proxy.state.manifest_puts_held.load(Ordering::SeqCst) || j.state.is_final()
     })
     .await;
+    // Read again: the snapshot the wait matched may predate the PUT it saw held.
+    let job = client.job(&id).await.unwrap();
     assert_eq!(job.state, JobState::Committing, "{job:?}");
     for action in ["cancel", "pause"] {
         let refused = client.control(&id, action).await.unwrap_err().to_string();
