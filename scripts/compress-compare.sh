@@ -14,7 +14,7 @@ DATA=${1:-/tmp/hoist-compress-data}
 RUNS=${RUNS:-3}
 SIZE=$((256 << 20))
 OUT_DIR=/dev/shm/hoist-compress-compare
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 mkdir -p "$DATA" "$OUT_DIR"
 trap 'rm -rf "$OUT_DIR"' EXIT
 
