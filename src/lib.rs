@@ -14,6 +14,7 @@
 //! - [`daemon`]: the job scheduler and the socket server.
 //! - [`api`]: the socket API's wire types, mirroring `proto/openapi.yaml`.
 //! - [`cli`]: the `hoist` command's subcommands (the binaries stay thin).
+//! - [`environ`]: the caller's environment a job carries (which variables, which are secret).
 //! - [`paths`], [`units`]: where hoist's files are, and quantities as people type them; shared by
 //!   the CLI and the daemon so neither imports the other.
 
@@ -25,6 +26,7 @@ pub mod compress;
 pub mod daemon;
 pub mod digest;
 pub mod elf;
+pub mod environ;
 pub mod image;
 pub mod inspect;
 pub mod limits;

@@ -30,6 +30,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("bandwidth", Only(&["text"])),
     ("chunk_size", Only(&["text"])),
     ("limits", Only(&[])),
+    ("environ", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
     ("source", Only(&["digest", "platform", "image", "text"])),
