@@ -26,5 +26,5 @@ done
 scripts/install-deps.sh
 echo "== crash loop: seed $seed, $kills kills" >&2
 HOIST_CRASH_SEED="$seed" HOIST_CRASH_KILLS="$kills" \
-  cargo test --locked --test crash_loop -- --nocapture 2>&1 | grep -E '^(FIGURE|test |thread )|panicked|result:' 
+  cargo test --locked --test suite crash_loop:: -- --nocapture 2>&1 | grep -E '^(FIGURE|test |thread )|panicked|result:' 
 exit "${PIPESTATUS[0]}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A short coverage-guided run of every fuzz target, one after the other, at the lowest CPU
 # priority. Not in CI: the instrumented build of fuzz/ alone takes about 8 minutes on 2 cores
-# from cold. CI replays the kept inputs instead (`cargo nextest run --test fuzz_corpus`).
+# from cold. CI replays the kept inputs instead (`cargo nextest run --test suite fuzz_corpus::`).
 #
 #   scripts/fuzz-smoke.sh [SECONDS_PER_TARGET]   # default 15
 #

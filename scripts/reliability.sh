@@ -23,7 +23,7 @@ scripts/install-deps.sh
 figures="$(mktemp)"
 trap 'rm -f "$figures"' EXIT
 HOIST_FIGURES="$figures" HOIST_CRASH_KILLS="$kills" \
-  cargo test --locked --test push_faults --test push_ecr --test crash_loop --test registry -- --test-threads 2 >&2
+  cargo test --locked --test suite -- push_faults:: push_ecr:: crash_loop:: registry:: --test-threads 2 >&2
 python3 - "$figures" "$out" "$(git rev-parse --short HEAD)" "$(nproc)" <<'PY'
 import json, sys, datetime
 figures, out, commit, cores = sys.argv[1:]

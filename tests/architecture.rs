@@ -131,6 +131,42 @@ fn every_crate_path_follows_the_module_rules() {
     );
 }
 
+/// `autotests = false` makes `tests/suite.rs` the only test binary, so a test file it does not
+/// declare would silently never be compiled or run.
+#[test]
+fn every_test_file_is_a_module_of_the_suite() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let root = fs::read_to_string(tests.join("suite.rs")).expect("read tests/suite.rs");
+    let declared: Vec<&str> = root
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in fs::read_dir(&tests).expect("list tests/") {
+        let path = entry.expect("a tests/ entry").path();
+        let name = if path.is_dir() {
+            path.join("mod.rs").exists().then(|| path.file_name())
+        } else {
+            (path.extension() == Some("rs".as_ref())).then(|| path.file_stem())
+        };
+        let Some(Some(name)) = name else { continue };
+        let name = name.to_string_lossy().into_owned();
+        if name != "suite" && !declared.contains(&name.as_str()) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/suite.rs does not declare `mod {};`: those tests would never run",
+        missing.join(";`, `mod ")
+    );
+    assert!(
+        declared.len() > 20,
+        "only {} modules declared",
+        declared.len()
+    );
+}
+
 /// The violations in one file, `rel` being its path under `src/`.
 fn check_file(rel: &Path, text: &str) -> Vec<String> {
     let parts: Vec<String> = rel

@@ -9,9 +9,9 @@
 //! the run; `scripts/crash-loop.sh --seed N --kills N` runs this test with them (long mode:
 //! many more kills). Pushes follow one another (the same image to new repositories) until the
 //! kills are spent.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! after its timeout, with a clear error. Logs are covered by tests/logs.rs, credentials to
 //! other hosts by tests/ecr.rs (`no_credentials_to_other_hosts`,
 //! `blob_redirects_get_no_credentials`) and tests/hostile.rs.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The socket API, driven through the socket: route/document parity, the job life cycle,
 //! controls, events, metrics and error bodies.
-mod daemon_support;
+use crate::daemon_support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The `hoist` binary against a daemon: push (follow, --detach, --json), watch, ls, controls,
 //! Ctrl-C detaching, autostart, and the errors people see.
-mod daemon_support;
+use crate::daemon_support;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! What a job leaves behind over time, driven through the socket: the start-up sweep of the
 //! spool, the bounded event log, and event followers that fall behind a deleted job.
-mod daemon_support;
+use crate::daemon_support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Jobs survive the daemon: killed or stopped mid-upload, the next daemon lists the job and
 //! resumes it from its last saved cursor by itself.
-mod daemon_support;
+use crate::daemon_support;
 
 use std::process::Stdio;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Who may talk to the daemon: the socket is private, peers of another uid are refused, and
 //! hoistd does not run as root by accident.
-mod daemon_support;
+use crate::daemon_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! systemd integration: the units verify, hoistd serves a socket passed by
 //! `systemd-socket-activate`, and it sends READY=1 to `$NOTIFY_SOCKET` (path and abstract).
 
-mod daemon_support;
+use crate::daemon_support;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The registry client against our ECR-emulating proxy (tests/common/ecr_proxy.rs) in front of
 //! the real registry. Each test names the ECR behaviour (from docs/ECR.md) it covers.
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

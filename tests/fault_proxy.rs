@@ -1,5 +1,5 @@
 //! The fault proxy injects what it claims: real resets, stalls, and byte counts.
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

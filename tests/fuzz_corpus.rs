@@ -3,14 +3,13 @@
 //! same function the fuzzer runs). Cheap and deterministic: it proves the kept corpus (seeds, everything the fuzzer found interesting,
 //! and each former crash) still passes.
 //!
-//! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the hand-made seeds
+//! `cargo test --test suite fuzz_corpus:: -- --ignored write_seeds` rewrites the hand-made seeds
 //! (`fuzz/seeds/<target>/`, except the `regress-*` inputs of former findings) from
 //! `hoist_testkit::sample`, skopeo and the header values of docs/ECR.md.
 
 // The source tests' helpers: the same skopeo call and `docker save` archive entries.
 #[allow(dead_code, unused_imports)]
-#[path = "sources/helpers.rs"]
-mod helpers;
+use crate::sources::helpers;
 
 use std::fs;
 use std::io::Write as _;

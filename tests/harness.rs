@@ -1,5 +1,5 @@
 //! The harness itself works: a real registry starts and answers the OCI API.
-mod common;
+use crate::common;
 
 #[test]
 fn registry_starts_and_answers_v2() {

@@ -4,7 +4,7 @@
 //! another host. Each ends in a clear one-line error, in bounded time (asserted) and bounded
 //! memory (the client caps what it reads; the peak RSS of the test process is asserted where
 //! the registry sends 100 MB), never a panic.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Logs never carry credentials or upload-URL queries. In its own test binary, because it
 //! installs a global tracing subscriber.
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

@@ -3,8 +3,8 @@
 //! from a docker `config.json` (as `docker login` writes it). After the push, every byte the
 //! daemon wrote (SQLite database and WAL, spool, its trace-level log) is searched for the
 //! secret in clear and in base64.
-mod common;
-mod daemon_support;
+use crate::common;
+use crate::daemon_support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,9 +1,9 @@
 //! End to end through the socket against Debian's registry: the production body pushes
 //! docker-archives (compressed by hoist, gzip and zstd) and OCI layouts (byte for byte); the
 //! image is pulled back with skopeo and verified.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use hoist::api::{BlobState, Compression};
 use hoist::daemon::Config;

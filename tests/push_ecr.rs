@@ -3,9 +3,9 @@
 //! works by what the registry does. Its upload status answers 404 `BLOB_UPLOAD_UNKNOWN` for
 //! live sessions; a repository that was not created drops the upload POST unless a
 //! create-on-push template covers it. Figures are recorded for `docs/RELIABILITY.md`.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;

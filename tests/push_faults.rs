@@ -4,9 +4,9 @@
 //! lost acks, 429/5xx bursts) -> docker-registry`), or the fault proxy alone in front of
 //! Debian's registry. Every test asserts its outcome with figures and records them (see
 //! `common::figures`) for `docs/RELIABILITY.md`.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -3,9 +3,9 @@
 //! per in-flight blob per kill (ECR emulation, whose parts are atomic), and the tag never
 //! exists before every blob is verified. On Debian's registry directly, a cut mid-PATCH costs
 //! the blob's session, and the job still completes.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::process::{Child, Stdio};
 use std::sync::Arc;

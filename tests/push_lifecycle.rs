@@ -4,9 +4,9 @@
 //! does not fail a job whose tag is written; a blob the registry lost while the job was
 //! paused is uploaded again; a job waiting for compression threads stops at once; and a
 //! SIGTERM does not wait for the ELF census of a large layer.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

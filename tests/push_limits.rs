@@ -2,9 +2,9 @@
 //! ECR emulation where ECR answers differently): too many layers and an oversized layer are
 //! refused before any upload with the numbers; a zero-length blob is pushed where the registry
 //! takes it and refused with a clear message where it does not (docs/ECR.md, "limits").
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -2,9 +2,9 @@
 //! registry: cancel and delete leave nothing behind, a lost session costs only that blob, two
 //! jobs sharing a blob send it once, a re-push sends no blob bytes, binaries of the wrong
 //! architecture stop the job before the commit, and a source swapped under a job fails it.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

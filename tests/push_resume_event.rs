@@ -3,9 +3,9 @@
 //! the interrupted blob at the offset the killed daemon had acknowledged, never `restarted`,
 //! and `hoist watch` says so in a line (and carries the event in its JSON output). On Debian's
 //! registry, which cancels an upload whose PATCH was cut, the blob says `restarted` instead.
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;

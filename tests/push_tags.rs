@@ -3,9 +3,9 @@
 //! digest, a bad tag is refused at submission, a job killed between two tags writes the rest
 //! when it runs again, an immutable tag that holds another image fails the job naming it, and
 //! the CLI writes the digest skopeo reports to the digest file (refused with `--detach`).
-mod common;
-mod daemon_support;
-mod push_support;
+use crate::common;
+use crate::daemon_support;
+use crate::push_support;
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;

@@ -1,6 +1,6 @@
 //! The registry client against Debian's real distribution registry (tests/common starts one per
 //! test), checked with skopeo.
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::time::Duration;

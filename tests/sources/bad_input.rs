@@ -1,6 +1,6 @@
 //! Bad input: each is a typed error with a one-line message naming the file and the problem.
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[test]
 fn bad_digests_in_manifest() {

@@ -1,7 +1,7 @@
 //! Each kind of source (OCI layout, docker-archive classic and Docker 25+, OCI archive),
 //! written by hoist_testkit::sample and converted by real tools, planned and streamed.
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[test]
 fn oci_layout_plans_mixed_layers() {

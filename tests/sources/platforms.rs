@@ -1,6 +1,6 @@
 //! The platform guard: indexes, attestations, wrong and mislabelled platforms.
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[test]
 fn multi_arch_index_with_attestation() {

@@ -1,6 +1,6 @@
 //! Property tests: arbitrary and mutated input never panics; digests round-trip.
 
-use crate::helpers::*;
+use super::helpers::*;
 use hoist::image::doc::{self, Config, DockerArchiveEntry, Index, Manifest};
 use proptest::prelude::*;
 use std::sync::OnceLock;

@@ -2,7 +2,7 @@
 //! (skopeo, tar), planned, and streamed with verification. Then every kind of bad input.
 
 mod bad_input;
-mod helpers;
+pub mod helpers;
 mod kinds;
 mod limits;
 mod outside;
