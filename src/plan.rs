@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::compress::compressed_bytes_bound;
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 use crate::image::media::{self, Compression, Family};
 use crate::image::{Doc, Manifest};
 use crate::limits::{LimitError, RegistryLimits};
@@ -62,6 +63,9 @@ pub struct PlanOptions {
     pub compression: Codec,
     /// What the target registry accepts (ECR's limits unless the target is known to differ).
     pub limits: RegistryLimits,
+    /// The environment the source is opened with: a job's caller's (the daemon passes the
+    /// job's), by default this process's own.
+    pub env: CallerEnv,
 }
 
 impl Default for PlanOptions {
@@ -70,6 +74,7 @@ impl Default for PlanOptions {
             platform: Platform::linux_amd64(),
             compression: Codec::Gzip,
             limits: RegistryLimits::default(),
+            env: CallerEnv::from_process(),
         }
     }
 }
@@ -308,7 +313,7 @@ fn unchanged_manifest(
 impl PushPlan {
     /// Opens `reference`, applies the platform guard and plans the push.
     pub fn new(reference: &SourceRef, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
-        let image = source::resolve(reference, &opts.platform)?;
+        let image = source::resolve_in(reference, &opts.platform, &opts.env)?;
         PushPlan::from_resolved(image, opts)
     }
 

@@ -33,13 +33,16 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("environ", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
-    ("source", Only(&["digest", "platform", "image", "text"])),
+    (
+        "source",
+        Only(&["digest", "platform", "image", "text", "environ"]),
+    ),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text"])),
     (
         "plan",
         Only(&[
-            "digest", "platform", "image", "source", "compress", "limits", "text",
+            "digest", "platform", "image", "source", "compress", "limits", "text", "environ",
         ]),
     ),
     (
@@ -52,6 +55,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "limits",
             "text",
             "image",
+            "environ",
         ]),
     ),
     (
@@ -62,7 +66,14 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ),
     (
         "api",
-        Only(&["digest", "platform", "chunk_size", "text", "units"]),
+        Only(&[
+            "digest",
+            "platform",
+            "chunk_size",
+            "text",
+            "units",
+            "environ",
+        ]),
     ),
     ("store", Only(&["api", "digest", "platform", "text"])),
     ("daemon", AllBut(&["cli"])),
@@ -81,6 +92,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "bandwidth",
             "text",
             "image",
+            "environ",
         ]),
     ),
 ];

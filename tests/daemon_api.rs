@@ -346,6 +346,59 @@ async fn pause_resume_cancel_delete() {
     cancel_and_delete_running(&daemon, &client, &id).await;
 }
 
+/// The caller's environment sent with a job: the job shows its public values and the secret
+/// variables' names, never their values; a resume that sends another replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_env_shows_secret_names_only_and_a_resume_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(400, 20)));
+    let client = daemon.client();
+    let env = |pairs: &[(&str, &str)]| {
+        api::EnvVars(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    let request = api::SubmitRequest {
+        env: Some(env(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_SESSION_TOKEN", "t0k3n-in-memory"),
+        ])),
+        ..submit_request("oci:/img")
+    };
+    let id = client.submit(&request).await.unwrap().id;
+    wait_state(&client, &id, JobState::Uploading).await;
+    let raw = client
+        .call(Method::GET, &api::job_path(&id, ""), None)
+        .await
+        .unwrap();
+    let job: api::Job = api::decode("job", &raw).unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("t0k3n-in-memory"));
+    let kept = job.env.expect("the job keeps its env");
+    assert_eq!(
+        kept.vars.get("AWS_REGION").map(String::as_str),
+        Some("eu-west-1")
+    );
+    assert_eq!(kept.secret_names, ["AWS_SESSION_TOKEN"]);
+
+    client.control(&id, "pause").await.unwrap();
+    let again = api::ControlRequest {
+        env: Some(env(&[("AWS_REGION", "us-east-1")])),
+    };
+    let job = client
+        .control_with(&id, "resume", Some(&again))
+        .await
+        .unwrap();
+    let kept = job.env.expect("the job keeps its env");
+    assert_eq!(
+        kept.vars.get("AWS_REGION").map(String::as_str),
+        Some("us-east-1")
+    );
+    assert!(kept.secret_names.is_empty());
+}
+
 /// Pauses a running job and checks it stops at a chunk boundary, stays still, keeps its spool
 /// and refuses a retry; returns the bytes uploaded when it stopped.
 async fn pause_and_check(daemon: &TestDaemon, client: &Client, id: &api::JobId) -> u64 {
@@ -546,7 +599,7 @@ async fn errors_are_json_with_fitting_status_codes() {
         check_error_case(&client, case).await;
         n += 1;
     }
-    assert_eq!(n, 14);
+    assert_eq!(n, 17);
 }
 
 /// method, path, body, expected status, text the error must contain
@@ -630,6 +683,13 @@ fn submit_error_cases() -> Vec<ErrorCase> {
             StatusCode::UNPROCESSABLE_ENTITY,
             "OS/ARCH",
         ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(br#"{"source":"a","target":"b","env":{"EDITOR":"vi"}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "EDITOR",
+        ),
     ]
 }
 
@@ -670,6 +730,20 @@ fn job_error_cases(unknown: &api::JobId) -> Vec<ErrorCase> {
             Some(br#"{"bytes_per_s":"5MiB/s"}"#),
             StatusCode::BAD_REQUEST,
             "job bandwidth",
+        ),
+        (
+            Method::POST,
+            api::job_path(unknown, "resume"),
+            Some(br#"{"env":{"AWS_REGION":"x"},"password":"y"}"#),
+            StatusCode::BAD_REQUEST,
+            "control request",
+        ),
+        (
+            Method::POST,
+            api::job_path(unknown, "retry"),
+            Some(br#"{"env":{"AWS_REGION":"x"}}"#),
+            StatusCode::NOT_FOUND,
+            "no job",
         ),
     ]
 }

@@ -1,14 +1,20 @@
 //! Credentials used for a real push never land in hoist's state or logs: the daemon is the
-//! real `hoistd` binary, the registry requires htpasswd Basic auth, and the credentials come
-//! from a docker `config.json` (as `docker login` writes it). After the push, every byte the
-//! daemon wrote (SQLite database and WAL, spool, its trace-level log) is searched for the
-//! secret in clear and in base64.
+//! real `hoistd` binary, started with an empty environment, the registry requires htpasswd
+//! Basic auth, and the credentials come from the CLI's environment: a docker `config.json` (as
+//! `docker login` writes it) in the CLI's `DOCKER_CONFIG`, or a credential helper only on the
+//! CLI's `PATH` that needs AWS-style secret variables. After the push, every byte the daemon
+//! wrote (SQLite database and WAL, spool, its trace-level log) is searched for the secrets in
+//! clear and in base64. A daemon restart mid-push leaves the job waiting for its secrets until
+//! `hoist resume` sends them again.
 use crate::common;
 use crate::daemon_support;
+use crate::push_support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use hoist::api::JobState;
 
 use base64::Engine as _;
 use hoist_testkit::sample::{SampleSpec, write_oci_layout};
@@ -50,9 +56,10 @@ fn credentials_never_reach_the_state_dir_or_the_log() {
 
     let state = dir.path().join("state");
     let socket = dir.path().join("run/hoist.sock");
-    let mut daemon = start_hoistd(dir.path(), &socket, &state, &docker_config);
+    let mut daemon = start_hoistd(dir.path(), &socket, &state, "hoistd.log");
     let target = format!("{}/secret/app:1", reg.host());
     let out = Command::new(daemon_support::hoist_bin())
+        .env("DOCKER_CONFIG", &docker_config)
         .arg("--socket")
         .arg(&socket)
         .args(["push", "--no-autostart"])
@@ -73,28 +80,28 @@ fn credentials_never_reach_the_state_dir_or_the_log() {
             .unwrap_or("")
             .starts_with("sha256:")
     );
-    check_no_credential_written(dir.path(), &state, &auth);
+    check_no_credential_written(dir.path(), &state, &[SECRET, &auth]);
     for output in [&stdout, &stderr] {
         assert!(!output.contains(SECRET) && !output.contains(&auth));
     }
 }
 
-/// The real hoistd with trace logging into `dir/hoistd.log`, credentials from
-/// `docker_config`; returns once its socket exists (or after 10 s).
-fn start_hoistd(
-    dir: &Path,
-    socket: &Path,
-    state: &Path,
-    docker_config: &Path,
-) -> std::process::Child {
-    let log = std::fs::File::create(dir.join("hoistd.log")).unwrap();
+/// The real hoistd with an empty environment (only its log level) and trace logging appended
+/// to `dir/log`; returns once its socket exists (or after 10 s).
+fn start_hoistd(dir: &Path, socket: &Path, state: &Path, log: &str) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(log))
+        .unwrap();
+    let _ = std::fs::remove_file(socket);
     let daemon = Command::new(daemon_support::hoistd_bin())
+        .env_clear()
         .arg("--socket")
         .arg(socket)
         .arg("--state-dir")
         .arg(state)
         .arg("--allow-root")
-        .env("DOCKER_CONFIG", docker_config)
         .env("HOIST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(log)
@@ -107,9 +114,8 @@ fn start_hoistd(
     daemon
 }
 
-/// Every file under `state` and the trace log in `dir` hold neither the secret nor its base64
-/// form `auth`.
-fn check_no_credential_written(dir: &Path, state: &Path, auth: &str) {
+/// Every file under `state` and the trace log `dir/hoistd.log` hold none of `secrets`.
+fn check_no_credential_written(dir: &Path, state: &Path, secrets: &[&str]) {
     let mut files = Vec::new();
     all_bytes_under(state, &mut files);
     files.push((
@@ -126,7 +132,7 @@ fn check_no_credential_written(dir: &Path, state: &Path, auth: &str) {
         "trace logging was on: {log}"
     );
     for (path, bytes) in &files {
-        for needle in [SECRET.as_bytes(), auth.as_bytes()] {
+        for needle in secrets.iter().map(|s| s.as_bytes()) {
             assert!(
                 !contains(bytes, needle),
                 "{path} holds a credential ({})",
@@ -134,4 +140,234 @@ fn check_no_credential_written(dir: &Path, state: &Path, auth: &str) {
             );
         }
     }
+}
+
+const AWS_SECRET: &str = "aws-Secret-Access-Key-4711-hoist";
+const AWS_TOKEN: &str = "aws-Session-Token-0815-hoist";
+const HELPER: &str = "hoisttest";
+
+/// The shell a user pushes from, which the daemon does not have: a `DOCKER_CONFIG` whose
+/// `credHelpers` send `host` to `docker-credential-hoisttest`, a helper only on this `PATH`
+/// that answers with the registry's credentials only when it sees the AWS-style secrets.
+/// Returns the shell's variables (the helper's directory first on `PATH`).
+fn callers_shell(dir: &Path, host: &str) -> Vec<(String, String)> {
+    let docker_config = dir.join("callers-docker");
+    let bin = dir.join("callers-bin");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{host}":"{HELPER}"}}}}"#),
+    )
+    .unwrap();
+    let helper = bin.join(format!("docker-credential-{HELPER}"));
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n\
+             if [ \"$AWS_SECRET_ACCESS_KEY\" != '{AWS_SECRET}' ] || [ \"$AWS_SESSION_TOKEN\" != '{AWS_TOKEN}' ]; then\n\
+               echo 'no AWS session in the environment' >&2; exit 1\nfi\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{SECRET}\"}}' \"$server\"\n"
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&helper)
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    [
+        ("PATH", path),
+        ("HOME", dir.join("callers-home").display().to_string()),
+        ("DOCKER_CONFIG", docker_config.display().to_string()),
+        ("AWS_REGION", "eu-west-1".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET.to_string()),
+        ("AWS_SESSION_TOKEN", AWS_TOKEN.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `hoist --socket SOCKET ARGS...` run with exactly the environment `env`.
+fn hoist_in(env: &[(String, String)], socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(daemon_support::hoist_bin())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The registry's Basic credentials as they may appear in bytes: clear, and base64.
+fn every_secret() -> Vec<String> {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{SECRET}"));
+    [SECRET, AWS_SECRET, AWS_TOKEN, &auth]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+struct EnvPush {
+    dir: tempfile::TempDir,
+    reg: common::TestRegistry,
+    state: PathBuf,
+    socket: PathBuf,
+    source: String,
+    shell: Vec<(String, String)>,
+}
+
+impl EnvPush {
+    fn new(image_mb: u64) -> EnvPush {
+        let reg = common::TestRegistry::start_with(common::RegistryOptions {
+            basic_auth: Some((USER.into(), SECRET.into())),
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let spec =
+            push_support::image_spec(31, image_mb, hoist_testkit::sample::SampleCompression::None);
+        let (_, source) = push_support::write_oci(&dir.path().join("image"), &spec);
+        let shell = callers_shell(dir.path(), &reg.host());
+        EnvPush {
+            state: dir.path().join("state"),
+            socket: dir.path().join("run/hoist.sock"),
+            dir,
+            reg,
+            source,
+            shell,
+        }
+    }
+
+    fn hoistd(&self) -> std::process::Child {
+        start_hoistd(self.dir.path(), &self.socket, &self.state, "hoistd.log")
+    }
+
+    fn target(&self) -> String {
+        format!("{}/callers/app:1", self.reg.host())
+    }
+
+    fn check_nothing_written(&self) {
+        let secrets = every_secret();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        check_no_credential_written(self.dir.path(), &self.state, &secrets);
+    }
+}
+
+#[test]
+fn the_callers_environment_reaches_the_helper_and_its_secrets_stay_in_memory() {
+    let t = EnvPush::new(2);
+    let mut daemon = t.hoistd();
+    let target = t.target();
+    let push = |env: &[(String, String)]| {
+        hoist_in(
+            env,
+            &t.socket,
+            &["push", "--no-autostart", "--json", &t.source, &target],
+        )
+    };
+    // Without the session token the helper refuses: the daemon's own (empty) environment or
+    // a default credential cannot have made the push below work.
+    let partial: Vec<_> = t
+        .shell
+        .iter()
+        .filter(|(k, _)| k != "AWS_SESSION_TOKEN")
+        .cloned()
+        .collect();
+    let refused = push(&partial);
+    let said = daemon_support::text(&refused.stderr) + &daemon_support::text(&refused.stdout);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("no AWS session in the environment"), "{said}");
+    let out = push(&t.shell);
+    let events = daemon_support::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        daemon_support::text(&out.stderr)
+    );
+    let listed = hoist_in(&t.shell, &t.socket, &["ls", "--json"]);
+    let listed = daemon_support::text(&listed.stdout);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // The job shows the public variables and the secrets' names, never their values.
+    assert!(
+        listed.contains("eu-west-1") && listed.contains("AWS_SESSION_TOKEN"),
+        "{listed}"
+    );
+    for secret in every_secret() {
+        for (what, text) in [
+            ("events", &events),
+            ("job list", &listed),
+            ("errors", &said),
+        ] {
+            assert!(!text.contains(&secret), "the {what} hold a secret: {text}");
+        }
+    }
+    t.check_nothing_written();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_waits_for_the_secrets_until_hoist_resume_sends_them() {
+    let t = EnvPush::new(4);
+    let daemon = t.hoistd();
+    let client = hoist::cli::client::Client::new(&t.socket);
+    daemon_support::wait_answers(&client, 10).await;
+    let target = t.target();
+    // Slow enough to be killed mid-push.
+    let out = hoist_in(
+        &t.shell,
+        &t.socket,
+        &[
+            "push",
+            "--no-autostart",
+            "--detach",
+            "--bandwidth",
+            "256KiB/s",
+            &t.source,
+            &target,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        daemon_support::text(&out.stderr)
+    );
+    let id: hoist::api::JobId = daemon_support::text(&out.stdout).trim().parse().unwrap();
+    push_support::wait_for(&client, &id, 30_000, "uploading", |j| {
+        j.state == JobState::Uploading
+    })
+    .await;
+    daemon_support::kill9(daemon);
+
+    let daemon = t.hoistd();
+    daemon_support::wait_answers(&client, 10).await;
+    let waiting = push_support::wait_for(&client, &id, 10_000, "waiting", |j| {
+        j.state == JobState::Paused
+    })
+    .await;
+    assert_eq!(
+        waiting.reason.as_deref(),
+        Some(
+            format!("waiting for credentials: run hoist resume {id} from a shell that has them")
+                .as_str()
+        )
+    );
+    client.set_job_bandwidth(&id, None).await.unwrap();
+    let resumed = hoist_in(&t.shell, &t.socket, &["resume", id.as_str()]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        daemon_support::text(&resumed.stderr)
+    );
+    let done = push_support::wait_done(&client, &id).await;
+    assert!(done.manifest_digest.is_some());
+    daemon_support::kill9(daemon);
+    t.check_nothing_written();
 }

@@ -1,8 +1,12 @@
 //! Request and response bodies other than jobs and events.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::job::{Compression, JobOptions};
+use crate::environ::{CallerEnv, is_secret};
 
 /// `POST /v1/jobs` body: what to push where. Absent fields take the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +26,50 @@ pub struct SubmitRequest {
     pub extra_tags: Vec<String>,
     #[serde(default)]
     pub options: JobOptions,
+    /// The caller's environment (see [`EnvVars`]); checked by [`EnvVars::validate`], not by
+    /// [`SubmitRequest::validate`]. Absent: the job uses the daemon's own environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvVars>,
+}
+
+/// The caller's environment as the CLI sends it: the variables a push depends on
+/// ([`crate::environ::is_relevant`]), secret ones with their values. The daemon keeps the
+/// public ones with the job and the secret ones in memory only. Debug shows secret names,
+/// never their values.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnvVars(pub BTreeMap<String, String>);
+
+impl EnvVars {
+    pub fn of(env: &CallerEnv) -> EnvVars {
+        EnvVars(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if is_secret(k) { "<secret>" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
+/// `POST /v1/jobs/{id}/resume` and `/retry` body, optional: the caller's environment again.
+/// Present, it replaces the job's (after a daemon restart, this is how a job gets its secret
+/// variables back); absent, the job keeps what it has.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvVars>,
 }
 
 /// `GET` and `PUT /v1/bandwidth` body: the daemon-wide upload limit, shared by every job.

@@ -1,5 +1,6 @@
 //! Jobs and their blobs as the API shows them: the spec, the states, the progress.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::JobId;
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 use crate::platform::Platform;
 
 /// Layer compression for blobs that are pushed compressed.
@@ -39,7 +41,8 @@ impl FromStr for Compression {
 }
 
 /// Options of a job that are not its identity. No field carries credentials: the registry client
-/// reads docker's config itself, so nothing secret ever reaches the store or the socket.
+/// reads docker's config (and runs credential helpers) with the job's environment, kept apart
+/// from the spec ([`JobEnv`]) with its secret values in memory only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobOptions {
@@ -72,6 +75,42 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_tags: Vec<String>,
     pub options: JobOptions,
+}
+
+/// The caller's environment as a job keeps it (in the store, and in `GET /v1/jobs`): the
+/// public variables with their values, and only the names of the secret ones, whose values
+/// live in the daemon's memory. The names say, after a daemon restart, that the job needs its
+/// secrets sent again (`hoist resume`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobEnv {
+    pub vars: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
+}
+
+impl JobEnv {
+    /// What of `env` may be kept: its public part, and its secrets' names.
+    pub fn of(env: &CallerEnv) -> JobEnv {
+        JobEnv {
+            vars: env
+                .public()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            secret_names: env.secrets().iter().map(|(k, _)| k.to_string()).collect(),
+        }
+    }
+
+    /// The public variables, with `secrets` added over them.
+    pub fn with_secrets(&self, secrets: &CallerEnv) -> CallerEnv {
+        CallerEnv::from_vars(self.vars.clone()).merged(secrets)
+    }
+
+    /// Whether `secrets` lacks a secret variable the job was submitted with.
+    pub fn lacks_secrets(&self, secrets: &CallerEnv) -> bool {
+        self.secret_names.iter().any(|n| secrets.get(n).is_none())
+    }
 }
 
 /// Where a job is in its life.
@@ -248,6 +287,10 @@ pub struct Job {
     /// Blobs of the push plan, empty until the job is prepared.
     #[serde(default)]
     pub blobs: Vec<BlobStatus>,
+    /// The caller's environment the job runs with (public values, secret names); absent: the
+    /// daemon's own environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<JobEnv>,
 }
 
 impl Job {

@@ -23,7 +23,9 @@ mod metrics;
 mod routes;
 mod validate;
 
-pub use bodies::{Bandwidth, ErrorBody, Health, JobBandwidth, SubmitRequest};
+pub use bodies::{
+    Bandwidth, ControlRequest, EnvVars, ErrorBody, Health, JobBandwidth, SubmitRequest,
+};
 pub use codec::{
     CONTENT_TYPE_JSON, CONTENT_TYPE_NDJSON, CONTENT_TYPE_PROMETHEUS, DecodeError, decode, encode,
     encode_event_line, error_body,
@@ -31,8 +33,12 @@ pub use codec::{
 pub use event::{Event, EventKind};
 pub use ids::{JobId, JobIdError};
 pub use job::{
-    BlobAction, BlobState, BlobStatus, Compression, Job, JobList, JobOptions, JobSpec, JobState,
+    BlobAction, BlobState, BlobStatus, Compression, Job, JobEnv, JobList, JobOptions, JobSpec,
+    JobState,
 };
 pub use metrics::Metrics;
 pub use routes::{API_PREFIX, Endpoint, ROUTES, Route, RouteError, job_path, match_route};
-pub use validate::{CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, REFERENCE_LEN_MAX};
+pub use validate::{
+    CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, ENV_VALUE_BYTES_MAX, ENV_VARS_MAX,
+    REFERENCE_LEN_MAX,
+};

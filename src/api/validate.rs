@@ -1,8 +1,9 @@
 //! What the daemon accepts: the limits of a submit request and of a job's bandwidth, checked
 //! once at the boundary so the daemon only ever sees a [`JobSpec`].
 
-use super::bodies::{JobBandwidth, SubmitRequest};
+use super::bodies::{EnvVars, JobBandwidth, SubmitRequest};
 use super::job::JobSpec;
+use crate::environ::{CallerEnv, is_relevant};
 use crate::platform::Platform;
 use crate::text::{TAG_CHARS_MAX, detail, is_tag};
 
@@ -17,6 +18,11 @@ pub const REFERENCE_LEN_MAX: usize = 4096;
 /// Most extra tags one job writes: each costs a manifest PUT and a read-back, and a list this
 /// long is a mistake rather than a release's names.
 pub const EXTRA_TAGS_MAX: usize = 100;
+/// Most variables of a caller's environment: the relevant names are a few dozen (plus `AWS_*`);
+/// more is not a shell's environment.
+pub const ENV_VARS_MAX: usize = 256;
+/// Longest value of one variable (a long `PATH`, an STS session token are a few KiB).
+pub const ENV_VALUE_BYTES_MAX: usize = 32 * 1024;
 
 impl SubmitRequest {
     /// Checks the request and fills in defaults. The error is the message for the client.
@@ -60,6 +66,33 @@ impl SubmitRequest {
             chunk_size_bytes,
             options: self.options,
         })
+    }
+}
+
+impl EnvVars {
+    /// Checks the caller's environment: only variables a push depends on, of bounded size, that
+    /// a child process can be given. The error names a variable, never shows a value.
+    pub fn validate(self) -> Result<CallerEnv, String> {
+        if self.0.len() > ENV_VARS_MAX {
+            return Err(format!(
+                "env has {} variables, more than {ENV_VARS_MAX}: send only the variables a push depends on",
+                self.0.len()
+            ));
+        }
+        for (name, value) in &self.0 {
+            if !is_relevant(name) || name.contains(['=', '\0']) {
+                return Err(format!(
+                    "env variable {:?} is not one a push depends on: send only DOCKER_*, HOME, PATH, AWS_*, ECR_*, proxy and SSL_CERT_* variables",
+                    detail(name)
+                ));
+            }
+            if value.len() > ENV_VALUE_BYTES_MAX || value.contains('\0') {
+                return Err(format!(
+                    "env variable {name} is longer than {ENV_VALUE_BYTES_MAX} bytes or holds a NUL byte: shorten or unset it"
+                ));
+            }
+        }
+        Ok(CallerEnv::from_vars(self.0))
     }
 }
 
@@ -171,6 +204,41 @@ mod tests {
                 .unwrap()
                 .contains("extra_tags")
         );
+    }
+
+    #[test]
+    fn env_is_checked_and_secrets_stay_out_of_messages_and_debug() {
+        let req: SubmitRequest = decode(
+            "submit request",
+            br#"{"source":"a","target":"r/x:1","env":{"PATH":"/bin","AWS_SESSION_TOKEN":"t0k3n"}}"#,
+        )
+        .unwrap();
+        assert!(!format!("{req:?}").contains("t0k3n"));
+        let env = req.env.unwrap().validate().unwrap();
+        assert_eq!(env.get("AWS_SESSION_TOKEN"), Some("t0k3n"));
+        let vars = |pairs: &[(&str, &str)]| {
+            EnvVars(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let err = vars(&[("EDITOR", "vi")]).validate().unwrap_err();
+        assert!(err.contains("EDITOR"), "{err}");
+        let long = "s".repeat(ENV_VALUE_BYTES_MAX + 1);
+        let err = vars(&[("AWS_SECRET_ACCESS_KEY", &long)])
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("AWS_SECRET_ACCESS_KEY") && !err.contains("sss"));
+        assert!(vars(&[("AWS_X", "a\0b")]).validate().is_err());
+        let many: Vec<(String, String)> = (0..=ENV_VARS_MAX)
+            .map(|i| (format!("AWS_{i}"), String::new()))
+            .collect();
+        assert!(EnvVars(many.into_iter().collect()).validate().is_err());
+        // Resume and retry may send no body field at all.
+        let none: crate::api::ControlRequest = decode("control request", b"{}").unwrap();
+        assert!(none.env.is_none());
     }
 
     #[test]

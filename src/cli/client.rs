@@ -182,9 +182,20 @@ impl Client {
 
     /// `action` is one of `pause`, `resume`, `cancel`, `retry`.
     pub async fn control(&self, id: &JobId, action: &str) -> Result<api::Job, ClientError> {
+        self.control_with(id, action, None).await
+    }
+
+    /// [`Client::control`] with a body: a resume or retry sends the caller's environment.
+    pub async fn control_with(
+        &self,
+        id: &JobId,
+        action: &str,
+        body: Option<&api::ControlRequest>,
+    ) -> Result<api::Job, ClientError> {
         let endpoint = Endpoint::job_action(action)
             .ok_or_else(|| ClientError::UnknownAction(action.to_string()))?;
-        self.get_json(endpoint, Some(id), None, "job").await
+        self.get_json(endpoint, Some(id), body.map(api::encode), "job")
+            .await
     }
 
     pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {

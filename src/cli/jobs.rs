@@ -7,6 +7,7 @@ use super::client::Client;
 use super::follow::{self, Mode, Outcome};
 use crate::api::{self, JobId, JobState};
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 
 /// `hoist ls`: one line per job, or the job list as JSON.
 pub async fn ls(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
@@ -120,8 +121,13 @@ pub async fn done_digest(
 }
 
 /// `hoist pause|resume|cancel|retry JOB`: prints the job's new state.
+/// A resume or retry sends this shell's environment again: the job runs with it from then on
+/// (after a daemon restart, that is how a job gets its secret variables back).
 pub async fn control(client: &Client, id: &JobId, action: &str) -> anyhow::Result<ExitCode> {
-    let job = client.control(id, action).await?;
+    let body = matches!(action, "resume" | "retry").then(|| api::ControlRequest {
+        env: Some(api::EnvVars::of(&CallerEnv::from_process())),
+    });
+    let job = client.control_with(id, action, body.as_ref()).await?;
     println!("{} {}", job.id, job.state);
     Ok(ExitCode::SUCCESS)
 }

@@ -62,11 +62,13 @@ pub enum Command {
     },
     /// Pause a job at the next chunk boundary.
     Pause { job: JobId },
-    /// Resume a paused job.
+    /// Resume a paused job, with this shell's environment (how a job waiting for credentials
+    /// after a daemon restart gets its secret variables back).
     Resume { job: JobId },
     /// Cancel a job.
     Cancel { job: JobId },
-    /// Retry a failed or cancelled job; it resumes from what was uploaded.
+    /// Retry a failed or cancelled job, with this shell's environment; it resumes from what
+    /// was uploaded.
     Retry { job: JobId },
     /// Delete a finished, failed, cancelled or paused job and its spool.
     Rm { job: JobId },

@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use super::client::Client;
 use super::follow::{self, Mode, Outcome};
 use super::{PushArgs, autostart, jobs};
-use crate::api::{JobOptions, SubmitRequest};
+use crate::api::{EnvVars, JobOptions, SubmitRequest};
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 
 pub async fn run(
     client: &Client,
@@ -51,6 +52,9 @@ pub async fn run(
             }),
             bandwidth_bytes_per_s: args.bandwidth,
         },
+        // The daemon works for this shell: its docker config, credential helpers, AWS
+        // settings and proxies (secret values stay in the daemon's memory only).
+        env: Some(EnvVars::of(&CallerEnv::from_process())),
     };
     let mut interrupt = follow::Interrupt::catch()?;
     let job = client.submit(&request).await?;

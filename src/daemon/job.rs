@@ -45,7 +45,9 @@
 //!    Once the manifest PUT landed, return `Ok` whatever else happens (a stop, the deadline):
 //!    the tag is written, and the scheduler records `done` whenever `run` returns `Ok`.
 //!
-//! Credentials never pass through the context: the registry client reads docker's config.
+//! Credentials never pass through the context: the registry client reads docker's config and
+//! runs credential helpers with the job's environment ([`JobContext::env`]), the caller's, not
+//! the daemon's own.
 //!
 //! # Who owns what
 //! The scheduler makes one [`JobContext`] per run ([`JobContext::new`]) and reads the run's
@@ -66,6 +68,7 @@ use super::metrics::Counters;
 use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 use crate::store::{BlobRecord, CursorRecord, NewBlob, Pushed, Store};
 
 /// The future a job body returns.
@@ -79,7 +82,13 @@ pub trait JobBody: Send + Sync + 'static {
     /// left, with the upload sessions it left open (a paused or failed job keeps them for a
     /// resume): release them. The scheduler has removed its spool and forgotten the cursors
     /// already; this runs in the background and must not fail.
-    fn discard(&self, _spec: JobSpec, _cursors: Vec<CursorRecord>) -> DiscardFuture {
+    /// `env` is the job's environment, as its runs had it (the registry's credentials).
+    fn discard(
+        &self,
+        _spec: JobSpec,
+        _env: CallerEnv,
+        _cursors: Vec<CursorRecord>,
+    ) -> DiscardFuture {
         Box::pin(async {})
     }
 }
@@ -234,6 +243,8 @@ pub struct JobContext {
     /// This run's own upload limit; the scheduler changes its rate when the user changes the
     /// job's limit (`PUT /v1/jobs/{id}/bandwidth`).
     bandwidth: Arc<Bucket>,
+    /// The caller's environment, secrets included (memory only).
+    env: Arc<CallerEnv>,
 }
 
 impl JobContext {
@@ -245,6 +256,7 @@ impl JobContext {
         generation: u64,
         spool_dir: PathBuf,
         bandwidth: Arc<Bucket>,
+        env: CallerEnv,
     ) -> (JobContext, StopSender) {
         let (stop, rx) = watch::channel(None);
         let ctx = JobContext {
@@ -255,6 +267,7 @@ impl JobContext {
             link: link.clone(),
             stop: rx,
             bandwidth,
+            env: Arc::new(env),
         };
         (ctx, StopSender(stop))
     }
@@ -267,6 +280,13 @@ impl JobContext {
     /// since: uploads pay [`JobContext::bandwidth`], which follows it.
     pub fn spec(&self) -> &JobSpec {
         &self.spec
+    }
+
+    /// The environment every part of the job's work reads (docker's config, credential
+    /// helpers, proxies, the source): the caller's, secrets included, or the daemon's own for
+    /// a job submitted without one. Never store, log or report it.
+    pub fn env(&self) -> &CallerEnv {
+        &self.env
     }
 
     /// The job's own upload limit for this run (unlimited when the job has none), shared by

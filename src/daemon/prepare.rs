@@ -19,6 +19,7 @@ fn codec(c: Compression) -> Codec {
 /// Opens the job's source and plans the push, off the async runtime; records nothing.
 pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
+    let env = ctx.env().clone();
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
         // A target that does not parse fails later with its own message; its limits are ECR's.
@@ -29,6 +30,7 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
             platform: spec.platform.clone(),
             compression: codec(spec.compression),
             limits,
+            env,
         };
         PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
     })

@@ -99,6 +99,7 @@ async fn job_view(store: &Store, job: JobRecord) -> Result<api::Job, StoreError>
         manifest_digest: job.manifest_digest,
         created_ms: job.created_ms,
         updated_ms: job.updated_ms,
+        env: job.env,
         blobs: blobs
             .into_iter()
             .map(|b| api::BlobStatus {
@@ -152,14 +153,14 @@ async fn dispatch(
         Endpoint::ListJobs => list_jobs(&app).await,
         Endpoint::GetJob => job_response(&app, app.store.job(id()).await, StatusCode::OK).await,
         Endpoint::JobEvents => events(app, id(), &query).await,
-        Endpoint::PauseJob => control(&app, id(), Control::Pause).await,
-        Endpoint::ResumeJob => control(&app, id(), Control::Resume).await,
-        Endpoint::CancelJob => control(&app, id(), Control::Cancel).await,
-        Endpoint::RetryJob => control(&app, id(), Control::Retry).await,
+        Endpoint::PauseJob => control(&app, id(), Control::Pause, None).await,
+        Endpoint::ResumeJob => control_with_env(&app, id(), Control::Resume, req).await,
+        Endpoint::CancelJob => control(&app, id(), Control::Cancel, None).await,
+        Endpoint::RetryJob => control_with_env(&app, id(), Control::Retry, req).await,
         Endpoint::GetBandwidth => bandwidth(&app),
         Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
         Endpoint::SetJobBandwidth => set_job_bandwidth(&app, id(), req).await,
-        Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete).await {
+        Endpoint::DeleteJob => match app.scheduler.control(id(), Control::Delete, None).await {
             Ok(_) => no_content(),
             Err(e) => sched_error(e),
         },
@@ -251,6 +252,11 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
             );
         }
     };
+    let mut request = request;
+    let env = match request.env.take().map(api::EnvVars::validate).transpose() {
+        Ok(env) => env,
+        Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
+    };
     let mut spec = match request.validate() {
         Ok(s) => s,
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
@@ -265,7 +271,7 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
     {
         spec.source = canonical;
     }
-    match app.scheduler.submit(spec).await {
+    match app.scheduler.submit(spec, env).await {
         Ok(job) => job_response(app, Ok(job), StatusCode::CREATED).await,
         Err(e) => sched_error(e),
     }
@@ -331,8 +337,42 @@ async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Resp
     }
 }
 
-async fn control(app: &App, id: JobId, action: Control) -> Response<Body> {
-    match app.scheduler.control(id, action).await {
+/// Resume and retry: the body, if any, carries the caller's environment again.
+async fn control_with_env(
+    app: &App,
+    id: JobId,
+    action: Control,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    if body.is_empty() {
+        return control(app, id, action, None).await;
+    }
+    let env = match api::decode::<api::ControlRequest>("control request", &body) {
+        Ok(r) => match r.env.map(api::EnvVars::validate).transpose() {
+            Ok(env) => env,
+            Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: send {{\"env\": {{...}}}} or no body"),
+            );
+        }
+    };
+    control(app, id, action, env).await
+}
+
+async fn control(
+    app: &App,
+    id: JobId,
+    action: Control,
+    env: Option<crate::environ::CallerEnv>,
+) -> Response<Body> {
+    match app.scheduler.control(id, action, env).await {
         Ok(Some(job)) => job_response(app, Ok(job), StatusCode::OK).await,
         Ok(None) => no_content(),
         Err(e) => sched_error(e),

@@ -12,6 +12,11 @@
 //! The loop owns a job's whole life: a stop carries its [`StopReason`] to the run, and a job
 //! that ends without a push (cancel, delete), in whatever state, has its upload sessions
 //! released ([`JobBody::discard`]) and its spool removed here, once no run of it is left.
+//!
+//! It also owns the secret part of each job's caller environment ([`CallerEnv::secrets`]): in
+//! memory only, given to each run's context with the job's stored public part, forgotten when
+//! the job is done, cancelled or deleted. A job that had secrets and lacks them (the daemon
+//! restarted) does not run: it waits, paused, until `hoist resume` sends them again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +32,7 @@ use super::job::{
 use super::metrics::Counters;
 use crate::api::{self, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
+use crate::environ::CallerEnv;
 use crate::store::{CursorRecord, JobRecord, Store, StoreError};
 
 /// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
@@ -71,11 +77,15 @@ impl From<StoreError> for SchedError {
 pub enum Event {
     Submit {
         spec: JobSpec,
+        /// The caller's environment; `None`: the daemon's own.
+        env: Option<CallerEnv>,
         reply: oneshot::Sender<Result<JobRecord, SchedError>>,
     },
     Control {
         id: JobId,
         action: Control,
+        /// For resume and retry: the caller's environment, replacing the job's.
+        env: Option<CallerEnv>,
         reply: oneshot::Sender<Result<Option<JobRecord>, SchedError>>,
     },
     /// Change a job's own upload limit (`None`: no job limit), stored and applied live.
@@ -117,17 +127,30 @@ impl SchedulerHandle {
         rx.await.map_err(|_| SchedError::ShuttingDown)?
     }
 
-    pub async fn submit(&self, spec: JobSpec) -> Result<JobRecord, SchedError> {
-        self.ask(|reply| Event::Submit { spec, reply }).await
+    /// Accepts a job run with the caller's environment `env` (`None`: the daemon's own).
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        env: Option<CallerEnv>,
+    ) -> Result<JobRecord, SchedError> {
+        self.ask(|reply| Event::Submit { spec, env, reply }).await
     }
 
-    /// Applies `action`; returns the job afterwards (`None` after a delete).
+    /// Applies `action`; returns the job afterwards (`None` after a delete). A resume or retry
+    /// with `env` runs the job with that environment from now on.
     pub async fn control(
         &self,
         id: JobId,
         action: Control,
+        env: Option<CallerEnv>,
     ) -> Result<Option<JobRecord>, SchedError> {
-        self.ask(|reply| Event::Control { id, action, reply }).await
+        self.ask(|reply| Event::Control {
+            id,
+            action,
+            env,
+            reply,
+        })
+        .await
     }
 
     /// Sets the job's own upload limit: stored in its spec, and followed by its running
@@ -172,7 +195,7 @@ struct Running {
     bandwidth: Arc<Bucket>,
     /// The job was deleted while this run was stopping: the sessions it had are deleted once
     /// the run has ended, so no DELETE races with a chunk still in flight.
-    discard_after: Option<(JobSpec, Vec<CursorRecord>)>,
+    discard_after: Option<(JobSpec, CallerEnv, Vec<CursorRecord>)>,
 }
 
 struct Scheduler {
@@ -183,6 +206,8 @@ struct Scheduler {
     link: RunLink,
     events: broadcast::Sender<api::Event>,
     running: HashMap<JobId, Running>,
+    /// The secret variables of each job's caller environment: memory only, never stored.
+    secrets: HashMap<JobId, CallerEnv>,
     next_generation: u64,
     /// Set once shutdown began: no job starts, and the reply is sent when `running` is empty.
     shutdown: Option<Vec<oneshot::Sender<()>>>,
@@ -210,6 +235,7 @@ pub async fn start(
         link,
         events: events.clone(),
         running: HashMap::new(),
+        secrets: HashMap::new(),
         next_generation: 1,
         shutdown: None,
     };
@@ -246,11 +272,16 @@ impl Scheduler {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit { spec, reply } => {
-                let _ = reply.send(self.submit(spec).await);
+            Event::Submit { spec, env, reply } => {
+                let _ = reply.send(self.submit(spec, env).await);
             }
-            Event::Control { id, action, reply } => {
-                let _ = reply.send(self.control(id, action).await);
+            Event::Control {
+                id,
+                action,
+                env,
+                reply,
+            } => {
+                let _ = reply.send(self.control(id, action, env).await);
             }
             Event::SetBandwidth {
                 id,
@@ -311,13 +342,18 @@ impl Scheduler {
     }
 
     /// Jobs left running by a previous daemon go back to the queue; a cancelled job whose
-    /// release the previous daemon did not finish (it stopped first) is released now.
+    /// release the previous daemon did not finish (it stopped first) is released now. A job
+    /// that had secret variables lost them with the previous daemon: it waits for them.
     async fn recover(&mut self) -> Result<(), StoreError> {
         for job in self.store.jobs().await? {
             if job.state == JobState::Cancelled {
-                self.release(&job.id, job.spec.clone()).await;
+                self.release(&job).await;
             }
-            if job.state.is_running() {
+            if (job.state.is_running() || job.state == JobState::Queued) && self.lacks_secrets(&job)
+            {
+                info!(job = %job.id, "job waits for its secret variables");
+                self.wait_for_credentials(&job.id).await?;
+            } else if job.state.is_running() {
                 info!(job = %job.id, was = %job.state, "resuming job left unfinished");
                 self.counters.add_resume();
                 self.set_state(
@@ -382,7 +418,11 @@ impl Scheduler {
         }
     }
 
-    async fn submit(&mut self, spec: JobSpec) -> Result<JobRecord, SchedError> {
+    async fn submit(
+        &mut self,
+        spec: JobSpec,
+        env: Option<CallerEnv>,
+    ) -> Result<JobRecord, SchedError> {
         if self.shutdown.is_some() {
             return Err(SchedError::ShuttingDown);
         }
@@ -393,7 +433,9 @@ impl Scheduler {
             manifest_digest: None,
         };
         let body = String::from_utf8(api::encode(&kind)).expect("JSON is UTF-8");
-        let (job, seq) = self.store.insert_job(id.clone(), spec, body).await?;
+        let kept = env.as_ref().map(api::JobEnv::of);
+        let (job, seq) = self.store.insert_job(id.clone(), spec, kept, body).await?;
+        self.keep_secrets(&id, env.as_ref());
         info!(job = %id, source = %job.spec.source, target = %job.spec.target, "job accepted");
         let _ = self.events.send(api::Event {
             seq,
@@ -409,6 +451,7 @@ impl Scheduler {
         &mut self,
         id: JobId,
         action: Control,
+        env: Option<CallerEnv>,
     ) -> Result<Option<JobRecord>, SchedError> {
         let job = self.store.job(id.clone()).await?;
         let state = job.state;
@@ -433,6 +476,7 @@ impl Scheduler {
                 if state != JobState::Paused {
                     return Err(refused("only a paused job can be resumed"));
                 }
+                self.replace_env(&id, env).await?;
                 self.counters.add_resume();
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;
@@ -442,6 +486,7 @@ impl Scheduler {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
                     return Err(refused("only a failed or cancelled job can be retried"));
                 }
+                self.replace_env(&id, env).await?;
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;
             }
@@ -482,7 +527,7 @@ impl Scheduler {
                 run.stop.stop(StopReason::Cancel);
                 run.ended = true;
             }
-            None => self.release(&id, job.spec).await,
+            None => self.release(&job).await,
         }
         Ok(())
     }
@@ -502,9 +547,11 @@ impl Scheduler {
         let cursors = self.take_cursors(&id).await;
         self.store.delete_job(id.clone()).await?;
         self.remove_spool(&id);
+        let env = self.env_of(&job);
+        self.secrets.remove(&id);
         match self.running.get_mut(&id) {
-            Some(run) => run.discard_after = Some((job.spec, cursors)),
-            None => self.discard(job.spec, cursors),
+            Some(run) => run.discard_after = Some((job.spec, env, cursors)),
+            None => self.discard(job.spec, env, cursors),
         }
         // Followers of the job end here; nothing is persisted, the log went with the job.
         let _ = self.events.send(api::Event {
@@ -518,11 +565,62 @@ impl Scheduler {
     }
 
     /// A job that ended without a push leaves nothing behind: its cursors are forgotten, its
-    /// spool removed and its sessions handed to the body to delete.
-    async fn release(&self, id: &JobId, spec: JobSpec) {
-        let cursors = self.take_cursors(id).await;
-        self.remove_spool(id);
-        self.discard(spec, cursors);
+    /// spool removed, its sessions handed to the body to delete (with the job's environment,
+    /// for the registry's credentials) and its secrets forgotten.
+    async fn release(&mut self, job: &JobRecord) {
+        let cursors = self.take_cursors(&job.id).await;
+        self.remove_spool(&job.id);
+        let env = self.env_of(job);
+        self.secrets.remove(&job.id);
+        self.discard(job.spec.clone(), env, cursors);
+    }
+
+    /// The environment a job's work uses: the caller's (stored public part and the secrets in
+    /// memory), or the daemon's own for a job submitted without one.
+    fn env_of(&self, job: &JobRecord) -> CallerEnv {
+        match &job.env {
+            None => CallerEnv::from_process(),
+            Some(kept) => kept.with_secrets(&self.secrets_of(&job.id)),
+        }
+    }
+
+    /// Whether the job had secret variables that this daemon does not hold (it restarted).
+    fn lacks_secrets(&self, job: &JobRecord) -> bool {
+        job.env
+            .as_ref()
+            .is_some_and(|kept| kept.lacks_secrets(&self.secrets_of(&job.id)))
+    }
+
+    fn secrets_of(&self, id: &JobId) -> CallerEnv {
+        self.secrets.get(id).cloned().unwrap_or_default()
+    }
+
+    fn keep_secrets(&mut self, id: &JobId, env: Option<&CallerEnv>) {
+        match env.map(CallerEnv::secrets).filter(|s| !s.is_empty()) {
+            Some(secrets) => self.secrets.insert(id.clone(), secrets),
+            None => self.secrets.remove(id),
+        };
+    }
+
+    /// A resume or retry that sent the caller's environment: the job runs with it from now on
+    /// (stored first, then its secrets kept in memory).
+    async fn replace_env(&mut self, id: &JobId, env: Option<CallerEnv>) -> Result<(), StoreError> {
+        let Some(env) = env else {
+            return Ok(());
+        };
+        self.store
+            .set_job_env(id.clone(), Some(api::JobEnv::of(&env)))
+            .await?;
+        self.keep_secrets(id, Some(&env));
+        Ok(())
+    }
+
+    /// Pauses a job that lacks its secret variables, saying how to give them back.
+    async fn wait_for_credentials(&self, id: &JobId) -> Result<(), StoreError> {
+        let reason =
+            format!("waiting for credentials: run hoist resume {id} from a shell that has them");
+        self.set_state(id, JobState::Paused, Some(reason), None)
+            .await
     }
 
     /// The job's stored upload cursors, forgotten in the store.
@@ -540,10 +638,10 @@ impl Scheduler {
         cursors
     }
 
-    fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) {
+    fn discard(&self, spec: JobSpec, env: CallerEnv, cursors: Vec<CursorRecord>) {
         if !cursors.is_empty() {
             // Off the loop: the registry may be slow or unreachable.
-            tokio::spawn(self.config.body.discard(spec, cursors));
+            tokio::spawn(self.config.body.discard(spec, env, cursors));
         }
     }
 
@@ -632,8 +730,8 @@ impl Scheduler {
             && let Some(run) = self.running.remove(&id)
         {
             self.counters.set_jobs_running(self.running.len() as u64);
-            if let Some((spec, cursors)) = run.discard_after {
-                self.discard(spec, cursors);
+            if let Some((spec, env, cursors)) = run.discard_after {
+                self.discard(spec, env, cursors);
             }
         }
         let job = match self.store.job(id.clone()).await {
@@ -642,7 +740,7 @@ impl Scheduler {
             Err(_) => return self.start_queued().await,
         };
         if job.state == JobState::Cancelled && result.is_err() {
-            self.release(&id, job.spec).await;
+            self.release(&job).await;
         } else if let Some((state, reason, digest)) = self.outcome(&result, job.state) {
             match &reason {
                 Some(r) => warn!(job = %id, reason = %r, "job failed"),
@@ -651,8 +749,10 @@ impl Scheduler {
             if let Err(e) = self.set_state(&id, state, reason, digest).await {
                 warn!(job = %id, error = %e, "cannot record the job's end");
             } else if state == JobState::Done {
-                // The registry has every blob now; the compressed chunks only take disk space.
+                // The registry has every blob now; the compressed chunks only take disk space,
+                // and the secrets are needed no more.
                 self.remove_spool(&id);
+                self.secrets.remove(&id);
             }
         }
         self.start_queued().await;
@@ -707,6 +807,10 @@ impl Scheduler {
 
     async fn launch(&mut self, job: JobRecord) -> Result<(), StoreError> {
         let id = job.id.clone();
+        if self.lacks_secrets(&job) {
+            return self.wait_for_credentials(&id).await;
+        }
+        let env = self.env_of(&job);
         let spool_dir = self.config.spool_root.join(id.as_str());
         if let Err(e) = std::fs::create_dir_all(&spool_dir) {
             let reason = format!(
@@ -728,6 +832,7 @@ impl Scheduler {
             generation,
             spool_dir,
             bandwidth.clone(),
+            env,
         );
         let body = self.config.body.run(ctx);
         let link = self.link.clone();

@@ -3,6 +3,11 @@
 //!
 //! Credentials are held in [`Credentials`], whose `Debug` redacts the secret; they are never
 //! logged and never put in error messages (only the *source* is named, e.g. the helper).
+//!
+//! Both read the environment given to them (a job's: the caller's), never this process's:
+//! `DOCKER_CONFIG` and `HOME` say where `config.json` is, the environment's `PATH` where a
+//! helper is, and a helper runs with exactly that environment (so `AWS_*` and proxies reach
+//! `docker-credential-ecr-login`), nothing of the daemon's own.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::RegistryError;
 use super::reference::DOCKER_HUB;
+use crate::environ::CallerEnv;
 
 /// A username and a secret (password or ECR authorization token).
 #[derive(Clone, PartialEq, Eq)]
@@ -68,9 +74,11 @@ impl fmt::Display for CredentialSource {
 /// How credentials are looked up.
 #[derive(Debug, Clone)]
 pub struct CredentialLookup {
-    /// Directory holding `config.json`; default `$DOCKER_CONFIG`, else `~/.docker`.
+    /// Directory holding `config.json`; default the environment's `$DOCKER_CONFIG`, else
+    /// `$HOME/.docker`.
     pub docker_config_dir: Option<PathBuf>,
-    /// Searched for `docker-credential-NAME` before `$PATH` (tests put fake helpers here).
+    /// Searched for `docker-credential-NAME` before the environment's `$PATH` (tests put fake
+    /// helpers here).
     pub helper_dirs: Vec<PathBuf>,
     /// How long a helper may run.
     pub helper_timeout: Duration,
@@ -91,17 +99,22 @@ pub const HELPER_TIMEOUT_S_DEFAULT: u64 = 30;
 const HELPER_OUTPUT_BYTES_MAX: usize = 1 << 20;
 
 impl CredentialLookup {
-    fn config_path(&self) -> Option<PathBuf> {
+    fn config_path(&self, env: &CallerEnv) -> Option<PathBuf> {
         config_path_from(
             self.docker_config_dir.as_deref(),
-            std::env::var_os("DOCKER_CONFIG"),
-            std::env::var_os("HOME"),
+            env.get("DOCKER_CONFIG").map(Into::into),
+            env.get("HOME").map(Into::into),
         )
     }
 
-    /// Decides where the credentials of `host` come from (reads `config.json`, runs nothing).
-    pub fn source_for(&self, host: &str) -> Result<CredentialSource, RegistryError> {
-        let Some(path) = self.config_path() else {
+    /// Decides where the credentials of `host` come from (reads `config.json`, runs nothing),
+    /// with the docker config directory `env` names.
+    pub fn source_for(
+        &self,
+        host: &str,
+        env: &CallerEnv,
+    ) -> Result<CredentialSource, RegistryError> {
+        let Some(path) = self.config_path(env) else {
             return Ok(CredentialSource::Anonymous);
         };
         let text = match std::fs::read(&path) {
@@ -158,11 +171,13 @@ impl CredentialLookup {
         Ok(CredentialSource::Anonymous)
     }
 
-    /// Fetches the credentials from `source` (runs the helper if it is one).
+    /// Fetches the credentials from `source` (runs the helper if it is one, found on `env`'s
+    /// `PATH` and run with `env` only).
     pub async fn fetch(
         &self,
         host: &str,
         source: &CredentialSource,
+        env: &CallerEnv,
     ) -> Result<Option<Credentials>, RegistryError> {
         match source {
             CredentialSource::Explicit(c) => Ok(Some(c.clone())),
@@ -170,34 +185,48 @@ impl CredentialLookup {
             CredentialSource::ConfigEntry { key, config } => {
                 read_auth_entry(host, key, config).map(Some)
             }
-            CredentialSource::Helper { name, .. } => self.run_helper(host, name).await,
+            CredentialSource::Helper { name, .. } => self.run_helper(host, name, env).await,
         }
     }
 
-    fn helper_path(&self, name: &str) -> PathBuf {
+    /// `docker-credential-NAME` in the helper directories, else in the absolute directories
+    /// of `env`'s `PATH` (the caller's: the daemon's own `PATH` may not have it).
+    fn helper_path(&self, name: &str, env: &CallerEnv) -> Option<PathBuf> {
         let file = format!("docker-credential-{name}");
-        for d in &self.helper_dirs {
-            let p = d.join(&file);
-            if p.exists() {
-                return p;
-            }
-        }
-        PathBuf::from(file)
+        let path_dirs: Vec<PathBuf> = env
+            .get("PATH")
+            .map(|p| {
+                std::env::split_paths(p)
+                    .filter(|d| d.is_absolute())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.helper_dirs
+            .iter()
+            .chain(&path_dirs)
+            .map(|d| d.join(&file))
+            .find(|p| is_executable(p))
     }
 
     async fn run_helper(
         &self,
         host: &str,
         name: &str,
+        env: &CallerEnv,
     ) -> Result<Option<Credentials>, RegistryError> {
         let fail = |message: String| RegistryError::Credentials {
             registry: host.into(),
             message: format!("credential helper docker-credential-{name}: {message}"),
         };
+        let program = self.helper_path(name, env).ok_or_else(|| {
+            fail("is not on the PATH of the shell that started the push: install it there, or fix credHelpers/credsStore in docker's config.json".into())
+        })?;
         // Its own process group: a helper that is a shell script may leave children (an
         // `aws` call) behind; on timeout the whole group is killed, not only the script.
-        let mut child = tokio::process::Command::new(self.helper_path(name))
+        let mut child = tokio::process::Command::new(program)
             .arg("get")
+            .env_clear()
+            .envs(env.iter())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -241,6 +270,11 @@ impl CredentialLookup {
             .map(Some)
             .map_err(|m| fail(m.into()))
     }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// What a failed helper said, on one line. Helpers print their errors on stdout
@@ -423,21 +457,22 @@ mod tests {
         )
         .unwrap();
         let l = lookup(dir.path());
-        let s = l.source_for("a.example.com").unwrap();
+        let env = CallerEnv::from_process();
+        let s = l.source_for("a.example.com", &env).unwrap();
         assert!(
             matches!(&s, CredentialSource::ConfigEntry { key, .. } if key == "https://a.example.com/v1/")
         );
-        let c = l.fetch("a.example.com", &s).await.unwrap().unwrap();
+        let c = l.fetch("a.example.com", &s, &env).await.unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.secret.as_str()), ("u1", "p1"));
-        let s = l.source_for("b.example.com").unwrap();
-        let c = l.fetch("b.example.com", &s).await.unwrap().unwrap();
+        let s = l.source_for("b.example.com", &env).unwrap();
+        let c = l.fetch("b.example.com", &s, &env).await.unwrap().unwrap();
         assert_eq!(c.secret, "p2");
         assert_eq!(
-            l.source_for("c.example.com").unwrap(),
+            l.source_for("c.example.com", &env).unwrap(),
             CredentialSource::Anonymous
         );
         // credHelpers wins over auths.
-        let s = l.source_for("h.example.com").unwrap();
+        let s = l.source_for("h.example.com", &env).unwrap();
         assert!(matches!(&s, CredentialSource::Helper { name, .. } if name == "fake"));
         let helper = dir.path().join("docker-credential-fake");
         std::fs::write(
@@ -450,11 +485,15 @@ mod tests {
             .arg(&helper)
             .status()
             .unwrap();
-        let c = l.fetch("h.example.com", &s).await.unwrap().unwrap();
+        let c = l.fetch("h.example.com", &s, &env).await.unwrap().unwrap();
         assert_eq!(c.secret, "tok-h.example.com");
         // A failing helper names itself, not the secret.
         std::fs::write(&helper, "#!/bin/sh\necho 'no creds here' >&2\nexit 1\n").unwrap();
-        let e = l.fetch("h.example.com", &s).await.unwrap_err().to_string();
+        let e = l
+            .fetch("h.example.com", &s, &env)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("docker-credential-fake") && e.contains("no creds here"),
             "{e}"
@@ -465,7 +504,11 @@ mod tests {
             helper_timeout: Duration::from_millis(300),
             ..l.clone()
         };
-        let e = l2.fetch("h.example.com", &s).await.unwrap_err().to_string();
+        let e = l2
+            .fetch("h.example.com", &s, &env)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no answer"), "{e}");
     }
 }

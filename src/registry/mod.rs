@@ -108,6 +108,8 @@ pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
 
+use crate::environ::CallerEnv;
+
 pub use crate::chunk_size::{CHUNK_BYTES_DEFAULT, ECR_CHUNK_BYTES_MIN};
 /// The stall watchdog's default: abort a request when no byte moved for this long.
 pub const STALL_TIMEOUT_S_DEFAULT: u64 = 30;
@@ -139,6 +141,10 @@ pub struct ClientOptions {
     /// Upload bandwidth limits (daemon-wide and per job) every streamed PATCH body pays
     /// before each piece is written; `None`: unlimited.
     pub bandwidth: Option<crate::bandwidth::Limits>,
+    /// The environment the client works with: docker's config directory (`DOCKER_CONFIG`,
+    /// `HOME`), credential helpers (found on its `PATH`, run with it), proxies and CAs. A
+    /// job's is the caller's; the default is this process's own.
+    pub env: CallerEnv,
 }
 
 impl Default for ClientOptions {
@@ -153,6 +159,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             require_existing_repository: false,
             bandwidth: None,
+            env: CallerEnv::from_process(),
         }
     }
 }
@@ -170,6 +177,7 @@ impl fmt::Debug for ClientOptions {
                 "require_existing_repository",
                 &self.require_existing_repository,
             )
+            .field("env", &self.env) // CallerEnv's Debug hides secret values
             .finish()
     }
 }
@@ -423,7 +431,7 @@ impl Inner {
         }
         let s = match &self.opts.credentials {
             Some(c) => CredentialSource::Explicit(c.clone()),
-            None => self.opts.lookup.source_for(&self.host)?,
+            None => self.opts.lookup.source_for(&self.host, &self.opts.env)?,
         };
         self.auth.lock().expect("auth lock").source = Some(s.clone());
         Ok(s)
@@ -444,7 +452,11 @@ impl Inner {
     /// Runs the source (holding `fetch_lock`).
     async fn fetch_credentials(&self) -> Result<Option<Credentials>, RegistryError> {
         let source = self.credential_source()?;
-        let c = self.opts.lookup.fetch(&self.host, &source).await?;
+        let c = self
+            .opts
+            .lookup
+            .fetch(&self.host, &source, &self.opts.env)
+            .await?;
         self.auth.lock().expect("auth lock").credentials = Some(c.clone());
         Ok(c)
     }

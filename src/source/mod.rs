@@ -40,6 +40,7 @@ pub use docker::check_compressed_layer;
 pub use error::SourceError;
 
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 use crate::image::media::{Compression, Family};
 use crate::image::{Config, Doc, JSON_BYTES_MAX, Manifest};
 use crate::platform::Platform;
@@ -385,8 +386,16 @@ pub struct ResolvedImage {
 }
 
 impl Source {
-    /// Opens `reference`: indexes an archive (headers only) or checks a layout directory.
+    /// Opens `reference` with this process's environment (callers without a job).
     pub fn open(reference: &SourceRef) -> Result<Source, SourceError> {
+        Source::open_in(reference, &CallerEnv::from_process())
+    }
+
+    /// Opens `reference`: indexes an archive (headers only) or checks a layout directory.
+    /// `env` is the environment of the job it is opened for (the caller's): a source that
+    /// reaches outside its files (an engine's socket) finds it there, never in the daemon's
+    /// own environment. Archives and layouts need nothing from it.
+    pub fn open_in(reference: &SourceRef, _env: &CallerEnv) -> Result<Source, SourceError> {
         let container = match reference {
             SourceRef::DockerArchive { path, .. } | SourceRef::OciArchive { path, .. } => {
                 Container::Tar(TarIndex::open(path)?)
@@ -435,4 +444,13 @@ impl Source {
 /// Opens and resolves `reference` for `wanted` in one call.
 pub fn resolve(reference: &SourceRef, wanted: &Platform) -> Result<ResolvedImage, SourceError> {
     Source::open(reference)?.resolve(wanted)
+}
+
+/// [`resolve`] with the environment of the job it is for ([`Source::open_in`]).
+pub fn resolve_in(
+    reference: &SourceRef,
+    wanted: &Platform,
+    env: &CallerEnv,
+) -> Result<ResolvedImage, SourceError> {
+    Source::open_in(reference, env)?.resolve(wanted)
 }

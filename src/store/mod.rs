@@ -29,7 +29,7 @@ use std::thread;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{BlobAction, BlobState, JobId, JobSpec, JobState};
+use crate::api::{BlobAction, BlobState, JobEnv, JobId, JobSpec, JobState};
 use crate::digest::Digest;
 
 pub use ops::now_ms;
@@ -96,6 +96,9 @@ pub struct JobRecord {
     pub manifest_digest: Option<Digest>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The caller's environment the job runs with: public values and secret names only.
+    /// `None`: the daemon's own environment.
+    pub env: Option<JobEnv>,
 }
 
 /// A blob of a job's plan, as the planner hands it over.
@@ -232,9 +235,17 @@ impl Store {
         &self,
         id: JobId,
         spec: JobSpec,
+        env: Option<JobEnv>,
         event_body: String,
     ) -> Result<(JobRecord, u64), StoreError> {
-        self.call(move |c| ops::insert_job(c, &id, &spec, &event_body))
+        self.call(move |c| ops::insert_job(c, &id, &spec, env.as_ref(), &event_body))
+            .await
+    }
+
+    /// Replaces the caller's environment a job runs with (a resume or retry sent it again).
+    /// `Full`: the next run, after a restart too, must use what the user sent last.
+    pub async fn set_job_env(&self, id: JobId, env: Option<JobEnv>) -> Result<(), StoreError> {
+        self.call(move |c| ops::set_job_env(c, &id, env.as_ref()))
             .await
     }
 

@@ -8,7 +8,7 @@ use super::{
     BlobRecord, CursorRecord, Durability, EVENTS_PER_JOB_MAX, EventRecord, JobRecord, NewBlob,
     Pushed, StoreError, state_durability,
 };
-use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
+use crate::api::{BlobState, EventKind, JobEnv, JobId, JobSpec, JobState};
 use crate::digest::Digest;
 
 /// Milliseconds since the Unix epoch.
@@ -52,7 +52,7 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-const JOB_COLUMNS: &str = "id, spec, state, reason, manifest_digest, created_ms, updated_ms";
+const JOB_COLUMNS: &str = "id, spec, state, reason, manifest_digest, created_ms, updated_ms, env";
 
 type RawJob = (
     String,
@@ -62,6 +62,7 @@ type RawJob = (
     Option<String>,
     u64,
     u64,
+    Option<String>,
 );
 
 fn raw_job(row: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -73,12 +74,13 @@ fn raw_job(row: &Row<'_>) -> rusqlite::Result<RawJob> {
         row.get(4)?,
         u64_col(row, 5)?,
         u64_col(row, 6)?,
+        row.get(7)?,
     ))
 }
 
 /// Parses a row read back: every value is checked again, as it was before writing.
 fn job_of(raw: RawJob) -> Result<JobRecord, StoreError> {
-    let (id, spec, state, reason, manifest, created_ms, updated_ms) = raw;
+    let (id, spec, state, reason, manifest, created_ms, updated_ms, env) = raw;
     Ok(JobRecord {
         id: id.parse().map_err(|e| corrupt("job id", e))?,
         spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt("job spec", e))?,
@@ -90,29 +92,42 @@ fn job_of(raw: RawJob) -> Result<JobRecord, StoreError> {
             .map_err(|e| corrupt("manifest digest", e))?,
         created_ms,
         updated_ms,
+        env: env
+            .map(|e| serde_json::from_str::<JobEnv>(&e))
+            .transpose()
+            .map_err(|e| corrupt("job environment", e))?,
     })
+}
+
+fn env_json(env: Option<&JobEnv>) -> Result<Option<String>, StoreError> {
+    env.map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt("job environment", e))
 }
 
 pub(super) fn insert_job(
     conn: &mut Connection,
     id: &JobId,
     spec: &JobSpec,
+    env: Option<&JobEnv>,
     event_body: &str,
 ) -> Result<(JobRecord, u64), StoreError> {
     let now = now_ms();
     let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
+    let env_json = env_json(env)?;
     // Full: the client is about to be told the job's ID; the job must exist after a power loss.
     with_tx(conn, Durability::Full, |tx| {
         tx.execute(
-            "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            "INSERT INTO jobs (id, source, target, spec, state, created_ms, updated_ms, env)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             params![
                 id.as_str(),
                 spec.source,
                 spec.target,
                 spec_json,
                 JobState::Queued.as_str(),
-                i64_of(now)
+                i64_of(now),
+                env_json
             ],
         )?;
         insert_event(tx, id, now, event_body, true)
@@ -127,6 +142,7 @@ pub(super) fn insert_job(
                 manifest_digest: None,
                 created_ms: now,
                 updated_ms: now,
+                env: env.cloned(),
             },
             seq,
         )
@@ -213,6 +229,24 @@ pub(super) fn set_job_bandwidth(
             params![id.as_str(), spec_json, i64_of(now)],
         )?;
         Ok(job)
+    })
+}
+
+pub(super) fn set_job_env(
+    conn: &mut Connection,
+    id: &JobId,
+    env: Option<&JobEnv>,
+) -> Result<(), StoreError> {
+    let env_json = env_json(env)?;
+    with_tx(conn, Durability::Full, |tx| {
+        let n = tx.execute(
+            "UPDATE jobs SET env = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![id.as_str(), env_json, i64_of(now_ms())],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchJob(id.clone()));
+        }
+        Ok(())
     })
 }
 

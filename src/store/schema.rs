@@ -83,6 +83,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
            IN ('progress', 'compress', 'retry');
     CREATE INDEX events_trimmed ON events(job_id, essential, seq);
     ",
+    // 4: the caller's environment a job runs with, as JSON (`api::JobEnv`): public values
+    // and the names of secret variables, never their values (those stay in the daemon's
+    // memory). NULL: the daemon's own environment.
+    "
+    ALTER TABLE jobs ADD COLUMN env TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

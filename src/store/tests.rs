@@ -34,7 +34,7 @@ async fn open_latest(dir: &std::path::Path) -> Store {
 /// Inserts a job of `spec()` under `id`, with an empty state body.
 async fn insert_plain_job(store: &Store, id: &JobId) {
     store
-        .insert_job(id.clone(), spec(), "{}".into())
+        .insert_job(id.clone(), spec(), None, "{}".into())
         .await
         .unwrap();
 }
@@ -152,7 +152,7 @@ fn layer(d: &Digest) -> NewBlob {
 async fn planned_job(store: &Store, blobs: Vec<NewBlob>) -> (JobId, u64) {
     let id = JobId::random();
     let (job, seq) = store
-        .insert_job(id.clone(), spec(), "{}".into())
+        .insert_job(id.clone(), spec(), None, "{}".into())
         .await
         .unwrap();
     assert_eq!(job.state, JobState::Queued);
@@ -309,7 +309,10 @@ fn a_long_outage_keeps_the_log_bounded_with_every_state_change() {
         let store = Store::open(dir.path()).unwrap();
         let id = JobId::random();
         let queued = state_body(JobState::Queued, None);
-        store.insert_job(id.clone(), spec(), queued).await.unwrap();
+        store
+            .insert_job(id.clone(), spec(), None, queued)
+            .await
+            .unwrap();
         let warning = body(&EventKind::Warning {
             message: "other platforms are not pushed".into(),
         });
@@ -489,24 +492,33 @@ fn a_job_limit_is_stored_in_the_spec_and_survives_a_reopen() {
 }
 
 #[test]
-fn extra_tags_are_stored_with_the_spec_and_survive_a_limit_change_and_a_reopen() {
+fn extra_tags_and_env_are_stored_with_the_job_and_survive_a_limit_change_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let id = JobId::random();
     let want = JobSpec {
         extra_tags: vec!["2".into(), "stable".into()],
         ..spec()
     };
+    // What the store keeps of a caller's environment: public values and secret names.
+    let env = crate::api::JobEnv {
+        vars: [("AWS_REGION".to_string(), "eu-west-1".to_string())].into(),
+        secret_names: vec!["AWS_SESSION_TOKEN".into()],
+    };
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
         store
-            .insert_job(id.clone(), want.clone(), "{}".into())
+            .insert_job(id.clone(), want.clone(), Some(env.clone()), "{}".into())
             .await
             .unwrap();
         let job = store.set_job_bandwidth(id.clone(), None).await.unwrap();
         assert_eq!(job.spec, want);
+        assert_eq!(job.env.as_ref(), Some(&env));
     });
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.job(id).await.unwrap().spec, want);
+        let job = store.job(id.clone()).await.unwrap();
+        assert_eq!((job.spec, job.env), (want, Some(env)));
+        store.set_job_env(id.clone(), None).await.unwrap();
+        assert_eq!(store.job(id).await.unwrap().env, None);
     });
 }

@@ -363,6 +363,7 @@ pub fn submit_request(source: &str) -> api::SubmitRequest {
         chunk_size_bytes: None,
         extra_tags: Vec::new(),
         options: api::JobOptions::default(),
+        env: None,
     }
 }
 

@@ -91,6 +91,7 @@ pub fn request(source: &str, target: &str, compression: Compression) -> api::Sub
             insecure: true,
             ..api::JobOptions::default()
         },
+        env: None,
     }
 }
 

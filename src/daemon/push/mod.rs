@@ -47,6 +47,7 @@ use super::job::{DiscardFuture, JobBody, JobContext, JobError, JobFuture, JobOut
 use super::prepare::{build_plan, record_plan};
 use crate::api::{JobSpec, JobState};
 use crate::digest::Digest;
+use crate::environ::CallerEnv;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
 use crate::store::{BlobRecord, CursorRecord};
@@ -148,11 +149,11 @@ impl JobBody for PushBody {
         Box::pin(async move { push(&ctx, shared, &net).await })
     }
 
-    fn discard(&self, spec: JobSpec, cursors: Vec<CursorRecord>) -> DiscardFuture {
+    fn discard(&self, spec: JobSpec, env: CallerEnv, cursors: Vec<CursorRecord>) -> DiscardFuture {
         let net = self.net.clone();
         Box::pin(async move {
             // Deleting sessions sends no body: no job limit to pay.
-            let Ok((target, client)) = target_of(&spec, &net, None) else {
+            let Ok((target, client)) = target_of(&spec, &env, &net, None) else {
                 return;
             };
             delete_sessions(&client, &target.repository, cursors).await;
@@ -190,11 +191,13 @@ async fn delete_sessions(client: &RegistryClient, repository: &str, cursors: Vec
 /// over (and reports `waiting for network`).
 const CLIENT_RETRIES_MAX: usize = 2;
 
-/// The target and a registry client for it. Uploads pay the daemon-wide bucket and `job_limit`:
+/// The target and a registry client for it, working with the job's environment `env` (docker's
+/// config, credential helpers, proxies). Uploads pay the daemon-wide bucket and `job_limit`:
 /// the run's own bucket ([`JobContext::bandwidth`]), whose rate follows the job's limit while
 /// it runs (the spec's `bandwidth_bytes_per_s` is only what it was when the run started).
 fn target_of(
     spec: &JobSpec,
+    env: &CallerEnv,
     net: &NetSettings,
     job_limit: Option<Arc<crate::bandwidth::Bucket>>,
 ) -> Result<(ImageRef, RegistryClient), JobError> {
@@ -219,6 +222,7 @@ fn target_of(
                 global: net.bandwidth.clone(),
                 job: job_limit,
             }),
+            env: env.clone(),
             ..ClientOptions::default()
         },
     )
@@ -282,7 +286,8 @@ impl Run {
         let plan = build_plan(ctx).await?;
         identity::check(ctx, &plan)?;
         let records = record_plan(ctx, &plan).await?;
-        let (target, client) = target_of(ctx.spec(), net, Some(ctx.bandwidth().clone()))?;
+        let (target, client) =
+            target_of(ctx.spec(), ctx.env(), net, Some(ctx.bandwidth().clone()))?;
         let patience = Patience {
             ctx: ctx.clone(),
             retry_delay_max: net.retry_delay_max,
