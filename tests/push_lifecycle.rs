@@ -502,7 +502,7 @@ async fn finished_jobs_are_pruned_after_the_retention_period_and_failed_or_runni
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start hoistd");
-    let client = Client::new(&home.join("hoist.sock"));
+    let client = Client::new(home.join("hoist.sock"));
     daemon_support::wait_answers(&client, 20).await;
 
     let mut slow = request(
@@ -547,7 +547,12 @@ async fn finished_jobs_are_pruned_after_the_retention_period_and_failed_or_runni
     wait_pruned(&client, &running).await;
 
     daemon_support::kill9(daemon);
-    let store = hoist::store::Store::open(&home.join("state")).unwrap();
+    assert_only_left(&home.join("state"), failed, [done, running]).await;
+}
+
+/// The database in `state` holds job `kept` (with its events) and nothing of the `gone` ones.
+async fn assert_only_left(state: &Path, kept: JobId, gone: [JobId; 2]) {
+    let store = hoist::store::Store::open(state).unwrap();
     let left: Vec<JobId> = store
         .jobs()
         .await
@@ -555,11 +560,11 @@ async fn finished_jobs_are_pruned_after_the_retention_period_and_failed_or_runni
         .into_iter()
         .map(|j| j.id)
         .collect();
-    assert_eq!(left, vec![failed.clone()]);
-    for id in [done, running] {
+    assert_eq!(left, vec![kept.clone()]);
+    for id in gone {
         assert!(store.blobs(id.clone()).await.unwrap().is_empty());
         assert!(store.events_after(id, 0, 100).await.unwrap().is_empty());
     }
-    assert!(!store.events_after(failed, 0, 100).await.unwrap().is_empty());
+    assert!(!store.events_after(kept, 0, 100).await.unwrap().is_empty());
     store.integrity_check().await.unwrap();
 }

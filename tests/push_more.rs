@@ -9,7 +9,8 @@ mod push_support;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use hoist::api::{Compression, JobState};
+use hoist::api::{Compression, JobId, JobState};
+use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
@@ -569,24 +570,52 @@ fn unevenly_compressible_file(path: &Path, chunks: u64) {
     std::fs::write(path, data).unwrap();
 }
 
-/// The state directory on a 100 MiB tmpfs. With 8 MiB free, the push fails before anything
-/// is spooled or sent, with the figures. With 36 MiB free, the check's estimate fits (its
-/// sampled chunks are zeros) but the layer's spool does not: the disk fills mid-spool and the
-/// job fails with a clear error, its spool released. Once the space is freed, `retry`
-/// recompresses the same bytes, resumes the upload from the registry's offset (no restart),
-/// the image reads back with skopeo, and the database is intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_once_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start();
-    let file = dir.path().join("uneven");
+/// An OCI layout holding one uncompressed layer: an [`unevenly_compressible_file`] of 16
+/// chunks.
+fn uneven_image(dir: &Path) -> String {
+    let file = dir.join("uneven");
     unevenly_compressible_file(&file, 16);
     let mut spec = hoist_testkit::sample::SampleSpec::small(71);
     spec.layers = vec![LayerSpec::new(
         LayerContent::HostFiles(vec![file]),
         SampleCompression::None,
     )];
-    let (_, source) = write_oci(&dir.path().join("img"), &spec);
+    write_oci(&dir.join("img"), &spec).1
+}
+
+/// Where the job's last run went on with blob `digest` (its last `resumed` event); panics on
+/// a `restarted` event (bytes the registry had, sent again).
+async fn resumed_at(client: &Client, id: &JobId, digest: &hoist::digest::Digest) -> Option<u64> {
+    let mut stream = client.events(id, 0, false).await.unwrap();
+    let mut at = None;
+    while let Some(ev) = stream.next().await {
+        match ev.unwrap().kind {
+            hoist::api::EventKind::Restarted { digest, reason, .. } => {
+                panic!("blob {digest} started over after the full disk: {reason}")
+            }
+            hoist::api::EventKind::Resumed {
+                digest: d,
+                offset_bytes,
+                ..
+            } if &d == digest => at = Some(offset_bytes),
+            _ => {}
+        }
+    }
+    at
+}
+
+/// The state directory on a 100 MiB tmpfs. With 8 MiB free, the push fails before anything
+/// is spooled or sent, with the figures. With 36 MiB free, the check's estimate fits (its
+/// sampled chunks are zeros) but the layer's spool does not: the disk fills mid-spool and the
+/// job fails with a clear error (the spool leaves the database its reserve), its spool
+/// released. Once the space is freed, `retry`
+/// recompresses the same bytes, resumes the upload from the registry's offset (no restart),
+/// the image reads back with skopeo, and the database is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_once_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let source = uneven_image(dir.path());
     let home = dir.path().join("d");
     let state = home.join("state");
     let tmpfs = Tmpfs::mount(&state, 100);
@@ -614,7 +643,7 @@ async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_onc
     let reason = job.reason.clone().unwrap_or_default();
     assert_eq!(job.state, JobState::Failed, "{job:?}");
     assert!(
-        reason.contains("disk") && !reason.contains('\n'),
+        reason.contains("while spooling") && !reason.contains('\n'),
         "{reason}"
     );
     assert!(
@@ -639,21 +668,7 @@ async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_onc
         pull_back(&registry.host(), "disk/img:1", &dir.path().join("pulled")),
         job.manifest_digest.clone().unwrap()
     );
-    let mut stream = client.events(&id, 0, false).await.unwrap();
-    let mut resumed_at = None;
-    while let Some(ev) = stream.next().await {
-        match ev.unwrap().kind {
-            hoist::api::EventKind::Restarted { digest, .. } => {
-                panic!("blob {digest} started over after the full disk")
-            }
-            hoist::api::EventKind::Resumed {
-                digest,
-                offset_bytes,
-                ..
-            } if digest == layer.digest => resumed_at = Some(offset_bytes),
-            _ => {}
-        }
-    }
+    let resumed_at = resumed_at(&client, &id, &layer.digest).await;
     if layer.uploaded_bytes > 0 {
         assert!(
             resumed_at.is_some_and(|at| at >= layer.uploaded_bytes),

@@ -9,9 +9,10 @@
 //! disk holds that plus the margin, the run goes on without reading anything. When it does
 //! not, a few chunks of each layer are compressed ([`sample_chunks`]) and the need is their
 //! ratio times the remaining input; a disk short of that fails the job at once, before any
-//! byte is sent. The estimate can be wrong (a layer compressing unevenly): a write that then
-//! hits `ENOSPC` fails the job with [`disk_full`]'s message, and the spool's map and the store
-//! never claim chunks that did not land (see `spool_view`).
+//! byte is sent. The estimate can be wrong (a layer compressing unevenly): a spool write that
+//! would eat into the database's reserve, or that hits `ENOSPC` or `EDQUOT` anyway, fails the
+//! job with [`disk_full`]'s message, and the spool's map and the store never claim chunks that
+//! did not land (see `spool_view`).
 
 use std::io::Read;
 use std::path::Path;
@@ -25,7 +26,9 @@ use crate::inspect::human_bytes;
 /// Chunks of a layer compressed to estimate its ratio when the disk is tight.
 pub const SPOOL_ESTIMATE_SAMPLES: u64 = 3;
 /// Free space kept beyond the spool's need, at least: the database, its journal and the
-/// spool maps grow beside the spool.
+/// spool maps grow beside the spool. A spool write never takes it either
+/// ([`keep_reserve`]): the store must still record the cursors and the failure, or a retry
+/// would find its cursors behind the registry's sessions.
 pub const SPOOL_MARGIN_BYTES_MIN: u64 = 16 << 20;
 /// ... and a tenth of the need, for an estimate that was a little short.
 pub const SPOOL_MARGIN_DIVISOR: u64 = 10;
@@ -166,6 +169,16 @@ pub fn check_space(spool_dir: &Path, layers: &[SpoolLayer]) -> Result<(), JobErr
     )))
 }
 
+/// Fails with `ENOSPC` before writing `bytes` to the spool file `path` would leave less than
+/// [`SPOOL_MARGIN_BYTES_MIN`] free: that reserve is the database's.
+pub fn keep_reserve(path: &Path, bytes: usize) -> std::io::Result<()> {
+    let free = free_bytes(path.parent().unwrap_or(path))?;
+    if free < SPOOL_MARGIN_BYTES_MIN.saturating_add(bytes as u64) {
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
+    Ok(())
+}
+
 /// Whether a write failed because the disk (or the user's quota) is full.
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(
@@ -182,9 +195,10 @@ pub fn disk_full(path: &Path, spooled: u64, rest: u64) -> JobError {
     let dir = path.parent().unwrap_or(path);
     let free = free_bytes(dir).map_or_else(|_| "unknown".into(), human_bytes);
     JobError::failed(format!(
-        "the disk filled while spooling to {} ({} of the layer spooled, up to {} of input still to compress, {free} free): free space or move the state directory with `hoistd --state-dir`, then `hoist retry` the job; what was uploaded is kept",
+        "the disk filled while spooling to {} ({} of the layer spooled, up to {} of input still to compress, {free} free, {} of it kept for the database): free space or move the state directory with `hoistd --state-dir`, then `hoist retry` the job; what was uploaded is kept",
         dir.display(),
         human_bytes(spooled),
         human_bytes(rest),
+        human_bytes(SPOOL_MARGIN_BYTES_MIN),
     ))
 }

@@ -560,6 +560,9 @@ impl Sink<'_> {
             .location
             .len
             .div_ceil(SPOOL_CHUNK_BYTES as u64);
+        if !out.stored {
+            super::disk::keep_reserve(&self.l.path, out.bytes.len()).map_err(SinkError::Io)?;
+        }
         // Stored chunks are only described in the map (see `spool_view`): no copy to write.
         *spool_dirty |= !out.stored;
         l.view
