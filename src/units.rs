@@ -60,6 +60,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Parses a retention period: a duration as [`parse_duration`] reads it, or `off` (also
+/// `never`) for no limit (`None`). Zero is refused: it would remove a job the moment it ends,
+/// before anyone has read its result.
+pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    match parse_duration(t)? {
+        d if d.is_zero() => Err(format!(
+            "{s:?} would remove jobs as they end: give a duration such as 7d, or off to keep them"
+        )),
+        d => Ok(Some(d)),
+    }
+}
+
 /// Parses `10MiB/s`, `500KiB`, `2000000` (bytes per second); `0`, `off` and `none` mean
 /// unlimited (`None`). Unlike sizes, `M` is decimal here: network rates are quoted in MB/s
 /// and Mbit/s.
@@ -96,6 +112,20 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_is_a_duration_or_off_and_never_zero() {
+        assert_eq!(
+            parse_retention("7d").unwrap(),
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(parse_retention("1s").unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retention("off").unwrap(), None);
+        assert_eq!(parse_retention("Never").unwrap(), None);
+        for bad in ["0", "0s", "soon", ""] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -163,8 +163,11 @@ async fn job_in(client: &Client, source: &str, state: JobState) -> JobId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_leftovers_are_swept_at_start_up_and_needed_spools_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(40, 25)));
+    let body = Scripted::new(40, 25).failing_first("the disk is full");
+    let daemon = TestDaemon::start(dir.path(), Arc::new(body));
     let client = daemon.client();
+    let failed = client.submit(&submit_request("f.tar")).await.unwrap().id;
+    wait_state(&client, &failed, JobState::Failed).await;
     let paused = job_in(&client, "a.tar", JobState::Paused).await;
     let cancelled = job_in(&client, "b.tar", JobState::Cancelled).await;
     let done = job_in(&client, "c.tar", JobState::Done).await;
@@ -173,7 +176,7 @@ async fn spool_leftovers_are_swept_at_start_up_and_needed_spools_stay() {
 
     // What a daemon that died between a job's row and its directory leaves behind.
     let gone = JobId::random();
-    for id in [&gone, &done, &cancelled] {
+    for id in [&gone, &done, &cancelled, &failed] {
         std::fs::create_dir_all(spool_dir(&state_dir, id.as_str())).unwrap();
         std::fs::write(spool_dir(&state_dir, id.as_str()).join("chunks"), b"x").unwrap();
     }
@@ -188,7 +191,8 @@ async fn spool_leftovers_are_swept_at_start_up_and_needed_spools_stay() {
     let client = daemon.client();
     // The socket is bound before the daemon starts; it answers once start-up is over.
     wait_answers(&client, 20).await;
-    for id in [&gone, &done, &cancelled] {
+    // A failed job compresses again if it is retried: its spool goes too.
+    for id in [&gone, &done, &cancelled, &failed] {
         assert!(!spool_dir(&state_dir, id.as_str()).exists(), "{id} kept");
     }
     assert!(!state_dir.join("spool/stray.tmp").exists());

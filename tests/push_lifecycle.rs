@@ -473,3 +473,98 @@ async fn sigterm_does_not_wait_for_the_elf_census() {
         "hoistd took {took:?} to stop on SIGTERM: {log}"
     );
 }
+
+/// Polls the job list until `id` is gone (pruned); panics after [`PUSH_MS_MAX`].
+async fn wait_pruned(client: &Client, id: &JobId) {
+    let deadline = Instant::now() + Duration::from_millis(PUSH_MS_MAX);
+    while client.jobs().await.unwrap().iter().any(|j| &j.id == id) {
+        assert!(Instant::now() < deadline, "job {id} was never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `hoistd --keep-jobs 1s`: a done job, then a cancelled one, disappear from the list and the
+/// database (rows, blobs, events) and leave no spool, while a running job (slowed by its own
+/// upload limit) and a failed one outlive the retention period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_pruned_after_the_retention_period_and_failed_or_running_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let (_, small) = write_oci(
+        &dir.path().join("small"),
+        &hoist_testkit::sample::SampleSpec::small(61),
+    );
+    let big = archive(dir.path(), 62, 16);
+    let home = dir.path().join("d");
+    std::fs::create_dir_all(&home).unwrap();
+    let daemon = daemon_support::hoistd_command(&home, "info")
+        .args(["--keep-jobs", "1s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start hoistd");
+    let client = Client::new(home.join("hoist.sock"));
+    daemon_support::wait_answers(&client, 20).await;
+
+    let mut slow = request(
+        &big,
+        &format!("{}/keep/running:1", registry.host()),
+        Compression::Gzip,
+    );
+    slow.options.bandwidth_bytes_per_s = Some(1 << 20);
+    let running = client.submit(&slow).await.unwrap().id;
+    let failed = client
+        .submit(&daemon_support::bad_target(&small))
+        .await
+        .unwrap()
+        .id;
+    let done = submit(
+        &client,
+        &small,
+        &format!("{}/keep/done:1", registry.host()),
+        Compression::Gzip,
+    )
+    .await;
+    wait_done(&client, &done).await;
+    let failed_job = wait_for(&client, &failed, PUSH_MS_MAX, "failed", |j| {
+        j.state.is_final()
+    })
+    .await;
+    assert_eq!(failed_job.state, JobState::Failed, "{failed_job:?}");
+    wait_pruned(&client, &done).await;
+    assert!(!home.join("state/spool").join(done.as_str()).exists());
+    // Both ended more than the retention period ago by now, or are still running.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        client.job(&failed).await.unwrap().state,
+        JobState::Failed,
+        "a failed job is kept for a retry"
+    );
+    assert!(
+        client.job(&running).await.unwrap().state.is_running(),
+        "the running job is pruned or ended"
+    );
+    client.control(&running, "cancel").await.unwrap();
+    wait_pruned(&client, &running).await;
+
+    daemon_support::kill9(daemon);
+    assert_only_left(&home.join("state"), failed, [done, running]).await;
+}
+
+/// The database in `state` holds job `kept` (with its events) and nothing of the `gone` ones.
+async fn assert_only_left(state: &Path, kept: JobId, gone: [JobId; 2]) {
+    let store = hoist::store::Store::open(state).unwrap();
+    let left: Vec<JobId> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(left, vec![kept.clone()]);
+    for id in gone {
+        assert!(store.blobs(id.clone()).await.unwrap().is_empty());
+        assert!(store.events_after(id, 0, 100).await.unwrap().is_empty());
+    }
+    assert!(!store.events_after(kept, 0, 100).await.unwrap().is_empty());
+    store.integrity_check().await.unwrap();
+}

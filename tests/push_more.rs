@@ -9,7 +9,8 @@ use crate::push_support;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use hoist::api::{Compression, JobState};
+use hoist::api::{Compression, JobId, JobState};
+use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
@@ -481,4 +482,203 @@ async fn an_immutable_tag_that_already_holds_the_same_manifest_counts_as_pushed(
     assert_eq!(job.state, JobState::Failed);
     let reason = job.reason.unwrap();
     assert!(reason.contains("immutable"), "{reason}");
+}
+
+/// A tmpfs of `mib` MiB mounted at a directory (the tests run as root), lazily unmounted when
+/// dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {}: the disk tests run as root",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Grows or shrinks `filler` (written bytes: a sparse file takes no room on a tmpfs) until
+/// about `mib` MiB are free beside it.
+fn leave_free(filler: &Path, mib: u64) {
+    use std::io::Write;
+    let dir = filler.parent().unwrap();
+    let free = hoist::daemon::push::disk::free_bytes(dir).unwrap();
+    let want = mib << 20;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(filler)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    if free >= want {
+        let block = vec![0u8; 1 << 20];
+        let mut rest = free - want;
+        while rest > 0 {
+            let n = rest.min(block.len() as u64) as usize;
+            f.write_all(&block[..n]).unwrap();
+            rest -= n as u64;
+        }
+        f.sync_all().unwrap();
+    } else {
+        f.set_len(len.saturating_sub(want - free)).unwrap();
+    }
+}
+
+/// A file of `chunks` compressor chunks less 4 KiB (so its layer's tar stays within them):
+/// zeros in the chunks the free-space check samples, 7-bit random bytes (which compress to
+/// about 7/8) in the others, so the check's estimate is far below what the spool takes.
+fn unevenly_compressible_file(path: &Path, chunks: u64) {
+    let chunk = hoist::daemon::push::spool::SPOOL_CHUNK_BYTES;
+    let sampled = hoist::daemon::push::disk::sample_chunks(0, chunks);
+    let mut data = vec![0u8; chunks as usize * chunk - 4096];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (k, piece) in data.chunks_mut(chunk).enumerate() {
+        if sampled.contains(&(k as u64)) {
+            continue;
+        }
+        for word in piece.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes = (x & 0x7f7f_7f7f_7f7f_7f7f).to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// An OCI layout holding one uncompressed layer: an [`unevenly_compressible_file`] of 16
+/// chunks.
+fn uneven_image(dir: &Path) -> String {
+    let file = dir.join("uneven");
+    unevenly_compressible_file(&file, 16);
+    let mut spec = hoist_testkit::sample::SampleSpec::small(71);
+    spec.layers = vec![LayerSpec::new(
+        LayerContent::HostFiles(vec![file]),
+        SampleCompression::None,
+    )];
+    write_oci(&dir.join("img"), &spec).1
+}
+
+/// Where the job's last run went on with blob `digest` (its last `resumed` event); panics on
+/// a `restarted` event (bytes the registry had, sent again).
+async fn resumed_at(client: &Client, id: &JobId, digest: &hoist::digest::Digest) -> Option<u64> {
+    let mut stream = client.events(id, 0, false).await.unwrap();
+    let mut at = None;
+    while let Some(ev) = stream.next().await {
+        match ev.unwrap().kind {
+            hoist::api::EventKind::Restarted { digest, reason, .. } => {
+                panic!("blob {digest} started over after the full disk: {reason}")
+            }
+            hoist::api::EventKind::Resumed {
+                digest: d,
+                offset_bytes,
+                ..
+            } if &d == digest => at = Some(offset_bytes),
+            _ => {}
+        }
+    }
+    at
+}
+
+/// The state directory on a 100 MiB tmpfs. With 8 MiB free, the push fails before anything
+/// is spooled or sent, with the figures. With 36 MiB free, the check's estimate fits (its
+/// sampled chunks are zeros) but the layer's spool does not: the disk fills mid-spool and the
+/// job fails with a clear error (the spool leaves the database its reserve), its spool
+/// released. Once the space is freed, `retry`
+/// recompresses the same bytes, resumes the upload from the registry's offset (no restart),
+/// the image reads back with skopeo, and the database is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_once_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let source = uneven_image(dir.path());
+    let home = dir.path().join("d");
+    let state = home.join("state");
+    let tmpfs = Tmpfs::mount(&state, 100);
+    let daemon = TestDaemon::start_with(&home, Config::default());
+    let client = daemon.client();
+    let filler = state.join("filler");
+    let target = format!("{}/disk/img:1", registry.host());
+
+    leave_free(&filler, 8);
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    let reason = job.reason.clone().unwrap_or_default();
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        reason.contains("needs ~") && reason.contains("MiB free") && !reason.contains('\n'),
+        "{reason}"
+    );
+    assert!(job.blobs.iter().all(|b| b.uploaded_bytes == 0), "{job:?}");
+    assert!(open_sessions(&registry.storage()).is_empty());
+    eprintln!("early: {reason}");
+
+    leave_free(&filler, 36);
+    client.control(&id, "retry").await.unwrap();
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    let reason = job.reason.clone().unwrap_or_default();
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        reason.contains("while spooling") && !reason.contains('\n'),
+        "{reason}"
+    );
+    assert!(
+        !state.join("spool").join(id.as_str()).exists(),
+        "a failed job releases its spool"
+    );
+    let layer = job
+        .blobs
+        .iter()
+        .find(|b| b.action == hoist::api::BlobAction::Compress)
+        .unwrap()
+        .clone();
+    eprintln!(
+        "mid-spool: {reason}; {} bytes of the layer acknowledged",
+        layer.uploaded_bytes
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    client.control(&id, "retry").await.unwrap();
+    let job = wait_done(&client, &id).await;
+    assert_eq!(
+        pull_back(&registry.host(), "disk/img:1", &dir.path().join("pulled")),
+        job.manifest_digest.clone().unwrap()
+    );
+    let resumed_at = resumed_at(&client, &id, &layer.digest).await;
+    if layer.uploaded_bytes > 0 {
+        assert!(
+            resumed_at.is_some_and(|at| at >= layer.uploaded_bytes),
+            "the retry did not go on from {} (resumed at {resumed_at:?})",
+            layer.uploaded_bytes
+        );
+    }
+    daemon.stop().unwrap();
+    let store = hoist::store::Store::open(&state).unwrap();
+    store.integrity_check().await.unwrap();
+    drop(store);
+    drop(tmpfs);
 }

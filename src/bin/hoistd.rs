@@ -37,6 +37,11 @@ struct Args {
     /// while the daemon runs.
     #[arg(long, env = "HOIST_BANDWIDTH")]
     bandwidth: Option<String>,
+    /// Remove done and cancelled jobs, with their events, this long after they ended (e.g.
+    /// 7d, 12h); `off` keeps them. Checked at start-up and periodically. Failed jobs stay
+    /// until retried or removed with `hoist rm`.
+    #[arg(long, env = "HOIST_KEEP_JOBS", default_value = daemon::KEEP_JOBS_DEFAULT)]
+    keep_jobs: String,
     /// Run even as root (a per-user daemon should not; containers sometimes must).
     #[arg(
         long,
@@ -79,6 +84,8 @@ fn real_main() -> anyhow::Result<()> {
         Some(r) => hoist::units::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?,
         None => None,
     };
+    let keep_jobs = hoist::units::parse_retention(&args.keep_jobs)
+        .map_err(|e| anyhow::anyhow!("--keep-jobs: {e}"))?;
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => paths::default_state_dir().map_err(anyhow::Error::msg)?,
@@ -94,6 +101,7 @@ fn real_main() -> anyhow::Result<()> {
         let config = Config {
             uploads_in_flight_max: args.uploads_max,
             jobs_running_max: args.jobs_max,
+            keep_jobs,
             ..Config::with_net(net)
         };
         daemon::run(listener, &state_dir, config, shutdown_signal()?).await?;

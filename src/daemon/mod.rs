@@ -41,6 +41,9 @@ use crate::store::{Store, StoreError};
 pub const UPLOADS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
 /// Jobs running at once, unless configured otherwise; more wait in `queued`.
 pub const JOBS_RUNNING_MAX_DEFAULT: usize = 4;
+/// How long finished jobs are kept, unless configured otherwise (`hoistd --keep-jobs`).
+pub const KEEP_JOBS_DEFAULT: &str = "7d";
+
 /// How long shutdown waits for jobs to reach a chunk boundary before leaving anyway (their
 /// cursors are committed already; a later daemon resumes them).
 const SHUTDOWN_JOBS_MS_MAX: u64 = 20_000;
@@ -55,6 +58,8 @@ pub struct Config {
     /// Stall timeout, backoff cap and the global bandwidth bucket. The production body holds
     /// the same settings (see [`Config::with_net`]); the API changes the bucket's rate.
     pub net: push::NetSettings,
+    /// How long done and cancelled jobs are kept after they ended; `None`: for ever.
+    pub keep_jobs: Option<Duration>,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
             job_body: Arc::new(push::PushBody::with_net(net.clone())),
             net,
+            keep_jobs: crate::units::parse_retention(KEEP_JOBS_DEFAULT)
+                .expect("the default retention parses"),
         }
     }
 }
@@ -116,6 +123,7 @@ pub async fn run(
         jobs_running_max: config.jobs_running_max,
         spool_root,
         body: config.job_body,
+        keep_jobs: config.keep_jobs,
     };
     let (handle, sched_task) = scheduler::start(sched_config, store.clone(), counters.clone())
         .await

@@ -11,7 +11,10 @@
 //!
 //! The loop owns a job's whole life: a stop carries its [`StopReason`] to the run, and a job
 //! that ends without a push (cancel, delete), in whatever state, has its upload sessions
-//! released ([`JobBody::discard`]) and its spool removed here, once no run of it is left.
+//! released ([`JobBody::discard`]) and its spool removed here, once no run of it is left. A
+//! failed job keeps its sessions and cursors (a retry resumes them) but not its spool; a
+//! paused one keeps both. Finished jobs are pruned after the retention period
+//! ([`SchedulerConfig::keep_jobs`]).
 //!
 //! It also owns the secret part of each job's caller environment ([`CallerEnv::secrets`]): in
 //! memory only, given to each run's context with the job's stored public part, forgotten when
@@ -21,6 +24,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -105,6 +109,24 @@ pub struct SchedulerConfig {
     pub jobs_running_max: usize,
     pub spool_root: PathBuf,
     pub body: Arc<dyn JobBody>,
+    /// How long a finished job (done or cancelled) is kept after it ended; `None`: for ever.
+    /// Failed jobs are kept until retried or removed: a failure must not vanish unseen.
+    pub keep_jobs: Option<Duration>,
+}
+
+/// The states whose jobs are pruned once [`SchedulerConfig::keep_jobs`] has passed.
+pub const PRUNED_STATES: [JobState; 2] = [JobState::Done, JobState::Cancelled];
+/// The longest time between two prunes (a short retention prunes every half of it).
+pub const PRUNE_INTERVAL_S_MAX: u64 = 3600;
+/// The shortest time between two prunes.
+pub const PRUNE_INTERVAL_MS_MIN: u64 = 500;
+
+/// How often jobs kept for `keep` are pruned: half of it, within the bounds above.
+fn prune_interval(keep: Duration) -> Duration {
+    (keep / 2).clamp(
+        Duration::from_millis(PRUNE_INTERVAL_MS_MIN),
+        Duration::from_secs(PRUNE_INTERVAL_S_MAX),
+    )
 }
 
 /// The API side's handle: send requests, subscribe to events.
@@ -247,6 +269,12 @@ pub async fn start(
 
 impl Scheduler {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>, mut reports: mpsc::Receiver<RunMessage>) {
+        // The first tick is at once: pruning runs at start-up, then periodically.
+        let mut prune = self.config.keep_jobs.map(|keep| {
+            let mut t = tokio::time::interval(prune_interval(keep));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             // Reports first: a run's reports are handled in the order it sent them, before
             // requests that came later.
@@ -257,6 +285,9 @@ impl Scheduler {
                     Some(event) => self.handle(event).await,
                     None => break,
                 },
+                _ = async { prune.as_mut().expect("guarded").tick().await }, if prune.is_some() => {
+                    self.prune().await;
+                }
             }
             if let Some(waiters) = &mut self.shutdown
                 && self.running.is_empty()
@@ -469,6 +500,9 @@ impl Scheduler {
                         "only a queued or running job can be paused, before it commits",
                     ));
                 }
+                // The spool stays: a pause is a break the user means to end (unlike a
+                // failure, which may be the full disk itself), and its compressed chunks
+                // spare compressing them again on resume.
                 self.set_state(&id, JobState::Paused, None, None).await?;
                 self.stop(&id, StopReason::Pause);
             }
@@ -553,13 +587,7 @@ impl Scheduler {
             Some(run) => run.discard_after = Some((job.spec, env, cursors)),
             None => self.discard(job.spec, env, cursors),
         }
-        // Followers of the job end here; nothing is persisted, the log went with the job.
-        let _ = self.events.send(api::Event {
-            seq: 0,
-            job: id.clone(),
-            time_ms: crate::store::now_ms(),
-            kind: EventKind::Deleted {},
-        });
+        self.announce_deleted(&id);
         info!(job = %id, "job deleted");
         Ok(())
     }
@@ -678,6 +706,40 @@ impl Scheduler {
         Ok(job)
     }
 
+    /// Removes the jobs that ended [`SchedulerConfig::keep_jobs`] ago in a pruned state,
+    /// with their rows, events and spool; followers of them end with `deleted`. A job with a
+    /// run still stopping is left for the next prune.
+    async fn prune(&self) {
+        let Some(keep) = self.config.keep_jobs else {
+            return;
+        };
+        let before = crate::store::now_ms().saturating_sub(keep.as_millis() as u64);
+        let spare: Vec<JobId> = self.running.keys().cloned().collect();
+        let pruned = match self
+            .store
+            .prune_jobs(PRUNED_STATES.to_vec(), before, spare)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => return warn!(error = %e, "cannot prune finished jobs"),
+        };
+        for id in pruned {
+            self.remove_spool(&id);
+            self.announce_deleted(&id);
+            info!(job = %id, "finished job pruned after the retention period");
+        }
+    }
+
+    /// Followers of a deleted job end here; nothing is persisted, the log went with the job.
+    fn announce_deleted(&self, id: &JobId) {
+        let _ = self.events.send(api::Event {
+            seq: 0,
+            job: id.clone(),
+            time_ms: crate::store::now_ms(),
+            kind: EventKind::Deleted {},
+        });
+    }
+
     fn remove_spool(&self, id: &JobId) {
         let spool = self.config.spool_root.join(id.as_str());
         if let Err(e) = std::fs::remove_dir_all(&spool)
@@ -745,6 +807,12 @@ impl Scheduler {
             match &reason {
                 Some(r) => warn!(job = %id, reason = %r, "job failed"),
                 None => info!(job = %id, %state, "job finished"),
+            }
+            if state == JobState::Failed {
+                // Removed before the state is written: a job that failed on a full disk
+                // frees it, so the store can record the failure. The cursors stay: a retry
+                // compresses the same bytes again and goes on from the registry's offsets.
+                self.remove_spool(&id);
             }
             if let Err(e) = self.set_state(&id, state, reason, digest).await {
                 warn!(job = %id, error = %e, "cannot record the job's end");

@@ -12,9 +12,11 @@ use std::path::Path;
 use crate::api::{JobId, JobState};
 
 /// Whether a job in `state` still needs its spool: a done job's layers are in the registry,
-/// a cancelled one starts from nothing if it is retried.
+/// a cancelled one starts from nothing if it is retried, and a failed one compresses its
+/// layers again (the same bytes) if it is retried. A paused job keeps its spool: pausing is a
+/// break the user means to end, and its compressed chunks save compressing them again.
 pub fn needs_spool(state: JobState) -> bool {
-    !matches!(state, JobState::Done | JobState::Cancelled)
+    !state.is_final()
 }
 
 /// What a sweep removed.

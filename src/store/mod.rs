@@ -300,6 +300,19 @@ impl Store {
         self.call(move |c| ops::delete_job(c, &id)).await
     }
 
+    /// Deletes the jobs in one of `states` unchanged since `ended_before_ms` (milliseconds
+    /// since the epoch), except `spare`, with their blobs, cursors, progress and events;
+    /// returns their IDs.
+    pub async fn prune_jobs(
+        &self,
+        states: Vec<JobState>,
+        ended_before_ms: u64,
+        spare: Vec<JobId>,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.call(move |c| ops::prune_jobs(c, &states, ended_before_ms, &spare))
+            .await
+    }
+
     /// Records the push plan. Blobs already recorded keep their state and cursor (a resumed
     /// job plans again and must not lose progress); blobs no longer planned are dropped.
     pub async fn put_blobs(&self, id: JobId, blobs: Vec<NewBlob>) -> Result<(), StoreError> {

@@ -261,6 +261,36 @@ pub(super) fn delete_job(conn: &mut Connection, id: &JobId) -> Result<(), StoreE
     })
 }
 
+/// Deletes the jobs in one of `states` whose last change is older than `ended_before_ms`,
+/// except `spare`, with their blobs, cursors, progress and events; returns their IDs.
+pub(super) fn prune_jobs(
+    conn: &mut Connection,
+    states: &[JobState],
+    ended_before_ms: u64,
+    spare: &[JobId],
+) -> Result<Vec<JobId>, StoreError> {
+    // Normal: a prune lost to a power loss is done again by the next one.
+    with_tx(conn, Durability::Normal, |tx| {
+        let mut old = Vec::new();
+        let mut stmt = tx.prepare("SELECT id FROM jobs WHERE state = ?1 AND updated_ms < ?2")?;
+        for state in states {
+            let ids = stmt
+                .query_map(params![state.as_str(), i64_of(ended_before_ms)], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for id in ids {
+                old.push(id.parse::<JobId>().map_err(|e| corrupt("job id", e))?);
+            }
+        }
+        old.retain(|id| !spare.contains(id));
+        for id in &old {
+            tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+        }
+        Ok(old)
+    })
+}
+
 pub(super) fn put_blobs(
     conn: &mut Connection,
     id: &JobId,

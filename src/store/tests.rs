@@ -522,3 +522,52 @@ fn extra_tags_and_env_are_stored_with_the_job_and_survive_a_limit_change_and_a_r
         assert_eq!(store.job(id).await.unwrap().env, None);
     });
 }
+
+#[test]
+fn prune_removes_old_jobs_in_the_given_states_with_their_rows_and_spares_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let a = Digest::sha256_of(b"a");
+        let (done, _) = planned_job(&store, vec![layer(&a)]).await;
+        store
+            .save_cursor(done.clone(), a.clone(), cursor_at(5))
+            .await
+            .unwrap();
+        let (failed, _) = planned_job(&store, vec![layer(&a)]).await;
+        let (spared, _) = planned_job(&store, vec![layer(&a)]).await;
+        let (young, _) = planned_job(&store, vec![layer(&a)]).await;
+        for (id, state) in [
+            (&done, JobState::Done),
+            (&failed, JobState::Failed),
+            (&spared, JobState::Done),
+        ] {
+            store
+                .set_state(id.clone(), state, None, None, "{}".into())
+                .await
+                .unwrap();
+        }
+        let cutoff = now_ms() + 1;
+        // `young` ends after the cutoff.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store
+            .set_state(young.clone(), JobState::Done, None, None, "{}".into())
+            .await
+            .unwrap();
+        let pruned = store
+            .prune_jobs(vec![JobState::Done], cutoff, vec![spared.clone()])
+            .await
+            .unwrap();
+        assert_eq!(pruned, vec![done.clone()]);
+        assert!(matches!(
+            store.job(done.clone()).await,
+            Err(StoreError::NoSuchJob(_))
+        ));
+        assert!(store.blobs(done.clone()).await.unwrap().is_empty());
+        assert!(store.events_after(done, 0, 100).await.unwrap().is_empty());
+        for id in [failed, spared, young] {
+            store.job(id).await.unwrap();
+        }
+        store.integrity_check().await.unwrap();
+    });
+}

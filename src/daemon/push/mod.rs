@@ -16,6 +16,7 @@
 //!
 //! # Files
 //! - [`spool`]: compression into the spool, resumable at chunk k; the cross-push index.
+//! - [`disk`]: the spool's free space, checked before spooling; a full disk's message.
 //! - [`spool_view`]: the compressed stream as uploads read it (stored chunks framed from the source).
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
 //! - [`commit`]: verification, platform check, manifest commit.
@@ -30,6 +31,7 @@
 //! - which repository of a registry got which blob (memory only), for cross-repository mounts.
 
 pub mod commit;
+pub mod disk;
 pub mod identity;
 pub mod patience;
 pub mod spool;
@@ -352,6 +354,7 @@ impl Run {
             .into_iter()
             .filter(|l| only.is_none_or(|keys| keys.contains(&l.layer.source.digest)))
             .collect();
+        let spool_layers = self.check_space(spool_layers).await?;
         let skips: Vec<Arc<AtomicBool>> = spool_layers.iter().map(|l| l.skip.clone()).collect();
         let compressor = {
             let ctx = self.ctx.clone();
@@ -370,6 +373,26 @@ impl Run {
         // Wait for the compressor so nothing writes the spool after we return.
         let _ = compressor.await;
         result
+    }
+}
+
+impl Run {
+    /// Fails the run before anything is spooled or sent when the spool's disk cannot take
+    /// what compressing `layers` writes ([`disk::check_space`], off the runtime: it may read
+    /// and compress sample chunks).
+    async fn check_space(&self, layers: Vec<SpoolLayer>) -> Result<Vec<SpoolLayer>, JobError> {
+        let dir = self.ctx.spool_dir().to_path_buf();
+        let (layers, checked) = tokio::task::spawn_blocking(move || {
+            let checked = disk::check_space(&dir, &layers);
+            (layers, checked)
+        })
+        .await
+        .map_err(|e| {
+            JobError::failed(format!(
+                "internal error: the free-space check ended abnormally ({e}): report this as a bug"
+            ))
+        })?;
+        checked.map(|()| layers)
     }
 }
 

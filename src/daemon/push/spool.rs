@@ -17,7 +17,9 @@
 //! When a job finishes, its compressed files move to `<spool root>/cache/` (same names), kept
 //! up to [`SPOOL_CACHE_BYTES_MAX`], oldest out first; a later job needing the same layer takes
 //! the file back instead of compressing (the registry checks the digest at the final PUT).
-//! A cancelled or deleted job's spool is removed with it.
+//! A failed, cancelled or deleted job's spool is removed with it (a retry compresses the same
+//! bytes again); a paused one keeps it. Before a run writes here, [`super::disk`] checks that
+//! the disk can take it.
 
 use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom};
@@ -367,7 +369,12 @@ fn compress_in_turn(
     compress_layer(ctx, rt, l, threads)
 }
 
-fn io_failed(path: &Path, e: io::Error) -> JobError {
+/// A spool write or read failed: a full disk with its figures (`spooled` bytes of the layer's
+/// stream written, `rest` input bytes still to compress), anything else as it is.
+fn io_failed(path: &Path, e: io::Error, spooled: u64, rest: u64) -> JobError {
+    if super::disk::is_disk_full(&e) {
+        return super::disk::disk_full(path, spooled, rest);
+    }
     JobError::failed(format!(
         "cannot write the spool file {}: {e}: check the free space of the state directory, then `hoist retry` the job",
         path.display()
@@ -380,6 +387,7 @@ fn compress_layer(
     l: &SpoolLayer,
     threads: usize,
 ) -> Result<(), JobError> {
+    let len = l.layer.source.location.len;
     let open = |path: &Path| {
         OpenOptions::new()
             .read(true)
@@ -387,7 +395,7 @@ fn compress_layer(
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| io_failed(path, e))
+            .map_err(|e| io_failed(path, e, 0, len))
     };
     let spool = Arc::new(open(&l.path)?);
     let mut map = open(&map_path(&l.path))?;
@@ -411,7 +419,7 @@ fn compress_layer(
     let file: &std::fs::File = &spool;
     let mut seek: &std::fs::File = file;
     seek.seek(SeekFrom::End(0))
-        .map_err(|e| io_failed(&l.path, e))?;
+        .map_err(|e| io_failed(&l.path, e, bytes, len))?;
     l.tx.send_modify(|a| a.bytes = bytes);
     let sink = Sink {
         ctx,
@@ -442,7 +450,7 @@ fn resume_point(
     if let Some(p) = l.record.as_ref().and_then(|r| r.pushed.clone())
         && l.view
             .load(spool.clone(), map, None, Some(p.size_bytes))
-            .map_err(|e| io_failed(&l.path, e))?
+            .map_err(|e| io_failed(&l.path, e, 0, l.layer.source.location.len))?
     {
         let done = CompressedLayer {
             digest: p.digest,
@@ -464,7 +472,7 @@ fn resume_point(
     let kept = l
         .view
         .load(spool.clone(), map, Some(chunks), Some(bytes))
-        .map_err(|e| io_failed(&l.path, e))?;
+        .map_err(|e| io_failed(&l.path, e, 0, l.layer.source.location.len))?;
     Ok(Some(if kept { (chunks, bytes) } else { (0, 0) }))
 }
 
@@ -500,15 +508,21 @@ impl Sink<'_> {
             threads,
         };
         let mut written = bytes;
+        let mut next_chunk = chunks;
         let mut spool_dirty = false;
         let totals = compress_stream(input, &config, state, |out| {
+            next_chunk = out.index;
             self.chunk(out, &mut written, &mut spool_dirty)
         });
         let totals = match totals {
             Ok(t) => t,
             Err(SinkError::Skipped) => return Ok(None),
             Err(SinkError::Job(e)) => return Err(e),
-            Err(SinkError::Io(e)) => return Err(io_failed(&l.path, e)),
+            Err(SinkError::Io(e)) => {
+                let rest = (l.layer.source.location.len)
+                    .saturating_sub(next_chunk * SPOOL_CHUNK_BYTES as u64);
+                return Err(io_failed(&l.path, e, written, rest));
+            }
             Err(SinkError::Compress(e)) => {
                 return Err(JobError::failed(format!("cannot compress {name}: {e}")));
             }
@@ -546,6 +560,9 @@ impl Sink<'_> {
             .location
             .len
             .div_ceil(SPOOL_CHUNK_BYTES as u64);
+        if !out.stored {
+            super::disk::keep_reserve(&self.l.path, out.bytes.len()).map_err(SinkError::Io)?;
+        }
         // Stored chunks are only described in the map (see `spool_view`): no copy to write.
         *spool_dirty |= !out.stored;
         l.view
