@@ -52,6 +52,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "limits",
             "text",
             "image",
+            "environ",
         ]),
     ),
     (
@@ -81,6 +82,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "bandwidth",
             "text",
             "image",
+            "environ",
         ]),
     ),
 ];

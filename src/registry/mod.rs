@@ -61,6 +61,7 @@
 //! - `reference`: [`ImageRef`] parsing and host classification (loopback, ECR).
 //! - `credentials`: docker `config.json` and credential helpers.
 //! - `auth`: challenges, Basic, Bearer tokens.
+//! - `network`: proxies and extra CA roots from the caller's environment.
 //! - `transport`: one exchange: auth rounds, stall watchdog, redacted logs.
 //! - `retry`: backoff with jitter, `Retry-After`.
 //! - `blobs`, `manifests`, `verify`: the API proper.
@@ -74,6 +75,7 @@ mod blobs;
 mod credentials;
 mod error;
 mod manifests;
+mod network;
 mod profile;
 mod reference;
 mod retry;
@@ -88,6 +90,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use url::Url;
+
+use crate::environ::CallerEnv;
 
 pub use auth::{Challenge, Token, parse_challenge};
 pub use blobs::{
@@ -139,6 +143,10 @@ pub struct ClientOptions {
     /// Upload bandwidth limits (daemon-wide and per job) every streamed PATCH body pays
     /// before each piece is written; `None`: unlimited.
     pub bandwidth: Option<crate::bandwidth::Limits>,
+    /// The caller's environment: proxies, CA files and `HOME` (for `~/.docker/certs.d`) come
+    /// from here only (see `docs/NETWORK.md`). Default: empty, so no proxy and no extra CA;
+    /// callers without a job pass [`CallerEnv::from_process`].
+    pub env: CallerEnv,
 }
 
 impl Default for ClientOptions {
@@ -153,6 +161,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             require_existing_repository: false,
             bandwidth: None,
+            env: CallerEnv::default(),
         }
     }
 }
@@ -170,6 +179,7 @@ impl fmt::Debug for ClientOptions {
                 "require_existing_repository",
                 &self.require_existing_repository,
             )
+            .field("env", &self.env) // CallerEnv's Debug hides proxy URLs (they may hold passwords)
             .finish()
     }
 }
@@ -258,6 +268,7 @@ impl RegistryClient {
         // watchdog cannot see move (it gives them a drain allowance for slow links instead).
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let builder = builder.tcp_user_timeout(opts.stall_timeout);
+        let builder = network::configure(builder, host, &opts.env)?;
         let http = builder
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())

@@ -219,6 +219,7 @@ fn target_of(
                 global: net.bandwidth.clone(),
                 job: job_limit,
             }),
+            env: crate::environ::CallerEnv::from_process(),
             ..ClientOptions::default()
         },
     )
