@@ -129,7 +129,7 @@ pub struct Squid {
 
 impl Squid {
     pub fn start() -> Squid {
-        super::require_tool("squid");
+        let bin = squid_bin();
         let dir = tempfile::tempdir().unwrap();
         // squid started by root drops to its own user: it must be able to write here.
         std::fs::set_permissions(
@@ -147,7 +147,7 @@ impl Squid {
             let config = dir.path().join("squid.conf");
             std::fs::write(&config, squid_config(dir.path(), addr)).unwrap();
             let log = std::fs::File::create(dir.path().join("squid.out")).unwrap();
-            let mut child = Command::new("squid")
+            let mut child = Command::new(&bin)
                 .args(["-N", "-f"])
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -197,6 +197,16 @@ impl Squid {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// squid lives in /usr/sbin, which a user's PATH may lack.
+fn squid_bin() -> PathBuf {
+    let sbin = Path::new("/usr/sbin/squid");
+    if sbin.exists() {
+        return sbin.to_path_buf();
+    }
+    super::require_tool("squid");
+    PathBuf::from("squid")
 }
 
 fn squid_config(dir: &Path, addr: SocketAddr) -> String {
