@@ -267,23 +267,22 @@ impl RegistryError {
     }
 }
 
-/// The certificate error of rustls somewhere in `e`'s causes (an `io::Error` hides its payload
-/// from `source()`, so its inner error is looked at too).
+/// The certificate error of rustls somewhere in `e`'s causes. An `io::Error` hides its payload
+/// from `source()` (and TLS connectors wrap one `io::Error` in another), so payloads are
+/// followed too.
 fn certificate_refusal(e: &reqwest::Error) -> Option<rustls::CertificateError> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        let inner = s
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(s) = pending.pop() {
+        if let Some(rustls::Error::InvalidCertificate(c)) = s.downcast_ref::<rustls::Error>() {
+            return Some(c.clone());
+        }
+        if let Some(inner) = s
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(s), inner].into_iter().flatten() {
-            if let Some(rustls::Error::InvalidCertificate(c)) =
-                candidate.downcast_ref::<rustls::Error>()
-            {
-                return Some(c.clone());
-            }
+        {
+            pending.push(inner);
         }
-        src = s.source();
+        pending.extend(s.source());
     }
     None
 }

@@ -173,8 +173,9 @@ impl Squid {
         format!("http://{}", self.addr)
     }
 
-    /// The access log's lines as `(method, URL)`. squid writes a CONNECT tunnel's line when
-    /// the tunnel closes: close the client's connections first.
+    /// The access log's requests as `(method, URL)`. squid writes a CONNECT tunnel's line when
+    /// the tunnel closes: close the client's connections first. Connections that sent no
+    /// request (method `-`, such as the readiness probe's) are left out.
     pub fn requests(&self) -> Vec<(String, String)> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
@@ -183,6 +184,7 @@ impl Squid {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 Some((f.get(5)?.to_string(), f.get(6)?.to_string()))
             })
+            .filter(|(method, _)| method != "-")
             .collect()
     }
 
