@@ -522,7 +522,8 @@ async fn a_push_through_squid_reaches_a_tls_registry_only_the_proxy_resolves() {
     let out = std::process::Command::new(daemon_support::hoist_bin())
         .arg("--socket")
         .arg(d.join("hoist.sock"))
-        .args(["push", &source, &target])
+        // A client that went around the proxy would wait for a name it cannot resolve: fail.
+        .args(["push", "--deadline", "1m", &source, &target])
         .envs(env.clone())
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")

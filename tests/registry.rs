@@ -634,6 +634,7 @@ async fn bearer_token_auth_of_the_real_registry() {
 
 /// A client for `host` given the caller's environment `env`, without retries (a refused
 /// connection is an error at once).
+#[allow(clippy::result_large_err)] // the client's own error type, as its API returns it
 fn env_client(host: &str, env: &[(&str, &str)]) -> Result<RegistryClient, RegistryError> {
     RegistryClient::new(
         host,
