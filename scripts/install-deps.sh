@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
-# registry, openssl for the token-auth registry's signing certificate, reference compressors
+# registry, openssl for the token-auth registry's signing certificate and the TLS registry's CA,
+# squid as the HTTP proxy of the network tests, reference compressors
 # for the benchmarks, and systemd tools for unit checks.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
@@ -20,6 +21,8 @@ have setpriv || need+=(util-linux)
 have pgrep || need+=(procps)
 have python3 || need+=(python3)
 have /usr/bin/time || need+=(time)
+# The proxy the network tests push through (started by the tests with their own config).
+have squid || [ -x /usr/sbin/squid ] || need+=(squid)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

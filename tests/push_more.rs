@@ -681,4 +681,85 @@ async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_onc
     store.integrity_check().await.unwrap();
     drop(store);
     drop(tmpfs);
+/// A push through a real HTTP proxy (squid) to a TLS registry named `registry.hoist.test`,
+/// which only the proxy resolves: the CA is in the caller's `~/.docker/certs.d/HOST:PORT/`,
+/// the proxy in `HTTPS_PROXY`. The push succeeds, skopeo reads the tag back through the same
+/// proxy, and the proxy's log holds every connection the push made: CONNECTs to that host
+/// only (a request that went around the proxy could not have resolved the name). The daemon
+/// and the `hoist` command both get the caller's variables, so this holds whether the daemon
+/// reads its own environment or the job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_through_squid_reaches_a_tls_registry_only_the_proxy_resolves() {
+    use common::netcfg::{PROXIED_NAME, Squid, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let squid = Squid::start();
+    let ca = TestCa::new(&dir.path().join("ca"), &[PROXIED_NAME]);
+    let registry = TestRegistry::start_with(common::RegistryOptions {
+        tls: Some(ca.registry_tls()),
+        ..Default::default()
+    });
+    let host = format!("{PROXIED_NAME}:{}", registry.addr.port());
+    let home = dir.path().join("home");
+    ca.install_for(&home, &host);
+    let env = [
+        ("HTTPS_PROXY", squid.url()),
+        ("HOME", home.display().to_string()),
+    ];
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let daemon = daemon_support::hoistd_command(&d, "warn")
+        .envs(env.clone())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stderr(std::fs::File::create(d.join("hoistd.log")).unwrap())
+        .spawn()
+        .expect("spawn hoistd");
+    daemon_support::wait_answers(&hoist::cli::client::Client::new(d.join("hoist.sock")), 20).await;
+    let source = archive(dir.path(), 43, 3);
+    let target = format!("{host}/proxied/app:1");
+    let out = std::process::Command::new(daemon_support::hoist_bin())
+        .arg("--socket")
+        .arg(d.join("hoist.sock"))
+        // A client that went around the proxy would wait for a name it cannot resolve: fail.
+        .args(["push", "--deadline", "1m", &source, &target])
+        .envs(env.clone())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let printed = daemon_support::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}{}",
+        daemon_support::text(&out.stderr),
+        std::fs::read_to_string(d.join("hoistd.log")).unwrap_or_default()
+    );
+    // The daemon's pooled connections close with it: squid logs a tunnel when it ends.
+    daemon_support::kill9(daemon);
+    let by_hoist = squid.wait_requests(1, 10_000).len();
+    assert!(by_hoist > 0, "squid logged nothing for the push");
+    let certs = home.join(".docker/certs.d").join(&host);
+    let read_back = hoist_testkit::tools::run_ok(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--cert-dir"])
+            .arg(&certs)
+            .arg(format!("docker://{target}"))
+            .envs(env.clone())
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        "skopeo inspect through the proxy",
+    );
+    let digest = hoist::digest::Digest::sha256_of(&read_back.stdout);
+    assert!(
+        printed.contains(&digest.to_string()),
+        "{printed} vs {digest}"
+    );
+    let logged = squid.wait_requests(by_hoist + 1, 10_000);
+    assert!(
+        logged.len() > by_hoist,
+        "skopeo's request is not in squid's log"
+    );
+    let connect = ("CONNECT".to_string(), host.clone());
+    assert!(logged.iter().all(|r| *r == connect), "{logged:?}");
 }

@@ -305,7 +305,7 @@ async fn verify_tag_catches_wrong_platforms() {
 async fn basic_auth_from_docker_config() {
     let reg = TestRegistry::start_with(RegistryOptions {
         basic_auth: Some(("hoister".into(), "s3cret-pass".into())),
-        extra_yaml: None,
+        ..RegistryOptions::default()
     });
     let write_config = |dir: &std::path::Path, pass: &str| {
         use base64::Engine as _;
@@ -603,8 +603,8 @@ async fn bearer_token_auth_of_the_real_registry() {
     )
     .await;
     let reg = TestRegistry::start_with(RegistryOptions {
-        basic_auth: None,
         extra_yaml: Some(ts.registry_yaml(keys.path())),
+        ..RegistryOptions::default()
     });
     let anonymous = client(&reg.host(), MIB);
     let e = anonymous.ping().await.unwrap_err();
@@ -630,4 +630,134 @@ async fn bearer_token_auth_of_the_real_registry() {
     let issued = ts.state.issued.load(std::sync::atomic::Ordering::SeqCst);
     // `/v2/`, pull (HEAD/GET) and pull,push scopes: a handful, not one per request.
     assert!((2..=4).contains(&issued), "tokens issued: {issued}");
+}
+
+/// A client for `host` given the caller's environment `env`, without retries (a refused
+/// connection is an error at once).
+#[allow(clippy::result_large_err)] // the client's own error type, as its API returns it
+fn env_client(host: &str, env: &[(&str, &str)]) -> Result<RegistryClient, RegistryError> {
+    RegistryClient::new(
+        host,
+        ClientOptions {
+            chunk_bytes: Some(MIB as u64),
+            retry: hoist::registry::RetryPolicy::none(),
+            env: hoist::environ::CallerEnv::from_vars(env.iter().copied()),
+            ..ClientOptions::default()
+        },
+    )
+}
+
+/// A TLS registry reached by this machine's name (not loopback by name, so the client speaks
+/// HTTPS), its certificate signed by a test CA; returns the registry, the CA and `NAME:PORT`.
+fn tls_registry(dir: &std::path::Path) -> (TestRegistry, common::netcfg::TestCa, String) {
+    let (name, ip) = common::netcfg::own_name();
+    let ca = common::netcfg::TestCa::new(&dir.join("ca"), &[&name]);
+    let reg = TestRegistry::start_with(RegistryOptions {
+        tls: Some(ca.registry_tls()),
+        ip: Some(ip),
+        ..RegistryOptions::default()
+    });
+    let host = format!("{name}:{}", reg.addr.port());
+    (reg, ca, host)
+}
+
+/// `SSL_CERT_FILE` of the caller's environment adds a private CA: an image pushed over HTTPS
+/// without a proxy reads back through skopeo trusting the same CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_registry_with_a_private_ca_is_trusted_through_ssl_cert_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, ca, host) = tls_registry(dir.path());
+    let ca_file = ca.ca().display().to_string();
+    let c = env_client(&host, &[("SSL_CERT_FILE", &ca_file)]).unwrap();
+    assert!(c.base_url().starts_with("https://"), "{}", c.base_url());
+    c.ping().await.unwrap();
+    let layer = Blob::new(images::random_bytes(80, MIB + 77));
+    let m = push_image(&c, "tls/app", "v1", "linux/amd64", &layer).await;
+    let certs = dir.path().join("skopeo-certs");
+    ca.install_for(&certs, &host);
+    let out = hoist_testkit::tools::run_ok(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--cert-dir"])
+            .arg(certs.join(".docker/certs.d").join(&host))
+            .arg(format!("docker://{host}/tls/app:v1")),
+        "skopeo inspect",
+    );
+    assert_eq!(out.stdout, m.to_vec());
+}
+
+/// A certificate from an unknown CA fails at once (no retry can help) with a one-line error
+/// saying where docker's layout wants the CA; put there, in the caller's `HOME`, it is
+/// trusted; a bad file there is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_says_to_put_the_ca_into_certs_d() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, ca, host) = tls_registry(dir.path());
+    let home = dir.path().join("home");
+    let home_s = home.display().to_string();
+    let e = env_client(&host, &[("HOME", &home_s)])
+        .unwrap()
+        .ping()
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, RegistryError::Certificate { .. }), "{msg}");
+    assert!(!e.is_retryable(), "{msg}");
+    assert!(
+        msg.contains(&format!("~/.docker/certs.d/{host}/ca.crt"))
+            && msg.contains(&format!("/etc/docker/certs.d/{host}/ca.crt"))
+            && !msg.contains('\n'),
+        "{msg}"
+    );
+    ca.install_for(&home, &host);
+    let c = env_client(&host, &[("HOME", &home_s)]).unwrap();
+    c.ping().await.unwrap();
+    let bad = home.join(".docker/certs.d").join(&host).join("other.crt");
+    std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let msg = env_client(&host, &[("HOME", &home_s)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&bad.display().to_string()) && !msg.contains('\n'),
+        "{msg}"
+    );
+}
+
+/// `HTTPS_PROXY` of the caller's environment is used (a dead proxy fails the request, and
+/// the error never shows the proxy's password); `NO_PROXY` naming the host, with or without
+/// a port, in either spelling, or `*`, sends it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proxy_bypasses_the_callers_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, ca, host) = tls_registry(dir.path());
+    let name = host.rsplit_once(':').unwrap().0.to_string();
+    let ca_file = ca.ca().display().to_string();
+    let dead = format!("http://robot:hunter2@127.0.0.1:{}", common::free_port());
+    let via_proxy = [("SSL_CERT_FILE", ca_file.as_str()), ("HTTPS_PROXY", &dead)];
+    let c = env_client(&host, &via_proxy).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let e = c.ping().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::Transport {
+                kind: TransportKind::Connect,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    for (var, list) in [
+        ("NO_PROXY", name.clone()),
+        ("no_proxy", format!("other.example, {host}")),
+        ("NO_PROXY", "*".to_string()),
+    ] {
+        let mut env = via_proxy.to_vec();
+        env.push((var, &list));
+        env_client(&host, &env)
+            .unwrap()
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("{var}={list}: {e}"));
+    }
 }

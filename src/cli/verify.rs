@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::environ::CallerEnv;
 use crate::platform::Platform;
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, verify_tag};
 
@@ -16,6 +17,7 @@ pub async fn run(target: &str, platform: &str, insecure: bool) -> anyhow::Result
         &image.host,
         ClientOptions {
             insecure,
+            env: CallerEnv::from_process(),
             ..ClientOptions::default()
         },
     )

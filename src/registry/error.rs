@@ -132,6 +132,14 @@ pub enum RegistryError {
         expected: String,
         got: String,
     },
+    /// TLS refused the server's certificate: no retry can help until the trust is fixed.
+    #[error("{method} {url}: the server's TLS certificate is refused ({reason}): {advice}")]
+    Certificate {
+        method: String,
+        url: String,
+        reason: String,
+        advice: String,
+    },
     #[error("{method} {url}: {message}")]
     Protocol {
         method: String,
@@ -225,6 +233,14 @@ impl RegistryError {
     }
 
     pub(crate) fn transport(method: &str, url: &Url, e: &reqwest::Error) -> RegistryError {
+        if let Some(refused) = certificate_refusal(e) {
+            return RegistryError::Certificate {
+                method: method.to_string(),
+                url: redact_url(url),
+                reason: clean_text(&refused.to_string()),
+                advice: certificate_advice(url, &refused),
+            };
+        }
         let kind = if e.is_connect() {
             TransportKind::Connect
         } else if e.is_timeout() {
@@ -248,6 +264,43 @@ impl RegistryError {
             kind,
             message,
         }
+    }
+}
+
+/// The certificate error of rustls somewhere in `e`'s causes. An `io::Error` hides its payload
+/// from `source()` (and TLS connectors wrap one `io::Error` in another), so payloads are
+/// followed too.
+fn certificate_refusal(e: &reqwest::Error) -> Option<rustls::CertificateError> {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(s) = pending.pop() {
+        if let Some(rustls::Error::InvalidCertificate(c)) = s.downcast_ref::<rustls::Error>() {
+            return Some(c.clone());
+        }
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        pending.extend(s.source());
+    }
+    None
+}
+
+/// What to do about a refused certificate: a private CA goes where docker looks for it.
+fn certificate_advice(url: &Url, refused: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let host = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+        None => url.host_str().unwrap_or("").to_string(),
+    };
+    match refused {
+        C::UnknownIssuer | C::BadSignature => format!(
+            "if the registry uses a private CA, put its certificate into ~/{}/{host}/ca.crt or {}/{host}/ca.crt (or name it in SSL_CERT_FILE), then retry",
+            super::network::USER_CERTS_D,
+            super::network::SYSTEM_CERTS_D
+        ),
+        _ => "check the registry's certificate (the names it is valid for, its dates) and this machine's clock, then retry".into(),
     }
 }
 

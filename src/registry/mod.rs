@@ -61,6 +61,7 @@
 //! - `reference`: [`ImageRef`] parsing and host classification (loopback, ECR).
 //! - `credentials`: docker `config.json` and credential helpers.
 //! - `auth`: challenges, Basic, Bearer tokens.
+//! - `network`: proxies and extra CA roots from the caller's environment.
 //! - `transport`: one exchange: auth rounds, stall watchdog, redacted logs.
 //! - `retry`: backoff with jitter, `Retry-After`.
 //! - `blobs`, `manifests`, `verify`: the API proper.
@@ -74,6 +75,7 @@ mod blobs;
 mod credentials;
 mod error;
 mod manifests;
+mod network;
 mod profile;
 mod reference;
 mod retry;
@@ -88,6 +90,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use url::Url;
+
+use crate::environ::CallerEnv;
 
 pub use auth::{Challenge, Token, parse_challenge};
 pub use blobs::{
@@ -142,8 +146,10 @@ pub struct ClientOptions {
     /// before each piece is written; `None`: unlimited.
     pub bandwidth: Option<crate::bandwidth::Limits>,
     /// The environment the client works with: docker's config directory (`DOCKER_CONFIG`,
-    /// `HOME`), credential helpers (found on its `PATH`, run with it), proxies and CAs. A
-    /// job's is the caller's; the default is this process's own.
+    /// `HOME`), credential helpers (found on its `PATH`, run with it), proxies, CA files and
+    /// `HOME` for `~/.docker/certs.d` (see `docs/NETWORK.md`): from here only, never from the
+    /// process environment behind its back. A job's is the caller's; the default is this
+    /// process's own (callers without a job).
     pub env: CallerEnv,
 }
 
@@ -177,7 +183,7 @@ impl fmt::Debug for ClientOptions {
                 "require_existing_repository",
                 &self.require_existing_repository,
             )
-            .field("env", &self.env) // CallerEnv's Debug hides secret values
+            .field("env", &self.env) // CallerEnv's Debug hides secret values and proxy URLs
             .finish()
     }
 }
@@ -266,6 +272,7 @@ impl RegistryClient {
         // watchdog cannot see move (it gives them a drain allowance for slow links instead).
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let builder = builder.tcp_user_timeout(opts.stall_timeout);
+        let builder = network::configure(builder, host, &opts.env)?;
         let http = builder
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())

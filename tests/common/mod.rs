@@ -22,6 +22,10 @@ pub struct RegistryOptions {
     pub basic_auth: Option<(String, String)>,
     /// Extra top-level YAML appended to the config (e.g. a `auth: token:` section).
     pub extra_yaml: Option<String>,
+    /// `(certificate, key)`: serve HTTPS with them (`http.tls`).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Listen on this address instead of 127.0.0.1.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// A running `docker-registry serve` on 127.0.0.1. Killed on drop.
@@ -66,11 +70,19 @@ impl TestRegistry {
         // Retry on the (rare) race where another process takes the port between probe and bind.
         for _attempt in 0..5 {
             let port = free_port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let ip = opts.ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let addr = SocketAddr::new(ip, port);
             let mut yaml = format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\nhttp:\n  addr: {addr}\n  secret: hoist-test-secret\n",
                 storage.display()
             );
+            if let Some((cert, key)) = &opts.tls {
+                yaml.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
             if let Some((user, pass)) = &opts.basic_auth {
                 require_tool("htpasswd");
                 let out = Command::new("htpasswd")
@@ -156,8 +168,9 @@ fn wait_ready(child: &mut Child, addr: SocketAddr) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
+        // 400: a TLS registry answering a plain-HTTP request.
         if let Some((status, _)) = http_get(addr, "/v2/")
-            && (status == 200 || status == 401)
+            && matches!(status, 200 | 401 | 400)
         {
             return true;
         }
@@ -226,6 +239,7 @@ pub mod ecr_proxy;
 pub mod figures;
 pub mod hostile;
 pub mod images;
+pub mod netcfg;
 pub mod serve;
 pub mod token_service;
 
