@@ -112,7 +112,6 @@ pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
 
-use crate::environ::CallerEnv;
 
 pub use crate::chunk_size::{CHUNK_BYTES_DEFAULT, ECR_CHUNK_BYTES_MIN};
 /// The stall watchdog's default: abort a request when no byte moved for this long.
