@@ -170,6 +170,18 @@ async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest()
             wait_done(client, &id).await
         }
     };
+    // `hoist inspect` shows the parts and says the digests change.
+    let out = std::process::Command::new(daemon_support::hoist_bin())
+        .args(["inspect", "--no-elf", "--split-layers", "1MiB", &source])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("part 2 of") && text.contains("image ID"),
+        "{text}"
+    );
+
     let job = push("1", split).await;
     let digest = job.manifest_digest.clone().unwrap();
     // The config, the lower layer and at least four parts of the big one.
@@ -195,6 +207,7 @@ async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest()
     );
     assert!(want.nodes.len() > 20, "{:?}", want.nodes.keys());
     assert!(!want.nodes.contains_key("lower/gone") && !want.nodes.contains_key("opaque/old"));
+    assert!(want.nodes.contains_key("opaque/early") && !want.link_groups.is_empty());
     assert_eq!(differences(&want, &got), Vec::<String>::new());
 
     check_split_config(&host, "split/img:1");

@@ -96,13 +96,16 @@ fn lower_layer() -> Vec<u8> {
 
 /// The big layer: about 4.5 MiB, a setuid file, setgid and 0700 directories, a whiteout in
 /// the middle, hard links far from their target, symlinks, a GNU long name and a PAX path,
-/// a file larger than the split size, and the opaque marker last.
+/// a file larger than the split size, and the opaque marker last (its directory has files
+/// in the first part and the last).
 fn big_layer() -> Vec<u8> {
     let gnu_long = format!("deep/{}", "n".repeat(110));
     let fill: Vec<String> = (0..4).map(|i| format!("fill/{i}")).collect();
     let mut entries: Vec<Spec<'_>> = vec![
         ("bin", Kind::Dir, 0o755, 0, 2_000),
         ("bin/tool", Kind::File(400 * KIB), 0o4755, 0, 2_001),
+        ("opaque", Kind::Dir, 0o750, 0, 2_018),
+        ("opaque/early", Kind::File(30 * KIB), 0o644, 0, 2_019),
         ("links", Kind::Dir, 0o755, 0, 2_002),
         ("links/orig", Kind::File(200 * KIB), 0o644, 0, 2_003),
         ("lower", Kind::Dir, 0o755, 0, 2_004),
@@ -126,7 +129,6 @@ fn big_layer() -> Vec<u8> {
     entries.extend([
         ("links/far", Kind::HardLink("links/orig"), 0o644, 0, 2_003),
         ("links/far2", Kind::HardLink("links/orig"), 0o644, 0, 2_003),
-        ("opaque", Kind::Dir, 0o750, 0, 2_018),
         ("opaque/new", Kind::File(50 * KIB), 0o644, 0, 2_019),
         ("opaque/.wh..wh..opq", Kind::File(0), 0o644, 0, 2_020),
     ]);
