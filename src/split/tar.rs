@@ -278,3 +278,61 @@ fn header_path(block: &[u8; 512]) -> String {
         format!("{prefix}/{name}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::sync::Arc;
+
+    fn location(bytes: &[u8]) -> BlobLocation {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        BlobLocation {
+            file: Arc::new(f),
+            offset: 0,
+            len: bytes.len() as u64,
+            name: "t: layer".into(),
+            splice: None,
+        }
+    }
+
+    #[test]
+    fn long_names_and_pax_records_travel_with_their_entry() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_data(&mut h, "./d/", std::io::empty()).unwrap();
+        let long = format!("d/{}", "n".repeat(120));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+        let pax = format!("d/{}", "p".repeat(130));
+        b.append_pax_extensions([("path", pax.as_bytes())]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(700);
+        b.append_data(&mut h, "short", &[7u8; 700][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "d/link", &long).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let entries = scan(&location(&bytes)).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["d", long.as_str(), pax.as_str(), "d/link"]);
+        assert_eq!(entries[0].kind, EntryKind::Dir);
+        assert_eq!(entries[3].kind, EntryKind::HardLink(long.clone()));
+        // Back to back from byte 0: every record belongs to an entry, nothing is left out.
+        let mut at = 0;
+        for e in &entries {
+            assert_eq!(e.start, at, "{e:?}");
+            at = e.end;
+        }
+        assert_eq!(&bytes[at as usize..], &[0u8; 1024][..]);
+        assert!(matches!(
+            scan(&location(&bytes[..600])),
+            Err(SplitError::Tar { .. })
+        ));
+    }
+}
