@@ -2,8 +2,8 @@
 # Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
 # registry, openssl for the token-auth registry's signing certificate and the TLS registry's CA,
-# squid as the HTTP proxy of the network tests, reference compressors
-# for the benchmarks, and systemd tools for unit checks.
+# squid as the HTTP proxy of the network tests, reference compressors for the benchmarks, umoci
+# (unpacks images for the split-layer file-system comparison), and systemd tools for unit checks.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -15,6 +15,7 @@ have htpasswd || need+=(apache2-utils)
 have openssl || need+=(openssl)
 have pigz || need+=(pigz)
 have zstd || need+=(zstd)
+have umoci || need+=(umoci)
 have systemd-analyze || need+=(systemd)
 have systemd-socket-activate || need+=(systemd)
 have setpriv || need+=(util-linux)

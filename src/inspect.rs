@@ -271,6 +271,15 @@ impl fmt::Display for InspectReport {
                 human_bytes(l.size),
                 action
             )?;
+            if let Some(part) = &l.part {
+                write!(
+                    f,
+                    "  part {} of {} of {}",
+                    part.index,
+                    part.count,
+                    part.layer.short()
+                )?;
+            }
             if let Some(c) = self.elf.as_ref().and_then(|e| e.get(i)) {
                 write!(f, "  {}", census_text(c))?;
             }

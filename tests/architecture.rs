@@ -39,10 +39,12 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text"])),
+    ("split", Only(&["digest", "source", "limits", "text"])),
     (
         "plan",
         Only(&[
-            "digest", "platform", "image", "source", "compress", "limits", "text", "environ",
+            "digest", "platform", "image", "source", "compress", "limits", "split", "text",
+            "environ",
         ]),
     ),
     (
@@ -70,6 +72,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
             "digest",
             "platform",
             "chunk_size",
+            "limits",
             "text",
             "units",
             "environ",
