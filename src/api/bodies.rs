@@ -45,6 +45,17 @@ pub struct JobBandwidth {
     pub bytes_per_s: Option<u64>,
 }
 
+/// `POST /v1/jobs/{id}/retry` body, optional: no body (or `{}`) retries the job with its
+/// options as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// A new deadline (Unix seconds) that replaces the job's own, e.g. for a job that failed
+    /// because its deadline passed; absent: the job keeps its deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_s: Option<u64>,
+}
+
 /// `GET /v1/health` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

@@ -23,7 +23,7 @@ mod metrics;
 mod routes;
 mod validate;
 
-pub use bodies::{Bandwidth, ErrorBody, Health, JobBandwidth, SubmitRequest};
+pub use bodies::{Bandwidth, ErrorBody, Health, JobBandwidth, RetryRequest, SubmitRequest};
 pub use codec::{
     CONTENT_TYPE_JSON, CONTENT_TYPE_NDJSON, CONTENT_TYPE_PROMETHEUS, DecodeError, decode, encode,
     encode_event_line, error_body,

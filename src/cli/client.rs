@@ -187,6 +187,17 @@ impl Client {
         self.get_json(endpoint, Some(id), None, "job").await
     }
 
+    /// Retries a failed or cancelled job, with a new deadline (Unix seconds) when given.
+    pub async fn retry(
+        &self,
+        id: &JobId,
+        deadline_unix_s: Option<u64>,
+    ) -> Result<api::Job, ClientError> {
+        let body = api::encode(&api::RetryRequest { deadline_unix_s });
+        self.get_json(Endpoint::RetryJob, Some(id), Some(body), "job")
+            .await
+    }
+
     pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
         self.call_endpoint(Endpoint::DeleteJob, Some(id), None)
             .await

@@ -126,6 +126,18 @@ pub async fn control(client: &Client, id: &JobId, action: &str) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// `hoist retry JOB [--deadline D]`: prints the job's new state.
+pub async fn retry(
+    client: &Client,
+    id: &JobId,
+    deadline: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let deadline_unix_s = deadline.map(super::push::deadline_from_now);
+    let job = client.retry(id, deadline_unix_s).await?;
+    println!("{} {}", job.id, job.state);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `hoist rm JOB`.
 pub async fn rm(client: &Client, id: &JobId) -> anyhow::Result<ExitCode> {
     client.delete(id).await?;

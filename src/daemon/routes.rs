@@ -155,7 +155,7 @@ async fn dispatch(
         Endpoint::PauseJob => control(&app, id(), Control::Pause).await,
         Endpoint::ResumeJob => control(&app, id(), Control::Resume).await,
         Endpoint::CancelJob => control(&app, id(), Control::Cancel).await,
-        Endpoint::RetryJob => control(&app, id(), Control::Retry).await,
+        Endpoint::RetryJob => retry(&app, id(), req).await,
         Endpoint::GetBandwidth => bandwidth(&app),
         Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
         Endpoint::SetJobBandwidth => set_job_bandwidth(&app, id(), req).await,
@@ -328,6 +328,36 @@ async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Resp
     match app.scheduler.set_bandwidth(id, bytes_per_s).await {
         Ok(job) => job_response(app, Ok(job), StatusCode::OK).await,
         Err(e) => sched_error(e),
+    }
+}
+
+/// `POST /v1/jobs/{id}/retry`: an empty body retries as is; `{"deadline_unix_s": N}` sets a
+/// new deadline first.
+async fn retry(app: &App, id: JobId, req: Request<Incoming>) -> Response<Body> {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let request = if body.is_empty() {
+        api::RetryRequest::default()
+    } else {
+        match api::decode::<api::RetryRequest>("retry", &body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{e}: send no body, or {{\"deadline_unix_s\": N}} for a new deadline"),
+                );
+            }
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    match request.validate(now) {
+        Ok(deadline_unix_s) => control(app, id, Control::Retry { deadline_unix_s }).await,
+        Err(msg) => error(StatusCode::BAD_REQUEST, msg),
     }
 }
 
