@@ -5,26 +5,35 @@
 # registry; the link refuses (connections reset) or is blackholed (accepted, nothing
 # forwarded) while a part uploads. Prints one line per run: the time from the link's return
 # to the first MiB uploaded, and the longest backoff the job announced meanwhile. With
-# --doc, also writes them into the wake-up section of docs/RELIABILITY.md.
+# --doc, also writes them into the wake-up section of docs/RELIABILITY.md; --results FILE
+# takes the WAKE lines of earlier runs (their output) instead of measuring.
 #
 # usage: scripts/wake-up.sh [--lengths "10 75 600"] [--kinds "refused blackhole"] [--doc]
+#                           [--results FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lengths="10 75 600"
 kinds="refused blackhole"
 doc=
+earlier=
 while [ $# -gt 0 ]; do
   case "$1" in
     --lengths) lengths="$2"; shift 2 ;;
     --kinds) kinds="$2"; shift 2 ;;
     --doc) doc=docs/RELIABILITY.md; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --results) earlier="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "wake-up: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
-cargo test --locked --test push_faults --no-run >&2
+if [ -n "$earlier" ]; then
+  grep '^WAKE ' "$earlier" > "$results" || { echo "wake-up: no WAKE lines in $earlier" >&2; exit 1; }
+  lengths=
+else
+  cargo test --locked --test push_faults --no-run >&2
+fi
 for length in $lengths; do
   for kind in $kinds; do
     HOIST_OUTAGE_S="$length" HOIST_OUTAGE_KIND="$kind" \

@@ -177,11 +177,11 @@ impl Patience {
         }
     }
 
-    /// After a recovery the pooled connections may belong to the old network: the next
-    /// attempt opens new ones (once per recovery for the job's client).
+    /// After an outage the pooled connections may belong to the old network: the next
+    /// attempt opens new ones (once per outage for the job's client).
     fn renew_connections(&self) {
         if let Some(w) = &self.wake
-            && let Err(e) = w.client.renew_connections(w.link.recovery())
+            && let Err(e) = w.client.renew_connections(w.link.outages_over())
         {
             tracing::warn!(error = %e, "cannot renew the registry connections: keeping the old ones");
         }

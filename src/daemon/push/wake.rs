@@ -6,10 +6,11 @@
 //! seen down ends the wait of every waiting operation for that registry, daemon-wide; each
 //! job's client then drops its pooled connections, which may belong to the old network.
 //!
-//! A probe answered without the link having been seen down (a connection reset while the
-//! registry is reachable) wakes the waiters too, but such quiet recoveries are spaced by a
-//! gap that doubles each time, so a request that keeps failing on a healthy link is still
-//! retried with backoff.
+//! A probe answered without the link having been seen down wakes the waiters too (a request
+//! that stalled on a dead connection while the link came back), but such quiet recoveries
+//! come no sooner than a gap after the probes started and after the last recovery, a gap
+//! that doubles each time: a request cut while the registry is reachable is not sent again
+//! at once, and one that keeps failing on a healthy link is still retried with backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -69,6 +70,7 @@ impl Links {
         let link = Arc::new(Link {
             probe: probe.map(Arc::new),
             recoveries: watch::Sender::new(0),
+            outages_over: std::sync::atomic::AtomicU64::new(0),
             changes: self.changes.subscribe(),
             monitor: Mutex::new(Monitor::default()),
         });
@@ -83,6 +85,8 @@ pub struct Link {
     probe: Option<Arc<LinkProbe>>,
     /// Bumped on every recovery; waiters wait for the next bump.
     recoveries: watch::Sender<u64>,
+    /// Recoveries after the link was seen down.
+    outages_over: std::sync::atomic::AtomicU64,
     changes: watch::Receiver<u64>,
     monitor: Mutex<Monitor>,
 }
@@ -93,14 +97,20 @@ struct Monitor {
     probing: bool,
     /// A probe went unanswered since the last recovery.
     down_seen: bool,
+    /// When the probes started this time: a quiet recovery waits at least the quiet gap, so
+    /// an operation cut while the link is fine is not sent again within milliseconds (the
+    /// registry may still be handling the cut request).
+    probing_since: Option<Instant>,
     last_recovery: Option<Instant>,
     quiet_gap: Duration,
 }
 
 impl Link {
-    /// The number of recoveries so far (for [`RegistryClient::renew_connections`]).
-    pub fn recovery(&self) -> u64 {
-        *self.recoveries.borrow()
+    /// The number of recoveries after the link was seen down (for
+    /// [`RegistryClient::renew_connections`]); a quiet one keeps the pooled connections,
+    /// which the registry never stopped answering on.
+    pub fn outages_over(&self) -> u64 {
+        self.outages_over.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves at the next recovery after this call; never without a probe.
@@ -120,6 +130,7 @@ impl Link {
         m.waiters += 1;
         if !m.probing {
             m.probing = true;
+            m.probing_since = Some(Instant::now());
             tokio::spawn(self.clone().probe_loop(probe.clone()));
         }
         Waiter(self.clone())
@@ -164,23 +175,34 @@ impl Link {
         m.probing
     }
 
-    /// One probe's answer: a recovery when the link was seen down, or a quiet one when its
-    /// gap has passed.
+    /// One probe's answer: a recovery when the link was seen down, or a quiet one once the
+    /// probes have run for the quiet gap and that long has passed since the last recovery.
     fn observed(&self, up: bool) {
         let mut m = self.monitor.lock().expect("link lock");
         if !up {
             m.down_seen = true;
             return;
         }
-        let base = Duration::from_millis(PROBE_INTERVAL_MS);
+        let (base, max) = (
+            Duration::from_millis(PROBE_INTERVAL_MS),
+            Duration::from_millis(QUIET_GAP_MS_MAX),
+        );
         let now = Instant::now();
-        let since = m.last_recovery.map(|t| now - t);
-        if m.down_seen || since.is_none_or(|s| s >= Duration::from_millis(QUIET_GAP_MS_MAX)) {
+        let since_recovery = m.last_recovery.map(|t| now - t);
+        if m.down_seen || since_recovery.is_none_or(|s| s >= max) {
             m.quiet_gap = base;
-        } else if since.is_some_and(|s| s >= m.quiet_gap) {
-            m.quiet_gap = (m.quiet_gap * 2).min(Duration::from_millis(QUIET_GAP_MS_MAX));
-        } else {
-            return;
+        }
+        if !m.down_seen {
+            let waited = m.probing_since.is_some_and(|t| now - t >= m.quiet_gap);
+            let spaced = since_recovery.is_none_or(|s| s >= m.quiet_gap);
+            if !(waited && spaced) {
+                return;
+            }
+            m.quiet_gap = (m.quiet_gap * 2).min(max);
+        }
+        if m.down_seen {
+            self.outages_over
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         m.down_seen = false;
         m.last_recovery = Some(now);
