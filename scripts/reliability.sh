@@ -4,7 +4,8 @@
 # client-level stall test in tests/registry.rs) and
 # the crash loop (tests/crash_loop.rs) append their measured figures as JSON lines to the file
 # named by HOIST_FIGURES; this script runs them and renders the fault matrix. Nothing in the
-# document is written by hand.
+# document is written by hand: its wake-up section (from `## Wake-up`) is
+# scripts/wake-up.sh's, kept as it is here.
 #
 # usage: scripts/reliability.sh [--kills N] [--out FILE]
 set -euo pipefail
@@ -55,6 +56,13 @@ lines += [
     "`scripts/crash-loop.sh --long` or `--seed N --kills N`.",
     "",
 ]
+try:
+    old = open(out).read()
+except FileNotFoundError:
+    old = ""
+wake = old.find("## Wake-up")
+if wake >= 0:
+    lines.append(old[wake:].rstrip("\n") + "\n")
 open(out, "w").write("\n".join(lines))
 print(f"reliability: {len(rows)} rows written to {out}", file=sys.stderr)
 PY

@@ -358,6 +358,52 @@ async fn a_long_outage_is_waited_out_until_the_deadline_then_the_job_fails_with_
     assert_eq!(job.state, JobState::Failed, "{job:?}");
     assert!(reason.contains("deadline"), "{reason}");
     assert!(late < 5.0, "failed {late} s after the deadline");
+
+    // A plain retry keeps the job's deadline, which has passed: it fails again at its first
+    // network call, with the same advice.
+    let out = retry_cli(&d, &id, &[]).await;
+    assert!(requeued(&out), "{out}");
+    let job = wait_for(&client, &id, 20_000, "failed", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(job.reason.unwrap_or_default().contains("--deadline"));
+    assert_eq!(job.spec.options.deadline_unix_s, Some(now_s + 6));
+    // With a new deadline it runs again, and completes once the network is back.
+    link.tcp.set(Faults::default());
+    let out = retry_cli(&d, &id, &["--deadline", "2h"]).await;
+    assert!(requeued(&out), "{out}");
+    let job = wait_done(&client, &id).await;
+    let deadline = job.spec.options.deadline_unix_s.unwrap();
+    assert!(
+        (now_s + 7200..now_s + 7300).contains(&deadline),
+        "{deadline}"
+    );
+    check_pulled(&link, dir.path(), "deadline/img", &job).await;
+}
+
+/// Whether `hoist retry` printed a state the job runs again from.
+fn requeued(out: &str) -> bool {
+    ["queued", "preparing", "uploading"]
+        .iter()
+        .any(|s| out.trim_end().ends_with(s))
+}
+
+/// `hoist retry ID ARGS` through the `hoist` binary; its stdout.
+async fn retry_cli(d: &TestDaemon, id: &hoist::api::JobId, args: &[&str]) -> String {
+    let socket = d.socket.clone();
+    let mut argv = vec!["retry".to_string(), id.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        daemon_support::hoist(&socket, &argv)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        daemon_support::text(&out.stderr)
+    );
+    daemon_support::text(&out.stdout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,4 +793,147 @@ async fn an_outage_during_the_manifest_commit_is_waited_out() {
     );
     assert!(reason.contains("manifest"), "{reason}");
     assert_eq!(job.state, JobState::Done);
+}
+
+/// The backoff a waiting job's status announces (`retry in N s`), 0 when it waits for nothing.
+fn backoff_s(job: &hoist::api::Job) -> u64 {
+    job.reason
+        .as_deref()
+        .and_then(|r| r.split("retry in ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How long after `back` the link carried `bytes` more client->registry bytes than at `back`
+/// (stale bytes a blackhole held are far fewer); panics after `limit`.
+async fn moved_after(tcp: &FaultProxy, back: Instant, bytes: u64, limit: Duration) -> Duration {
+    let before = tcp.upstream_bytes();
+    while tcp.upstream_bytes() < before + bytes {
+        assert!(
+            back.elapsed() < limit,
+            "no upload {limit:?} after the link returned"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    back.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_go_again_within_seconds_of_the_links_return_whatever_the_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::debian().await;
+    link.tcp.set(Faults {
+        upstream_bytes_per_sec: Some(8 * MIB),
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 61, &[24]);
+    // A high backoff cap, so the backoff grows long while the link refuses.
+    let net = NetSettings {
+        stall_timeout: Duration::from_secs(2),
+        retry_delay_max: Duration::from_secs(120),
+        ..NetSettings::default()
+    };
+    let d = daemon(dir.path(), net);
+    let client = d.client();
+    let mut req = request(&source, &link.target("wake/img"), Compression::Gzip);
+    req.chunk_size_bytes = Some(5 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    while link.tcp.upstream_bytes() < 4 * MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    link.tcp.set(Faults {
+        refuse_until: Some(Instant::now() + Duration::from_secs(3600)),
+        ..Faults::default()
+    });
+    let waiting = wait_for(&client, &id, 40_000, "waiting 16 s or more", |j| {
+        backoff_s(j) >= 16
+    })
+    .await;
+    let back = Instant::now();
+    link.tcp.set(Faults::default());
+    let resumed = moved_after(&link.tcp, back, MIB, Duration::from_secs(30)).await;
+    let job = wait_done(&client, &id).await;
+    check_pulled(&link, dir.path(), "wake/img", &job).await;
+    let backoff = backoff_s(&waiting);
+    record(
+        "uploads_go_again_within_seconds_of_the_links_return_whatever_the_backoff",
+        "link refused until the backoff reached 16 s (backoff cap 120 s)",
+        "Debian's distribution",
+        "the link probe sees the registry answer again and wakes the waiting upload at once",
+        &format!(
+            "backoff {backoff} s; upload moving {:.1} s after the link returned",
+            resumed.as_secs_f64()
+        ),
+        json!({"backoff_s": backoff, "resumed_after_s": resumed.as_secs_f64()}),
+    );
+    assert!(
+        resumed < Duration::from_secs(5),
+        "the upload went again {resumed:?} after the link returned, with a backoff of {backoff} s"
+    );
+}
+
+/// The wake-up figure at default settings (stall timeout 30 s, backoff cap 5 min) for one
+/// outage: `HOIST_OUTAGE_S` seconds (default 10) of a `HOIST_OUTAGE_KIND` link (`refused`,
+/// the default, or `blackhole`) while a layer uploads. Long: run by `scripts/wake-up.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of minutes: scripts/wake-up.sh runs it"]
+async fn wake_up_after_an_outage_at_default_settings() {
+    let env = |name: &str| std::env::var(name).ok();
+    let outage = Duration::from_secs(env("HOIST_OUTAGE_S").map_or(10, |s| s.parse().unwrap()));
+    let kind = env("HOIST_OUTAGE_KIND").unwrap_or_else(|| "refused".into());
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::debian().await;
+    link.tcp.set(Faults {
+        upstream_bytes_per_sec: Some(8 * MIB),
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 62, &[48]);
+    let d = daemon(dir.path(), NetSettings::default());
+    let client = d.client();
+    let mut req = request(&source, &link.target("wake/measured"), Compression::Gzip);
+    req.chunk_size_bytes = Some(5 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    while link.tcp.upstream_bytes() < 4 * MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end = Instant::now() + outage;
+    link.tcp.set(match kind.as_str() {
+        "refused" => Faults {
+            refuse_until: Some(end),
+            ..Faults::default()
+        },
+        "blackhole" => Faults {
+            blackhole_until: Some(end),
+            ..Faults::default()
+        },
+        other => panic!("HOIST_OUTAGE_KIND={other}: use refused or blackhole"),
+    });
+    let longest = wait_out_measuring(&client, &id, end).await;
+    // The faults end by themselves at `end`; the cap goes too, so bytes move at once.
+    link.tcp.set(Faults::default());
+    let resumed = moved_after(&link.tcp, end, MIB, Duration::from_secs(600)).await;
+    let job = wait_done(&client, &id).await;
+    check_pulled(&link, dir.path(), "wake/measured", &job).await;
+    println!(
+        "WAKE {kind} outage {} s: longest backoff {longest} s; first MiB uploaded {:.2} s after the link returned",
+        outage.as_secs(),
+        resumed.as_secs_f64()
+    );
+}
+
+/// Polls the job until `end`; returns the longest backoff its status announced meanwhile.
+async fn wait_out_measuring(
+    client: &hoist::cli::client::Client,
+    id: &hoist::api::JobId,
+    end: Instant,
+) -> u64 {
+    let mut longest = 0;
+    while Instant::now() < end {
+        if let Ok(job) = client.job(id).await {
+            longest = longest.max(backoff_s(&job));
+        }
+        tokio::time::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
+    }
+    longest
 }

@@ -681,6 +681,8 @@ async fn a_full_disk_fails_the_push_early_or_mid_spool_and_a_retry_completes_onc
     store.integrity_check().await.unwrap();
     drop(store);
     drop(tmpfs);
+}
+
 /// A push through a real HTTP proxy (squid) to a TLS registry named `registry.hoist.test`,
 /// which only the proxy resolves: the CA is in the caller's `~/.docker/certs.d/HOST:PORT/`,
 /// the proxy in `HTTPS_PROXY`. The push succeeds, skopeo reads the tag back through the same

@@ -65,7 +65,8 @@ impl fmt::Debug for EnvVars {
     }
 }
 
-/// `POST /v1/jobs/{id}/resume` and `/retry` body, optional: the caller's environment again.
+/// `POST /v1/jobs/{id}/resume` body, optional: the caller's environment again (`/retry` takes
+/// it in [`RetryRequest`]).
 /// Present, it replaces the job's (after a daemon restart, this is how a job gets its secret
 /// variables back); absent, the job keeps what it has.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -94,6 +95,20 @@ pub struct JobBandwidth {
     // `Option` as `None`.
     #[serde(deserialize_with = "Option::deserialize")]
     pub bytes_per_s: Option<u64>,
+}
+
+/// `POST /v1/jobs/{id}/retry` body, optional: no body (or `{}`) retries the job with its
+/// options as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// The caller's environment again, as for resume: present, it replaces the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvVars>,
+    /// A new deadline (Unix seconds) that replaces the job's own, e.g. for a job that failed
+    /// because its deadline passed; absent: the job keeps its deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_s: Option<u64>,
 }
 
 /// `GET /v1/health` body.

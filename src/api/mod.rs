@@ -24,7 +24,8 @@ mod routes;
 mod validate;
 
 pub use bodies::{
-    Bandwidth, ControlRequest, EnvVars, ErrorBody, Health, JobBandwidth, SubmitRequest,
+    Bandwidth, ControlRequest, EnvVars, ErrorBody, Health, JobBandwidth, RetryRequest,
+    SubmitRequest,
 };
 pub use codec::{
     CONTENT_TYPE_JSON, CONTENT_TYPE_NDJSON, CONTENT_TYPE_PROMETHEUS, DecodeError, decode, encode,

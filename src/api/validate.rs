@@ -1,7 +1,7 @@
 //! What the daemon accepts: the limits of a submit request and of a job's bandwidth, checked
 //! once at the boundary so the daemon only ever sees a [`JobSpec`].
 
-use super::bodies::{EnvVars, JobBandwidth, SubmitRequest};
+use super::bodies::{EnvVars, JobBandwidth, RetryRequest, SubmitRequest};
 use super::job::{JobSpec, SplitLayers};
 use crate::environ::{CallerEnv, is_relevant};
 pub use crate::limits::SPLIT_PART_BYTES_MIN;
@@ -132,6 +132,19 @@ fn extra_tags(tags: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+impl RetryRequest {
+    /// The new deadline asked for (`None`: keep the job's), which must be later than
+    /// `now_unix_s`. The error is the message for the client.
+    pub fn validate(self, now_unix_s: u64) -> Result<Option<u64>, String> {
+        match self.deadline_unix_s {
+            Some(d) if d <= now_unix_s => Err(format!(
+                "deadline_unix_s {d} has passed already (now is {now_unix_s}): give a later one, e.g. `hoist retry ID --deadline 2h`"
+            )),
+            other => Ok(other),
+        }
+    }
+}
+
 impl JobBandwidth {
     /// The limit asked for (`None`: no job limit). The error is the message for the client.
     pub fn validate(self) -> Result<Option<u64>, String> {
@@ -255,6 +268,21 @@ mod tests {
         // Resume and retry may send no body field at all.
         let none: crate::api::ControlRequest = decode("control request", b"{}").unwrap();
         assert!(none.env.is_none());
+    }
+
+    #[test]
+    fn a_retry_deadline_is_optional_and_must_be_later_than_now() {
+        let ok = |b: &[u8]| decode::<RetryRequest>("retry", b).map(|r| r.validate(1000));
+        assert_eq!(ok(b"{}").unwrap(), Ok(None));
+        assert_eq!(ok(br#"{"deadline_unix_s":1001}"#).unwrap(), Ok(Some(1001)));
+        assert!(
+            ok(br#"{"deadline_unix_s":1000}"#)
+                .unwrap()
+                .unwrap_err()
+                .contains("--deadline")
+        );
+        assert!(ok(br#"{"deadline_unix_s":-1}"#).is_err());
+        assert!(ok(br#"{"deadline":5}"#).is_err());
     }
 
     #[test]

@@ -198,6 +198,18 @@ impl Client {
             .await
     }
 
+    /// Retries a failed or cancelled job, with the caller's environment and a new deadline
+    /// (Unix seconds) when given.
+    pub async fn retry(
+        &self,
+        id: &JobId,
+        request: &api::RetryRequest,
+    ) -> Result<api::Job, ClientError> {
+        let body = api::encode(request);
+        self.get_json(Endpoint::RetryJob, Some(id), Some(body), "job")
+            .await
+    }
+
     pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
         self.call_endpoint(Endpoint::DeleteJob, Some(id), None)
             .await

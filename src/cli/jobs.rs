@@ -120,14 +120,30 @@ pub async fn done_digest(
     })
 }
 
-/// `hoist pause|resume|cancel|retry JOB`: prints the job's new state.
-/// A resume or retry sends this shell's environment again: the job runs with it from then on
-/// (after a daemon restart, that is how a job gets its secret variables back).
+/// `hoist pause|resume|cancel JOB`: prints the job's new state.
+/// A resume sends this shell's environment again: the job runs with it from then on (after a
+/// daemon restart, that is how a job gets its secret variables back).
 pub async fn control(client: &Client, id: &JobId, action: &str) -> anyhow::Result<ExitCode> {
-    let body = matches!(action, "resume" | "retry").then(|| api::ControlRequest {
+    let body = (action == "resume").then(|| api::ControlRequest {
         env: Some(api::EnvVars::of(&CallerEnv::from_process())),
     });
     let job = client.control_with(id, action, body.as_ref()).await?;
+    println!("{} {}", job.id, job.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hoist retry JOB [--deadline D]`: prints the job's new state. Like resume, it sends this
+/// shell's environment again.
+pub async fn retry(
+    client: &Client,
+    id: &JobId,
+    deadline: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let request = api::RetryRequest {
+        env: Some(api::EnvVars::of(&CallerEnv::from_process())),
+        deadline_unix_s: deadline.map(super::push::deadline_from_now),
+    };
+    let job = client.retry(id, &request).await?;
     println!("{} {}", job.id, job.state);
     Ok(ExitCode::SUCCESS)
 }

@@ -69,7 +69,13 @@ pub enum Command {
     Cancel { job: JobId },
     /// Retry a failed or cancelled job, with this shell's environment; it resumes from what
     /// was uploaded.
-    Retry { job: JobId },
+    Retry {
+        job: JobId,
+        /// A new deadline from now (e.g. 2h), replacing the job's own, for a job that failed
+        /// because its deadline passed [default: keep the job's deadline].
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<std::time::Duration>,
+    },
     /// Delete a finished, failed, cancelled or paused job and its spool.
     Rm { job: JobId },
     /// Show what would be pushed from SOURCE (no network): platform, manifest type, every blob
@@ -224,7 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pause { job } => jobs::control(&client, &job, "pause").await,
         Command::Resume { job } => jobs::control(&client, &job, "resume").await,
         Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
-        Command::Retry { job } => jobs::control(&client, &job, "retry").await,
+        Command::Retry { job, deadline } => jobs::retry(&client, &job, deadline).await,
         Command::Rm { job } => jobs::rm(&client, &job).await,
         Command::Limit { rate, job, json } => match job {
             Some(id) => jobs::job_limit(&client, &id, rate.as_deref(), json).await,
@@ -290,6 +296,10 @@ mod tests {
             matches!(cli.command, Command::Limit { rate: Some(r), job: Some(j), .. } if r == "off" && j == id)
         );
         assert!(Cli::try_parse_from(["hoist", "limit", "--job", "nope"]).is_err());
+        let cli = Cli::try_parse_from(["hoist", "retry", id.as_str(), "--deadline", "2h"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Retry { job, deadline: Some(d) } if job == id && d.as_secs() == 7200)
+        );
     }
 
     #[test]

@@ -44,13 +44,7 @@ pub async fn run(
         options: JobOptions {
             insecure: args.insecure,
             allow_arch_mismatch: args.allow_arch_mismatch,
-            deadline_unix_s: args.deadline.map(|d| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .saturating_add(d)
-                    .as_secs()
-            }),
+            deadline_unix_s: args.deadline.map(deadline_from_now),
             bandwidth_bytes_per_s: args.bandwidth,
         },
         // The daemon works for this shell: its docker config, credential helpers, AWS
@@ -139,4 +133,13 @@ fn write_digest_file(path: &Path, digest: &Digest) -> anyhow::Result<()> {
             path.display()
         )
     })
+}
+
+/// A deadline `within` from now, as the API takes it (Unix seconds).
+pub fn deadline_from_now(within: std::time::Duration) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(within)
+        .as_secs()
 }

@@ -156,7 +156,7 @@ async fn dispatch(
         Endpoint::PauseJob => control(&app, id(), Control::Pause, None).await,
         Endpoint::ResumeJob => control_with_env(&app, id(), Control::Resume, req).await,
         Endpoint::CancelJob => control(&app, id(), Control::Cancel, None).await,
-        Endpoint::RetryJob => control_with_env(&app, id(), Control::Retry, req).await,
+        Endpoint::RetryJob => retry(&app, id(), req).await,
         Endpoint::GetBandwidth => bandwidth(&app),
         Endpoint::SetBandwidth => set_bandwidth(&app, req).await,
         Endpoint::SetJobBandwidth => set_job_bandwidth(&app, id(), req).await,
@@ -337,7 +337,41 @@ async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Resp
     }
 }
 
-/// Resume and retry: the body, if any, carries the caller's environment again.
+/// `POST /v1/jobs/{id}/retry`: an empty body retries as is; the body may carry the caller's
+/// environment again and `deadline_unix_s`, a new deadline set first.
+async fn retry(app: &App, id: JobId, req: Request<Incoming>) -> Response<Body> {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let request = if body.is_empty() {
+        api::RetryRequest::default()
+    } else {
+        match api::decode::<api::RetryRequest>("retry", &body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{e}: send no body, or {{\"env\": {{...}}, \"deadline_unix_s\": N}}"),
+                );
+            }
+        }
+    };
+    let env = match request.env.clone().map(api::EnvVars::validate).transpose() {
+        Ok(env) => env,
+        Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    match request.validate(now) {
+        Ok(deadline_unix_s) => control(app, id, Control::Retry { deadline_unix_s }, env).await,
+        Err(msg) => error(StatusCode::BAD_REQUEST, msg),
+    }
+}
+
+/// Resume: the body, if any, carries the caller's environment again.
 async fn control_with_env(
     app: &App,
     id: JobId,

@@ -51,7 +51,10 @@ pub enum Control {
     Pause,
     Resume,
     Cancel,
-    Retry,
+    /// Run a failed or cancelled job again; with a deadline, that one replaces the job's.
+    Retry {
+        deadline_unix_s: Option<u64>,
+    },
     Delete,
 }
 
@@ -516,11 +519,16 @@ impl Scheduler {
                 self.start_queued().await;
             }
             Control::Cancel => self.cancel(job).await?,
-            Control::Retry => {
+            Control::Retry { deadline_unix_s } => {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
                     return Err(refused("only a failed or cancelled job can be retried"));
                 }
                 self.replace_env(&id, env).await?;
+                if deadline_unix_s.is_some() {
+                    self.store
+                        .set_job_deadline(id.clone(), deadline_unix_s)
+                        .await?;
+                }
                 self.set_state(&id, JobState::Queued, None, None).await?;
                 self.start_queued().await;
             }

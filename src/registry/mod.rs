@@ -85,7 +85,7 @@ mod verify;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -112,13 +112,14 @@ pub use verify::{VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
 
-
 pub use crate::chunk_size::{CHUNK_BYTES_DEFAULT, ECR_CHUNK_BYTES_MIN};
 /// The stall watchdog's default: abort a request when no byte moved for this long.
 pub const STALL_TIMEOUT_S_DEFAULT: u64 = 30;
 pub const CONNECT_TIMEOUT_S_DEFAULT: u64 = 30;
 /// Idle connections kept per host: blobs upload in parallel over HTTP/1.1.
 const POOL_IDLE_PER_HOST_MAX: usize = 16;
+/// A link probe (`GET /v2/`) that has not been answered in this long says the link is down.
+pub const PROBE_TIMEOUT_MS: u64 = 3000;
 
 /// How a [`RegistryClient`] behaves. `Default` is right for production.
 #[derive(Clone)]
@@ -206,7 +207,10 @@ pub(crate) struct Inner {
     host: String,
     /// `scheme://api-host/`.
     base: Url,
-    http: reqwest::Client,
+    /// Replaced whole by [`RegistryClient::renew_connections`]: reqwest cannot flush its pool.
+    http: RwLock<reqwest::Client>,
+    /// The link recovery the connection pool was last renewed for.
+    renewed: AtomicU64,
     opts: ClientOptions,
     ecr: bool,
     auth: Mutex<AuthState>,
@@ -264,29 +268,13 @@ impl RegistryClient {
         };
         let base = Url::parse(&format!("{scheme}://{api_host}/"))
             .map_err(|e| RegistryError::Config(format!("{host:?} is not a registry host: {e}")))?;
-        let builder = reqwest::Client::builder();
-        // A dead link (dropped Wi-Fi, a laptop that slept) leaves sent data unacknowledged, or
-        // the peer's window shut: the kernel drops such a connection after the stall timeout.
-        // This covers the bytes of a body that already left the process, which the stall
-        // watchdog cannot see move (it gives them a drain allowance for slow links instead).
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let builder = builder.tcp_user_timeout(opts.stall_timeout);
-        let builder = network::configure(builder, host, &opts.env)?;
-        let http = builder
-            .http1_only()
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never())
-            .connect_timeout(opts.connect_timeout)
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
-            .tcp_nodelay(true)
-            .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Config(format!("HTTP client: {e}")))?;
+        let http = http_client(host, &opts, Pool::Keep)?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 host: host.to_string(),
                 base,
-                http,
+                http: RwLock::new(http),
+                renewed: AtomicU64::new(0),
                 ecr: is_ecr_host(host),
                 opts,
                 auth: Mutex::new(AuthState::default()),
@@ -355,6 +343,34 @@ impl RegistryClient {
         }
     }
 
+    /// A probe of whether this registry answers at all, for the link monitor while jobs
+    /// wait out an outage.
+    pub fn link_probe(&self) -> Result<LinkProbe, RegistryError> {
+        Ok(LinkProbe {
+            url: self.inner.url("v2/")?,
+            http: http_client(&self.inner.host, &self.inner.opts, Pool::Probe)?,
+        })
+    }
+
+    /// Drops the pooled connections (by replacing the HTTP client) unless that was done for
+    /// `recovery` already: after an outage they may belong to the old network and would only
+    /// stall. Requests in flight keep the client they started with.
+    pub fn renew_connections(&self, recovery: u64) -> Result<(), RegistryError> {
+        if self.inner.renewed.load(Ordering::Acquire) >= recovery {
+            return Ok(());
+        }
+        // Built outside the lock (it may read certificates); two tasks may both build one,
+        // only the first is kept. The mark moves with the swap, so whoever sees it sees the
+        // new client.
+        let fresh = http_client(&self.inner.host, &self.inner.opts, Pool::Keep)?;
+        let mut http = self.inner.http.write().expect("http lock");
+        if self.inner.renewed.load(Ordering::Acquire) < recovery {
+            *http = fresh;
+            self.inner.renewed.store(recovery, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Checks the registry answers for `repository` (auth, reachability). A missing one is
     /// fine unless `require_existing_repository`: ECR creates it on the first push when a
     /// repository creation template covers it, and otherwise drops the upload POST, which
@@ -402,6 +418,66 @@ impl RegistryClient {
         }
         Ok(Err(resp.error(&Method::GET)))
     }
+}
+
+/// `GET /v2/` on a new connection, without auth or retries: any HTTP answer (a 401 too)
+/// means the link to the registry is up; no answer within [`PROBE_TIMEOUT_MS`] means down.
+pub struct LinkProbe {
+    url: Url,
+    http: reqwest::Client,
+}
+
+impl LinkProbe {
+    pub async fn link_up(&self) -> bool {
+        self.http.get(self.url.clone()).send().await.is_ok()
+    }
+}
+
+/// Whether a client keeps idle connections: uploads do, link probes must not (a pooled
+/// connection from before an outage would answer for the old network).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Keep,
+    Probe,
+}
+
+/// The HTTP client of a [`RegistryClient`], or of its link probes (no pool, and every phase
+/// bounded by [`PROBE_TIMEOUT_MS`]).
+/// The HTTP client for `host`, with the caller's proxies and CA roots: the same for the
+/// pooled client, its renewals and the link probe, so a probe reaches the registry the way
+/// uploads do.
+fn http_client(
+    host: &str,
+    opts: &ClientOptions,
+    pool: Pool,
+) -> Result<reqwest::Client, RegistryError> {
+    let builder = network::configure(reqwest::Client::builder(), host, &opts.env)?;
+    // A dead link (dropped Wi-Fi, a laptop that slept) leaves sent data unacknowledged, or
+    // the peer's window shut: the kernel drops such a connection after the stall timeout.
+    // This covers the bytes of a body that already left the process, which the stall
+    // watchdog cannot see move (it gives them a drain allowance for slow links instead).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let builder = builder.tcp_user_timeout(opts.stall_timeout);
+    let builder = match pool {
+        Pool::Keep => builder
+            .connect_timeout(opts.connect_timeout)
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX),
+        Pool::Probe => {
+            let limit = Duration::from_millis(PROBE_TIMEOUT_MS);
+            builder
+                .connect_timeout(limit)
+                .timeout(limit)
+                .pool_max_idle_per_host(0)
+        }
+    };
+    builder
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .tcp_nodelay(true)
+        .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| RegistryError::Config(format!("HTTP client: {e}")))
 }
 
 fn push_scope(repo: &str) -> String {

@@ -553,8 +553,8 @@ impl Inner {
         authz: Option<&str>,
         progress: &Arc<Progress>,
     ) -> Result<reqwest::RequestBuilder, RegistryError> {
-        let mut rb = self
-            .http
+        let http = self.http.read().expect("http lock").clone();
+        let mut rb = http
             .request(req.method.clone(), req.url.clone())
             .headers(req.headers.clone());
         if let Some(a) = authz {

@@ -295,6 +295,17 @@ impl Store {
             .await
     }
 
+    /// Sets the job's deadline in its spec (`options.deadline_unix_s`; `None`: no deadline)
+    /// and returns the job. `Full`, like the upload limit: later runs read it.
+    pub async fn set_job_deadline(
+        &self,
+        id: JobId,
+        deadline_unix_s: Option<u64>,
+    ) -> Result<JobRecord, StoreError> {
+        self.call(move |c| ops::set_job_deadline(c, &id, deadline_unix_s))
+            .await
+    }
+
     /// Deletes a job with its blobs, cursors, progress and events.
     pub async fn delete_job(&self, id: JobId) -> Result<(), StoreError> {
         self.call(move |c| ops::delete_job(c, &id)).await

@@ -216,12 +216,28 @@ pub(super) fn set_job_bandwidth(
     id: &JobId,
     bytes_per_s: Option<u64>,
 ) -> Result<JobRecord, StoreError> {
+    change_options(conn, id, |o| o.bandwidth_bytes_per_s = bytes_per_s)
+}
+
+pub(super) fn set_job_deadline(
+    conn: &mut Connection,
+    id: &JobId,
+    deadline_unix_s: Option<u64>,
+) -> Result<JobRecord, StoreError> {
+    change_options(conn, id, |o| o.deadline_unix_s = deadline_unix_s)
+}
+
+/// Changes a job's options in its spec. Read, change and write in one transaction: the spec
+/// is JSON, and it is checked again on the way out like on the way in.
+fn change_options(
+    conn: &mut Connection,
+    id: &JobId,
+    change: impl FnOnce(&mut crate::api::JobOptions),
+) -> Result<JobRecord, StoreError> {
     let now = now_ms();
-    // Read, change and write the spec in one transaction: the spec is JSON, and it is checked
-    // again on the way out like on the way in.
     with_tx(conn, Durability::Full, |tx| {
         let mut job = read_job(tx, id)?;
-        job.spec.options.bandwidth_bytes_per_s = bytes_per_s;
+        change(&mut job.spec.options);
         job.updated_ms = now;
         let spec_json = serde_json::to_string(&job.spec).map_err(|e| corrupt("job spec", e))?;
         tx.execute(

@@ -10,6 +10,9 @@
 //! - `blackhole_after_upstream_bytes`: the same, for the given time, once N more client->registry
 //!   bytes went through (to catch a request at an exact point, e.g. after its body left the
 //!   client);
+//! - `refuse_until`: a link that refuses (a route gone, a captive portal that resets): new
+//!   connections are reset as soon as they are accepted and open ones at their next byte,
+//!   until the given instant;
 //! - `upstream_bytes_per_sec`: a bandwidth cap on the client->registry direction;
 //! - `latency`: added to every forwarded read, with up to `jitter` more;
 //! - `slice_bytes`: forward writes in slices of at most this many bytes.
@@ -38,6 +41,7 @@ pub struct Faults {
     pub reset_every: bool,
     pub blackhole_until: Option<Instant>,
     pub blackhole_after_upstream_bytes: Option<(u64, Duration)>,
+    pub refuse_until: Option<Instant>,
     pub upstream_bytes_per_sec: Option<u64>,
     pub latency: Duration,
     pub jitter: Duration,
@@ -101,6 +105,10 @@ impl FaultProxy {
         let task = ServerTask::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 s.counters.connections.fetch_add(1, Ordering::Relaxed);
+                if s.refusing() {
+                    send_rst(client);
+                    continue;
+                }
                 let s = s.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
@@ -210,13 +218,24 @@ async fn pipe(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
     if reset {
         s.counters.resets.fetch_add(1, Ordering::Relaxed);
         // A real RST: SO_LINGER 0 then close, so the client sees ECONNRESET, not a clean EOF.
-        if let Ok(client) = cr.reunite(cw)
-            && let Ok(std) = client.into_std()
-        {
-            let sock = socket2::Socket::from(std);
-            let _ = sock.set_linger(Some(Duration::ZERO));
-            drop(sock);
+        if let Ok(client) = cr.reunite(cw) {
+            send_rst(client);
         }
+    }
+}
+
+impl Shared {
+    fn refusing(&self) -> bool {
+        let faults = self.faults.lock().unwrap();
+        faults.refuse_until.is_some_and(|t| t > Instant::now())
+    }
+}
+
+/// Closes `stream` with a TCP RST (SO_LINGER 0), so the client sees ECONNRESET.
+fn send_rst(stream: TcpStream) {
+    if let Ok(std) = stream.into_std() {
+        let sock = socket2::Socket::from(std);
+        let _ = sock.set_linger(Some(Duration::ZERO));
     }
 }
 
@@ -233,6 +252,9 @@ async fn forward(
     upstream: bool,
 ) -> Result<(), Stop> {
     while !data.is_empty() {
+        if s.refusing() {
+            return Err(Stop::Reset);
+        }
         let faults = s.faults.lock().unwrap().clone();
         if let Some(until) = faults.blackhole_until {
             let now = Instant::now();

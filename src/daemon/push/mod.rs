@@ -21,6 +21,8 @@
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
 //! - [`commit`]: verification, platform check, manifest commit.
 //! - [`identity`]: the source files' identity, checked on every rerun.
+//! - [`patience`]: waiting out the network; [`wake`]: ending those waits when the link is
+//!   back; [`netwatch`]: the machine's network changes (Linux).
 //!
 //! The body only stops when asked ([`JobContext::stop_reason`]): what a cancelled or deleted
 //! job leaves behind is released by the scheduler, through [`JobBody::discard`].
@@ -28,15 +30,19 @@
 //! # Daemon-wide state ([`Shared`])
 //! - in-flight uploads by (registry host, blob): two jobs pushing the same blob to the same
 //!   registry send it once; the second waits, then finds it with a HEAD;
-//! - which repository of a registry got which blob (memory only), for cross-repository mounts.
+//! - which repository of a registry got which blob (memory only), for cross-repository mounts;
+//! - each registry's link monitor ([`wake`]), which wakes every job waiting for that registry
+//!   when its link comes back.
 
 pub mod commit;
 pub mod disk;
 pub mod identity;
+pub mod netwatch;
 pub mod patience;
 pub mod spool;
 pub mod spool_view;
 pub mod upload;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +75,8 @@ type BlobKey = (String, Digest);
 pub struct Shared {
     inflight: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
     pushed_to: Mutex<HashMap<BlobKey, String>>,
+    /// Each registry's link monitor: ends the waits of every job when its link comes back.
+    links: Arc<wake::Links>,
     /// Compression threads daemon-wide: the compressors' buffers are the largest memory of a
     /// push (`4 * threads * chunk`); one per core by default.
     compressing: Arc<spool::ThreadTokens>,
@@ -293,6 +301,10 @@ impl Run {
         let patience = Patience {
             ctx: ctx.clone(),
             retry_delay_max: net.retry_delay_max,
+            wake: Some(patience::Wake {
+                link: shared.links.link(&client),
+                client: client.clone(),
+            }),
         };
         let repository = target.repository.clone();
         patience

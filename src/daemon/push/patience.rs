@@ -3,12 +3,17 @@
 //! transient error (connection lost, stall, 408/429/5xx) is reported as
 //! `waiting for network, retry in N s`, waited out with capped backoff and tried again, until
 //! the job's deadline if it has one. Permanent errors come back to the caller as they are.
+//! A wait on a dead link (no HTTP answer) also ends when the registry's link monitor sees the
+//! link come back ([`super::wake`]), whatever the backoff; the job's client then starts over
+//! with fresh connections.
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::wake::Link;
 use crate::daemon::job::{JobContext, JobError};
-use crate::registry::{RegistryError, VerifyError};
+use crate::registry::{RegistryClient, RegistryError, VerifyError};
 
 /// The shortest wait between attempts; it doubles per attempt up to `retry_delay_max`.
 pub const RETRY_DELAY_MS_MIN: u64 = 500;
@@ -18,11 +23,19 @@ pub const RETRY_DELAY_MS_MAX_DEFAULT: u64 = 300_000;
 /// An error that may go away by itself (the network, a busy registry).
 pub trait Transient: Display + Sync {
     fn is_transient(&self) -> bool;
+    /// No HTTP answer at all (refused, reset, timed out): the link may be down, so the wait
+    /// also ends when the link monitor sees it back. A registry that answers (429, 503) is
+    /// waited out with the backoff alone.
+    fn is_link_down(&self) -> bool;
 }
 
 impl Transient for RegistryError {
     fn is_transient(&self) -> bool {
         self.is_retryable()
+    }
+
+    fn is_link_down(&self) -> bool {
+        matches!(self, RegistryError::Transport { .. })
     }
 }
 
@@ -30,13 +43,28 @@ impl Transient for VerifyError {
     fn is_transient(&self) -> bool {
         matches!(self, VerifyError::Registry(e) if e.is_retryable())
     }
+
+    fn is_link_down(&self) -> bool {
+        matches!(self, VerifyError::Registry(e) if e.is_link_down())
+    }
 }
 
-/// How one job waits: its context (reports, stop, deadline) and the backoff cap.
+/// How one job waits: its context (reports, stop, deadline), the backoff cap and what ends a
+/// wait on a dead link early.
 #[derive(Clone)]
 pub struct Patience {
     pub ctx: JobContext,
     pub retry_delay_max: Duration,
+    /// `None`: waits end by their backoff only.
+    pub wake: Option<Wake>,
+}
+
+/// The registry's link monitor, and the job's client whose pooled connections are dropped
+/// after a recovery.
+#[derive(Clone)]
+pub struct Wake {
+    pub link: Arc<Link>,
+    pub client: RegistryClient,
 }
 
 impl Patience {
@@ -102,7 +130,7 @@ impl Patience {
     pub async fn wait_before_retry(
         &self,
         what: &str,
-        e: &(dyn Display + Sync),
+        e: &dyn Transient,
         attempts: u32,
     ) -> Result<(), JobError> {
         let exp = RETRY_DELAY_MS_MIN.saturating_mul(1 << attempts.min(20));
@@ -115,23 +143,48 @@ impl Patience {
             delay = delay.min(left);
         }
         let secs = delay.as_secs().max(1);
+        let early = self.wake.is_some() && e.is_link_down();
+        let when = if early {
+            format!("retry in {secs} s or once the registry answers")
+        } else {
+            format!("retry in {secs} s")
+        };
         self.ctx
             .retrying(
                 what,
-                format!("waiting for network, retry in {secs} s (attempt {attempts}): {e}"),
+                format!("waiting for network, {when} (attempt {attempts}): {e}"),
             )
             .await;
         self.ctx
-            .waiting(Some(format!(
-                "waiting for network, retry in {secs} s: {what}: {e}"
-            )))
+            .waiting(Some(format!("waiting for network, {when}: {what}: {e}")))
             .await;
         let r = tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
+            () = self.link_back(early) => Ok(()),
             () = self.ctx.stop_requested() => Err(JobError::Stopped),
         };
         self.ctx.waiting(None).await;
+        self.renew_connections();
         r
+    }
+
+    /// Resolves when the link monitor sees the registry's link come back (`listen`), else
+    /// never.
+    async fn link_back(&self, listen: bool) {
+        match &self.wake {
+            Some(w) if listen => w.link.recovered().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// After an outage the pooled connections may belong to the old network: the next
+    /// attempt opens new ones (once per outage for the job's client).
+    fn renew_connections(&self) {
+        if let Some(w) = &self.wake
+            && let Err(e) = w.client.renew_connections(w.link.outages_over())
+        {
+            tracing::warn!(error = %e, "cannot renew the registry connections: keeping the old ones");
+        }
     }
 
     /// Time until the job's deadline (zero once passed); `None` without a deadline.
@@ -145,7 +198,7 @@ impl Patience {
 
     fn deadline_passed(&self, doing: &str) -> JobError {
         JobError::failed(format!(
-            "the job's deadline passed while waiting for the network ({doing}): check the network and the registry, then push again with a later --deadline (`hoist retry {}` keeps this one)",
+            "the job's deadline passed while waiting for the network ({doing}): check the network and the registry, then `hoist retry {} --deadline 2h` (a plain retry keeps the passed deadline)",
             self.ctx.id()
         ))
     }
