@@ -581,7 +581,7 @@ fn layer_splits_are_kept_once_per_layer_and_go_with_the_job() {
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
         store
-            .insert_job(id.clone(), spec(), "{}".into())
+            .insert_job(id.clone(), spec(), None, "{}".into())
             .await
             .unwrap();
         store
