@@ -2,7 +2,7 @@
 # Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
 # registry, openssl for the token-auth registry's signing certificate, reference compressors
-# for the benchmarks, and systemd tools for unit checks.
+# for the benchmarks, umoci (unpacks images for the split-layer file-system comparison), and systemd tools for unit checks.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ have htpasswd || need+=(apache2-utils)
 have openssl || need+=(openssl)
 have pigz || need+=(pigz)
 have zstd || need+=(zstd)
+have umoci || need+=(umoci)
 have systemd-analyze || need+=(systemd)
 have systemd-socket-activate || need+=(systemd)
 have setpriv || need+=(util-linux)

@@ -35,6 +35,7 @@ pub mod plan;
 pub mod platform;
 pub mod registry;
 pub mod source;
+pub mod split;
 pub mod store;
 pub mod text;
 pub mod units;

@@ -12,6 +12,16 @@
 /// One MiB, the unit ECR states its layer limits in.
 const MIB: u64 = 1 << 20;
 
+/// Most layers hoist gives an image when it splits layers, whatever the registry allows:
+/// ECR's 127 less room for about 30 layers that images built `FROM` the pushed one add on
+/// top (each `RUN`, `COPY` and `ADD` is a layer), so a split base image never makes its
+/// children unpushable. Parts beyond it are not made: the layers are split less.
+pub const SPLIT_LAYERS_PER_IMAGE_MAX: usize = 96;
+
+/// Smallest part size a split accepts: below it the per-layer overhead (a blob, a HEAD, a
+/// manifest entry, a snapshot on every node) outweighs any parallelism.
+pub const SPLIT_PART_BYTES_MIN: u64 = 1 << 20;
+
 /// The limits of one registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegistryLimits {
@@ -61,7 +71,7 @@ pub enum LimitError {
     },
 
     #[error(
-        "{layer} is {bytes} bytes ({mib} MiB), over {registry}'s limit of {max_mib} MiB per layer: rebuild the image with smaller layers (hoist cannot split a layer yet; splitting will be the remedy once it can)"
+        "{layer} is {bytes} bytes ({mib} MiB), over {registry}'s limit of {max_mib} MiB per layer: push it split (--split-layers SIZE, for an uncompressed layer) or rebuild the image with smaller layers"
     )]
     LayerTooLarge {
         registry: &'static str,

@@ -36,14 +36,16 @@ use crate::compress::compressed_bytes_bound;
 use crate::digest::Digest;
 use crate::image::media::{self, Compression, Family};
 use crate::image::{Doc, Manifest};
-use crate::limits::{LimitError, RegistryLimits};
+use crate::limits::{LimitError, RegistryLimits, SPLIT_LAYERS_PER_IMAGE_MAX};
 use crate::platform::Platform;
 use crate::source::{
     self, BlobLocation, BlobReader, Check, ResolvedImage, SourceError, SourceLayer, SourceRef,
-    VerifyingReader,
+    Splice, SplicePiece, VerifyingReader,
 };
+use crate::split::{self, Candidate, LayerSplit, SplitError};
 
 pub use crate::compress::Codec;
+pub use crate::split::SplitPolicy;
 
 /// The layer compression a codec produces.
 fn codec_compression(codec: Codec) -> Compression {
@@ -62,6 +64,11 @@ pub struct PlanOptions {
     pub compression: Codec,
     /// What the target registry accepts (ECR's limits unless the target is known to differ).
     pub limits: RegistryLimits,
+    /// Which layers to split into parts at file boundaries (`docs/SPLIT.md`).
+    pub split: SplitPolicy,
+    /// Splits made before for this push (recorded with the job): used instead of scanning and
+    /// hashing the layer again, so a rerun rebuilds the same parts.
+    pub known_splits: Vec<LayerSplit>,
 }
 
 impl Default for PlanOptions {
@@ -70,6 +77,8 @@ impl Default for PlanOptions {
             platform: Platform::linux_amd64(),
             compression: Codec::Gzip,
             limits: RegistryLimits::default(),
+            split: SplitPolicy::Off,
+            known_splits: Vec::new(),
         }
     }
 }
@@ -81,6 +90,9 @@ pub enum PlanError {
 
     #[error("{image}: {source}")]
     Limit { image: String, source: LimitError },
+
+    #[error("{image}: {source}")]
+    Split { image: String, source: SplitError },
 
     #[error(
         "{image}: build_manifest got {got} compressed layers for {expected} layers to compress: pass one result per layer whose action is compress, in order"
@@ -133,6 +145,18 @@ pub struct PlannedLayer {
     pub diff_id: Digest,
     pub urls: Option<Vec<String>>,
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Set when this layer is one part of a split source layer.
+    pub part: Option<PartOf>,
+}
+
+/// Which part of which source layer a planned layer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartOf {
+    /// The source layer's diff_id.
+    pub layer: Digest,
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
 }
 
 impl PlannedLayer {
@@ -184,6 +208,8 @@ pub struct PushPlan {
     /// The source manifest's exact bytes, when they can be pushed unchanged.
     pub source_manifest: Option<ManifestBytes>,
     manifest_annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The layers split into parts (to record with the job).
+    pub splits: Vec<LayerSplit>,
 }
 
 /// What the user should know before pushing `image`: over the registry's limits (an error),
@@ -282,7 +308,132 @@ fn plan_layer(l: SourceLayer, family: Family, converted: bool, codec: Codec) -> 
         diff_id: l.diff_id,
         urls: l.urls,
         annotations: l.annotations,
+        part: None,
     }
+}
+
+/// How each layer of `image` is split (`None`: pushed whole) and the warnings to show. Parts
+/// are handed out in layer order while the image stays within the layer-count limit.
+fn plan_splits(
+    image: &ResolvedImage,
+    opts: &PlanOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Option<LayerSplit>>, SplitError> {
+    let total_max = opts
+        .limits
+        .layers_per_image_max
+        .min(SPLIT_LAYERS_PER_IMAGE_MAX);
+    let mut extra_parts = total_max.saturating_sub(image.layers.len());
+    let mut out = Vec::with_capacity(image.layers.len());
+    for (i, l) in image.layers.iter().enumerate() {
+        let candidate = Candidate {
+            location: &l.location,
+            diff_id: &l.diff_id,
+            compression: (l.compression != Compression::None).then(|| l.compression.name()),
+            foreign: l.foreign,
+        };
+        let Some(part_bytes) = opts.split.part_bytes(&candidate)? else {
+            out.push(None);
+            continue;
+        };
+        let known = opts
+            .known_splits
+            .iter()
+            .find(|k| k.layer == l.diff_id && k.part_bytes == part_bytes)
+            .cloned();
+        let made = match known {
+            Some(k) => Some(k),
+            None => match split::split_layer(&candidate, part_bytes, extra_parts + 1) {
+                Ok(s) => s,
+                Err(e @ (SplitError::Tar { .. } | SplitError::Unsplittable { .. })) => {
+                    warnings.push(format!("layer {i} is pushed whole: {e}"));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some(s) = &made {
+            extra_parts = extra_parts.saturating_sub(s.parts.len() - 1);
+            warnings.push(format!(
+                "layer {i} ({}) is split into {} parts of about {} bytes at most: the pushed image's config and manifest digests (its image ID) differ from the unsplit image's; pass --split-layers off to keep them",
+                l.diff_id.short(),
+                s.parts.len(),
+                part_bytes
+            ));
+        } else if extra_parts == 0 {
+            warnings.push(format!(
+                "layer {i} is pushed whole: the image is at hoist's limit of {total_max} layers for split images"
+            ));
+        }
+        out.push(made);
+    }
+    Ok(out)
+}
+
+/// The parts of `layer` as planned layers (each compressed like any layer).
+fn split_planned(layer: PlannedLayer, split: &LayerSplit, codec: Codec) -> Vec<PlannedLayer> {
+    let locations = split.locations(&layer.source.location);
+    let count = split.parts.len();
+    split
+        .parts
+        .iter()
+        .zip(locations)
+        .enumerate()
+        .map(|(k, (part, location))| PlannedLayer {
+            source: PlannedBlob {
+                digest: part.diff_id.clone(),
+                size: part.size,
+                media_type: layer.source.media_type.clone(),
+                location,
+            },
+            media_type: layer.media_type.clone(),
+            action: LayerAction::Compress {
+                diff_id: part.diff_id.clone(),
+                uncompressed_size: part.size,
+                codec,
+            },
+            diff_id: part.diff_id.clone(),
+            urls: None,
+            annotations: layer.annotations.clone(),
+            part: Some(PartOf {
+                layer: split.layer.clone(),
+                index: k + 1,
+                count,
+            }),
+        })
+        .collect()
+}
+
+/// The config of a split image: rewritten once, read from memory like a source blob.
+/// `None` when no layer is split (the source's config is pushed).
+fn split_config(
+    image: &ResolvedImage,
+    splits: &[Option<LayerSplit>],
+) -> Result<Option<(Digest, BlobLocation)>, SplitError> {
+    if splits.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let parts: Vec<Vec<Digest>> = image
+        .layers
+        .iter()
+        .zip(splits)
+        .map(|(l, s)| match s {
+            Some(s) => s.parts.iter().map(|p| p.diff_id.clone()).collect(),
+            None => vec![l.diff_id.clone()],
+        })
+        .collect();
+    let bytes = split::config::rewrite(&image.config.bytes, &parts)?;
+    let digest = Digest::sha256_of(&bytes);
+    let name = format!(
+        "{} (rewritten for the split layers)",
+        image.config_location.name
+    );
+    let location = BlobLocation::spliced(
+        image.config_location.file.clone(),
+        name.into(),
+        Splice::new(vec![SplicePiece::Bytes(bytes.into())]),
+    );
+    Ok(Some((digest, location)))
 }
 
 /// The source manifest's bytes, to push unchanged, when it names its own media type (ECR
@@ -317,11 +468,25 @@ impl PushPlan {
         let mut warnings = image_warnings(&image, opts)?;
         let family = pushed_family(&image, opts.compression, &mut warnings);
         let converted = family != image.family;
+        let split_failed = |source| PlanError::Split {
+            image: image.source.clone(),
+            source,
+        };
+        let splits = plan_splits(&image, opts, &mut warnings).map_err(split_failed)?;
+        let config = split_config(&image, &splits).map_err(split_failed)?;
         let layers: Vec<PlannedLayer> = image
             .layers
             .into_iter()
-            .map(|l| plan_layer(l, family, converted, opts.compression))
+            .zip(&splits)
+            .flat_map(|(l, s)| {
+                let planned = plan_layer(l, family, converted, opts.compression);
+                match s {
+                    Some(s) => split_planned(planned, s, opts.compression),
+                    None => vec![planned],
+                }
+            })
             .collect();
+        let splits: Vec<LayerSplit> = splits.into_iter().flatten().collect();
         let all_as_is = layers.iter().all(|l| l.action == LayerAction::AsIs);
         let manifest_annotations = image
             .manifest
@@ -347,16 +512,25 @@ impl PushPlan {
             platform: image.platform,
             family,
             manifest_media_type,
-            config: PlannedBlob {
-                digest: image.config.digest,
-                size: image.config_location.len,
-                media_type: config_media_type,
-                location: image.config_location,
+            config: match config {
+                Some((digest, location)) => PlannedBlob {
+                    digest,
+                    size: location.len,
+                    media_type: config_media_type,
+                    location,
+                },
+                None => PlannedBlob {
+                    digest: image.config.digest,
+                    size: image.config_location.len,
+                    media_type: config_media_type,
+                    location: image.config_location,
+                },
             },
             layers,
             warnings,
             source_manifest,
             manifest_annotations,
+            splits,
         })
     }
 
@@ -463,6 +637,7 @@ impl PushPlan {
             media_type: media_type.to_string(),
             source_media_type: b.media_type.clone(),
             action,
+            part: None,
         };
         PlanView {
             source: self.source.clone(),
@@ -481,7 +656,10 @@ impl PushPlan {
                             ActionView::Compress { codec: *codec }
                         }
                     };
-                    blob(&l.source, &l.media_type, action)
+                    BlobView {
+                        part: l.part.clone(),
+                        ..blob(&l.source, &l.media_type, action)
+                    }
                 })
                 .collect(),
             total_size: self.config.size + self.layers.iter().map(|l| l.source.size).sum::<u64>(),
@@ -538,6 +716,9 @@ pub struct BlobView {
     pub media_type: String,
     pub source_media_type: String,
     pub action: ActionView,
+    /// For a part of a split layer: which part of which layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartOf>,
 }
 
 #[derive(Debug, Clone, Serialize)]

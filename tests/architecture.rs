@@ -36,10 +36,11 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("source", Only(&["digest", "platform", "image", "text"])),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text"])),
+    ("split", Only(&["digest", "source", "limits", "text"])),
     (
         "plan",
         Only(&[
-            "digest", "platform", "image", "source", "compress", "limits", "text",
+            "digest", "platform", "image", "source", "compress", "limits", "split", "text",
         ]),
     ),
     (
@@ -62,7 +63,14 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ),
     (
         "api",
-        Only(&["digest", "platform", "chunk_size", "text", "units"]),
+        Only(&[
+            "digest",
+            "platform",
+            "chunk_size",
+            "limits",
+            "text",
+            "units",
+        ]),
     ),
     ("store", Only(&["api", "digest", "platform", "text"])),
     ("daemon", AllBut(&["cli"])),

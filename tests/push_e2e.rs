@@ -135,3 +135,79 @@ async fn a_layer_uploads_while_it_is_compressed() {
         "the first part was acknowledged (event {first_part}) only after compression ended (event {last_chunk})"
     );
 }
+
+/// Copies `docker://HOST/REFERENCE` into the OCI layout `dir` under `tag` (for umoci).
+fn pull_tagged(host: &str, reference: &str, dir: &std::path::Path, tag: &str) {
+    common::skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/{reference}"),
+        &format!("oci:{}:{tag}", dir.display()),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest() {
+    use hoist::api::SplitLayers;
+    use push_support::split::*;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (source, config_digest) = crafted_archive(dir.path());
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let split = SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
+    let push = |tag: &'static str, split: SplitLayers| {
+        let (client, source, host) = (&client, &source, &host);
+        async move {
+            let target = format!("{host}/split/img:{tag}");
+            let id = client
+                .submit(&split_request(source, &target, split))
+                .await
+                .expect("the daemon accepts the job")
+                .id;
+            wait_done(client, &id).await
+        }
+    };
+    let job = push("1", split).await;
+    let digest = job.manifest_digest.clone().unwrap();
+    // The config, the lower layer and at least four parts of the big one.
+    assert!(job.blobs.len() >= 6, "{job:?}");
+
+    // Applied in order, the parts give the source's file system: 0 differences.
+    let src_oci = dir.path().join("src-oci");
+    common::skopeo(&[
+        "copy",
+        "--insecure-policy",
+        &source,
+        &format!("oci:{}:src", src_oci.display()),
+    ]);
+    let pushed_oci = dir.path().join("pushed-oci");
+    pull_tagged(&host, "split/img:1", &pushed_oci, "pushed");
+    let want = unpacked(
+        &format!("{}:src", src_oci.display()),
+        &dir.path().join("b-src"),
+    );
+    let got = unpacked(
+        &format!("{}:pushed", pushed_oci.display()),
+        &dir.path().join("b-pushed"),
+    );
+    assert!(want.nodes.len() > 20, "{:?}", want.nodes.keys());
+    assert!(!want.nodes.contains_key("lower/gone") && !want.nodes.contains_key("opaque/old"));
+    assert_eq!(differences(&want, &got), Vec::<String>::new());
+
+    check_split_config(&host, "split/img:1");
+
+    // The same push again (a new job, the layer scanned again): the same digest.
+    assert_eq!(push("2", split).await.manifest_digest, Some(digest.clone()));
+
+    // Off: the image as built, its config untouched.
+    let whole = push("3", SplitLayers::Off).await;
+    assert_ne!(whole.manifest_digest, Some(digest));
+    assert!(
+        whole.blobs.iter().any(|b| b.digest == config_digest),
+        "{whole:?}"
+    );
+    assert_eq!(whole.blobs.len(), 3, "{whole:?}");
+}

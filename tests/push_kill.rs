@@ -229,3 +229,63 @@ async fn on_debians_registry_a_cut_mid_patch_costs_the_blob_session_and_the_job_
     assert!(sent.saturating_sub(once) <= job.bytes_total() + (1 << 20));
     common::skopeo_pull_oci(&registry.host(), "cut/img:1", &dir.path().join("pulled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_push_killed_mid_upload_resumes_into_the_same_digest() {
+    use push_support::split::{SPLIT_TEST_BYTES, crafted_archive, split_request};
+    let split = api::SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let (source, _) = crafted_archive(dir.path());
+    let want = {
+        let base = TestDaemon::start_with(&dir.path().join("base"), Config::default());
+        let client = base.client();
+        let target = format!("{}/base/split:1", registry.host());
+        let id = client
+            .submit(&split_request(&source, &target, split))
+            .await
+            .unwrap()
+            .id;
+        wait_done(&client, &id).await.manifest_digest.unwrap()
+    };
+
+    // Through an ECR emulation slow enough to kill between the parts' uploads.
+    let proxy = EcrProxy::start(registry.addr).await;
+    proxy.state.part_delay_ms.store(1_000, Ordering::SeqCst);
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let client = Client::new(d.join("hoist.sock"));
+    let child = hoistd(&d);
+    wait_answers(&client, 10).await;
+    let target = format!("{}/kill/split:1", proxy.host());
+    let id = client
+        .submit(&split_request(&source, &target, split))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(
+        &client,
+        &id,
+        PUSH_MS_MAX,
+        "part-way through the parts",
+        |j| {
+            j.state == JobState::Uploading && j.blobs.iter().any(|b| b.state == BlobState::Uploaded)
+        },
+    )
+    .await;
+    kill9(child);
+    assert!(
+        job.blobs.iter().any(|b| b.state != BlobState::Uploaded),
+        "{job:?}"
+    );
+    assert!(!tag_exists(registry.addr, "kill/split", "1"));
+
+    proxy.state.part_delay_ms.store(0, Ordering::SeqCst);
+    let child = hoistd(&d);
+    wait_answers(&client, 10).await;
+    let job = wait_done(&client, &id).await;
+    assert_eq!(job.manifest_digest, Some(want.clone()));
+    let raw = common::skopeo_raw_manifest(&registry.host(), "kill/split:1");
+    assert_eq!(Digest::sha256_of(&raw), want);
+    kill9(child);
+}

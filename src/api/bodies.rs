@@ -16,6 +16,9 @@ pub struct SubmitRequest {
     pub compression: Option<Compression>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size_bytes: Option<u64>,
+    /// Which layers to split into parts; absent: [`SPLIT_LAYERS_DEFAULT`](super::SPLIT_LAYERS_DEFAULT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_layers: Option<super::job::SplitLayers>,
     /// More tags of the target's repository, written with the same manifest after the
     /// target's own reference (see [`JobSpec::extra_tags`](super::JobSpec::extra_tags)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -38,6 +38,44 @@ impl FromStr for Compression {
     }
 }
 
+/// Which layers a push splits into parts at file boundaries (format and rules:
+/// `docs/SPLIT.md`). On the wire: `"off"`, `"auto"` or `{"max_bytes": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitLayers {
+    /// Every layer pushed whole: what a spec stored before the field existed means.
+    #[default]
+    Off,
+    /// Uncompressed layers above 1 GiB, in parts of 256 MiB; compressed layers whole.
+    Auto,
+    /// Every layer above this many bytes, in parts of at most about that; a compressed layer
+    /// above it is refused.
+    MaxBytes(u64),
+}
+
+impl FromStr for SplitLayers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(SplitLayers::Off),
+            "auto" => Ok(SplitLayers::Auto),
+            size => crate::units::parse_size(size)
+                .map(SplitLayers::MaxBytes)
+                .map_err(|e| format!("{e}; or give auto or off")),
+        }
+    }
+}
+
+impl fmt::Display for SplitLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SplitLayers::Off => f.write_str("off"),
+            SplitLayers::Auto => f.write_str("auto"),
+            SplitLayers::MaxBytes(b) => write!(f, "{b}"),
+        }
+    }
+}
+
 /// Options of a job that are not its identity. No field carries credentials: the registry client
 /// reads docker's config itself, so nothing secret ever reaches the store or the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -71,6 +109,10 @@ pub struct JobSpec {
     /// verified. Absent in specs stored before the field existed: they load as empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_tags: Vec<String>,
+    /// Which layers are split into parts; part of the pushed image's identity, so fixed for
+    /// the job's life. Specs stored before the field existed load as `off`.
+    #[serde(default)]
+    pub split_layers: SplitLayers,
     pub options: JobOptions,
 }
 

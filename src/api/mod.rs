@@ -32,7 +32,11 @@ pub use event::{Event, EventKind};
 pub use ids::{JobId, JobIdError};
 pub use job::{
     BlobAction, BlobState, BlobStatus, Compression, Job, JobList, JobOptions, JobSpec, JobState,
+    SplitLayers,
 };
 pub use metrics::Metrics;
 pub use routes::{API_PREFIX, Endpoint, ROUTES, Route, RouteError, job_path, match_route};
-pub use validate::{CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, REFERENCE_LEN_MAX};
+pub use validate::{
+    CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, REFERENCE_LEN_MAX, SPLIT_LAYERS_DEFAULT,
+    SPLIT_PART_BYTES_MIN,
+};

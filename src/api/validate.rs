@@ -2,7 +2,8 @@
 //! once at the boundary so the daemon only ever sees a [`JobSpec`].
 
 use super::bodies::{JobBandwidth, SubmitRequest};
-use super::job::JobSpec;
+use super::job::{JobSpec, SplitLayers};
+pub use crate::limits::SPLIT_PART_BYTES_MIN;
 use crate::platform::Platform;
 use crate::text::{TAG_CHARS_MAX, detail, is_tag};
 
@@ -12,6 +13,9 @@ pub const CHUNK_BYTES_MIN: u64 = crate::chunk_size::ECR_CHUNK_BYTES_MIN;
 pub const CHUNK_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Chunk size when the client does not ask for one.
 pub const CHUNK_BYTES_DEFAULT: u64 = crate::chunk_size::CHUNK_BYTES_DEFAULT;
+/// Layer splitting when the client does not ask: `auto` splits only uncompressed layers above
+/// 1 GiB, which hoist compresses anyway (why: `docs/SPLIT.md`).
+pub const SPLIT_LAYERS_DEFAULT: SplitLayers = SplitLayers::Auto;
 /// Longest accepted source or target string; anything longer is a mistake, not an image name.
 pub const REFERENCE_LEN_MAX: usize = 4096;
 /// Most extra tags one job writes: each costs a manifest PUT and a read-back, and a list this
@@ -51,8 +55,17 @@ impl SubmitRequest {
                 "chunk size {chunk_size_bytes} bytes is outside {CHUNK_BYTES_MIN}..={CHUNK_BYTES_MAX}: ECR needs at least 5 MiB per chunk"
             ));
         }
+        let split_layers = self.split_layers.unwrap_or(SPLIT_LAYERS_DEFAULT);
+        if let SplitLayers::MaxBytes(b) = split_layers
+            && b < SPLIT_PART_BYTES_MIN
+        {
+            return Err(format!(
+                "split size {b} bytes is below the smallest of {SPLIT_PART_BYTES_MIN}: pick a larger size, auto or off"
+            ));
+        }
         Ok(JobSpec {
             extra_tags: extra_tags(self.extra_tags)?,
+            split_layers,
             source: self.source,
             target: self.target,
             platform,
@@ -114,6 +127,7 @@ mod tests {
         assert_eq!(spec.chunk_size_bytes, CHUNK_BYTES_DEFAULT);
         let small = SubmitRequest {
             chunk_size_bytes: Some(1024),
+            split_layers: None,
             ..req
         };
         assert!(small.clone().validate().unwrap_err().contains("5 MiB"));
@@ -124,6 +138,7 @@ mod tests {
             let creds = SubmitRequest {
                 target: target.into(),
                 chunk_size_bytes: None,
+                split_layers: None,
                 ..small.clone()
             };
             assert!(
@@ -134,6 +149,7 @@ mod tests {
         let by_digest = SubmitRequest {
             target: format!("registry.example/a@{}", Digest::sha256_of(b"x")),
             chunk_size_bytes: None,
+            split_layers: None,
             ..small
         };
         assert!(by_digest.validate().is_ok());

@@ -4,29 +4,44 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::api::SplitLayers;
 use crate::inspect::{InspectOptions, inspect};
-use crate::plan::PlanOptions;
+use crate::plan::{PlanOptions, SplitPolicy};
 use crate::platform::Platform;
 use crate::source::SourceRef;
 
+/// What `hoist inspect` was asked.
+pub struct Options {
+    pub platform: String,
+    pub compression: String,
+    pub elf_census: bool,
+    pub split_layers: SplitLayers,
+    pub json: bool,
+}
+
+/// The plan's split policy for the API's setting.
+pub fn split_policy(s: SplitLayers) -> SplitPolicy {
+    match s {
+        SplitLayers::Off => SplitPolicy::Off,
+        SplitLayers::Auto => SplitPolicy::Auto,
+        SplitLayers::MaxBytes(b) => SplitPolicy::MaxBytes(b),
+    }
+}
+
 /// Prints the plan for `source` (text, or JSON with `json`); reading is blocking file I/O, so
 /// it runs off the async runtime.
-pub async fn run(
-    source: &str,
-    platform: &str,
-    compression: &str,
-    elf_census: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let platform: Platform = platform.parse()?;
+pub async fn run(source: &str, o: Options) -> anyhow::Result<ExitCode> {
+    let platform: Platform = o.platform.parse()?;
     let source_ref: SourceRef = source.parse()?;
+    let json = o.json;
     let opts = InspectOptions {
         plan: PlanOptions {
             platform,
-            compression: compression.parse()?,
+            compression: o.compression.parse()?,
+            split: split_policy(o.split_layers),
             ..PlanOptions::default()
         },
-        elf_census,
+        elf_census: o.elf_census,
     };
     let report = tokio::task::spawn_blocking(move || inspect(&source_ref, &opts))
         .await

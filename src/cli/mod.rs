@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
-use crate::api::{Compression, JobId};
+use crate::api::{Compression, JobId, SplitLayers};
 use crate::paths;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
@@ -83,6 +83,10 @@ pub enum Command {
         /// Skip the ELF census (it reads, and decompresses, every layer).
         #[arg(long)]
         no_elf: bool,
+        /// Layer splitting as `hoist push --split-layers` would do it: SIZE, auto or off
+        /// [default: auto].
+        #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<SplitLayers>))]
+        split_layers: Option<SplitLayers>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -127,6 +131,11 @@ pub struct PushArgs {
     /// Upload chunk size (e.g. 16MiB, 8M, 5242880); at least 5 MiB [default: 16MiB].
     #[arg(long, value_parser = parse_size)]
     pub chunk_size: Option<u64>,
+    /// Split layers into parts at file boundaries, uploaded in parallel: SIZE (e.g. 128MiB;
+    /// every layer above it), auto (uncompressed layers above 1 GiB, in 256 MiB parts) or off.
+    /// Splitting changes the image's config and manifest digests (its image ID) [default: auto].
+    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<SplitLayers>))]
+    pub split_layers: Option<SplitLayers>,
     /// Submit and print the job ID, without following.
     #[arg(long)]
     pub detach: bool,
@@ -179,8 +188,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             platform,
             compression,
             no_elf,
+            split_layers,
             json,
-        } => return inspect::run(&source, &platform, &compression, !no_elf, json).await,
+        } => {
+            let opts = inspect::Options {
+                platform,
+                compression,
+                elf_census: !no_elf,
+                split_layers: split_layers.unwrap_or(crate::api::SPLIT_LAYERS_DEFAULT),
+                json,
+            };
+            return inspect::run(&source, opts).await;
+        }
         Command::Verify {
             target,
             platform,

@@ -38,6 +38,7 @@ pub async fn run(
         platform: Some(args.platform),
         compression: Some(args.compression),
         chunk_size_bytes: args.chunk_size,
+        split_layers: args.split_layers,
         extra_tags: args.tags,
         options: JobOptions {
             insecure: args.insecure,

@@ -361,6 +361,24 @@ impl JobContext {
         Ok(records)
     }
 
+    /// The layer splits earlier runs of the job recorded: (layer diff_id, layout JSON).
+    pub async fn splits(&self) -> Result<Vec<(Digest, String)>, JobError> {
+        self.link
+            .store
+            .splits(self.id.clone())
+            .await
+            .map_err(Self::store_failed)
+    }
+
+    /// Records how the job splits `layer`, before anything of its parts is recorded.
+    pub async fn record_split(&self, layer: &Digest, layout: String) -> Result<(), JobError> {
+        self.link
+            .store
+            .save_split(self.id.clone(), layer.clone(), layout)
+            .await
+            .map_err(Self::store_failed)
+    }
+
     /// What the store holds for every blob of the job now (state, cursor, compression), in
     /// plan order.
     pub async fn records(&self) -> Result<Vec<BlobRecord>, JobError> {

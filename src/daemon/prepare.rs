@@ -1,9 +1,10 @@
 //! The push's first step: open the job's source, apply the platform guard and plan the blobs
 //! (`source` -> `plan`), then record the plan through the job's context.
 
-use crate::api::{BlobAction, Compression, JobSpec};
-use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan};
+use crate::api::{BlobAction, Compression, JobSpec, SplitLayers};
+use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan, SplitPolicy};
 use crate::source::SourceRef;
+use crate::split::LayerSplit;
 use crate::store::{BlobRecord, NewBlob};
 
 use super::job::{JobContext, JobError};
@@ -16,9 +17,34 @@ fn codec(c: Compression) -> Codec {
     }
 }
 
+/// The plan's split policy for the job's setting.
+fn split_policy(s: SplitLayers) -> SplitPolicy {
+    match s {
+        SplitLayers::Off => SplitPolicy::Off,
+        SplitLayers::Auto => SplitPolicy::Auto,
+        SplitLayers::MaxBytes(b) => SplitPolicy::MaxBytes(b),
+    }
+}
+
+/// The layer splits earlier runs recorded. One that does not read back is left out: the
+/// layer is scanned again, which gives the same layout.
+async fn known_splits(ctx: &JobContext) -> Result<Vec<LayerSplit>, JobError> {
+    Ok(ctx
+        .splits()
+        .await?
+        .into_iter()
+        .filter_map(|(layer, json)| {
+            serde_json::from_str::<LayerSplit>(&json)
+                .ok()
+                .filter(|s| s.layer == layer)
+        })
+        .collect())
+}
+
 /// Opens the job's source and plans the push, off the async runtime; records nothing.
 pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
+    let known_splits = known_splits(ctx).await?;
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
         // A target that does not parse fails later with its own message; its limits are ECR's.
@@ -29,6 +55,8 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
             platform: spec.platform.clone(),
             compression: codec(spec.compression),
             limits,
+            split: split_policy(spec.split_layers),
+            known_splits,
         };
         PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
     })
@@ -44,6 +72,14 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
 /// Records the plan's blobs through the context, reports its warnings, and returns what
 /// earlier runs recorded for every blob.
 pub async fn record_plan(ctx: &JobContext, plan: &PushPlan) -> Result<Vec<BlobRecord>, JobError> {
+    for s in &plan.splits {
+        let layout = serde_json::to_string(s).map_err(|e| {
+            JobError::failed(format!(
+                "internal error: a layer split does not serialise ({e}): report this as a bug"
+            ))
+        })?;
+        ctx.record_split(&s.layer, layout).await?;
+    }
     let mut blobs = vec![NewBlob {
         digest: plan.config.digest.clone(),
         size_bytes: plan.config.size,

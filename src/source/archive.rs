@@ -255,6 +255,7 @@ impl TarIndex {
             offset: 0,
             len,
             name: display.as_str().into(),
+            splice: None,
         };
         check_plain_tar(&display, &probe.head(512)?, len)?;
         let entries = read_entries(&file, &display, len)?;
@@ -356,6 +357,7 @@ impl TarIndex {
                 offset: entry.offset,
                 len: entry.size,
                 name: format!("{}: {}", self.display, name).into(),
+                splice: None,
             }),
             Kind::Symlink => Err(link("symlink")),
             Kind::HardLink => Err(link("hard link")),

@@ -21,6 +21,94 @@ pub struct BlobLocation {
     pub len: u64,
     /// How messages name this blob: `FILE: ENTRY`.
     pub name: Arc<str>,
+    /// When set, the blob is these pieces in order (ranges of `file`, zero runs, small
+    /// in-memory documents) and `offset`/`len` are positions in that sequence, not in `file`.
+    pub splice: Option<Arc<Splice>>,
+}
+
+/// One piece of a [`Splice`].
+#[derive(Debug, Clone)]
+pub enum SplicePiece {
+    /// `len` bytes of the location's file from `offset`.
+    File { offset: u64, len: u64 },
+    /// `len` zero bytes (a tar's end-of-archive blocks).
+    Zeros { len: u64 },
+    /// Bytes held in memory (a document hoist wrote, never layer data).
+    Bytes(Arc<[u8]>),
+}
+
+impl SplicePiece {
+    pub fn len(&self) -> u64 {
+        match self {
+            SplicePiece::File { len, .. } | SplicePiece::Zeros { len } => *len,
+            SplicePiece::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A blob assembled from pieces, read in place: a layer part made of byte ranges of the
+/// source layer plus its end-of-archive blocks, or a rewritten document.
+#[derive(Debug)]
+pub struct Splice {
+    pieces: Vec<SplicePiece>,
+    /// Where each piece starts in the assembled blob.
+    starts: Vec<u64>,
+    len: u64,
+}
+
+impl Splice {
+    pub fn new(pieces: Vec<SplicePiece>) -> Splice {
+        let pieces: Vec<SplicePiece> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let mut starts = Vec::with_capacity(pieces.len());
+        let mut len = 0;
+        for p in &pieces {
+            starts.push(len);
+            len += p.len();
+        }
+        Splice {
+            pieces,
+            starts,
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads from `pos` within one piece (a short read at a piece's end, 0 at the end).
+    fn read_at(&self, file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+        let (Some(piece), Some(&start)) = (self.pieces.get(i), self.starts.get(i)) else {
+            return Ok(0);
+        };
+        let rel = pos.saturating_sub(start);
+        if rel >= piece.len() {
+            return Ok(0);
+        }
+        let n = ((piece.len() - rel) as usize).min(buf.len());
+        let buf = buf.get_mut(..n).unwrap_or_default();
+        match piece {
+            SplicePiece::File { offset, .. } => file.read_at(buf, offset + rel),
+            SplicePiece::Zeros { .. } => {
+                buf.fill(0);
+                Ok(n)
+            }
+            SplicePiece::Bytes(b) => {
+                let from = b.get(rel as usize..rel as usize + n).unwrap_or_default();
+                buf.copy_from_slice(from);
+                Ok(n)
+            }
+        }
+    }
 }
 
 impl fmt::Debug for BlobLocation {
@@ -30,6 +118,17 @@ impl fmt::Debug for BlobLocation {
 }
 
 impl BlobLocation {
+    /// The blob `splice` assembles; `file` is the file its ranges are of.
+    pub fn spliced(file: Arc<File>, name: Arc<str>, splice: Splice) -> BlobLocation {
+        BlobLocation {
+            file,
+            offset: 0,
+            len: splice.len(),
+            name,
+            splice: Some(Arc::new(splice)),
+        }
+    }
+
     /// A reader over the whole blob.
     pub fn reader(&self) -> BlobReader {
         BlobReader {
@@ -55,6 +154,7 @@ impl BlobLocation {
             offset: self.offset + start,
             len: len.min(self.len - start),
             name: self.name.clone(),
+            splice: self.splice.clone(),
         }
     }
 
@@ -65,7 +165,10 @@ impl BlobLocation {
         }
         let want = (self.len - start).min(buf.len() as u64) as usize;
         let buf = buf.get_mut(..want).unwrap_or_default();
-        let n = self.file.read_at(buf, self.offset + start)?;
+        let n = match &self.splice {
+            Some(s) => s.read_at(&self.file, self.offset + start, buf)?,
+            None => self.file.read_at(buf, self.offset + start)?,
+        };
         if n == 0 && want > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -76,6 +179,22 @@ impl BlobLocation {
             ));
         }
         Ok(n)
+    }
+
+    /// Fills `buf` from `start` bytes into the blob; fails if the blob ends first.
+    pub fn read_exact_at(&self, mut start: u64, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.read_at(start, buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: read past the end of the blob", self.name),
+                ));
+            }
+            start += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
     }
 
     /// Reads up to the first `n` bytes (for sniffing the compression).
@@ -290,6 +409,7 @@ mod tests {
             offset,
             len: bytes.len() as u64,
             name: "t: blob".into(),
+            splice: None,
         }
     }
 
@@ -333,6 +453,31 @@ mod tests {
             .flat_map(|h| h.join().unwrap())
             .collect();
         assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn spliced_blobs_read_their_pieces_in_order() {
+        let loc = loc_of(b"0123456789", 4);
+        let spliced = BlobLocation::spliced(
+            loc.file.clone(),
+            "t: part".into(),
+            Splice::new(vec![
+                SplicePiece::File {
+                    offset: 4 + 7,
+                    len: 3,
+                },
+                SplicePiece::Zeros { len: 0 },
+                SplicePiece::File { offset: 4, len: 2 },
+                SplicePiece::Zeros { len: 2 },
+                SplicePiece::Bytes(Arc::from(&b"xy"[..])),
+            ]),
+        );
+        let mut out = Vec::new();
+        spliced.reader().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"78901\0\0xy");
+        let mut out = Vec::new();
+        spliced.slice(4, 4).reader().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"1\0\0x");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use archive::{TAR_ENTRIES_MAX, TarIndex, normalise_name};
-pub use blob::{BlobLocation, BlobReader, Check, VerifyingReader};
+pub use blob::{BlobLocation, BlobReader, Check, Splice, SplicePiece, VerifyingReader};
 pub use docker::check_compressed_layer;
 pub use error::SourceError;
 
@@ -259,6 +259,7 @@ impl Container {
                     offset: 0,
                     len,
                     name: format!("{display}: {name}").into(),
+                    splice: None,
                 })
             }
         }

@@ -340,6 +340,23 @@ impl Store {
             .await
     }
 
+    /// Records how the job splits `layer` (`Normal`: a lost record is computed again, the
+    /// same, from the source).
+    pub async fn save_split(
+        &self,
+        id: JobId,
+        layer: Digest,
+        layout: String,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::save_split(c, &id, &layer, &layout))
+            .await
+    }
+
+    /// The job's recorded layer splits: (layer diff_id, layout JSON).
+    pub async fn splits(&self, id: JobId) -> Result<Vec<(Digest, String)>, StoreError> {
+        self.call(move |c| ops::splits(c, &id)).await
+    }
+
     /// Saves compression progress (`Normal`: the spool is checked again on resume).
     pub async fn save_compress_progress(
         &self,

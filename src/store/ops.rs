@@ -431,6 +431,45 @@ pub(super) fn set_blob_pushed(
     })
 }
 
+/// Records how the job splits a layer; the first record of a layer stays (a rerun of the same
+/// job computes the same layout).
+pub(super) fn save_split(
+    conn: &mut Connection,
+    id: &JobId,
+    layer: &Digest,
+    layout: &str,
+) -> Result<(), StoreError> {
+    with_tx(conn, Durability::Normal, |tx| {
+        tx.execute(
+            "INSERT INTO layer_splits (job_id, layer_digest, layout) VALUES (?1, ?2, ?3)
+             ON CONFLICT (job_id, layer_digest) DO NOTHING",
+            params![id.as_str(), layer.to_string(), layout],
+        )?;
+        Ok(())
+    })
+}
+
+/// The job's recorded layer splits: (layer diff_id, layout JSON).
+pub(super) fn splits(
+    conn: &mut Connection,
+    id: &JobId,
+) -> Result<Vec<(Digest, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT layer_digest, layout FROM layer_splits WHERE job_id = ?1 ORDER BY layer_digest",
+    )?;
+    let rows = stmt
+        .query_map([id.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(d, layout)| {
+            let d = Digest::parse(&d).map_err(|e| corrupt("split layer digest", e))?;
+            Ok((d, layout))
+        })
+        .collect()
+}
+
 pub(super) fn save_cursor(
     conn: &mut Connection,
     id: &JobId,

@@ -83,6 +83,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
            IN ('progress', 'compress', 'retry');
     CREATE INDEX events_trimmed ON events(job_id, essential, seq);
     ",
+    // 4: how a job splits a layer into parts (the plan's layout as JSON, opaque here): the
+    // first run scans and hashes the layer once; later runs rebuild the same parts from it.
+    "
+    CREATE TABLE layer_splits (
+        job_id       TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        layer_digest TEXT NOT NULL,
+        layout       TEXT NOT NULL,
+        PRIMARY KEY (job_id, layer_digest)
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.

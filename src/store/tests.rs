@@ -10,6 +10,7 @@ fn spec() -> JobSpec {
         compression: Compression::Zstd,
         chunk_size_bytes: crate::api::CHUNK_BYTES_DEFAULT,
         extra_tags: Vec::new(),
+        split_layers: crate::api::SplitLayers::MaxBytes(1 << 20),
         options: JobOptions::default(),
     }
 }
@@ -508,5 +509,34 @@ fn extra_tags_are_stored_with_the_spec_and_survive_a_limit_change_and_a_reopen()
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.job(id).await.unwrap().spec, want);
+    });
+}
+
+#[test]
+fn layer_splits_are_kept_once_per_layer_and_go_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    let layer = Digest::sha256_of(b"layer");
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_job(id.clone(), spec(), "{}".into())
+            .await
+            .unwrap();
+        store
+            .save_split(id.clone(), layer.clone(), "first".into())
+            .await
+            .unwrap();
+        store
+            .save_split(id.clone(), layer.clone(), "second".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.splits(id.clone()).await.unwrap(),
+            vec![(layer.clone(), "first".to_string())]
+        );
+        assert_eq!(store.job(id.clone()).await.unwrap().spec, spec());
+        store.delete_job(id.clone()).await.unwrap();
+        assert!(store.splits(id).await.unwrap().is_empty());
     });
 }

@@ -361,6 +361,7 @@ pub fn submit_request(source: &str) -> api::SubmitRequest {
         platform: None,
         compression: None,
         chunk_size_bytes: None,
+        split_layers: None,
         extra_tags: Vec::new(),
         options: api::JobOptions::default(),
     }

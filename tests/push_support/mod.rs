@@ -13,6 +13,8 @@ use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression, SampleIm
 
 use crate::common;
 
+pub mod split;
+
 /// How long a push of a test image may take (debug build, 2 cores, shared with other tests).
 pub const PUSH_MS_MAX: u64 = 90_000;
 /// Upload chunk size of the tests: ECR's minimum, so images of a few tens of MB have several.
@@ -86,6 +88,7 @@ pub fn request(source: &str, target: &str, compression: Compression) -> api::Sub
         platform: None,
         compression: Some(compression),
         chunk_size_bytes: Some(CHUNK),
+        split_layers: None,
         extra_tags: Vec::new(),
         options: api::JobOptions {
             insecure: true,

@@ -282,7 +282,7 @@ impl SpoolView {
                 "a stored chunk reaches past the end of its layer",
             ));
         }
-        std::os::unix::fs::FileExt::read_exact_at(&*self.source.file, dst, self.source.offset + at)
+        self.source.read_exact_at(at, dst)
     }
 }
 
@@ -354,6 +354,7 @@ mod tests {
             offset: 0,
             len: bytes.len() as u64,
             name: "layer".into(),
+            splice: None,
         };
         (loc, bytes)
     }

@@ -531,14 +531,19 @@ impl Uploader {
                     digest: digest.clone(),
                     size: location.len,
                 });
-                Ok((
-                    FileRange {
+                let range = match &location.splice {
+                    None => FileRange {
                         file: location.file.clone(),
                         offset: location.offset + cursor.offset,
                         len,
                     },
-                    done,
-                ))
+                    Some(_) => FileRange {
+                        file: Arc::new(SplicedBody(location.clone())),
+                        offset: cursor.offset,
+                        len,
+                    },
+                };
+                Ok((range, done))
             }
             Bytesrc::Spool { view, avail, .. } => {
                 let mut rx = avail.clone();
@@ -572,5 +577,14 @@ impl Uploader {
                 ))
             }
         }
+    }
+}
+
+/// A blob assembled from pieces (a rewritten config) as a request body reads it.
+struct SplicedBody(BlobLocation);
+
+impl crate::registry::ReadAt for SplicedBody {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        self.0.read_at(pos, buf)
     }
 }
