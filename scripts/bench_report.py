@@ -139,7 +139,7 @@ def split_report(path, work):
            f"- pushes: hoist `--split-layers {part}`, hoist `--split-layers off` and `skopeo copy "
            "docker-archive:... docker://PROXY/...` (gzip, --dest-tls-verify=false), all to one fresh "
            "registry per run (no blob in common); pulls: `skopeo copy docker://PROXY/... oci:DIR` of "
-           f"hoist's split and unsplit images; {skopeo}",
+           f"hoist's split and unsplit images; {skopeo}; hoist: {env['BUILD_NOTE']}",
            f"- runs: {env['RUNS']}, the order of the cases alternated from run to run; medians shown",
            f"- machine load (2 cores shared with other builds and tests): 1/5/15-min load average "
            f"{env['LOAD_BEFORE']} before, {env['LOAD_AFTER']} after; 1-min load at the end of the "

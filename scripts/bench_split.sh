@@ -128,6 +128,8 @@ done
 stop_registry
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-export LAYER_BYTES TREE_FILES TREE_MIB CONN_MIB PART_SIZE LOAD_BEFORE LOAD_AFTER RUNS
+# BENCH_BUILD_NOTE: how the binaries were built, when not by this script's release build.
+BUILD_NOTE=${BENCH_BUILD_NOTE:-release build}
+export BUILD_NOTE LAYER_BYTES TREE_FILES TREE_MIB CONN_MIB PART_SIZE LOAD_BEFORE LOAD_AFTER RUNS
 python3 scripts/bench_report.py --split "$SPLIT_RESULTS" "$WORK" > "$WORK/split.md"
 python3 scripts/bench_report.py --splice split "$OUT" "$WORK/split.md"
