@@ -21,6 +21,10 @@ struct Args {
     /// MiB of text-like (compressible) data, in one layer.
     #[arg(long, default_value_t = 64)]
     text_mib: u64,
+    /// MiB of a tree of files (mixed sizes, mostly text-like, some random), in one layer,
+    /// written before the others (0: no such layer).
+    #[arg(long, default_value_t = 0)]
+    tree_mib: u64,
     /// Number of small files, in one more layer (0: no such layer).
     #[arg(long, default_value_t = 16)]
     small_files: usize,
@@ -45,6 +49,12 @@ fn main() -> anyhow::Result<()> {
         SampleCompression::None
     };
     let mut layers = Vec::new();
+    if args.tree_mib > 0 {
+        layers.push(LayerSpec::new(
+            LayerContent::Tree(args.tree_mib << 20),
+            compression,
+        ));
+    }
     if args.small_files > 0 {
         layers.push(LayerSpec::new(
             LayerContent::SmallFiles(args.small_files),

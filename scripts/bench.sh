@@ -2,6 +2,7 @@
 # Side-by-side push benchmark: hoist vs skopeo, same image, same local registry, same machine.
 #
 #   scripts/bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--big-mib 0] [--out docs/PERFORMANCE.md]
+#   scripts/bench.sh --split [--runs N] [--tree-mib 640] [--conn-mib 24] [--part-size 128MiB] [--out ...]
 #
 # Builds a deterministic image (a random-data layer plus a text-like layer; skopeo writes its
 # docker-archive and its OCI layout with gzip layers from the uncompressed layout), starts Debian's
@@ -14,6 +15,14 @@
 # --big-mib N, hoistd's peak RSS on an N MiB image (4/5 random, 1/5 text, uncompressed OCI
 # layers, so compressed) through scripts/push-rss.sh.
 # Prints medians and ratios and writes the table to --out.
+#
+# --split runs only the layer-splitting case instead, through a proxy that caps every TCP
+# connection on its own (examples/ecr_emulator --no-ecr --conn-mib-per-sec N, the tests' fault
+# proxy), as per-flow shaping on a real path does: a single-layer image (a --tree-mib MiB tree of
+# files, uncompressed in a docker-archive) pushed by hoist --split-layers SIZE, by hoist
+# --split-layers off and by skopeo copy, then pulled back by skopeo copy into an OCI layout, split
+# against unsplit. Its section of --out is replaced; the rest of the file is kept (and the main
+# run keeps the split section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,8 +33,16 @@ RANDOM_MIB=1024
 TEXT_MIB=512
 BIG_MIB=0
 OUT=docs/PERFORMANCE.md
+SPLIT=0
+TREE_MIB=640
+CONN_MIB=24
+PART_SIZE=128MiB
 while [ $# -gt 0 ]; do
   case "$1" in
+    --split) SPLIT=1; shift ;;
+    --tree-mib) TREE_MIB=$2; shift 2 ;;
+    --conn-mib) CONN_MIB=$2; shift 2 ;;
+    --part-size) PART_SIZE=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --random-mib) RANDOM_MIB=$2; shift 2 ;;
     --text-mib) TEXT_MIB=$2; shift 2 ;;
@@ -48,28 +65,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-bench.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
 ECR_PID=""
+CAP_PID=""
 cleanup() {
   [ -n "$ECR_PID" ] && kill "$ECR_PID" 2>/dev/null || true
+  [ -n "$CAP_PID" ] && kill "$CAP_PID" 2>/dev/null || true
   [ -n "$HOISTD_PID" ] && kill -9 "$(daemon_pid)" "$HOISTD_PID" 2>/dev/null || true
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-if [ -n "${BENCH_IMAGE_DIR:-}" ]; then
-  # image.tar and oci-gzip/ from an earlier run with the same sizes (they are deterministic).
-  echo "bench: using the image in $BENCH_IMAGE_DIR" >&2
-  ln -s "$BENCH_IMAGE_DIR/image.tar" "$WORK/image.tar"
-  ln -s "$BENCH_IMAGE_DIR/oci-gzip" "$WORK/oci-gzip"
-else
-  echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
-  "$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
-  # The gzip layers of the OCI case are written by a real tool (skopeo: Go's compress/gzip at
-  # its default level, which stores incompressible blocks), as an image built elsewhere has them.
-  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "oci:$WORK/oci-gzip"
-  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
-  rm -rf "$WORK/oci-tar"
-fi
 
 # A fresh registry (empty storage) for every measured run, so no run profits from another.
 fresh_registry() {
@@ -151,6 +155,26 @@ run_hoist_to() { # HOST CASE SOURCE [extra args]
   stop_hoistd
   record "$case" hoist "$(calc "$t1 - $t0")" "$(calc "$u + $s + $DAEMON_CPU")" "$DAEMON_RSS"
 }
+
+if [ "$SPLIT" = 1 ]; then
+  . scripts/bench_split.sh
+  exit 0
+fi
+
+if [ -n "${BENCH_IMAGE_DIR:-}" ]; then
+  # image.tar and oci-gzip/ from an earlier run with the same sizes (they are deterministic).
+  echo "bench: using the image in $BENCH_IMAGE_DIR" >&2
+  ln -s "$BENCH_IMAGE_DIR/image.tar" "$WORK/image.tar"
+  ln -s "$BENCH_IMAGE_DIR/oci-gzip" "$WORK/oci-gzip"
+else
+  echo "bench: building the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text) in $WORK" >&2
+  "$BIN/examples/sample_image" "$WORK/oci-tar" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
+  # The gzip layers of the OCI case are written by a real tool (skopeo: Go's compress/gzip at
+  # its default level, which stores incompressible blocks), as an image built elsewhere has them.
+  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "oci:$WORK/oci-gzip"
+  skopeo copy -q --insecure-policy "oci:$WORK/oci-tar" "docker-archive:$WORK/image.tar:bench:latest"
+  rm -rf "$WORK/oci-tar"
+fi
 
 for run in $(seq 1 "$RUNS"); do
   echo "bench: run $run of $RUNS" >&2
@@ -244,4 +268,5 @@ fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 OCI_GZIP_BYTES=$(du -sbL "$WORK/oci-gzip/blobs" | cut -f1)
 export OCI_GZIP_BYTES
-python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" | tee "$OUT"
+python3 scripts/bench_report.py "$RESULTS" "$RUNS" "$RANDOM_MIB" "$TEXT_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" > "$WORK/report.md"
+python3 scripts/bench_report.py --splice main "$OUT" "$WORK/report.md"

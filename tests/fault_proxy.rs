@@ -26,28 +26,38 @@ fn send_body(addr: std::net::SocketAddr, body_bytes: usize) -> std::io::Result<V
     Ok(out)
 }
 
-/// A server that reads `bytes` before answering and closing, so the proxy's faults, not an
-/// early answer, decide what happens to a large request.
-async fn sink(bytes: usize) -> std::net::SocketAddr {
+/// A loopback server that runs `handle` on every connection it accepts.
+async fn serve<F, Fut>(handle: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut got = 0usize;
-                while got < bytes {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(handle(s));
         }
     });
     addr
+}
+
+/// A server that reads `bytes` before answering and closing, so the proxy's faults, not an
+/// early answer, decide what happens to a large request.
+async fn sink(bytes: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    serve(move |mut s| async move {
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0usize;
+        while got < bytes {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,4 +139,89 @@ async fn bandwidth_cap_slows_uploads() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A server that sends `bytes` bytes on every connection, then closes it.
+async fn source(bytes: usize) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    serve(move |mut s| async move {
+        let _ = s.write_all(&vec![b'y'; bytes]).await;
+    })
+    .await
+}
+
+/// Bytes per second of one upload of `bytes` through `addr`, timed until the sink's answer.
+async fn upload_rate(addr: std::net::SocketAddr, bytes: usize) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        send_body(addr, bytes).expect("the upload goes through");
+        bytes as f64 / started.elapsed().as_secs_f64()
+    })
+    .await
+    .unwrap()
+}
+
+const CONN_CAP_BYTES_PER_SEC: u64 = 8 << 20;
+/// Half a second's worth at the cap: long enough to measure, short for the suite.
+const CONN_CAP_TEST_BYTES: usize = 4 << 20;
+
+/// Whether `rate` is near the per-connection cap: a behaviour check with generous bounds
+/// (the machine is shared), not a performance assertion.
+fn near_cap(rate: f64) -> bool {
+    let cap = CONN_CAP_BYTES_PER_SEC as f64;
+    rate > 0.5 * cap && rate < 1.3 * cap
+}
+
+/// A proxy in front of `upstream` that caps every connection at the test's cap.
+async fn capped_proxy(upstream: std::net::SocketAddr) -> FaultProxy {
+    let proxy = FaultProxy::start(upstream).await;
+    proxy.set(Faults {
+        conn_bytes_per_sec: Some(CONN_CAP_BYTES_PER_SEC),
+        ..Faults::default()
+    });
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_cap_holds_for_each_connection() {
+    let proxy = capped_proxy(sink(CONN_CAP_TEST_BYTES).await).await;
+    let one = upload_rate(proxy.addr, CONN_CAP_TEST_BYTES).await;
+    assert!(near_cap(one), "one connection: {one:.0} B/s");
+    // Two at once: each gets the cap on its own, so together they pass about twice as much.
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        upload_rate(proxy.addr, CONN_CAP_TEST_BYTES),
+        upload_rate(proxy.addr, CONN_CAP_TEST_BYTES)
+    );
+    let together = 2.0 * CONN_CAP_TEST_BYTES as f64 / started.elapsed().as_secs_f64();
+    assert!(
+        near_cap(a) && near_cap(b),
+        "two connections: {a:.0} and {b:.0} B/s"
+    );
+    assert!(
+        together > 1.4 * CONN_CAP_BYTES_PER_SEC as f64,
+        "two connections share no cap: {together:.0} B/s together"
+    );
+    assert!(
+        proxy.connections_open_max() >= 2,
+        "the two were open at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_cap_holds_for_downloads() {
+    let proxy = capped_proxy(source(CONN_CAP_TEST_BYTES).await).await;
+    let addr = proxy.addr;
+    let rate = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), CONN_CAP_TEST_BYTES);
+        got.len() as f64 / started.elapsed().as_secs_f64()
+    })
+    .await
+    .unwrap();
+    assert!(near_cap(rate), "download: {rate:.0} B/s");
+    assert_eq!(proxy.downstream_bytes(), CONN_CAP_TEST_BYTES as u64);
 }

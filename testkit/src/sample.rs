@@ -21,6 +21,14 @@ use crate::testdata::SplitMix64;
 /// Modification time written into every tar header (fixed, for reproducible layers).
 const SAMPLE_MTIME: u64 = 1_700_000_000;
 
+/// The share of a [`LayerContent::Tree`]'s files that hold random (incompressible) data.
+pub const TREE_RANDOM_PERCENT: u64 = 30;
+/// File sizes of a [`LayerContent::Tree`] (log-uniform between the two).
+const TREE_FILE_BYTES_MIN: u64 = 4 << 10;
+const TREE_FILE_BYTES_MAX: u64 = 32 << 20;
+/// Files per directory of a [`LayerContent::Tree`].
+const TREE_FILES_PER_DIR: usize = 16;
+
 /// What a layer holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerContent {
@@ -30,6 +38,11 @@ pub enum LayerContent {
     Text(u64),
     /// `n` small text files (a few hundred bytes each).
     SmallFiles(usize),
+    /// A tree of files totalling `n` bytes, like an application or ML image's big layer:
+    /// directories of files from 4 KiB to 32 MiB (log-uniform sizes), about
+    /// [`TREE_RANDOM_PERCENT`] % of them random (compiled code, weights), the rest text-like,
+    /// so the layer compresses (gzip) to about 60 % of its size: neither trivially nor not at all.
+    Tree(u64),
     /// `count` small ELF executables whose header says `e_machine` = `machine`
     /// (0x3e x86-64, 0xb7 aarch64, ...), for the ELF census.
     Elf { machine: u16, count: usize },
@@ -365,6 +378,7 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
                 b.append(&h, Generator::new(rng.next_u64(), n, true))?;
             }
         }
+        LayerContent::Tree(n) => write_tree(&mut b, seed, index, *n)?,
         LayerContent::HostFiles(paths) => {
             for path in paths {
                 let data = fs::read(path)?;
@@ -386,6 +400,44 @@ fn write_tar<W: Write>(w: W, seed: u64, index: usize, content: &LayerContent) ->
         }
     }
     b.into_inner()
+}
+
+/// The files of a [`LayerContent::Tree`] of `total` bytes, each directory's entry before its
+/// files (as `docker build` writes them).
+fn write_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    seed: u64,
+    index: usize,
+    total: u64,
+) -> io::Result<()> {
+    let mut rng = SplitMix64(seed);
+    let (log_min, log_max) = (
+        (TREE_FILE_BYTES_MIN as f64).ln(),
+        (TREE_FILE_BYTES_MAX as f64).ln(),
+    );
+    let mut left = total;
+    let mut j = 0usize;
+    while left > 0 {
+        let dir = format!("tree/{index}/pkg-{}", j / TREE_FILES_PER_DIR);
+        if j.is_multiple_of(TREE_FILES_PER_DIR) {
+            let mut h = tar_header(&format!("{dir}/"), 0)?;
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_cksum();
+            b.append(&h, io::empty())?;
+        }
+        let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let size = ((log_min + unit * (log_max - log_min)).exp() as u64).min(left);
+        let text = rng.next_u64() % 100 >= TREE_RANDOM_PERCENT;
+        let name = format!("{dir}/file-{j}.{}", if text { "txt" } else { "bin" });
+        b.append(
+            &tar_header(&name, size)?,
+            Generator::new(rng.next_u64(), size, text),
+        )?;
+        left -= size;
+        j += 1;
+    }
+    Ok(())
 }
 
 /// A minimal 64-bit little-endian ELF executable header for `machine`, padded with bytes

@@ -13,11 +13,16 @@
 //! - `refuse_until`: a link that refuses (a route gone, a captive portal that resets): new
 //!   connections are reset as soon as they are accepted and open ones at their next byte,
 //!   until the given instant;
-//! - `upstream_bytes_per_sec`: a bandwidth cap on the client->registry direction;
+//! - `upstream_bytes_per_sec`: a bandwidth cap on the client->registry direction, shared by
+//!   all connections;
+//! - `conn_bytes_per_sec`: a bandwidth cap on every connection on its own, in each direction
+//!   separately, as per-flow shaping on a real path caps each TCP connection (so N connections
+//!   together get N times the cap);
 //! - `latency`: added to every forwarded read, with up to `jitter` more;
 //! - `slice_bytes`: forward writes in slices of at most this many bytes.
 //!
-//! It counts bytes in each direction and resets performed.
+//! It counts bytes in each direction, resets performed, connections and the most connections
+//! open at once.
 //!
 //! HTTP-level faults (lost acknowledgements, 429/503 bursts, expiring tokens, vanishing
 //! sessions, ECR's atomic parts) live in `ecr_proxy`; stack the two for both kinds at once:
@@ -43,6 +48,7 @@ pub struct Faults {
     pub blackhole_after_upstream_bytes: Option<(u64, Duration)>,
     pub refuse_until: Option<Instant>,
     pub upstream_bytes_per_sec: Option<u64>,
+    pub conn_bytes_per_sec: Option<u64>,
     pub latency: Duration,
     pub jitter: Duration,
     pub slice_bytes: Option<usize>,
@@ -56,6 +62,9 @@ pub struct Counters {
     pub downstream_bytes: AtomicU64,
     pub resets: AtomicU64,
     pub connections: AtomicU64,
+    /// Connections open now, and the most open at once.
+    pub open: AtomicU64,
+    pub open_max: AtomicU64,
 }
 
 struct Shared {
@@ -111,9 +120,12 @@ impl FaultProxy {
                 }
                 let s = s.clone();
                 tokio::spawn(async move {
+                    let open = s.counters.open.fetch_add(1, Ordering::Relaxed) + 1;
+                    s.counters.open_max.fetch_max(open, Ordering::Relaxed);
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        pipe(client, server, s).await;
+                        pipe(client, server, s.clone()).await;
                     }
+                    s.counters.open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -154,9 +166,46 @@ impl FaultProxy {
     pub fn connections(&self) -> u64 {
         self.shared.counters.connections.load(Ordering::Relaxed)
     }
+
+    /// The most connections that were open at once.
+    pub fn connections_open_max(&self) -> u64 {
+        self.shared.counters.open_max.load(Ordering::Relaxed)
+    }
 }
 
 const PIPE_BUF_BYTES: usize = 64 * 1024;
+
+/// How far a connection's pacing may fall behind the real clock and then catch up: a late
+/// wake-up of the proxy is made up for, but an idle connection banks no burst beyond this.
+const CONN_BURST_MS: u64 = 100;
+
+/// Paces one direction of one connection to `Faults::conn_bytes_per_sec` (a virtual clock that
+/// runs `n / rate` ahead for every `n` bytes forwarded, as a link's serialization does).
+#[derive(Default)]
+struct Pacer {
+    due: Option<Instant>,
+}
+
+impl Pacer {
+    /// The bytes one pacing step may forward: a fiftieth of a second's worth.
+    fn slice(rate: u64) -> usize {
+        usize::try_from((rate / 50).max(1)).unwrap_or(usize::MAX)
+    }
+
+    /// Waits until `bytes` more may leave at `rate` bytes per second.
+    async fn pace(&mut self, rate: u64, bytes: usize) {
+        let now = Instant::now();
+        let floor = now
+            .checked_sub(Duration::from_millis(CONN_BURST_MS))
+            .unwrap_or(now);
+        let start = self.due.map_or(now, |due| due.max(floor));
+        let due = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        self.due = Some(due);
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
 
 async fn pipe(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
     let _ = client.set_nodelay(true);
@@ -170,13 +219,14 @@ async fn pipe(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
         let mut kill = kill_rx.clone();
         async move {
             let mut buf = vec![0u8; PIPE_BUF_BYTES];
+            let mut pacer = Pacer::default();
             let mut reset = false;
             loop {
                 let n = tokio::select! {
                     r = cr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
                     _ = kill.wait_for(|k| *k) => break,
                 };
-                match forward(&s, &buf[..n], &mut sw, true).await {
+                match forward(&s, &buf[..n], &mut sw, true, &mut pacer).await {
                     Ok(()) => {}
                     Err(Stop::Closed) => break,
                     Err(Stop::Reset) => {
@@ -197,12 +247,16 @@ async fn pipe(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
         let mut kill = kill_rx;
         async move {
             let mut buf = vec![0u8; PIPE_BUF_BYTES];
+            let mut pacer = Pacer::default();
             loop {
                 let n = tokio::select! {
                     r = sr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
                     _ = kill.wait_for(|k| *k) => break,
                 };
-                if forward(&s, &buf[..n], &mut cw, false).await.is_err() {
+                if forward(&s, &buf[..n], &mut cw, false, &mut pacer)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -250,6 +304,7 @@ async fn forward(
     mut data: &[u8],
     out: &mut tokio::net::tcp::OwnedWriteHalf,
     upstream: bool,
+    pacer: &mut Pacer,
 ) -> Result<(), Stop> {
     while !data.is_empty() {
         if s.refusing() {
@@ -263,14 +318,7 @@ async fn forward(
                 continue;
             }
         }
-        if !faults.latency.is_zero() || !faults.jitter.is_zero() {
-            let jitter = if faults.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(rand_below(faults.jitter.as_nanos() as u64))
-            };
-            tokio::time::sleep(faults.latency + jitter).await;
-        }
+        delay(&faults).await;
         let mut take = faults.slice_bytes.unwrap_or(usize::MAX).min(data.len());
         if upstream {
             let sent = s.counters.upstream_bytes.load(Ordering::Relaxed);
@@ -300,6 +348,10 @@ async fn forward(
                 tokio::time::sleep(Duration::from_secs_f64(take as f64 / rate as f64)).await;
             }
         }
+        if let Some(rate) = faults.conn_bytes_per_sec {
+            take = take.min(Pacer::slice(rate));
+            pacer.pace(rate, take).await;
+        }
         if out.write_all(&data[..take]).await.is_err() {
             return Err(Stop::Closed);
         }
@@ -312,6 +364,18 @@ async fn forward(
         data = &data[take..];
     }
     Ok(())
+}
+
+/// The scripted latency and jitter of one forwarded read.
+async fn delay(faults: &Faults) {
+    if !faults.latency.is_zero() || !faults.jitter.is_zero() {
+        let jitter = if faults.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(rand_below(faults.jitter.as_nanos() as u64))
+        };
+        tokio::time::sleep(faults.latency + jitter).await;
+    }
 }
 
 fn rand_below(n: u64) -> u64 {
