@@ -2,7 +2,8 @@
 # Installs what hoist's demo and tests need on a fresh Debian machine: the CNCF distribution
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
 # registry, openssl for the token-auth registry's signing certificate, reference compressors
-# for the benchmarks, and systemd tools for unit checks.
+# for the benchmarks, systemd tools for unit checks (and a user manager booted in a namespace),
+# groff to render the man pages, and python3 to parse the launchd agent's plist.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ have zstd || need+=(zstd)
 have systemd-analyze || need+=(systemd)
 have systemd-socket-activate || need+=(systemd)
 have setpriv || need+=(util-linux)
+have unshare || need+=(util-linux)
+have groff || need+=(groff-base)
 have pgrep || need+=(procps)
 have python3 || need+=(python3)
 have /usr/bin/time || need+=(time)
