@@ -55,6 +55,11 @@ pub struct Config {
     /// Stall timeout, backoff cap and the global bandwidth bucket. The production body holds
     /// the same settings (see [`Config::with_net`]); the API changes the bucket's rate.
     pub net: push::NetSettings,
+    /// This daemon's build identity for `GET /v1/health` (`paths::binary_identity` of its
+    /// executable, taken at start before the file can be replaced).
+    pub build: Option<String>,
+    /// Started by `hoist`'s autostart (`hoistd --autostarted`), told to clients by health.
+    pub autostarted: bool,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             jobs_running_max: JOBS_RUNNING_MAX_DEFAULT,
             job_body: Arc::new(push::PushBody::with_net(net.clone())),
             net,
+            build: None,
+            autostarted: false,
         }
     }
 }
@@ -128,6 +135,8 @@ pub async fn run(
         counters,
         stopping: stop_rx.clone(),
         bandwidth: config.net.bandwidth.clone(),
+        build: config.build,
+        autostarted: config.autostarted,
     });
     let server = tokio::spawn(server::serve(listener, app, stop_rx));
     match systemd::notify("READY=1") {
