@@ -24,7 +24,8 @@ pub fn man(out_dir: Option<&Path>) -> anyhow::Result<()> {
     let cmd = Cli::command();
     match out_dir {
         Some(dir) => {
-            clap_mangen::generate_to(cmd, dir)
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(cmd, dir))
                 .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
             println!("{}", dir.display());
             Ok(())
