@@ -47,7 +47,11 @@ pub async fn ensure(
     match client.health().await {
         Ok(health) => match skew(&health) {
             None => Ok(()),
-            Some(what) if health.autostarted && health.jobs_running == 0 => {
+            Some(what)
+                if health.autostarted
+                    && health.jobs_running == 0
+                    && peer_pid(client.socket()).await == Some(health.pid) =>
+            {
                 restart(client, state_dir, &health, &what).await
             }
             Some(what) => {
@@ -62,6 +66,15 @@ pub async fn ensure(
         ),
         Err(_) => start(client, state_dir).await,
     }
+}
+
+/// The pid of the process serving `socket` as this process sees it (the peer's credentials):
+/// a daemon in another pid namespace reports a pid that is not its pid here, and must not be
+/// signalled by that number.
+async fn peer_pid(socket: &Path) -> Option<u32> {
+    let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let pid = stream.peer_cred().ok()?.pid()?;
+    u32::try_from(pid).ok()
 }
 
 /// How the answering daemon differs from the `hoistd` this `hoist` would start, in words, or
