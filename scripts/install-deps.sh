@@ -3,7 +3,9 @@
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
 # registry, openssl for the token-auth registry's signing certificate and the TLS registry's CA,
 # squid as the HTTP proxy of the network tests, reference compressors for the benchmarks, umoci
-# (unpacks images for the split-layer file-system comparison), and systemd tools for unit checks.
+# (unpacks images for the split-layer file-system comparison), systemd tools for unit checks (and
+# a user manager booted in a namespace), groff to render the man pages, and python3 to parse the
+# launchd agent's plist.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -19,6 +21,8 @@ have umoci || need+=(umoci)
 have systemd-analyze || need+=(systemd)
 have systemd-socket-activate || need+=(systemd)
 have setpriv || need+=(util-linux)
+have unshare || need+=(util-linux)
+have groff || need+=(groff-base)
 have pgrep || need+=(procps)
 have python3 || need+=(python3)
 have /usr/bin/time || need+=(time)

@@ -158,12 +158,18 @@ impl<R: io::Seek> io::Seek for UntilStop<'_, R> {
 
 /// Lowers the calling thread's priority (Linux nice values are per thread). Best effort: a
 /// failure only means the census competes with the uploads as an equal.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn lower_priority() {
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), CENSUS_NICE) {
         tracing::debug!(error = %e, "cannot lower the census thread's priority");
     }
 }
+
+/// Elsewhere (macOS) a nice value is the whole process's: lowering it would slow the uploads
+/// too, so the census runs at normal priority there.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn lower_priority() {}
 
 /// Magic numbers of the layer compressions hoist reads.
 const GZIP_MAGIC: [u8; 2] = crate::compress::GZIP_MAGIC;

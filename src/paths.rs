@@ -39,6 +39,26 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
+/// A binary's build identity: its canonical path, size and modification time. Two daemons
+/// of the same package version but another build (a rebuilt or reinstalled `hoistd`) differ
+/// here, which the version alone would not show. `None` when the file cannot be read.
+pub fn binary_identity(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!(
+        "{} size={} mtime={}.{:09}",
+        path.display(),
+        meta.len(),
+        mtime.as_secs(),
+        mtime.subsec_nanos()
+    ))
+}
+
 /// `source` with its path replaced by `f(path)` (transport and image reference kept), or
 /// `None` when it does not parse or `f` fails (the plan then reports the problem itself).
 /// The CLI makes the path absolute (the daemon has another working directory); the daemon

@@ -687,3 +687,185 @@ fn violations_name_the_file_line_and_rule() {
         .is_empty()
     );
 }
+
+/// Calls and paths that exist only on Linux (or Android): each must sit in an item gated by
+/// `#[cfg(target_os = "linux")]` (or `any(..., "android")`), with a portable fallback beside it,
+/// so the crate builds on macOS. This machine has no macOS standard library to type-check
+/// against, so the sources are scanned instead.
+const LINUX_ONLY: &[&str] = &[
+    "gettid",
+    "tcp_user_timeout",
+    "std::os::linux",
+    "from_abstract_name",
+    "/proc/",
+    "SO_PEERCRED",
+    "socket_peercred",
+    "prctl",
+    "pidfd",
+    "inotify",
+    "statx",
+    "O_TMPFILE",
+    "fallocate",
+    "memfd",
+    "sched_setaffinity",
+    "copy_file_range",
+    "splice(",
+    "epoll",
+    "eventfd",
+    "timerfd",
+    "signalfd",
+    "netlink",
+    "MSG_NOSIGNAL",
+    "SOCK_CLOEXEC",
+    "accept4",
+];
+
+#[test]
+fn linux_only_calls_are_gated_for_macos() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src/");
+        if module_gated_for_linux(&src, rel) {
+            continue;
+        }
+        let text = fs::read_to_string(file).expect("read a source file");
+        found.extend(ungated_linux_calls(&text).into_iter().map(|(line, api)| {
+            format!(
+                "src/{}:{line}: {api} is Linux-only: gate it with #[cfg(target_os = \"linux\")] and add a fallback",
+                rel.display()
+            )
+        }));
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+/// The Linux-only names on lines of `text` outside every Linux-gated item, with their
+/// 1-based line numbers. Comments do not count.
+fn ungated_linux_calls(text: &str) -> Vec<(usize, &'static str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let gated = linux_gated_lines(&lines);
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") || gated[i] {
+            continue;
+        }
+        let code = code.split(" //").next().unwrap_or(code);
+        out.extend(
+            LINUX_ONLY
+                .iter()
+                .filter(|api| code.contains(*api))
+                .map(|api| (i + 1, *api)),
+        );
+    }
+    out
+}
+
+/// Which lines belong to an item under a `#[cfg(...)]` that names Linux or Android and not
+/// `not(...)`: from the attribute to the end of the item (its closing brace, or its `;`).
+fn linux_gated_lines(lines: &[&str]) -> Vec<bool> {
+    let mut gated = vec![false; lines.len()];
+    for (start, line) in lines.iter().enumerate() {
+        let attr = line.trim_start();
+        let linux = attr.contains("\"linux\"") || attr.contains("\"android\"");
+        if !(attr.starts_with("#[cfg(") && linux && !attr.contains("not(")) {
+            continue;
+        }
+        let (mut depth, mut opened) = (0i64, false);
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            gated[i] = true;
+            let code = if i == start { "" } else { *l };
+            for c in code.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            let ends_without_body = !opened && code.trim_end().ends_with(';');
+            if (opened && depth <= 0) || ends_without_body {
+                break;
+            }
+        }
+    }
+    gated
+}
+
+/// Whether the whole file `rel` is Linux-only: an inner `#![cfg(...)]` naming Linux, or its
+/// `mod` line in the parent module under such an attribute.
+fn module_gated_for_linux(src: &Path, rel: &Path) -> bool {
+    let is_linux_cfg = |l: &str| {
+        let l = l.trim_start();
+        (l.starts_with("#[cfg(") || l.starts_with("#![cfg("))
+            && (l.contains("\"linux\"") || l.contains("\"android\""))
+            && !l.contains("not(")
+    };
+    let text = fs::read_to_string(src.join(rel)).unwrap_or_default();
+    if text
+        .lines()
+        .any(|l| l.trim_start().starts_with("#![cfg(") && is_linux_cfg(l))
+    {
+        return true;
+    }
+    let name = match rel.file_stem().and_then(|s| s.to_str()) {
+        Some("mod") => rel.parent().and_then(|p| p.file_name()),
+        _ => rel.file_stem(),
+    };
+    let Some(name) = name.and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let dir = if rel.file_stem().is_some_and(|s| s == "mod") {
+        rel.parent().and_then(Path::parent)
+    } else {
+        rel.parent()
+    }
+    .unwrap_or(Path::new(""));
+    let parents = [
+        dir.join("mod.rs"),
+        dir.join("lib.rs"),
+        dir.with_extension("rs"),
+    ];
+    parents.iter().any(|p| {
+        let text = fs::read_to_string(src.join(p)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines.iter().enumerate().any(|(i, l)| {
+            let decl = l
+                .trim_start()
+                .trim_start_matches("pub ")
+                .trim_start_matches("pub(crate) ");
+            (decl == format!("mod {name};"))
+                && lines[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|p| p.trim_start().starts_with("#["))
+                    .any(|p| is_linux_cfg(p))
+        })
+    })
+}
+
+#[test]
+fn the_linux_scan_sees_gates_and_misses() {
+    let text = r#"
+fn portable() {
+    let tid = rustix::thread::gettid(); // flagged
+}
+#[cfg(target_os = "linux")]
+fn linux() {
+    let tid = rustix::thread::gettid();
+    if x { y(); }
+}
+#[cfg(not(target_os = "linux"))]
+fn elsewhere() { std::fs::read("/proc/self/stat"); }
+#[cfg(any(target_os = "linux", target_os = "android"))]
+let b = b.tcp_user_timeout(t);
+let c = c.tcp_user_timeout(t);
+// gettid in a comment is fine
+"#;
+    assert_eq!(
+        ungated_linux_calls(text),
+        [(3, "gettid"), (11, "/proc/"), (14, "tcp_user_timeout")]
+    );
+}

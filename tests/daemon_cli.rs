@@ -220,8 +220,8 @@ async fn push_starts_a_daemon_when_none_answers() {
             &sample_source(dir.path()),
             "127.0.0.1:1/r/Not-Valid:1",
         ])
-        // The tests run as root; a real user needs no such flag.
-        .env("HOIST_ALLOW_ROOT", "true")
+        // The tests run as root: root needs no flag on the default owner-only socket.
+        .env_remove("HOIST_ALLOW_ROOT")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -364,4 +364,248 @@ async fn limit_job_shows_and_changes_a_jobs_own_limit() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("no job") && err.lines().count() == 1, "{err}");
+}
+
+/// `hoist push` with its own socket and state directory, the daemon started by `hoist_bin`'s
+/// autostart, and `env` added to the environment both inherit.
+fn push_autostarting(
+    hoist_bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(hoist_bin)
+        .arg("--socket")
+        .arg(dir.join("run/hoist.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("push")
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("HOIST_ALLOW_ROOT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// When the autostarted hoistd exits at start, `hoist` prints hoistd's own reason, not only
+/// where its log is; as root, a socket others could reach is such a reason.
+#[test]
+fn autostart_failure_prints_the_daemons_own_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // hoistd takes its flags from the environment it inherits: a bad one makes it exit.
+    let env = [("HOIST_UPLOADS_MAX", "0")];
+    let out = push_autostarting(&hoist_bin(), dir.path(), &["a.tar", "r/a:1"], &env);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "hoist: hoistd exited at start: --uploads-max and --jobs-max must be at least 1 ("
+        ) && last.ends_with(&format!(
+            "log: {})",
+            dir.path().join("state/hoistd.log").display()
+        )),
+        "{err}"
+    );
+
+    if !rustix::process::getuid().is_root() {
+        return;
+    }
+    // Root, on a socket in a directory anyone may write: refused, and hoist says why.
+    let open = dir.path().join("open");
+    std::fs::create_dir_all(open.join("run")).unwrap();
+    let anyone = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(open.join("run"), anyone).unwrap();
+    let out = push_autostarting(&hoist_bin(), &open, &["a.tar", "r/a:1"], &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("hoist: hoistd exited at start: hoistd refuses to run as root on a socket others could reach: its directory")
+            && last.contains("--allow-root"),
+        "{err}"
+    );
+    assert!(
+        !open.join("run/hoist.sock").exists(),
+        "the refused socket is removed"
+    );
+}
+
+/// `hoist` and `hoistd` hard-linked (else copied) into `dir`: the same version under another
+/// path, so another build identity than the binaries under test.
+fn other_build(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, from) in [("hoist", hoist_bin()), ("hoistd", hoistd_bin())] {
+        let to = dir.join(name);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    dir.join("hoist")
+}
+
+async fn wait_health(
+    client: &Client,
+    what: &str,
+    pred: impl Fn(&api::Health) -> bool,
+) -> api::Health {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    loop {
+        match client.health().await {
+            Ok(h) if pred(&h) => return h,
+            last if Instant::now() > deadline => panic!("the daemon never {what}: {last:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Version skew: a daemon autostarted by another build of hoist (same version, another
+/// binary) gets a message with the command that restarts it while a job runs, and is
+/// restarted on this build by the next push once it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autostarted_daemon_of_another_build_is_restarted_when_idle() {
+    // Under the target directory, so the hard links stay on one file system.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let old_hoist = other_build(&dir.path().join("old"));
+    let source = sample_source(dir.path());
+    // Port 1 refuses: the job waits out the "outage" as a running job.
+    let waiting = [source.as_str(), "127.0.0.1:1/r/a:1", "--detach"];
+    let out = push_autostarting(&old_hoist, dir.path(), &waiting, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let old_job: api::JobId = last_line(&out.stdout).parse().unwrap();
+    let client = Client::new(dir.path().join("run/hoist.sock"));
+    let old = wait_health(&client, "ran the job", |h| h.jobs_running == 1).await;
+    assert!(old.autostarted, "{old:?}");
+
+    // Busy: no restart, and the message names the command.
+    let out = push_autostarting(&hoist_bin(), dir.path(), &waiting, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "hoistd (pid {}) runs another build of version",
+            old.pid
+        )) && err.contains(&format!("run `kill -TERM {}`", old.pid)),
+        "{err}"
+    );
+    let second: api::JobId = last_line(&out.stdout).parse().unwrap();
+    assert_eq!(client.health().await.unwrap().pid, old.pid);
+
+    // Idle: restarted on this build by the next push.
+    for id in [&old_job, &second] {
+        client.control(id, "cancel").await.unwrap();
+    }
+    wait_health(&client, "went idle", |h| h.jobs_running == 0).await;
+    let out = push_autostarting(
+        &hoist_bin(),
+        dir.path(),
+        &["a.tar", "r/a:1", "--detach"],
+        &[],
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "hoist: restarting hoistd (pid {}, another build",
+            old.pid
+        )),
+        "{err}"
+    );
+    let new = client.health().await.expect("the restarted daemon answers");
+    assert_ne!(new.pid, old.pid);
+    assert!(new.autostarted);
+    assert_eq!(new.build, hoist::paths::binary_identity(&hoistd_bin()));
+    // The old one is gone for good.
+    let old_pid = rustix::process::Pid::from_raw(old.pid as i32).unwrap();
+    let gone = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while rustix::process::test_kill_process(old_pid).is_ok() && Instant::now() < gone {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(new.pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+/// `hoist completions` and `hoist man` come from the parser's own definitions: every
+/// subcommand is in them, the bash script loads, the man pages render.
+#[test]
+fn completions_and_man_pages_list_every_subcommand() {
+    use clap::CommandFactory;
+    let names: Vec<String> = hoist::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(names.len() > 10, "{names:?}");
+    let socket = std::path::Path::new("/nonexistent/hoist.sock");
+    let out = hoist(socket, &["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    for name in &names {
+        assert!(
+            script.contains(&format!("hoist,{name})")),
+            "bash completion lacks {name}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hoist.bash"), &script).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(dir.path().join("hoist.bash"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "bash -n: {}", text(&check.stderr));
+    for shell in ["zsh", "fish"] {
+        let out = hoist(socket, &["completions", shell]);
+        assert!(
+            out.status.success() && text(&out.stdout).contains("push"),
+            "{shell}"
+        );
+    }
+
+    let out = hoist(socket, &["man"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH hoist 1"), "{page}");
+    for name in &names {
+        assert!(
+            page.contains(&format!("hoist\\-{name}(1)")),
+            "hoist(1) lacks {name}"
+        );
+    }
+    let pages = dir.path().join("man1");
+    let out = hoist(socket, &["man", "--out-dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for name in names.iter().filter(|n| *n != "help") {
+        let file = pages.join(format!("hoist-{name}.1"));
+        let rendered = render_man(&file);
+        assert!(
+            rendered.contains(&format!("hoist-{name}")),
+            "{}: {rendered}",
+            file.display()
+        );
+    }
+    let rendered = render_man(&pages.join("hoist.1"));
+    assert!(
+        rendered.contains("SUBCOMMANDS") && rendered.contains("hoist-push(1)"),
+        "{rendered}"
+    );
+}
+
+/// The man page `file` rendered as text by groff (warnings are failures).
+fn render_man(file: &std::path::Path) -> String {
+    let out = Command::new("groff")
+        // Plain ASCII: no escapes, no overstriking.
+        .args(["-man", "-Tascii", "-ww", "-P-cbou"])
+        .arg(file)
+        .output()
+        .expect("groff is installed (package groff-base, scripts/install-deps.sh)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "groff {}: {}",
+        file.display(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
 }

@@ -1,5 +1,5 @@
 //! Who may talk to the daemon: the socket is private, peers of another uid are refused, and
-//! hoistd does not run as root by accident.
+//! hoistd runs as root only where the socket admits root alone (or when told to).
 use crate::daemon_support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -125,26 +125,99 @@ fn a_peer_with_another_uid_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+/// hoistd as root in `dir` on `dir/run/s.sock`, without `--allow-root`; `run` is made with `mode`.
+fn root_hoistd(dir: &std::path::Path, run_mode: u32) -> Command {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(run_mode)).unwrap();
+    let mut cmd = Command::new(hoistd_bin());
+    cmd.arg("--socket")
+        .arg(run.join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env_remove("HOIST_ALLOW_ROOT");
+    cmd
+}
+
+/// Root without `--allow-root` is refused where others could reach the socket: its directory
+/// writable by others (they could swap the socket); the bound socket is removed again.
 #[test]
-fn hoistd_refuses_root_without_allow_root() {
+fn hoistd_refuses_root_on_a_socket_others_could_reach() {
     if !rustix::process::getuid().is_root() {
         eprintln!("skipped: not root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(hoistd_bin())
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env_remove("HOIST_ALLOW_ROOT")
-        .output()
-        .unwrap();
+    let out = root_hoistd(dir.path(), 0o777).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("refuses to run as root") && err.contains("--allow-root"),
+        err.contains("refuses to run as root on a socket others could reach: its directory")
+            && err.contains("mode 777")
+            && err.contains("--allow-root"),
         "{err}"
     );
-    assert!(!dir.path().join("s.sock").exists());
+    assert!(!dir.path().join("run/s.sock").exists());
+    // With the flag it runs there (the peer-uid check still admits root alone).
+    let mut daemon = root_hoistd(dir.path(), 0o777)
+        .arg("--allow-root")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let answered = wait_listening(&dir.path().join("run/s.sock"));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(answered, "hoistd --allow-root did not listen");
+}
+
+/// Root runs without a flag when only root can reach the socket: mode 0600, owned by root, in
+/// a root-owned directory nobody else can write (as the default socket is).
+#[tokio::test]
+async fn root_runs_without_a_flag_on_an_owner_only_socket() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = root_hoistd(dir.path(), 0o755)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = hoist::cli::client::Client::new(dir.path().join("run/s.sock"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(WAIT_MS_MAX);
+    let health = loop {
+        if let Ok(h) = client.health().await {
+            break h;
+        }
+        if let Some(status) = daemon.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("root hoistd exited ({status}): {err}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "root hoistd does not answer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(health.pid, daemon.id());
+    assert_eq!(mode(&dir.path().join("run/s.sock")), 0o600);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
+
+/// Whether a socket at `path` accepts a connection within [`WAIT_MS_MAX`].
+fn wait_listening(path: &std::path::Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(WAIT_MS_MAX);
+    while std::time::Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
 }

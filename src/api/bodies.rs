@@ -117,8 +117,17 @@ pub struct Health {
     /// Always `ok` when the daemon answers.
     pub status: String,
     pub version: String,
+    /// The daemon binary's identity when it started (`paths::binary_identity`): a client
+    /// compares it with the `hoistd` it would start, so a rebuilt binary counts as another
+    /// build. Absent when the daemon cannot tell (or is older).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
     pub pid: u32,
     pub jobs_running: u64,
+    /// Started by `hoist` itself (autostart), not by systemd, launchd or a person: `hoist`
+    /// may then restart it on a new binary when no job runs.
+    #[serde(default)]
+    pub autostarted: bool,
 }
 
 /// Every error response: one line that says what is wrong and what to do.

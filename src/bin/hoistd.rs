@@ -42,7 +42,8 @@ struct Args {
     /// until retried or removed with `hoist rm`.
     #[arg(long, env = "HOIST_KEEP_JOBS", default_value = daemon::KEEP_JOBS_DEFAULT)]
     keep_jobs: String,
-    /// Run even as root (a per-user daemon should not; containers sometimes must).
+    /// Run as root even on a socket others could reach. Without it, root runs only when the
+    /// socket is owner-only (mode 0600) in a root-owned directory nobody else can write.
     #[arg(
         long,
         env = "HOIST_ALLOW_ROOT",
@@ -50,6 +51,10 @@ struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     allow_root: bool,
+    /// Started by `hoist` (autostart): health says so, and `hoist` may restart this daemon on
+    /// a new binary when no job runs.
+    #[arg(long, hide = true)]
+    autostarted: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,9 +79,6 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if rustix::process::getuid().is_root() && !args.allow_root {
-        bail!("hoistd refuses to run as root: run it as the user who pushes, or pass --allow-root");
-    }
     if args.uploads_max == 0 || args.jobs_max == 0 {
         bail!("--uploads-max and --jobs-max must be at least 1");
     }
@@ -92,7 +94,9 @@ fn real_main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = daemon::paths::listener(args.socket)?;
+        // Root serves only a socket that admits root alone, unless told otherwise.
+        let owner_only = rustix::process::getuid().is_root() && !args.allow_root;
+        let listener = daemon::paths::listener(args.socket, owner_only)?;
         let net = daemon::push::NetSettings {
             stall_timeout: args.stall_timeout,
             retry_delay_max: args.retry_max,
@@ -102,6 +106,10 @@ fn real_main() -> anyhow::Result<()> {
             uploads_in_flight_max: args.uploads_max,
             jobs_running_max: args.jobs_max,
             keep_jobs,
+            build: std::env::current_exe()
+                .ok()
+                .and_then(|exe| paths::binary_identity(&exe)),
+            autostarted: args.autostarted,
             ..Config::with_net(net)
         };
         daemon::run(listener, &state_dir, config, shutdown_signal()?).await?;

@@ -7,9 +7,11 @@
 //! - [`jobs`]: `ls`, `watch`, `pause`, `resume`, `cancel`, `retry`, `rm`.
 //! - [`inspect`], [`verify`]: the commands that need no daemon: `inspect` reads the source
 //!   itself, `verify` asks the registry itself.
+//! - [`docs`]: `completions` and `man`, generated from these clap definitions.
 
 pub mod autostart;
 pub mod client;
+pub mod docs;
 pub mod follow;
 pub mod inspect;
 pub mod jobs;
@@ -121,6 +123,19 @@ pub enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// Print the shell completion script (e.g. `hoist completions bash >
+    /// ~/.local/share/bash-completion/completions/hoist`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page hoist(1) as roff (`hoist man | man -l -`), or write it and one page
+    /// per subcommand into a directory.
+    Man {
+        /// Write hoist.1 and hoist-COMMAND.1 for every subcommand into DIR.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +228,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             platform,
             insecure,
         } => return verify::run(&target, &platform, insecure).await,
+        Command::Completions { shell } => {
+            docs::completions(shell)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { out_dir } => {
+            docs::man(out_dir.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let socket = match cli.socket {
@@ -236,7 +259,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(id) => jobs::job_limit(&client, &id, rate.as_deref(), json).await,
             None => jobs::limit(&client, rate.as_deref(), json).await,
         },
-        Command::Inspect { .. } | Command::Verify { .. } => unreachable!("handled above"),
+        Command::Inspect { .. }
+        | Command::Verify { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
     }
 }
 

@@ -19,18 +19,7 @@ pub async fn run(
     args: PushArgs,
 ) -> anyhow::Result<ExitCode> {
     check_digest_file(&args)?;
-    if let Err(e) = client.health().await {
-        if !e.is_no_daemon() {
-            return Err(e.into());
-        }
-        if args.no_autostart {
-            anyhow::bail!(
-                "no daemon answers on {}: start one with hoistd, or drop --no-autostart",
-                client.socket().display()
-            );
-        }
-        autostart::start(client, state_dir).await?;
-    }
+    autostart::ensure(client, state_dir, args.no_autostart).await?;
     let request = SubmitRequest {
         // The daemon has another working directory: send an absolute path.
         source: crate::paths::map_source_path(&args.source, |p| std::path::absolute(p))

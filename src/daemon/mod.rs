@@ -60,6 +60,11 @@ pub struct Config {
     pub net: push::NetSettings,
     /// How long done and cancelled jobs are kept after they ended; `None`: for ever.
     pub keep_jobs: Option<Duration>,
+    /// This daemon's build identity for `GET /v1/health` (`paths::binary_identity` of its
+    /// executable, taken at start before the file can be replaced).
+    pub build: Option<String>,
+    /// Started by `hoist`'s autostart (`hoistd --autostarted`), told to clients by health.
+    pub autostarted: bool,
 }
 
 impl Config {
@@ -72,6 +77,8 @@ impl Config {
             net,
             keep_jobs: crate::units::parse_retention(KEEP_JOBS_DEFAULT)
                 .expect("the default retention parses"),
+            build: None,
+            autostarted: false,
         }
     }
 }
@@ -136,6 +143,8 @@ pub async fn run(
         counters,
         stopping: stop_rx.clone(),
         bandwidth: config.net.bandwidth.clone(),
+        build: config.build,
+        autostarted: config.autostarted,
     });
     let server = tokio::spawn(server::serve(listener, app, stop_rx));
     match systemd::notify("READY=1") {

@@ -33,6 +33,9 @@ pub struct App {
     pub stopping: watch::Receiver<bool>,
     /// The daemon-wide upload limit every job's uploads pay (changed by `PUT /v1/bandwidth`).
     pub bandwidth: Arc<crate::bandwidth::Bucket>,
+    /// What health reports about this daemon's binary and who started it ([`super::Config`]).
+    pub build: Option<String>,
+    pub autostarted: bool,
 }
 
 fn full(bytes: Vec<u8>) -> Body {
@@ -196,8 +199,10 @@ fn health(app: &App) -> Response<Body> {
         &api::Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            build: app.build.clone(),
             pid: std::process::id(),
             jobs_running: app.counters.jobs_running(),
+            autostarted: app.autostarted,
         },
     )
 }
