@@ -20,6 +20,9 @@ have setpriv || need+=(util-linux)
 have pgrep || need+=(procps)
 have python3 || need+=(python3)
 have /usr/bin/time || need+=(time)
+# The docker-daemon: source's tests run a private dockerd and load images with docker.
+have dockerd || need+=(docker.io)
+have docker || need+=(docker.io)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -156,6 +156,16 @@ impl Renderer {
                 offset_bytes,
                 size_bytes,
             } => self.progress(digest, *offset_bytes, *size_bytes),
+            EventKind::Export {
+                bytes_done,
+                size_bytes,
+                layers_done,
+                layers_total,
+            } => self.say(format!(
+                "exporting from the engine: {} MiB of about {} MiB read, {layers_done} of {layers_total} layers compressed",
+                bytes_done >> 20,
+                size_bytes >> 20
+            )),
             EventKind::Resumed {
                 digest,
                 offset_bytes,

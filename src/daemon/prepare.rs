@@ -16,21 +16,25 @@ fn codec(c: Compression) -> Codec {
     }
 }
 
+/// How the job's push is planned: its platform, codec and the target registry's limits.
+pub fn plan_options(spec: &JobSpec) -> PlanOptions {
+    // A target that does not parse fails later with its own message; its limits are ECR's.
+    let limits = crate::registry::ImageRef::parse(&spec.target)
+        .map(|t| crate::registry::limits_for_host(&t.host))
+        .unwrap_or_default();
+    PlanOptions {
+        platform: spec.platform.clone(),
+        compression: codec(spec.compression),
+        limits,
+    }
+}
+
 /// Opens the job's source and plans the push, off the async runtime; records nothing.
 pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
-        // A target that does not parse fails later with its own message; its limits are ECR's.
-        let limits = crate::registry::ImageRef::parse(&spec.target)
-            .map(|t| crate::registry::limits_for_host(&t.host))
-            .unwrap_or_default();
-        let opts = PlanOptions {
-            platform: spec.platform.clone(),
-            compression: codec(spec.compression),
-            limits,
-        };
-        PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
+        PushPlan::new(&reference, &plan_options(&spec)).map_err(|e| format!("{e}"))
     })
     .await
     .map_err(|e| {

@@ -30,6 +30,7 @@
 //! - which repository of a registry got which blob (memory only), for cross-repository mounts.
 
 pub mod commit;
+pub mod export;
 pub mod identity;
 pub mod patience;
 pub mod spool;
@@ -49,6 +50,7 @@ use crate::api::{JobSpec, JobState};
 use crate::digest::Digest;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
+use crate::source::engine::TRANSPORT_PREFIX;
 use crate::store::{BlobRecord, CursorRecord};
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
@@ -279,7 +281,10 @@ impl Run {
         shared: Arc<Shared>,
         net: &NetSettings,
     ) -> Result<(Run, Vec<BlobRecord>), JobError> {
-        let plan = build_plan(ctx).await?;
+        let plan = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
+            Some(image) => export::plan_job(ctx, &shared.compressing, image).await?,
+            None => build_plan(ctx).await?,
+        };
         identity::check(ctx, &plan)?;
         let records = record_plan(ctx, &plan).await?;
         let (target, client) = target_of(ctx.spec(), net, Some(ctx.bandwidth().clone()))?;
