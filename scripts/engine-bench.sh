@@ -3,6 +3,7 @@
 # registry, same machine.
 #
 #   scripts/engine-bench.sh [--runs N] [--random-mib 1024] [--text-mib 512] [--out docs/PERFORMANCE.md]
+#   scripts/engine-bench.sh --image NAME ...   # an image already in the engine DOCKER_HOST names
 #
 # Starts a private dockerd (vfs storage, no networking) and `docker load`s a deterministic image
 # (a random-data layer plus a text-like layer, uncompressed). Then, alternating, with a fresh
@@ -20,21 +21,25 @@ RUNS=3
 RANDOM_MIB=1024
 TEXT_MIB=512
 OUT=docs/PERFORMANCE.md
+IMAGE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --random-mib) RANDOM_MIB=$2; shift 2 ;;
     --text-mib) TEXT_MIB=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --image) IMAGE=$2; shift 2 ;;
     *) echo "engine-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
+BUILD="prebuilt (HOIST_BIN_DIR)"
 if [ -n "${HOIST_BIN_DIR:-}" ]; then
   BIN=$HOIST_BIN_DIR
 else
   scripts/install-deps.sh
   cargo build --release --locked --bins --example sample_image >&2
+  BUILD=release
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-engine.XXXXXX")
@@ -55,6 +60,8 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 calc() { python3 -c "print(round($1, 2))"; }
 
+if [ -z "$IMAGE" ]; then
+IMAGE=bench/img:1
 ENGINE=$WORK/engine
 mkdir -p "$ENGINE"
 dockerd --storage-driver=vfs --iptables=false --bridge=none -H "unix://$ENGINE/docker.sock" \
@@ -66,10 +73,15 @@ docker version >/dev/null
 
 echo "engine-bench: building and loading the image (${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text)" >&2
 "$BIN/examples/sample_image" "$WORK/oci" --random-mib "$RANDOM_MIB" --text-mib "$TEXT_MIB" --small-files 0 >&2
-skopeo copy -q --insecure-policy "oci:$WORK/oci" "docker-archive:$WORK/load.tar:bench/img:1"
+skopeo copy -q --insecure-policy "oci:$WORK/oci" "docker-archive:$WORK/load.tar:$IMAGE"
 rm -rf "$WORK/oci"
 docker load -q -i "$WORK/load.tar" >/dev/null
 rm -f "$WORK/load.tar"
+DESCRIPTION="${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text, uncompressed layers, loaded in a private dockerd (Debian's docker.io, vfs storage)"
+else
+  SIZE=$(docker image inspect --format '{{.Size}}' "$IMAGE")
+  DESCRIPTION="$IMAGE ($((SIZE >> 20)) MiB uncompressed) in the engine at $DOCKER_HOST ($(docker version --format '{{.Server.Version}}'))"
+fi
 
 ALLOW_ROOT=()
 [ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
@@ -91,7 +103,7 @@ watch_disk() {
   echo 0 > "$WORK/disk"
   ( peak=0
     while :; do
-      used=$(du -sb "$WORK/state" "$WORK/save.tar" 2>/dev/null | awk '{s+=$1} END {print s+0}')
+      used=$( (du -sb "$WORK/state" "$WORK/save.tar" 2>/dev/null || true) | awk '{s+=$1} END {print s+0}')
       [ "$used" -gt "$peak" ] && peak=$used && echo "$peak" > "$WORK/disk"
       sleep 0.1
     done ) &
@@ -109,9 +121,9 @@ for run in $(seq 1 "$RUNS"); do
     watch_disk
     t0=$(now)
     if [ "$case" = engine ]; then
-      push docker-daemon:bench/img:1 engine
+      push "docker-daemon:$IMAGE" engine
     else
-      docker save -o "$WORK/save.tar" bench/img:1
+      docker save -o "$WORK/save.tar" "$IMAGE"
       push "docker-archive:$WORK/save.tar" save
     fi
     t1=$(now)
@@ -124,7 +136,7 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
-SECTION=$(python3 - "$RESULTS" "$RANDOM_MIB" "$TEXT_MIB" "$RUNS" <<'PY'
+SECTION=$(python3 - "$RESULTS" "$DESCRIPTION" "$BUILD" "$RUNS" <<'PY'
 import statistics, sys, os, time
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 med = lambda case, i: statistics.median(float(r[i]) for r in rows if r[0] == case)
@@ -133,8 +145,7 @@ print("<!-- engine-bench: written by scripts/engine-bench.sh -->")
 print("## docker-daemon: against docker save + push\n")
 print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores; "
       f"load average at the end {open('/proc/loadavg').read().split()[0]}")
-print(f"- image: {sys.argv[2]} MiB random + {sys.argv[3]} MiB text, uncompressed layers, loaded in a "
-      f"private dockerd (Debian's docker.io, vfs storage); gzip; fresh registry and hoistd per run; "
+print(f"- image: {sys.argv[2]}; gzip; hoist build: {sys.argv[3]}; fresh registry and hoistd per run; "
       f"{sys.argv[4]} runs per case, medians\n")
 print("| case | wall s | peak extra disk MiB |")
 print("|---|---|---|")

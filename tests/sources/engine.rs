@@ -192,21 +192,15 @@ async fn engine_error(endpoint: Endpoint, image: &str) -> String {
     msg
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Dockerd::start(&dir.path().join("e"));
-    engine.load(dir.path(), 41, Platform::linux_amd64(), "app:amd64");
-    engine.load(dir.path(), 42, "linux/arm64".parse().unwrap(), "app:arm64");
-
-    // The errors a user meets, in one line each.
+/// The errors a user meets, in one line each.
+async fn engine_errors(engine: &Dockerd, dir: &Path) {
     let endpoint =
         Endpoint::from_env(&CallerEnv::from_vars([("DOCKER_HOST", engine.host())])).unwrap();
     let msg = engine_error(endpoint.clone(), "nosuch:1").await;
     assert!(msg.contains("has no image \"nosuch:1\""), "{msg}");
     let gone = Endpoint::from_env(&CallerEnv::from_vars([(
         "DOCKER_HOST",
-        format!("unix://{}/none.sock", dir.path().display()),
+        format!("unix://{}/none.sock", dir.display()),
     )]))
     .unwrap();
     let msg = engine_error(gone, "app:amd64").await;
@@ -223,6 +217,16 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
             .to_string()
             .contains("over a Unix socket only")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Dockerd::start(&dir.path().join("e"));
+    engine.load(dir.path(), 41, Platform::linux_amd64(), "app:amd64");
+    engine.load(dir.path(), 42, "linux/arm64".parse().unwrap(), "app:arm64");
+
+    engine_errors(&engine, dir.path()).await;
 
     // hoistd reads the engine's socket from its environment.
     let registry = TestRegistry::start();
