@@ -113,7 +113,8 @@ stop_watch() { kill "$WATCH_PID" 2>/dev/null || true; wait "$WATCH_PID" 2>/dev/n
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
-push() { "$BIN/hoist" --socket "$SOCK" push "$1" "$REG/bench/$2:1" --insecure >/dev/null 2>"$WORK/push.err" || { cat "$WORK/push.err" >&2; exit 1; }; }
+# ENGINE_BENCH_PUSH_ARGS: more `hoist push` flags for both cases (e.g. --allow-arch-mismatch).
+push() { "$BIN/hoist" --socket "$SOCK" push "$1" "$REG/bench/$2:1" --insecure ${ENGINE_BENCH_PUSH_ARGS:-} >/dev/null 2>"$WORK/push.err" || { cat "$WORK/push.err" >&2; exit 1; }; }
 for run in $(seq 1 "$RUNS"); do
   for case in save+push engine; do
     rm -rf "$WORK/registry"; start_registry "$WORK/registry"
@@ -145,7 +146,7 @@ print("<!-- engine-bench: written by scripts/engine-bench.sh -->")
 print("## docker-daemon: against docker save + push\n")
 print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores; "
       f"load average at the end {open('/proc/loadavg').read().split()[0]}")
-print(f"- image: {sys.argv[2]}; gzip; hoist build: {sys.argv[3]}; fresh registry and hoistd per run; "
+print(f"- image: {sys.argv[2]}; gzip; hoist push flags: {os.environ.get('ENGINE_BENCH_PUSH_ARGS') or 'none'}; hoist build: {sys.argv[3]}; fresh registry and hoistd per run; "
       f"{sys.argv[4]} runs per case, medians\n")
 print("| case | wall s | peak extra disk MiB |")
 print("|---|---|---|")
