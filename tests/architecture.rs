@@ -33,7 +33,10 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("environ", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
-    ("source", Only(&["digest", "platform", "image", "text"])),
+    (
+        "source",
+        Only(&["digest", "platform", "image", "text", "environ"]),
+    ),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text"])),
     (
