@@ -28,6 +28,9 @@ have python3 || need+=(python3)
 have /usr/bin/time || need+=(time)
 # The proxy the network tests push through (started by the tests with their own config).
 have squid || [ -x /usr/sbin/squid ] || need+=(squid)
+# The docker-daemon: source's tests run a private dockerd and load images with docker.
+have dockerd || need+=(docker.io)
+have docker || need+=(docker.io)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -80,6 +80,8 @@ pub fn map_source_path(
             path: f(&path).ok()?,
             reference,
         },
+        // Not a path: the engine is asked for the image by name.
+        engine @ SourceRef::DockerDaemon { .. } => engine,
     };
     Some(mapped.to_string())
 }

@@ -124,6 +124,12 @@ fn every_event_kind() -> Vec<EventKind> {
             digest,
             state: api::BlobState::Uploaded,
         },
+        EventKind::Export {
+            bytes_done: 1,
+            size_bytes: 2,
+            layers_done: 0,
+            layers_total: 1,
+        },
         EventKind::Retry {
             what: "w".into(),
             reason: "r".into(),
@@ -138,6 +144,7 @@ fn every_event_kind() -> Vec<EventKind> {
             EventKind::State { .. }
             | EventKind::Blob { .. }
             | EventKind::Compress { .. }
+            | EventKind::Export { .. }
             | EventKind::Progress { .. }
             | EventKind::Resumed { .. }
             | EventKind::Restarted { .. }

@@ -64,6 +64,15 @@ pub enum EventKind {
         size_bytes: u64,
         reason: String,
     },
+    /// Export progress of a `docker-daemon:` source: `bytes_done` of the engine's export stream
+    /// read (about `size_bytes`, the image's uncompressed size as the engine reports it), and
+    /// `layers_done` of the `layers_total` layers the spool still needed compressed.
+    Export {
+        bytes_done: u64,
+        size_bytes: u64,
+        layers_done: u64,
+        layers_total: u64,
+    },
     /// A blob is finished (`uploaded`, `existed` or `verified`).
     BlobDone { digest: Digest, state: BlobState },
     /// A step is retried after a transient failure.

@@ -156,6 +156,7 @@ impl Renderer {
                 offset_bytes,
                 size_bytes,
             } => self.progress(digest, *offset_bytes, *size_bytes),
+            EventKind::Export { .. } => self.say(export_line(&ev.kind)),
             EventKind::Resumed {
                 digest,
                 offset_bytes,
@@ -344,6 +345,24 @@ pub async fn follow(
         tokio::time::sleep(Duration::from_millis(1000 / u64::from(DRAW_HZ))).await;
     }
     Ok(outcome)
+}
+
+/// The line for an export event of a `docker-daemon:` source.
+fn export_line(kind: &EventKind) -> String {
+    let EventKind::Export {
+        bytes_done,
+        size_bytes,
+        layers_done,
+        layers_total,
+    } = kind
+    else {
+        return String::new();
+    };
+    format!(
+        "exporting from the engine: {} MiB of about {} MiB read, {layers_done} of {layers_total} layers compressed",
+        bytes_done >> 20,
+        size_bytes >> 20
+    )
 }
 
 #[cfg(test)]

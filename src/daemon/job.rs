@@ -528,6 +528,23 @@ impl JobContext {
         Ok(())
     }
 
+    /// Reports the progress of a `docker-daemon:` source's export (see [`EventKind::Export`]).
+    pub async fn export_progress(
+        &self,
+        bytes_done: u64,
+        size_bytes: u64,
+        layers_done: u64,
+        layers_total: u64,
+    ) {
+        self.emit(EventKind::Export {
+            bytes_done,
+            size_bytes,
+            layers_done,
+            layers_total,
+        })
+        .await;
+    }
+
     /// Records a blob's new state. A finished state (`existed`, `uploaded`, `verified`) also
     /// forgets the upload cursor.
     pub async fn blob_state(&self, digest: &Digest, state: BlobState) -> Result<(), JobError> {

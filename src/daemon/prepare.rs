@@ -41,6 +41,24 @@ async fn known_splits(ctx: &JobContext) -> Result<Vec<LayerSplit>, JobError> {
         .collect())
 }
 
+/// How the job's push is planned: its platform, codec, the target registry's limits, the
+/// caller's environment and the split policy (`known_splits` are the layouts earlier runs
+/// recorded).
+pub fn plan_options(spec: &JobSpec, env: CallerEnv, known_splits: Vec<LayerSplit>) -> PlanOptions {
+    // A target that does not parse fails later with its own message; its limits are ECR's.
+    let limits = crate::registry::ImageRef::parse(&spec.target)
+        .map(|t| crate::registry::limits_for_host(&t.host))
+        .unwrap_or_default();
+    PlanOptions {
+        platform: spec.platform.clone(),
+        compression: codec(spec.compression),
+        limits,
+        env,
+        split: split_policy(spec.split_layers),
+        known_splits,
+    }
+}
+
 /// Opens the job's source and plans the push, off the async runtime; records nothing.
 pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
@@ -48,19 +66,8 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let known_splits = known_splits(ctx).await?;
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
-        // A target that does not parse fails later with its own message; its limits are ECR's.
-        let limits = crate::registry::ImageRef::parse(&spec.target)
-            .map(|t| crate::registry::limits_for_host(&t.host))
-            .unwrap_or_default();
-        let opts = PlanOptions {
-            platform: spec.platform.clone(),
-            compression: codec(spec.compression),
-            limits,
-            env,
-            split: split_policy(spec.split_layers),
-            known_splits,
-        };
-        PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
+        PushPlan::new(&reference, &plan_options(&spec, env, known_splits))
+            .map_err(|e| format!("{e}"))
     })
     .await
     .map_err(|e| {

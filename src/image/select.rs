@@ -45,7 +45,16 @@ pub fn check_config_platform(
     config: &Config,
     wanted: &Platform,
 ) -> Result<Platform, ImageError> {
-    let have = config.platform();
+    check_platform(what, config.platform(), wanted)
+}
+
+/// Checks that an image's platform (`have`, from its config or what an engine says of it) is
+/// the wanted one; the error says how to rebuild.
+pub fn check_platform(
+    what: &str,
+    have: Platform,
+    wanted: &Platform,
+) -> Result<Platform, ImageError> {
     if wanted.matches(&have) {
         Ok(have)
     } else {

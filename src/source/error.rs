@@ -24,7 +24,7 @@ pub enum SourceError {
     NotRecognised { path: String },
 
     #[error(
-        "{input:?} is not an image reference ({detail}): use docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF] or a plain path"
+        "{input:?} is not an image reference ({detail}): use docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker-daemon:NAME[:TAG] or a plain path"
     )]
     BadRef { input: String, detail: String },
 
@@ -144,6 +144,9 @@ pub enum SourceError {
 
     #[error(transparent)]
     Image(#[from] ImageError),
+
+    #[error(transparent)]
+    Engine(#[from] super::engine::EngineError),
 }
 
 impl SourceError {

@@ -2,7 +2,7 @@
 //! archives, read in place.
 //!
 //! [`SourceRef`] names a source (`docker-archive:PATH`, `oci:DIR[:REF]`,
-//! `oci-archive:PATH[:REF]`, or a bare path that is detected). [`Source::open`] indexes it
+//! `oci-archive:PATH[:REF]`, `docker-daemon:NAME[:TAG]`, or a bare path that is detected). [`Source::open`] indexes it
 //! (archives by offset, never extracted), and [`Source::resolve`] applies the platform guard
 //! and returns a [`ResolvedImage`]: one image manifest's config and layers, each with a
 //! [`BlobLocation`] that any thread can read with [`BlobLocation::reader`].
@@ -25,6 +25,7 @@
 mod archive;
 mod blob;
 mod docker;
+pub mod engine;
 mod error;
 mod oci;
 
@@ -63,6 +64,10 @@ pub enum SourceRef {
         path: PathBuf,
         reference: Option<String>,
     },
+    /// An image in a Docker engine (or podman's Docker-compatible API), named as skopeo does:
+    /// `NAME[:TAG]`, `NAME@sha256:HEX` or an image ID. Read by a push over the Engine API
+    /// ([`engine`]), never opened as a file.
+    DockerDaemon { image: String },
 }
 
 /// Splits `PATH[:REF]` at the first colon, the way containers/image does.
@@ -116,10 +121,14 @@ impl SourceRef {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    /// The file or directory read; `None` for an image in an engine.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            SourceRef::DockerArchive { path, .. } | SourceRef::OciArchive { path, .. } => path,
-            SourceRef::Oci { dir, .. } => dir,
+            SourceRef::DockerArchive { path, .. } | SourceRef::OciArchive { path, .. } => {
+                Some(path)
+            }
+            SourceRef::Oci { dir, .. } => Some(dir),
+            SourceRef::DockerDaemon { .. } => None,
         }
     }
 
@@ -128,6 +137,7 @@ impl SourceRef {
             SourceRef::DockerArchive { reference, .. }
             | SourceRef::Oci { reference, .. }
             | SourceRef::OciArchive { reference, .. } => reference.as_deref(),
+            SourceRef::DockerDaemon { image } => Some(image),
         }
     }
 }
@@ -146,6 +156,12 @@ impl FromStr for SourceRef {
         } else if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, reference) = split_ref(s, rest)?;
             Ok(SourceRef::Oci { dir, reference })
+        } else if let Some(rest) = s.strip_prefix(engine::TRANSPORT_PREFIX) {
+            let image = engine::parse_image_name(rest).map_err(|detail| SourceError::BadRef {
+                input: s.into(),
+                detail,
+            })?;
+            Ok(SourceRef::DockerDaemon { image })
         } else if s.is_empty() {
             Err(SourceError::BadRef {
                 input: s.into(),
@@ -171,6 +187,9 @@ impl fmt::Display for SourceRef {
             SourceRef::DockerArchive { path, reference } => ("docker-archive", path, reference),
             SourceRef::Oci { dir, reference } => ("oci", dir, reference),
             SourceRef::OciArchive { path, reference } => ("oci-archive", path, reference),
+            SourceRef::DockerDaemon { image } => {
+                return write!(f, "{}{image}", engine::TRANSPORT_PREFIX);
+            }
         };
         write!(f, "{transport}:{}", path.display())?;
         if let Some(r) = reference {
@@ -401,6 +420,12 @@ impl Source {
             SourceRef::DockerArchive { path, .. } | SourceRef::OciArchive { path, .. } => {
                 Container::Tar(TarIndex::open(path)?)
             }
+            SourceRef::DockerDaemon { image } => {
+                return Err(engine::EngineError::NotAFile {
+                    image: image.clone(),
+                }
+                .into());
+            }
             SourceRef::Oci { dir, .. } => {
                 let display = dir.display().to_string();
                 match std::fs::metadata(dir) {
@@ -438,6 +463,10 @@ impl Source {
             SourceRef::Oci { reference, .. } | SourceRef::OciArchive { reference, .. } => {
                 oci::resolve(self, reference.as_deref(), wanted)
             }
+            SourceRef::DockerDaemon { image } => Err(engine::EngineError::NotAFile {
+                image: image.clone(),
+            }
+            .into()),
         }
     }
 }

@@ -662,7 +662,10 @@ fn insert_event(
 fn is_essential(body: &str) -> bool {
     !matches!(
         crate::api::decode::<EventKind>("event", body.as_bytes()),
-        Ok(EventKind::Progress { .. } | EventKind::Compress { .. } | EventKind::Retry { .. })
+        Ok(EventKind::Progress { .. }
+            | EventKind::Compress { .. }
+            | EventKind::Export { .. }
+            | EventKind::Retry { .. })
     )
 }
 

@@ -36,6 +36,7 @@
 
 pub mod commit;
 pub mod disk;
+pub mod export;
 pub mod identity;
 pub mod netwatch;
 pub mod patience;
@@ -58,6 +59,7 @@ use crate::digest::Digest;
 use crate::environ::CallerEnv;
 use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
+use crate::source::engine::TRANSPORT_PREFIX;
 use crate::store::{BlobRecord, CursorRecord};
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
@@ -293,7 +295,10 @@ impl Run {
         shared: Arc<Shared>,
         net: &NetSettings,
     ) -> Result<(Run, Vec<BlobRecord>), JobError> {
-        let plan = build_plan(ctx).await?;
+        let plan = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
+            Some(image) => export::plan_job(ctx, &shared.compressing, image).await?,
+            None => build_plan(ctx).await?,
+        };
         identity::check(ctx, &plan)?;
         let records = record_plan(ctx, &plan).await?;
         let (target, client) =

@@ -171,7 +171,8 @@ pub fn index_lookup(ctx: &JobContext, name: &str) -> Option<CompressedLayer> {
     })
 }
 
-fn index_store(ctx: &JobContext, name: &str, c: &CompressedLayer) {
+/// Records what compressing layer identity `name` produced (see [`index_lookup`]).
+pub fn index_store(ctx: &JobContext, name: &str, c: &CompressedLayer) {
     let dir = index_dir(ctx);
     let write = || -> io::Result<()> {
         std::fs::create_dir_all(&dir)?;
