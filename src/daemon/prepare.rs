@@ -2,6 +2,7 @@
 //! (`source` -> `plan`), then record the plan through the job's context.
 
 use crate::api::{BlobAction, Compression, JobSpec, SplitLayers};
+use crate::environ::CallerEnv;
 use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan, SplitPolicy};
 use crate::source::SourceRef;
 use crate::split::LayerSplit;

@@ -1,13 +1,6 @@
 //! Image sources end to end: sample images written by `hoist_testkit::sample`, converted by real tools
 //! (skopeo, tar), planned, and streamed with verification. Then every kind of bad input.
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../daemon_support/mod.rs"]
-mod daemon_support;
-#[path = "../push_support/mod.rs"]
-mod push_support;
-
 mod bad_input;
 mod engine;
 pub mod helpers;

@@ -212,6 +212,7 @@ fn resolve(
             offset: 0,
             len,
             name: name.into(),
+            splice: None,
         })
     };
     let mut out = Vec::new();
