@@ -295,17 +295,12 @@ fn layer(
     }
     let compression = Compression::sniff(&head);
     let digest = layer_digest(&location, compression, diff_id, path_digest)?;
-    Ok(SourceLayer {
+    Ok(SourceLayer::docker(
         digest,
-        size: location.len,
-        media_type: media::layer_media_type(Family::Docker2, compression, false).to_string(),
         compression,
-        foreign: false,
         location,
-        diff_id: diff_id.clone(),
-        urls: None,
-        annotations: None,
-    })
+        diff_id.clone(),
+    ))
 }
 
 /// The blob digest of a layer, checked against the digest its path implies (if any).

@@ -42,7 +42,7 @@ pub use error::SourceError;
 
 use crate::digest::Digest;
 use crate::environ::CallerEnv;
-use crate::image::media::{Compression, Family};
+use crate::image::media::{self, Compression, Family};
 use crate::image::{Config, Doc, JSON_BYTES_MAX, Manifest};
 use crate::platform::Platform;
 
@@ -384,6 +384,29 @@ pub struct SourceLayer {
     pub diff_id: Digest,
     pub urls: Option<Vec<String>>,
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl SourceLayer {
+    /// A layer of a docker archive (or of an engine's export): Docker v2 media types, never
+    /// foreign, no URLs or annotations.
+    pub fn docker(
+        digest: Digest,
+        compression: Compression,
+        location: BlobLocation,
+        diff_id: Digest,
+    ) -> SourceLayer {
+        SourceLayer {
+            digest,
+            size: location.len,
+            media_type: media::layer_media_type(Family::Docker2, compression, false).to_string(),
+            compression,
+            foreign: false,
+            location,
+            diff_id,
+            urls: None,
+            annotations: None,
+        }
+    }
 }
 
 /// The one image manifest chosen from a source, with where all its blobs are.

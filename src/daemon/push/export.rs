@@ -222,17 +222,12 @@ fn resolve(
         })?;
         let name = spool::spool_name(diff_id, codec);
         let location = open(dir.join(&name), format!("{what}: layer {diff_id}"))?;
-        out.push(SourceLayer {
-            digest: c.digest.clone(),
-            size: location.len,
-            media_type: media::layer_media_type(Family::Docker2, compression, false).to_string(),
+        out.push(SourceLayer::docker(
+            c.digest.clone(),
             compression,
-            foreign: false,
             location,
-            diff_id: diff_id.clone(),
-            urls: None,
-            annotations: None,
-        });
+            diff_id.clone(),
+        ));
     }
     Ok(ResolvedImage {
         source: what.to_string(),
