@@ -12,6 +12,11 @@
 /// One MiB, the unit ECR states its layer limits in.
 const MIB: u64 = 1 << 20;
 
+/// Upload connections a daemon keeps across all its jobs unless configured otherwise (docker
+/// pushes 5 blobs at once, skopeo 6, crane 4): the parallelism that beats per-connection
+/// shaping without crowding a home uplink.
+pub const UPLOADS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
+
 /// Most layers hoist gives an image when it splits layers, whatever the registry allows:
 /// ECR's 127 less room for about 30 layers that images built `FROM` the pushed one add on
 /// top (each `RUN`, `COPY` and `ADD` is a layer), so a split base image never makes its

@@ -39,7 +39,10 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text"])),
-    ("split", Only(&["digest", "source", "limits", "text"])),
+    (
+        "split",
+        Only(&["digest", "source", "compress", "limits", "text"]),
+    ),
     (
         "plan",
         Only(&[

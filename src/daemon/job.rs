@@ -174,6 +174,8 @@ pub struct RunLink {
     store: Store,
     reports: mpsc::Sender<RunMessage>,
     uploads: Arc<Semaphore>,
+    /// How many upload slots there are in all.
+    uploads_max: usize,
     counters: Arc<Counters>,
 }
 
@@ -191,6 +193,7 @@ impl RunLink {
             store,
             reports,
             uploads: Arc::new(Semaphore::new(uploads_in_flight_max.max(1))),
+            uploads_max: uploads_in_flight_max.max(1),
             counters,
         };
         (link, rx)
@@ -428,6 +431,11 @@ impl JobContext {
         ))
         .await;
         Ok(())
+    }
+
+    /// How many upload connections the daemon opens at most, across all jobs.
+    pub fn upload_connections(&self) -> usize {
+        self.link.uploads_max
     }
 
     /// Waits for one of the daemon-wide upload connection slots. Hold the slot while the

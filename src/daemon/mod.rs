@@ -37,8 +37,7 @@ use tracing::{info, warn};
 
 use crate::store::{Store, StoreError};
 
-/// Upload connections across all jobs, unless configured otherwise.
-pub const UPLOADS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
+pub use crate::limits::UPLOADS_IN_FLIGHT_MAX_DEFAULT;
 /// Jobs running at once, unless configured otherwise; more wait in `queued`.
 pub const JOBS_RUNNING_MAX_DEFAULT: usize = 4;
 /// How long finished jobs are kept, unless configured otherwise (`hoistd --keep-jobs`).

@@ -1,8 +1,12 @@
 //! Which entries of a layer go into which part. The rules (why each: `docs/SPLIT.md`):
 //! - every whiteout and opaque marker goes into the first part;
 //! - a hard link goes with its target, and a group of links to one file stays together;
-//! - the rest fill parts in tar order, a part closing before the entry that would take it
-//!   over the part size (an entry or link group larger than that is a part alone);
+//! - the rest fill parts in tar order, balanced by their estimated compressed bytes (their
+//!   weights): each part closes before the entry whose middle would take it past its share of
+//!   the weight still to place, or past the part size in tar bytes (an entry or link group
+//!   larger than that is a part alone);
+//! - the part count is the layer's tar size over the part size, rounded up to a multiple of
+//!   [`PARTS_ROUND`] when it is larger than that, so the upload connections carry equal shares;
 //! - a directory entry is written, byte for byte the same, in the first and in the last part
 //!   that holds anything under it (its own place when nothing is): the first so the directory exists (replacing what a
 //!   lower layer had there) before its contents arrive; the last so its mode, owner and mtime
@@ -42,50 +46,128 @@ fn link_groups(entries: &[Entry]) -> Vec<usize> {
     (0..entries.len()).map(|i| root(&mut parent, i)).collect()
 }
 
+/// Part counts above this are rounded up to a multiple of it: the daemon's default number of
+/// upload connections, so that with `n * PARTS_ROUND` parts every connection carries `n` parts
+/// of equal weight instead of one connection carrying an extra part after the others are done.
+/// A constant, not the daemon's configured count: the layout is a function of the layer and
+/// the part size only.
+pub const PARTS_ROUND: usize = crate::limits::UPLOADS_IN_FLIGHT_MAX_DEFAULT;
+
+/// How to cut a layer: parts of at most about `part_bytes` of tar, balanced by `weights` (each
+/// entry's estimated compressed bytes, in entry order).
+#[derive(Debug, Clone, Copy)]
+pub struct Cut<'a> {
+    pub part_bytes: u64,
+    pub weights: &'a [u64],
+}
+
+impl Cut<'_> {
+    /// How many parts the cut aims at: the tar size over the part size, rounded up to a
+    /// multiple of [`PARTS_ROUND`] above it.
+    fn parts_wanted(&self, total_bytes: u64) -> usize {
+        let n = total_bytes.div_ceil(self.part_bytes.max(1)).max(1) as usize;
+        if n > PARTS_ROUND {
+            n.div_ceil(PARTS_ROUND) * PARTS_ROUND
+        } else {
+            n
+        }
+    }
+}
+
+/// Where the flow of parts is: the part, its tar bytes and weight, what each part should
+/// weigh, and the weight not placed yet.
+struct Flow {
+    part: usize,
+    bytes: u64,
+    weight: u64,
+    share: u64,
+    rest: u64,
+    parts: usize,
+}
+
+impl Flow {
+    /// Whether a unit of `bytes` and `weight` opens a new part (it never does in an empty one).
+    fn closes_before(&self, bytes: u64, weight: u64, part_bytes: u64) -> bool {
+        self.bytes > 0 && (self.bytes + bytes > part_bytes || self.weight + weight / 2 > self.share)
+    }
+
+    /// Opens the next part; its share is the weight left over the parts left, so a part that
+    /// came out heavy or light is made up by the ones after it.
+    fn next(&mut self) {
+        self.part += 1;
+        self.bytes = 0;
+        self.weight = 0;
+        let left = self.parts.saturating_sub(self.part).max(1) as u64;
+        self.share = self.rest.div_ceil(left);
+    }
+
+    fn add(&mut self, bytes: u64, weight: u64) {
+        self.bytes += bytes;
+        self.weight += weight;
+        self.rest = self.rest.saturating_sub(weight);
+    }
+}
+
 /// The part of every entry that is not a directory, and the part the flow was in at each
 /// directory (its own place).
-fn flow(entries: &[Entry], part_bytes: u64) -> Vec<usize> {
+fn flow(entries: &[Entry], cut: Cut<'_>) -> Vec<usize> {
     let groups = link_groups(entries);
-    let mut group_bytes: HashMap<usize, u64> = HashMap::new();
+    let weight_of = |i: usize| cut.weights.get(i).copied().unwrap_or(entries[i].bytes());
+    let mut units: HashMap<usize, (u64, u64)> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        *group_bytes.entry(groups[i]).or_default() += e.bytes();
+        let u = units.entry(groups[i]).or_default();
+        (u.0, u.1) = (u.0 + e.bytes(), u.1 + weight_of(i));
+    }
+    let counted = |e: &Entry| e.kind != EntryKind::Dir;
+    let total_bytes = entries
+        .iter()
+        .filter(|e| counted(e))
+        .map(Entry::bytes)
+        .sum();
+    let parts = cut.parts_wanted(total_bytes);
+    let total_weight: u64 = (0..entries.len())
+        .filter(|&i| counted(&entries[i]))
+        .map(weight_of)
+        .sum();
+    let mut f = Flow {
+        part: 0,
+        bytes: 0,
+        weight: 0,
+        share: total_weight.div_ceil(parts as u64),
+        rest: total_weight,
+        parts,
+    };
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.is_whiteout()) {
+        f.add(e.bytes(), weight_of(i));
     }
     let mut part_of = vec![0usize; entries.len()];
     let mut group_part: HashMap<usize, usize> = HashMap::new();
-    let (mut part, mut bytes) = (0usize, 0u64);
-    bytes += entries
-        .iter()
-        .filter(|e| e.is_whiteout())
-        .map(Entry::bytes)
-        .sum::<u64>();
     for (i, e) in entries.iter().enumerate() {
         if e.is_whiteout() {
-            part_of[i] = 0;
             continue;
         }
         if e.kind == EntryKind::Dir {
-            part_of[i] = part;
+            part_of[i] = f.part;
             continue;
         }
         if let Some(&p) = group_part.get(&groups[i]) {
             part_of[i] = p;
             continue;
         }
-        let unit = group_bytes.get(&groups[i]).copied().unwrap_or_default();
-        if bytes > 0 && bytes + unit > part_bytes {
-            part += 1;
-            bytes = 0;
+        let (bytes, weight) = units.get(&groups[i]).copied().unwrap_or_default();
+        if f.closes_before(bytes, weight, cut.part_bytes) {
+            f.next();
         }
-        bytes += unit;
-        group_part.insert(groups[i], part);
-        part_of[i] = part;
+        f.add(bytes, weight);
+        group_part.insert(groups[i], f.part);
+        part_of[i] = f.part;
     }
     part_of
 }
 
-/// The entries of each part, in tar order: parts of about `part_bytes`.
-pub fn assign(entries: &[Entry], part_bytes: u64) -> Vec<Vec<usize>> {
-    let part_of = flow(entries, part_bytes);
+/// The entries of each part, in tar order.
+pub fn assign(entries: &[Entry], cut: Cut<'_>) -> Vec<Vec<usize>> {
+    let part_of = flow(entries, cut);
     let count = part_of.iter().max().map_or(1, |m| m + 1);
     // Each directory's first and last part: its own place, and every part under it.
     let mut dirs: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -135,14 +217,20 @@ pub fn assign(entries: &[Entry], part_bytes: u64) -> Vec<Vec<usize>> {
 
 /// [`assign`] with at most `parts_max` parts: the part size grows (by a quarter at a time, a
 /// function of the layer alone) until they fit. `None` when the layer makes one part.
-pub fn fit(entries: &[Entry], part_bytes: u64, parts_max: usize) -> Option<Vec<Vec<usize>>> {
+pub fn fit(entries: &[Entry], cut: Cut<'_>, parts_max: usize) -> Option<Vec<Vec<usize>>> {
     if parts_max < 2 {
         return None;
     }
     let total: u64 = entries.iter().map(Entry::bytes).sum();
-    let mut size = part_bytes.max(1);
+    let mut size = cut.part_bytes.max(1);
     loop {
-        let parts = assign(entries, size);
+        let parts = assign(
+            entries,
+            Cut {
+                part_bytes: size,
+                ..cut
+            },
+        );
         if parts.len() < 2 {
             return None;
         }
@@ -196,6 +284,33 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// Weights equal to tar bytes: every byte compresses alike.
+    fn even(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(Entry::bytes).collect()
+    }
+
+    fn plain(entries: &[Entry], part_bytes: u64) -> Vec<Vec<usize>> {
+        assign(
+            entries,
+            Cut {
+                part_bytes,
+                weights: &even(entries),
+            },
+        )
+    }
+
+    fn fit_plain(entries: &[Entry], part_bytes: u64, parts_max: usize) -> Option<Vec<Vec<usize>>> {
+        let w = even(entries);
+        fit(
+            entries,
+            Cut {
+                part_bytes,
+                weights: &w,
+            },
+            parts_max,
+        )
+    }
+
     #[test]
     fn whiteouts_go_first_and_directories_span_their_contents() {
         use EntryKind::{Dir, Other};
@@ -208,7 +323,7 @@ mod tests {
             ("d/c", Other, MIB),
             ("d/.wh..wh..opq", Other, 0),
         ]);
-        let parts = assign(&e, MIB + 4096);
+        let parts = plain(&e, MIB + 4096);
         assert_eq!(
             paths(&e, &parts),
             vec![
@@ -230,7 +345,7 @@ mod tests {
             ("link2", HardLink("link1".into()), 0),
             ("lower-link", HardLink("not/in/this/layer".into()), 0),
         ]);
-        let parts = assign(&e, MIB + 4096);
+        let parts = plain(&e, MIB + 4096);
         assert_eq!(
             paths(&e, &parts),
             vec![
@@ -249,16 +364,58 @@ mod tests {
             ("big", Other, 10 * MIB),
             ("small2", Other, 100),
         ]);
-        let parts = assign(&e, MIB);
+        let parts = plain(&e, MIB);
         assert_eq!(
             paths(&e, &parts),
             vec![vec!["small1"], vec!["big"], vec!["small2"]]
         );
-        assert_eq!(assign(&e, MIB), parts);
-        assert_eq!(fit(&e, MIB, 3).map(|p| p.len()), Some(3));
-        assert!(fit(&e, MIB, 2).is_none_or(|p| p.len() <= 2));
-        assert_eq!(fit(&e, MIB, 1), None);
-        assert_eq!(fit(&e, 100 * MIB, 10), None);
+        assert_eq!(plain(&e, MIB), parts);
+        assert_eq!(fit_plain(&e, MIB, 3).map(|p| p.len()), Some(3));
+        assert!(fit_plain(&e, MIB, 2).is_none_or(|p| p.len() <= 2));
+        assert_eq!(fit_plain(&e, MIB, 1), None);
+        assert_eq!(fit_plain(&e, 100 * MIB, 10), None);
         assert_eq!(ranges(&e, &[0, 1]), vec![(0, e[1].end)]);
+    }
+
+    #[test]
+    fn parts_balance_their_estimated_compressed_bytes_not_their_tar_bytes() {
+        use EntryKind::Other;
+        // Eight 1 MiB files: the first four compress to a tenth, the last four not at all.
+        let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+        let spec: Vec<(&str, EntryKind, u64)> =
+            names.iter().map(|n| (n.as_str(), Other, MIB)).collect();
+        let e = layer(&spec);
+        let weights: Vec<u64> = e
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i < 4 { x.bytes() / 10 } else { x.bytes() })
+            .collect();
+        let parts = assign(
+            &e,
+            Cut {
+                part_bytes: 6 * MIB + 64 * 1024,
+                weights: &weights,
+            },
+        );
+        // By tar bytes it would be 4 + 4 files (weights 0.4 and 4 MiB); by weight the first
+        // part takes the light files and two heavy ones.
+        let weight_of = |p: &Vec<usize>| p.iter().map(|&i| weights[i]).sum::<u64>();
+        assert_eq!(parts.len(), 2, "{:?}", paths(&e, &parts));
+        assert_eq!(parts[0].len(), 6, "{:?}", paths(&e, &parts));
+        let (a, b) = (weight_of(&parts[0]), weight_of(&parts[1]));
+        assert!(a.abs_diff(b) <= MIB / 2, "weights {a} and {b}");
+    }
+
+    #[test]
+    fn a_part_count_above_the_connections_is_a_multiple_of_them() {
+        use EntryKind::Other;
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let spec: Vec<(&str, EntryKind, u64)> =
+            names.iter().map(|n| (n.as_str(), Other, MIB / 2)).collect();
+        let e = layer(&spec);
+        // 20 MiB at 4 MiB a part: 5 parts by size, rounded up to 8.
+        assert_eq!(plain(&e, 4 * MIB + 64 * 1024).len(), 2 * PARTS_ROUND);
+        // 20 MiB at 8 MiB a part: 3, at most one per connection, stays 3.
+        assert_eq!(plain(&e, 8 * MIB).len(), 3);
     }
 }

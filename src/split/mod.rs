@@ -3,17 +3,20 @@
 //!
 //! A part is a list of byte ranges of the source layer's tar (whole entries, headers byte for
 //! byte) followed by the end-of-archive blocks, read in place through a spliced
-//! [`BlobLocation`]. [`plan_splits`] decides the parts from the headers alone ([`tar::scan`]),
-//! then one sequential read of the layer checks it against its diff_id and hashes every part.
+//! [`BlobLocation`]. The parts are decided from the headers ([`tar::scan`]) and from samples of
+//! how the layer compresses ([`estimate`]); then the layer is hashed whole (checked against its
+//! diff_id) and part by part, on every core.
 //! The result ([`LayerSplit`]) is a function of the layer and the part size only; the daemon
 //! records it with the job so a rerun rebuilds byte-identical parts without scanning again.
 //!
 //! - [`tar`]: the header scan.
+//! - [`estimate`]: each entry's estimated compressed bytes, so parts balance their uploads.
 //! - [`assign`]: which entries go into which part.
 //! - [`config`]: the config rewritten for the parts (`rootfs.diff_ids`, `history`).
 
 pub mod assign;
 pub mod config;
+pub mod estimate;
 pub mod tar;
 
 use std::sync::Arc;
@@ -172,22 +175,36 @@ impl SplitPolicy {
 }
 
 /// Splits `layer` into parts of about `part_bytes` (more when that would take over
-/// `parts_max` parts), checks it against its diff_id and hashes the parts. `None` when it
-/// makes one part only.
+/// `parts_max` parts), balanced by estimated compressed size ([`estimate`]), checks it against
+/// its diff_id and hashes the parts. `None` when it makes one part.
 pub fn split_layer(
     layer: &Candidate<'_>,
     part_bytes: u64,
     parts_max: usize,
 ) -> Result<Option<LayerSplit>, SplitError> {
     let entries = tar::scan(layer.location)?;
-    let Some(parts) = assign::fit(&entries, part_bytes, parts_max) else {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ratios =
+        estimate::Ratios::sample(layer.location, threads).map_err(|source| SplitError::Read {
+            layer: layer.location.name.to_string(),
+            source,
+        })?;
+    let weights: Vec<u64> = entries
+        .iter()
+        .map(|e| ratios.weight(e.start, e.end))
+        .collect();
+    let cut = assign::Cut {
+        part_bytes,
+        weights: &weights,
+    };
+    let Some(parts) = assign::fit(&entries, cut, parts_max) else {
         return Ok(None);
     };
     let ranges: Vec<Vec<(u64, u64)>> = parts
         .iter()
         .map(|members| assign::ranges(&entries, members))
         .collect();
-    let parts = hash_parts(layer, ranges)?;
+    let parts = hash_parts(layer, ranges, threads)?;
     Ok(Some(LayerSplit {
         layer: layer.diff_id.clone(),
         part_bytes,
@@ -198,49 +215,79 @@ pub fn split_layer(
 /// Bytes read at a time by the hashing pass.
 const HASH_READ_BYTES: usize = 1 << 20;
 
-/// One sequential read of the layer: its digest checked against the diff_id, and each part's
-/// ranges fed to that part's hasher (a part's ranges are in increasing order).
+/// Hashes `ranges` of `loc` in order into `h`.
+fn hash_ranges(loc: &BlobLocation, ranges: &[(u64, u64)], h: &mut Hasher) -> std::io::Result<()> {
+    let mut buf = vec![0u8; HASH_READ_BYTES];
+    for &(start, end) in ranges {
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(HASH_READ_BYTES as u64) as usize;
+            loc.read_exact_at(pos, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The layer's digest (to check against its diff_id) and each part's, on `threads` threads:
+/// the whole layer is one task and each part another, taken in that order as threads free up,
+/// so the whole layer's hash (the longest task) starts first.
 fn hash_parts(
     layer: &Candidate<'_>,
     ranges: Vec<Vec<(u64, u64)>>,
+    threads: usize,
 ) -> Result<Vec<PartLayout>, SplitError> {
     let loc = layer.location;
+    let whole = [(0, loc.len)];
+    let zeros = [0u8; tar::END_OF_ARCHIVE_BYTES as usize];
+    let task = |i: usize| -> std::io::Result<Digest> {
+        if i == 0 {
+            let mut h = Hasher::new(layer.diff_id.algorithm());
+            hash_ranges(loc, &whole, &mut h)?;
+            return Ok(h.finish());
+        }
+        let mut h = Hasher::new(Algorithm::Sha256);
+        hash_ranges(loc, &ranges[i - 1], &mut h)?;
+        h.update(&zeros);
+        Ok(h.finish())
+    };
+    let tasks = ranges.len() + 1;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<std::io::Result<Digest>>>> =
+        std::sync::Mutex::new((0..tasks).map(|_| None).collect());
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= tasks {
+                return;
+            }
+            let r = task(i);
+            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.clamp(1, tasks) {
+            s.spawn(worker);
+        }
+        worker();
+    });
     let read_failed = |source| SplitError::Read {
         layer: loc.name.to_string(),
         source,
     };
-    let mut whole = Hasher::new(layer.diff_id.algorithm());
-    let mut hashers: Vec<Hasher> = ranges
-        .iter()
-        .map(|_| Hasher::new(Algorithm::Sha256))
-        .collect();
-    let mut next: Vec<usize> = vec![0; ranges.len()];
-    let mut buf = vec![0u8; HASH_READ_BYTES];
-    let mut pos = 0u64;
-    while pos < loc.len {
-        let n = (loc.len - pos).min(HASH_READ_BYTES as u64) as usize;
-        let chunk = &mut buf[..n];
-        loc.read_exact_at(pos, chunk).map_err(read_failed)?;
-        whole.update(chunk);
-        let end = pos + n as u64;
-        for (p, part) in ranges.iter().enumerate() {
-            while let Some(&(s, e)) = part.get(next[p]) {
-                if s >= end {
-                    break;
-                }
-                let (from, to) = (s.max(pos), e.min(end));
-                if from < to {
-                    hashers[p].update(&chunk[(from - pos) as usize..(to - pos) as usize]);
-                }
-                if e > end {
-                    break;
-                }
-                next[p] += 1;
-            }
-        }
-        pos = end;
-    }
-    let actual = whole.finish();
+    let mut digests = done
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter();
+    let mut next_digest = || {
+        digests
+            .next()
+            .flatten()
+            .unwrap_or_else(|| Err(std::io::Error::other("a hashing thread ended early")))
+            .map_err(read_failed)
+    };
+    let actual = next_digest()?;
     if &actual != layer.diff_id {
         return Err(SplitError::DiffId {
             layer: loc.name.to_string(),
@@ -248,18 +295,142 @@ fn hash_parts(
             actual,
         });
     }
-    let zeros = [0u8; tar::END_OF_ARCHIVE_BYTES as usize];
-    Ok(ranges
+    ranges
         .into_iter()
-        .zip(hashers)
-        .map(|(ranges, mut h)| {
-            h.update(&zeros);
+        .map(|ranges| {
             let size = ranges.iter().map(|(s, e)| e - s).sum::<u64>() + tar::END_OF_ARCHIVE_BYTES;
-            PartLayout {
+            Ok(PartLayout {
+                diff_id: next_digest()?,
                 ranges,
-                diff_id: h.finish(),
                 size,
-            }
+            })
         })
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    const MIB: usize = 1 << 20;
+
+    /// A tar of 8 files of noise then 24 of zeros, 1 MiB each, as a layer location.
+    fn mixed_layer() -> (BlobLocation, Digest) {
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..32 {
+            let data: Vec<u8> = if i >= 8 {
+                vec![0; MIB]
+            } else {
+                (0..MIB)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            };
+            let mut h = ::tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("f{i:02}"), &data[..])
+                .unwrap();
+        }
+        let bytes = b.into_inner().unwrap();
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(&bytes);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        let loc = BlobLocation {
+            file: Arc::new(f),
+            offset: 0,
+            len: bytes.len() as u64,
+            name: "t: layer".into(),
+            splice: None,
+        };
+        (loc, h.finish())
+    }
+
+    /// The gzip size of each part of `split`.
+    fn gzip_sizes(split: &LayerSplit, loc: &BlobLocation) -> Vec<usize> {
+        split
+            .locations(loc)
+            .iter()
+            .map(|p| {
+                let mut tar = Vec::new();
+                p.reader().read_to_end(&mut tar).unwrap();
+                let mut out = Vec::new();
+                crate::compress::compress_chunk(crate::compress::Codec::Gzip, &tar, &mut out)
+                    .unwrap();
+                out.len()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_come_out_closer_in_compressed_size_than_a_cut_by_tar_bytes() {
+        let (loc, diff_id) = mixed_layer();
+        let layer = Candidate {
+            location: &loc,
+            diff_id: &diff_id,
+            compression: None,
+            foreign: false,
+        };
+        let part_bytes = 6 * MIB as u64;
+        let split = split_layer(&layer, part_bytes, 96).unwrap().unwrap();
+        // 32 MiB over 6 MiB is 6 parts, rounded up to two per default upload connection; the
+        // zeros weigh next to nothing and go five to a part (the size cap), so there are more.
+        assert!(split.parts.len() >= 2 * assign::PARTS_ROUND, "{split:?}");
+        assert!(split.parts.iter().all(|p| p.size <= part_bytes));
+        let weighted = gzip_sizes(&split, &loc);
+        // Cut by tar bytes alone: two parts of four files of noise each.
+        let entries = tar::scan(&loc).unwrap();
+        let even: Vec<u64> = entries.iter().map(tar::Entry::bytes).collect();
+        let cut = assign::Cut {
+            part_bytes,
+            weights: &even,
+        };
+        let ranges = assign::fit(&entries, cut, 96)
+            .unwrap()
+            .iter()
+            .map(|m| assign::ranges(&entries, m))
+            .collect();
+        let plain = LayerSplit {
+            parts: hash_parts(&layer, ranges, 2).unwrap(),
+            ..split.clone()
+        };
+        let by_bytes = gzip_sizes(&plain, &loc);
+        let (w, b) = (weighted.iter().max(), by_bytes.iter().max());
+        let (w, b) = (*w.unwrap(), *b.unwrap());
+        assert!(
+            w * 4 <= b * 3,
+            "largest part: {w} balanced, {b} by tar bytes: {weighted:?} {by_bytes:?}"
+        );
+        // Every part's diff_id is the sha256 of its tar.
+        for (p, l) in split.parts.iter().zip(split.locations(&loc)) {
+            let mut h = Hasher::new(Algorithm::Sha256);
+            let mut tar = Vec::new();
+            l.reader().read_to_end(&mut tar).unwrap();
+            h.update(&tar);
+            assert_eq!(h.finish(), p.diff_id);
+        }
+    }
+
+    #[test]
+    fn a_layer_that_is_not_its_diff_id_is_refused() {
+        let (loc, _) = mixed_layer();
+        let wrong = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        let layer = Candidate {
+            location: &loc,
+            diff_id: &wrong,
+            compression: None,
+            foreign: false,
+        };
+        assert!(matches!(
+            split_layer(&layer, 8 << 20, 96),
+            Err(SplitError::DiffId { .. })
+        ));
+    }
 }

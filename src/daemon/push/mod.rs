@@ -79,12 +79,24 @@ pub struct Shared {
     pushed_to: Mutex<HashMap<BlobKey, String>>,
     /// Each registry's link monitor: ends the waits of every job when its link comes back.
     links: Arc<wake::Links>,
-    /// Compression threads daemon-wide: the compressors' buffers are the largest memory of a
-    /// push (`4 * threads * chunk`); one per core by default.
-    compressing: Arc<spool::ThreadTokens>,
+    /// Compression tokens daemon-wide: the compressors' buffers are the largest memory of a
+    /// push (`4 * threads * chunk`); one per core, or per upload connection when there are
+    /// more. Made by the first job, which knows the connection count.
+    compressing: std::sync::OnceLock<Arc<spool::ThreadTokens>>,
 }
 
 impl Shared {
+    fn compressing(&self, ctx: &JobContext) -> Arc<spool::ThreadTokens> {
+        self.compressing
+            .get_or_init(|| {
+                Arc::new(spool::ThreadTokens::with_lanes(
+                    spool::daemon_compress_threads_default(),
+                    ctx.upload_connections(),
+                ))
+            })
+            .clone()
+    }
+
     /// The lock of one blob in one registry: held while a job uploads it.
     fn inflight_lock(&self, host: &str, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.inflight.lock().expect("inflight lock");
@@ -296,7 +308,7 @@ impl Run {
         net: &NetSettings,
     ) -> Result<(Run, Vec<BlobRecord>), JobError> {
         let plan = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
-            Some(image) => export::plan_job(ctx, &shared.compressing, image).await?,
+            Some(image) => export::plan_job(ctx, &shared.compressing(ctx), image).await?,
             None => build_plan(ctx).await?,
         };
         identity::check(ctx, &plan)?;
@@ -376,7 +388,7 @@ impl Run {
         let compressor = {
             let ctx = self.ctx.clone();
             let rt = tokio::runtime::Handle::current();
-            let gate = self.shared.compressing.clone();
+            let gate = self.shared.compressing(&self.ctx);
             tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
         };
         let uploader = Arc::new(Uploader {

@@ -212,12 +212,16 @@ impl From<CompressError> for SinkError {
     }
 }
 
-/// Compression threads, daemon-wide: a layer's compression takes its threads' tokens first, so
-/// the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by the token
-/// count ([`daemon_compress_threads_default`] unless set) whatever the number of jobs and
-/// layers.
+/// Compression tokens, daemon-wide: a layer's compression takes one per thread first, so the
+/// compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by the token count
+/// whatever the number of jobs and layers. There is one token per core
+/// ([`daemon_compress_threads_default`] unless set), or one per upload connection when there
+/// are more connections than cores (see [`run`]).
 pub struct ThreadTokens {
+    /// Most threads one layer's compression uses: one per core.
     threads: usize,
+    /// Tokens in all, at least `threads`.
+    lanes: usize,
     free: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
 }
@@ -237,17 +241,30 @@ pub struct Tokens<'a> {
 impl ThreadTokens {
     /// `threads` compression threads for the whole daemon (at least one).
     pub fn new(threads: usize) -> ThreadTokens {
+        ThreadTokens::with_lanes(threads, threads)
+    }
+
+    /// Up to `threads` threads for one layer and up to `lanes` layers compressing at once,
+    /// one thread each when they are more than `threads`.
+    pub fn with_lanes(threads: usize, lanes: usize) -> ThreadTokens {
         let threads = threads.max(1);
+        let lanes = lanes.max(threads);
         ThreadTokens {
             threads,
-            free: std::sync::Mutex::new(threads),
+            lanes,
+            free: std::sync::Mutex::new(lanes),
             freed: std::sync::Condvar::new(),
         }
     }
 
-    /// How many tokens there are in all.
+    /// The most threads one layer's compression uses.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The most layers that compress at once: how many tokens there are in all.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// Takes `n` tokens if they are free now.
@@ -294,11 +311,16 @@ pub fn daemon_compress_threads_default() -> usize {
 }
 
 /// Compresses `layers` into the spool (blocking: run on a blocking thread). With several
-/// layers to compress, up to one per compression thread run side by side, one thread each:
-/// a cheap layer (incompressible data, stored) then streams to the registry while a costly one
-/// (text) is still compressing, so the registry's CPU work overlaps ours instead of following
-/// it. A single layer gets every thread. Each layer's watch channel follows its progress. Stops
-/// at the first error, which is also sent to every layer not done.
+/// layers to compress, up to [`ThreadTokens::lanes`] run side by side (one per upload
+/// connection when there are more connections than cores), sharing the cores' threads, one
+/// thread each at least: a cheap layer (incompressible data, stored) then streams to the
+/// registry while a costly one (text) is still compressing, so the registry's CPU work overlaps
+/// ours instead of following it; and every upload connection has a layer streaming into it as
+/// it compresses, instead of waiting for a layer's turn (the parts of a split layer, each
+/// slower to upload over its connection than to compress, would otherwise go two by two on two
+/// cores while two connections idle). A single layer gets every thread. Each layer's watch
+/// channel follows its progress. Stops at the first error, which is also sent to every layer
+/// not done.
 pub fn run(
     ctx: &JobContext,
     rt: &tokio::runtime::Handle,
@@ -309,9 +331,9 @@ pub fn run(
         .iter()
         .filter(|l| !l.skip.load(Ordering::Relaxed))
         .collect();
-    let threads = tokens.threads();
-    let lanes = todo.len().clamp(1, threads);
-    let per_layer = threads / lanes;
+    let lanes = todo.len().clamp(1, tokens.lanes());
+    // At most `lanes` tokens held in all: `threads` split over the lanes, or one per lane.
+    let per_layer = (tokens.threads() / lanes).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let lane = || {
