@@ -2,9 +2,9 @@
 //! - every whiteout and opaque marker goes into the first part;
 //! - a hard link goes with its target, and a group of links to one file stays together;
 //! - the rest fill parts in tar order, balanced by their estimated compressed bytes (their
-//!   weights): each part closes before the entry whose middle would take it past its share of
-//!   the weight still to place, or past the part size in tar bytes (an entry or link group
-//!   larger than that is a part alone);
+//!   weights): of the ways to cut the tar into the wanted number of parts, the one whose
+//!   heaviest part is lightest, each part within the part size in tar bytes (an entry or link
+//!   group larger than that is a part alone);
 //! - the part count is the layer's tar size over the part size, rounded up to a multiple of
 //!   [`PARTS_ROUND`] when it is larger than that, so the upload connections carry equal shares;
 //! - a directory entry is written, byte for byte the same, in the first and in the last part
@@ -74,95 +74,105 @@ impl Cut<'_> {
     }
 }
 
-/// Where the flow of parts is: the part, its tar bytes and weight, what each part should
-/// weigh, and the weight not placed yet.
-struct Flow {
-    part: usize,
-    bytes: u64,
-    weight: u64,
-    share: u64,
-    rest: u64,
-    parts: usize,
+/// The units a layer's entries are placed as: link groups, with their tar bytes and weight.
+struct Units {
+    /// Each entry's group (see [`link_groups`]).
+    groups: Vec<usize>,
+    /// Each group's (tar bytes, weight).
+    sizes: HashMap<usize, (u64, u64)>,
+    /// The whiteouts' (tar bytes, weight): they open the first part.
+    first: (u64, u64),
 }
 
-impl Flow {
-    /// Whether a unit of `bytes` and `weight` opens a new part (it never does in an empty one).
-    fn closes_before(&self, bytes: u64, weight: u64, part_bytes: u64) -> bool {
-        self.bytes > 0 && (self.bytes + bytes > part_bytes || self.weight + weight / 2 > self.share)
+impl Units {
+    fn new(entries: &[Entry], cut: Cut<'_>) -> Units {
+        let groups = link_groups(entries);
+        let weight_of = |i: usize| cut.weights.get(i).copied().unwrap_or(entries[i].bytes());
+        let mut sizes: HashMap<usize, (u64, u64)> = HashMap::new();
+        let mut first = (0, 0);
+        for (i, e) in entries.iter().enumerate() {
+            let s = if e.is_whiteout() {
+                &mut first
+            } else {
+                sizes.entry(groups[i]).or_default()
+            };
+            (s.0, s.1) = (s.0 + e.bytes(), s.1 + weight_of(i));
+        }
+        Units {
+            groups,
+            sizes,
+            first,
+        }
     }
 
-    /// Opens the next part; its share is the weight left over the parts left, so a part that
-    /// came out heavy or light is made up by the ones after it.
-    fn next(&mut self) {
-        self.part += 1;
-        self.bytes = 0;
-        self.weight = 0;
-        let left = self.parts.saturating_sub(self.part).max(1) as u64;
-        self.share = self.rest.div_ceil(left);
-    }
-
-    fn add(&mut self, bytes: u64, weight: u64) {
-        self.bytes += bytes;
-        self.weight += weight;
-        self.rest = self.rest.saturating_sub(weight);
+    /// Tar bytes and weight of everything that is not a directory.
+    fn totals(&self, entries: &[Entry]) -> (u64, u64) {
+        let mut seen = std::collections::HashSet::new();
+        let mut t = self.first;
+        for (i, e) in entries.iter().enumerate() {
+            if e.kind != EntryKind::Dir && !e.is_whiteout() && seen.insert(self.groups[i]) {
+                let (b, w) = self.sizes.get(&self.groups[i]).copied().unwrap_or_default();
+                (t.0, t.1) = (t.0 + b, t.1 + w);
+            }
+        }
+        t
     }
 }
 
 /// The part of every entry that is not a directory, and the part the flow was in at each
-/// directory (its own place).
-fn flow(entries: &[Entry], cut: Cut<'_>) -> Vec<usize> {
-    let groups = link_groups(entries);
-    let weight_of = |i: usize| cut.weights.get(i).copied().unwrap_or(entries[i].bytes());
-    let mut units: HashMap<usize, (u64, u64)> = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        let u = units.entry(groups[i]).or_default();
-        (u.0, u.1) = (u.0 + e.bytes(), u.1 + weight_of(i));
-    }
-    let counted = |e: &Entry| e.kind != EntryKind::Dir;
-    let total_bytes = entries
-        .iter()
-        .filter(|e| counted(e))
-        .map(Entry::bytes)
-        .sum();
-    let parts = cut.parts_wanted(total_bytes);
-    let total_weight: u64 = (0..entries.len())
-        .filter(|&i| counted(&entries[i]))
-        .map(weight_of)
-        .sum();
-    let mut f = Flow {
-        part: 0,
-        bytes: 0,
-        weight: 0,
-        share: total_weight.div_ceil(parts as u64),
-        rest: total_weight,
-        parts,
-    };
-    for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.is_whiteout()) {
-        f.add(e.bytes(), weight_of(i));
-    }
+/// directory (its own place), filling each part in tar order up to `part_bytes` of tar and
+/// `max_weight` of weight (a unit larger than either is a part alone).
+fn pack(entries: &[Entry], units: &Units, part_bytes: u64, max_weight: u64) -> Vec<usize> {
     let mut part_of = vec![0usize; entries.len()];
     let mut group_part: HashMap<usize, usize> = HashMap::new();
+    let (mut part, (mut bytes, mut weight)) = (0usize, units.first);
     for (i, e) in entries.iter().enumerate() {
         if e.is_whiteout() {
             continue;
         }
         if e.kind == EntryKind::Dir {
-            part_of[i] = f.part;
+            part_of[i] = part;
             continue;
         }
-        if let Some(&p) = group_part.get(&groups[i]) {
+        let g = units.groups[i];
+        if let Some(&p) = group_part.get(&g) {
             part_of[i] = p;
             continue;
         }
-        let (bytes, weight) = units.get(&groups[i]).copied().unwrap_or_default();
-        if f.closes_before(bytes, weight, cut.part_bytes) {
-            f.next();
+        let (b, w) = units.sizes.get(&g).copied().unwrap_or_default();
+        if bytes > 0 && (bytes + b > part_bytes || weight + w > max_weight) {
+            (part, bytes, weight) = (part + 1, 0, 0);
         }
-        f.add(bytes, weight);
-        group_part.insert(groups[i], f.part);
-        part_of[i] = f.part;
+        (bytes, weight) = (bytes + b, weight + w);
+        group_part.insert(g, part);
+        part_of[i] = part;
     }
     part_of
+}
+
+fn count(part_of: &[usize]) -> usize {
+    part_of.iter().max().map_or(1, |m| m + 1)
+}
+
+/// The part of every entry that is not a directory, and the part the flow was in at each
+/// directory (its own place): the [`Cut::parts_wanted`] parts (or fewer) whose heaviest part
+/// is as light as it can be, found by a binary search on that weight. More parts only where
+/// `part_bytes` forces them.
+fn flow(entries: &[Entry], cut: Cut<'_>) -> Vec<usize> {
+    let units = Units::new(entries, cut);
+    let (total_bytes, total_weight) = units.totals(entries);
+    let wanted = cut.parts_wanted(total_bytes);
+    let (mut lo, mut hi) = (total_weight.div_ceil(wanted as u64), total_weight.max(1));
+    // `hi` always fits in `wanted` parts unless the tar-byte limit alone needs more.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if count(&pack(entries, &units, cut.part_bytes, mid)) <= wanted {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    pack(entries, &units, cut.part_bytes, hi)
 }
 
 /// The entries of each part, in tar order.

@@ -3,9 +3,13 @@
 //! connection, and tars compress unevenly (the same 120 MiB of tar can give 10 or 100 MiB of
 //! gzip), so parts cut by tar size alone leave one connection working long after the others.
 //!
-//! The layer is cut into blocks of [`ESTIMATE_BLOCK_BYTES`]; the first
-//! [`ESTIMATE_SAMPLE_BYTES`] of each are compressed as one gzip member with the spool's own
-//! compressor, and the block is taken to compress like its sample. The estimate is a function
+//! The layer is cut into blocks of [`ESTIMATE_BLOCK_BYTES`]; [`ESTIMATE_SAMPLE_BYTES`] of each,
+//! at a place that varies from block to block (a fixed function of the block's index), are
+//! compressed as one gzip member with the spool's own compressor, and the block is taken to
+//! compress like its sample. One contiguous sample keeps deflate's whole window (smaller
+//! pieces make text look less compressible than it is, and so parts of text too heavy), and
+//! moving it around the blocks samples every kind of file a part holds, not only the files
+//! that happen to start blocks. The estimate is a function
 //! of the layer's bytes alone (fixed codec, level and sizes; whatever codec the push uses), so
 //! the layout stays a function of the layer and the part size.
 
@@ -14,7 +18,7 @@ use crate::source::BlobLocation;
 
 /// Bytes of the layer one sample stands for.
 pub const ESTIMATE_BLOCK_BYTES: u64 = 1 << 20;
-/// Bytes compressed at the start of each block: deflate's window (32 KiB), 1/32 of the block.
+/// Bytes of each block compressed: deflate's window (32 KiB), 1/32 of the block.
 pub const ESTIMATE_SAMPLE_BYTES: usize = 32 << 10;
 
 /// The estimated compressed size of each block, as (sample's compressed bytes, sample bytes).
@@ -68,6 +72,13 @@ impl Ratios {
     }
 }
 
+/// Where block `b`'s sample starts in the block, at most `room`: a multiplicative hash of the
+/// block's index, on a 512-byte tar block boundary.
+fn sample_offset(b: u64, room: u64) -> u64 {
+    let h = b.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    (h % (room + 1)) / 512 * 512
+}
+
 fn sample_blocks(
     layer: &BlobLocation,
     blocks: std::ops::Range<usize>,
@@ -78,9 +89,11 @@ fn sample_blocks(
     let mut ratios = Vec::with_capacity(blocks.len());
     for b in blocks {
         let start = b as u64 * ESTIMATE_BLOCK_BYTES;
-        let n = (layer.len - start).min(ESTIMATE_SAMPLE_BYTES as u64) as usize;
-        let sample = &mut buf[..n];
-        layer.read_exact_at(start, sample)?;
+        let len = (layer.len - start).min(ESTIMATE_BLOCK_BYTES);
+        let n = len.min(ESTIMATE_SAMPLE_BYTES as u64);
+        let at = sample_offset(b as u64, len - n);
+        let sample = &mut buf[..n as usize];
+        layer.read_exact_at(start + at, sample)?;
         out.clear();
         compressor
             .compress(Codec::Gzip, sample, &mut out)
