@@ -212,11 +212,11 @@ impl From<CompressError> for SinkError {
     }
 }
 
-/// Compression tokens, daemon-wide: a layer's compression takes one per thread first, so the
-/// compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread) stays bounded by the token count
-/// whatever the number of jobs and layers. There is one token per core
-/// ([`daemon_compress_threads_default`] unless set), or one per upload connection when there
-/// are more connections than cores (see [`run`]).
+/// Compression tokens, daemon-wide: a layer's compression takes its share of them first (see
+/// [`run`]), so the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread, at most one
+/// thread per token) stays bounded by the token count whatever the number of jobs and layers.
+/// There is one token per core ([`daemon_compress_threads_default`] unless set), or one per
+/// upload connection when there are more connections than cores.
 pub struct ThreadTokens {
     /// Most threads one layer's compression uses: one per core.
     threads: usize,
@@ -332,7 +332,10 @@ pub fn run(
         .filter(|l| !l.skip.load(Ordering::Relaxed))
         .collect();
     let lanes = todo.len().clamp(1, tokens.lanes());
-    // At most `lanes` tokens held in all: `threads` split over the lanes, or one per lane.
+    // Each lane's layer takes an equal share of every token, so a run takes them all, as one
+    // layer on every core did: another job's compression waits for a layer to finish. The
+    // threads are the cores' split over the lanes, one at least.
+    let cost = tokens.lanes() / lanes;
     let per_layer = (tokens.threads() / lanes).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -345,7 +348,7 @@ pub fn run(
             if failed.load(Ordering::Relaxed) || l.skip.load(Ordering::Relaxed) {
                 continue;
             }
-            let result = compress_in_turn(ctx, rt, tokens, l, per_layer);
+            let result = compress_in_turn(ctx, rt, tokens, l, cost, per_layer);
             if let Err(e) = result {
                 failed.store(true, Ordering::Relaxed);
                 for rest in &todo[i..] {
@@ -367,24 +370,25 @@ pub fn run(
     });
 }
 
-/// Compresses one layer once its threads' tokens are free; a stop ends the wait.
+/// Compresses one layer on `threads` threads once `cost` tokens are free; a stop ends the wait.
 fn compress_in_turn(
     ctx: &JobContext,
     rt: &tokio::runtime::Handle,
     tokens: &ThreadTokens,
     l: &SpoolLayer,
+    cost: usize,
     threads: usize,
 ) -> Result<(), JobError> {
     if ctx.is_stop_requested() {
         return Err(JobError::Stopped);
     }
-    let _turn = match tokens.try_take(threads) {
+    let _turn = match tokens.try_take(cost) {
         Some(t) => t,
         None => {
             rt.block_on(ctx.waiting(Some(
                 "waiting for another job's compression to finish (compression threads are shared daemon-wide)".into(),
             )));
-            let t = tokens.take_until(threads, &|| ctx.is_stop_requested());
+            let t = tokens.take_until(cost, &|| ctx.is_stop_requested());
             rt.block_on(ctx.waiting(None));
             t.ok_or(JobError::Stopped)?
         }
