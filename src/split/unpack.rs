@@ -104,11 +104,16 @@ pub fn unpack(layer: &Candidate<'_>, to: &UnpackDir) -> Result<BlobLocation, Spl
         source,
     };
     std::fs::create_dir_all(&to.dir).map_err(|e| write_failed(&to.dir, e))?;
-    let tmp = to.dir.join(format!(
-        "{}.{}.partial",
-        name_stem(layer),
-        std::process::id()
-    ));
+    // A kept file's temporary name is the same for every run, so a run cut short leaves at
+    // most one partial copy (truncated by the next); another's is unique to this process.
+    let tmp = match to.keep {
+        true => to.dir.join(format!("{}.partial", name_stem(layer))),
+        false => to.dir.join(format!(
+            "{}.{}.partial",
+            name_stem(layer),
+            std::process::id()
+        )),
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -237,12 +242,10 @@ mod tests {
     use crate::digest::{Algorithm, Digest};
     use std::os::unix::fs::MetadataExt as _;
 
-    /// A gzip layer (a small tar of noise) in a file, and its diff_id.
-    fn gzip_layer() -> (BlobLocation, Digest) {
+    /// A layer (a small tar of text) compressed with `codec` in a file, and its diff_id.
+    fn layer(codec: Codec) -> (BlobLocation, Digest) {
         let mut b = ::tar::Builder::new(Vec::new());
-        let data = crate::digest::Digest::sha256_of(b"seed")
-            .hex()
-            .repeat(40_000);
+        let data = Digest::sha256_of(b"seed").hex().repeat(40_000);
         let mut h = ::tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -250,26 +253,39 @@ mod tests {
         let tar = b.into_inner().unwrap();
         let mut h = Hasher::new(Algorithm::Sha256);
         h.update(&tar);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar).unwrap();
-        let gz = gz.finish().unwrap();
+        let compressed = match codec {
+            Codec::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&tar).unwrap();
+                gz.finish().unwrap()
+            }
+            Codec::Zstd => zstd::encode_all(&tar[..], 1).unwrap(),
+        };
         let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&gz).unwrap();
+        f.write_all(&compressed).unwrap();
         let loc = BlobLocation {
             file: Arc::new(f),
             offset: 0,
-            len: gz.len() as u64,
-            name: "t: layer.gz".into(),
+            len: compressed.len() as u64,
+            name: format!("t: layer.{codec}").into(),
             splice: None,
         };
         (loc, h.finish())
+    }
+
+    fn gzip_layer() -> (BlobLocation, Digest) {
+        layer(Codec::Gzip)
     }
 
     fn candidate<'a>(loc: &'a BlobLocation, diff_id: &'a Digest) -> Candidate<'a> {
         Candidate {
             location: loc,
             diff_id,
-            compression: Some("gzip"),
+            compression: Some(if loc.name.ends_with("zstd") {
+                "zstd"
+            } else {
+                "gzip"
+            }),
             foreign: false,
         }
     }
@@ -323,15 +339,18 @@ mod tests {
         assert!(matches!(err, SplitError::NoRoom { .. }), "{err}");
         assert!(!err.to_string().contains('\n'));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        // Not kept: unlinked at once, readable through the location.
-        let (loc, diff_id) = gzip_layer();
+        // Not kept: unlinked at once, readable through the location; zstd too.
         let gone = UnpackDir {
             keep: false,
             ..kept(dir.path())
         };
-        let l = unpack(&candidate(&loc, &diff_id), &gone).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let read = io::copy(&mut l.verifying_reader(&diff_id), &mut io::sink());
-        assert_eq!(read.unwrap(), l.len);
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let (loc, diff_id) = layer(codec);
+            let l = unpack(&candidate(&loc, &diff_id), &gone).unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+            let read = io::copy(&mut l.verifying_reader(&diff_id), &mut io::sink());
+            assert_eq!(read.unwrap(), l.len);
+            assert!(l.len > loc.len, "{codec}");
+        }
     }
 }
