@@ -4,9 +4,9 @@
 
 use crate::api::{BlobAction, Compression, JobSpec, SplitLayers};
 use crate::environ::CallerEnv;
-use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan, SplitPolicy, UnpackDir};
+use crate::plan::{Codec, LayerAction, PlanError, PlanOptions, PushPlan, SplitPolicy, UnpackDir};
 use crate::source::SourceRef;
-use crate::split::LayerSplit;
+use crate::split::{LayerSplit, SplitError};
 use crate::store::{BlobRecord, NewBlob};
 
 use super::job::{JobContext, JobError};
@@ -88,7 +88,15 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
             unpack: Some(unpack),
             ..plan_options(&spec, env, known_splits)
         };
-        PushPlan::new(&reference, &opts).map_err(|e| format!("{e}"))
+        PushPlan::new(&reference, &opts).map_err(|e| match e {
+            PlanError::Split {
+                source: SplitError::NoRoom { .. },
+                ..
+            } => format!(
+                "{e}; `hoist retry` runs the job again (`hoistd --state-dir` moves the state directory)"
+            ),
+            e => format!("{e}"),
+        })
     })
     .await
     .map_err(|e| {

@@ -87,7 +87,7 @@ pub enum SplitError {
     },
 
     #[error(
-        "{layer}: no room to decompress it for splitting in {dir} ({written} bytes written, {free} bytes free, {reserve} of them kept free): free space there, or pass --split-layers auto or off to push the layer whole"
+        "{layer}: no room to decompress it for splitting in {dir} ({written} bytes written, {free} bytes free, {reserve} of them kept free): free space there and run it again, or push with --split-layers auto or off to keep the layer whole"
     )]
     NoRoom {
         layer: String,
