@@ -438,21 +438,27 @@ fn split_one(
         }
         return Ok(None);
     };
-    let recompressed = match compression {
-        Some(c) => format!(
-            ", and the layer's {c} blob ({}) is not pushed: its parts are compressed again with {}",
+    warnings.push(split_warning(i, l, &layout, opts.compression));
+    Ok(Some(LayerCut { layout, unpacked }))
+}
+
+/// What splitting layer `i` changes: the config and manifest digests, and for a compressed
+/// layer its own blob, which is not pushed (its parts are compressed again with `codec`).
+fn split_warning(i: usize, l: &SourceLayer, layout: &LayerSplit, codec: Codec) -> String {
+    let recompressed = match l.compression {
+        Compression::None => String::new(),
+        c => format!(
+            ", and the layer's {} blob ({}) is not pushed: its parts are compressed again with {codec}",
+            c.name(),
             l.digest.short(),
-            opts.compression
         ),
-        None => String::new(),
     };
-    warnings.push(format!(
+    format!(
         "layer {i} ({}) is split into {} parts of about {} bytes at most: the pushed image's config and manifest digests (its image ID) differ from the unsplit image's{recompressed}; pass --split-layers off to keep them",
         l.diff_id.short(),
         layout.parts.len(),
-        part_bytes
-    ));
-    Ok(Some(LayerCut { layout, unpacked }))
+        layout.part_bytes
+    )
 }
 
 /// Compressed layer `l` as an uncompressed one to split: decompressed into `opts.unpack` (a
