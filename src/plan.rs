@@ -29,6 +29,7 @@
 //! ```
 
 use std::io;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -47,6 +48,7 @@ use crate::split::{self, Candidate, LayerSplit, SplitError};
 
 pub use crate::compress::Codec;
 pub use crate::split::SplitPolicy;
+pub use crate::split::unpack::UnpackDir;
 
 /// The layer compression a codec produces.
 fn codec_compression(codec: Codec) -> Compression {
@@ -73,6 +75,9 @@ pub struct PlanOptions {
     /// Splits made before for this push (recorded with the job): used instead of scanning and
     /// hashing the layer again, so a rerun rebuilds the same parts.
     pub known_splits: Vec<LayerSplit>,
+    /// Where a compressed layer `split` asks to split is decompressed first (the daemon: the
+    /// job's spool, kept for its later runs); `None` refuses such a layer.
+    pub unpack: Option<UnpackDir>,
 }
 
 impl Default for PlanOptions {
@@ -84,6 +89,7 @@ impl Default for PlanOptions {
             env: CallerEnv::from_process(),
             split: SplitPolicy::Off,
             known_splits: Vec::new(),
+            unpack: None,
         }
     }
 }
@@ -215,6 +221,16 @@ pub struct PushPlan {
     manifest_annotations: Option<serde_json::Map<String, serde_json::Value>>,
     /// The layers split into parts (to record with the job).
     pub splits: Vec<LayerSplit>,
+    /// The compressed layers decompressed to be split.
+    pub unpacked: Vec<Unpacked>,
+}
+
+/// A compressed source layer decompressed to be split: its parts are read from `file`, and
+/// `source` is the compressed layer the file was made from (what identifies the source).
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub file: Arc<std::fs::File>,
+    pub source: BlobLocation,
 }
 
 /// What the user should know before pushing `image`: over the registry's limits (an error),
@@ -317,13 +333,20 @@ fn plan_layer(l: SourceLayer, family: Family, converted: bool, codec: Codec) -> 
     }
 }
 
+/// A layer's split as planned: its layout and, for a compressed layer, the uncompressed layer
+/// it was cut from (decompressed by [`split::unpack`]), which takes its place in the plan.
+struct LayerCut {
+    layout: LayerSplit,
+    unpacked: Option<SourceLayer>,
+}
+
 /// How each layer of `image` is split (`None`: pushed whole) and the warnings to show. Parts
 /// are handed out in layer order while the image stays within the layer-count limit.
 fn plan_splits(
     image: &ResolvedImage,
     opts: &PlanOptions,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Option<LayerSplit>>, SplitError> {
+) -> Result<Vec<Option<LayerCut>>, SplitError> {
     let total_max = opts
         .limits
         .layers_per_image_max
@@ -331,48 +354,169 @@ fn plan_splits(
     let mut extra_parts = total_max.saturating_sub(image.layers.len());
     let mut out = Vec::with_capacity(image.layers.len());
     for (i, l) in image.layers.iter().enumerate() {
-        let candidate = Candidate {
-            location: &l.location,
-            diff_id: &l.diff_id,
-            compression: (l.compression != Compression::None).then(|| l.compression.name()),
-            foreign: l.foreign,
+        let room = PartsRoom {
+            extra_parts,
+            total_max,
         };
-        let Some(part_bytes) = opts.split.part_bytes(&candidate)? else {
-            out.push(None);
-            continue;
-        };
-        let known = opts
-            .known_splits
-            .iter()
-            .find(|k| k.layer == l.diff_id && k.part_bytes == part_bytes)
-            .cloned();
-        let made = match known {
-            Some(k) => Some(k),
-            None => match split::split_layer(&candidate, part_bytes, extra_parts + 1) {
-                Ok(s) => s,
-                Err(e @ (SplitError::Tar { .. } | SplitError::Unsplittable { .. })) => {
-                    warnings.push(format!("layer {i} is pushed whole: {e}"));
-                    None
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        if let Some(s) = &made {
-            extra_parts = extra_parts.saturating_sub(s.parts.len() - 1);
-            warnings.push(format!(
-                "layer {i} ({}) is split into {} parts of about {} bytes at most: the pushed image's config and manifest digests (its image ID) differ from the unsplit image's; pass --split-layers off to keep them",
-                l.diff_id.short(),
-                s.parts.len(),
-                part_bytes
-            ));
-        } else if extra_parts == 0 {
-            warnings.push(format!(
-                "layer {i} is pushed whole: the image is at hoist's limit of {total_max} layers for split images"
-            ));
+        let cut = split_one(i, l, image.family, opts, room, warnings)?;
+        if let Some(c) = &cut {
+            extra_parts = extra_parts.saturating_sub(c.layout.parts.len() - 1);
         }
-        out.push(made);
+        out.push(cut);
     }
     Ok(out)
+}
+
+/// The parts the layer-count limit still allows: `extra_parts` beyond one per layer, of a
+/// `total_max` layers at most.
+#[derive(Clone, Copy)]
+struct PartsRoom {
+    extra_parts: usize,
+    total_max: usize,
+}
+
+/// How layer `i` is split, if it is (a compressed one is decompressed first, unless the
+/// layer-count limit leaves no room for its parts).
+fn split_one(
+    i: usize,
+    l: &SourceLayer,
+    family: Family,
+    opts: &PlanOptions,
+    room: PartsRoom,
+    warnings: &mut Vec<String>,
+) -> Result<Option<LayerCut>, SplitError> {
+    let compression = (l.compression != Compression::None).then(|| l.compression.name());
+    let candidate = Candidate {
+        location: &l.location,
+        diff_id: &l.diff_id,
+        compression,
+        foreign: l.foreign,
+    };
+    let Some(part_bytes) = opts.split.part_bytes(&candidate)? else {
+        return Ok(None);
+    };
+    let known = opts
+        .known_splits
+        .iter()
+        .find(|k| k.layer == l.diff_id && k.part_bytes == part_bytes)
+        .cloned();
+    let at_limit = format!(
+        "layer {i} is pushed whole: the image is at hoist's limit of {} layers for split images",
+        room.total_max
+    );
+    if known.is_none() && room.extra_parts == 0 && compression.is_some() {
+        warnings.push(at_limit);
+        return Ok(None);
+    }
+    let unpacked = match compression {
+        Some(_) => Some(unpacked_layer(l, family, &candidate, part_bytes, opts)?),
+        None => None,
+    };
+    let candidate = match &unpacked {
+        Some(u) => Candidate {
+            location: &u.location,
+            diff_id: &u.diff_id,
+            compression: None,
+            foreign: false,
+        },
+        None => candidate,
+    };
+    let made = match known {
+        Some(k) => Some(k),
+        None => match split::split_layer(&candidate, part_bytes, room.extra_parts + 1) {
+            Ok(s) => s,
+            Err(e @ (SplitError::Tar { .. } | SplitError::Unsplittable { .. })) => {
+                warnings.push(format!("layer {i} is pushed whole: {e}"));
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let Some(layout) = made else {
+        if room.extra_parts == 0 {
+            warnings.push(at_limit);
+        }
+        return Ok(None);
+    };
+    warnings.push(split_warning(i, l, &layout, opts.compression));
+    Ok(Some(LayerCut { layout, unpacked }))
+}
+
+/// What splitting layer `i` changes: the config and manifest digests, and for a compressed
+/// layer its own blob, which is not pushed (its parts are compressed again with `codec`).
+fn split_warning(i: usize, l: &SourceLayer, layout: &LayerSplit, codec: Codec) -> String {
+    let recompressed = match l.compression {
+        Compression::None => String::new(),
+        c => format!(
+            ", and the layer's {} blob ({}) is not pushed: its parts are compressed again with {codec}",
+            c.name(),
+            l.digest.short(),
+        ),
+    };
+    format!(
+        "layer {i} ({}) is split into {} parts of about {} bytes at most: the pushed image's config and manifest digests (its image ID) differ from the unsplit image's{recompressed}; pass --split-layers off to keep them",
+        l.diff_id.short(),
+        layout.parts.len(),
+        layout.part_bytes
+    )
+}
+
+/// Compressed layer `l` as an uncompressed one to split: decompressed into `opts.unpack` (a
+/// file kept there is reused), checked against its diff_id.
+fn unpacked_layer(
+    l: &SourceLayer,
+    family: Family,
+    candidate: &Candidate<'_>,
+    part_bytes: u64,
+    opts: &PlanOptions,
+) -> Result<SourceLayer, SplitError> {
+    let Some(to) = &opts.unpack else {
+        return Err(SplitError::Compressed {
+            layer: l.location.name.to_string(),
+            compression: l.compression.name().to_string(),
+            bytes: l.size,
+            part_bytes,
+        });
+    };
+    let location = split::unpack::unpack(candidate, to)?;
+    Ok(SourceLayer {
+        digest: l.diff_id.clone(),
+        size: location.len,
+        media_type: media::layer_media_type(family, Compression::None, false).to_string(),
+        compression: Compression::None,
+        foreign: false,
+        location,
+        diff_id: l.diff_id.clone(),
+        urls: None,
+        // A compressed layer's annotations describe its blob (a table of contents, the
+        // digest of what it decompresses to), not the parts compressed again.
+        annotations: None,
+    })
+}
+
+/// Puts each decompressed layer in place of its compressed source layer; returns the layouts
+/// and what was decompressed.
+fn take_unpacked(
+    image: &mut ResolvedImage,
+    cuts: Vec<Option<LayerCut>>,
+) -> (Vec<Option<LayerSplit>>, Vec<Unpacked>) {
+    let mut unpacked = Vec::new();
+    let layouts = cuts
+        .into_iter()
+        .enumerate()
+        .map(|(i, cut)| {
+            let cut = cut?;
+            if let Some(u) = cut.unpacked {
+                let compressed = std::mem::replace(&mut image.layers[i], u);
+                unpacked.push(Unpacked {
+                    file: image.layers[i].location.file.clone(),
+                    source: compressed.location,
+                });
+            }
+            Some(cut.layout)
+        })
+        .collect();
+    (layouts, unpacked)
 }
 
 /// The parts of `layer` as planned layers (each compressed like any layer).
@@ -469,15 +613,20 @@ impl PushPlan {
     }
 
     /// Plans the push of an already resolved image.
-    pub fn from_resolved(image: ResolvedImage, opts: &PlanOptions) -> Result<PushPlan, PlanError> {
+    pub fn from_resolved(
+        mut image: ResolvedImage,
+        opts: &PlanOptions,
+    ) -> Result<PushPlan, PlanError> {
         let mut warnings = image_warnings(&image, opts)?;
         let family = pushed_family(&image, opts.compression, &mut warnings);
         let converted = family != image.family;
+        let name = image.source.clone();
         let split_failed = |source| PlanError::Split {
-            image: image.source.clone(),
+            image: name.clone(),
             source,
         };
-        let splits = plan_splits(&image, opts, &mut warnings).map_err(split_failed)?;
+        let cuts = plan_splits(&image, opts, &mut warnings).map_err(split_failed)?;
+        let (splits, unpacked) = take_unpacked(&mut image, cuts);
         let config = split_config(&image, &splits).map_err(split_failed)?;
         let layers: Vec<PlannedLayer> = image
             .layers
@@ -536,6 +685,7 @@ impl PushPlan {
             source_manifest,
             manifest_annotations,
             splits,
+            unpacked,
         })
     }
 

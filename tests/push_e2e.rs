@@ -224,3 +224,91 @@ async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest()
     );
     assert_eq!(whole.blobs.len(), 3, "{whole:?}");
 }
+
+/// `hoist inspect --no-elf --split-layers 1MiB SOURCE`'s output, asserted to succeed.
+fn inspect_split(source: &str) -> String {
+    let out = std::process::Command::new(daemon_support::hoist_bin())
+        .args(["inspect", "--no-elf", "--split-layers", "1MiB", source])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_layer_split_on_request_unpacks_to_the_source_file_system() {
+    use hoist::api::{JobState, SplitLayers};
+    use push_support::split::*;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let daemon = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = daemon.client();
+    let split = SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
+    let submit_split = |tag: &'static str, source: String| {
+        let (client, host) = (&client, &host);
+        async move {
+            let target = format!("{host}/gz/img:{tag}");
+            let request = split_request(&source, &target, split);
+            client.submit(&request).await.expect("accepted").id
+        }
+    };
+
+    // A config whose diff_id is not the big layer's: one line, and nothing is pushed.
+    let (bad, _) = crafted_oci_gzip(&dir.path().join("bad"), true);
+    let id = submit_split("bad", bad).await;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap();
+    assert!(
+        reason.contains("not its diff_id") && !reason.contains('\n'),
+        "{reason}"
+    );
+    let blobs = registry.storage().join("docker/registry/v2/blobs");
+    assert!(!blobs.exists(), "a blob was uploaded");
+
+    let src = dir.path().join("src");
+    let (source, compressed) = crafted_oci_gzip(&src, false);
+    // `hoist inspect` decompresses the layer to show its parts, and leaves nothing behind.
+    let text = inspect_split(&source);
+    assert!(
+        text.contains("part 2 of") && text.contains("gzip blob") && text.contains("not pushed"),
+        "{text}"
+    );
+    let job = wait_done(&client, &submit_split("1", source.clone()).await).await;
+    let digest = job.manifest_digest.clone().unwrap();
+    // The config, the lower layer as it is and at least four parts; not the big gzip blob.
+    assert!(job.blobs.len() >= 6, "{job:?}");
+    assert!(job.blobs.iter().all(|b| b.digest != compressed), "{job:?}");
+    // The decompressed layer goes with the job's spool, just after the job is done.
+    let spool = daemon.state_dir.join("spool").join(job.id.as_str());
+    let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spool.exists() && std::time::Instant::now() < gone_by {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!spool.exists(), "{} is left behind", spool.display());
+
+    // Applied in order, the parts give the source's file system: 0 differences.
+    let pushed_oci = dir.path().join("pushed-oci");
+    pull_tagged(&host, "gz/img:1", &pushed_oci, "pushed");
+    let want = unpacked(
+        &format!("{}:{CRAFTED_OCI_TAG}", src.display()),
+        &dir.path().join("b-src"),
+    );
+    let got = unpacked(
+        &format!("{}:pushed", pushed_oci.display()),
+        &dir.path().join("b-pushed"),
+    );
+    assert!(want.nodes.len() > 20, "{:?}", want.nodes.keys());
+    assert_eq!(differences(&want, &got), Vec::<String>::new());
+    check_split_config(&host, "gz/img:1");
+
+    // The same push again (a new job, decompressed again): the same digest.
+    let again = wait_done(&client, &submit_split("2", source).await).await;
+    assert_eq!(again.manifest_digest, Some(digest));
+}

@@ -232,13 +232,53 @@ async fn on_debians_registry_a_cut_mid_patch_costs_the_blob_session_and_the_job_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_push_killed_mid_upload_resumes_into_the_same_digest() {
-    use push_support::split::{SPLIT_TEST_BYTES, crafted_archive, split_request};
-    let split = api::SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
     let dir = tempfile::tempdir().unwrap();
+    let (source, _) = push_support::split::crafted_archive(dir.path());
+    split_push_killed_resumes(dir.path(), &source, |_| {}).await;
+}
+
+/// A gzip layer split on request, killed between the parts' uploads: the rerun reads the
+/// parts from a decompressed copy of the layer in the job's spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_push_of_a_gzip_layer_killed_mid_upload_resumes_into_the_same_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let (source, _) = push_support::split::crafted_oci_gzip(&src, false);
+    // When the daemon is killed, the job's spool holds the whole decompressed layer (named
+    // by its diff_id and length) for the rerun to read the parts from (reusing it is
+    // `split::unpack`'s unit test). Lost, it is made again: the same parts, and the job's
+    // source is still the same (the compressed layer's file).
+    split_push_killed_resumes(dir.path(), &source, |spool| {
+        let kept: Vec<_> = std::fs::read_dir(spool.join("unpacked"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            kept.len() == 1
+                && name(&kept[0]).starts_with("sha256-")
+                && name(&kept[0]).ends_with(".tar"),
+            "{kept:?}"
+        );
+        std::fs::remove_file(&kept[0]).unwrap();
+    })
+    .await;
+}
+
+/// Pushes `source` split, then again in a hoistd killed with kill -9 between the parts'
+/// uploads and started again: the resumed job ends at the first push's digest. `killed` sees
+/// the job's spool directory while the daemon is down.
+async fn split_push_killed_resumes(
+    dir: &std::path::Path,
+    source: &str,
+    killed: impl Fn(&std::path::Path),
+) {
+    use push_support::split::{SPLIT_TEST_BYTES, split_request};
+    let split = api::SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
     let registry = TestRegistry::start();
-    let (source, _) = crafted_archive(dir.path());
+    let source = source.to_string();
     let want = {
-        let base = TestDaemon::start_with(&dir.path().join("base"), Config::default());
+        let base = TestDaemon::start_with(&dir.join("base"), Config::default());
         let client = base.client();
         let target = format!("{}/base/split:1", registry.host());
         let id = client
@@ -252,7 +292,7 @@ async fn a_split_push_killed_mid_upload_resumes_into_the_same_digest() {
     // Through an ECR emulation slow enough to kill between the parts' uploads.
     let proxy = EcrProxy::start(registry.addr).await;
     proxy.state.part_delay_ms.store(1_000, Ordering::SeqCst);
-    let d = dir.path().join("d");
+    let d = dir.join("d");
     std::fs::create_dir_all(&d).unwrap();
     let client = Client::new(d.join("hoist.sock"));
     let child = hoistd(&d);
@@ -279,6 +319,7 @@ async fn a_split_push_killed_mid_upload_resumes_into_the_same_digest() {
         "{job:?}"
     );
     assert!(!tag_exists(registry.addr, "kill/split", "1"));
+    killed(&d.join("state/spool").join(id.as_str()));
 
     proxy.state.part_delay_ms.store(0, Ordering::SeqCst);
     let child = hoistd(&d);

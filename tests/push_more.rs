@@ -765,3 +765,41 @@ async fn a_push_through_squid_reaches_a_tls_registry_only_the_proxy_resolves() {
     let connect = ("CONNECT".to_string(), host.clone());
     assert!(logged.iter().all(|r| *r == connect), "{logged:?}");
 }
+
+/// A gzip layer to split whose decompressed tar does not fit beside the spool's reserve (the
+/// state directory on a 100 MiB tmpfs, 40 MiB free, a 48 MiB tar): the job fails in one line,
+/// with the figures and what to do, before anything is uploaded; the partial copy goes with
+/// the job's spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_layer_too_big_to_decompress_for_splitting_fails_the_job_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let mut spec = hoist_testkit::sample::SampleSpec::small(72);
+    spec.layers = vec![LayerSpec::new(
+        LayerContent::Text(48 << 20),
+        SampleCompression::Gzip,
+    )];
+    let source = write_oci(&dir.path().join("img"), &spec).1;
+    let home = dir.path().join("d");
+    let state = home.join("state");
+    let _tmpfs = Tmpfs::mount(&state, 100);
+    let daemon = TestDaemon::start_with(&home, Config::default());
+    let client = daemon.client();
+    leave_free(&state.join("filler"), 40);
+    let target = format!("{}/disk/gz:1", registry.host());
+    let split = hoist::api::SplitLayers::MaxBytes(1 << 20);
+    let request = push_support::split::split_request(&source, &target, split);
+    let id = client.submit(&request).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap();
+    assert!(
+        reason.contains("no room to decompress")
+            && reason.contains("hoist retry")
+            && !reason.contains('\n'),
+        "{reason}"
+    );
+    let blobs = registry.storage().join("docker/registry/v2/blobs");
+    assert!(!blobs.exists(), "a blob was uploaded");
+    assert!(!state.join("spool").join(id.as_str()).exists());
+}

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::api::SplitLayers;
 use crate::inspect::{InspectOptions, inspect};
-use crate::plan::{PlanOptions, SplitPolicy};
+use crate::plan::{PlanOptions, SplitPolicy, UnpackDir};
 use crate::platform::Platform;
 use crate::source::SourceRef;
 
@@ -39,6 +39,13 @@ pub async fn run(source: &str, o: Options) -> anyhow::Result<ExitCode> {
             platform,
             compression: o.compression.parse()?,
             split: split_policy(o.split_layers),
+            // A compressed layer to split is decompressed to show its parts: into a file of
+            // the temporary directory unlinked at once, so nothing outlives this command.
+            unpack: Some(UnpackDir {
+                dir: std::env::temp_dir(),
+                reserve_bytes: 0,
+                keep: false,
+            }),
             ..PlanOptions::default()
         },
         elf_census: o.elf_census,

@@ -94,7 +94,8 @@ pub enum Command {
         #[arg(long)]
         no_elf: bool,
         /// Layer splitting as `hoist push --split-layers` would do it: SIZE, auto or off
-        /// [default: auto].
+        /// [default: auto]. With SIZE, a compressed layer over it is decompressed (into an
+        /// unlinked file of the temporary directory) to show its parts.
         #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<SplitLayers>))]
         split_layers: Option<SplitLayers>,
         /// Print the report as JSON.
@@ -155,8 +156,10 @@ pub struct PushArgs {
     #[arg(long, value_parser = parse_size)]
     pub chunk_size: Option<u64>,
     /// Split layers into parts at file boundaries, uploaded in parallel: SIZE (e.g. 128MiB;
-    /// every layer above it), auto (uncompressed layers above 1 GiB, in 256 MiB parts) or off.
-    /// Splitting changes the image's config and manifest digests (its image ID) [default: auto].
+    /// every layer above it: a gzip or zstd layer is decompressed into the state directory
+    /// first, costing its uncompressed size there, and its own blob is not pushed), auto
+    /// (uncompressed layers above 1 GiB, in 256 MiB parts) or off. Splitting changes the
+    /// image's config and manifest digests (its image ID) [default: auto].
     #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<SplitLayers>))]
     pub split_layers: Option<SplitLayers>,
     /// Submit and print the job ID, without following.

@@ -32,7 +32,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use chunk::{ChunkCompressor, StoredChunk, compress_chunk};
-pub use pipeline::{ChunkOut, CompressConfig, StreamState, Totals, compress_stream};
+pub use pipeline::{ChunkOut, CompressConfig, StreamState, Totals, compress_stream, read_full};
 
 /// Default input bytes per chunk: 4 MiB.
 ///

@@ -1,11 +1,12 @@
 //! The push's first step: open the job's source, apply the platform guard and plan the blobs
-//! (`source` -> `plan`), then record the plan through the job's context.
+//! (`source` -> `plan`; a compressed layer to split is decompressed into the job's spool,
+//! [`UNPACK_DIR`]), then record the plan through the job's context.
 
 use crate::api::{BlobAction, Compression, JobSpec, SplitLayers};
 use crate::environ::CallerEnv;
-use crate::plan::{Codec, LayerAction, PlanOptions, PushPlan, SplitPolicy};
+use crate::plan::{Codec, LayerAction, PlanError, PlanOptions, PushPlan, SplitPolicy, UnpackDir};
 use crate::source::SourceRef;
-use crate::split::LayerSplit;
+use crate::split::{LayerSplit, SplitError};
 use crate::store::{BlobRecord, NewBlob};
 
 use super::job::{JobContext, JobError};
@@ -57,6 +58,21 @@ pub fn plan_options(spec: &JobSpec, env: CallerEnv, known_splits: Vec<LayerSplit
         env,
         split: split_policy(spec.split_layers),
         known_splits,
+        unpack: None,
+    }
+}
+
+/// The spool subdirectory where compressed layers to split are decompressed, each kept for
+/// the job's later runs (the parts are ranges of it) and removed with the job's spool.
+pub const UNPACK_DIR: &str = "unpacked";
+
+/// Where the job's compressed layers to split are decompressed: its spool, never taking the
+/// free space the spool leaves to the database.
+fn unpack_dir(ctx: &JobContext) -> UnpackDir {
+    UnpackDir {
+        dir: ctx.spool_dir().join(UNPACK_DIR),
+        reserve_bytes: super::push::disk::SPOOL_MARGIN_BYTES_MIN,
+        keep: true,
     }
 }
 
@@ -65,10 +81,22 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
     let spec: JobSpec = ctx.spec().clone();
     let env = ctx.env().clone();
     let known_splits = known_splits(ctx).await?;
+    let unpack = unpack_dir(ctx);
     tokio::task::spawn_blocking(move || {
         let reference: SourceRef = spec.source.parse().map_err(|e| format!("{e}"))?;
-        PushPlan::new(&reference, &plan_options(&spec, env, known_splits))
-            .map_err(|e| format!("{e}"))
+        let opts = PlanOptions {
+            unpack: Some(unpack),
+            ..plan_options(&spec, env, known_splits)
+        };
+        PushPlan::new(&reference, &opts).map_err(|e| match e {
+            PlanError::Split {
+                source: SplitError::NoRoom { .. },
+                ..
+            } => format!(
+                "{e}; `hoist retry` runs the job again (`hoistd --state-dir` moves the state directory)"
+            ),
+            e => format!("{e}"),
+        })
     })
     .await
     .map_err(|e| {

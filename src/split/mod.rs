@@ -13,11 +13,13 @@
 //! - [`estimate`]: each entry's estimated compressed bytes, so parts balance their uploads.
 //! - [`assign`]: which entries go into which part.
 //! - [`config`]: the config rewritten for the parts (`rootfs.diff_ids`, `history`).
+//! - [`unpack`]: a compressed layer decompressed into a file to be split.
 
 pub mod assign;
 pub mod config;
 pub mod estimate;
 pub mod tar;
+pub mod unpack;
 
 use std::sync::Arc;
 
@@ -41,8 +43,8 @@ pub enum SplitPolicy {
     /// Uncompressed layers above [`AUTO_SPLIT_LAYER_BYTES_MIN`], in parts of
     /// [`AUTO_PART_BYTES`]; compressed layers stay whole.
     Auto,
-    /// Every layer above this many bytes; a compressed one is refused (hoist does not
-    /// decompress to split).
+    /// Every layer above this many bytes (a compressed one: its compressed size), foreign
+    /// layers aside; a compressed layer is decompressed ([`unpack`]) to be split.
     MaxBytes(u64),
 }
 
@@ -55,7 +57,7 @@ pub enum SplitError {
     Unsplittable { layer: String, why: String },
 
     #[error(
-        "{layer} is {compression}-compressed ({bytes} bytes, over the split size of {part_bytes}): hoist splits only uncompressed layers; pass --split-layers auto or off to push it whole"
+        "{layer} is {compression}-compressed ({bytes} bytes, over the split size of {part_bytes}) and this source's layers are not decompressed to split: pass --split-layers auto or off to push it whole"
     )]
     Compressed {
         layer: String,
@@ -72,6 +74,27 @@ pub enum SplitError {
         layer: String,
         #[source]
         source: std::io::Error,
+    },
+
+    #[error(
+        "{layer}: cannot write its decompressed copy to {path}: {source}: check that directory"
+    )]
+    Unpack {
+        layer: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{layer}: no room to decompress it for splitting in {dir} ({written} bytes written, {free} bytes free, {reserve} of them kept free): free space there and run it again, or push with --split-layers auto or off to keep the layer whole"
+    )]
+    NoRoom {
+        layer: String,
+        dir: String,
+        written: u64,
+        free: u64,
+        reserve: u64,
     },
 
     #[error(
@@ -144,33 +167,21 @@ pub struct Candidate<'a> {
 }
 
 impl SplitPolicy {
-    /// The part size for `layer`, or `None` when it stays whole.
+    /// The part size for `layer`, or `None` when it stays whole. `Auto` leaves compressed
+    /// layers whole; `MaxBytes` splits one whose compressed size is over it (its tar is larger
+    /// still) once it is decompressed ([`unpack`]).
     pub fn part_bytes(&self, layer: &Candidate<'_>) -> Result<Option<u64>, SplitError> {
         let len = layer.location.len;
         let wanted = match *self {
             SplitPolicy::Off => return Ok(None),
+            SplitPolicy::Auto if layer.compression.is_some() => None,
             SplitPolicy::Auto => (len > AUTO_SPLIT_LAYER_BYTES_MIN).then_some(AUTO_PART_BYTES),
             SplitPolicy::MaxBytes(b) if b < SPLIT_PART_BYTES_MIN => {
                 return Err(SplitError::TooSmall(b));
             }
             SplitPolicy::MaxBytes(b) => (len > b).then_some(b),
         };
-        let Some(part_bytes) = wanted else {
-            return Ok(None);
-        };
-        if layer.foreign {
-            return Ok(None);
-        }
-        match layer.compression {
-            None => Ok(Some(part_bytes)),
-            Some(_) if *self == SplitPolicy::Auto => Ok(None),
-            Some(c) => Err(SplitError::Compressed {
-                layer: layer.location.name.to_string(),
-                compression: c.to_string(),
-                bytes: len,
-                part_bytes,
-            }),
-        }
+        Ok(wanted.filter(|_| !layer.foreign))
     }
 }
 
@@ -431,6 +442,48 @@ mod tests {
         assert!(matches!(
             split_layer(&layer, 8 << 20, 96),
             Err(SplitError::DiffId { .. })
+        ));
+    }
+
+    #[test]
+    fn an_explicit_size_splits_a_compressed_layer_over_it_and_auto_never_does() {
+        let (loc, diff_id) = mixed_layer();
+        let layer = |compression, foreign| Candidate {
+            location: &loc,
+            diff_id: &diff_id,
+            compression,
+            foreign,
+        };
+        let over = 16 * MIB as u64;
+        let above = SplitPolicy::MaxBytes(over);
+        for c in [None, Some("gzip"), Some("zstd")] {
+            assert_eq!(above.part_bytes(&layer(c, false)).unwrap(), Some(over));
+            assert_eq!(above.part_bytes(&layer(c, true)).unwrap(), None);
+            let whole = SplitPolicy::MaxBytes(loc.len);
+            assert_eq!(whole.part_bytes(&layer(c, false)).unwrap(), None);
+            assert_eq!(SplitPolicy::Off.part_bytes(&layer(c, false)).unwrap(), None);
+        }
+        // `auto` is for layers above 1 GiB; this one is not, and a compressed one never is.
+        assert_eq!(
+            SplitPolicy::Auto.part_bytes(&layer(None, false)).unwrap(),
+            None
+        );
+        let big = BlobLocation {
+            len: AUTO_SPLIT_LAYER_BYTES_MIN + 1,
+            ..loc.clone()
+        };
+        let big = |compression| Candidate {
+            location: &big,
+            diff_id: &diff_id,
+            compression,
+            foreign: false,
+        };
+        let auto = SplitPolicy::Auto;
+        assert_eq!(auto.part_bytes(&big(None)).unwrap(), Some(AUTO_PART_BYTES));
+        assert_eq!(auto.part_bytes(&big(Some("gzip"))).unwrap(), None);
+        assert!(matches!(
+            SplitPolicy::MaxBytes(SPLIT_PART_BYTES_MIN - 1).part_bytes(&big(Some("gzip"))),
+            Err(SplitError::TooSmall(_))
         ));
     }
 }

@@ -135,14 +135,9 @@ fn big_layer() -> Vec<u8> {
     layer_of(entries)
 }
 
-/// A docker-archive (`dir/crafted.tar`, as `docker save` lays it out) of the lower and the big
-/// layer; returns its source reference and its config digest.
-pub fn crafted_archive(dir: &Path) -> (String, Digest) {
-    let layers = [lower_layer(), big_layer()];
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| Digest::sha256_of(l).to_string())
-        .collect();
+/// The crafted image's config for layers of these diff_ids.
+fn crafted_config(diff_ids: &[Digest]) -> Vec<u8> {
+    let diff_ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -154,7 +149,15 @@ pub fn crafted_archive(dir: &Path) -> (String, Digest) {
             {"created": "2024-01-01T00:00:02Z", "created_by": "RUN make big"}
         ]
     });
-    let config = serde_json::to_vec(&config).unwrap();
+    serde_json::to_vec(&config).unwrap()
+}
+
+/// A docker-archive (`dir/crafted.tar`, as `docker save` lays it out) of the lower and the big
+/// layer; returns its source reference and its config digest.
+pub fn crafted_archive(dir: &Path) -> (String, Digest) {
+    let layers = [lower_layer(), big_layer()];
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::sha256_of(l)).collect();
+    let config = crafted_config(&diff_ids);
     let config_digest = Digest::sha256_of(&config);
     let config_name = format!("{}.json", config_digest.hex());
     let manifest = serde_json::json!([{
@@ -180,6 +183,55 @@ pub fn crafted_archive(dir: &Path) -> (String, Digest) {
         .write_all(&out.into_inner().unwrap())
         .unwrap();
     (format!("docker-archive:{}", path.display()), config_digest)
+}
+
+/// The tag of the crafted OCI layout's image (`DIR:TAG` for umoci).
+pub const CRAFTED_OCI_TAG: &str = "src";
+
+/// An OCI layout (`dir`, image tagged [`CRAFTED_OCI_TAG`]) of the lower and the big layer,
+/// both gzip-compressed; with `wrong_diff_id` the config names another diff_id for the big
+/// one. Returns its source reference and the big layer's compressed digest.
+pub fn crafted_oci_gzip(dir: &Path, wrong_diff_id: bool) -> (String, Digest) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8], media_type: &str| {
+        let digest = Digest::sha256_of(bytes);
+        std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+        serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
+    };
+    let layers = [lower_layer(), big_layer()];
+    let mut diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::sha256_of(l)).collect();
+    if wrong_diff_id {
+        diff_ids[1] = Digest::sha256_of(b"not the big layer");
+    }
+    let gzipped: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|l| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(l).unwrap();
+            gz.finish().unwrap()
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": put(&crafted_config(&diff_ids), "application/vnd.oci.image.config.v1+json"),
+        "layers": gzipped
+            .iter()
+            .map(|l| put(l, "application/vnd.oci.image.layer.v1.tar+gzip"))
+            .collect::<Vec<_>>(),
+    });
+    let mut descriptor = put(
+        &serde_json::to_vec(&manifest).unwrap(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    descriptor["annotations"] =
+        serde_json::json!({"org.opencontainers.image.ref.name": CRAFTED_OCI_TAG});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [descriptor]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let big = Digest::sha256_of(&gzipped[1]);
+    (format!("oci:{}", dir.display()), big)
 }
 
 /// A push request of `source` with `split`, as the tests send it.

@@ -120,6 +120,19 @@ pub fn check_skopeo_oci(p: &PushPlan, img: &SampleImage) {
     p.verify_sources().unwrap();
 }
 
+/// `tar -cf out -C layout .`: an OCI archive of the layout.
+pub fn tar_layout(layout: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(out)
+        .arg("-C")
+        .arg(layout)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// Builds a Docker 25+ `docker save` archive from a layout: the OCI layout plus manifest.json.
 pub fn docker25_archive(layout: &Path, img: &SampleImage, out: &Path, largest_last: bool) {
     let mut b = tar::Builder::new(fs::File::create(out).unwrap());

@@ -222,15 +222,7 @@ fn skopeo_oci_copy_and_oci_archives() {
 
     // tar -cf of a layout is an oci-archive, detected from a bare path too
     let tarball = t.path().join("layout.tar");
-    let st = Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    tar_layout(&layout, &tarball);
     let detected: SourceRef = tarball.display().to_string().parse().unwrap();
     assert!(
         matches!(detected, SourceRef::OciArchive { .. }),
@@ -520,5 +512,74 @@ fn docker_schema2_manifest_in_an_oci_layout() {
         assert!(String::from_utf8_lossy(&m.bytes).contains(media::DOCKER_MANIFEST));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         p.verify_sources().unwrap();
+    }
+}
+
+/// An explicit split size splits gzip and zstd layers of an OCI archive and of a Docker 25+
+/// archive: decompressed, cut into parts that are each their diff_id, recompressed; without a
+/// directory to decompress into, such a layer is refused in one line.
+#[test]
+fn compressed_layers_of_archives_split_on_request() {
+    use hoist::plan::{SplitPolicy, UnpackDir};
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let mut spec = mixed_spec(31);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::SmallFiles(5), SampleCompression::Gzip),
+        LayerSpec::new(LayerContent::Tree(6 << 20), SampleCompression::Gzip),
+        LayerSpec::new(LayerContent::Tree(5 << 20), SampleCompression::Zstd),
+    ];
+    let img = sample(&layout, &spec);
+    let d25 = t.path().join("d25.tar");
+    docker25_archive(&layout, &img, &d25, false);
+    let oci_archive = t.path().join("layout.tar");
+    tar_layout(&layout, &oci_archive);
+    let unpack_dir = t.path().join("unpack");
+    std::fs::create_dir_all(&unpack_dir).unwrap();
+    let split = SplitPolicy::MaxBytes(1 << 20);
+    for src in [
+        format!("docker-archive:{}", d25.display()),
+        format!("oci-archive:{}", oci_archive.display()),
+    ] {
+        let opts = PlanOptions {
+            split,
+            unpack: Some(UnpackDir {
+                dir: unpack_dir.clone(),
+                reserve_bytes: 0,
+                keep: false,
+            }),
+            ..PlanOptions::default()
+        };
+        let p = plan_with(&src, opts).unwrap();
+        assert_eq!((p.splits.len(), p.unpacked.len()), (2, 2), "{src}");
+        let parts: Vec<_> = p.layers.iter().filter(|l| l.part.is_some()).collect();
+        assert!(parts.len() >= 4, "{src}: {:?}", p.view());
+        assert!(
+            parts
+                .iter()
+                .all(|l| matches!(l.action, LayerAction::Compress { .. })
+                    && l.media_type == media::OCI_LAYER_GZIP)
+        );
+        // The small layer stays as it is; no compressed blob of the split layers is pushed.
+        assert_eq!(p.layers[0].source.digest, img.layers[0].digest);
+        assert!(p.layers[1..].iter().all(|l| l.part.is_some()));
+        assert_has(
+            &p.warnings.join(" "),
+            &["gzip blob", "zstd blob", "not pushed"],
+        );
+        // Every part reads back as its diff_id.
+        p.verify_sources().unwrap();
+        assert_eq!(std::fs::read_dir(&unpack_dir).unwrap().count(), 0);
+        let refused = plan_with(
+            &src,
+            PlanOptions {
+                split,
+                ..PlanOptions::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_has(&refused, &["-compressed", "--split-layers auto or off"]);
+        assert!(!refused.contains('\n'));
     }
 }

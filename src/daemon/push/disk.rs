@@ -22,6 +22,9 @@ use super::spool_view::{map_lengths, map_path};
 use crate::compress::{ChunkCompressor, compressed_bytes_bound};
 use crate::daemon::job::JobError;
 use crate::inspect::human_bytes;
+/// The free space and full-disk checks are the planner's too (a compressed layer decompressed
+/// to be split): one definition, in `split::unpack`.
+pub use crate::split::unpack::{free_bytes, is_disk_full};
 
 /// Chunks of a layer compressed to estimate its ratio when the disk is tight.
 pub const SPOOL_ESTIMATE_SAMPLES: u64 = 3;
@@ -36,12 +39,6 @@ pub const SPOOL_MARGIN_DIVISOR: u64 = 10;
 /// What `need` bytes of spool require free on the disk, margin included.
 pub fn with_margin(need: u64) -> u64 {
     need.saturating_add(SPOOL_MARGIN_BYTES_MIN.max(need / SPOOL_MARGIN_DIVISOR))
-}
-
-/// Bytes an unprivileged user may still write on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The chunks sampled among `total` chunks from `start` on: the middles of up to
@@ -177,14 +174,6 @@ pub fn keep_reserve(path: &Path, bytes: usize) -> std::io::Result<()> {
         return Err(std::io::ErrorKind::StorageFull.into());
     }
     Ok(())
-}
-
-/// Whether a write failed because the disk (or the user's quota) is full.
-pub fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 /// The job's error when a spool write found the disk full: the figures, and what to do.

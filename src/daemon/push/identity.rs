@@ -39,12 +39,19 @@ impl FileIdentity {
     }
 }
 
-/// Identity of every file the plan reads, by blob name.
+/// Identity of every file the plan reads, by blob name. A blob read from a compressed layer's
+/// decompressed copy (a part of it) is identified by the compressed layer's file: the copy is
+/// the job's own (checked against the layer's diff_id when made, and made again if lost).
 fn identities(plan: &PushPlan) -> Result<BTreeMap<String, FileIdentity>, JobError> {
     let mut out = BTreeMap::new();
     let blobs = std::iter::once(&plan.config).chain(plan.layers.iter().map(|l| &l.source));
     for b in blobs {
-        let id = FileIdentity::of(&b.location.file).map_err(|e| {
+        let file = plan
+            .unpacked
+            .iter()
+            .find(|u| std::sync::Arc::ptr_eq(&u.file, &b.location.file))
+            .map_or(&b.location.file, |u| &u.source.file);
+        let id = FileIdentity::of(file).map_err(|e| {
             JobError::failed(format!(
                 "cannot stat the source file of {}: {e}",
                 b.location.name
