@@ -89,6 +89,16 @@ impl EarlyUploads {
         }
     }
 
+    /// What the push ends with when planning ended with `e`: on a stop, once every upload
+    /// stopped at its chunk boundary (as the upload phase's do); on a failure at once (the
+    /// uploads end where they are when dropped).
+    pub async fn ended_by(&mut self, e: JobError) -> JobError {
+        if e == JobError::Stopped {
+            while self.tasks.join_next().await.is_some() {}
+        }
+        e
+    }
+
     /// Waits for every upload; a failure wins over a stop, the first failure is the one
     /// reported (the others go on to their end, their cursors persisted).
     pub async fn finish(mut self) -> Result<(), JobError> {

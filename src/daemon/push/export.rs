@@ -205,7 +205,8 @@ type ExportResult = (
 
 /// Runs `job` on a blocking thread and starts the upload of each layer it reports whole
 /// while it goes on. A failed upload ends the export (at its next read); a failed export
-/// leaves the uploads to the caller (dropped, they end).
+/// leaves the uploads to the caller (dropped, they end where they are); a stopped one waits
+/// for them to stop at their chunk boundary.
 async fn export_uploading(
     job: Export,
     reader: impl Read + Send + 'static,
@@ -229,14 +230,18 @@ async fn export_uploading(
         if let Err(e) = step {
             abandon.store(true, Ordering::Relaxed);
             let _ = task.await;
-            return Err(e);
+            return Err(early.ended_by(e).await);
         }
     };
     let result = joined.map_err(|e| {
         JobError::failed(format!(
             "internal error: the export stopped abnormally ({e}): report this as a bug"
         ))
-    })??;
+    })?;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return Err(early.ended_by(e).await),
+    };
     // Layers reported just before the export ended.
     while let Ok(r) = ready.try_recv() {
         start(early, r).await?;

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! plan (blocking) -> ctx.plan -> source identity check
+//!   (docker-daemon: the export's layers are uploaded while it goes on: [`early`])
 //!   -> uploading: one task per blob, in parallel (slots cap the connections)
 //!        config + as-is layers: streamed in place from the source (BlobLocation ranges)
 //!        layers to compress: a blocking compressor writes the spool; the upload of a layer
 //!        follows it chunk by chunk (pipelined: the digest is only needed at the final PUT)
-//!      alongside: the ELF census of every layer (blocking thread, off the critical path)
+//!      alongside: the ELF census of every layer (blocking thread, off the critical path;
+//!      a docker-daemon: export's layers have theirs from the export stream already)
 //!   -> verifying: HEAD every blob; one the registry lost (garbage collected while the job
 //!      was paused or failed) is pending again and uploaded once more in the same run
 //!   -> census check -> committing: for the target and each extra tag, PUT the manifest
@@ -16,6 +18,8 @@
 //!
 //! # Files
 //! - [`spool`]: compression into the spool, resumable at chunk k; the cross-push index.
+//! - [`export`]: a `docker-daemon:` source exported into the spool; [`early`]: its layers'
+//!   uploads, started as each is whole.
 //! - [`disk`]: the spool's free space, checked before spooling; a full disk's message.
 //! - [`spool_view`]: the compressed stream as uploads read it (stored chunks framed from the source).
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
