@@ -302,6 +302,17 @@ impl Run {
         shared: Arc<Shared>,
         net: &NetSettings,
     ) -> Result<(Run, Vec<BlobRecord>, StreamCensus), JobError> {
+        // A file source's plan is recorded before the target is looked at (a bad target
+        // fails a job whose plan the user can see); an engine's is known only as it uploads.
+        let planned = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
+            Some(image) => Planned::Engine(image),
+            None => {
+                let plan = build_plan(ctx).await?;
+                identity::check(ctx, &plan)?;
+                let records = record_plan(ctx, &plan, &[]).await?;
+                Planned::File(Box::new(plan), records)
+            }
+        };
         let (target, client) =
             target_of(ctx.spec(), ctx.env(), net, Some(ctx.bandwidth().clone()))?;
         let patience = Patience {
@@ -319,15 +330,12 @@ impl Run {
             patience,
             shared,
         };
-        let (plan, records, census) = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
-            Some(image) => reach.plan_engine(image).await?,
-            None => {
-                let plan = build_plan(ctx).await?;
-                identity::check(ctx, &plan)?;
-                let records = record_plan(ctx, &plan, &[]).await?;
+        let (plan, records, census) = match planned {
+            Planned::File(plan, records) => {
                 reach.check_repository().await?;
-                (plan, records, StreamCensus::new())
+                (*plan, records, StreamCensus::new())
             }
+            Planned::Engine(image) => reach.plan_engine(image).await?,
         };
         ctx.enter(JobState::Uploading).await?;
         let Reach {
@@ -426,6 +434,13 @@ impl Run {
         })?;
         checked.map(|()| layers)
     }
+}
+
+/// A run's source before the target is looked at: a file source planned and recorded, or
+/// the image an engine exports.
+enum Planned<'a> {
+    File(Box<PushPlan>, Vec<BlobRecord>),
+    Engine(&'a str),
 }
 
 /// What a run reaches the registry with, before its plan is known.
