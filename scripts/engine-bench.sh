@@ -114,7 +114,15 @@ stop_watch() { kill "$WATCH_PID" 2>/dev/null || true; wait "$WATCH_PID" 2>/dev/n
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
 # ENGINE_BENCH_PUSH_ARGS: more `hoist push` flags for both cases (e.g. --allow-arch-mismatch).
-push() { "$BIN/hoist" --socket "$SOCK" push "$1" "$REG/bench/$2:1" --insecure ${ENGINE_BENCH_PUSH_ARGS:-} >/dev/null 2>"$WORK/push.err" || { cat "$WORK/push.err" >&2; exit 1; }; }
+# ENGINE_BENCH_EVENTS=DIR: keep each push's job events (`--json`, one per line, with time_ms)
+# in DIR/RUN-CASE.jsonl, to see where the time goes (export, uploads, census wait).
+push() {
+  local json=() events=/dev/null
+  if [ -n "${ENGINE_BENCH_EVENTS:-}" ]; then
+    mkdir -p "$ENGINE_BENCH_EVENTS"; json=(--json); events=$ENGINE_BENCH_EVENTS/$run-$2.jsonl
+  fi
+  "$BIN/hoist" --socket "$SOCK" push "$1" "$REG/bench/$2:1" --insecure "${json[@]}" ${ENGINE_BENCH_PUSH_ARGS:-} >"$events" 2>"$WORK/push.err" || { cat "$WORK/push.err" >&2; exit 1; }
+}
 for run in $(seq 1 "$RUNS"); do
   for case in save+push engine; do
     rm -rf "$WORK/registry"; start_registry "$WORK/registry"

@@ -184,18 +184,11 @@ async fn two_jobs_sharing_blobs_send_them_once_and_a_repush_sends_no_blob_bytes(
 }
 
 fn arm64_image(dir: &Path) -> String {
-    let mut spec = image_spec(34, 0, SampleCompression::Gzip);
-    spec.layers = vec![
-        LayerSpec::new(LayerContent::Text(1 << 20), SampleCompression::Gzip),
-        LayerSpec::new(
-            LayerContent::Elf {
-                machine: 0xb7,
-                count: 12,
-            },
-            SampleCompression::Gzip,
-        ),
-    ];
-    write_oci(&dir.join("arm"), &spec).1
+    write_oci(
+        &dir.join("arm"),
+        &arm64_binaries_spec(34, SampleCompression::Gzip),
+    )
+    .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,6 +360,48 @@ impl JobContext {
     /// Records the push plan and returns every blob with what earlier runs recorded for it
     /// (state, cursor, compression progress), in plan order.
     pub async fn plan(&self, blobs: Vec<NewBlob>) -> Result<Vec<BlobRecord>, JobError> {
+        self.plan_announced(blobs, &[]).await
+    }
+
+    /// Records one blob of a plan not whole yet, at its place in it (a layer exported while
+    /// the export goes on, uploaded before the rest is known), and returns it with what
+    /// earlier runs recorded for it. The whole plan is recorded later with
+    /// [`JobContext::plan_announced`], which does not announce this blob again.
+    pub async fn plan_blob(&self, position: usize, blob: NewBlob) -> Result<BlobRecord, JobError> {
+        self.check_stop()?;
+        let digest = blob.digest.clone();
+        self.link
+            .store
+            .add_blob(self.id.clone(), position, blob)
+            .await
+            .map_err(Self::store_failed)?;
+        let record = self
+            .records()
+            .await?
+            .into_iter()
+            .find(|r| r.digest == digest)
+            .ok_or_else(|| {
+                JobError::failed(format!(
+                    "internal error: blob {digest} is not recorded after it was added: report this as a bug"
+                ))
+            })?;
+        self.emit(EventKind::Blob {
+            digest,
+            size_bytes: record.size_bytes,
+            media_type: record.media_type.clone(),
+            action: record.action,
+        })
+        .await;
+        Ok(record)
+    }
+
+    /// [`JobContext::plan`], announcing only the blobs not in `announced` (already announced
+    /// by [`JobContext::plan_blob`] in this run).
+    pub async fn plan_announced(
+        &self,
+        blobs: Vec<NewBlob>,
+        announced: &[Digest],
+    ) -> Result<Vec<BlobRecord>, JobError> {
         self.check_stop()?;
         self.link
             .store
@@ -372,7 +414,7 @@ impl JobContext {
             .blobs(self.id.clone())
             .await
             .map_err(Self::store_failed)?;
-        for b in &records {
+        for b in records.iter().filter(|b| !announced.contains(&b.digest)) {
             self.emit(EventKind::Blob {
                 digest: b.digest.clone(),
                 size_bytes: b.size_bytes,

@@ -108,8 +108,13 @@ pub async fn build_plan(ctx: &JobContext) -> Result<PushPlan, JobError> {
 }
 
 /// Records the plan's blobs through the context, reports its warnings, and returns what
-/// earlier runs recorded for every blob.
-pub async fn record_plan(ctx: &JobContext, plan: &PushPlan) -> Result<Vec<BlobRecord>, JobError> {
+/// earlier runs recorded for every blob. The blobs in `announced` were recorded and announced
+/// already in this run ([`JobContext::plan_blob`]).
+pub async fn record_plan(
+    ctx: &JobContext,
+    plan: &PushPlan,
+    announced: &[crate::digest::Digest],
+) -> Result<Vec<BlobRecord>, JobError> {
     for s in &plan.splits {
         let layout = serde_json::to_string(s).map_err(|e| {
             JobError::failed(format!(
@@ -133,7 +138,7 @@ pub async fn record_plan(ctx: &JobContext, plan: &PushPlan) -> Result<Vec<BlobRe
             LayerAction::Compress { .. } => BlobAction::Compress,
         },
     }));
-    let records = ctx.plan(blobs).await?;
+    let records = ctx.plan_announced(blobs, announced).await?;
     for warning in &plan.warnings {
         ctx.warning(warning.clone()).await;
     }

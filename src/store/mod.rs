@@ -330,6 +330,18 @@ impl Store {
         self.call(move |c| ops::put_blobs(c, &id, &blobs)).await
     }
 
+    /// Records one blob before the whole plan is known (a layer exported while the export
+    /// goes on); one the job has already is left as it is.
+    pub async fn add_blob(
+        &self,
+        id: JobId,
+        position: usize,
+        blob: NewBlob,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| ops::add_blob(c, &id, position, &blob))
+            .await
+    }
+
     pub async fn blobs(&self, id: JobId) -> Result<Vec<BlobRecord>, StoreError> {
         self.call(move |c| ops::blobs(c, &id)).await
     }

@@ -328,25 +328,45 @@ pub(super) fn put_blobs(
             }
         }
         for (position, blob) in blobs.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO blobs (job_id, digest, position, size_bytes, media_type, action, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (job_id, digest) DO UPDATE SET
-                     position = excluded.position, size_bytes = excluded.size_bytes,
+            insert_blob(
+                tx,
+                id,
+                position,
+                blob,
+                "DO UPDATE SET position = excluded.position, size_bytes = excluded.size_bytes,
                      media_type = excluded.media_type, action = excluded.action",
-                params![
-                    id.as_str(),
-                    blob.digest.to_string(),
-                    position as i64,
-                    i64_of(blob.size_bytes),
-                    blob.media_type,
-                    blob.action.as_str(),
-                    BlobState::Pending.as_str()
-                ],
             )?;
         }
         Ok(())
     })
+}
+
+/// Inserts one pending blob at `position`; `on_conflict` says what a row the job has already
+/// for the digest gets (`DO ...` of SQLite's upsert).
+fn insert_blob(
+    tx: &Transaction<'_>,
+    id: &JobId,
+    position: usize,
+    blob: &NewBlob,
+    on_conflict: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO blobs (job_id, digest, position, size_bytes, media_type, action, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (job_id, digest) {on_conflict}"
+        ),
+        params![
+            id.as_str(),
+            blob.digest.to_string(),
+            position as i64,
+            i64_of(blob.size_bytes),
+            blob.media_type,
+            blob.action.as_str(),
+            BlobState::Pending.as_str()
+        ],
+    )?;
+    Ok(())
 }
 
 /// A blob row as read, before its values are checked.
@@ -362,6 +382,20 @@ struct RawBlob {
     bytes: Option<i64>,
     pushed_digest: Option<String>,
     pushed_size: Option<i64>,
+}
+
+/// Records one blob at `position` unless the job has it already (then it keeps its
+/// position, state and cursor until the whole plan is recorded by [`put_blobs`]).
+pub(super) fn add_blob(
+    conn: &mut Connection,
+    id: &JobId,
+    position: usize,
+    blob: &NewBlob,
+) -> Result<(), StoreError> {
+    // Normal, as put_blobs: a lost row is recorded again from the spool on resume.
+    with_tx(conn, Durability::Normal, |tx| {
+        insert_blob(tx, id, position, blob, "DO NOTHING")
+    })
 }
 
 pub(super) fn blobs(conn: &mut Connection, id: &JobId) -> Result<Vec<BlobRecord>, StoreError> {

@@ -32,6 +32,23 @@ pub fn image_spec(seed: u64, mb: u64, compression: SampleCompression) -> SampleS
     spec
 }
 
+/// An image declared linux/amd64 whose second layer holds arm64 executables only (12 of
+/// them), its layers stored with `compression`: the ELF census must refuse it.
+pub fn arm64_binaries_spec(seed: u64, compression: SampleCompression) -> SampleSpec {
+    let mut spec = image_spec(seed, 0, compression);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::Text(1 << 20), compression),
+        LayerSpec::new(
+            LayerContent::Elf {
+                machine: 0xb7,
+                count: 12,
+            },
+            compression,
+        ),
+    ];
+    spec
+}
+
 pub fn write_oci(dir: &Path, spec: &SampleSpec) -> (SampleImage, String) {
     let img = hoist_testkit::sample::write_oci_layout(dir, spec).expect("write the sample layout");
     let src = format!("oci:{}", dir.display());

@@ -3,7 +3,9 @@
 //! by a real hoistd (whose environment names the engine) to the real registry and pulled back
 //! with skopeo: every layer's uncompressed digest must be one of the engine's diff_ids, in
 //! order. A wrong platform fails before anything is exported; an unknown image, a missing
-//! socket, a non-unix DOCKER_HOST give their one-line errors.
+//! socket, a non-unix DOCKER_HOST give their one-line errors. The ELF census taken on the
+//! export stream refuses arm64 binaries in an amd64 image; a layer's upload starts while the
+//! export goes on, and a hoistd killed then resumes into the same image.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,12 +18,13 @@ use hoist::digest::Digest;
 use hoist::environ::CallerEnv;
 use hoist::platform::Platform;
 use hoist::source::engine::{Endpoint, Engine};
-use hoist_testkit::sample::SampleCompression;
+use hoist_testkit::sample::{SampleCompression, SampleSpec};
 
 use crate::common::{self, TestRegistry};
 use crate::daemon_support::{hoistd_command, kill9, wait_answers};
 use crate::push_support::{
-    image_spec, pull_back, request, wait_for, write_docker_archive, write_oci,
+    PUSH_MS_MAX, arm64_binaries_spec, image_spec, pull_back, request, tag_exists, wait_for,
+    write_docker_archive, write_oci,
 };
 
 /// How long dockerd may take to answer on its socket.
@@ -105,9 +108,14 @@ impl Dockerd {
     fn load(&self, dir: &Path, seed: u64, platform: Platform, name: &str) {
         let mut spec = image_spec(seed, 4, SampleCompression::None);
         spec.platform = platform;
-        let oci = dir.join(format!("oci{seed}"));
-        write_oci(&oci, &spec);
-        let tar = dir.join(format!("img{seed}.tar"));
+        self.load_spec(dir, &spec, name);
+    }
+
+    /// `docker load`s the sample image `spec` (layers uncompressed) as `name`.
+    fn load_spec(&self, dir: &Path, spec: &SampleSpec, name: &str) {
+        let oci = dir.join(format!("oci{}", spec.seed));
+        write_oci(&oci, spec);
+        let tar = dir.join(format!("img{}.tar", spec.seed));
         write_docker_archive(&oci, &tar);
         self.docker(&["load", "-i", tar.to_str().unwrap()]);
         self.docker(&["tag", "hoist/test:1", name]);
@@ -231,15 +239,7 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     // hoistd reads the engine's socket from its environment.
     let registry = TestRegistry::start();
     let host = registry.host();
-    let d = dir.path().join("d");
-    std::fs::create_dir_all(&d).unwrap();
-    let hoistd = hoistd_command(&d, "warn")
-        .env("DOCKER_HOST", engine.host())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = Client::new(d.join("hoist.sock"));
-    wait_answers(&client, 20).await;
+    let (hoistd, client) = engine_hoistd(&engine, &dir.path().join("d")).await;
 
     // A wrong platform fails before the export: no export event at all.
     let req = request(
@@ -278,5 +278,149 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     let kinds = events(&client, &id).await;
     let exported = |e: &EventKind| matches!(e, EventKind::Export { layers_done: 3, .. });
     assert!(kinds.iter().any(exported), "{kinds:?}");
+    kill9(hoistd);
+}
+
+/// A hoistd in `dir` whose environment names `engine`, and its client once it answers.
+async fn engine_hoistd(engine: &Dockerd, dir: &Path) -> (Child, Client) {
+    std::fs::create_dir_all(dir).unwrap();
+    let hoistd = hoistd_command(dir, "warn")
+        .env("DOCKER_HOST", engine.host())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(dir.join("hoist.sock"));
+    wait_answers(&client, 20).await;
+    (hoistd, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_census_on_the_stream_refuses_arm64_binaries_before_the_commit_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Dockerd::start(&dir.path().join("e"));
+    // Declared linux/amd64; its second layer holds arm64 executables only.
+    let spec = arm64_binaries_spec(45, SampleCompression::None);
+    engine.load_spec(dir.path(), &spec, "armbins:1");
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (hoistd, client) = engine_hoistd(&engine, &dir.path().join("d")).await;
+
+    let target = format!("{host}/census/img:1");
+    let req = request("docker-daemon:armbins:1", &target, Compression::Gzip);
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap_or_default();
+    assert!(
+        reason.contains("12 of 12 ELF files in layer 2 are aarch64")
+            && reason.contains("--allow-arch-mismatch"),
+        "{reason}"
+    );
+    assert!(!tag_exists(registry.addr, "census/img", "1"));
+
+    let mut req = request("docker-daemon:armbins:1", &target, Compression::Gzip);
+    req.options.allow_arch_mismatch = true;
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    assert!(tag_exists(registry.addr, "census/img", "1"));
+    kill9(hoistd);
+}
+
+/// Index of the export event that reports every layer compressed.
+fn export_end(kinds: &[EventKind]) -> usize {
+    kinds
+        .iter()
+        .position(|e| {
+            matches!(e, EventKind::Export { layers_done, layers_total, .. } if layers_done == layers_total)
+        })
+        .unwrap_or_else(|| panic!("no export event with every layer: {kinds:?}"))
+}
+
+/// Follows the job's events until a layer's upload has moved bytes (a `progress` event).
+async fn wait_upload_moved(client: &Client, id: &hoist::api::JobId) -> Vec<EventKind> {
+    let mut stream = client.events(id, 0, true).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(e) = stream.next().await {
+        let kind = e.unwrap().kind;
+        let moved = matches!(kind, EventKind::Progress { .. });
+        seen.push(kind);
+        if moved {
+            return seen;
+        }
+    }
+    panic!("the job ended before any upload moved: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_uploads_start_while_the_export_goes_on_and_a_kill_then_resumes_the_same_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Dockerd::start(&dir.path().join("e"));
+    // Two 24 MiB layers: whichever the export streams first is uploaded while the other is
+    // compressed.
+    engine.load_spec(
+        dir.path(),
+        &image_spec(46, 48, SampleCompression::None),
+        "big:1",
+    );
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let d = dir.path().join("d");
+    let (hoistd, client) = engine_hoistd(&engine, &d).await;
+
+    let req = request(
+        "docker-daemon:big:1",
+        &format!("{host}/pipe/a:1"),
+        Compression::Gzip,
+    );
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    let kinds = events(&client, &id).await;
+    let end = export_end(&kinds);
+    let uploading = |e: &EventKind| {
+        matches!(
+            e,
+            EventKind::State {
+                state: JobState::Uploading,
+                ..
+            }
+        )
+    };
+    let moved = |e: &EventKind| matches!(e, EventKind::Progress { .. });
+    assert!(
+        kinds[..end].iter().any(uploading) && kinds[..end].iter().any(moved),
+        "no upload before the export's end: {kinds:?}"
+    );
+    let blobs = kinds.iter().filter(|e| matches!(e, EventKind::Blob { .. }));
+    assert_eq!(blobs.count(), 4, "every blob announced once: {kinds:?}");
+
+    // Killed once an upload moved (the export may still run), restarted: the same image. A
+    // registry of its own, which has none of the blobs.
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let req = request(
+        "docker-daemon:big:1",
+        &format!("{host}/pipe/b:1"),
+        Compression::Gzip,
+    );
+    let id2 = client.submit(&req).await.unwrap().id;
+    let before = wait_upload_moved(&client, &id2).await;
+    kill9(hoistd);
+    eprintln!(
+        "killed with the export {}",
+        if before.iter().any(|e| matches!(e, EventKind::Export { layers_done, layers_total, .. } if layers_done == layers_total)) {
+            "ended"
+        } else {
+            "still running"
+        }
+    );
+    let (hoistd, client) = engine_hoistd(&engine, &d).await;
+    let again = wait_for(&client, &id2, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(again.state, JobState::Done, "{again:?}");
+    assert_eq!(again.manifest_digest, job.manifest_digest);
+    let pulled = dir.path().join("pulled");
+    pull_back(&host, "pipe/b:1", &pulled);
+    assert_eq!(pulled_diff_ids(&pulled), engine.diff_ids("big:1"));
     kill9(hoistd);
 }

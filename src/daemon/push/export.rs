@@ -4,7 +4,10 @@
 //! endpoint (caller's env) -> GET /version -> GET /images/{name}/json: platform check
 //!   -> layers already in the spool (index + file length) are not compressed again
 //!   -> GET /images/{name}/get, walked once: each needed layer, identified by the digest of
-//!      its uncompressed bytes, is compressed as it streams into `<job spool>/export/`
+//!      its uncompressed bytes, is compressed as it streams into `<job spool>/export/`, and
+//!      its uncompressed bytes are teed to the ELF census on a thread of its own
+//!   -> each layer whole in the spool is uploaded at once ([`super::early`]) while the export
+//!      goes on with the next one
 //!   -> the plan: the config (in memory, then one small file) and the compressed layers,
 //!      pushed as they are
 //! ```
@@ -14,7 +17,7 @@
 //! push of the `docker save` archive would upload (same digests, same manifest). A layer is
 //! written to a temporary file and renamed when whole and synced, and recorded in the spool
 //! index; a rerun (a hoistd restart during the export) exports again and skips every layer
-//! already there.
+//! already there (those, exported by an earlier run, are read back for the census).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -24,10 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use super::early::EarlyUploads;
 use super::spool::{self, SPOOL_CHUNK_BYTES, ThreadTokens};
+use super::upload::Uploader;
 use crate::compress::{CompressConfig, StreamState, compress_stream};
 use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
+use crate::elf::LayerCensus;
 use crate::environ::CallerEnv;
 use crate::image::doc::{self, Config, Doc};
 use crate::image::media::{self, Compression, Family};
@@ -47,6 +56,22 @@ const PIPE_PIECES_QUEUED: usize = 4;
 /// The shortest time between two export progress events.
 const EXPORT_PROGRESS_EVERY_MS: u64 = 1000;
 
+/// The ELF census of layers exported in this run, by diff_id, taken from the export stream (an
+/// error: the layer is not a readable tar stream, said as the census says it).
+pub type StreamCensus = HashMap<Digest, Result<LayerCensus, String>>;
+
+/// A planned `docker-daemon:` push: the plan, the census of the layers this run exported, and
+/// the uploads started while it exported.
+pub struct Exported {
+    pub plan: PushPlan,
+    pub census: StreamCensus,
+    pub early: EarlyUploads,
+}
+
+/// A layer whole in the spool (compressed file synced, renamed, indexed): its diff_id and
+/// what compressing it gave.
+type Ready = (Digest, CompressedLayer);
+
 fn failed(e: impl Into<SourceError>) -> JobError {
     JobError::failed(e.into().to_string())
 }
@@ -58,12 +83,13 @@ fn io_failed(path: &Path, e: io::Error) -> JobError {
     ))
 }
 
-/// Plans a `docker-daemon:IMAGE` job (`image` is what follows the prefix).
+/// Plans a `docker-daemon:IMAGE` job (`image` is what follows the prefix); each layer is
+/// uploaded by `uploader` as soon as it is whole in the spool.
 pub async fn plan_job(
     ctx: &JobContext,
-    tokens: &Arc<ThreadTokens>,
+    uploader: &Arc<Uploader>,
     image: &str,
-) -> Result<PushPlan, JobError> {
+) -> Result<Exported, JobError> {
     let image = crate::source::engine::parse_image_name(image).map_err(|detail| {
         failed(SourceError::BadRef {
             input: ctx.spec().source.clone(),
@@ -75,27 +101,22 @@ pub async fn plan_job(
     // The plan is made from the exported layers, already compressed in the spool: no split
     // layouts to reuse (an uncompressed layer is never planned from this source).
     let opts = crate::daemon::prepare::plan_options(ctx.spec(), env.clone(), Vec::new());
-    plan(ctx, tokens, &env, &image, &opts).await
+    plan(ctx, uploader, &env, &image, &opts).await
 }
 
 /// Plans the push of `image` from the engine the caller's environment `env` names: checks
-/// its platform, exports what the spool lacks and plans from the spool's files.
+/// its platform, exports what the spool lacks (uploading each layer once it is whole) and
+/// plans from the spool's files.
 pub async fn plan(
     ctx: &JobContext,
-    tokens: &Arc<ThreadTokens>,
+    uploader: &Arc<Uploader>,
     env: &CallerEnv,
     image: &str,
     opts: &PlanOptions,
-) -> Result<PushPlan, JobError> {
+) -> Result<Exported, JobError> {
     let endpoint = Endpoint::from_env(env).map_err(failed)?;
     let engine = Engine::connect(endpoint).await.map_err(failed)?;
-    let inspect = engine
-        .inspect(image, &opts.platform)
-        .await
-        .map_err(failed)?;
-    let what = format!("{TRANSPORT_PREFIX}{image}");
-    select::check_platform(&what, inspect.platform(), &opts.platform)
-        .map_err(|e| failed(SourceError::from(e)))?;
+    let (inspect, what) = inspect_checked(&engine, image, opts).await?;
     let dir = ctx.spool_dir().join(EXPORT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| io_failed(&dir, e))?;
     let codec = opts.compression;
@@ -108,28 +129,34 @@ pub async fn plan(
         .filter(|d| !layers.contains_key(*d))
         .cloned()
         .collect();
+    let mut early = EarlyUploads::new(ctx.clone(), uploader.clone());
+    for (d, c) in &layers {
+        let layer = spool_layer(&what, &dir, d, c, codec)?;
+        early.start(position(&inspect, d), &layer).await?;
+    }
+    let mut census = StreamCensus::new();
     if config.is_none() || !needed.is_empty() {
         let reader = engine.export(image, &opts.platform).await.map_err(failed)?;
+        let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Export {
             ctx: ctx.clone(),
             rt: tokio::runtime::Handle::current(),
-            tokens: tokens.clone(),
+            tokens: uploader.shared.compressing(ctx),
             dir: dir.clone(),
             codec,
             image: image.to_string(),
             inspect: inspect.clone(),
             needed,
+            census: !ctx.spec().options.allow_arch_mismatch,
+            ready,
+            abandon: Arc::new(AtomicBool::new(false)),
         };
-        let (walked, made) = tokio::task::spawn_blocking(move || job.run(reader))
-            .await
-            .map_err(|e| {
-                JobError::failed(format!(
-                    "internal error: the export stopped abnormally ({e}): report this as a bug"
-                ))
-            })??;
+        let (walked, made, censused) =
+            export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
         write_config(&dir, &walked.config)?;
         config = Some(walked.config);
         layers.extend(made);
+        census = censused;
     }
     let config = config.ok_or_else(|| {
         JobError::failed("internal error: no config after the export: report this as a bug")
@@ -143,7 +170,93 @@ pub async fn plan(
         codec,
         &opts.platform,
     )?;
-    PushPlan::from_resolved(resolved, opts).map_err(|e| JobError::failed(e.to_string()))
+    let plan =
+        PushPlan::from_resolved(resolved, opts).map_err(|e| JobError::failed(e.to_string()))?;
+    Ok(Exported {
+        plan,
+        census,
+        early,
+    })
+}
+
+/// The engine's inspect of `image`, its platform checked before anything is exported; and
+/// how messages name the source.
+async fn inspect_checked(
+    engine: &Engine,
+    image: &str,
+    opts: &PlanOptions,
+) -> Result<(ImageInspect, String), JobError> {
+    let inspect = engine
+        .inspect(image, &opts.platform)
+        .await
+        .map_err(failed)?;
+    let what = format!("{TRANSPORT_PREFIX}{image}");
+    select::check_platform(&what, inspect.platform(), &opts.platform)
+        .map_err(|e| failed(SourceError::from(e)))?;
+    Ok((inspect, what))
+}
+
+/// What a finished export gives: the walk, the layers it compressed, their census.
+type ExportResult = (
+    export::Walked,
+    HashMap<Digest, CompressedLayer>,
+    StreamCensus,
+);
+
+/// Runs `job` on a blocking thread and starts the upload of each layer it reports whole
+/// while it goes on. A failed upload ends the export (at its next read); a failed export
+/// leaves the uploads to the caller (dropped, they end where they are); a stopped one waits
+/// for them to stop at their chunk boundary.
+async fn export_uploading(
+    job: Export,
+    reader: impl Read + Send + 'static,
+    mut ready: tokio::sync::mpsc::UnboundedReceiver<Ready>,
+    early: &mut EarlyUploads,
+    what: &str,
+    dir: &Path,
+) -> Result<ExportResult, JobError> {
+    let (inspect, codec, abandon) = (job.inspect.clone(), job.codec, job.abandon.clone());
+    let mut task = tokio::task::spawn_blocking(move || job.run(reader));
+    let start = async |early: &mut EarlyUploads, (d, c): Ready| {
+        let layer = spool_layer(what, dir, &d, &c, codec)?;
+        early.start(position(&inspect, &d), &layer).await
+    };
+    let joined = loop {
+        let step = tokio::select! {
+            Some(r) = ready.recv() => start(early, r).await,
+            e = early.failure() => Err(e),
+            joined = &mut task => break joined,
+        };
+        if let Err(e) = step {
+            abandon.store(true, Ordering::Relaxed);
+            let _ = task.await;
+            return Err(early.ended_by(e).await);
+        }
+    };
+    let result = joined.map_err(|e| {
+        JobError::failed(format!(
+            "internal error: the export stopped abnormally ({e}): report this as a bug"
+        ))
+    })?;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return Err(early.ended_by(e).await),
+    };
+    // Layers reported just before the export ended.
+    while let Ok(r) = ready.try_recv() {
+        start(early, r).await?;
+    }
+    Ok(result)
+}
+
+/// A layer's place in the plan (the config is first): its first place in the image.
+fn position(inspect: &ImageInspect, diff_id: &Digest) -> usize {
+    1 + inspect
+        .rootfs
+        .layers
+        .iter()
+        .position(|d| d == diff_id)
+        .unwrap_or(inspect.rootfs.layers.len())
 }
 
 /// The compressed layers an earlier run left in `dir`: whole (the index's size) only.
@@ -200,46 +313,59 @@ fn resolve(
 ) -> Result<ResolvedImage, JobError> {
     let platform = select::check_config_platform(what, &config.parsed, wanted)
         .map_err(|e| failed(SourceError::from(e)))?;
-    let compression = match codec {
-        Codec::Gzip => Compression::Gzip,
-        Codec::Zstd => Compression::Zstd,
-    };
-    let open = |path: PathBuf, name: String| -> Result<BlobLocation, JobError> {
-        let file = File::open(&path).map_err(|e| io_failed(&path, e))?;
-        let len = file.metadata().map_err(|e| io_failed(&path, e))?.len();
-        Ok(BlobLocation {
-            file: Arc::new(file),
-            offset: 0,
-            len,
-            name: name.into(),
-            splice: None,
-        })
-    };
     let mut out = Vec::new();
     for diff_id in &inspect.rootfs.layers {
         let c = layers.get(diff_id).ok_or_else(|| {
             JobError::failed(format!("internal error: layer {diff_id} is not in the spool after the export: report this as a bug"))
         })?;
-        let name = spool::spool_name(diff_id, codec);
-        let location = open(dir.join(&name), format!("{what}: layer {diff_id}"))?;
-        out.push(SourceLayer::docker(
-            c.digest.clone(),
-            compression,
-            location,
-            diff_id.clone(),
-        ));
+        out.push(spool_layer(what, dir, diff_id, c, codec)?);
     }
     Ok(ResolvedImage {
         source: what.to_string(),
         family: Family::Docker2,
         manifest: None,
         config_media_type: media::DOCKER_CONFIG.to_string(),
-        config_location: open(dir.join(CONFIG_FILE), format!("{what}: config"))?,
+        config_location: open(&dir.join(CONFIG_FILE), format!("{what}: config"))?,
         platform,
         layers: out,
         skipped: Vec::new(),
         config,
     })
+}
+
+/// A spool file read in place, like an archive's blob.
+fn open(path: &Path, name: String) -> Result<BlobLocation, JobError> {
+    let file = File::open(path).map_err(|e| io_failed(path, e))?;
+    let len = file.metadata().map_err(|e| io_failed(path, e))?.len();
+    Ok(BlobLocation {
+        file: Arc::new(file),
+        offset: 0,
+        len,
+        name: name.into(),
+        splice: None,
+    })
+}
+
+/// The layer `diff_id` as pushed: its compressed file in the spool, read in place.
+fn spool_layer(
+    what: &str,
+    dir: &Path,
+    diff_id: &Digest,
+    c: &CompressedLayer,
+    codec: Codec,
+) -> Result<SourceLayer, JobError> {
+    let compression = match codec {
+        Codec::Gzip => Compression::Gzip,
+        Codec::Zstd => Compression::Zstd,
+    };
+    let path = dir.join(spool::spool_name(diff_id, codec));
+    let location = open(&path, format!("{what}: layer {diff_id}"))?;
+    Ok(SourceLayer::docker(
+        c.digest.clone(),
+        compression,
+        location,
+        diff_id.clone(),
+    ))
 }
 
 /// One export, run on a blocking thread.
@@ -252,20 +378,29 @@ struct Export {
     image: String,
     inspect: ImageInspect,
     needed: HashSet<Digest>,
+    /// Whether the ELF census runs on the stream (not when the job allows a mismatch).
+    census: bool,
+    /// Where each layer whole in the spool is reported, for its upload to start.
+    ready: tokio::sync::mpsc::UnboundedSender<Ready>,
+    /// Set when the push gave up (an upload failed): the export ends at its next read.
+    abandon: Arc<AtomicBool>,
 }
 
 impl Export {
-    fn run(
-        self,
-        reader: impl Read,
-    ) -> Result<(export::Walked, HashMap<Digest, CompressedLayer>), JobError> {
+    fn stopped(&self) -> bool {
+        self.ctx.is_stop_requested() || self.abandon.load(Ordering::Relaxed)
+    }
+
+    fn run(self, reader: impl Read) -> Result<ExportResult, JobError> {
         let threads = self.tokens.threads();
+        // Every token, as a spool run's lanes take them all: one stream on every core.
         let _turn = self
             .tokens
-            .take_until(threads, &|| self.ctx.is_stop_requested())
+            .take_until(self.tokens.lanes(), &|| self.stopped())
             .ok_or(JobError::Stopped)?;
         let read = Arc::new(AtomicU64::new(0));
         let mut made = HashMap::new();
+        let mut census = StreamCensus::new();
         let mut progress = Progress {
             last: Instant::now(),
             read: read.clone(),
@@ -273,12 +408,17 @@ impl Export {
         let counted = Counted {
             inner: reader,
             read: read.clone(),
-            ctx: &self.ctx,
+            export: &self,
         };
         let mut handler = |input: &mut dyn Read| -> Result<Digest, SourceError> {
             let (diff_id, kept) = self.compress_entry(input, threads, &mut progress, made.len())?;
-            if let Some(c) = kept {
-                made.insert(diff_id.clone(), c);
+            if let Some((c, layer_census)) = kept {
+                made.insert(diff_id.clone(), c.clone());
+                if let Some(lc) = layer_census {
+                    census.insert(diff_id.clone(), lc);
+                }
+                // The upload side is gone only when the push gave up: nothing to tell.
+                let _ = self.ready.send((diff_id.clone(), c));
                 self.report(&read, made.len());
             }
             Ok(diff_id)
@@ -291,11 +431,11 @@ impl Export {
             &mut handler,
         );
         let walked = match walked {
-            Err(_) if self.ctx.is_stop_requested() => return Err(JobError::Stopped),
+            Err(_) if self.stopped() => return Err(JobError::Stopped),
             w => w.map_err(|e| JobError::failed(e.to_string()))?,
         };
         self.report(&read, made.len());
-        Ok((walked, made))
+        Ok((walked, made, census))
     }
 
     fn report(&self, read: &AtomicU64, layers_done: usize) {
@@ -307,15 +447,16 @@ impl Export {
         ));
     }
 
-    /// Compresses one candidate entry into a temporary file while it streams; keeps it (renamed
-    /// to its spool name, synced, in the index) when its diff_id is needed.
+    /// Compresses one candidate entry into a temporary file while it streams (and takes its
+    /// ELF census on the way, when asked); keeps it (renamed to its spool name, synced, in the
+    /// index) when its diff_id is needed.
     fn compress_entry(
         &self,
         input: &mut dyn Read,
         threads: usize,
         progress: &mut Progress,
         layers_done: usize,
-    ) -> Result<(Digest, Option<CompressedLayer>), SourceError> {
+    ) -> Result<(Digest, Option<Kept>), SourceError> {
         let tmp = self.dir.join(".layer.partial");
         let file = File::create(&tmp).map_err(|e| SourceError::Io {
             what: tmp.display().to_string(),
@@ -326,29 +467,40 @@ impl Export {
             chunk_bytes: SPOOL_CHUNK_BYTES,
             threads,
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_PIECES_QUEUED);
-        let totals = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(PIPE_PIECES_QUEUED);
+        let (census_tx, census_rx) = match self.census {
+            true => {
+                let (t, r) = std::sync::mpsc::sync_channel::<Piece>(PIPE_PIECES_QUEUED);
+                (Some(t), Some(r))
+            }
+            false => (None, None),
+        };
+        let (totals, layer_census) = std::thread::scope(|s| {
             let compressor = s.spawn(|| {
                 let mut out = &file;
-                let stop = || self.ctx.is_stop_requested();
                 compress_stream(Piped::new(rx), &config, StreamState::new(), |chunk| {
-                    if stop() {
+                    if self.stopped() {
                         return Err(Failure::Stopped);
                     }
                     out.write_all(chunk.bytes).map_err(Failure::Io)
                 })
             });
-            let pumped = pump(input, &tx, &mut || {
+            let census = census_rx.map(|rx| s.spawn(|| census_of(rx)));
+            let pumped = pump(input, &tx, census_tx.as_ref(), &mut || {
                 if progress.due() {
                     self.report(&progress.read, layers_done);
                 }
             });
-            drop(tx);
+            drop((tx, census_tx));
             let compressed = compressor.join().unwrap_or(Err(Failure::Stopped));
+            let census = census.map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err("the census thread ended abnormally".into()))
+            });
             pumped.map_err(Failure::Io)?;
-            compressed
-        });
-        let totals = totals.map_err(|f| f.into_source(&tmp))?;
+            compressed.map(|t| (t, census))
+        })
+        .map_err(|f| f.into_source(&tmp))?;
         if !self.needed.contains(&totals.diff_id) {
             let _ = std::fs::remove_file(&tmp);
             return Ok((totals.diff_id, None));
@@ -364,16 +516,31 @@ impl Export {
             size: totals.compressed_bytes,
         };
         spool::index_store(&self.ctx, &name, &c);
-        Ok((totals.diff_id, Some(c)))
+        Ok((totals.diff_id, Some((c, layer_census))))
     }
 }
 
-/// Copies `input` into the pipe in pieces; `tick` runs after each.
+/// A needed layer compressed into the spool, and its census when it was taken.
+type Kept = (CompressedLayer, Option<Result<LayerCensus, String>>);
+
+/// A piece of the export stream, shared by the compressor and the census.
+type Piece = Arc<Vec<u8>>;
+
+/// The ELF census of the pieces `rx` receives. The tar ends before the stream does (padding
+/// after its end blocks): the receiver is dropped then, and the pump stops sending.
+fn census_of(rx: Receiver<Piece>) -> Result<LayerCensus, String> {
+    crate::elf::census_tar(Piped::new(rx)).map_err(|e| e.to_string())
+}
+
+/// Copies `input` into the pipe in pieces, and to the census while it reads them; `tick`
+/// runs after each.
 fn pump(
     input: &mut dyn Read,
-    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    tx: &SyncSender<Piece>,
+    census: Option<&SyncSender<Piece>>,
     tick: &mut dyn FnMut(),
 ) -> io::Result<()> {
+    let mut census = census;
     loop {
         let mut piece = vec![0; PIPE_PIECE_BYTES];
         let n = match input.read(&mut piece) {
@@ -383,6 +550,11 @@ fn pump(
             Err(e) => return Err(e),
         };
         piece.truncate(n);
+        let piece = Arc::new(piece);
+        // A census that ended (the tar's end, or not a tar) reads no more.
+        if census.is_some_and(|c| c.send(piece.clone()).is_err()) {
+            census = None;
+        }
         if tx.send(piece).is_err() {
             // The compressor stopped: its error is the one to report.
             return Ok(());
@@ -425,16 +597,16 @@ impl Failure {
 /// The compressor's input: pieces from the pipe (its reader must be `Send`; the tar entry
 /// it comes from is not).
 struct Piped {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    piece: Vec<u8>,
+    rx: Receiver<Piece>,
+    piece: Piece,
     at: usize,
 }
 
 impl Piped {
-    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Piped {
+    fn new(rx: Receiver<Piece>) -> Piped {
         Piped {
             rx,
-            piece: Vec::new(),
+            piece: Arc::default(),
             at: 0,
         }
     }
@@ -455,16 +627,17 @@ impl Read for Piped {
     }
 }
 
-/// The export stream, counting the bytes read; ends with an error when the job stops.
+/// The export stream, counting the bytes read; ends with an error when the job stops or the
+/// push gave up.
 struct Counted<'a, R> {
     inner: R,
     read: Arc<AtomicU64>,
-    ctx: &'a JobContext,
+    export: &'a Export,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.ctx.is_stop_requested() {
+        if self.export.stopped() {
             return Err(io::Error::other("the job was stopped"));
         }
         let n = self.inner.read(buf)?;

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! plan (blocking) -> ctx.plan -> source identity check
+//!   (docker-daemon: the export's layers are uploaded while it goes on: [`early`])
 //!   -> uploading: one task per blob, in parallel (slots cap the connections)
 //!        config + as-is layers: streamed in place from the source (BlobLocation ranges)
 //!        layers to compress: a blocking compressor writes the spool; the upload of a layer
 //!        follows it chunk by chunk (pipelined: the digest is only needed at the final PUT)
-//!      alongside: the ELF census of every layer (blocking thread, off the critical path)
+//!      alongside: the ELF census of every layer (blocking thread, off the critical path;
+//!      a docker-daemon: export's layers have theirs from the export stream already)
 //!   -> verifying: HEAD every blob; one the registry lost (garbage collected while the job
 //!      was paused or failed) is pending again and uploaded once more in the same run
 //!   -> census check -> committing: for the target and each extra tag, PUT the manifest
@@ -16,6 +18,8 @@
 //!
 //! # Files
 //! - [`spool`]: compression into the spool, resumable at chunk k; the cross-push index.
+//! - [`export`]: a `docker-daemon:` source exported into the spool; [`early`]: its layers'
+//!   uploads, started as each is whole.
 //! - [`disk`]: the spool's free space, checked before spooling; a full disk's message.
 //! - [`spool_view`]: the compressed stream as uploads read it (stored chunks framed from the source).
 //! - [`upload`]: one blob from cursor to cursor, retries, resume, restart.
@@ -36,6 +40,7 @@
 
 pub mod commit;
 pub mod disk;
+pub mod early;
 pub mod export;
 pub mod identity;
 pub mod netwatch;
@@ -61,6 +66,7 @@ use crate::plan::{CompressedLayer, LayerAction, PushPlan};
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, ResumePoint, UploadCursor};
 use crate::source::engine::TRANSPORT_PREFIX;
 use crate::store::{BlobRecord, CursorRecord};
+use export::StreamCensus;
 use patience::Patience;
 use spool::{Avail, SpoolLayer};
 use spool_view::SpoolView;
@@ -86,7 +92,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn compressing(&self, ctx: &JobContext) -> Arc<spool::ThreadTokens> {
+    pub(super) fn compressing(&self, ctx: &JobContext) -> Arc<spool::ThreadTokens> {
         self.compressing
             .get_or_init(|| {
                 Arc::new(spool::ThreadTokens::with_lanes(
@@ -269,8 +275,8 @@ async fn push(
     shared: Arc<Shared>,
     net: &NetSettings,
 ) -> Result<JobOutput, JobError> {
-    let (run, records) = Run::start(ctx, shared, net).await?;
-    let census = Census::start(ctx, &run.plan);
+    let (run, records, known) = Run::start(ctx, shared, net).await?;
+    let census = Census::start(ctx, &run.plan, known);
     let pushed = run.upload(&records, None).await?;
     let pushed = run.verify(pushed).await?;
     census.check(ctx, &run.plan).await?;
@@ -301,18 +307,24 @@ async fn push(
 impl Run {
     /// Plans (the source checked against its identity before anything is recorded: a swapped
     /// source must not change the job's plan), records the plan, checks the repository and
-    /// enters `uploading`. Returns what earlier runs recorded for every blob.
+    /// enters `uploading`. Returns what earlier runs recorded for every blob, and the ELF
+    /// census of the layers planning read already (a `docker-daemon:` export's).
     async fn start(
         ctx: &JobContext,
         shared: Arc<Shared>,
         net: &NetSettings,
-    ) -> Result<(Run, Vec<BlobRecord>), JobError> {
-        let plan = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
-            Some(image) => export::plan_job(ctx, &shared.compressing(ctx), image).await?,
-            None => build_plan(ctx).await?,
+    ) -> Result<(Run, Vec<BlobRecord>, StreamCensus), JobError> {
+        // A file source's plan is recorded before the target is looked at (a bad target
+        // fails a job whose plan the user can see); an engine's is known only as it uploads.
+        let planned = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
+            Some(image) => Planned::Engine(image),
+            None => {
+                let plan = build_plan(ctx).await?;
+                identity::check(ctx, &plan)?;
+                let records = record_plan(ctx, &plan, &[]).await?;
+                Planned::File(Box::new(plan), records)
+            }
         };
-        identity::check(ctx, &plan)?;
-        let records = record_plan(ctx, &plan).await?;
         let (target, client) =
             target_of(ctx.spec(), ctx.env(), net, Some(ctx.bandwidth().clone()))?;
         let patience = Patience {
@@ -323,23 +335,41 @@ impl Run {
                 client: client.clone(),
             }),
         };
-        let repository = target.repository.clone();
-        patience
-            .call("check the repository", || {
-                client.check_repository(&repository)
-            })
-            .await?
-            .map_err(|e| JobError::failed(format!("cannot push to {}: {e}", ctx.spec().target)))?;
-        ctx.enter(JobState::Uploading).await?;
-        let run = Run {
+        let reach = Reach {
             ctx: ctx.clone(),
+            target,
+            client,
+            patience,
+            shared,
+        };
+        let (plan, records, census) = match planned {
+            Planned::File(plan, records) => {
+                reach.check_repository().await?;
+                (*plan, records, StreamCensus::new())
+            }
+            Planned::Engine(image) => reach.plan_engine(image).await?,
+        };
+        ctx.enter(JobState::Uploading).await?;
+        let Reach {
+            ctx,
+            target,
+            client,
+            patience,
+            shared,
+        } = reach;
+        let run = Run {
+            ctx,
             plan: Arc::new(plan),
             target,
             client,
             patience,
             shared,
         };
-        Ok((run, records))
+        Ok((run, records, census))
+    }
+
+    fn uploader(&self) -> Uploader {
+        uploader(&self.client, &self.target, &self.patience, &self.shared)
     }
 
     /// `verifying`: HEAD every blob. Blobs the registry lost since an earlier run recorded
@@ -391,14 +421,7 @@ impl Run {
             let gate = self.shared.compressing(&self.ctx);
             tokio::task::spawn_blocking(move || spool::run(&ctx, &rt, &gate, &spool_layers))
         };
-        let uploader = Arc::new(Uploader {
-            client: self.client.clone(),
-            repository: self.target.repository.clone(),
-            chunk_bytes: self.client.chunk_bytes(),
-            patience: self.patience.clone(),
-            shared: self.shared.clone(),
-        });
-        let result = upload_all(uploader, jobs, &skips).await;
+        let result = upload_all(Arc::new(self.uploader()), jobs, &skips).await;
         // Wait for the compressor so nothing writes the spool after we return.
         let _ = compressor.await;
         result
@@ -422,6 +445,69 @@ impl Run {
             ))
         })?;
         checked.map(|()| layers)
+    }
+}
+
+/// A run's source before the target is looked at: a file source planned and recorded, or
+/// the image an engine exports.
+enum Planned<'a> {
+    File(Box<PushPlan>, Vec<BlobRecord>),
+    Engine(&'a str),
+}
+
+/// What a run reaches the registry with, before its plan is known.
+struct Reach {
+    ctx: JobContext,
+    target: ImageRef,
+    client: RegistryClient,
+    patience: Patience,
+    shared: Arc<Shared>,
+}
+
+impl Reach {
+    /// A `docker-daemon:` source: the repository is checked first, then the export runs
+    /// with each layer's upload starting as soon as the layer is whole in the spool
+    /// ([`early`]); the plan is recorded once the export has ended.
+    async fn plan_engine(
+        &self,
+        image: &str,
+    ) -> Result<(PushPlan, Vec<BlobRecord>, StreamCensus), JobError> {
+        self.check_repository().await?;
+        let up = uploader(&self.client, &self.target, &self.patience, &self.shared);
+        let exported = export::plan_job(&self.ctx, &Arc::new(up), image).await?;
+        identity::check(&self.ctx, &exported.plan)?;
+        record_plan(&self.ctx, &exported.plan, exported.early.announced()).await?;
+        exported.early.finish().await?;
+        // The early uploads' outcomes, as the upload phase must see them.
+        let records = self.ctx.records().await?;
+        Ok((exported.plan, records, exported.census))
+    }
+
+    async fn check_repository(&self) -> Result<(), JobError> {
+        let (client, repository) = (&self.client, &self.target.repository);
+        self.patience
+            .call("check the repository", || {
+                client.check_repository(repository)
+            })
+            .await?
+            .map_err(|e| {
+                JobError::failed(format!("cannot push to {}: {e}", self.ctx.spec().target))
+            })
+    }
+}
+
+fn uploader(
+    client: &RegistryClient,
+    target: &ImageRef,
+    patience: &Patience,
+    shared: &Arc<Shared>,
+) -> Uploader {
+    Uploader {
+        client: client.clone(),
+        repository: target.repository.clone(),
+        chunk_bytes: client.chunk_bytes(),
+        patience: patience.clone(),
+        shared: shared.clone(),
     }
 }
 
@@ -571,27 +657,40 @@ async fn upload_all(
 
 /// The ELF census of the plan's layers, on threads of its own at a lower priority while the
 /// uploads run: it takes the CPU the uploads leave, and must be done before the commit. It
-/// gives up when the job stops or the push ends without it (dropped).
+/// gives up when the job stops or the push ends without it (dropped). Layers whose census
+/// planning took already (on a `docker-daemon:` export's stream) are not read again.
 struct Census {
     task: Option<tokio::task::JoinHandle<Result<Vec<crate::elf::LayerCensus>, JobError>>>,
     abandoned: Arc<AtomicBool>,
 }
 
 impl Census {
-    fn start(ctx: &JobContext, plan: &Arc<PushPlan>) -> Census {
+    fn start(ctx: &JobContext, plan: &Arc<PushPlan>, known: StreamCensus) -> Census {
         let abandoned = Arc::new(AtomicBool::new(false));
         let task = (!ctx.spec().options.allow_arch_mismatch).then(|| {
             let (plan, ctx, gone) = (plan.clone(), ctx.clone(), abandoned.clone());
             tokio::task::spawn_blocking(move || {
                 let stop = || ctx.is_stop_requested() || gone.load(Ordering::Relaxed);
-                let censuses = crate::inspect::census_layers(&plan.layers, true, &stop);
+                let unread: Vec<crate::plan::PlannedLayer> = plan
+                    .layers
+                    .iter()
+                    .filter(|l| !known.contains_key(&l.diff_id))
+                    .cloned()
+                    .collect();
+                let mut read = crate::inspect::census_layers(&unread, true, &stop).into_iter();
                 if stop() {
                     return Err(JobError::Stopped);
                 }
                 plan.layers
                     .iter()
-                    .zip(censuses)
-                    .map(|(l, census)| {
+                    .map(|l| {
+                        let census = match known.get(&l.diff_id) {
+                            Some(c) => c.clone(),
+                            None => read
+                                .next()
+                                .unwrap_or_else(|| Err(std::io::Error::other("not read")))
+                                .map_err(|e| e.to_string()),
+                        };
                         census.map_err(|e| {
                             JobError::failed(format!(
                                 "cannot read layer {} for the ELF check: {e}; pass --allow-arch-mismatch to push without the check",
