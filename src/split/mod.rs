@@ -241,6 +241,35 @@ fn hash_ranges(loc: &BlobLocation, ranges: &[(u64, u64)], h: &mut Hasher) -> std
     Ok(())
 }
 
+/// Runs tasks `0..tasks` on up to `threads` threads, each task on the next free thread in
+/// order; the results in task order.
+fn run_tasks<T: Send>(
+    tasks: usize,
+    threads: usize,
+    task: impl Fn(usize) -> T + Sync,
+) -> Vec<Option<T>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<T>>> =
+        std::sync::Mutex::new((0..tasks).map(|_| None).collect());
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= tasks {
+                return;
+            }
+            let r = task(i);
+            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.clamp(1, tasks.max(1)) {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    done.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The layer's digest (to check against its diff_id) and each part's, on `threads` threads:
 /// the whole layer is one task and each part another, taken in that order as threads free up,
 /// so the whole layer's hash (the longest task) starts first.
@@ -263,34 +292,12 @@ fn hash_parts(
         h.update(&zeros);
         Ok(h.finish())
     };
-    let tasks = ranges.len() + 1;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: std::sync::Mutex<Vec<Option<std::io::Result<Digest>>>> =
-        std::sync::Mutex::new((0..tasks).map(|_| None).collect());
-    let worker = || {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= tasks {
-                return;
-            }
-            let r = task(i);
-            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 1..threads.clamp(1, tasks) {
-            s.spawn(worker);
-        }
-        worker();
-    });
+    let done = run_tasks(ranges.len() + 1, threads, task);
     let read_failed = |source| SplitError::Read {
         layer: loc.name.to_string(),
         source,
     };
-    let mut digests = done
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter();
+    let mut digests = done.into_iter();
     let mut next_digest = || {
         digests
             .next()
