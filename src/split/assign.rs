@@ -78,7 +78,7 @@ impl Cut<'_> {
 struct Units {
     /// Each entry's group (see [`link_groups`]).
     groups: Vec<usize>,
-    /// Each group's (tar bytes, weight).
+    /// Each group's (tar bytes, weight), directories left out.
     sizes: HashMap<usize, (u64, u64)>,
     /// The whiteouts' (tar bytes, weight): they open the first part.
     first: (u64, u64),
@@ -91,8 +91,11 @@ impl Units {
         let mut sizes: HashMap<usize, (u64, u64)> = HashMap::new();
         let mut first = (0, 0);
         for (i, e) in entries.iter().enumerate() {
+            // Directories are not units: each is written where the flow is (see `assign`).
             let s = if e.is_whiteout() {
                 &mut first
+            } else if e.kind == EntryKind::Dir {
+                continue;
             } else {
                 sizes.entry(groups[i]).or_default()
             };
@@ -106,16 +109,10 @@ impl Units {
     }
 
     /// Tar bytes and weight of everything that is not a directory.
-    fn totals(&self, entries: &[Entry]) -> (u64, u64) {
-        let mut seen = std::collections::HashSet::new();
-        let mut t = self.first;
-        for (i, e) in entries.iter().enumerate() {
-            if e.kind != EntryKind::Dir && !e.is_whiteout() && seen.insert(self.groups[i]) {
-                let (b, w) = self.sizes.get(&self.groups[i]).copied().unwrap_or_default();
-                (t.0, t.1) = (t.0 + b, t.1 + w);
-            }
-        }
-        t
+    fn totals(&self) -> (u64, u64) {
+        self.sizes
+            .values()
+            .fold(self.first, |t, &(b, w)| (t.0 + b, t.1 + w))
     }
 }
 
@@ -160,7 +157,7 @@ fn count(part_of: &[usize]) -> usize {
 /// `part_bytes` forces them.
 fn flow(entries: &[Entry], cut: Cut<'_>) -> Vec<usize> {
     let units = Units::new(entries, cut);
-    let (total_bytes, total_weight) = units.totals(entries);
+    let (total_bytes, total_weight) = units.totals();
     let wanted = cut.parts_wanted(total_bytes);
     let (mut lo, mut hi) = (total_weight.div_ceil(wanted as u64), total_weight.max(1));
     // `hi` always fits in `wanted` parts unless the tar-byte limit alone needs more.
