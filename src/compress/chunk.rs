@@ -1,4 +1,4 @@
-//! One chunk to one gzip member or zstd frame, with a fast path for incompressible data.
+//! One chunk to gzip members or zstd frames, with a fast path for incompressible data.
 //!
 //! # The incompressible fast path
 //! A layer of already-compressed or random bytes gains nothing from deflate, yet libdeflate at
@@ -20,15 +20,20 @@
 //! - fewer than one position in [`PROBE_REPEAT_DIVISOR`] starts a 4-byte string seen earlier in
 //!   the sample (an LZ match; a small hash table, so only recent strings are remembered).
 //!
-//! Only when *every* window is judged incompressible is the chunk written without compression:
-//! stored deflate blocks in a gzip member, raw blocks in a zstd frame. A chunk with any
-//! compressible region is compressed whole, so a mixed chunk never loses ratio; data whose
-//! redundancy is invisible to the test (e.g. a high-entropy block repeated further away than the
-//! sampled runs see) is stored and loses that ratio. The decision reads only the chunk's bytes.
+//! Consecutive windows with the same verdict make a run, and each run is its own gzip member
+//! or zstd frame: stored deflate blocks or raw zstd blocks for an incompressible run,
+//! compressed for the rest. Most chunks are one run, so one member. A chunk that mixes them
+//! (the end of a random file and the start of a text one) compresses only its compressible
+//! windows: on a tree of 30% random files, 5% of the tar went through deflate in vain before,
+//! 14% of deflate's time, for 0.003% of output size. A compressible run keeps deflate's
+//! window across its own windows, so only a run's first 32 KiB loses matches into the stored
+//! run before it. Data whose redundancy is invisible to the test (e.g. a high-entropy block
+//! repeated further away than the sampled runs see) is stored and loses that ratio. The
+//! decision reads only the chunk's bytes.
 //!
 //! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, whole stored gzip member 0.6 ms, raw
 //! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for libdeflate level 6.
-//! On a text chunk the first window decides: 25 us.
+//! On a text chunk every window is probed: about 0.2 ms per 4 MiB.
 
 use libdeflater::{CompressionLvl, Compressor};
 
@@ -78,21 +83,26 @@ impl ChunkCompressor {
         }
     }
 
-    /// Appends one independent gzip member or zstd frame holding `input` to `out`.
-    /// Returns whether the chunk was stored without compression (the incompressible path).
+    /// Appends `input` to `out` as independent gzip members or zstd frames: one per run of
+    /// probe windows judged alike ([`probe_runs`]), so a single one unless the chunk mixes
+    /// incompressible and compressible regions. Returns whether the whole chunk was stored
+    /// without compression (the incompressible path: then it is one member or frame).
     pub fn compress(
         &mut self,
         codec: Codec,
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<bool, CompressError> {
-        let stored = looks_incompressible(input);
-        match (codec, stored) {
-            (_, true) => write_stored(codec, input, out),
-            (Codec::Gzip, false) => self.gzip_compress(input, out)?,
-            (Codec::Zstd, false) => self.zstd_compress(input, out)?,
+        let runs = probe_runs(input);
+        for run in &runs {
+            let piece = &input[run.start..run.end];
+            match (codec, run.stored) {
+                (_, true) => write_stored(codec, piece, out),
+                (Codec::Gzip, false) => self.gzip_compress(piece, out)?,
+                (Codec::Zstd, false) => self.zstd_compress(piece, out)?,
+            }
         }
-        Ok(stored)
+        Ok(runs.iter().all(|r| r.stored))
     }
 
     fn gzip_compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
@@ -156,47 +166,80 @@ pub fn compress_chunk(codec: Codec, input: &[u8], out: &mut Vec<u8>) -> Result<(
         .map(|_| ())
 }
 
-/// The deterministic incompressibility test described in the module documentation.
+/// The deterministic incompressibility test described in the module documentation: whether
+/// every probe window of `input` is judged incompressible.
 pub fn looks_incompressible(input: &[u8]) -> bool {
+    input.len() >= PROBE_MIN_BYTES && probe_runs(input).iter().all(|r| r.stored)
+}
+
+/// A run of consecutive probe windows with the same verdict: `input[start..end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeRun {
+    pub start: usize,
+    pub end: usize,
+    /// Judged incompressible: written stored.
+    pub stored: bool,
+}
+
+/// Each probe window of `input` judged as in the module documentation, consecutive windows
+/// with the same verdict merged into one run. An input shorter than [`PROBE_MIN_BYTES`] is one
+/// compressible run.
+pub fn probe_runs(input: &[u8]) -> Vec<ProbeRun> {
+    let whole = |stored| {
+        vec![ProbeRun {
+            start: 0,
+            end: input.len(),
+            stored,
+        }]
+    };
     if input.len() < PROBE_MIN_BYTES {
-        return false;
+        return whole(false);
     }
     let windows = (input.len() / PROBE_WINDOW_BYTES).max(1);
     // The last 4-byte string seen with each hash, over the whole probe: a repeat anywhere in
     // the sample is redundancy an LZ coder can use. Zero-initialised: a run of zeros "repeats",
     // which is right, zeros compress.
     let mut last_seen = vec![0u32; 1 << PROBE_HASH_BITS];
+    let mut runs: Vec<ProbeRun> = Vec::new();
     for w in 0..windows {
         // Windows split the chunk evenly, so the tail is spread over them, not left unsampled.
-        let w_start = w * input.len() / windows;
-        let w_len = (w + 1) * input.len() / windows - w_start;
-        let mut hist = [0u32; 256];
-        let mut repeats = 0usize;
-        for r in 0..PROBE_RUNS {
-            let r_start = w_start + r * w_len / PROBE_RUNS;
-            let run = &input[r_start..r_start + PROBE_RUN_BYTES];
-            for &b in run {
-                hist[usize::from(b)] += 1;
-            }
-            for quad in run.windows(4) {
-                let v = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
-                let h = (v.wrapping_mul(0x9E37_79B1) >> (32 - PROBE_HASH_BITS)) as usize;
-                repeats += usize::from(last_seen[h] == v);
-                last_seen[h] = v;
-            }
-        }
-        let n = (PROBE_RUNS * PROBE_RUN_BYTES) as u64;
-        let collisions: u64 = hist
-            .iter()
-            .map(|&c| u64::from(c) * u64::from(c.saturating_sub(1)))
-            .sum();
-        let low_entropy = collisions * PROBE_COLLISION_DIVISOR >= n * (n - 1);
-        let repetitive = repeats * PROBE_REPEAT_DIVISOR >= PROBE_RUNS * PROBE_RUN_BYTES;
-        if low_entropy || repetitive {
-            return false;
+        let start = w * input.len() / windows;
+        let end = (w + 1) * input.len() / windows;
+        let stored = window_incompressible(&input[start..end], &mut last_seen);
+        match runs.last_mut() {
+            Some(last) if last.stored == stored => last.end = end,
+            _ => runs.push(ProbeRun { start, end, stored }),
         }
     }
-    true
+    runs
+}
+
+/// One probe window's verdict: incompressible when its sampled runs have a high byte entropy
+/// and few repeats of a 4-byte string seen earlier in the probe (`last_seen`).
+fn window_incompressible(window: &[u8], last_seen: &mut [u32]) -> bool {
+    let mut hist = [0u32; 256];
+    let mut repeats = 0usize;
+    for r in 0..PROBE_RUNS {
+        let r_start = r * window.len() / PROBE_RUNS;
+        let run = &window[r_start..r_start + PROBE_RUN_BYTES];
+        for &b in run {
+            hist[usize::from(b)] += 1;
+        }
+        for quad in run.windows(4) {
+            let v = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+            let h = (v.wrapping_mul(0x9E37_79B1) >> (32 - PROBE_HASH_BITS)) as usize;
+            repeats += usize::from(last_seen[h] == v);
+            last_seen[h] = v;
+        }
+    }
+    let n = (PROBE_RUNS * PROBE_RUN_BYTES) as u64;
+    let collisions: u64 = hist
+        .iter()
+        .map(|&c| u64::from(c) * u64::from(c.saturating_sub(1)))
+        .sum();
+    let low_entropy = collisions * PROBE_COLLISION_DIVISOR >= n * (n - 1);
+    let repetitive = repeats * PROBE_REPEAT_DIVISOR >= PROBE_RUNS * PROBE_RUN_BYTES;
+    !(low_entropy || repetitive)
 }
 
 /// Hash table size of the repeat probe: 4096 entries.
@@ -417,6 +460,63 @@ mod tests {
         assert!(looks_incompressible(&random[..PROBE_WINDOW_BYTES + 1]));
         // Zeros: low entropy and repetitive.
         assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
+    }
+
+    #[test]
+    fn a_mixed_chunk_stores_its_random_windows_and_compresses_the_rest() {
+        use std::io::Read;
+        // 3 MiB of random bytes, then 1 MiB of text: six windows of each kind... and two.
+        let mut input = testdata::random_bytes(3 << 20, 4);
+        input.extend(testdata::text_like(1 << 20, 4));
+        let runs = probe_runs(&input);
+        assert_eq!(
+            runs,
+            [
+                ProbeRun {
+                    start: 0,
+                    end: 3 << 20,
+                    stored: true
+                },
+                ProbeRun {
+                    start: 3 << 20,
+                    end: 4 << 20,
+                    stored: false
+                },
+            ]
+        );
+        assert!(!looks_incompressible(&input));
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let mut out = Vec::new();
+            let stored = ChunkCompressor::new()
+                .compress(codec, &input, &mut out)
+                .unwrap();
+            assert!(!stored, "{codec:?}: only a wholly stored chunk says so");
+            // The random run is its stored member / frame, byte for byte.
+            let mut head = Vec::new();
+            write_stored(codec, &input[..3 << 20], &mut head);
+            assert_eq!(&out[..head.len()], &head[..], "{codec:?}");
+            // The text run is compressed: the whole is far smaller than stored would be.
+            assert!(
+                out.len() < head.len() + (1 << 19),
+                "{codec:?}: {}",
+                out.len()
+            );
+            let back = match codec {
+                Codec::Gzip => {
+                    let mut back = Vec::new();
+                    flate2::read::MultiGzDecoder::new(&out[..])
+                        .read_to_end(&mut back)
+                        .unwrap();
+                    back
+                }
+                Codec::Zstd => zstd::decode_all(&out[..]).unwrap(),
+            };
+            assert_eq!(back, input, "{codec:?}");
+        }
+        // One kind only: one run, the whole chunk.
+        let text = testdata::text_like(4 << 20, 5);
+        assert_eq!(probe_runs(&text).len(), 1);
+        assert_eq!(probe_runs(&input[..3 << 20]).len(), 1);
     }
 
     #[test]

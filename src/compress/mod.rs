@@ -4,7 +4,8 @@
 //! The input is cut into fixed chunks of `chunk_bytes` (chunk `i` is input bytes
 //! `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so a boundary depends on nothing but the chunk
 //! size). Each chunk becomes one independent gzip **member** ([`Codec::Gzip`]) or one zstd
-//! **frame** ([`Codec::Zstd`]); the blob is their concatenation. Concatenated members and frames
+//! **frame** ([`Codec::Zstd`]), or one per run of its probe windows when it mixes
+//! incompressible and compressible regions ([`chunk`]); the blob is their concatenation. Concatenated members and frames
 //! are valid streams: Go's `gzip.Reader` (containerd, docker, registry tools), GNU gzip, flate2's
 //! `MultiGzDecoder` and `zstd -d` all read them. An empty input gives one empty member or frame,
 //! because a zero-byte blob is not a valid gzip or zstd stream.
@@ -17,12 +18,12 @@
 //! - gzip headers come from libdeflate (MTIME 0, no name, OS 255) or from [`chunk`] (the same);
 //! - zstd frames have no checksum and no dictionary id, the content size is written, and
 //!   libzstd's worker threads are never used (the `zstdmt` feature is off);
-//! - the incompressible-chunk test ([`chunk::looks_incompressible`]) is integer-only and reads
-//!   only the chunk's bytes;
+//! - the incompressible-data test ([`chunk::probe_runs`]) is integer-only and reads only the
+//!   chunk's bytes;
 //! - the parallel driver only changes *where* a chunk is compressed, never how.
 //!
 //! # Layout
-//! - [`chunk`]: one chunk to one member / frame, and the incompressible-data fast path.
+//! - [`chunk`]: one chunk to members / frames, and the incompressible-data fast path.
 //! - [`pipeline`]: the bounded, ordered, parallel driver with running digests and resume.
 
 pub mod chunk;
