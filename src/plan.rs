@@ -168,6 +168,9 @@ pub struct PartOf {
     /// 1-based.
     pub index: usize,
     pub count: usize,
+    /// The part's estimated compressed bytes ([`crate::split::PartLayout::weight`]).
+    #[serde(skip)]
+    pub weight: u64,
 }
 
 impl PlannedLayer {
@@ -548,6 +551,7 @@ fn split_planned(layer: PlannedLayer, split: &LayerSplit, codec: Codec) -> Vec<P
                 layer: split.layer.clone(),
                 index: k + 1,
                 count,
+                weight: part.weight,
             }),
         })
         .collect()
@@ -687,6 +691,31 @@ impl PushPlan {
             splits,
             unpacked,
         })
+    }
+
+    /// The layers in the order their compression and upload start: plan order, except that
+    /// the parts of a split layer go heaviest first (estimated compressed bytes, ties in plan
+    /// order). On a capped path a part's upload takes its compressed size over one
+    /// connection, so the longest start first (longest-processing-time first), and the parts
+    /// left for the end are the light ones, mostly text: slow to compress for their size, so
+    /// their uploads keep pace with their compression. In tar order, a part of incompressible
+    /// data could come last and go on uploading alone for seconds after the compression ended.
+    pub fn upload_order(&self) -> Vec<&PlannedLayer> {
+        let mut group = 0;
+        let mut order: Vec<(usize, &PlannedLayer)> = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.part.as_ref().is_none_or(|p| p.index == 1) {
+                group = i;
+            }
+            order.push((group, l));
+        }
+        order.sort_by_key(|&(g, l)| {
+            (
+                g,
+                std::cmp::Reverse(l.part.as_ref().map_or(0, |p| p.weight)),
+            )
+        });
+        order.into_iter().map(|(_, l)| l).collect()
     }
 
     /// Layers that must be compressed before upload, in order.

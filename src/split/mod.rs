@@ -119,6 +119,10 @@ pub struct PartLayout {
     pub diff_id: Digest,
     /// Bytes of the part's tar.
     pub size: u64,
+    /// The part's estimated compressed bytes ([`estimate`]), which order the uploads (see
+    /// `PushPlan::upload_order`); 0 in a layout recorded without it.
+    #[serde(default)]
+    pub weight: u64,
 }
 
 /// How one layer is split: what the daemon records with the job.
@@ -215,11 +219,14 @@ pub fn split_layer(
         .iter()
         .map(|members| assign::ranges(&entries, members))
         .collect();
-    let parts = hash_parts(layer, ranges, threads)?;
+    let mut layouts = hash_parts(layer, ranges, threads)?;
+    for (layout, members) in layouts.iter_mut().zip(&parts) {
+        layout.weight = members.iter().map(|&i| weights[i]).sum();
+    }
     Ok(Some(LayerSplit {
         layer: layer.diff_id.clone(),
         part_bytes,
-        parts,
+        parts: layouts,
     }))
 }
 
@@ -321,6 +328,7 @@ fn hash_parts(
                 diff_id: next_digest()?,
                 ranges,
                 size,
+                weight: 0,
             })
         })
         .collect()

@@ -583,3 +583,44 @@ fn compressed_layers_of_archives_split_on_request() {
         assert!(!refused.contains('\n'));
     }
 }
+
+#[test]
+fn split_parts_upload_heaviest_first() {
+    use hoist::plan::SplitPolicy;
+    let t = tempfile::tempdir().unwrap();
+    let mut spec = mixed_spec(33);
+    spec.layers = vec![
+        LayerSpec::new(LayerContent::SmallFiles(3), SampleCompression::None),
+        LayerSpec::new(LayerContent::Tree(32 << 20), SampleCompression::None),
+        LayerSpec::new(LayerContent::SmallFiles(4), SampleCompression::None),
+    ];
+    sample(t.path(), &spec);
+    let opts = PlanOptions {
+        split: SplitPolicy::MaxBytes(2 << 20),
+        ..PlanOptions::default()
+    };
+    let p = plan_with(&format!("oci:{}", t.path().display()), opts).unwrap();
+    let weight = |l: &hoist::plan::PlannedLayer| l.part.as_ref().map(|p| p.weight);
+    let weights: Vec<u64> = p.layers.iter().filter_map(weight).collect();
+    assert!(weights.len() >= 4, "{:?}", p.view());
+    assert!(weights.iter().all(|&w| w > 0), "{weights:?}");
+    let order = p.upload_order();
+    assert_eq!(order.len(), p.layers.len());
+    // The whole layers keep their places; the parts between them go heaviest first.
+    assert_eq!(order[0].source.digest, p.layers[0].source.digest);
+    assert_eq!(
+        order.last().map(|l| &l.source.digest),
+        p.layers.last().map(|l| &l.source.digest)
+    );
+    let ordered: Vec<u64> = order[1..=weights.len()]
+        .iter()
+        .map(|l| weight(l).expect("a part"))
+        .collect();
+    let mut heaviest_first = weights.clone();
+    heaviest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(ordered, heaviest_first);
+    assert_ne!(
+        weights, heaviest_first,
+        "tar order already sorted: the test shows nothing"
+    );
+}

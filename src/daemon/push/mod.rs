@@ -511,8 +511,8 @@ fn uploader(
     }
 }
 
-/// The blobs to upload in plan order (config first, a layer listed twice once) and the
-/// layers to compress into the spool; a layer compressed by an earlier push is taken from
+/// The blobs to upload in [`PushPlan::upload_order`] (config first, a layer listed twice once)
+/// and the layers to compress into the spool, in the same order; a layer compressed by an earlier push is taken from
 /// the spool cache instead.
 async fn blob_jobs(
     ctx: &JobContext,
@@ -530,7 +530,7 @@ async fn blob_jobs(
             digest: plan.config.digest.clone(),
         },
     }];
-    for layer in &plan.layers {
+    for layer in plan.upload_order() {
         let key = layer.source.digest.clone();
         if jobs.iter().any(|j| j.key == key) {
             continue;
