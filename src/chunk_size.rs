@@ -104,6 +104,13 @@ impl ChunkSizer {
         self.current.max(floor)
     }
 
+    /// The smallest part the sizer allows at `offset` (the registry's minimum, raised to the
+    /// part limit's floor), at most [`ChunkSizer::part_bytes`].
+    pub fn part_bytes_min(&self, offset: u64) -> u64 {
+        let floor = self.parts.as_ref().map_or(0, |p| p.floor_at(offset));
+        self.chunk_bytes_min.max(floor).min(self.part_bytes(offset))
+    }
+
     /// The part `[from, to)` was acknowledged: counted against the part limit, and a success.
     pub fn on_part_stored(&mut self, from: u64, to: u64) {
         if let Some(p) = self.parts.as_mut() {
@@ -157,6 +164,24 @@ mod tests {
             c.on_success();
         }
         assert_eq!(c.current(), 16 * MIB, "never above the configured size");
+    }
+
+    #[test]
+    fn the_smallest_part_is_the_minimum_raised_to_the_part_floor() {
+        let c = ChunkSizer::new(5 * MIB, 16 * MIB);
+        assert_eq!(c.part_bytes_min(0), 5 * MIB);
+        // 1 GiB in at most 100 parts (95 after the spare): no part under 1 GiB / 95.
+        let blob = 1024 * MIB;
+        let c = ChunkSizer::new(5 * MIB, 16 * MIB).with_part_limit(100, blob);
+        assert_eq!(c.part_bytes_min(0), blob.div_ceil(95));
+        assert_eq!(c.part_bytes(0), 16 * MIB);
+        // 2 GiB: the floor is above the chunk size too.
+        let c = ChunkSizer::new(5 * MIB, 16 * MIB).with_part_limit(100, 2 * blob);
+        assert_eq!(c.part_bytes_min(0), (2 * blob).div_ceil(95));
+        assert_eq!(c.part_bytes_min(0), c.part_bytes(0));
+        // Never above the next part's size.
+        let c = ChunkSizer::new(5 * MIB, 4 * MIB);
+        assert_eq!(c.part_bytes_min(0), c.part_bytes(0));
     }
 
     #[test]

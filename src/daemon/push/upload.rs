@@ -548,7 +548,12 @@ impl Uploader {
             Bytesrc::Spool { view, avail, .. } => {
                 let mut rx = avail.clone();
                 let layer_bytes_max = self.limits().layer_bytes_max;
-                let mut want = cursor.offset + chunk_bytes;
+                // Whatever the compressor has written goes once it makes a part the registry
+                // takes, not only a whole chunk: when the compressor is the slower one, the
+                // link would wait for it anyway, and a stream's last chunk would otherwise go
+                // up alone after its compression ended. A compressor ahead of the link still
+                // gives whole chunks.
+                let mut want = cursor.offset + sizer.part_bytes_min(cursor.offset);
                 if upload_bytes_bound(blob) > layer_bytes_max {
                     // It may end over the limit: no part before compression shows it fits.
                     want = want.max(layer_bytes_max + 1);
