@@ -223,6 +223,51 @@ async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest()
         "{whole:?}"
     );
     assert_eq!(whole.blobs.len(), 3, "{whole:?}");
+
+    zstd_split_unpacks_the_same(&client, &host, &source, &want, dir.path()).await;
+}
+
+/// The crafted archive split and pushed with zstd: its parts are zstd, and they unpack to
+/// `want`, the source's file system.
+async fn zstd_split_unpacks_the_same(
+    client: &hoist::cli::client::Client,
+    host: &str,
+    source: &str,
+    want: &push_support::split::Tree,
+    dir: &std::path::Path,
+) {
+    use hoist::api::SplitLayers;
+    use push_support::split::*;
+    let split = SplitLayers::MaxBytes(SPLIT_TEST_BYTES);
+    let request = hoist::api::SubmitRequest {
+        compression: Some(hoist::api::Compression::Zstd),
+        ..split_request(source, &format!("{host}/split/img:zstd"), split)
+    };
+    let id = client.submit(&request).await.expect("accepted").id;
+    let zstd = wait_done(client, &id).await;
+    assert!(zstd.blobs.len() >= 6, "{zstd:?}");
+    let zstd_layers = zstd
+        .blobs
+        .iter()
+        .filter(|b| b.media_type.ends_with("+zstd"));
+    assert_eq!(zstd_layers.count(), zstd.blobs.len() - 1, "{zstd:?}");
+    // umoci 0.4.7 reads no zstd layer: skopeo decompresses each part (checking its digest)
+    // and writes it again with gzip.
+    let zstd_oci = dir.join("zstd-oci");
+    common::skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        "--dest-compress",
+        "--dest-compress-format=gzip",
+        &format!("docker://{host}/split/img:zstd"),
+        &format!("oci:{}:pushed", zstd_oci.display()),
+    ]);
+    let got = unpacked(
+        &format!("{}:pushed", zstd_oci.display()),
+        &dir.join("b-zstd"),
+    );
+    assert_eq!(differences(want, &got), Vec::<String>::new());
 }
 
 /// `hoist inspect --no-elf --split-layers 1MiB SOURCE`'s output, asserted to succeed.
