@@ -522,6 +522,27 @@ fn take_unpacked(
     (layouts, unpacked)
 }
 
+/// The source's layers as pushed: each planned, and a split one replaced by its parts.
+fn planned_layers(
+    layers: Vec<SourceLayer>,
+    splits: &[Option<LayerSplit>],
+    family: Family,
+    converted: bool,
+    codec: Codec,
+) -> Vec<PlannedLayer> {
+    layers
+        .into_iter()
+        .zip(splits)
+        .flat_map(|(l, s)| {
+            let planned = plan_layer(l, family, converted, codec);
+            match s {
+                Some(s) => split_planned(planned, s, codec),
+                None => vec![planned],
+            }
+        })
+        .collect()
+}
+
 /// The parts of `layer` as planned layers (each compressed like any layer).
 fn split_planned(layer: PlannedLayer, split: &LayerSplit, codec: Codec) -> Vec<PlannedLayer> {
     let locations = split.locations(&layer.source.location);
@@ -632,18 +653,7 @@ impl PushPlan {
         let cuts = plan_splits(&image, opts, &mut warnings).map_err(split_failed)?;
         let (splits, unpacked) = take_unpacked(&mut image, cuts);
         let config = split_config(&image, &splits).map_err(split_failed)?;
-        let layers: Vec<PlannedLayer> = image
-            .layers
-            .into_iter()
-            .zip(&splits)
-            .flat_map(|(l, s)| {
-                let planned = plan_layer(l, family, converted, opts.compression);
-                match s {
-                    Some(s) => split_planned(planned, s, opts.compression),
-                    None => vec![planned],
-                }
-            })
-            .collect();
+        let layers = planned_layers(image.layers, &splits, family, converted, opts.compression);
         let splits: Vec<LayerSplit> = splits.into_iter().flatten().collect();
         let all_as_is = layers.iter().all(|l| l.action == LayerAction::AsIs);
         let manifest_annotations = image

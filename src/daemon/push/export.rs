@@ -104,6 +104,20 @@ pub async fn plan_job(
     plan(ctx, uploader, &env, &image, &opts).await
 }
 
+/// The image's layers that the spool does not hold yet: what the export must write.
+fn missing_layers(
+    inspect: &ImageInspect,
+    spooled: &HashMap<Digest, CompressedLayer>,
+) -> HashSet<Digest> {
+    inspect
+        .rootfs
+        .layers
+        .iter()
+        .filter(|d| !spooled.contains_key(*d))
+        .cloned()
+        .collect()
+}
+
 /// Plans the push of `image` from the engine the caller's environment `env` names: checks
 /// its platform, exports what the spool lacks (uploading each layer once it is whole) and
 /// plans from the spool's files.
@@ -122,13 +136,7 @@ pub async fn plan(
     let codec = opts.compression;
     let mut layers = spooled_layers(ctx, &dir, &inspect, codec);
     let mut config = spooled_config(&dir, &inspect);
-    let needed: HashSet<Digest> = inspect
-        .rootfs
-        .layers
-        .iter()
-        .filter(|d| !layers.contains_key(*d))
-        .cloned()
-        .collect();
+    let needed = missing_layers(&inspect, &layers);
     let mut early = EarlyUploads::new(ctx.clone(), uploader.clone());
     for (d, c) in &layers {
         let layer = spool_layer(&what, &dir, d, c, codec)?;

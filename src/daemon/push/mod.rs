@@ -511,9 +511,9 @@ fn uploader(
     }
 }
 
-/// The blobs to upload in [`PushPlan::upload_order`] (config first, a layer listed twice once)
-/// and the layers to compress into the spool, in the same order; a layer compressed by an earlier push is taken from
-/// the spool cache instead.
+/// The blobs to upload in [`PushPlan::upload_order`] (config first, a layer listed twice
+/// once) and the layers to compress into the spool, in the same order; a layer compressed by
+/// an earlier push is taken from the spool cache instead.
 async fn blob_jobs(
     ctx: &JobContext,
     plan: &PushPlan,
