@@ -4,8 +4,10 @@
 //! `docker login` writes it) in the CLI's `DOCKER_CONFIG`, or a credential helper only on the
 //! CLI's `PATH` that needs AWS-style secret variables. After the push, every byte the daemon
 //! wrote (SQLite database and WAL, spool, its trace-level log) is searched for the secrets in
-//! clear and in base64. A daemon restart mid-push leaves the job waiting for its secrets until
-//! `hoist resume` sends them again.
+//! clear and in base64; the helper runs with `set -x`, so its failures quote the caller's AWS
+//! secrets, which must be blanked out of everything stored or shown. A daemon restart mid-push
+//! loses the secrets: a job goes on without them, and waits for `hoist resume` only when the
+//! registry then refuses it.
 use crate::common;
 use crate::daemon_support;
 use crate::push_support;
@@ -18,6 +20,7 @@ use hoist::api::JobState;
 
 use base64::Engine as _;
 use hoist_testkit::sample::{SampleSpec, write_oci_layout};
+use sha2::Digest as _;
 
 const USER: &str = "pusher";
 const SECRET: &str = "s3cret-Pa55word-hoist";
@@ -161,12 +164,20 @@ fn callers_shell(dir: &Path, host: &str) -> Vec<(String, String)> {
     )
     .unwrap();
     let helper = bin.join(format!("docker-credential-{HELPER}"));
+    // Run with `set -x`, as a helper being debugged is: its trace on stderr quotes the AWS
+    // variables it reads. It compares digests, so the trace holds no secret the caller did
+    // not send.
+    let digest = |s: &str| hex::encode(sha2::Sha256::digest(s.as_bytes()));
+    let (want_key, want_token) = (digest(AWS_SECRET), digest(AWS_TOKEN));
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\nread server\n\
-             if [ \"$AWS_SECRET_ACCESS_KEY\" != '{AWS_SECRET}' ] || [ \"$AWS_SESSION_TOKEN\" != '{AWS_TOKEN}' ]; then\n\
-               echo 'no AWS session in the environment' >&2; exit 1\nfi\n\
+            "#!/bin/sh\nset -x\nread server\n\
+             key=$(printf %s \"$AWS_SECRET_ACCESS_KEY\" | sha256sum | cut -d' ' -f1)\n\
+             token=$(printf %s \"$AWS_SESSION_TOKEN\" | sha256sum | cut -d' ' -f1)\n\
+             if [ \"$key\" != '{want_key}' ] || [ \"$token\" != '{want_token}' ]; then\n\
+               echo \"no AWS session in the environment (key $AWS_SECRET_ACCESS_KEY)\" >&2; exit 1\nfi\n\
+             set +x\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{SECRET}\"}}' \"$server\"\n"
         ),
     )
@@ -284,7 +295,12 @@ fn the_callers_environment_reaches_the_helper_and_its_secrets_stay_in_memory() {
     let refused = push(&partial);
     let said = daemon_support::text(&refused.stderr) + &daemon_support::text(&refused.stdout);
     assert!(!refused.status.success(), "{said}");
-    assert!(said.contains("no AWS session in the environment"), "{said}");
+    // The helper's trace quoted the key it was given: blanked out, named.
+    assert!(
+        said.contains("docker-credential-hoisttest: exited with")
+            && said.contains("<AWS_SECRET_ACCESS_KEY redacted>"),
+        "{said}"
+    );
     let out = push(&t.shell);
     let events = daemon_support::text(&out.stdout);
     assert!(
@@ -313,37 +329,46 @@ fn the_callers_environment_reaches_the_helper_and_its_secrets_stay_in_memory() {
     t.check_nothing_written();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_daemon_waits_for_the_secrets_until_hoist_resume_sends_them() {
-    let t = EnvPush::new(4);
-    let daemon = t.hoistd();
-    let client = hoist::cli::client::Client::new(&t.socket);
-    daemon_support::wait_answers(&client, 10).await;
-    let target = t.target();
-    // Slow enough to be killed mid-push.
-    let out = hoist_in(
-        &t.shell,
-        &t.socket,
-        &[
-            "push",
-            "--no-autostart",
-            "--detach",
-            "--bandwidth",
-            "256KiB/s",
-            &t.source,
-            &target,
-        ],
-    );
+/// `hoist push --detach` from `shell`, slow enough to be killed mid-push; returns once the
+/// job has uploaded a first chunk.
+async fn push_detached_slowly(
+    client: &hoist::cli::client::Client,
+    shell: &[(String, String)],
+    socket: &Path,
+    source: &str,
+    target: &str,
+) -> hoist::api::JobId {
+    let push = [
+        "push",
+        "--no-autostart",
+        "--detach",
+        "--bandwidth",
+        "256KiB/s",
+    ];
+    let out = hoist_in(shell, socket, &[&push[..], &[source, target]].concat());
     assert!(
         out.status.success(),
         "{}",
         daemon_support::text(&out.stderr)
     );
     let id: hoist::api::JobId = daemon_support::text(&out.stdout).trim().parse().unwrap();
-    push_support::wait_for(&client, &id, 30_000, "uploading", |j| {
-        j.state == JobState::Uploading
+    push_support::wait_for(client, &id, 30_000, "uploading", |j| {
+        j.state == JobState::Uploading && j.blobs.iter().any(|b| b.uploaded_bytes > 0)
     })
     .await;
+    id
+}
+
+/// After a restart a job goes on with what it has; it waits only once the registry refuses it
+/// without the secrets it lost (here the helper, which needs them), naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_waits_for_the_secrets_only_when_refused_without_them() {
+    let t = EnvPush::new(4);
+    let daemon = t.hoistd();
+    let client = hoist::cli::client::Client::new(&t.socket);
+    daemon_support::wait_answers(&client, 10).await;
+    let target = t.target();
+    let id = push_detached_slowly(&client, &t.shell, &t.socket, &t.source, &target).await;
     daemon_support::kill9(daemon);
 
     let daemon = t.hoistd();
@@ -352,12 +377,13 @@ async fn a_restarted_daemon_waits_for_the_secrets_until_hoist_resume_sends_them(
         j.state == JobState::Paused
     })
     .await;
-    assert_eq!(
-        waiting.reason.as_deref(),
-        Some(
-            format!("waiting for credentials: run hoist resume {id} from a shell that has them")
-                .as_str()
-        )
+    let reason = waiting.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("waiting for credentials: ")
+            && reason.contains("docker-credential-hoisttest: exited with")
+            && reason.contains("AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN")
+            && reason.contains(&format!("run hoist resume {id} from a shell")),
+        "{reason}"
     );
     client.set_job_bandwidth(&id, None).await.unwrap();
     let resumed = hoist_in(&t.shell, &t.socket, &["resume", id.as_str()]);
@@ -370,4 +396,55 @@ async fn a_restarted_daemon_waits_for_the_secrets_until_hoist_resume_sends_them(
     assert!(done.manifest_digest.is_some());
     daemon_support::kill9(daemon);
     t.check_nothing_written();
+}
+
+/// A push from a shell like a real user's (a proxy without a password, `NO_PROXY` covering the
+/// registry, an AWS profile, AWS session secrets) to a registry that needs no credentials:
+/// `kill -9` of hoistd mid-upload, and the restarted daemon finishes the job by itself,
+/// although the secrets went with the first daemon. What it keeps shows the proxy and the
+/// profile, and only the secrets' names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_finishes_a_push_from_a_real_shell_with_no_command() {
+    let reg = common::TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = push_support::image_spec(33, 4, hoist_testkit::sample::SampleCompression::None);
+    let (_, source) = push_support::write_oci(&dir.path().join("image"), &spec);
+    let (state, socket) = (dir.path().join("state"), dir.path().join("run/hoist.sock"));
+    let shell = common::shell_env();
+    let daemon = start_hoistd(dir.path(), &socket, &state, "hoistd.log");
+    let client = hoist::cli::client::Client::new(&socket);
+    daemon_support::wait_answers(&client, 10).await;
+    let target = format!("{}/shell/app:1", reg.host());
+    let id = push_detached_slowly(&client, &shell, &socket, &source, &target).await;
+    daemon_support::kill9(daemon);
+
+    let daemon = start_hoistd(dir.path(), &socket, &state, "hoistd.log");
+    daemon_support::wait_answers(&client, 10).await;
+    client.set_job_bandwidth(&id, None).await.unwrap();
+    let done = push_support::wait_done(&client, &id).await;
+    assert!(done.manifest_digest.is_some(), "{done:?}");
+    let kept = done.env.clone().expect("the job keeps its environment");
+    let var = |k: &str| kept.vars.get(k).map(String::as_str);
+    assert_eq!(var("AWS_PROFILE"), Some("hoist-test"));
+    assert_eq!(var("NO_PROXY"), Some("127.0.0.1,localhost,::1,.hoist.test"));
+    assert!(var("HTTPS_PROXY").is_some_and(|p| p.starts_with("http://127.0.0.1:")));
+    assert_eq!(
+        kept.secret_names,
+        ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+    );
+    daemon_support::kill9(daemon);
+    let secrets: Vec<String> = shell
+        .iter()
+        .filter(|(k, v)| hoist::environ::is_secret(k, v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(secrets.len(), 2);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    check_no_credential_written(dir.path(), &state, &secrets);
+    // skopeo fails the test unless the tag resolves.
+    common::skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{target}"),
+    ]);
 }

@@ -37,7 +37,7 @@ async fn oci_layout_with_gzip_layers_is_pushed_byte_for_byte() {
     assert_eq!(pulled, img.manifest);
     verify(&host, "e2e/oci:1", &img.manifest).await;
     // And `hoist verify` as a user runs it.
-    let out = std::process::Command::new(daemon_support::hoist_bin())
+    let out = daemon_support::hoist_command()
         .args(["verify", &target])
         .output()
         .unwrap();
@@ -171,7 +171,7 @@ async fn a_split_push_unpacks_to_the_source_file_system_and_repeats_its_digest()
         }
     };
     // `hoist inspect` shows the parts and says the digests change.
-    let out = std::process::Command::new(daemon_support::hoist_bin())
+    let out = daemon_support::hoist_command()
         .args(["inspect", "--no-elf", "--split-layers", "1MiB", &source])
         .output()
         .unwrap();
@@ -272,7 +272,7 @@ async fn zstd_split_unpacks_the_same(
 
 /// `hoist inspect --no-elf --split-layers 1MiB SOURCE`'s output, asserted to succeed.
 fn inspect_split(source: &str) -> String {
-    let out = std::process::Command::new(daemon_support::hoist_bin())
+    let out = daemon_support::hoist_command()
         .args(["inspect", "--no-elf", "--split-layers", "1MiB", source])
         .output()
         .unwrap();

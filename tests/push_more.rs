@@ -712,7 +712,7 @@ async fn a_push_through_squid_reaches_a_tls_registry_only_the_proxy_resolves() {
     daemon_support::wait_answers(&hoist::cli::client::Client::new(d.join("hoist.sock")), 20).await;
     let source = archive(dir.path(), 43, 3);
     let target = format!("{host}/proxied/app:1");
-    let out = std::process::Command::new(daemon_support::hoist_bin())
+    let out = daemon_support::hoist_command()
         .arg("--socket")
         .arg(d.join("hoist.sock"))
         // A client that went around the proxy would wait for a name it cannot resolve: fail.

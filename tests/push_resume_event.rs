@@ -19,7 +19,7 @@ use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 use common::TestRegistry;
 use common::cut_proxy::CutProxy;
 use common::ecr_proxy::EcrProxy;
-use daemon_support::{TestDaemon, hoist_bin, kill9, wait_answers};
+use daemon_support::{TestDaemon, kill9, wait_answers};
 use push_support::*;
 
 /// Size of the one layer: several parts of `CHUNK`.
@@ -58,7 +58,7 @@ async fn all_events(client: &Client, id: &JobId) -> Vec<api::Event> {
 /// `hoist watch` (and `--json` when `json`) of the finished job: its output on stderr and
 /// stdout.
 fn watch(d: &std::path::Path, id: &JobId, json: bool) -> (String, String) {
-    let mut cmd = std::process::Command::new(hoist_bin());
+    let mut cmd = daemon_support::hoist_command();
     cmd.arg("--socket").arg(d.join("hoist.sock")).arg("watch");
     if json {
         cmd.arg("--json");

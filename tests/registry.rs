@@ -724,7 +724,8 @@ async fn an_untrusted_certificate_says_to_put_the_ca_into_certs_d() {
 
 /// `HTTPS_PROXY` of the caller's environment is used (a dead proxy fails the request, and
 /// the error never shows the proxy's password); `NO_PROXY` naming the host, with or without
-/// a port, in either spelling, or `*`, sends it directly.
+/// its port, in either spelling, or `*`, sends it directly; another port or a subdomain-only
+/// entry does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_proxy_bypasses_the_callers_proxy() {
     let dir = tempfile::tempdir().unwrap();
@@ -759,5 +760,14 @@ async fn no_proxy_bypasses_the_callers_proxy() {
             .ping()
             .await
             .unwrap_or_else(|e| panic!("{var}={list}: {e}"));
+    }
+    // An entry with another port, or one for subdomains only, leaves the host to the proxy.
+    let other_port = format!("{name}:1");
+    let subdomains = format!(".{name}");
+    for list in [other_port.as_str(), subdomains.as_str()] {
+        let mut env = via_proxy.to_vec();
+        env.push(("NO_PROXY", list));
+        let e = env_client(&host, &env).unwrap().ping().await;
+        assert!(e.is_err(), "NO_PROXY={list} must not bypass the proxy");
     }
 }

@@ -56,11 +56,16 @@ impl EnvVars {
 impl fmt::Debug for EnvVars {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if is_secret(k) { "<secret>" } else { v.as_str() })),
-            )
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k,
+                    if is_secret(k, v) {
+                        "<secret>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
             .finish()
     }
 }

@@ -84,6 +84,41 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// This event with `f` applied to each of its texts (reasons, messages): what the daemon
+    /// stores and shows passes through its secrets' redactor this way.
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> EventKind {
+        match self {
+            EventKind::State {
+                state,
+                reason,
+                manifest_digest,
+            } => EventKind::State {
+                state,
+                reason: reason.as_deref().map(&f),
+                manifest_digest,
+            },
+            EventKind::Restarted {
+                digest,
+                offset_bytes,
+                size_bytes,
+                reason,
+            } => EventKind::Restarted {
+                digest,
+                offset_bytes,
+                size_bytes,
+                reason: f(&reason),
+            },
+            EventKind::Retry { what, reason } => EventKind::Retry {
+                what: f(&what),
+                reason: f(&reason),
+            },
+            EventKind::Warning { message } => EventKind::Warning {
+                message: f(&message),
+            },
+            other => other,
+        }
+    }
+
     /// The job ended with this event: a follower stops here.
     pub fn is_final(&self) -> bool {
         match self {

@@ -121,14 +121,18 @@ pub struct JobSpec {
 
 /// The caller's environment as a job keeps it (in the store, and in `GET /v1/jobs`): the
 /// public variables with their values, and only the names of the secret ones, whose values
-/// live in the daemon's memory. The names say, after a daemon restart, that the job needs its
-/// secrets sent again (`hoist resume`).
+/// live in the daemon's memory. After a daemon restart the job goes on without them; the names
+/// say which to send again (`hoist resume`) if the registry or a proxy then refuses the job.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobEnv {
     pub vars: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secret_names: Vec<String>,
+    /// Who submitted the job (uid and groups of the socket's peer): what the environment
+    /// names is opened only where that user could, after a daemon restart too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<crate::environ::Caller>,
 }
 
 impl JobEnv {
@@ -141,17 +145,25 @@ impl JobEnv {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             secret_names: env.secrets().iter().map(|(k, _)| k.to_string()).collect(),
+            caller: env.caller().cloned(),
         }
     }
 
     /// The public variables, with `secrets` added over them.
     pub fn with_secrets(&self, secrets: &CallerEnv) -> CallerEnv {
-        CallerEnv::from_vars(self.vars.clone()).merged(secrets)
+        CallerEnv::from_vars(self.vars.clone())
+            .with_caller(self.caller.clone())
+            .merged(&secrets.clone().with_caller(None))
     }
 
-    /// Whether `secrets` lacks a secret variable the job was submitted with.
-    pub fn lacks_secrets(&self, secrets: &CallerEnv) -> bool {
-        self.secret_names.iter().any(|n| secrets.get(n).is_none())
+    /// The secret variables the job was submitted with that `secrets` lacks (the daemon
+    /// restarted since), by name.
+    pub fn missing_secrets(&self, secrets: &CallerEnv) -> Vec<String> {
+        self.secret_names
+            .iter()
+            .filter(|n| secrets.get(n).is_none())
+            .cloned()
+            .collect()
     }
 }
 

@@ -23,6 +23,7 @@ mod metrics;
 mod routes;
 mod validate;
 
+pub use crate::environ::Caller;
 pub use bodies::{
     Bandwidth, ControlRequest, EnvVars, ErrorBody, Health, JobBandwidth, RetryRequest,
     SubmitRequest,

@@ -60,7 +60,8 @@ struct Args {
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // Every line passes the secrets the scheduler holds: a library's error may quote one.
+        .with_writer(|| hoist::environ::RedactingWriter(std::io::stderr()))
         // Colour only for people: not in hoistd.log, not in the journal.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
+    daemon::harden::no_core_dumps().context("cannot turn off core dumps")?;
     if args.uploads_max == 0 || args.jobs_max == 0 {
         bail!("--uploads-max and --jobs-max must be at least 1");
     }

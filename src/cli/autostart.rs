@@ -219,6 +219,30 @@ fn last_error(log_path: &Path, from: u64) -> Option<String> {
         .map(|l| crate::text::one_line(l, DAEMON_ERROR_CHARS_MAX))
 }
 
+/// What of the shell's environment an autostarted hoistd keeps: where its socket and state
+/// live, its own settings (`HOIST_*`), and a `PATH`. Nothing else: the shell's credentials,
+/// proxies and AWS variables reach the daemon only with each job, for that job, and a daemon
+/// that outlives the shell must not hold them in its own environment (`/proc/PID/environ`).
+const AUTOSTART_ENV_KEEP: &[&str] = &[
+    "HOME",
+    "PATH",
+    "XDG_RUNTIME_DIR",
+    "XDG_STATE_HOME",
+    "TMPDIR",
+];
+const AUTOSTART_ENV_PREFIX: &str = "HOIST_";
+
+/// The variables of this process that an autostarted hoistd gets.
+fn autostart_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            k.to_str().is_some_and(|k| {
+                AUTOSTART_ENV_KEEP.contains(&k) || k.starts_with(AUTOSTART_ENV_PREFIX)
+            })
+        })
+        .collect()
+}
+
 fn spawn(
     binary: &Path,
     socket: &Path,
@@ -233,6 +257,8 @@ fn spawn(
         .arg("--state-dir")
         .arg(state_dir)
         .arg("--autostarted")
+        .env_clear()
+        .envs(autostart_env())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)

@@ -34,6 +34,16 @@ pub enum ClientError {
     /// The daemon answered with an error; `message` is its one-line explanation.
     #[error("{message}")]
     Api { status: StatusCode, message: String },
+    /// The process serving the socket runs as another user: nothing is sent to it (a
+    /// request may carry the caller's environment, secrets included).
+    #[error(
+        "the socket {socket} is served by {owner}, not by you (uid {own_uid}): hoist sends nothing to another user's daemon; use your own socket (--socket) or remove that one"
+    )]
+    NotOwner {
+        socket: PathBuf,
+        owner: String,
+        own_uid: u32,
+    },
     #[error("{0:?} is not a job action: use pause, resume, cancel or retry")]
     UnknownAction(String),
     #[error(
@@ -80,6 +90,7 @@ impl Client {
                     socket: self.socket.clone(),
                     source,
                 })?;
+        self.check_owner(&stream)?;
         let http_err = |source| ClientError::Http {
             socket: self.socket.clone(),
             source,
@@ -102,6 +113,32 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Decode(format!("cannot build the request: {e}")))?;
         sender.send_request(req).await.map_err(http_err)
+    }
+
+    /// The peer must run as this process's user, checked before the first byte is sent
+    /// (`SO_PEERCRED` on Linux, `getpeereid` on macOS): a socket path another user could
+    /// have put there must not receive this shell's environment.
+    fn check_owner(&self, stream: &UnixStream) -> Result<(), ClientError> {
+        let own_uid = rustix::process::geteuid().as_raw();
+        let peer_uid = stream
+            .peer_cred()
+            .map_err(|source| ClientError::NoDaemon {
+                socket: self.socket.clone(),
+                source,
+            })?
+            .uid();
+        if peer_uid == own_uid {
+            return Ok(());
+        }
+        let owner = match user_name(peer_uid) {
+            Some(name) => format!("uid {peer_uid} ({name})"),
+            None => format!("uid {peer_uid}"),
+        };
+        Err(ClientError::NotOwner {
+            socket: self.socket.clone(),
+            owner,
+            own_uid,
+        })
     }
 
     /// Sends a request and reads the whole body; non-2xx statuses become [`ClientError::Api`].
@@ -319,6 +356,16 @@ impl EventStream {
             }
         }
     }
+}
+
+/// The login name of `uid` from `/etc/passwd`, for messages (none where the file lacks it).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }
 
 #[cfg(test)]

@@ -111,6 +111,11 @@ pub enum JobError {
     /// The push failed; `reason` is one line for people.
     #[error("{reason}")]
     Failed { reason: String },
+    /// The registry, its token service, a credential helper or a proxy refused the job's
+    /// credentials (or their absence). A job that lost secret variables with a daemon restart
+    /// waits for them; any other fails as with [`JobError::Failed`].
+    #[error("{reason}")]
+    Refused { reason: String },
 }
 
 impl JobError {
@@ -118,6 +123,21 @@ impl JobError {
         JobError::Failed {
             reason: reason.into(),
         }
+    }
+
+    /// A registry error that ends the job: [`JobError::Refused`] when it is a refusal of
+    /// credentials, else [`JobError::Failed`]; `reason` is the line for people.
+    pub fn from_registry(reason: String, e: &crate::registry::RegistryError) -> JobError {
+        if e.is_refusal() {
+            JobError::Refused { reason }
+        } else {
+            JobError::Failed { reason }
+        }
+    }
+
+    /// Whether the job ends with this error (not a stop).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, JobError::Stopped)
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`paths`]: the listening socket, systemd's or bound safely (where files live is
 //!   [`crate::paths`]).
 
+pub mod harden;
 pub mod job;
 pub mod metrics;
 pub mod paths;

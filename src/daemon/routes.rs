@@ -244,6 +244,7 @@ fn bandwidth(app: &App) -> Response<Body> {
 
 async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
     debug_assert_eq!(req.method(), Method::POST);
+    let caller = caller_of(&req);
     let body = match small_body(req).await {
         Ok(b) => b,
         Err(resp) => return *resp,
@@ -259,7 +260,7 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
     };
     let mut request = request;
     let env = match request.env.take().map(api::EnvVars::validate).transpose() {
-        Ok(env) => env,
+        Ok(env) => env.map(|e| e.with_caller(caller)),
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
     };
     let mut spec = match request.validate() {
@@ -280,6 +281,11 @@ async fn submit(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(job) => job_response(app, Ok(job), StatusCode::CREATED).await,
         Err(e) => sched_error(e),
     }
+}
+
+/// The peer that sent `req` (the server puts it there), for the environment it sends.
+fn caller_of<B>(req: &Request<B>) -> Option<crate::environ::Caller> {
+    req.extensions().get::<crate::environ::Caller>().cloned()
 }
 
 /// Reads a small JSON request body; the error is the response to send.
@@ -345,6 +351,7 @@ async fn set_job_bandwidth(app: &App, id: JobId, req: Request<Incoming>) -> Resp
 /// `POST /v1/jobs/{id}/retry`: an empty body retries as is; the body may carry the caller's
 /// environment again and `deadline_unix_s`, a new deadline set first.
 async fn retry(app: &App, id: JobId, req: Request<Incoming>) -> Response<Body> {
+    let caller = caller_of(&req);
     let body = match small_body(req).await {
         Ok(b) => b,
         Err(resp) => return *resp,
@@ -363,7 +370,7 @@ async fn retry(app: &App, id: JobId, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let env = match request.env.clone().map(api::EnvVars::validate).transpose() {
-        Ok(env) => env,
+        Ok(env) => env.map(|e| e.with_caller(caller)),
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
     };
     let now = std::time::SystemTime::now()
@@ -383,6 +390,7 @@ async fn control_with_env(
     action: Control,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let caller = caller_of(&req);
     let body = match small_body(req).await {
         Ok(b) => b,
         Err(resp) => return *resp,
@@ -392,7 +400,7 @@ async fn control_with_env(
     }
     let env = match api::decode::<api::ControlRequest>("control request", &body) {
         Ok(r) => match r.env.map(api::EnvVars::validate).transpose() {
-            Ok(env) => env,
+            Ok(env) => env.map(|e| e.with_caller(caller)),
             Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
         },
         Err(e) => {

@@ -18,8 +18,13 @@
 //!
 //! It also owns the secret part of each job's caller environment ([`CallerEnv::secrets`]): in
 //! memory only, given to each run's context with the job's stored public part, forgotten when
-//! the job is done, cancelled or deleted. A job that had secrets and lacks them (the daemon
-//! restarted) does not run: it waits, paused, until `hoist resume` sends them again.
+//! the job ends (done, failed, cancelled or deleted; a retry sends them again). Every text it
+//! stores or broadcasts (reasons, events) first has every held secret blanked out, and the
+//! daemon's log writer does the same with the set it keeps ([`SecretSet`]). A job that had
+//! secrets and lost them with a daemon restart goes on with what it has: most registries and
+//! proxies need none of a shell's AWS or proxy variables. Only when the registry or a proxy
+//! then refuses it ([`JobError::Refused`]) does it wait, paused, naming the variables, until
+//! `hoist resume` sends them again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,7 +41,7 @@ use super::job::{
 use super::metrics::Counters;
 use crate::api::{self, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
-use crate::environ::CallerEnv;
+use crate::environ::{CallerEnv, SecretSet};
 use crate::store::{CursorRecord, JobRecord, Store, StoreError};
 
 /// Events that may wait in the scheduler's queue; senders wait beyond this (back-pressure on
@@ -375,19 +380,16 @@ impl Scheduler {
         }
     }
 
-    /// Jobs left running by a previous daemon go back to the queue; a cancelled job whose
-    /// release the previous daemon did not finish (it stopped first) is released now. A job
-    /// that had secret variables lost them with the previous daemon: it waits for them.
+    /// Jobs left running by a previous daemon go back to the queue, secret variables or not
+    /// (they went with the previous daemon; a refusal will say if they are needed); a
+    /// cancelled job whose release the previous daemon did not finish (it stopped first) is
+    /// released now.
     async fn recover(&mut self) -> Result<(), StoreError> {
         for job in self.store.jobs().await? {
             if job.state == JobState::Cancelled {
                 self.release(&job).await;
             }
-            if (job.state.is_running() || job.state == JobState::Queued) && self.lacks_secrets(&job)
-            {
-                info!(job = %job.id, "job waits for its secret variables");
-                self.wait_for_credentials(&job.id).await?;
-            } else if job.state.is_running() {
+            if job.state.is_running() {
                 info!(job = %job.id, was = %job.state, "resuming job left unfinished");
                 self.counters.add_resume();
                 self.set_state(
@@ -416,6 +418,7 @@ impl Scheduler {
         reason: Option<String>,
         manifest_digest: Option<crate::digest::Digest>,
     ) -> Result<(), StoreError> {
+        let reason = reason.map(|r| redacted(&r));
         let kind = EventKind::State {
             state,
             reason: reason.clone(),
@@ -438,6 +441,7 @@ impl Scheduler {
 
     /// Persists and broadcasts a non-state event.
     async fn emit(&self, id: &JobId, kind: EventKind) {
+        let kind = kind.map_text(redacted);
         let body = String::from_utf8(api::encode(&kind)).expect("JSON is UTF-8");
         match self.store.append_event(id.clone(), body).await {
             Ok((seq, time_ms)) => {
@@ -590,7 +594,7 @@ impl Scheduler {
         self.store.delete_job(id.clone()).await?;
         self.remove_spool(&id);
         let env = self.env_of(&job);
-        self.secrets.remove(&id);
+        self.forget_secrets(&id);
         match self.running.get_mut(&id) {
             Some(run) => run.discard_after = Some((job.spec, env, cursors)),
             None => self.discard(job.spec, env, cursors),
@@ -607,7 +611,7 @@ impl Scheduler {
         let cursors = self.take_cursors(&job.id).await;
         self.remove_spool(&job.id);
         let env = self.env_of(job);
-        self.secrets.remove(&job.id);
+        self.forget_secrets(&job.id);
         self.discard(job.spec.clone(), env, cursors);
     }
 
@@ -620,11 +624,13 @@ impl Scheduler {
         }
     }
 
-    /// Whether the job had secret variables that this daemon does not hold (it restarted).
-    fn lacks_secrets(&self, job: &JobRecord) -> bool {
+    /// The secret variables the job was submitted with that this daemon does not hold (it
+    /// restarted since), by name.
+    fn missing_secrets(&self, job: &JobRecord) -> Vec<String> {
         job.env
             .as_ref()
-            .is_some_and(|kept| kept.lacks_secrets(&self.secrets_of(&job.id)))
+            .map(|kept| kept.missing_secrets(&self.secrets_of(&job.id)))
+            .unwrap_or_default()
     }
 
     fn secrets_of(&self, id: &JobId) -> CallerEnv {
@@ -633,9 +639,19 @@ impl Scheduler {
 
     fn keep_secrets(&mut self, id: &JobId, env: Option<&CallerEnv>) {
         match env.map(CallerEnv::secrets).filter(|s| !s.is_empty()) {
-            Some(secrets) => self.secrets.insert(id.clone(), secrets),
-            None => self.secrets.remove(id),
+            Some(secrets) => {
+                SecretSet::global().set(id.as_str(), secrets.redactor());
+                self.secrets.insert(id.clone(), secrets);
+            }
+            None => self.forget_secrets(id),
         };
+    }
+
+    /// The job's secrets are needed no more: gone from memory and from what the log hides
+    /// (nothing can quote them any more).
+    fn forget_secrets(&mut self, id: &JobId) {
+        self.secrets.remove(id);
+        SecretSet::global().set(id.as_str(), Default::default());
     }
 
     /// A resume or retry that sent the caller's environment: the job runs with it from now on
@@ -651,10 +667,18 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Pauses a job that lacks its secret variables, saying how to give them back.
-    async fn wait_for_credentials(&self, id: &JobId) -> Result<(), StoreError> {
-        let reason =
-            format!("waiting for credentials: run hoist resume {id} from a shell that has them");
+    /// Pauses a job that the registry or a proxy refused (`why`) while it lacked the secret
+    /// variables `missing` (lost with a daemon restart), naming them and how to give them back.
+    async fn wait_for_credentials(
+        &self,
+        id: &JobId,
+        why: &str,
+        missing: &[String],
+    ) -> Result<(), StoreError> {
+        let reason = format!(
+            "waiting for credentials: {why}; the job lost {} with a daemon restart: run hoist resume {id} from a shell that has them",
+            missing.join(", ")
+        );
         self.set_state(id, JobState::Paused, Some(reason), None)
             .await
     }
@@ -809,8 +833,16 @@ impl Scheduler {
             // Deleted while it stopped: released by the delete.
             Err(_) => return self.start_queued().await,
         };
+        let missing = self.missing_secrets(&job);
         if job.state == JobState::Cancelled && result.is_err() {
             self.release(&job).await;
+        } else if let Err(JobError::Refused { reason }) = &result
+            && job.state.is_running()
+            && !missing.is_empty()
+        {
+            if let Err(e) = self.wait_for_credentials(&id, reason, &missing).await {
+                warn!(job = %id, error = %e, "cannot record that the job waits for credentials");
+            }
         } else if let Some((state, reason, digest)) = self.outcome(&result, job.state) {
             match &reason {
                 Some(r) => warn!(job = %id, reason = %r, "job failed"),
@@ -825,10 +857,13 @@ impl Scheduler {
             if let Err(e) = self.set_state(&id, state, reason, digest).await {
                 warn!(job = %id, error = %e, "cannot record the job's end");
             } else if state == JobState::Done {
-                // The registry has every blob now; the compressed chunks only take disk space,
-                // and the secrets are needed no more.
+                // The registry has every blob now; the compressed chunks only take disk space.
                 self.remove_spool(&id);
-                self.secrets.remove(&id);
+            }
+            // Forgotten after the reason is recorded (it is redacted with them). A retry sends
+            // them again.
+            if state.is_final() {
+                self.forget_secrets(&id);
             }
         }
         self.start_queued().await;
@@ -845,7 +880,9 @@ impl Scheduler {
             // `done` is the only state that agrees with the registry.
             (Ok(_), JobState::Done) => None,
             (Ok(out), _) => Some((JobState::Done, None, Some(out.manifest_digest.clone()))),
-            (Err(JobError::Failed { reason }), s) if s.is_running() => {
+            (Err(JobError::Failed { reason } | JobError::Refused { reason }), s)
+                if s.is_running() =>
+            {
                 Some((JobState::Failed, Some(reason.clone()), None))
             }
             // Stopped for shutdown: the state stays, and the next daemon resumes the job.
@@ -883,9 +920,6 @@ impl Scheduler {
 
     async fn launch(&mut self, job: JobRecord) -> Result<(), StoreError> {
         let id = job.id.clone();
-        if self.lacks_secrets(&job) {
-            return self.wait_for_credentials(&id).await;
-        }
         let env = self.env_of(&job);
         let spool_dir = self.config.spool_root.join(id.as_str());
         if let Err(e) = std::fs::create_dir_all(&spool_dir) {
@@ -937,4 +971,10 @@ impl Scheduler {
         self.counters.set_jobs_running(self.running.len() as u64);
         Ok(())
     }
+}
+
+/// `text` with every secret the daemon holds blanked out: what a job stores or shows may quote
+/// a credential helper's output or a proxy's error, which may quote a secret.
+fn redacted(text: &str) -> String {
+    SecretSet::global().redactor().redact(text).into_owned()
 }

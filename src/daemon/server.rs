@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::routes::{self, App};
 use super::shutdown::stopped;
+use crate::environ::Caller;
 
 /// How long open connections (event followers) may take to finish after shutdown began.
 const CONNECTION_DRAIN_MS_MAX: u64 = 2_000;
@@ -36,7 +37,8 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::R
                         continue;
                     }
                     let allowed = peer_allowed(&stream, daemon_uid);
-                    conns.spawn(serve_connection(stream, app.clone(), allowed, shutdown.clone()));
+                    let caller = peer_caller(&stream);
+                    conns.spawn(serve_connection(stream, app.clone(), allowed, caller, shutdown.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -74,14 +76,25 @@ fn peer_allowed(stream: &UnixStream, daemon_uid: u32) -> bool {
     }
 }
 
+/// Who is on the other end (uid, gid, groups), for the jobs it submits: their files are
+/// opened only where that user could open them.
+fn peer_caller(stream: &UnixStream) -> Option<Caller> {
+    let cred = stream.peer_cred().ok()?;
+    Some(Caller::of_peer(cred.uid(), cred.gid(), cred.pid()))
+}
+
 async fn serve_connection(
     stream: UnixStream,
     app: Arc<App>,
     allowed: bool,
+    caller: Option<Caller>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
+        if let Some(caller) = &caller {
+            req.extensions_mut().insert(caller.clone());
+        }
         async move {
             let (method, path) = (req.method().clone(), req.uri().path().to_string());
             let resp = if allowed {

@@ -19,7 +19,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::RegistryError;
 use super::reference::DOCKER_HUB;
-use crate::environ::CallerEnv;
+use crate::environ::{Access, CallerEnv, Redactor};
+
+/// Of each of a failed helper's outputs, at most this much is quoted in the error.
+const HELPER_ERROR_CHARS_MAX: usize = 500;
 
 /// A username and a secret (password or ECR authorization token).
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +120,11 @@ impl CredentialLookup {
         let Some(path) = self.config_path(env) else {
             return Ok(CredentialSource::Anonymous);
         };
+        env.check_access(&path, Access::Read)
+            .map_err(|message| RegistryError::Credentials {
+                registry: host.into(),
+                message,
+            })?;
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -221,6 +229,7 @@ impl CredentialLookup {
         let program = self.helper_path(name, env).ok_or_else(|| {
             fail("is not on the PATH of the shell that started the push: install it there, or fix credHelpers/credsStore in docker's config.json".into())
         })?;
+        env.check_access(&program, Access::Execute).map_err(fail)?;
         // Its own process group: a helper that is a shell script may leave children (an
         // `aws` call) behind; on timeout the whole group is killed, not only the script.
         let mut child = tokio::process::Command::new(program)
@@ -260,7 +269,7 @@ impl CredentialLookup {
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
-            let msg = helper_error_text(&out);
+            let msg = helper_error_text(&out, &env.redactor());
             if msg.contains("credentials not found") {
                 return Ok(None);
             }
@@ -279,21 +288,27 @@ fn is_executable(path: &Path) -> bool {
 
 /// What a failed helper said, on one line. Helpers print their errors on stdout
 /// (docker-credential-helpers do), but a helper that printed credentials and then failed must
-/// not put them in our message: JSON on stdout is never quoted.
-fn helper_error_text(out: &std::process::Output) -> String {
-    let stdout = if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok() {
-        ""
-    } else {
-        &*String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
+/// not put them in our message: JSON on stdout is never quoted. Its words may also quote the
+/// caller's secrets (a script run with `set -x`): they are blanked out before the text is cut
+/// to length, so no part of one survives a cut.
+fn helper_error_text(out: &std::process::Output, redactor: &Redactor) -> String {
+    let said = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = redactor.redact(&text);
+        text.chars()
+            .take(HELPER_ERROR_CHARS_MAX)
+            .collect::<String>()
     };
-    let msg = [
-        stdout.trim(),
-        String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]).trim(),
-    ]
-    .join(" ")
-    .chars()
-    .map(|c| if c.is_control() { ' ' } else { c })
-    .collect::<String>();
+    let stdout = if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok() {
+        String::new()
+    } else {
+        said(&out.stdout)
+    };
+    let msg = [stdout.trim(), said(&out.stderr).trim()]
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>();
     msg.trim().to_string()
 }
 

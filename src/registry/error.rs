@@ -173,6 +173,16 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry, its token service, a credential helper or a proxy refused the
+    /// credentials sent (or their absence): only other credentials can change the answer.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            RegistryError::Auth { .. } | RegistryError::Credentials { .. } => true,
+            RegistryError::Status { status, .. } => matches!(*status, 401 | 403 | 407),
+            _ => false,
+        }
+    }
+
     /// The HTTP status, when the registry answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -258,6 +268,21 @@ impl RegistryError {
             message.push_str(&s.to_string());
             src = s.source();
         }
+        // A proxy that wants credentials for its tunnel answers 407 before the registry is
+        // reached: no retry helps, only the proxy's user and password (hyper's words).
+        if message.contains(PROXY_AUTH_REQUIRED) {
+            return RegistryError::Status {
+                method: method.to_string(),
+                url: redact_url(url),
+                status: 407,
+                code: None,
+                message: Some(
+                    "the proxy asks for credentials: give them in the proxy URL (http://USER:PASSWORD@HOST:PORT)".into(),
+                ),
+                detail: None,
+                retry_after: None,
+            };
+        }
         RegistryError::Transport {
             method: method.to_string(),
             url: redact_url(url),
@@ -266,6 +291,9 @@ impl RegistryError {
         }
     }
 }
+
+/// What hyper's tunnel says when the proxy answers CONNECT with 407.
+const PROXY_AUTH_REQUIRED: &str = "proxy authorization required";
 
 /// The certificate error of rustls somewhere in `e`'s causes. An `io::Error` hides its payload
 /// from `source()` (and TLS connectors wrap one `io::Error` in another), so payloads are

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 use super::RegistryError;
-use super::reference::host_without_port;
 use crate::environ::CallerEnv;
 
 /// Docker's system-wide per-registry CA directory: `certs.d/HOST[:PORT]/*.crt`.
@@ -24,8 +23,6 @@ const HTTPS_PROXY_NAMES: &[&str] = &["HTTPS_PROXY", "https_proxy"];
 const HTTP_PROXY_NAMES: &[&str] = &["HTTP_PROXY", "http_proxy"];
 const ALL_PROXY_NAMES: &[&str] = &["ALL_PROXY", "all_proxy"];
 const NO_PROXY_NAMES: &[&str] = &["NO_PROXY", "no_proxy"];
-/// Always reached directly: a proxy elsewhere cannot reach this machine's loopback.
-const LOOPBACK_NO_PROXY: &str = "localhost,127.0.0.0/8,::1";
 
 /// Applies the caller's proxies and extra CA roots for `host` to `builder`. The automatic
 /// proxy of reqwest (read from the process environment) is turned off first.
@@ -45,31 +42,165 @@ pub(crate) fn configure(
     Ok(builder)
 }
 
-/// The proxies in the order reqwest tries them: the scheme's own variable first, then
-/// `ALL_PROXY` for any scheme left; each bypassed for `NO_PROXY` and loopback.
+/// The caller's proxies as one reqwest proxy that decides per request URL: the scheme's own
+/// variable first (`HTTPS_PROXY` for https, `HTTP_PROXY` for http), then `ALL_PROXY`; none for
+/// a host `NO_PROXY` covers or on loopback. Every value is checked here, so a bad one fails
+/// the client's creation with its name, not a request later.
 fn proxies(env: &CallerEnv) -> Result<Vec<reqwest::Proxy>, RegistryError> {
-    let no_proxy = no_proxy_list(env.first(NO_PROXY_NAMES).unwrap_or(""));
-    let mut out = Vec::new();
-    type Make = fn(Url) -> reqwest::Result<reqwest::Proxy>;
-    let kinds: [(&[&str], Make); 3] = [
-        (HTTPS_PROXY_NAMES, reqwest::Proxy::https),
-        (HTTP_PROXY_NAMES, reqwest::Proxy::http),
-        (ALL_PROXY_NAMES, reqwest::Proxy::all),
-    ];
-    for (names, make) in kinds {
-        let Some((name, value)) = first_named(env, names) else {
-            continue;
-        };
-        let url = proxy_url(name, value)?;
-        let shown = super::redact_url(&url);
-        let proxy = make(url).map_err(|_| {
-            RegistryError::Config(format!(
-                "{name} ({shown}) is not a usable proxy: give http://HOST:PORT"
-            ))
-        })?;
-        out.push(proxy.no_proxy(reqwest::NoProxy::from_string(&no_proxy)));
+    let Some(choice) = ProxyChoice::of(env)? else {
+        return Ok(Vec::new());
+    };
+    Ok(vec![reqwest::Proxy::custom(move |url: &Url| {
+        choice.proxy_for(url)
+    })])
+}
+
+/// Which proxy, if any, a request URL goes through.
+struct ProxyChoice {
+    by_scheme: Vec<(&'static str, Url)>,
+    no_proxy: NoProxy,
+}
+
+impl ProxyChoice {
+    /// `None` when the caller set no proxy.
+    fn of(env: &CallerEnv) -> Result<Option<ProxyChoice>, RegistryError> {
+        let mut by_scheme: Vec<(&'static str, Url)> = Vec::new();
+        let kinds: [(&[&str], &[&'static str]); 3] = [
+            (HTTPS_PROXY_NAMES, &["https"]),
+            (HTTP_PROXY_NAMES, &["http"]),
+            (ALL_PROXY_NAMES, &["https", "http"]),
+        ];
+        for (names, schemes) in kinds {
+            let Some((name, value)) = first_named(env, names) else {
+                continue;
+            };
+            let url = proxy_url(name, value)?;
+            for scheme in schemes {
+                if !by_scheme.iter().any(|(s, _)| s == scheme) {
+                    by_scheme.push((scheme, url.clone()));
+                }
+            }
+        }
+        let no_proxy = NoProxy::parse(env.first(NO_PROXY_NAMES).unwrap_or(""));
+        Ok((!by_scheme.is_empty()).then_some(ProxyChoice {
+            by_scheme,
+            no_proxy,
+        }))
     }
-    Ok(out)
+
+    fn proxy_for(&self, url: &Url) -> Option<Url> {
+        let (_, proxy) = self.by_scheme.iter().find(|(s, _)| *s == url.scheme())?;
+        let host = url.host_str()?;
+        let port = url.port_or_known_default()?;
+        (!self.no_proxy.covers(host, port)).then(|| proxy.clone())
+    }
+}
+
+/// `NO_PROXY` as Go's `net/http` and curl read it: comma-separated entries, each `*` (every
+/// host), an IP address or CIDR range, or a host name; a name matches itself and its
+/// subdomains, `.example.com` and `*.example.com` its subdomains only; an entry with a port
+/// (`host:5000`, `[fd00::1]:443`) matches that port only. Case and a trailing dot are
+/// ignored. Loopback is always direct: a proxy elsewhere cannot reach this machine's.
+#[derive(Debug, Clone, Default)]
+struct NoProxy {
+    all: bool,
+    ips: Vec<(std::net::IpAddr, Option<u16>)>,
+    nets: Vec<(std::net::IpAddr, u8)>,
+    /// (suffix with its leading dot, whether the bare name matches too, port).
+    names: Vec<(String, bool, Option<u16>)>,
+}
+
+impl NoProxy {
+    fn parse(value: &str) -> NoProxy {
+        let mut out = NoProxy::default();
+        for entry in value.split(',').map(|e| e.trim().to_ascii_lowercase()) {
+            if entry.is_empty() {
+                continue;
+            }
+            if entry == "*" {
+                out.all = true;
+            } else if let Some(net) = parse_cidr(&entry) {
+                out.nets.push(net);
+            } else {
+                out.add_host(&entry);
+            }
+        }
+        out
+    }
+
+    fn add_host(&mut self, entry: &str) {
+        let (host, port) = split_port(entry);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return self.ips.push((ip, port));
+        }
+        let host = host.trim_end_matches('.');
+        let (suffix, bare) = match host.strip_prefix("*.").or_else(|| host.strip_prefix('.')) {
+            Some(rest) => (format!(".{rest}"), false),
+            None => (format!(".{host}"), true),
+        };
+        if suffix.len() > 1 {
+            self.names.push((suffix, bare, port));
+        }
+    }
+
+    /// Whether a request to `host` on `port` goes direct.
+    fn covers(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let port_ok = |p: &Option<u16>| p.is_none_or(|p| p == port);
+        if self.all || host == "localhost" {
+            return true;
+        }
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return ip.is_loopback()
+                || self.ips.iter().any(|(i, p)| *i == ip && port_ok(p))
+                || self.nets.iter().any(|(net, bits)| in_net(ip, *net, *bits));
+        }
+        self.names.iter().any(|(suffix, bare, p)| {
+            (host.ends_with(suffix.as_str()) || (*bare && host == suffix[1..])) && port_ok(p)
+        })
+    }
+}
+
+/// `host:port` or `[v6]:port` into host and port; anything else is a host alone (a bare IPv6
+/// address has colons but no port).
+fn split_port(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (entry, None),
+        };
+    }
+    match entry.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (entry, None),
+        },
+        _ => (entry, None),
+    }
+}
+
+fn parse_cidr(entry: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, bits) = entry.split_once('/')?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
+}
+
+fn in_net(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    let (a, b, width) = match (ip, net) {
+        (V4(a), V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+        (V6(a), V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    let shift = width - u32::from(bits);
+    shift >= width || (a >> shift) == (b >> shift)
 }
 
 /// The first of `names` set and not empty, with its name (for messages).
@@ -100,29 +231,6 @@ fn proxy_url(name: &str, value: &str) -> Result<Url, RegistryError> {
         )));
     }
     Ok(url)
-}
-
-/// `NO_PROXY` in the form reqwest matches, plus loopback. Entries are comma-separated host
-/// names (matching the name and its subdomains; a leading dot is the same), IP addresses,
-/// CIDR ranges, or `*`; a port on an entry is dropped, so the entry matches the host on
-/// every port (reqwest matches host names only).
-fn no_proxy_list(value: &str) -> String {
-    let mut entries: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.parse::<std::net::IpAddr>().is_ok() {
-                e
-            } else {
-                host_without_port(e)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-            }
-        })
-        .collect();
-    entries.push(LOOPBACK_NO_PROXY);
-    entries.join(",")
 }
 
 /// The CA certificates the caller adds for `host`, on top of the system's: docker's
@@ -230,12 +338,44 @@ mod tests {
     }
 
     #[test]
-    fn no_proxy_entries_lose_their_ports_and_loopback_is_always_direct() {
-        assert_eq!(
-            no_proxy_list(" reg.example:5000, .corp ,10.0.0.0/8,[fd00::1]:443,::2,"),
-            "reg.example,.corp,10.0.0.0/8,fd00::1,::2,localhost,127.0.0.0/8,::1"
+    fn no_proxy_matches_as_curl_and_go_do() {
+        let np = NoProxy::parse(
+            " Reg.Example:5000, .corp ,*.internal.example,10.0.0.0/8,[fd00::1]:443,::2,192.0.2.7,",
         );
-        assert_eq!(no_proxy_list(""), LOOPBACK_NO_PROXY);
+        let direct = [
+            ("reg.example", 5000),
+            ("a.reg.example", 5000),
+            ("REG.EXAMPLE.", 5000),
+            ("x.corp", 443),
+            ("a.b.internal.example", 443),
+            ("10.1.2.3", 443),
+            ("[fd00::1]", 443),
+            ("::2", 80),
+            ("192.0.2.7", 8443),
+            ("localhost", 80),
+            ("127.0.0.5", 80),
+            ("[::1]", 5000),
+        ];
+        for (host, port) in direct {
+            assert!(np.covers(host, port), "{host}:{port} goes direct");
+        }
+        let proxied = [
+            ("reg.example", 443),
+            ("corp", 443),
+            ("internal.example", 443),
+            ("notcorp", 443),
+            ("11.0.0.1", 443),
+            ("[fd00::1]", 80),
+            ("xreg.example", 5000),
+        ];
+        for (host, port) in proxied {
+            assert!(
+                !np.covers(host, port),
+                "{host}:{port} goes through the proxy"
+            );
+        }
+        assert!(NoProxy::parse("*").covers("anything.example", 1));
+        assert!(!NoProxy::parse("").covers("anything.example", 1));
     }
 
     #[test]
@@ -252,13 +392,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HTTPS_PROXY") && !e.contains("hunter2"), "{e}");
-        let p = proxies(&env(&[
+        let choice = ProxyChoice::of(&env(&[
             ("https_proxy", "http://lower:1"),
             ("HTTPS_PROXY", "http://upper:1"),
             ("ALL_PROXY", "http://all:1"),
+            ("NO_PROXY", "reg.example:5000"),
         ]))
+        .unwrap()
         .unwrap();
-        assert_eq!(p.len(), 2);
+        let via = |u: &str| {
+            choice
+                .proxy_for(&Url::parse(u).unwrap())
+                .map(|p| p.to_string())
+        };
+        assert_eq!(
+            via("https://r.example/v2/").as_deref(),
+            Some("http://upper:1/")
+        );
+        assert_eq!(
+            via("http://r.example/v2/").as_deref(),
+            Some("http://all:1/")
+        );
+        assert_eq!(via("https://reg.example:5000/v2/"), None);
+        assert_eq!(
+            via("https://reg.example/v2/").as_deref(),
+            Some("http://upper:1/")
+        );
+        assert_eq!(via("http://127.0.0.1:5000/v2/"), None);
         assert!(proxies(&env(&[("HTTPS_PROXY", "")])).unwrap().is_empty());
     }
 

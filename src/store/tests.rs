@@ -504,6 +504,11 @@ fn extra_tags_and_env_are_stored_with_the_job_and_survive_a_limit_change_and_a_r
     let env = crate::api::JobEnv {
         vars: [("AWS_REGION".to_string(), "eu-west-1".to_string())].into(),
         secret_names: vec!["AWS_SESSION_TOKEN".into()],
+        caller: Some(crate::api::Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![27, 998],
+        }),
     };
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();

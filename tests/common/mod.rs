@@ -36,6 +36,48 @@ pub struct TestRegistry {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// The variables of a real user's shell that a job carries, as every test that submits a job
+/// sends them (unless it is about the environment itself): a home and a PATH, a corporate
+/// proxy for both schemes (a closed loopback port: a request that went to it would fail) with
+/// `NO_PROXY` covering the test registries, an AWS profile, and AWS session secrets the test
+/// registries do not need. A daemon restart loses the secrets; the job must go on without them.
+pub fn shell_env() -> Vec<(String, String)> {
+    let proxy = format!("http://127.0.0.1:{}", closed_port());
+    [
+        (
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        ),
+        (
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        ),
+        ("HTTPS_PROXY", proxy.clone()),
+        ("http_proxy", proxy),
+        ("NO_PROXY", "127.0.0.1,localhost,::1,.hoist.test".into()),
+        ("AWS_PROFILE", "hoist-test".into()),
+        ("AWS_REGION", "eu-west-1".into()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "shell-Secret-Access-Key-hoist-7f3a".into(),
+        ),
+        ("AWS_SESSION_TOKEN", "shell-Session-Token-hoist-91c2".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// [`shell_env`] as a submit request carries it.
+pub fn shell_env_vars() -> hoist::api::EnvVars {
+    hoist::api::EnvVars(shell_env().into_iter().collect())
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -20,9 +20,17 @@ pub fn hoist_bin() -> PathBuf {
     bin("hoist", env!("CARGO_BIN_EXE_hoist"))
 }
 
+/// The `hoist` binary run from a shell like a real user's ([`crate::common::shell_env`] over
+/// the test's own environment).
+pub fn hoist_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(hoist_bin());
+    cmd.envs(crate::common::shell_env());
+    cmd
+}
+
 /// Runs the `hoist` binary against the daemon on `socket` and waits for it to exit.
 pub fn hoist(socket: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(hoist_bin())
+    hoist_command()
         .arg("--socket")
         .arg(socket)
         .args(args)
@@ -364,7 +372,7 @@ pub fn submit_request(source: &str) -> api::SubmitRequest {
         split_layers: None,
         extra_tags: Vec::new(),
         options: api::JobOptions::default(),
-        env: None,
+        env: Some(crate::common::shell_env_vars()),
     }
 }
 

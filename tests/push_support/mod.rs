@@ -111,7 +111,7 @@ pub fn request(source: &str, target: &str, compression: Compression) -> api::Sub
             insecure: true,
             ..api::JobOptions::default()
         },
-        env: None,
+        env: Some(crate::common::shell_env_vars()),
     }
 }
 

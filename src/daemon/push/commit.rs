@@ -174,7 +174,7 @@ async fn put_manifest(
                 .call("read the tag after a refused PUT", read)
                 .await?,
         ),
-        Err(JobError::Failed { reason }) => (reason, read().await),
+        Err(JobError::Failed { reason } | JobError::Refused { reason }) => (reason, read().await),
     };
     match found {
         Ok((_, _, found)) if found == manifest.digest => Ok(found),

@@ -491,7 +491,8 @@ impl Reach {
             })
             .await?
             .map_err(|e| {
-                JobError::failed(format!("cannot push to {}: {e}", self.ctx.spec().target))
+                let reason = format!("cannot push to {}: {e}", self.ctx.spec().target);
+                JobError::from_registry(reason, &e)
             })
     }
 }
@@ -636,7 +637,7 @@ async fn upload_all(
         match r {
             Ok(done) => results[i] = Some((key, done)),
             Err(e) => {
-                let failed = matches!(e, JobError::Failed { .. });
+                let failed = e.is_failure();
                 if first_error.is_none() || (failed && first_error == Some(JobError::Stopped)) {
                     first_error = Some(e);
                 }

@@ -111,9 +111,10 @@ const DIGEST_REFUSED: &str = "the registry refused the digest";
 
 /// A permanent registry error: one line with the registry's answer and what to do next.
 fn reg_failed(what: &str, e: &RegistryError) -> JobError {
-    JobError::failed(format!(
+    let reason = format!(
         "{what}: {e}; fix the cause, then `hoist retry` the job (it resumes where it stopped)"
-    ))
+    );
+    JobError::from_registry(reason, e)
 }
 
 /// The blob's size as the registry receives it, or an upper bound while it is compressed.

@@ -28,8 +28,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The engine's socket for a caller with environment `env`.
+    /// The engine's socket for a caller with environment `env`, refused when that caller could
+    /// not connect to it (the daemon may hold a group, such as `docker`, the caller lacks).
     pub fn from_env(env: &CallerEnv) -> Result<Endpoint, EngineError> {
+        let endpoint = Self::chosen_for(env)?;
+        env.check_access(&endpoint.socket, crate::environ::Access::ReadWrite)
+            .map_err(|detail| EngineError::CallerDenied {
+                chosen: endpoint.chosen.clone(),
+                detail,
+            })?;
+        Ok(endpoint)
+    }
+
+    fn chosen_for(env: &CallerEnv) -> Result<Endpoint, EngineError> {
         if let Some(host) = env.get("DOCKER_HOST").filter(|h| !h.is_empty()) {
             return Ok(Endpoint {
                 socket: unix_path("DOCKER_HOST", host)?,

@@ -59,6 +59,10 @@ pub enum EngineError {
     )]
     Context { context: String, detail: String },
 
+    /// The caller's own groups do not reach the engine's socket (hoistd's might).
+    #[error("the Docker engine's socket ({chosen}): {detail}")]
+    CallerDenied { chosen: String, detail: String },
+
     #[error(
         "no Docker engine at {socket} ({chosen}): {detail}: start the engine (or `podman system service`), or set DOCKER_HOST=unix:///PATH to its socket"
     )]
