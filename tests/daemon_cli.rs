@@ -243,6 +243,68 @@ async fn push_starts_a_daemon_when_none_answers() {
     assert!(state.join("hoist.db").is_file());
 }
 
+/// A daemon started by a shell's `hoist push` keeps none of that shell's credentials, proxies
+/// or AWS variables in its own environment (they reach it with each job, for that job), only
+/// where its socket and state live and its own settings; and it can leave no core dump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autostarted_daemon_gets_a_cleared_environment_and_no_core_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let shell = crate::common::shell_env();
+    let mut env: Vec<(&str, &str)> = shell
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([("HOIST_KEEP_JOBS", "7d"), ("EDITOR", "vi")]);
+    let source = sample_source(dir.path());
+    // Port 1 refuses: the job waits, and the daemon stays up to be looked at.
+    let args = [source.as_str(), "127.0.0.1:1/r/a:1", "--detach"];
+    let out = push_autostarting(&hoist_bin(), dir.path(), &args, &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let client = Client::new(dir.path().join("run/hoist.sock"));
+    let pid = client
+        .health()
+        .await
+        .expect("the started daemon answers")
+        .pid;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for var in &vars {
+        let name = var.split('=').next().unwrap_or_default();
+        assert!(
+            [
+                "HOME",
+                "PATH",
+                "XDG_RUNTIME_DIR",
+                "XDG_STATE_HOME",
+                "TMPDIR"
+            ]
+            .contains(&name)
+                || name.starts_with("HOIST_"),
+            "the autostarted hoistd holds {var}"
+        );
+    }
+    assert!(vars.iter().any(|v| v == "HOIST_KEEP_JOBS=7d"), "{vars:?}");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{limits}"
+    );
+}
+
 /// `hoist limit` shows and changes the daemon-wide upload limit; `hoist push --deadline
 /// --bandwidth` reach the job's options.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

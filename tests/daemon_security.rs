@@ -22,6 +22,20 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Switching uid needs root and setpriv; CI has both (scripts/install-deps.sh), elsewhere the
+/// test says it is skipped.
+fn can_switch_uid() -> bool {
+    if rustix::process::getuid().is_root() && have("setpriv") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test as root with setpriv"
+    );
+    eprintln!("skipped: needs root and setpriv");
+    false
+}
+
 #[test]
 fn socket_is_0600_in_a_0700_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,13 +84,7 @@ fn curl_as(uid: Option<u32>, socket: &std::path::Path) -> String {
 
 #[test]
 fn a_peer_with_another_uid_is_refused() {
-    if !rustix::process::getuid().is_root() || !have("setpriv") {
-        // Switching uid needs root; CI runs as root with setpriv (scripts/install-deps.sh).
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test as root with setpriv"
-        );
-        eprintln!("skipped: needs root and setpriv");
+    if !can_switch_uid() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -226,4 +234,119 @@ fn wait_listening(path: &std::path::Path) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     false
+}
+
+/// The uid of `nobody`, and a group no account has: the daemon holds the group, the caller's
+/// shell does not (as after `sg`, or before logging in again after joining a group).
+const NOBODY: u32 = 65534;
+const DAEMON_ONLY_GROUP: u32 = 47110;
+
+/// `setpriv` running `program` as `nobody` with exactly `groups` as supplementary groups.
+fn as_nobody(program: &std::path::Path, groups: &[u32]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(program);
+    cmd
+}
+
+/// hoistd never lends a caller its own access: a daemon of the same uid that holds a group
+/// the caller's shell lacks does not read, for that caller, a docker config only that group
+/// may read; the job fails saying whose file and what to do. From a shell with the group, the
+/// same push succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_opens_for_a_caller_only_what_the_callers_groups_allow() {
+    if !can_switch_uid() {
+        return;
+    }
+    use base64::Engine as _;
+    let reg = crate::common::TestRegistry::start_with(crate::common::RegistryOptions {
+        basic_auth: Some(("grouped".into(), "grouped-Secret-4711".into())),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = root.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for (name, from) in [("hoist", hoist_bin()), ("hoistd", hoistd_bin())] {
+        std::fs::copy(from, bin.join(name)).unwrap();
+    }
+    let home = root.join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    // docker's config, readable by the daemon's extra group only.
+    let docker = root.join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let config = docker.join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("grouped:grouped-Secret-4711");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&config, Some(0), Some(DAEMON_ONLY_GROUP)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let source = sample_source(root);
+    let socket = home.join("hoist.sock");
+
+    let mut daemon = hoistd_as_nobody(&bin.join("hoistd"), &socket, &home.join("state"));
+    let push = |groups: &[u32], tag: &str| {
+        as_nobody(&bin.join("hoist"), groups)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "/usr/bin:/bin")
+            .env("DOCKER_CONFIG", &docker)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["push", "--no-autostart", &source])
+            .arg(format!("{}/grouped/app:{tag}", reg.host()))
+            .output()
+            .unwrap()
+    };
+    let refused = push(&[], "1");
+    let err = text(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "(uid {NOBODY}, groups {NOBODY}) may not read {}",
+            config.display()
+        )) && err.contains(&format!("owner 0:{DAEMON_ONLY_GROUP}, mode 640")),
+        "{err}"
+    );
+    let allowed = push(&[DAEMON_ONLY_GROUP], "2");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(allowed.status.success(), "{}", text(&allowed.stderr));
+}
+
+/// hoistd as `nobody` holding [`DAEMON_ONLY_GROUP`]; returns once its socket exists (or
+/// after 10 s).
+fn hoistd_as_nobody(
+    hoistd: &std::path::Path,
+    socket: &std::path::Path,
+    state: &std::path::Path,
+) -> std::process::Child {
+    let daemon = as_nobody(hoistd, &[DAEMON_ONLY_GROUP])
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .env_clear()
+        .env("HOIST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon
 }

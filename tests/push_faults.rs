@@ -609,13 +609,12 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
     let d = dir.path().join("d");
     std::fs::create_dir_all(&d).unwrap();
     let (mut child, client) = hoistd_reading_docker_config(&d, &docker).await;
-    let id = submit(
-        &client,
-        &source,
-        &link.target("token/img"),
-        Compression::Gzip,
-    )
-    .await;
+    let docker_var = docker.display().to_string();
+    let req = push_support::with_vars(
+        request(&source, &link.target("token/img"), Compression::Gzip),
+        &[("DOCKER_CONFIG", &docker_var)],
+    );
+    let id = client.submit(&req).await.expect("accepted").id;
     let before = wait_for(&client, &id, PUSH_MS_MAX, "uploading", |j| {
         j.bytes_uploaded() >= 2 * CHUNK
     })
@@ -651,8 +650,8 @@ async fn a_token_expiring_mid_push_is_refreshed_without_losing_progress() {
     );
 }
 
-/// The real hoistd in `d`, reading its credentials from the docker config in `docker`; returns
-/// once it answers.
+/// The real hoistd in `d`, its own environment naming the docker config in `docker` (as the
+/// shell's job does); returns once it answers.
 async fn hoistd_reading_docker_config(
     d: &std::path::Path,
     docker: &std::path::Path,

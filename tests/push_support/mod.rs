@@ -115,6 +115,14 @@ pub fn request(source: &str, target: &str, compression: Compression) -> api::Sub
     }
 }
 
+/// `req` from a shell that also has `vars` (a `DOCKER_HOST`, a `DOCKER_CONFIG`).
+pub fn with_vars(mut req: api::SubmitRequest, vars: &[(&str, &str)]) -> api::SubmitRequest {
+    let env = req.env.get_or_insert_with(crate::common::shell_env_vars);
+    env.0
+        .extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    req
+}
+
 /// Polls until `pred` holds or the job ends otherwise; panics with the job after `ms`.
 pub async fn wait_for(
     client: &Client,

@@ -242,7 +242,8 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     let (hoistd, client) = engine_hoistd(&engine, &dir.path().join("d")).await;
 
     // A wrong platform fails before the export: no export event at all.
-    let req = request(
+    let req = engine_request(
+        &engine,
         "docker-daemon:app:arm64",
         &format!("{host}/engine/app:arm"),
         Compression::Gzip,
@@ -263,7 +264,8 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     );
 
     // The push: every pulled layer is the engine's layer.
-    let req = request(
+    let req = engine_request(
+        &engine,
         "docker-daemon:app:amd64",
         &format!("{host}/engine/app:1"),
         Compression::Gzip,
@@ -279,6 +281,19 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     let exported = |e: &EventKind| matches!(e, EventKind::Export { layers_done: 3, .. });
     assert!(kinds.iter().any(exported), "{kinds:?}");
     kill9(hoistd);
+}
+
+/// A push request from a shell whose `DOCKER_HOST` names `engine`.
+fn engine_request(
+    engine: &Dockerd,
+    source: &str,
+    target: &str,
+    compression: Compression,
+) -> hoist::api::SubmitRequest {
+    crate::push_support::with_vars(
+        request(source, target, compression),
+        &[("DOCKER_HOST", &engine.host())],
+    )
 }
 
 /// A hoistd in `dir` whose environment names `engine`, and its client once it answers.
@@ -306,7 +321,12 @@ async fn engine_census_on_the_stream_refuses_arm64_binaries_before_the_commit_un
     let (hoistd, client) = engine_hoistd(&engine, &dir.path().join("d")).await;
 
     let target = format!("{host}/census/img:1");
-    let req = request("docker-daemon:armbins:1", &target, Compression::Gzip);
+    let req = engine_request(
+        &engine,
+        "docker-daemon:armbins:1",
+        &target,
+        Compression::Gzip,
+    );
     let id = client.submit(&req).await.unwrap().id;
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -318,7 +338,12 @@ async fn engine_census_on_the_stream_refuses_arm64_binaries_before_the_commit_un
     );
     assert!(!tag_exists(registry.addr, "census/img", "1"));
 
-    let mut req = request("docker-daemon:armbins:1", &target, Compression::Gzip);
+    let mut req = engine_request(
+        &engine,
+        "docker-daemon:armbins:1",
+        &target,
+        Compression::Gzip,
+    );
     req.options.allow_arch_mismatch = true;
     let id = client.submit(&req).await.unwrap().id;
     let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
@@ -368,7 +393,8 @@ async fn engine_uploads_start_while_the_export_goes_on_and_a_kill_then_resumes_t
     let d = dir.path().join("d");
     let (hoistd, client) = engine_hoistd(&engine, &d).await;
 
-    let req = request(
+    let req = engine_request(
+        &engine,
         "docker-daemon:big:1",
         &format!("{host}/pipe/a:1"),
         Compression::Gzip,
@@ -399,7 +425,8 @@ async fn engine_uploads_start_while_the_export_goes_on_and_a_kill_then_resumes_t
     // registry of its own, which has none of the blobs.
     let registry = TestRegistry::start();
     let host = registry.host();
-    let req = request(
+    let req = engine_request(
+        &engine,
         "docker-daemon:big:1",
         &format!("{host}/pipe/b:1"),
         Compression::Gzip,
