@@ -145,7 +145,7 @@ async fn controls_and_their_errors() {
 async fn ctrl_c_detaches_and_the_job_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(dir.path(), Arc::new(Scripted::new(300, 20)));
-    let child = Command::new(hoist_bin())
+    let child = hoist_command()
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["push", "a.tar", "r/a:1"])
@@ -209,7 +209,7 @@ async fn push_starts_a_daemon_when_none_answers() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/hoist.sock");
     let state = dir.path().join("state");
-    let out = Command::new(hoist_bin())
+    let out = hoist_command()
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")
@@ -437,6 +437,7 @@ fn push_autostarting(
     env: &[(&str, &str)],
 ) -> std::process::Output {
     Command::new(hoist_bin)
+        .envs(crate::common::shell_env())
         .arg("--socket")
         .arg(dir.join("run/hoist.sock"))
         .arg("--state-dir")
