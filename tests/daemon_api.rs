@@ -406,6 +406,104 @@ async fn a_jobs_env_shows_secret_names_only_and_a_resume_replaces_it() {
     assert!(kept.secret_names.is_empty());
 }
 
+/// A body that records the session token each run sees, then: fails quoting it while it has
+/// one (as a credential helper run with `set -x` would), is refused without it, and pushes
+/// once the third run has it again.
+struct EnvProbe {
+    seen: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+impl hoist::daemon::job::JobBody for EnvProbe {
+    fn run(&self, ctx: hoist::daemon::job::JobContext) -> hoist::daemon::job::JobFuture {
+        let token = ctx.env().get("AWS_SESSION_TOKEN").map(str::to_string);
+        let runs = {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(token.clone());
+            seen.len()
+        };
+        Box::pin(async move {
+            use hoist::daemon::job::{JobError, JobOutput};
+            match (token, runs) {
+                (Some(t), 1) => Err(JobError::failed(format!("helper: + export T={t}"))),
+                (None, _) => Err(JobError::Refused {
+                    reason: "the registry answered 401".into(),
+                }),
+                _ => Ok(JobOutput {
+                    manifest_digest: manifest_digest(),
+                }),
+            }
+        })
+    }
+}
+
+/// A job forgets its secrets when it ends (here: failed), and blanks them out of what it
+/// stores: its reason holds the variable's name, not its value. A retry without them runs
+/// without them, and the refusal that follows pauses it naming what it lacks; a resume that
+/// sends them again finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_job_forgets_its_secrets_and_a_refusal_without_them_waits_for_them() {
+    const TOKEN: &str = "probe-Session-Token-5150";
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(EnvProbe {
+        seen: Default::default(),
+    });
+    let daemon = TestDaemon::start(dir.path(), probe.clone());
+    let client = daemon.client();
+    let shell = || {
+        let mut vars = crate::common::shell_env_vars();
+        vars.0.insert("AWS_SESSION_TOKEN".into(), TOKEN.into());
+        vars
+    };
+    let request = api::SubmitRequest {
+        env: Some(shell()),
+        ..submit_request("oci:/img")
+    };
+    let id = client.submit(&request).await.unwrap().id;
+    let failed = wait_state(&client, &id, JobState::Failed).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("helper: + export T=<AWS_SESSION_TOKEN redacted>")
+    );
+
+    client
+        .retry(&id, &api::RetryRequest::default())
+        .await
+        .unwrap();
+    let paused = wait_state(&client, &id, JobState::Paused).await;
+    let reason = paused.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("waiting for credentials: the registry answered 401; the job no longer holds AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN")
+            && reason.contains(&format!("run hoist resume {id} from a shell that has them")),
+        "{reason}"
+    );
+    let again = api::ControlRequest { env: Some(shell()) };
+    client
+        .control_with(&id, "resume", Some(&again))
+        .await
+        .unwrap();
+    wait_state(&client, &id, JobState::Done).await;
+    let seen = probe.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some(TOKEN.to_string()), None, Some(TOKEN.to_string())]
+    );
+    let events = String::from_utf8_lossy(
+        &client
+            .call(
+                Method::GET,
+                &format!("{}?follow=false", api::job_path(&id, "events")),
+                None,
+            )
+            .await
+            .unwrap(),
+    )
+    .into_owned();
+    assert!(
+        !events.contains(TOKEN) && events.contains("redacted"),
+        "{events}"
+    );
+}
+
 /// Pauses a running job and checks it stops at a chunk boundary, stays still, keeps its spool
 /// and refuses a retry; returns the bytes uploaded when it stopped.
 async fn pause_and_check(daemon: &TestDaemon, client: &Client, id: &api::JobId) -> u64 {

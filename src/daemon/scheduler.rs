@@ -668,7 +668,8 @@ impl Scheduler {
     }
 
     /// Pauses a job that the registry or a proxy refused (`why`) while it lacked the secret
-    /// variables `missing` (lost with a daemon restart), naming them and how to give them back.
+    /// variables `missing` (lost with a daemon restart, or forgotten when the job ended before
+    /// a retry without them), naming them and how to give them back.
     async fn wait_for_credentials(
         &self,
         id: &JobId,
@@ -676,7 +677,7 @@ impl Scheduler {
         missing: &[String],
     ) -> Result<(), StoreError> {
         let reason = format!(
-            "waiting for credentials: {why}; the job lost {} with a daemon restart: run hoist resume {id} from a shell that has them",
+            "waiting for credentials: {why}; the job no longer holds {} (kept in memory only, until the job ends or hoistd restarts): run hoist resume {id} from a shell that has them",
             missing.join(", ")
         );
         self.set_state(id, JobState::Paused, Some(reason), None)

@@ -35,7 +35,8 @@ pub async fn verify_blobs(
             })
             .await?
             .map_err(|e| {
-                JobError::failed(format!("checking blob {}: {e}", pushed.digest.short()))
+                let reason = format!("checking blob {}: {e}", pushed.digest.short());
+                JobError::from_registry(reason, &e)
             })?;
         if present {
             ctx.blob_state(key, BlobState::Verified).await?;
