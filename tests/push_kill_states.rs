@@ -24,10 +24,10 @@ use hoist::cli::client::Client;
 use hoist::daemon::Config;
 use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression};
 
+use crate::daemon_support::{TestDaemon, spawn_hoistd};
 use common::TestRegistry;
 use common::ecr_proxy::EcrProxy;
 use common::figures::record;
-use daemon_support::{TestDaemon, kill9, spawn_hoistd};
 use push_support::*;
 
 /// Parallel uploads of one daemon (its default): at most this many parts are in flight.
@@ -230,7 +230,7 @@ async fn killed_at(point: KillPoint) {
         point.reached(j, &proxy)
     })
     .await;
-    kill9(child);
+    child.kill9();
     assert!(
         !tag_exists(registry.addr, &repo, "1"),
         "the tag exists after a kill while {}",
@@ -251,7 +251,7 @@ async fn killed_at(point: KillPoint) {
     let manifest_bytes = common::skopeo_raw_manifest(&registry.host(), &reference).len() as u64;
     check_resent(point, &proxy, &at_kill, &job, manifest_bytes);
     check_went_on(point, &at_kill, &client, &id).await;
-    kill9(child);
+    child.kill9();
 }
 
 /// The restarted run went on where the killed one stopped, as the job's events tell: no blob
