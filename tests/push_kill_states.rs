@@ -265,13 +265,9 @@ async fn check_went_on(point: KillPoint, at_kill: &api::Job, client: &Client, id
         .collect();
     assert!(restarted.is_empty(), "blobs started over: {restarted:?}");
     for b in at_kill.blobs.iter().filter(|b| !b.state.is_finished()) {
-        let resumed = events.iter().any(|k| {
-            matches!(k, EventKind::Resumed { digest, offset_bytes, .. }
-                if *digest == b.digest && *offset_bytes >= b.uploaded_bytes)
-        });
         assert!(
-            b.uploaded_bytes == 0 || resumed,
-            "blob {} was not resumed at its {} acknowledged bytes: {events:?}",
+            b.uploaded_bytes == 0 || went_on_with(&events, b),
+            "blob {} neither resumed at its {} acknowledged bytes, nor was found whole, nor was left alone: {events:?}",
             b.digest,
             b.uploaded_bytes
         );
@@ -286,12 +282,37 @@ async fn check_went_on(point: KillPoint, at_kill: &api::Job, client: &Client, id
             } if *digest == text.digest => Some(*chunks_done),
             _ => None,
         });
+        // None: its compression ended between the read and the kill, and was not redone.
         assert!(
-            first.is_some_and(|n| n > text.compressed_chunks),
+            first.is_none_or(|n| n > text.compressed_chunks),
             "the text layer's compression started over ({first:?} chunks first, {} recorded at the kill)",
             text.compressed_chunks
         );
     }
+}
+
+/// Whether the last run's `events` show blob `b` (mid-upload at the read before the kill)
+/// resumed at or past its acknowledged bytes, found whole by the HEAD before its upload (its
+/// final PUT landed, unanswered), or not sent at all (it finished between that read and the
+/// kill).
+fn went_on_with(events: &[EventKind], b: &api::BlobStatus) -> bool {
+    let mut sent = false;
+    for k in events {
+        match k {
+            EventKind::Resumed {
+                digest,
+                offset_bytes,
+                ..
+            } if *digest == b.digest => return *offset_bytes >= b.uploaded_bytes,
+            EventKind::BlobDone {
+                digest,
+                state: BlobState::Existed,
+            } if *digest == b.digest => return true,
+            EventKind::Progress { digest, .. } if *digest == b.digest => sent = true,
+            _ => {}
+        }
+    }
+    !sent
 }
 
 /// The events of the job's last run: those after its last entry into `preparing`.
