@@ -10,9 +10,9 @@
 //! `compressing` is not a job state but a layer compressing while the job uploads; nothing
 //! outside the daemon can hold it, so its layer is made large enough to be seen mid-way.
 //!
-//! Jobs are submitted with an environment like a shell's: proxies that point at a closed port
-//! (the registry is reached through `NO_PROXY`) and AWS secrets, kept in the daemon's memory
-//! only.
+//! Jobs are submitted with a real shell's environment (`common::shell_env`): proxies on a
+//! closed port (the registry is reached through `NO_PROXY`) and AWS secrets, which the killed
+//! daemon held in memory only; the restarted one goes on without them.
 use crate::common;
 use crate::push_support;
 
@@ -147,34 +147,6 @@ fn source(dir: &Path) -> String {
     write_oci(&dir.join("img"), &spec).1
 }
 
-/// The environment of a shell a user pushes from: its HOME (without a docker config) and
-/// PATH, proxies on a loopback port nothing listens on (the registry, on 127.0.0.1, is reached
-/// directly through `NO_PROXY`), an AWS profile and dummy AWS secrets.
-fn shell_env(home: &Path) -> api::EnvVars {
-    std::fs::create_dir_all(home).unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let vars = [
-        ("HOME", home.display().to_string()),
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ("HTTPS_PROXY", proxy.clone()),
-        ("HTTP_PROXY", proxy),
-        ("NO_PROXY", "127.0.0.1,localhost,::1".into()),
-        ("AWS_PROFILE", "hoist-test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "dummy-secret-access-key".into()),
-        ("AWS_SESSION_TOKEN", "dummy-session-token".into()),
-    ];
-    api::EnvVars(vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-}
-
-fn shell_request(source: &str, target: &str, env: &api::EnvVars) -> api::SubmitRequest {
-    api::SubmitRequest {
-        env: Some(env.clone()),
-        ..request(source, target, Compression::Gzip)
-    }
-}
-
 /// Waits for the job to end by itself and asserts it is done. A job paused for its secrets
 /// (lost with the killed daemon) is named as such: it did not go on by itself.
 async fn wait_done_by_itself(client: &Client, id: &JobId) -> api::Job {
@@ -202,16 +174,11 @@ async fn killed_at(point: KillPoint) {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
     let source = source(dir.path());
-    let env = shell_env(&dir.path().join("home"));
     let want = {
         let base = TestDaemon::start_with(&dir.path().join("base"), Config::default());
         let client = base.client();
         let target = format!("{}/base/img:1", registry.host());
-        let id = client
-            .submit(&shell_request(&source, &target, &env))
-            .await
-            .expect("the daemon accepts the job")
-            .id;
+        let id = submit(&client, &source, &target, Compression::Gzip).await;
         wait_done(&client, &id).await.manifest_digest.unwrap()
     };
 
@@ -221,11 +188,7 @@ async fn killed_at(point: KillPoint) {
     let (client, child) = spawn_hoistd(&d).await;
     let repo = format!("kill/{}", point.name());
     let target = format!("{}/{repo}:1", proxy.host());
-    let id = client
-        .submit(&shell_request(&source, &target, &env))
-        .await
-        .expect("the daemon accepts the job")
-        .id;
+    let id = submit(&client, &source, &target, Compression::Gzip).await;
     let at_kill = wait_for(&client, &id, PUSH_MS_MAX, point.name(), |j| {
         point.reached(j, &proxy)
     })
