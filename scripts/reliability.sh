@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/RELIABILITY.md from test runs: the fault tests (tests/push_faults.rs, the
-# pushes through the ECR emulation on a host not named like ECR (tests/push_ecr.rs), and the
+# pushes through the ECR emulation on a host not named like ECR (tests/push_ecr.rs), the kill -9
+# in each job state (tests/push_kill_states.rs), and the
 # client-level stall test in tests/registry.rs) and
 # the crash loop (tests/crash_loop.rs) append their measured figures as JSON lines to the file
 # named by HOIST_FIGURES; this script runs them and renders the fault matrix. Nothing in the
@@ -24,7 +25,7 @@ scripts/install-deps.sh
 figures="$(mktemp)"
 trap 'rm -f "$figures"' EXIT
 HOIST_FIGURES="$figures" HOIST_CRASH_KILLS="$kills" \
-  cargo test --locked --test suite -- push_faults:: push_ecr:: crash_loop:: registry:: --test-threads 2 >&2
+  cargo test --locked --test suite -- push_faults:: push_ecr:: push_kill_states:: crash_loop:: registry:: --test-threads 2 >&2
 python3 - "$figures" "$out" "$(git rev-parse --short HEAD)" "$(nproc)" <<'PY'
 import json, sys, datetime
 figures, out, commit, cores = sys.argv[1:]

@@ -29,6 +29,7 @@ mod push_e2e;
 mod push_ecr;
 mod push_faults;
 mod push_kill;
+mod push_kill_states;
 mod push_lifecycle;
 mod push_limits;
 mod push_more;

@@ -414,3 +414,39 @@ pub fn kill9(mut child: std::process::Child) {
     child.kill().expect("SIGKILL hoistd");
     child.wait().unwrap();
 }
+
+/// Spawns the `hoistd` binary serving `dir` (created if missing), logging at `info` to
+/// nowhere, and waits until it answers; returns a client of it and the process.
+pub async fn spawn_hoistd(dir: &Path) -> (Client, Hoistd) {
+    std::fs::create_dir_all(dir).expect("create the daemon's directory");
+    let child = hoistd_command(dir, "info")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn hoistd");
+    let hoistd = Hoistd(Some(child));
+    let client = Client::new(dir.join("hoist.sock"));
+    wait_answers(&client, 10).await;
+    (client, hoistd)
+}
+
+/// A spawned `hoistd`, killed with `kill -9` when dropped: a failing test leaves no daemon
+/// running.
+pub struct Hoistd(Option<std::process::Child>);
+
+impl Hoistd {
+    /// `kill -9`, and the exit reaped.
+    pub fn kill9(mut self) {
+        if let Some(child) = self.0.take() {
+            kill9(child);
+        }
+    }
+}
+
+impl Drop for Hoistd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

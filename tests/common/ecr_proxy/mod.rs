@@ -29,6 +29,9 @@
 //!   (`fail_next_5xx`); the sizes of the committed parts in order (`part_sizes`);
 //! - faults: cut the connection after N request-body bytes; drop the response after the
 //!   registry accepted a chunk or completed the blob (the lost acknowledgement).
+//! - holds, while a flag is set: parts (`part_delay_ms`), manifest PUTs, tag-list GETs, HEADs
+//!   of blobs the registry has; a test kills its client while the job is in the state those
+//!   requests belong to.
 //!
 //! Use (see tests/ecr.rs):
 //! ```ignore
@@ -139,6 +142,16 @@ pub struct ProxyState {
     /// Manifest PUTs still let through while `hold_manifest_puts` is set (one per PUT), so
     /// a push of several tags can be stopped between two of them.
     pub manifest_puts_before_hold: AtomicU32,
+    /// Hold tag-list GETs while set: a push's repository check, so its job stays `preparing`.
+    pub hold_tag_lists: AtomicBool,
+    /// Tag-list GETs held so far.
+    pub tag_lists_held: AtomicU32,
+    /// Hold blob HEADs the registry answers 200 while set (answered, then held): in a
+    /// repository that starts empty, the HEADs of blobs already uploaded, so a job that
+    /// verifies stays `verifying` while the HEADs before its uploads go through.
+    pub hold_present_blob_heads: AtomicBool,
+    /// Blob HEADs held so far.
+    pub present_blob_heads_held: AtomicU32,
     /// Request-body bytes received from clients.
     pub bytes_in: AtomicU64,
     /// Response-body bytes sent to clients.
@@ -185,6 +198,10 @@ impl EcrProxy {
             hold_manifest_puts: AtomicBool::new(false),
             manifest_puts_held: AtomicBool::new(false),
             manifest_puts_before_hold: AtomicU32::new(0),
+            hold_tag_lists: AtomicBool::new(false),
+            tag_lists_held: AtomicU32::new(0),
+            hold_present_blob_heads: AtomicBool::new(false),
+            present_blob_heads_held: AtomicU32::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_committed: AtomicU64::new(0),
@@ -574,9 +591,16 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
             ))
         }
         Route::Other => Ok(oci_error(404, "NOT_FOUND", "no such endpoint")),
-        Route::Tags { repo } => list_tags(st, method, &path, query, &repo).await,
+        Route::Tags { repo } => {
+            hold_while(&st.hold_tag_lists, &st.tag_lists_held).await;
+            list_tags(st, method, &path, query, &repo).await
+        }
         Route::Blob { .. } => {
+            let head = method == Method::HEAD;
             let up = forward(st, method, &path, &[], Bytes::new()).await?;
+            if head && up.status == 200 {
+                hold_while(&st.hold_present_blob_heads, &st.present_blob_heads_held).await;
+            }
             Ok(pass(up, &[]))
         }
         Route::UploadStart { repo } => {
@@ -589,6 +613,18 @@ async fn handle(st: &Arc<ProxyState>, req: Request<Incoming>) -> Result<Resp, Cu
         Route::Manifest { repo, reference } => {
             handle_manifest(st, &parts, body, &repo, &reference).await
         }
+    }
+}
+
+/// Holds a request while `hold` is set, counting it in `held`: a test keeps a job in the state
+/// this request belongs to for as long as it needs.
+async fn hold_while(hold: &AtomicBool, held: &AtomicU32) {
+    if !hold.load(Ordering::SeqCst) {
+        return;
+    }
+    held.fetch_add(1, Ordering::SeqCst);
+    while hold.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
