@@ -6,7 +6,7 @@
 //! atomic) or the blob's session (on Debian's registry), so the part size is the price of one
 //! failure. The sizer counts the bytes its requests carried since the last failure (the part
 //! that was cut included, as far as it got): that count at a failure is the link's last
-//! *failure interval*. Parts are then a fraction of the smaller of the last two such intervals:
+//! *failure interval*. Parts are then a fraction of the smallest of the last [`INTERVALS_KEPT`]:
 //! as many whole parts as the registry's
 //! minimum lets fit in [`INTERVAL_PARTS_PERCENT`] of the interval, from
 //! [`PARTS_PER_INTERVAL_MIN`] to [`PARTS_PER_INTERVAL_MAX`], all of one size; so on a link that
@@ -41,6 +41,11 @@ pub const INTERVAL_PARTS_PERCENT: u64 = 90;
 pub const PARTS_PER_INTERVAL_MIN: u64 = 4;
 /// At most this many parts per failure interval: more would cost requests and save little.
 pub const PARTS_PER_INTERVAL_MAX: u64 = 8;
+/// Failure intervals remembered; parts are sized from the smallest. A cut part's count
+/// overstates what the link carried by the bytes still in socket buffers (a megabyte or more
+/// on a fast link), and an interval read too long makes the last planned part the one cut: the
+/// smallest of the last three reads the period low rather than high.
+pub const INTERVALS_KEPT: usize = 3;
 /// Failure intervals the link carries without failure before parts grow again.
 pub const GROW_AFTER_CLEAN_INTERVALS: u64 = 3;
 
@@ -53,13 +58,9 @@ pub const PARTS_SPARE_PERCENT: u64 = 5;
 pub struct ChunkSizer {
     chunk_bytes_min: u64,
     chunk_bytes_max: u64,
-    /// The failure interval parts are sized from: the smaller of the last two observed (none
-    /// seen yet: `None`). A count that overstates the link's period (bytes of the cut part that
-    /// never left the socket buffers) makes the last planned part the one cut, so the period
-    /// is read low rather than high.
-    interval_bytes: Option<u64>,
-    /// The bytes the link carried between the last two failures.
-    last_interval_bytes: Option<u64>,
+    /// The last [`INTERVALS_KEPT`] failure intervals, latest first (0: none yet). Parts are
+    /// sized from the smallest.
+    intervals_bytes: [u64; INTERVALS_KEPT],
     /// Bytes the link carried since the last failure.
     clean_bytes: u64,
     parts: Option<PartBudget>,
@@ -107,8 +108,7 @@ impl ChunkSizer {
         ChunkSizer {
             chunk_bytes_min: chunk_bytes_min.min(max).max(1),
             chunk_bytes_max: max,
-            interval_bytes: None,
-            last_interval_bytes: None,
+            intervals_bytes: [0; INTERVALS_KEPT],
             clean_bytes: 0,
             parts: None,
         }
@@ -157,9 +157,8 @@ impl ChunkSizer {
     pub fn on_failure(&mut self, wire_bytes: u64) {
         let carried = self.clean_bytes.saturating_add(wire_bytes);
         if carried > 0 {
-            let previous = self.last_interval_bytes.unwrap_or(carried);
-            self.interval_bytes = Some(carried.min(previous));
-            self.last_interval_bytes = Some(carried);
+            self.intervals_bytes.rotate_right(1);
+            self.intervals_bytes[0] = carried;
         }
         self.clean_bytes = 0;
     }
@@ -168,7 +167,13 @@ impl ChunkSizer {
     /// size until a failure, then a fraction of the failure interval, which counts double for
     /// each interval carried clean from the [`GROW_AFTER_CLEAN_INTERVALS`]th on.
     pub fn adaptive_bytes(&self) -> u64 {
-        let Some(interval) = self.interval_bytes else {
+        let Some(interval) = self
+            .intervals_bytes
+            .iter()
+            .copied()
+            .filter(|b| *b > 0)
+            .min()
+        else {
             return self.chunk_bytes_max;
         };
         let clean_intervals = self.clean_bytes / interval.max(1);
@@ -199,16 +204,16 @@ mod tests {
     const MB: u64 = 1_000_000;
 
     /// Sends a `blob`-byte blob from offset 0 through a link that cuts the connection each time
-    /// it has carried another `period` bytes (exact multiples); the sizer is told `overcount`
-    /// more bytes of a cut part than the link carried (bytes still in socket buffers). Returns
-    /// the bytes the link carried and the sizes of the parts stored.
+    /// it has carried another `period` bytes (exact multiples); at the `i`th cut the sizer is
+    /// told `overcounts[i % len]` more bytes of the cut part than the link carried (bytes still
+    /// in socket buffers). Returns the bytes the link carried and the sizes of the parts stored.
     fn periodic_cuts(
         sizer: &mut ChunkSizer,
         blob: u64,
         period: u64,
-        overcount: u64,
+        overcounts: &[u64],
     ) -> (u64, Vec<u64>) {
-        let (mut offset, mut carried, mut parts) = (0, 0, Vec::new());
+        let (mut offset, mut carried, mut parts, mut cuts) = (0, 0, Vec::new(), 0);
         while offset < blob {
             let len = sizer.part_bytes(offset).min(blob - offset);
             let to_cut = period - carried % period;
@@ -219,7 +224,9 @@ mod tests {
                 offset += len;
             } else {
                 carried += to_cut;
+                let overcount = overcounts[cuts % overcounts.len()];
                 sizer.on_failure(to_cut + overcount.min(len - to_cut));
+                cuts += 1;
             }
         }
         (carried, parts)
@@ -227,13 +234,14 @@ mod tests {
 
     #[test]
     fn resets_every_25_mb_cost_at_most_15_percent_of_a_300_mb_blob() {
-        for overcount in [0, MIB, 2 * MIB] {
+        let uneven = [MIB / 2, 7 * MIB / 2, 2 * MIB, MIB, 4 * MIB, MIB / 4];
+        for overcounts in [&[0][..], &[MIB], &[2 * MIB], &uneven] {
             let mut c = ChunkSizer::new(5 * MIB, 16 * MIB);
-            let (carried, parts) = periodic_cuts(&mut c, 300 * MB, 25 * MB, overcount);
+            let (carried, parts) = periodic_cuts(&mut c, 300 * MB, 25 * MB, overcounts);
             let ratio = carried as f64 / (300 * MB) as f64;
             assert!(
                 ratio <= 1.15,
-                "{ratio:.3} with {overcount} overcounted: {parts:?}"
+                "{ratio:.3} overcounting {overcounts:?}: {parts:?}"
             );
             // Four parts fill 90 % of each interval; none below the ECR minimum but the last.
             assert!(
@@ -289,7 +297,7 @@ mod tests {
             &mut ChunkSizer::new(5 * MIB, 16 * MIB),
             300 * MB,
             u64::MAX,
-            0,
+            &[0],
         );
         assert_eq!((carried, parts.len()), (300 * MB, 18));
     }
@@ -317,12 +325,15 @@ mod tests {
         }
         assert!(sizes.windows(2).all(|w| w[1] >= w[0]), "{sizes:?}");
         assert_eq!(c.part_bytes(offset), 16 * MIB, "{sizes:?}");
-        // A failure after the long clean run: parts from the smaller of its interval and the
-        // one before, until the next failure shows the link's period again.
+        // Failures after the long clean run: parts from the smallest of the last three
+        // intervals, until the short one is no longer among them.
         c.on_failure(MIB);
         assert_eq!(c.part_bytes(offset), small);
-        c.on_part_stored(offset, offset + 100 * MIB, 100 * MIB);
-        c.on_failure(MIB);
+        for _ in 0..2 {
+            c.on_part_stored(offset, offset + 100 * MIB, 100 * MIB);
+            assert_eq!(c.part_bytes(offset), small);
+            c.on_failure(MIB);
+        }
         assert_eq!(
             c.part_bytes(offset),
             101 * MIB * 9 / 10 / 8,
