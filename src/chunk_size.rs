@@ -1,27 +1,53 @@
-//! Adaptive upload chunk size: smaller after failures, so a bad link wastes less per cut;
-//! larger again on a steady link, so a good link keeps large, cheap requests.
+//! Adaptive upload part size: sized from the bytes the link carries between failures, so a link
+//! that keeps failing wastes little per cut; large again once the link has carried several such
+//! intervals without one, so a good link keeps large, cheap requests.
 //!
-//! A cut costs at most the chunk in flight (on ECR, whose parts are atomic) or the blob's
-//! session (on Debian's registry), so the chunk size is the price of one failure. Halving it
-//! per failure bounds the waste on a link that keeps resetting; doubling it after
-//! [`GROW_AFTER_SUCCESSES`] clean chunks returns to the configured size in a few requests once
-//! the link is fine. It never goes below the registry's minimum (5 MiB on ECR, whose parts
-//! except the last must be at least that) nor above the configured size.
+//! A cut costs at most the part in flight, up to the bytes it had sent (on ECR, whose parts are
+//! atomic) or the blob's session (on Debian's registry), so the part size is the price of one
+//! failure. The sizer counts the bytes its requests carried since the last failure (the part
+//! that was cut included, as far as it got): that count at a failure is the link's last
+//! *failure interval*. Parts are then a fraction of the smallest of the last [`INTERVALS_KEPT`]:
+//! as many whole parts as the registry's
+//! minimum lets fit in [`INTERVAL_PARTS_PERCENT`] of the interval, from
+//! [`PARTS_PER_INTERVAL_MIN`] to [`PARTS_PER_INTERVAL_MAX`], all of one size; so on a link that
+//! fails at a steady period the parts end just before the next failure, and the part that is cut
+//! had sent little. Halving per failure and doubling after clean parts did the opposite: the part
+//! grew after a few successes and the larger part was the one cut. Once the link has carried
+//! [`GROW_AFTER_CLEAN_INTERVALS`] intervals without failure, the interval counts double for each
+//! further clean interval, up to the configured size; without any failure the parts are the
+//! configured size. No part is below the registry's minimum (5 MiB on ECR, whose parts except the
+//! last must be at least that) nor above the configured size.
 //!
 //! A registry also caps the parts of one upload (4,200 on ECR): with a part limit, no part is
 //! smaller than what the blob's remaining bytes need to fit in the remaining parts (less
-//! [`PARTS_SPARE_PERCENT`]), halving included, even above the configured size. Parts that
-//! respect this floor reach `offset` in at most `offset * parts / blob_bytes` parts, so a
-//! session this sizer did not see from its start (resumed by another run, or moved by the
-//! registry after a lost acknowledgement) counts that many as used and still fits.
+//! [`PARTS_SPARE_PERCENT`]), even above the configured size. Parts that respect this floor reach
+//! `offset` in at most `offset * parts / blob_bytes` parts, so a session this sizer did not see
+//! from its start (resumed by another run, or moved by the registry after a lost
+//! acknowledgement) counts that many as used and still fits.
 
 /// Default chunk (PATCH body) size: what one cut costs at most on a registry with atomic parts.
 pub const CHUNK_BYTES_DEFAULT: u64 = 16 << 20;
 /// ECR refuses layer parts below 5 MiB (except the last), so no chunk is ever smaller.
 pub const ECR_CHUNK_BYTES_MIN: u64 = 5 << 20;
 
-/// Clean chunks in a row before the size doubles again.
-pub const GROW_AFTER_SUCCESSES: u32 = 3;
+/// The share of a failure interval the parts planned in it fill, in percent. The rest is left
+/// for what the count misses or overstates: request headers and other requests on the link, and
+/// the bytes of the cut part that were still in socket buffers (counted as sent, never carried).
+/// At a steady period the cut part costs about this share of the interval.
+pub const INTERVAL_PARTS_PERCENT: u64 = 90;
+/// At least this many parts per failure interval, unless the registry's minimum part is larger:
+/// a part is at most a quarter of the interval, so on a link whose failures come at random the
+/// cut part costs a small share of what the link carries.
+pub const PARTS_PER_INTERVAL_MIN: u64 = 4;
+/// At most this many parts per failure interval: more would cost requests and save little.
+pub const PARTS_PER_INTERVAL_MAX: u64 = 8;
+/// Failure intervals remembered; parts are sized from the smallest. A cut part's count
+/// overstates what the link carried by the bytes still in socket buffers (a megabyte or more
+/// on a fast link), and an interval read too long makes the last planned part the one cut: the
+/// smallest of the last three reads the period low rather than high.
+pub const INTERVALS_KEPT: usize = 3;
+/// Failure intervals the link carries without failure before parts grow again.
+pub const GROW_AFTER_CLEAN_INTERVALS: u64 = 3;
 
 /// Parts of a registry's per-upload limit kept spare, in percent: a part whose
 /// acknowledgement was lost is stored but not counted, and a resumed session's count is an
@@ -32,8 +58,11 @@ pub const PARTS_SPARE_PERCENT: u64 = 5;
 pub struct ChunkSizer {
     chunk_bytes_min: u64,
     chunk_bytes_max: u64,
-    current: u64,
-    successes: u32,
+    /// The last [`INTERVALS_KEPT`] failure intervals, latest first (0: none yet). Parts are
+    /// sized from the smallest.
+    intervals_bytes: [u64; INTERVALS_KEPT],
+    /// Bytes the link carried since the last failure.
+    clean_bytes: u64,
     parts: Option<PartBudget>,
 }
 
@@ -79,8 +108,8 @@ impl ChunkSizer {
         ChunkSizer {
             chunk_bytes_min: chunk_bytes_min.min(max).max(1),
             chunk_bytes_max: max,
-            current: max,
-            successes: 0,
+            intervals_bytes: [0; INTERVALS_KEPT],
+            clean_bytes: 0,
             parts: None,
         }
     }
@@ -101,7 +130,7 @@ impl ChunkSizer {
     /// part limit's floor.
     pub fn part_bytes(&self, offset: u64) -> u64 {
         let floor = self.parts.as_ref().map_or(0, |p| p.floor_at(offset));
-        self.current.max(floor)
+        self.adaptive_bytes().max(floor)
     }
 
     /// The smallest part the sizer allows at `offset` (the registry's minimum, raised to the
@@ -111,32 +140,58 @@ impl ChunkSizer {
         self.chunk_bytes_min.max(floor).min(self.part_bytes(offset))
     }
 
-    /// The part `[from, to)` was acknowledged: counted against the part limit, and a success.
-    pub fn on_part_stored(&mut self, from: u64, to: u64) {
+    /// The part `[from, to)` was acknowledged, after its request carried `wire_bytes` (its
+    /// body, sent again by any retry): counted against the part limit and as clean bytes.
+    pub fn on_part_stored(&mut self, from: u64, to: u64, wire_bytes: u64) {
         if let Some(p) = self.parts.as_mut() {
             p.parts_used = p.used_at(from) + 1;
             p.counted_to = to;
         }
-        self.on_success();
+        self.clean_bytes = self.clean_bytes.saturating_add(wire_bytes);
     }
 
-    pub fn current(&self) -> u64 {
-        self.current
-    }
-
-    /// A chunk was acknowledged.
-    pub fn on_success(&mut self) {
-        self.successes += 1;
-        if self.successes >= GROW_AFTER_SUCCESSES {
-            self.successes = 0;
-            self.current = self.current.saturating_mul(2).min(self.chunk_bytes_max);
+    /// A request failed in flight (reset, stall, lost acknowledgement) after sending
+    /// `wire_bytes` of its body: the bytes since the previous failure are the latest interval. A
+    /// failure with nothing carried since the previous one (an outage's retries) is the same
+    /// failure, and keeps the interval.
+    pub fn on_failure(&mut self, wire_bytes: u64) {
+        let carried = self.clean_bytes.saturating_add(wire_bytes);
+        if carried > 0 {
+            self.intervals_bytes.rotate_right(1);
+            self.intervals_bytes[0] = carried;
         }
+        self.clean_bytes = 0;
     }
 
-    /// A chunk failed in flight (reset, stall, lost acknowledgement).
-    pub fn on_failure(&mut self) {
-        self.successes = 0;
-        self.current = (self.current / 2).max(self.chunk_bytes_min);
+    /// The part size the link's failures allow, before the part limit's floor: the configured
+    /// size until a failure, then a fraction of the failure interval, which counts double for
+    /// each interval carried clean from the [`GROW_AFTER_CLEAN_INTERVALS`]th on.
+    pub fn adaptive_bytes(&self) -> u64 {
+        let Some(interval) = self
+            .intervals_bytes
+            .iter()
+            .copied()
+            .filter(|b| *b > 0)
+            .min()
+        else {
+            return self.chunk_bytes_max;
+        };
+        let clean_intervals = self.clean_bytes / interval.max(1);
+        let doublings = (clean_intervals + 1).saturating_sub(GROW_AFTER_CLEAN_INTERVALS);
+        let grown = interval.saturating_mul(1u64 << doublings.min(63));
+        self.interval_part_bytes(grown)
+    }
+
+    /// Equal parts filling [`INTERVAL_PARTS_PERCENT`] of `interval` bytes: as many of the
+    /// registry's minimum as fit, within [`PARTS_PER_INTERVAL_MIN`]..=[`PARTS_PER_INTERVAL_MAX`],
+    /// then between the minimum and the configured size.
+    fn interval_part_bytes(&self, interval: u64) -> u64 {
+        let planned =
+            u64::try_from(u128::from(interval) * u128::from(INTERVAL_PARTS_PERCENT) / 100)
+                .unwrap_or(u64::MAX);
+        let parts =
+            (planned / self.chunk_bytes_min).clamp(PARTS_PER_INTERVAL_MIN, PARTS_PER_INTERVAL_MAX);
+        (planned / parts).clamp(self.chunk_bytes_min, self.chunk_bytes_max)
     }
 }
 
@@ -146,24 +201,169 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    const MB: u64 = 1_000_000;
+
+    /// Sends a `blob`-byte blob from offset 0 through a link that cuts the connection each time
+    /// it has carried another `period` bytes (exact multiples); at the `i`th cut the sizer is
+    /// told `overcounts[i % len]` more bytes of the cut part than the link carried (bytes still
+    /// in socket buffers). Returns the bytes the link carried and the sizes of the parts stored.
+    fn periodic_cuts(
+        sizer: &mut ChunkSizer,
+        blob: u64,
+        period: u64,
+        overcounts: &[u64],
+    ) -> (u64, Vec<u64>) {
+        let (mut offset, mut carried, mut parts, mut cuts) = (0, 0, Vec::new(), 0);
+        while offset < blob {
+            let len = sizer.part_bytes(offset).min(blob - offset);
+            let to_cut = period - carried % period;
+            if len < to_cut {
+                carried += len;
+                sizer.on_part_stored(offset, offset + len, len);
+                parts.push(len);
+                offset += len;
+            } else {
+                carried += to_cut;
+                let overcount = overcounts[cuts % overcounts.len()];
+                sizer.on_failure(to_cut + overcount.min(len - to_cut));
+                cuts += 1;
+            }
+        }
+        (carried, parts)
+    }
+
     #[test]
-    fn shrinks_on_failure_to_the_minimum_and_grows_back() {
+    fn resets_every_25_mb_cost_at_most_15_percent_of_a_300_mb_blob() {
+        let uneven = [MIB / 2, 7 * MIB / 2, 2 * MIB, MIB, 4 * MIB, MIB / 4];
+        for overcounts in [&[0][..], &[MIB], &[2 * MIB], &uneven] {
+            let mut c = ChunkSizer::new(5 * MIB, 16 * MIB);
+            let (carried, parts) = periodic_cuts(&mut c, 300 * MB, 25 * MB, overcounts);
+            let ratio = carried as f64 / (300 * MB) as f64;
+            assert!(
+                ratio <= 1.15,
+                "{ratio:.3} overcounting {overcounts:?}: {parts:?}"
+            );
+            // Four parts fill 90 % of each interval; none below the ECR minimum but the last.
+            assert!(
+                parts[..parts.len() - 1].iter().all(|p| *p >= 5 * MIB),
+                "{parts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_part_is_at_most_a_quarter_of_the_failure_interval_never_below_the_minimum() {
+        for interval in [
+            100 * MIB,
+            60 * MIB,
+            30 * MIB,
+            25 * MB,
+            20 * MIB,
+            6 * MIB,
+            MIB,
+            1,
+        ] {
+            let mut c = ChunkSizer::new(5 * MIB, 64 * MIB);
+            c.on_part_stored(0, interval / 2, interval / 2);
+            c.on_failure(interval - interval / 2);
+            let part = c.part_bytes(0);
+            assert!(part >= 5 * MIB, "{part} for {interval}");
+            assert!(
+                part <= (interval / PARTS_PER_INTERVAL_MIN).max(5 * MIB),
+                "{part} for {interval}"
+            );
+            // As many equal parts as the minimum lets fit in 90 % of the interval, up to 8.
+            let planned = interval / 10 * 9;
+            if planned >= PARTS_PER_INTERVAL_MIN * 5 * MIB {
+                let parts = planned / part;
+                assert!((PARTS_PER_INTERVAL_MIN..=PARTS_PER_INTERVAL_MAX).contains(&parts));
+                assert!(planned - parts * part < part, "{part} for {interval}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_link_keeps_the_configured_size() {
         let mut c = ChunkSizer::new(5 * MIB, 16 * MIB);
-        assert_eq!(c.current(), 16 * MIB);
-        c.on_failure();
-        assert_eq!(c.current(), 8 * MIB);
-        c.on_failure();
-        assert_eq!(c.current(), 5 * MIB, "never below the ECR minimum");
-        c.on_failure();
-        assert_eq!(c.current(), 5 * MIB);
-        for _ in 0..GROW_AFTER_SUCCESSES {
-            c.on_success();
+        assert_eq!(c.part_bytes(0), 16 * MIB);
+        let mut offset = 0;
+        for _ in 0..1_000 {
+            c.on_part_stored(offset, offset + 16 * MIB, 16 * MIB);
+            offset += 16 * MIB;
+            assert_eq!(c.part_bytes(offset), 16 * MIB);
         }
-        assert_eq!(c.current(), 10 * MIB);
-        for _ in 0..GROW_AFTER_SUCCESSES {
-            c.on_success();
+        // A blob of a clean link carries few requests: 300 MB in 18 parts.
+        let (carried, parts) = periodic_cuts(
+            &mut ChunkSizer::new(5 * MIB, 16 * MIB),
+            300 * MB,
+            u64::MAX,
+            &[0],
+        );
+        assert_eq!((carried, parts.len()), (300 * MB, 18));
+    }
+
+    #[test]
+    fn parts_grow_only_after_several_clean_intervals_then_back_to_the_configured_size() {
+        let mut c = ChunkSizer::new(5 * MIB, 16 * MIB);
+        c.on_failure(40 * MIB);
+        let small = c.part_bytes(0);
+        assert_eq!(small, 36 * MIB / 7, "seven parts fill 36 MiB");
+        let mut offset = 0;
+        let mut sizes = Vec::new();
+        while offset < 400 * MIB {
+            let len = c.part_bytes(offset);
+            sizes.push(len);
+            c.on_part_stored(offset, offset + len, len);
+            offset += len;
+            if offset < GROW_AFTER_CLEAN_INTERVALS * 40 * MIB {
+                assert_eq!(
+                    c.part_bytes(offset),
+                    small,
+                    "grew after {offset} clean bytes"
+                );
+            }
         }
-        assert_eq!(c.current(), 16 * MIB, "never above the configured size");
+        assert!(sizes.windows(2).all(|w| w[1] >= w[0]), "{sizes:?}");
+        assert_eq!(c.part_bytes(offset), 16 * MIB, "{sizes:?}");
+        // Failures after the long clean run: parts from the smallest of the last three
+        // intervals, until the short one is no longer among them.
+        c.on_failure(MIB);
+        assert_eq!(c.part_bytes(offset), small);
+        for _ in 0..2 {
+            c.on_part_stored(offset, offset + 100 * MIB, 100 * MIB);
+            assert_eq!(c.part_bytes(offset), small);
+            c.on_failure(MIB);
+        }
+        assert_eq!(
+            c.part_bytes(offset),
+            101 * MIB * 9 / 10 / 8,
+            "an eighth of 90 %"
+        );
+        c.on_failure(10 * MIB);
+        assert_eq!(
+            c.part_bytes(offset),
+            5 * MIB,
+            "a failure soon after: small parts at once"
+        );
+    }
+
+    #[test]
+    fn an_outages_retries_keep_the_interval() {
+        let mut c = ChunkSizer::new(5 * MIB, 16 * MIB);
+        c.on_failure(0);
+        assert_eq!(
+            c.part_bytes(0),
+            16 * MIB,
+            "a failure before any byte moved says nothing"
+        );
+        c.on_part_stored(0, 10 * MIB, 10 * MIB);
+        c.on_failure(30 * MIB);
+        let part = c.part_bytes(0);
+        for _ in 0..10 {
+            c.on_failure(0);
+        }
+        assert_eq!(c.part_bytes(0), part);
+        assert!(part < 16 * MIB);
     }
 
     #[test]
@@ -184,18 +384,6 @@ mod tests {
         assert_eq!(c.part_bytes_min(0), c.part_bytes(0));
     }
 
-    #[test]
-    fn a_failure_resets_the_streak() {
-        let mut c = ChunkSizer::new(MIB, 16 * MIB);
-        c.on_failure();
-        c.on_success();
-        c.on_success();
-        c.on_failure();
-        c.on_success();
-        c.on_success();
-        assert_eq!(c.current(), 4 * MIB);
-    }
-
     const GIB: u64 = 1 << 30;
     const ECR_PARTS: u64 = 4_200;
 
@@ -214,13 +402,13 @@ mod tests {
             let len = sizer.part_bytes(offset).min(blob - offset);
             attempts += 1;
             if fail_every > 0 && attempts % fail_every == 0 {
-                sizer.on_failure();
+                sizer.on_failure(len / 2);
                 continue;
             }
             assert!(len >= 5 * MIB || offset + len == blob, "{len} at {offset}");
             parts += 1;
             if unseen_every == 0 || parts % unseen_every != 0 {
-                sizer.on_part_stored(offset, offset + len);
+                sizer.on_part_stored(offset, offset + len, len);
             }
             offset += len;
         }
@@ -239,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn halvings_and_lost_acknowledgements_never_break_the_part_limit() {
+    fn failures_and_lost_acknowledgements_never_break_the_part_limit() {
         let blob = 30 * GIB;
         for (fail_every, unseen_every) in [(2, 0), (3, 0), (2, 7), (5, 3)] {
             let mut c = ChunkSizer::new(5 * MIB, 16 * MIB).with_part_limit(ECR_PARTS, blob);
@@ -279,8 +467,7 @@ mod tests {
         let c = ChunkSizer::new(5 * MIB, 16 * MIB).with_part_limit(ECR_PARTS, 10 * GIB);
         assert_eq!(c.part_bytes(0), 16 * MIB);
         let mut c = c;
-        c.on_failure();
-        c.on_failure();
+        c.on_failure(MIB);
         assert_eq!(c.part_bytes(GIB), 5 * MIB);
         // An upper bound above the real size only makes parts larger.
         let c = ChunkSizer::new(5 * MIB, 16 * MIB).with_part_limit(ECR_PARTS, 100 * GIB);
@@ -291,11 +478,13 @@ mod tests {
     fn odd_configurations_are_sane() {
         let c = ChunkSizer::new(5 * MIB, MIB);
         assert_eq!(
-            c.current(),
+            c.adaptive_bytes(),
             5 * MIB,
             "the minimum wins over a smaller configured size"
         );
-        let c = ChunkSizer::new(0, 0);
-        assert_eq!(c.current(), 1);
+        let mut c = ChunkSizer::new(0, 0);
+        assert_eq!(c.adaptive_bytes(), 1);
+        c.on_failure(1);
+        assert_eq!(c.adaptive_bytes(), 1);
     }
 }

@@ -1,8 +1,8 @@
 //! Pushes through the ECR emulation on a loopback address: a host hoist does not recognise as
 //! ECR by name (as the dual-stack endpoint, a corporate proxy or a CNAME), so everything here
 //! works by what the registry does. Its upload status answers 404 `BLOB_UPLOAD_UNKNOWN` for
-//! live sessions; a repository that was not created drops the upload POST unless a
-//! create-on-push template covers it. Figures are recorded for `docs/RELIABILITY.md`.
+//! live sessions (or a bare 404, in one test); a repository that was not created drops the
+//! upload POST unless a create-on-push template covers it. Figures are recorded for `docs/RELIABILITY.md`.
 use crate::common;
 use crate::daemon_support;
 use crate::push_support;
@@ -63,19 +63,33 @@ fn served_digest(host: &str, repo: &str) -> Digest {
     Digest::sha256_of(&common::skopeo_raw_manifest(host, &format!("{repo}:1")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resets_every_25_mb_on_a_400_mb_image_cost_at_most_a_part_each() {
-    let dir = tempfile::tempdir().unwrap();
+/// The one layer of [`periodic_resets_on_one_blob`]: about 300 MB, a dozen reset intervals.
+const ONE_BLOB_MIB: u64 = 286;
+/// The reset period of the link, in bytes it carries upstream (exact multiples, no jitter).
+const RESET_PERIOD_BYTES: u64 = 25_000_000;
+/// Wire bytes per blob byte the part sizer must stay within at that period.
+const WIRE_RATIO_MAX: f64 = 1.15;
+
+/// The real registry behind the ECR emulation behind a TCP fault proxy that resets the link
+/// every [`RESET_PERIOD_BYTES`] of upstream traffic.
+async fn resetting_link() -> (TestRegistry, EcrProxy, FaultProxy) {
     let registry = TestRegistry::start();
     let ecr = EcrProxy::start(registry.addr).await;
     let tcp = FaultProxy::start(ecr.addr).await;
     ecr.serve_behind(tcp.addr);
-    let source = random_layers(dir.path(), 71, &[96, 96, 96, 96, 6]);
     tcp.set(Faults {
-        reset_after_upstream_bytes: Some(25_000_000),
+        reset_after_upstream_bytes: Some(RESET_PERIOD_BYTES),
         reset_every: true,
         ..Faults::default()
     });
+    (registry, ecr, tcp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_25_mb_on_a_400_mb_image_cost_at_most_a_part_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, ecr, tcp) = resetting_link().await;
+    let source = random_layers(dir.path(), 71, &[96, 96, 96, 96, 6]);
     let d = TestDaemon::start_with(&dir.path().join("d"), Config::default());
     let client = d.client();
     let target = format!("{}/resets/big:1", tcp.host());
@@ -116,6 +130,99 @@ async fn resets_every_25_mb_on_a_400_mb_image_cost_at_most_a_part_each() {
         "re-sent {} bytes for {resets} resets: more than a part each",
         sent - blobs
     );
+}
+
+/// Pushes one ~300 MB layer at the default part size through the ECR emulation behind a link
+/// that resets every 25 MB of upstream traffic; the emulation's upload status answers 404 with
+/// `BLOB_UPLOAD_UNKNOWN`, or a bare 404 (`bare_404`). Checks the image with skopeo and the bytes
+/// on the wire (everything the link carried upstream: bodies, headers, every request) against
+/// [`WIRE_RATIO_MAX`], and records the figure.
+async fn periodic_resets_on_one_blob(test: &str, seed: u64, bare_404: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, ecr, tcp) = resetting_link().await;
+    ecr.state
+        .status_404_without_code
+        .store(bare_404, Ordering::SeqCst);
+    let source = random_layers(dir.path(), seed, &[ONE_BLOB_MIB]);
+    let d = TestDaemon::start_with(&dir.path().join("d"), Config::default());
+    let client = d.client();
+    let repo = format!("resets/one{seed}");
+    let mut req = request(
+        &source,
+        &format!("{}/{repo}:1", tcp.host()),
+        Compression::Gzip,
+    );
+    req.chunk_size_bytes = Some(hoist::chunk_size::CHUNK_BYTES_DEFAULT);
+    let t = Instant::now();
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_done(&client, &id).await;
+    let took = t.elapsed();
+    let (host, reference) = (registry.host(), format!("{repo}:1"));
+    let pulled = dir.path().join("pulled");
+    let got = tokio::task::spawn_blocking(move || pull_back(&host, &reference, &pulled))
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(got),
+        job.manifest_digest,
+        "the registry serves another image"
+    );
+    let (blobs, wire, resets) = (job.bytes_total(), tcp.upstream_bytes(), tcp.resets());
+    let ratio = wire as f64 / blobs as f64;
+    let status_gets = ecr.state.status_gets.load(Ordering::SeqCst);
+    let parts: Vec<u64> = ecr.state.part_sizes.lock().unwrap().clone();
+    let mut sizes: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{:.2}", *p as f64 / 1e6))
+        .collect();
+    sizes.dedup();
+    let status = if bare_404 {
+        "a bare 404"
+    } else {
+        "404 BLOB_UPLOAD_UNKNOWN"
+    };
+    record(
+        test,
+        &format!(
+            "TCP reset (RST) every 25 MB of upstream traffic, one {ONE_BLOB_MIB} MiB layer, 16 MiB parts configured"
+        ),
+        &format!("{EMULATION}, upload status answers {status}"),
+        "completes; parts sized from the bytes between resets end before the next reset; at most 1.15x on the wire",
+        &format!(
+            "{resets} resets; {:.1} MB on the wire for {:.1} MB of blobs ({ratio:.3}x); part sizes in MB as they changed: {}; {status_gets} status GETs; {:.1} s",
+            wire as f64 / 1e6,
+            blobs as f64 / 1e6,
+            sizes.join(", "),
+            took.as_secs_f64()
+        ),
+        json!({"resets": resets, "wire_bytes": wire, "blob_bytes": blobs, "ratio": ratio, "status_404": status_gets, "bare_404": bare_404, "part_sizes": parts, "seconds": took.as_secs_f64()}),
+    );
+    assert!(resets >= 10, "the link reset only {resets} times");
+    assert!(status_gets >= 1, "the upload status was never asked");
+    assert!(
+        ratio <= WIRE_RATIO_MAX,
+        "{wire} bytes on the wire for {blobs} blob bytes ({ratio:.3}x); parts {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_25_mb_on_one_300_mb_blob_cost_at_most_1_15x_on_the_wire() {
+    periodic_resets_on_one_blob(
+        "resets_every_25_mb_on_one_300_mb_blob_cost_at_most_1_15x_on_the_wire",
+        81,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_25_mb_with_a_bare_404_status_cost_at_most_1_15x_on_the_wire() {
+    periodic_resets_on_one_blob(
+        "resets_every_25_mb_with_a_bare_404_status_cost_at_most_1_15x_on_the_wire",
+        82,
+        true,
+    )
+    .await;
 }
 
 fn hoistd(dir: &std::path::Path) -> Child {

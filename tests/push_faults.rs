@@ -203,40 +203,49 @@ async fn resets_every_25_mb_on_debians_registry_cost_the_blobs_prefix_and_comple
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_shrink_after_a_reset_and_grow_back_never_below_5_mib() {
+async fn parts_shrink_after_a_reset_and_grow_back_after_clean_intervals_never_below_5_mib() {
     let dir = tempfile::tempdir().unwrap();
     let link = Link::through_ecr().await;
-    let source = image(dir.path(), 52, &[72]);
+    let source = image(dir.path(), 52, &[136]);
     let d = daemon(dir.path(), NetSettings::default());
-    // One reset in the second 16 MiB part of the layer.
+    // One reset inside the layer's first 16 MiB part: the link carried about 12 MiB between
+    // the start and the failure.
     link.tcp.set(Faults {
-        reset_after_upstream_bytes: Some(24 * MIB),
+        reset_after_upstream_bytes: Some(12 * MIB),
         ..Faults::default()
     });
     let (_job, _) = push_and_check(&link, &d, dir.path(), &source, "adaptive/img", 16 * MIB).await;
     let parts: Vec<u64> = link.ecr().state.part_sizes.lock().unwrap().clone();
     // The layer's parts (the config and the last part are small).
     let big: Vec<u64> = parts.iter().copied().filter(|p| *p >= MIB).collect();
-    let shown: Vec<String> = big.iter().map(|p| format!("{}", p / MIB)).collect();
+    let shown: Vec<String> = big
+        .iter()
+        .map(|p| format!("{:.1}", *p as f64 / MIB as f64))
+        .collect();
     record(
-        "chunks_shrink_after_a_reset_and_grow_back_never_below_5_mib",
-        "one reset mid-part, 16 MiB chunks",
+        "parts_shrink_after_a_reset_and_grow_back_after_clean_intervals_never_below_5_mib",
+        "one reset 12 MiB into the first part, 16 MiB parts configured",
         "ECR emulation (atomic parts)",
-        "the part size halves after the failure, grows back after 3 clean parts",
+        "parts are sized from the ~12 MiB between the start and the reset (5 MiB, the minimum), grow after 3 such intervals without failure, back to 16 MiB",
         &format!("PATCH sizes in MiB: {}", shown.join(", ")),
         json!({"part_sizes": parts}),
     );
     assert_eq!(link.tcp.resets(), 1);
-    let first_small = big
-        .iter()
-        .position(|p| *p == 8 * MIB)
-        .unwrap_or_else(|| panic!("no 8 MiB part after the reset: {shown:?}"));
-    assert_eq!(big[0], 16 * MIB, "{shown:?}");
+    let n = big.len();
+    assert!(big[0] < 8 * MIB, "the first part was not cut: {shown:?}");
+    // Three intervals of about 12 MiB at the minimum before any growth.
     assert!(
-        big[first_small..].contains(&(16 * MIB)),
+        big[..6].iter().all(|p| *p == 5 * MIB),
+        "grew too early: {shown:?}"
+    );
+    assert!(
+        big[..n - 1].windows(2).all(|w| w[1] >= w[0]),
+        "shrank without a failure: {shown:?}"
+    );
+    assert!(
+        big.contains(&(16 * MIB)),
         "never grew back to 16 MiB: {shown:?}"
     );
-    let n = big.len();
     assert!(
         big[..n - 1].iter().all(|p| *p >= 5 * MIB),
         "a part below 5 MiB: {shown:?}"

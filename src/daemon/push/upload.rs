@@ -14,7 +14,7 @@
 //! registry's message.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -359,12 +359,14 @@ impl Uploader {
             return Err(JobError::Stopped);
         }
         let what = format!("PATCH chunk at {}", state.cursor.offset);
+        let (range, body_read) = CountedBody::wrap(range);
         let slot = ctx.upload_slot().await?;
         let result = self
             .patience
             .before_deadline(&what, self.client.upload_chunk_from(&state.cursor, range))
             .await?;
         drop(slot);
+        let wire_bytes = body_read.load(Ordering::Relaxed);
         match result {
             Ok(next) => {
                 let (from, sent) = (
@@ -376,12 +378,14 @@ impl Uploader {
                 self.save(&blob.key, &state.cursor, sent).await?;
                 if sent > 0 {
                     state.attempts = 0;
-                    state.sizer.on_part_stored(from, state.cursor.offset);
+                    state
+                        .sizer
+                        .on_part_stored(from, state.cursor.offset, wire_bytes);
                 }
             }
             Err(e) => {
                 if e.is_retryable() {
-                    state.sizer.on_failure();
+                    state.sizer.on_failure(wire_bytes);
                 }
                 state.cursor = self
                     .recover(&blob.key, &state.cursor, e, &mut state.attempts, &what)
@@ -583,6 +587,39 @@ impl Uploader {
                 ))
             }
         }
+    }
+}
+
+/// A PATCH body that counts the bytes read from it: what the request put on the wire, as far
+/// as this process can tell (a cut part's count includes what was still in socket buffers).
+/// The chunk sizer learns from it how much a link carries between failures.
+struct CountedBody {
+    inner: Arc<dyn crate::registry::ReadAt>,
+    read: Arc<AtomicU64>,
+}
+
+impl CountedBody {
+    /// `range` read through a counter, and the counter.
+    fn wrap(range: FileRange) -> (FileRange, Arc<AtomicU64>) {
+        let read = Arc::new(AtomicU64::new(0));
+        let body = CountedBody {
+            inner: range.file,
+            read: read.clone(),
+        };
+        let range = FileRange {
+            file: Arc::new(body),
+            offset: range.offset,
+            len: range.len,
+        };
+        (range, read)
+    }
+}
+
+impl crate::registry::ReadAt for CountedBody {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        let n = self.inner.read_at(buf, pos)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

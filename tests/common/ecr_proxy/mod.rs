@@ -11,7 +11,8 @@
 //! - `Range` is stale: it advances after the first PATCH and then stays;
 //! - GET upload status answers 404 `BLOB_UPLOAD_UNKNOWN`, for live sessions too (ECR's status
 //!   endpoint does not work; the code it sends is unknown, so the emulation sends the one
-//!   that looks most like "session gone");
+//!   that looks most like "session gone"), or a bare 404 without a body when
+//!   `status_404_without_code` is set;
 //! - a part that does not start at the committed offset: 416 `BLOB_UPLOAD_INVALID` "First byte
 //!   of the layer part is N instead of M";
 //! - every part but the last must be at least `part_min_bytes`, checked at the final PUT
@@ -161,6 +162,9 @@ pub struct ProxyState {
     pub throttled: AtomicU32,
     pub cuts: AtomicU32,
     pub status_gets: AtomicU32,
+    /// Answer upload status GETs with a bare 404 (no error body, so no code) instead of
+    /// `BLOB_UPLOAD_UNKNOWN`.
+    pub status_404_without_code: AtomicBool,
     pub out_of_order: AtomicU32,
     /// Every request: "METHOD path had_authorization".
     pub log: Mutex<Vec<String>>,
@@ -208,6 +212,7 @@ impl EcrProxy {
             throttled: AtomicU32::new(0),
             cuts: AtomicU32::new(0),
             status_gets: AtomicU32::new(0),
+            status_404_without_code: AtomicBool::new(false),
             out_of_order: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
             part_sizes: Mutex::new(Vec::new()),

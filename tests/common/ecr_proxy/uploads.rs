@@ -39,6 +39,9 @@ pub(super) async fn handle_upload(
         // ECR has no working upload-status endpoint, for live sessions or gone ones: its 404
         // says nothing, whatever code it carries.
         st.status_gets.fetch_add(1, Ordering::SeqCst);
+        if st.status_404_without_code.load(Ordering::SeqCst) {
+            return Ok(respond(404, &[], Bytes::new()));
+        }
         return Ok(oci_error(
             404,
             "BLOB_UPLOAD_UNKNOWN",
