@@ -5,7 +5,7 @@ docs/PERFORMANCE.md: medians per case and tool, hoist/skopeo ratios, every run l
 
   bench_report.py RESULTS RUNS RANDOM_MIB TEXT_MIB [LOAD_BEFORE LOAD_AFTER]   the main report
   bench_report.py --split RESULTS WORK       the section of `bench.sh --split` (see split_report)
-  bench_report.py --splice main|split OUT MD puts MD into OUT as that part, keeps the other part
+  bench_report.py --splice main|split OUT MD puts MD into OUT as that part, keeps the rest
 """
 import gzip
 import json
@@ -22,6 +22,12 @@ from datetime import datetime, timezone
 # bench.sh replaces its own part only.
 SPLIT_BEGIN = "<!-- bench.sh --split: begin -->"
 SPLIT_END = "<!-- bench.sh --split: end -->"
+# The main report sits between these, so the sections and text after it (scripts/engine-bench.sh's,
+# the notes on what bounds each figure) stay when it is replaced.
+MAIN_BEGIN = "<!-- bench.sh: begin -->"
+MAIN_END = "<!-- bench.sh: end -->"
+# Before the main report had markers, it ran from the top of the file to the first of these.
+MAIN_FOLLOWERS = ("<!-- engine-bench", SPLIT_BEGIN)
 
 
 def splice(part, out_path, md_path):
@@ -30,20 +36,32 @@ def splice(part, out_path, md_path):
         old = open(out_path).read()
     except FileNotFoundError:
         old = ""
-    if SPLIT_BEGIN in old and SPLIT_END in old:
-        head, rest = old.split(SPLIT_BEGIN, 1)
-        section, tail = rest.split(SPLIT_END, 1)
-        main_part = (head.rstrip("\n") + "\n" + tail.lstrip("\n")).rstrip("\n") + "\n"
-        split_part = SPLIT_BEGIN + section + SPLIT_END + "\n"
-    else:
-        main_part, split_part = old, ""
     if part == "main":
-        main_part = new
+        text = splice_main(old, MAIN_BEGIN + "\n" + new + MAIN_END + "\n")
     else:
-        split_part = SPLIT_BEGIN + "\n" + new + SPLIT_END + "\n"
-    text = main_part + ("\n" + split_part if split_part else "")
+        text = splice_split(old, SPLIT_BEGIN + "\n" + new + SPLIT_END + "\n")
     open(out_path, "w").write(text)
     print(text)
+
+
+def splice_main(old, block):
+    if MAIN_BEGIN in old and MAIN_END in old:
+        head, rest = old.split(MAIN_BEGIN, 1)
+        tail = rest.split(MAIN_END, 1)[1].lstrip("\n")
+    else:
+        head = ""
+        tail = old[min([i for i in (old.find(m) for m in MAIN_FOLLOWERS) if i >= 0] + [len(old)]):]
+    return head + block + ("\n" + tail if tail else "")
+
+
+def splice_split(old, block):
+    if SPLIT_BEGIN in old and SPLIT_END in old:
+        head, rest = old.split(SPLIT_BEGIN, 1)
+        tail = rest.split(SPLIT_END, 1)[1]
+        others = (head.rstrip("\n") + "\n" + tail.lstrip("\n")).rstrip("\n") + "\n"
+    else:
+        others = old
+    return others + "\n" + block
 
 
 def machine_line():

@@ -25,15 +25,21 @@
 //! # Layout
 //! - [`chunk`]: one chunk to members / frames, and the incompressible-data fast path.
 //! - [`pipeline`]: the bounded, ordered, parallel driver with running digests and resume.
+//! - [`budget`]: the byte budget its chunk buffers are drawn from, shareable by streams.
 
+pub mod budget;
 pub mod chunk;
 pub mod pipeline;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use budget::{ChunkBudget, slot_bytes};
 pub use chunk::{ChunkCompressor, StoredChunk, compress_chunk};
-pub use pipeline::{ChunkOut, CompressConfig, StreamState, Totals, compress_stream, read_full};
+pub use pipeline::{
+    ChunkOut, CompressConfig, StreamState, Totals, compress_stream, compress_stream_within,
+    read_full,
+};
 
 /// Default input bytes per chunk: 4 MiB.
 ///

@@ -5,15 +5,16 @@
 //!  reader thread                 N worker threads              calling thread
 //!  free slot -> read chunk i  -> compress_chunk(i)          -> reorder, sha256 of the
 //!  sha256 of the input           (ChunkCompressor each)        compressed bytes, sink(i),
-//!       ^                                                      slot back to the free list
-//!       '-------------------------- free slots (2 per thread) ------'
+//!       ^                                                      pair back to the budget
+//!       '------------- buffer pairs from a ChunkBudget (2 per thread at most) ----'
 //! ```
 //! Blocking work (file reads, codecs, hashing) stays on std threads: the daemon calls
 //! [`compress_stream`] from `spawn_blocking` or its own thread, never on the async runtime.
 //!
-//! Memory is bounded by the slot count: a slot holds one chunk's input and its output, and a
-//! slot only returns to the reader after the sink has taken its chunk, so at most
-//! `2 * threads` chunks are in flight (about `4 * threads * chunk_bytes` bytes).
+//! Memory is bounded by a [`ChunkBudget`]: a buffer pair holds one chunk's input and its
+//! output, and a pair only goes back after the sink has taken its chunk. A stream has at most
+//! `2 * threads` chunks in flight (about `4 * threads * chunk_bytes` bytes), and fewer when
+//! the budget it shares with other streams is short ([`compress_stream_within`]).
 //!
 //! Resume: chunk boundaries depend only on `chunk_bytes`, so after a crash the daemon rebuilds a
 //! [`StreamState`] from what it kept (the input prefix and the compressed prefix it spooled) and
@@ -22,9 +23,11 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread;
 
+use super::budget::{ChunkBudget, Lent};
 use super::chunk::ChunkCompressor;
 use super::{
     COMPRESS_CHUNK_BYTES_DEFAULT, COMPRESS_CHUNK_BYTES_MAX, COMPRESS_CHUNK_BYTES_MIN, Codec,
@@ -197,23 +200,17 @@ pub struct Totals {
     pub stored_chunks: u64,
 }
 
-/// A chunk buffer pair that circulates between the threads.
-#[derive(Default)]
-struct Slot {
-    input: Vec<u8>,
-    output: Vec<u8>,
-}
-
-struct Work {
+/// One chunk on its way through the threads, in a buffer pair lent by the budget.
+struct Work<'a> {
     index: u64,
     offset: u64,
     len: usize,
-    slot: Slot,
+    slot: Lent<'a>,
 }
 
-enum Done {
+enum Done<'a> {
     Chunk {
-        work: Work,
+        work: Work<'a>,
         stored: bool,
     },
     /// The reader reached the end of the input; `next_index` chunks exist in all.
@@ -230,7 +227,8 @@ enum Done {
 /// Returns the totals over the whole stream, including the chunks before a resume.
 ///
 /// An error from `sink` stops the stream: the threads finish their current chunk and exit,
-/// and that error is returned.
+/// and that error is returned. The stream's buffers come from a budget of its own
+/// (`2 * threads` pairs); [`compress_stream_within`] shares one with other streams.
 pub fn compress_stream<R, F, E>(
     input: R,
     config: &CompressConfig,
@@ -242,9 +240,34 @@ where
     F: FnMut(ChunkOut<'_>) -> Result<(), E>,
     E: From<CompressError>,
 {
+    let budget = ChunkBudget::pairs(2 * config.threads, config.chunk_bytes);
+    compress_stream_within(input, config, state, &budget, sink)
+}
+
+/// [`compress_stream`] with its chunk buffers drawn from `budget`, which other streams may
+/// share: the stream keeps at most `2 * threads` chunks in flight, fewer when the budget is
+/// short, and waits for its first pair when the budget has none. The output is the same.
+pub fn compress_stream_within<R, F, E>(
+    input: R,
+    config: &CompressConfig,
+    state: StreamState,
+    budget: &ChunkBudget,
+    sink: F,
+) -> Result<Totals, E>
+where
+    R: Read + Send,
+    F: FnMut(ChunkOut<'_>) -> Result<(), E>,
+    E: From<CompressError>,
+{
     config.validate()?;
-    let (free_tx, free_rx) = free_list(2 * config.threads);
-    // Unbounded, but never holds more than the free list's slots.
+    let _member = budget.join();
+    let lending = Lending {
+        budget,
+        held: AtomicUsize::new(0),
+        depth: 2 * config.threads,
+        closed: AtomicBool::new(false),
+    };
+    // Unbounded, but never holds more than the budget's pairs.
     let (work_tx, work_rx) = mpsc::channel::<Work>();
     let work_rx = Mutex::new(work_rx);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -255,10 +278,11 @@ where
         uncompressed_bytes,
         compressed_bytes,
     } = state;
-    let codec = config.codec;
-    let chunk_bytes = config.chunk_bytes;
-
+    let (codec, chunk_bytes) = (config.codec, config.chunk_bytes);
     thread::scope(|s| {
+        // However `deliver` returns, the reader stops waiting for pairs, so the scope's join
+        // cannot hang.
+        let _close = CloseOnDrop(&lending);
         for t in 0..config.threads {
             let done_tx = done_tx.clone();
             let work_rx = &work_rx;
@@ -275,17 +299,16 @@ where
             hasher: uncompressed,
         };
         let reader_done_tx = done_tx.clone();
+        let lending = &lending;
         thread::Builder::new()
             .name("hoist-compress-read".into())
-            .spawn_scoped(s, move || reader.run(free_rx, work_tx, reader_done_tx))
+            .spawn_scoped(s, move || reader.run(lending, work_tx, reader_done_tx))
             .map_err(|e| CompressError::Thread(format!("cannot start a thread: {e}")))?;
         // Only the threads hold senders now, so `recv` fails if they all die.
         drop(done_tx);
-        // `deliver` owns the free list's sender and the results' receiver: when it returns,
-        // early or not, they are dropped, the reader's next `recv` fails, it drops the work
-        // sender and the workers drain and exit, so the scope's join cannot hang.
+        // When `deliver` returns, early or not, the results' receiver is dropped and the
+        // reader is closed: it drops the work sender and the workers drain and exit.
         let delivery = Delivery {
-            free_tx,
             done_rx,
             expected: next_index,
             compressed,
@@ -296,16 +319,23 @@ where
     })
 }
 
-/// The free list, full of `slots` empty slots. It is the memory bound: nothing else creates
-/// slots.
-fn free_list(slots: usize) -> (mpsc::SyncSender<Slot>, mpsc::Receiver<Slot>) {
-    let (free_tx, free_rx) = mpsc::sync_channel::<Slot>(slots);
-    for _ in 0..slots {
-        free_tx
-            .send(Slot::default())
-            .expect("the receiver is alive and the channel has room");
+/// What the reader takes its buffer pairs from: the budget, at most `depth` at once for this
+/// stream, until the delivery has `closed` the stream.
+struct Lending<'a> {
+    budget: &'a ChunkBudget,
+    held: AtomicUsize,
+    depth: usize,
+    closed: AtomicBool,
+}
+
+/// Closes a stream's lending when the delivery ends, and wakes its reader.
+struct CloseOnDrop<'l, 'a>(&'l Lending<'a>);
+
+impl Drop for CloseOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Relaxed);
+        self.0.budget.wake();
     }
-    (free_tx, free_rx)
 }
 
 struct Reader<R> {
@@ -317,16 +347,23 @@ struct Reader<R> {
 }
 
 impl<R: Read> Reader<R> {
-    fn run(
+    fn run<'a>(
         mut self,
-        free_rx: mpsc::Receiver<Slot>,
-        work_tx: mpsc::Sender<Work>,
-        done_tx: mpsc::Sender<Done>,
+        lending: &'a Lending<'a>,
+        work_tx: mpsc::Sender<Work<'a>>,
+        done_tx: mpsc::Sender<Done<'a>>,
     ) {
         loop {
-            let Ok(mut slot) = free_rx.recv() else {
+            let Lending {
+                budget,
+                held,
+                depth,
+                closed,
+            } = lending;
+            let Some(mut lent) = budget.take(self.chunk_bytes, held, *depth, closed) else {
                 return; // delivery stopped
             };
+            let slot = lent.slot();
             if slot.input.len() < self.chunk_bytes {
                 slot.input.resize(self.chunk_bytes, 0);
             }
@@ -346,7 +383,7 @@ impl<R: Read> Reader<R> {
                 index: self.index,
                 offset: self.offset,
                 len: n,
-                slot,
+                slot: lent,
             };
             if work_tx.send(work).is_err() {
                 return;
@@ -379,7 +416,11 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn worker(codec: Codec, work_rx: &Mutex<mpsc::Receiver<Work>>, done_tx: mpsc::Sender<Done>) {
+fn worker<'a>(
+    codec: Codec,
+    work_rx: &Mutex<mpsc::Receiver<Work<'a>>>,
+    done_tx: mpsc::Sender<Done<'a>>,
+) {
     let mut compressor = ChunkCompressor::new();
     loop {
         // The lock is held only while waiting; another worker waits its turn while this one
@@ -394,8 +435,9 @@ fn worker(codec: Codec, work_rx: &Mutex<mpsc::Receiver<Work>>, done_tx: mpsc::Se
         // A panic must reach the caller as an error: otherwise its chunk never arrives and the
         // delivery would wait for it forever.
         let result = catch_unwind(AssertUnwindSafe(|| {
-            work.slot.output.clear();
-            compressor.compress(codec, &work.slot.input[..work.len], &mut work.slot.output)
+            let slot = work.slot.slot();
+            slot.output.clear();
+            compressor.compress(codec, &slot.input[..work.len], &mut slot.output)
         }));
         let (msg, stop) = match result {
             Ok(Ok(stored)) => (Done::Chunk { work, stored }, false),
@@ -415,22 +457,21 @@ fn worker(codec: Codec, work_rx: &Mutex<mpsc::Receiver<Work>>, done_tx: mpsc::Se
     }
 }
 
-struct Delivery {
-    free_tx: mpsc::SyncSender<Slot>,
-    done_rx: mpsc::Receiver<Done>,
+struct Delivery<'a> {
+    done_rx: mpsc::Receiver<Done<'a>>,
     expected: u64,
     compressed: Hasher,
     compressed_bytes: u64,
     stored_chunks: u64,
 }
 
-impl Delivery {
+impl<'a> Delivery<'a> {
     fn run<F, E>(mut self, mut sink: F) -> Result<Totals, E>
     where
         F: FnMut(ChunkOut<'_>) -> Result<(), E>,
         E: From<CompressError>,
     {
-        let mut pending: BTreeMap<u64, (Work, bool)> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (Work<'a>, bool)> = BTreeMap::new();
         let mut end: Option<(u64, Hasher, u64)> = None;
         loop {
             if let Some((next_index, _, _)) = &end
@@ -468,11 +509,11 @@ impl Delivery {
         })
     }
 
-    fn deliver<F, E>(&mut self, work: Work, stored: bool, sink: &mut F) -> Result<(), E>
+    fn deliver<F, E>(&mut self, work: Work<'a>, stored: bool, sink: &mut F) -> Result<(), E>
     where
         F: FnMut(ChunkOut<'_>) -> Result<(), E>,
     {
-        let bytes = &work.slot.output;
+        let bytes = work.slot.output();
         let output_offset = self.compressed_bytes;
         self.compressed.update(bytes);
         self.compressed_bytes += bytes.len() as u64;
@@ -486,8 +527,8 @@ impl Delivery {
             bytes,
         })?;
         self.expected += 1;
-        // The reader may already be gone (end of input); then the slot is simply freed.
-        let _ = self.free_tx.send(work.slot);
+        // The pair goes back to the budget, for this stream's next chunk or another's.
+        drop(work);
         Ok(())
     }
 }

@@ -198,6 +198,17 @@ pub fn split_layer(
     parts_max: usize,
 ) -> Result<Option<LayerSplit>, SplitError> {
     let entries = tar::scan(layer.location)?;
+    // Parts are sets of entries, and directories go with the files under them: a layer of one
+    // file makes one part whatever the weights, so its blocks are not sampled (on a 1 GiB
+    // file, sampling held the push 0.27 s before its first byte was sent).
+    if entries
+        .iter()
+        .filter(|e| e.kind != tar::EntryKind::Dir)
+        .count()
+        < 2
+    {
+        return Ok(None);
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ratios =
         estimate::Ratios::sample(layer.location, threads).map_err(|source| SplitError::Read {
@@ -364,7 +375,11 @@ mod tests {
             b.append_data(&mut h, format!("f{i:02}"), &data[..])
                 .unwrap();
         }
-        let bytes = b.into_inner().unwrap();
+        layer_of(b.into_inner().unwrap())
+    }
+
+    /// A layer tar's bytes in a temporary file, as a layer location, and its diff_id.
+    fn layer_of(bytes: Vec<u8>) -> (BlobLocation, Digest) {
         let mut h = Hasher::new(Algorithm::Sha256);
         h.update(&bytes);
         let mut f = tempfile::tempfile().unwrap();
@@ -393,6 +408,35 @@ mod tests {
                 out.len()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_layer_of_one_file_and_its_directories_stays_whole() {
+        let mut b = ::tar::Builder::new(Vec::new());
+        for dir in ["data", "data/big"] {
+            let mut h = ::tar::Header::new_ustar();
+            h.set_entry_type(::tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+            b.append_data(&mut h, dir, &[][..]).unwrap();
+        }
+        let data = vec![0x5a; 3 * MIB];
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "data/big/file", &data[..]).unwrap();
+        let split = |(loc, diff_id): (BlobLocation, Digest), part_bytes: usize| {
+            let layer = Candidate {
+                location: &loc,
+                diff_id: &diff_id,
+                compression: None,
+                foreign: false,
+            };
+            split_layer(&layer, part_bytes as u64, 96).unwrap()
+        };
+        assert!(split(layer_of(b.into_inner().unwrap()), MIB).is_none());
+        // A layer of several files does split: the shortcut is only for one file.
+        assert!(split(mixed_layer(), 2 * MIB).is_some());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use super::early::EarlyUploads;
 use super::spool::{self, SPOOL_CHUNK_BYTES, ThreadTokens};
 use super::upload::Uploader;
-use crate::compress::{CompressConfig, StreamState, compress_stream};
+use crate::compress::{CompressConfig, StreamState, compress_stream_within};
 use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
 use crate::elf::LayerCensus;
@@ -486,7 +486,8 @@ impl Export {
         let (totals, layer_census) = std::thread::scope(|s| {
             let compressor = s.spawn(|| {
                 let mut out = &file;
-                compress_stream(Piped::new(rx), &config, StreamState::new(), |chunk| {
+                let (input, budget) = (Piped::new(rx), self.tokens.budget());
+                compress_stream_within(input, &config, StreamState::new(), budget, |chunk| {
                     if self.stopped() {
                         return Err(Failure::Stopped);
                     }

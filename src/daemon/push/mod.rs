@@ -85,9 +85,9 @@ pub struct Shared {
     pushed_to: Mutex<HashMap<BlobKey, String>>,
     /// Each registry's link monitor: ends the waits of every job when its link comes back.
     links: Arc<wake::Links>,
-    /// Compression tokens daemon-wide: the compressors' buffers are the largest memory of a
-    /// push (`4 * threads * chunk`); one per core, or per upload connection when there are
-    /// more. Made by the first job, which knows the connection count.
+    /// Compression tokens daemon-wide: one per core, or per upload connection when there are
+    /// more, so jobs take turns; with them the chunk buffer budget every compression draws
+    /// from, fixed by the cores. Made by the first job, which knows the connection count.
     compressing: std::sync::OnceLock<Arc<spool::ThreadTokens>>,
 }
 

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 
 use super::spool_view::{SpoolView, ViewReader, map_lengths, map_path};
 use crate::compress::{
-    CODEC_VERSIONS, COMPRESS_CHUNK_BYTES_DEFAULT, Codec, CompressConfig, CompressError,
-    StreamState, compress_stream,
+    CODEC_VERSIONS, COMPRESS_CHUNK_BYTES_DEFAULT, ChunkBudget, Codec, CompressConfig,
+    CompressError, StreamState, compress_stream_within,
 };
 use crate::daemon::job::{JobContext, JobError};
 use crate::digest::Digest;
@@ -50,6 +50,15 @@ pub const TOKENS_STOP_POLL_MS: u64 = 50;
 pub const SPOOL_SYNC_CHUNKS: u64 = 2;
 /// Index entries kept at most; the oldest are removed beyond it.
 pub const SPOOL_INDEX_ENTRIES_MAX: usize = 4096;
+
+/// Compressor chunk buffer pairs (a chunk's input and its output, about 8 MiB) the daemon
+/// holds at once, per core: what one stream on every core needs to overlap reading,
+/// compressing and writing. Every compression of the daemon (spooled layers side by side,
+/// split parts, the export of a `docker-daemon:` source, every job) draws its buffers from one
+/// [`ChunkBudget`] of this many pairs per core, so the compressors' memory is bounded by the
+/// machine, not by how many layers compress or how many upload connections there are: on two
+/// cores, four pairs, 32.4 MiB.
+pub const SPOOL_BUFFER_PAIRS_PER_CORE: usize = 2;
 
 /// Compressed layers kept for later pushes, in bytes; the oldest go first beyond it.
 pub const SPOOL_CACHE_BYTES_MAX: u64 = 4 << 30;
@@ -213,10 +222,11 @@ impl From<CompressError> for SinkError {
 }
 
 /// Compression tokens, daemon-wide: a layer's compression takes its share of them first (see
-/// [`run`]), so the compressors' memory (`4 * SPOOL_CHUNK_BYTES` per thread, at most one
-/// thread per token) stays bounded by the token count whatever the number of jobs and layers.
-/// There is one token per core ([`daemon_compress_threads_default`] unless set), or one per
-/// upload connection when there are more connections than cores.
+/// [`run`]), so jobs take turns and the compression threads stay about one per token. There
+/// is one token per core ([`daemon_compress_threads_default`] unless set), or one per upload
+/// connection when there are more connections than cores. The tokens do not bound the
+/// memory: every compression draws its chunk buffers from [`ThreadTokens::budget`], whose
+/// bytes are fixed by the cores ([`SPOOL_BUFFER_PAIRS_PER_CORE`]).
 pub struct ThreadTokens {
     /// Most threads one layer's compression uses: one per core.
     threads: usize,
@@ -224,6 +234,8 @@ pub struct ThreadTokens {
     lanes: usize,
     free: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
+    /// The chunk buffers of every compression that holds these tokens.
+    budget: ChunkBudget,
 }
 
 impl Default for ThreadTokens {
@@ -254,7 +266,13 @@ impl ThreadTokens {
             lanes,
             free: std::sync::Mutex::new(lanes),
             freed: std::sync::Condvar::new(),
+            budget: ChunkBudget::pairs(SPOOL_BUFFER_PAIRS_PER_CORE * threads, SPOOL_CHUNK_BYTES),
         }
+    }
+
+    /// The memory budget every compression's chunk buffers are drawn from.
+    pub fn budget(&self) -> &ChunkBudget {
+        &self.budget
     }
 
     /// The most threads one layer's compression uses.
@@ -304,8 +322,8 @@ impl Drop for Tokens<'_> {
     }
 }
 
-/// Compression threads daemon-wide by default: one per core (the README's promise). Memory
-/// is about `4 * threads * SPOOL_CHUNK_BYTES`.
+/// Compression threads daemon-wide by default: one per core (the README's promise). Their
+/// chunk buffers are [`SPOOL_BUFFER_PAIRS_PER_CORE`] pairs per thread, daemon-wide.
 pub fn daemon_compress_threads_default() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -393,7 +411,7 @@ fn compress_in_turn(
             t.ok_or(JobError::Stopped)?
         }
     };
-    compress_layer(ctx, rt, l, threads)
+    compress_layer(ctx, rt, l, tokens.budget(), threads)
 }
 
 /// A spool write or read failed: a full disk with its figures (`spooled` bytes of the layer's
@@ -412,6 +430,7 @@ fn compress_layer(
     ctx: &JobContext,
     rt: &tokio::runtime::Handle,
     l: &SpoolLayer,
+    budget: &ChunkBudget,
     threads: usize,
 ) -> Result<(), JobError> {
     let len = l.layer.source.location.len;
@@ -454,6 +473,7 @@ fn compress_layer(
         l,
         file,
         map: &map,
+        budget,
     };
     let done = sink.write(threads, chunks, bytes, state)?;
     if let Some(done) = done {
@@ -510,6 +530,8 @@ struct Sink<'a> {
     l: &'a SpoolLayer,
     file: &'a std::fs::File,
     map: &'a std::fs::File,
+    /// The daemon's chunk buffers, shared with every other compression.
+    budget: &'a ChunkBudget,
 }
 
 impl Sink<'_> {
@@ -537,7 +559,7 @@ impl Sink<'_> {
         let mut written = bytes;
         let mut next_chunk = chunks;
         let mut spool_dirty = false;
-        let totals = compress_stream(input, &config, state, |out| {
+        let totals = compress_stream_within(input, &config, state, self.budget, |out| {
             next_chunk = out.index;
             self.chunk(out, &mut written, &mut spool_dirty)
         });
