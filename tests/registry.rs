@@ -566,12 +566,7 @@ async fn a_link_dying_after_the_body_left_is_a_stall() {
         )),
         ..Default::default()
     });
-    let t = std::time::Instant::now();
-    let e = c
-        .upload_chunk_from(&cur, common::body(blob.bytes.clone()))
-        .await
-        .unwrap_err();
-    let took = t.elapsed();
+    let (e, took) = failing_patch(&c, &cur, &blob).await;
     common::figures::record(
         "a_link_dying_after_the_body_left_is_a_stall",
         "link dies after a PATCH body left the process (in socket buffers), stall timeout 1 s",
@@ -587,6 +582,62 @@ async fn a_link_dying_after_the_body_left_is_a_stall() {
     assert!(
         took < Duration::from_secs(6),
         "the dead link was noticed after {took:?}: {e}"
+    );
+}
+
+/// A PATCH of `blob` at `cur` that must fail: its error and how long it took.
+async fn failing_patch(
+    c: &RegistryClient,
+    cur: &UploadCursor,
+    blob: &Blob,
+) -> (RegistryError, Duration) {
+    let t = std::time::Instant::now();
+    let e = c
+        .upload_chunk_from(cur, common::body(blob.bytes.clone()))
+        .await
+        .unwrap_err();
+    (e, t.elapsed())
+}
+
+/// A peer whose application froze while its kernel took the whole body (a silent stall) is
+/// noticed within about the stall timeout: nothing is left unacknowledged, so the body gets no
+/// time to drain (a fixed allowance for slow links gave it 32 s more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_took_the_body_and_froze_is_a_stall() {
+    let reg = TestRegistry::start();
+    let frozen = common::fault_proxy::FaultProxy::start(reg.addr).await;
+    let c = stall_client(&frozen.host());
+    let blob = Blob::new(images::random_bytes(62, 2 * MIB));
+    let cur = c.start_upload("app/frozen").await.unwrap();
+    frozen.set(common::fault_proxy::Faults {
+        freeze_after_upstream_bytes: Some((2 * MIB as u64 - 256 * 1024, Duration::from_secs(300))),
+        ..Default::default()
+    });
+    let (e, took) = failing_patch(&c, &cur, &blob).await;
+    common::figures::record(
+        "a_peer_that_took_the_body_and_froze_is_a_stall",
+        "silent stall: the registry side stops reading once a PATCH body is in socket buffers (its kernel acknowledged it), stall timeout 1 s",
+        "Debian registry, client level",
+        "nothing left unacknowledged: no drain allowance; the watchdog drops the request",
+        &format!(
+            "request failed {:.1} s after the body was handed over",
+            took.as_secs_f64()
+        ),
+        serde_json::json!({"detected_s": took.as_secs_f64()}),
+    );
+    assert!(
+        matches!(
+            e,
+            RegistryError::Transport {
+                kind: TransportKind::Stalled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "noticed after {took:?}: {e}"
     );
 }
 

@@ -162,8 +162,11 @@ const SEND_BUFFER_BYTES_GUESS: u64 = 4 << 20;
 /// The slowest link the rate rule waits for while that buffer drains, when the body was too
 /// small to measure the link's rate by.
 const DRAIN_BYTES_PER_S_MIN: u64 = 64 * 1024;
-/// How often the watchdog reads the kernel's unacknowledged bytes of a handed-over body.
+/// How often (at most) the watchdog reads the kernel's unacknowledged bytes of a handed-over
+/// body.
 const ACK_POLL_MS: u64 = 1000;
+/// At least this many readings of that count fall within one stall timeout.
+const ACK_READINGS_PER_STALL_MIN: u32 = 4;
 /// `Progress::unacked` before the first reading.
 const UNACKED_UNKNOWN: u64 = u64::MAX;
 
@@ -275,14 +278,19 @@ impl Progress {
 
 /// Resolves once nothing moved for `limit` (plus the drain allowance of a handed-over body).
 async fn stalled(p: &Progress, limit: Duration, watch: &Arc<ConnWatch>) {
+    // A body's sender wakes up every poll, so the kernel's count is first read right after the
+    // body was handed over, not one stall timeout later.
+    let poll = if p.body_len > 0 {
+        // Several readings within a stall timeout, or a short one ends before a change shows.
+        Duration::from_millis(ACK_POLL_MS).min(limit / ACK_READINGS_PER_STALL_MIN)
+    } else {
+        Duration::MAX
+    };
     loop {
-        let (limit, poll) = if p.handed_over() {
-            (
-                limit + p.drain_allowance(watch).await,
-                Duration::from_millis(ACK_POLL_MS),
-            )
+        let limit = if p.handed_over() {
+            limit + p.drain_allowance(watch).await
         } else {
-            (limit, Duration::MAX)
+            limit
         };
         let idle = p.idle();
         if idle >= limit {
