@@ -10,11 +10,15 @@
 //!   the body knows that task;
 //! - a response names the connection's addresses (`HttpInfo`).
 //!
-//! So a connection is bound to its task: by the response of a request whose body that task
-//! polled, or, for a new connection, by the request that opened it (the layer fills the slot
-//! the request set up, when the connection was made in that request's own task), or as the one
-//! connection of this client no task claims. A request whose connection stays unknown (several
-//! unclaimed ones) gets the watchdog's rate rule instead. The unacknowledged bytes are the
+//! Tokio numbers tasks in the order they are spawned, and hyper spawns a connection's task in
+//! the same poll in which the connector finished it. So the layer notes the number of a task
+//! spawned just before (when the connector finishes) and, when the connection was made for a
+//! request in its own task, the request notes one spawned just after that poll: the
+//! connection's task lies between. A body's task then names its connection: the one whose
+//! interval holds it (the one the request opened, when several do), and the response of a
+//! request whose body that task polled binds the two for good. A request whose connection
+//! stays unknown (intervals that overlap, connections made in the background) gets the
+//! watchdog's rate rule instead. The unacknowledged bytes are the
 //! kernel's (`/proc/net/tcp`, Linux; nothing elsewhere), found by the connection's addresses,
 //! so no file descriptor is borrowed and a closed connection simply is not found.
 
@@ -37,10 +41,31 @@ tokio::task_local! {
     static OPENING: OpenedSlot;
 }
 
+/// The number of a task spawned now: every task spawned later has a greater one.
+fn task_number_now() -> TaskId {
+    tokio::spawn(async {}).id()
+}
+
 /// Runs `fut` (a request being sent) so that a connection the connector opens for it, in
-/// this task, is written into `slot`.
-pub(crate) async fn opening<F: Future>(slot: OpenedSlot, fut: F) -> F::Output {
-    OPENING.scope(slot, fut).await
+/// this task, is written into `slot`, and `watch` learns which task numbers its connection's
+/// task may have.
+pub(crate) async fn opening<F: Future>(
+    slot: OpenedSlot,
+    watch: Arc<ConnWatch>,
+    fut: F,
+) -> F::Output {
+    let mut fut = std::pin::pin!(OPENING.scope(slot.clone(), fut));
+    let mut noted = false;
+    std::future::poll_fn(|cx| {
+        let polled = fut.as_mut().poll(cx);
+        if !noted && let Some(addrs) = slot.get() {
+            // Hyper spawned the connection's task in the poll that finished the connector.
+            noted = true;
+            watch.spawned_before(*addrs, task_number_now());
+        }
+        polled
+    })
+    .await
 }
 
 /// Connections above this many known ones are checked for being closed when a new one opens.
@@ -49,6 +74,15 @@ const KNOWN_CONNS_PRUNE_AT: usize = 32;
 struct Known {
     addrs: Addrs,
     task: Option<TaskId>,
+    /// The connection's task was spawned after the first and before the second, if known.
+    after: TaskId,
+    before: Option<TaskId>,
+}
+
+impl Known {
+    fn may_run_on(&self, task: TaskId) -> bool {
+        self.task.is_none() && self.after < task && self.before.is_none_or(|b| task < b)
+    }
 }
 
 /// The connections one registry client opened, and the task that runs each, once known.
@@ -58,14 +92,26 @@ pub(crate) struct ConnWatch {
 }
 
 impl ConnWatch {
-    fn opened(&self, addrs: Addrs) {
+    fn opened(&self, addrs: Addrs, after: TaskId) {
         let mut known = self.known.lock().expect("conn watch lock");
-        known.push(Known { addrs, task: None });
+        known.push(Known {
+            addrs,
+            task: None,
+            after,
+            before: None,
+        });
         if known.len() > KNOWN_CONNS_PRUNE_AT {
             // Reading procfs is quick and never blocks on a device: fine under the lock.
             if let Some(table) = kernel::table() {
                 known.retain(|k| table.unacked(k.addrs).is_some());
             }
+        }
+    }
+
+    fn spawned_before(&self, addrs: Addrs, before: TaskId) {
+        let mut known = self.known.lock().expect("conn watch lock");
+        if let Some(k) = known.iter_mut().rev().find(|k| k.addrs == addrs) {
+            k.before = Some(before);
         }
     }
 
@@ -78,31 +124,34 @@ impl ConnWatch {
                 k.task = None;
             }
         }
-        match known.iter_mut().find(|k| k.addrs == addrs) {
+        // A local address names one live connection; an older entry of it is a closed one.
+        match known.iter_mut().rev().find(|k| k.addrs == addrs) {
             Some(k) => k.task = Some(task),
             None => known.push(Known {
                 addrs,
                 task: Some(task),
+                after: task,
+                before: None,
             }),
         }
     }
 
-    /// The connection `task` runs: bound, else the one `opened` names (then bound), else the
-    /// only live connection no task claims.
+    /// The connection `task` runs: bound, else the only live one whose task may be `task`
+    /// (the one `opened` names, when several may), then bound.
     fn conn_of(&self, task: TaskId, opened: Option<Addrs>, table: &kernel::Table) -> Option<Addrs> {
         let known = self.known.lock().expect("conn watch lock");
         if let Some(k) = known.iter().find(|k| k.task == Some(task)) {
             return Some(k.addrs);
         }
-        let unclaimed: Vec<Addrs> = known
+        let fits: Vec<Addrs> = known
             .iter()
-            .filter(|k| k.task.is_none() && table.unacked(k.addrs).is_some())
+            .filter(|k| k.may_run_on(task) && table.unacked(k.addrs).is_some())
             .map(|k| k.addrs)
             .collect();
         drop(known);
         let found = match opened {
-            Some(a) if unclaimed.contains(&a) => Some(a),
-            _ if unclaimed.len() == 1 => Some(unclaimed[0]),
+            _ if fits.len() == 1 => Some(fits[0]),
+            Some(a) if fits.contains(&a) => Some(a),
             _ => None,
         }?;
         self.bind(task, found);
@@ -184,11 +233,11 @@ where
             conn.connected().get_extras(&mut extras);
             if let Some(info) = extras.get::<HttpInfo>() {
                 let addrs = (info.local_addr(), info.remote_addr());
-                watch.opened(addrs);
+                watch.opened(addrs, task_number_now());
                 // Finished in another task, the connect lost the race to a pooled connection
                 // (hyper then finishes it in the background for the pool): not this request's.
+                // (No task at all is a runtime's `block_on`: background work is always a task.)
                 if let Some(slot) = slot
-                    && caller.is_some()
                     && tokio::task::try_id() == caller
                 {
                     let _ = slot.set(addrs);

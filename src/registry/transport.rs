@@ -581,7 +581,7 @@ impl Inner {
         let p = progress.clone();
         let watch = self.conn_watch.clone();
         let exchange = async move {
-            let resp = conn_watch::opening(p.opened.clone(), rb.send())
+            let resp = conn_watch::opening(p.opened.clone(), watch.clone(), rb.send())
                 .await
                 .map_err(|e| RegistryError::transport(method.as_str(), &url, &e))?;
             p.tick();
