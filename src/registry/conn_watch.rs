@@ -18,9 +18,11 @@
 //! interval holds it (the one the request opened, when several do), and the response of a
 //! request whose body that task polled binds the two for good. A request whose connection
 //! stays unknown (intervals that overlap, connections made in the background) gets the
-//! watchdog's rate rule instead. The unacknowledged bytes are the
-//! kernel's (`/proc/net/tcp`, Linux; nothing elsewhere), found by the connection's addresses,
-//! so no file descriptor is borrowed and a closed connection simply is not found.
+//! watchdog's rate rule instead.
+//!
+//! The unacknowledged bytes are the kernel's (`/proc/net/tcp`, Linux; nothing elsewhere),
+//! found by the connection's addresses, so no file descriptor is borrowed and a closed
+//! connection simply is not found.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,7 +70,8 @@ pub(crate) async fn opening<F: Future>(
     .await
 }
 
-/// Connections above this many known ones are checked for being closed when a new one opens.
+/// Connections above this many known ones are checked for being closed when a new one opens
+/// (where the kernel's table cannot tell, the oldest are forgotten).
 const KNOWN_CONNS_PRUNE_AT: usize = 32;
 
 struct Known {
@@ -102,8 +105,12 @@ impl ConnWatch {
         });
         if known.len() > KNOWN_CONNS_PRUNE_AT {
             // Reading procfs is quick and never blocks on a device: fine under the lock.
-            if let Some(table) = kernel::table() {
-                known.retain(|k| table.unacked(k.addrs).is_some());
+            match kernel::table() {
+                Some(table) => known.retain(|k| table.unacked(k.addrs).is_some()),
+                None => {
+                    let excess = known.len() - KNOWN_CONNS_PRUNE_AT;
+                    known.drain(..excess);
+                }
             }
         }
     }

@@ -278,10 +278,10 @@ impl Progress {
 
 /// Resolves once nothing moved for `limit` (plus the drain allowance of a handed-over body).
 async fn stalled(p: &Progress, limit: Duration, watch: &Arc<ConnWatch>) {
-    // A body's sender wakes up every poll, so the kernel's count is first read right after the
-    // body was handed over, not one stall timeout later.
+    // With a body, the watchdog wakes up every `poll`: the kernel's count is first read right
+    // after the body was handed over, not one stall timeout later, and read several times
+    // within a stall timeout (a short one would end before a change showed).
     let poll = if p.body_len > 0 {
-        // Several readings within a stall timeout, or a short one ends before a change shows.
         Duration::from_millis(ACK_POLL_MS).min(limit / ACK_READINGS_PER_STALL_MIN)
     } else {
         Duration::MAX
