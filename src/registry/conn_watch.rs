@@ -27,6 +27,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -92,6 +93,9 @@ impl Known {
 #[derive(Default)]
 pub(crate) struct ConnWatch {
     known: Mutex<Vec<Known>>,
+    /// Known connections above which the closed ones are forgotten next: twice what was
+    /// left the last time, so the kernel's table is read once per doubling, not per connection.
+    prune_at: std::sync::atomic::AtomicUsize,
 }
 
 impl ConnWatch {
@@ -103,7 +107,11 @@ impl ConnWatch {
             after,
             before: None,
         });
-        if known.len() > KNOWN_CONNS_PRUNE_AT {
+        let prune_at = self
+            .prune_at
+            .load(Ordering::Relaxed)
+            .max(KNOWN_CONNS_PRUNE_AT);
+        if known.len() > prune_at {
             // Reading procfs is quick and never blocks on a device: fine under the lock.
             match kernel::table() {
                 Some(table) => known.retain(|k| table.unacked(k.addrs).is_some()),
@@ -112,6 +120,7 @@ impl ConnWatch {
                     known.drain(..excess);
                 }
             }
+            self.prune_at.store(known.len() * 2, Ordering::Relaxed);
         }
     }
 
@@ -257,13 +266,19 @@ where
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod kernel {
+    use std::collections::HashMap;
     use std::net::{IpAddr, SocketAddr};
 
     use super::Addrs;
 
-    /// The kernel's TCP sockets of this network namespace: `/proc/net/tcp` and `tcp6`.
+    /// `st` of an established connection in procfs (`TCP_ESTABLISHED`); a closing or
+    /// closed one (`TIME_WAIT` and the like) carries no request.
+    const STATE_ESTABLISHED: &str = "01";
+
+    /// The established TCP connections of this network namespace (`/proc/net/tcp` and
+    /// `tcp6`): their send queues by local and peer address as procfs writes them.
     pub(super) struct Table {
-        text: String,
+        queues: HashMap<(String, String), u64>,
     }
 
     pub(super) fn table() -> Option<Table> {
@@ -271,23 +286,28 @@ mod kernel {
         if let Ok(v6) = std::fs::read_to_string("/proc/net/tcp6") {
             text.push_str(&v6);
         }
-        Some(Table { text })
+        let queues = text
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split_whitespace();
+                let (_, l, p, st, queues) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+                if st != STATE_ESTABLISHED {
+                    return None;
+                }
+                let tx = u64::from_str_radix(queues.split(':').next()?, 16).ok()?;
+                Some(((l.to_string(), p.to_string()), tx))
+            })
+            .collect();
+        Some(Table { queues })
     }
 
     impl Table {
         /// The connection's send queue: bytes written and not yet acknowledged by the peer
         /// (`tx_queue`, the kernel's `write_seq - snd_una`, what `SIOCOUTQ` answers).
         pub(super) fn unacked(&self, (local, peer): Addrs) -> Option<u64> {
-            let (local, peer) = (proc_addr(local), proc_addr(peer));
-            self.text.lines().find_map(|line| {
-                let mut f = line.split_whitespace();
-                let (_, l, p, _, queues) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-                if l != local || p != peer {
-                    return None;
-                }
-                let tx = queues.split(':').next()?;
-                u64::from_str_radix(tx, 16).ok()
-            })
+            self.queues
+                .get(&(proc_addr(local), proc_addr(peer)))
+                .copied()
         }
     }
 
