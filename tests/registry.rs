@@ -620,7 +620,7 @@ async fn a_peer_that_took_the_body_and_froze_is_a_stall() {
         "Debian registry, client level",
         "nothing left unacknowledged: no drain allowance; the watchdog drops the request",
         &format!(
-            "request failed {:.1} s after the body was handed over",
+            "the PATCH failed {:.1} s after it began (on loopback its body leaves at once)",
             took.as_secs_f64()
         ),
         serde_json::json!({"detected_s": took.as_secs_f64()}),
