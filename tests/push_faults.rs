@@ -945,3 +945,133 @@ async fn wait_out_measuring(
     }
     longest
 }
+
+/// The job's logged events (all of them: the job is finished).
+async fn logged_events(d: &TestDaemon, id: &hoist::api::JobId) -> Vec<hoist::api::Event> {
+    let mut stream = d.client().events(id, 0, false).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        events.push(ev.unwrap());
+    }
+    events
+}
+
+/// Seconds from `from` to an event's time.
+fn secs_after(from: std::time::SystemTime, time_ms: u64) -> f64 {
+    let from_ms = from
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    (time_ms as f64 - from_ms) / 1000.0
+}
+
+/// A silent stall: the registry side stops reading mid-PATCH for 90 s, its kernel
+/// acknowledging what fits into its receive buffer, so the rest of the body leaves hoistd and
+/// nothing comes back. At the default stall timeout (30 s) the watchdog, reading what the
+/// peer acknowledged, gives up on that connection, and the upload goes on on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stall_of_90_s_is_noticed_at_the_stall_timeout_and_the_push_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::debian().await;
+    let layer_mib = 8;
+    let source = image(dir.path(), 71, &[layer_mib]);
+    let d = daemon(dir.path(), NetSettings::default());
+    // The layer is one PATCH (16 MiB chunks); its last MiB fits into socket buffers.
+    let freeze_at = (layer_mib - 1) * MIB;
+    link.tcp.set(Faults {
+        freeze_after_upstream_bytes: Some((freeze_at, Duration::from_secs(90))),
+        ..Faults::default()
+    });
+    let client = d.client();
+    let mut req = request(&source, &link.target("silent/img"), Compression::Gzip);
+    req.chunk_size_bytes = Some(16 * MIB);
+    let id = client.submit(&req).await.unwrap().id;
+    // The frozen connection forwards nothing past `freeze_at`: a MiB more went on another.
+    let mut going_again = None;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let job = loop {
+        if going_again.is_none() && link.tcp.upstream_bytes() >= freeze_at + MIB {
+            going_again = Some(std::time::SystemTime::now());
+        }
+        match client.job(&id).await {
+            Ok(job) if job.state.is_final() => break job,
+            _ => assert!(Instant::now() < deadline, "the push never finished"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    check_pulled(&link, dir.path(), "silent/img", &job).await;
+    let frozen = link.tcp.frozen_at().expect("the proxy froze a connection");
+    let retry = logged_events(&d, &id)
+        .await
+        .into_iter()
+        .find_map(|e| match e.kind {
+            hoist::api::EventKind::Retry { reason, .. } => Some((e.time_ms, reason)),
+            _ => None,
+        });
+    let (retry_ms, reason) = retry.expect("the stalled PATCH was given up and retried");
+    let noticed_s = secs_after(frozen, retry_ms);
+    let again_s = going_again
+        .expect("a MiB moved on another connection")
+        .duration_since(frozen)
+        .unwrap()
+        .as_secs_f64();
+    record(
+        "a_silent_stall_of_90_s_is_noticed_at_the_stall_timeout_and_the_push_goes_on",
+        "silent stall: the registry side stops reading mid-PATCH for 90 s (its kernel still acknowledges), default stall timeout 30 s",
+        "Debian distribution 2.8.2 directly",
+        "the watchdog sees nothing acknowledged and drops the connection; the upload goes on on a new one; skopeo pull checks every digest",
+        &format!(
+            "stall noticed {noticed_s:.1} s after the freeze; a MiB more uploaded on a new connection {again_s:.1} s after it (goal 35 s)"
+        ),
+        json!({"noticed_s": noticed_s, "going_again_s": again_s, "reason": reason}),
+    );
+    assert!(reason.contains("no bytes moved"), "{reason}");
+    // Without the kernel's count the body got 64 s more (94 s): past the freeze itself.
+    assert!(noticed_s < 60.0, "noticed after {noticed_s} s");
+}
+
+/// A slow but moving link (64 KiB/s per connection) is not a stall at the default stall
+/// timeout, even once a PATCH body sits whole in socket buffers and drains for many seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_moving_at_64_kib_per_s_is_not_a_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::debian().await;
+    link.tcp.set(Faults {
+        conn_bytes_per_sec: Some(64 * 1024),
+        ..Faults::default()
+    });
+    let source = image(dir.path(), 72, &[3]);
+    let d = daemon(dir.path(), NetSettings::default());
+    let client = d.client();
+    let mut req = request(&source, &link.target("slow/img"), Compression::Gzip);
+    req.chunk_size_bytes = Some(16 * MIB);
+    let t = Instant::now();
+    let id = client.submit(&req).await.unwrap().id;
+    // About a minute at 64 KiB/s: longer than a push is usually given.
+    let job = wait_for(&client, &id, 180_000, "finished", |j| j.state.is_final()).await;
+    let took = t.elapsed();
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    check_pulled(&link, dir.path(), "slow/img", &job).await;
+    let retries: Vec<String> = logged_events(&d, &job.id)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            hoist::api::EventKind::Retry { what, reason } => Some(format!("{what}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    record(
+        "a_link_moving_at_64_kib_per_s_is_not_a_stall",
+        "a slow link: 64 KiB/s per connection, a 3 MiB layer in one PATCH, default stall timeout 30 s",
+        "Debian distribution 2.8.2 directly",
+        "no stall: the body drains from socket buffers while the peer acknowledges it",
+        &format!(
+            "pushed in {:.1} s with {} retries",
+            took.as_secs_f64(),
+            retries.len()
+        ),
+        json!({"took_s": took.as_secs_f64(), "retries": retries}),
+    );
+    assert!(retries.is_empty(), "retried: {retries:?}");
+}

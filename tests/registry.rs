@@ -566,12 +566,7 @@ async fn a_link_dying_after_the_body_left_is_a_stall() {
         )),
         ..Default::default()
     });
-    let t = std::time::Instant::now();
-    let e = c
-        .upload_chunk_from(&cur, common::body(blob.bytes.clone()))
-        .await
-        .unwrap_err();
-    let took = t.elapsed();
+    let (e, took) = failing_patch(&c, &cur, &blob).await;
     common::figures::record(
         "a_link_dying_after_the_body_left_is_a_stall",
         "link dies after a PATCH body left the process (in socket buffers), stall timeout 1 s",
@@ -587,6 +582,119 @@ async fn a_link_dying_after_the_body_left_is_a_stall() {
     assert!(
         took < Duration::from_secs(6),
         "the dead link was noticed after {took:?}: {e}"
+    );
+}
+
+/// A PATCH of `blob` at `cur` that must fail: its error and how long it took.
+async fn failing_patch(
+    c: &RegistryClient,
+    cur: &UploadCursor,
+    blob: &Blob,
+) -> (RegistryError, Duration) {
+    let t = std::time::Instant::now();
+    let e = c
+        .upload_chunk_from(cur, common::body(blob.bytes.clone()))
+        .await
+        .unwrap_err();
+    (e, t.elapsed())
+}
+
+/// A peer whose application froze while its kernel took the whole body (a silent stall) is
+/// noticed within about the stall timeout: nothing is left unacknowledged, so the body gets no
+/// time to drain (a fixed allowance for slow links gave it 32 s more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_took_the_body_and_froze_is_a_stall() {
+    let reg = TestRegistry::start();
+    let frozen = common::fault_proxy::FaultProxy::start(reg.addr).await;
+    let c = stall_client(&frozen.host());
+    let blob = Blob::new(images::random_bytes(62, 2 * MIB));
+    let cur = c.start_upload("app/frozen").await.unwrap();
+    frozen.set(common::fault_proxy::Faults {
+        freeze_after_upstream_bytes: Some((2 * MIB as u64 - 256 * 1024, Duration::from_secs(300))),
+        ..Default::default()
+    });
+    let (e, took) = failing_patch(&c, &cur, &blob).await;
+    common::figures::record(
+        "a_peer_that_took_the_body_and_froze_is_a_stall",
+        "silent stall: the registry side stops reading once a PATCH body is in socket buffers (its kernel acknowledged it), stall timeout 1 s",
+        "Debian registry, client level",
+        "nothing left unacknowledged: no drain allowance; the watchdog drops the request",
+        &format!(
+            "the PATCH failed {:.1} s after it began (on loopback its body leaves at once)",
+            took.as_secs_f64()
+        ),
+        serde_json::json!({"detected_s": took.as_secs_f64()}),
+    );
+    assert!(
+        matches!(
+            e,
+            RegistryError::Transport {
+                kind: TransportKind::Stalled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "noticed after {took:?}: {e}"
+    );
+}
+
+/// Two PATCHes in parallel on one client, each on its own connection through a link capped at
+/// 256 KiB/s per connection: one connection freezes once its body sits in socket buffers, the
+/// other drains for seconds. Each request reads its own connection: the frozen one fails
+/// within about the stall timeout (3 s), the moving one is not taken for a stall. (The proxy
+/// caps after its kernel took the bytes: its receive buffer's worth drains unseen, which a
+/// 1 s timeout would not cover.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_connection_is_not_hidden_by_a_moving_one() {
+    let reg = TestRegistry::start();
+    let link = common::fault_proxy::FaultProxy::start(reg.addr).await;
+    let c = RegistryClient::new(
+        &link.host(),
+        ClientOptions {
+            stall_timeout: Duration::from_secs(3),
+            retry: hoist::registry::RetryPolicy::none(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let blobs = [61, 62].map(|seed| Blob::new(images::random_bytes(seed, 3 * MIB / 2)));
+    let a = c.start_upload("app/pa").await.unwrap();
+    let b = c.start_upload("app/pb").await.unwrap();
+    link.set(common::fault_proxy::Faults {
+        conn_bytes_per_sec: Some(256 * 1024),
+        freeze_after_upstream_bytes: Some((MIB as u64, Duration::from_secs(300))),
+        ..Default::default()
+    });
+    let timed = |cur: UploadCursor, blob: &Blob| {
+        let (c, body) = (c.clone(), common::body(blob.bytes.clone()));
+        async move {
+            let t = std::time::Instant::now();
+            (c.upload_chunk_from(&cur, body).await, t.elapsed())
+        }
+    };
+    let (ra, rb) = tokio::join!(timed(a, &blobs[0]), timed(b, &blobs[1]));
+    let (frozen, moving) = if ra.0.is_err() { (ra, rb) } else { (rb, ra) };
+    let e = frozen.0.expect_err("one connection froze");
+    // The watchdog's stall, or the kernel's (`TCP_USER_TIMEOUT`) when the window shut with
+    // part of the body still unsent.
+    assert!(
+        matches!(e, RegistryError::Transport { .. }) && e.is_retryable(),
+        "{e}"
+    );
+    moving.0.expect("the moving upload completes");
+    assert!(
+        moving.1 >= Duration::from_secs(3),
+        "not slow: {:?}",
+        moving.1
+    );
+    // A fixed allowance for draining 1.5 MiB at 64 KiB/s gave the frozen one 24 s more.
+    assert!(
+        frozen.1 < Duration::from_secs(15),
+        "noticed after {:?}",
+        frozen.1
     );
 }
 

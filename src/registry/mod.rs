@@ -72,6 +72,7 @@
 
 mod auth;
 mod blobs;
+mod conn_watch;
 mod credentials;
 mod error;
 mod manifests;
@@ -209,6 +210,8 @@ pub(crate) struct Inner {
     base: Url,
     /// Replaced whole by [`RegistryClient::renew_connections`]: reqwest cannot flush its pool.
     http: RwLock<reqwest::Client>,
+    /// The connections `http` (and the clients it replaced) opened, for the stall watchdog.
+    conn_watch: Arc<conn_watch::ConnWatch>,
     /// The link recovery the connection pool was last renewed for.
     renewed: AtomicU64,
     opts: ClientOptions,
@@ -268,12 +271,14 @@ impl RegistryClient {
         };
         let base = Url::parse(&format!("{scheme}://{api_host}/"))
             .map_err(|e| RegistryError::Config(format!("{host:?} is not a registry host: {e}")))?;
-        let http = http_client(host, &opts, Pool::Keep)?;
+        let conn_watch = Arc::new(conn_watch::ConnWatch::default());
+        let http = http_client(host, &opts, Pool::Keep(&conn_watch))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 host: host.to_string(),
                 base,
                 http: RwLock::new(http),
+                conn_watch,
                 renewed: AtomicU64::new(0),
                 ecr: is_ecr_host(host),
                 opts,
@@ -362,7 +367,11 @@ impl RegistryClient {
         // Built outside the lock (it may read certificates); two tasks may both build one,
         // only the first is kept. The mark moves with the swap, so whoever sees it sees the
         // new client.
-        let fresh = http_client(&self.inner.host, &self.inner.opts, Pool::Keep)?;
+        let fresh = http_client(
+            &self.inner.host,
+            &self.inner.opts,
+            Pool::Keep(&self.inner.conn_watch),
+        )?;
         let mut http = self.inner.http.write().expect("http lock");
         if self.inner.renewed.load(Ordering::Acquire) < recovery {
             *http = fresh;
@@ -433,11 +442,12 @@ impl LinkProbe {
     }
 }
 
-/// Whether a client keeps idle connections: uploads do, link probes must not (a pooled
-/// connection from before an outage would answer for the old network).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pool {
-    Keep,
+/// Whether a client keeps idle connections: uploads do (and tell the stall watchdog's
+/// [`conn_watch::ConnWatch`] about them), link probes must not (a pooled connection from
+/// before an outage would answer for the old network).
+#[derive(Clone, Copy)]
+enum Pool<'a> {
+    Keep(&'a Arc<conn_watch::ConnWatch>),
     Probe,
 }
 
@@ -449,19 +459,22 @@ enum Pool {
 fn http_client(
     host: &str,
     opts: &ClientOptions,
-    pool: Pool,
+    pool: Pool<'_>,
 ) -> Result<reqwest::Client, RegistryError> {
     let builder = network::configure(reqwest::Client::builder(), host, &opts.env)?;
     // A dead link (dropped Wi-Fi, a laptop that slept) leaves sent data unacknowledged, or
     // the peer's window shut: the kernel drops such a connection after the stall timeout.
-    // This covers the bytes of a body that already left the process, which the stall
-    // watchdog cannot see move (it gives them a drain allowance for slow links instead).
+    // This covers the bytes of a body that already left the process even where the stall
+    // watchdog cannot read the kernel's acknowledgements (see `conn_watch`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let builder = builder.tcp_user_timeout(opts.stall_timeout);
     let builder = match pool {
-        Pool::Keep => builder
+        Pool::Keep(watch) => builder
             .connect_timeout(opts.connect_timeout)
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX),
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
+            .connector_layer(conn_watch::WatchLayer {
+                watch: watch.clone(),
+            }),
         Pool::Probe => {
             let limit = Duration::from_millis(PROBE_TIMEOUT_MS);
             builder

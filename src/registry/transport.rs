@@ -2,8 +2,8 @@
 //! realm), the stall watchdog, bounded response bodies, redacted logs.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::auth::{self, Challenge, Token};
+use super::conn_watch::{self, ConnWatch, OpenedSlot};
 use super::error::{Redacted, RegistryErrorBody, TransportKind, redact_url};
 use super::retry::parse_retry_after;
 use super::{Inner, RegistryError};
@@ -158,11 +159,16 @@ impl Resp {
 /// Kernel socket buffers hold up to this much of a request body after it left our process
 /// (Linux autotunes send buffers to 4 MiB): it still has to cross the link.
 const SEND_BUFFER_BYTES_GUESS: u64 = 4 << 20;
-/// The slowest link we wait for while that buffer drains before declaring a stall. On Linux a
-/// link that dies meanwhile is caught sooner by the kernel (`TCP_USER_TIMEOUT`, set to the stall
-/// timeout): this allowance then only delays noticing a registry that took the whole body and
-/// stays silent.
+/// The slowest link the rate rule waits for while that buffer drains, when the body was too
+/// small to measure the link's rate by.
 const DRAIN_BYTES_PER_S_MIN: u64 = 64 * 1024;
+/// How often (at most) the watchdog reads the kernel's unacknowledged bytes of a handed-over
+/// body.
+const ACK_POLL_MS: u64 = 1000;
+/// At least this many readings of that count fall within one stall timeout.
+const ACK_READINGS_PER_STALL_MIN: u32 = 4;
+/// `Progress::unacked` before the first reading.
+const UNACKED_UNKNOWN: u64 = u64::MAX;
 
 /// Last time a byte moved, for the stall watchdog.
 struct Progress {
@@ -171,6 +177,16 @@ struct Progress {
     /// Request body: total and how much hyper has taken.
     body_len: u64,
     body_taken: AtomicU64,
+    /// When hyper had taken [`SEND_BUFFER_BYTES_GUESS`] of the body, and its last piece
+    /// (ms since `start`; 0: not yet): what it took in between came at the link's pace.
+    buffer_full_ms: AtomicU64,
+    body_done_ms: AtomicU64,
+    /// The task that runs the connection: the one that polls the body.
+    conn_task: OnceLock<tokio::task::Id>,
+    /// A connection the connector opened for this request, in its own task.
+    opened: OpenedSlot,
+    /// The kernel's unacknowledged bytes at the watchdog's last reading.
+    unacked: AtomicU64,
 }
 
 impl Progress {
@@ -180,38 +196,107 @@ impl Progress {
             last_ms: AtomicU64::new(0),
             body_len,
             body_taken: AtomicU64::new(0),
+            buffer_full_ms: AtomicU64::new(0),
+            body_done_ms: AtomicU64::new(0),
+            conn_task: OnceLock::new(),
+            opened: OpenedSlot::default(),
+            unacked: AtomicU64::new(UNACKED_UNKNOWN),
         })
     }
+    fn now_ms(&self) -> u64 {
+        (self.start.elapsed().as_millis() as u64).max(1)
+    }
     fn tick(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+    /// Hyper took `n` more bytes of the body, on the connection's task.
+    fn took(&self, n: u64) {
+        self.tick();
+        if let Some(task) = tokio::task::try_id() {
+            let _ = self.conn_task.set(task);
+        }
+        let taken = self.body_taken.fetch_add(n, Ordering::Relaxed) + n;
+        if taken >= SEND_BUFFER_BYTES_GUESS.min(self.body_len) {
+            let _ = self.buffer_full_ms.compare_exchange(
+                0,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        if taken >= self.body_len {
+            self.body_done_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
     fn idle(&self) -> Duration {
         self.start
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
-    /// Once the whole body is handed over, its tail may still sit in socket buffers: on a slow
-    /// link, no byte "moves" for us while it drains, and the registry cannot answer before.
-    fn drain_allowance(&self) -> Duration {
-        if self.body_len == 0 || self.body_taken.load(Ordering::Relaxed) < self.body_len {
-            return Duration::ZERO;
+    fn handed_over(&self) -> bool {
+        self.body_len > 0 && self.body_taken.load(Ordering::Relaxed) >= self.body_len
+    }
+
+    /// The wait a handed-over body gets beyond the stall timeout. Where the kernel tells
+    /// what the peer acknowledged: none, and every reading that changed counts as movement
+    /// (acknowledgements drain the queue; hyper's last piece refills it): a frozen peer's
+    /// queue does not change, whether full or empty. Elsewhere: [`Self::rate_allowance`].
+    async fn drain_allowance(&self, watch: &Arc<ConnWatch>) -> Duration {
+        let unacked = match self.conn_task.get() {
+            Some(task) => watch.unacked_bytes(*task, self.opened.get().copied()).await,
+            None => None,
+        };
+        let Some(unacked) = unacked else {
+            return self.rate_allowance();
+        };
+        let before = self.unacked.swap(unacked, Ordering::Relaxed);
+        if before != UNACKED_UNKNOWN && before != unacked {
+            self.tick();
         }
-        Duration::from_millis(
-            self.body_len.min(SEND_BUFFER_BYTES_GUESS) * 1000 / DRAIN_BYTES_PER_S_MIN,
-        )
+        Duration::ZERO
+    }
+
+    /// Time for the body's tail in socket buffers to cross the link, at the pace hyper took
+    /// the body once those buffers were full (that pace is the link's); a body too small to
+    /// fill them says nothing of the link: then at [`DRAIN_BYTES_PER_S_MIN`]. This cannot tell
+    /// a slow link from a frozen peer whose kernel took the body: the kernel's count can.
+    fn rate_allowance(&self) -> Duration {
+        let buffered = self.body_len.min(SEND_BUFFER_BYTES_GUESS);
+        let paced_ms = self
+            .body_done_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.buffer_full_ms.load(Ordering::Relaxed));
+        let paced_bytes = self.body_len.saturating_sub(SEND_BUFFER_BYTES_GUESS);
+        let rate = if paced_bytes > 0 {
+            (paced_bytes.saturating_mul(1000) / paced_ms.max(1)).max(DRAIN_BYTES_PER_S_MIN)
+        } else {
+            DRAIN_BYTES_PER_S_MIN
+        };
+        Duration::from_millis(buffered.saturating_mul(1000) / rate)
     }
 }
 
-/// Resolves once nothing moved for `limit` (plus the drain allowance of a sent body).
-async fn stalled(p: &Progress, limit: Duration) {
+/// Resolves once nothing moved for `limit` (plus the drain allowance of a handed-over body).
+async fn stalled(p: &Progress, limit: Duration, watch: &Arc<ConnWatch>) {
+    // With a body, the watchdog wakes up every `poll`: the kernel's count is first read right
+    // after the body was handed over, not one stall timeout later, and read several times
+    // within a stall timeout (a short one would end before a change showed).
+    let poll = if p.body_len > 0 {
+        Duration::from_millis(ACK_POLL_MS).min(limit / ACK_READINGS_PER_STALL_MIN)
+    } else {
+        Duration::MAX
+    };
     loop {
+        let limit = if p.handed_over() {
+            limit + p.drain_allowance(watch).await
+        } else {
+            limit
+        };
         let idle = p.idle();
-        let limit = limit + p.drain_allowance();
         if idle >= limit {
             return;
         }
-        tokio::time::sleep(limit - idle).await;
+        tokio::time::sleep((limit - idle).min(poll)).await;
     }
 }
 
@@ -221,10 +306,7 @@ fn progress_body(bytes: Bytes, progress: Arc<Progress>) -> reqwest::Body {
         .step_by(BODY_PIECE_BYTES)
         .map(move |i| bytes.slice(i..(i + BODY_PIECE_BYTES).min(len)));
     reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).map(move |piece| {
-        progress.tick();
-        progress
-            .body_taken
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        progress.took(piece.len() as u64);
         Ok::<_, Infallible>(piece)
     }))
 }
@@ -277,10 +359,7 @@ fn file_body(
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             match read {
                 Ok(piece) => {
-                    progress.tick();
-                    progress
-                        .body_taken
-                        .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    progress.took(piece.len() as u64);
                     Some((Ok(piece), pos + n as u64))
                 }
                 // End the stream after the error: hyper aborts the request.
@@ -500,12 +579,17 @@ impl Inner {
             .unwrap_or(self.opts.stall_timeout)
             .max(self.opts.stall_timeout);
         let p = progress.clone();
+        let watch = self.conn_watch.clone();
         let exchange = async move {
-            let resp = rb
-                .send()
+            let resp = conn_watch::opening(p.opened.clone(), watch.clone(), rb.send())
                 .await
                 .map_err(|e| RegistryError::transport(method.as_str(), &url, &e))?;
             p.tick();
+            if let (Some(task), Some(addrs)) =
+                (p.conn_task.get(), conn_watch::response_addrs(&resp))
+            {
+                watch.bind(*task, addrs);
+            }
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = if method == Method::HEAD {
@@ -522,7 +606,7 @@ impl Inner {
         };
         let result = tokio::select! {
             r = exchange => r,
-            _ = stalled(&progress, stall) => Err(RegistryError::Transport {
+            _ = stalled(&progress, stall, &self.conn_watch) => Err(RegistryError::Transport {
                 method: req.method.to_string(),
                 url: redact_url(&req.url),
                 kind: TransportKind::Stalled,

@@ -10,6 +10,11 @@
 //! - `blackhole_after_upstream_bytes`: the same, for the given time, once N more client->registry
 //!   bytes went through (to catch a request at an exact point, e.g. after its body left the
 //!   client);
+//! - `freeze_after_upstream_bytes`: once N more client->registry bytes went through, the
+//!   connection in which the Nth byte falls stops reading from the client for the given time,
+//!   then carries on; other connections, new ones among them, are untouched (a registry or
+//!   middlebox whose application froze while its kernel still acknowledges what fits into its
+//!   receive buffer: a silent stall);
 //! - `refuse_until`: a link that refuses (a route gone, a captive portal that resets): new
 //!   connections are reset as soon as they are accepted and open ones at their next byte,
 //!   until the given instant;
@@ -46,6 +51,7 @@ pub struct Faults {
     pub reset_every: bool,
     pub blackhole_until: Option<Instant>,
     pub blackhole_after_upstream_bytes: Option<(u64, Duration)>,
+    pub freeze_after_upstream_bytes: Option<(u64, Duration)>,
     pub refuse_until: Option<Instant>,
     pub upstream_bytes_per_sec: Option<u64>,
     pub conn_bytes_per_sec: Option<u64>,
@@ -74,6 +80,10 @@ struct Shared {
     next_reset_at: Mutex<Option<u64>>,
     /// Upstream byte count at which a blackhole of the given length starts.
     blackhole_at: Mutex<Option<(u64, Duration)>>,
+    /// Upstream byte count at which one connection freezes for the given length, and when
+    /// the freeze began.
+    freeze_at: Mutex<Option<(u64, Duration)>>,
+    frozen_at: Mutex<Option<std::time::SystemTime>>,
 }
 
 /// A running proxy; stops accepting when dropped (open connections end with the runtime).
@@ -109,6 +119,8 @@ impl FaultProxy {
             counters: Counters::default(),
             next_reset_at: Mutex::new(None),
             blackhole_at: Mutex::new(None),
+            freeze_at: Mutex::new(None),
+            frozen_at: Mutex::new(None),
         });
         let s = shared.clone();
         let task = ServerTask::spawn(async move {
@@ -145,7 +157,15 @@ impl FaultProxy {
         *self.shared.blackhole_at.lock().unwrap() = faults
             .blackhole_after_upstream_bytes
             .map(|(n, d)| (now + n, d));
+        *self.shared.freeze_at.lock().unwrap() = faults
+            .freeze_after_upstream_bytes
+            .map(|(n, d)| (now + n, d));
         *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    /// When a connection froze (`freeze_after_upstream_bytes`), if one did.
+    pub fn frozen_at(&self) -> Option<std::time::SystemTime> {
+        *self.shared.frozen_at.lock().unwrap()
     }
 
     pub fn upstream_bytes(&self) -> u64 {
@@ -327,6 +347,17 @@ async fn forward(
                 if sent >= at {
                     *s.blackhole_at.lock().unwrap() = None;
                     s.faults.lock().unwrap().blackhole_until = Some(Instant::now() + length);
+                    continue;
+                }
+                take = take.min((at - sent) as usize);
+            }
+            let freeze_at = *s.freeze_at.lock().unwrap();
+            if let Some((at, length)) = freeze_at {
+                if sent >= at {
+                    // This connection only: the other directions and connections go on.
+                    *s.freeze_at.lock().unwrap() = None;
+                    *s.frozen_at.lock().unwrap() = Some(std::time::SystemTime::now());
+                    tokio::time::sleep(length).await;
                     continue;
                 }
                 take = take.min((at - sent) as usize);
