@@ -193,7 +193,9 @@ pub struct PushArgs {
     /// push is done; hoist must follow the job to its end, so not with --detach.
     #[arg(long, value_name = "FILE")]
     pub digestfile: Option<PathBuf>,
-    /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH, or a path.
+    /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH,
+    /// docker-daemon:NAME[:TAG] (an image in the Docker engine of this shell's DOCKER_HOST or
+    /// docker context), or a path.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
     pub target: String,

@@ -608,7 +608,10 @@ impl JobContext {
     ) {
         self.emit(EventKind::Export {
             bytes_done,
-            size_bytes,
+            // The engine's size is an estimate (the export's tar headers and padding come on
+            // top): a total that the bytes read have passed is raised to them, so progress
+            // never reads "219 MiB of about 213 MiB".
+            size_bytes: size_bytes.max(bytes_done),
             layers_done,
             layers_total,
         })

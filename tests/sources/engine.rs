@@ -280,6 +280,8 @@ async fn pushes_from_a_real_engine_and_refuses_what_it_must() {
     let kinds = events(&client, &id).await;
     let exported = |e: &EventKind| matches!(e, EventKind::Export { layers_done: 3, .. });
     assert!(kinds.iter().any(exported), "{kinds:?}");
+    let past_total = |e: &EventKind| matches!(e, EventKind::Export { bytes_done, size_bytes, .. } if bytes_done > size_bytes);
+    assert!(!kinds.iter().any(past_total), "{kinds:?}");
     kill9(hoistd);
 }
 
