@@ -235,13 +235,14 @@ impl CallerEnv {
         }
     }
 
-    /// This set with `other`'s variables added over it.
+    /// This set with `other`'s variables added over it; the caller stays this set's (`other`'s
+    /// where this one has none).
     pub fn merged(&self, other: &CallerEnv) -> CallerEnv {
         let mut vars = self.vars.clone();
         vars.extend(other.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         CallerEnv {
             vars,
-            caller: other.caller.clone().or_else(|| self.caller.clone()),
+            caller: self.caller.clone().or_else(|| other.caller.clone()),
         }
     }
 
@@ -445,13 +446,6 @@ impl Redactor {
         Redactor { needles }
     }
 
-    /// Both sets of secrets.
-    pub fn merged(&self, other: &Redactor) -> Redactor {
-        let mut needles = self.needles.clone();
-        needles.extend(other.needles.iter().cloned());
-        Redactor::new(needles)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.needles.is_empty()
     }
@@ -504,15 +498,16 @@ impl SecretSet {
         } else {
             by_job.insert(key.to_string(), redactor);
         }
-        let all = by_job
-            .values()
-            .fold(Redactor::default(), |acc, r| acc.merged(r));
+        let all = Redactor::new(by_job.values().flat_map(|r| r.needles.clone()).collect());
         *self.all.write().unwrap_or_else(|e| e.into_inner()) = all;
     }
 
-    /// Every secret held, of every job.
-    pub fn redactor(&self) -> Redactor {
-        self.all.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// `text` with every secret held, of every job, blanked out.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.all
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .redact(text)
     }
 }
 
@@ -522,15 +517,16 @@ pub struct RedactingWriter<W>(pub W);
 
 impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let redactor = SecretSet::global().redactor();
-        if redactor.is_empty() {
-            return self.0.write(buf);
-        }
         // The formatter hands over whole lines; a line cut between two writes could only
         // hide a secret that straddles the cut, which a log line of ours does not do.
         let text = String::from_utf8_lossy(buf);
-        self.0.write_all(redactor.redact(&text).as_bytes())?;
-        Ok(buf.len())
+        match SecretSet::global().redact(&text) {
+            std::borrow::Cow::Borrowed(_) => self.0.write(buf),
+            std::borrow::Cow::Owned(redacted) => {
+                self.0.write_all(redacted.as_bytes())?;
+                Ok(buf.len())
+            }
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

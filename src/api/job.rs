@@ -153,7 +153,7 @@ impl JobEnv {
     pub fn with_secrets(&self, secrets: &CallerEnv) -> CallerEnv {
         CallerEnv::from_vars(self.vars.clone())
             .with_caller(self.caller.clone())
-            .merged(&secrets.clone().with_caller(None))
+            .merged(secrets)
     }
 
     /// The secret variables the job was submitted with that `secrets` lacks (the daemon

@@ -977,5 +977,5 @@ impl Scheduler {
 /// `text` with every secret the daemon holds blanked out: what a job stores or shows may quote
 /// a credential helper's output or a proxy's error, which may quote a secret.
 fn redacted(text: &str) -> String {
-    SecretSet::global().redactor().redact(text).into_owned()
+    SecretSet::global().redact(text).into_owned()
 }

@@ -42,7 +42,8 @@ pub struct TestRegistry {
 /// `NO_PROXY` covering the test registries, an AWS profile, and AWS session secrets the test
 /// registries do not need. A daemon restart loses the secrets; the job must go on without them.
 pub fn shell_env() -> Vec<(String, String)> {
-    let proxy = format!("http://127.0.0.1:{}", closed_port());
+    // A loopback port nothing listens on (bound, then released).
+    let proxy = format!("http://127.0.0.1:{}", free_port());
     [
         (
             "HOME",
@@ -71,11 +72,6 @@ pub fn shell_env() -> Vec<(String, String)> {
 /// [`shell_env`] as a submit request carries it.
 pub fn shell_env_vars() -> hoist::api::EnvVars {
     hoist::api::EnvVars(shell_env().into_iter().collect())
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    free_port()
 }
 
 pub fn free_port() -> u16 {
