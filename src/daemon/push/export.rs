@@ -143,6 +143,9 @@ pub async fn plan(
         early.start(position(&inspect, d), &layer).await?;
     }
     let mut census = StreamCensus::new();
+    // Said by the export's index only: a rerun that exports nothing has it in its first
+    // run's warning.
+    let mut left_out = Vec::new();
     if config.is_none() || !needed.is_empty() {
         let reader = engine.export(image, &opts.platform).await.map_err(failed)?;
         let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,13 +166,14 @@ pub async fn plan(
             export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
         write_config(&dir, &walked.config)?;
         config = Some(walked.config);
+        left_out = walked.left_out;
         layers.extend(made);
         census = censused;
     }
     let config = config.ok_or_else(|| {
         JobError::failed("internal error: no config after the export: report this as a bug")
     })?;
-    let resolved = resolve(
+    let mut resolved = resolve(
         &what,
         &dir,
         &inspect,
@@ -178,6 +182,7 @@ pub async fn plan(
         codec,
         &opts.platform,
     )?;
+    resolved.skipped = left_out;
     let plan =
         PushPlan::from_resolved(resolved, opts).map_err(|e| JobError::failed(e.to_string()))?;
     Ok(Exported {
