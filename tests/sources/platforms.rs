@@ -248,7 +248,8 @@ fn docker25_archive_of_a_multi_platform_image_chooses_from_its_index() {
     )
     .unwrap_err()
     .to_string();
-    assert_has(&e, &[&img.extra_manifests[0].1.hex(), "is missing"]);
+    let blob = img.extra_manifests[0].1.hex().to_string();
+    assert_has(&e, &[blob.as_str(), "is missing"]);
 }
 
 /// The diff_ids an export of `img` walks through, and what the walk says is left out.
