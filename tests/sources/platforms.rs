@@ -299,3 +299,56 @@ fn an_engine_export_of_a_multi_platform_image_says_what_is_left_out() {
     docker25_archive(&layout, &single, &plain, false);
     assert!(walk_left_out(&plain, &single).is_empty());
 }
+
+#[test]
+fn an_engine_inspect_of_a_multi_platform_image_says_what_is_left_out() {
+    // Docker 28's inspect (API 1.48, `platform` and `manifests=1`) of a buildx image built for
+    // amd64 and arm64 with provenance: its export then holds the amd64 manifest only.
+    use hoist::source::engine::ImageInspect;
+    let entry = |digest: char, arch: &str, attestation_for: Option<char>| {
+        let mut d = json!({
+            "mediaType": media::OCI_MANIFEST,
+            "digest": format!("sha256:{}", digest.to_string().repeat(64)),
+            "size": 670,
+            "platform": {"architecture": arch, "os": if arch == "unknown" { "unknown" } else { "linux" }},
+        });
+        if let Some(f) = attestation_for {
+            d["annotations"] = json!({
+                "vnd.docker.reference.digest": format!("sha256:{}", f.to_string().repeat(64)),
+                "vnd.docker.reference.type": "attestation-manifest",
+            });
+        }
+        json!({"ID": d["digest"], "Descriptor": d, "Available": true, "Kind": "image"})
+    };
+    let inspect = |arch: &str, manifests: Value| -> ImageInspect {
+        serde_json::from_value(json!({
+            "Id": format!("sha256:{}", "e".repeat(64)),
+            "Os": "linux",
+            "Architecture": arch,
+            "RootFS": {"Layers": []},
+            "Manifests": manifests,
+        }))
+        .unwrap()
+    };
+    let manifests = json!([
+        entry('a', "amd64", None),
+        entry('b', "arm64", None),
+        entry('c', "unknown", Some('a')),
+        entry('d', "unknown", Some('b')),
+    ]);
+    assert_eq!(
+        inspect("amd64", manifests.clone()).left_out(),
+        ["linux/arm64", "unknown/unknown attestation"]
+    );
+    assert_eq!(
+        inspect("arm64", manifests).left_out(),
+        ["linux/amd64", "unknown/unknown attestation"]
+    );
+    // A single-platform image, and an engine that does not list the index: nothing.
+    assert!(
+        inspect("amd64", json!([entry('a', "amd64", None)]))
+            .left_out()
+            .is_empty()
+    );
+    assert!(inspect("amd64", Value::Null).left_out().is_empty());
+}

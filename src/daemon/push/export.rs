@@ -143,9 +143,9 @@ pub async fn plan(
         early.start(position(&inspect, d), &layer).await?;
     }
     let mut census = StreamCensus::new();
-    // Said by the export's index only: a rerun that exports nothing has it in its first
-    // run's warning.
-    let mut left_out = Vec::new();
+    // What the image's index also holds: from the engine's inspect where it lists the index
+    // (the export then holds only the platform asked for), else from the export's index.
+    let mut left_out = inspect.left_out();
     if config.is_none() || !needed.is_empty() {
         let reader = engine.export(image, &opts.platform).await.map_err(failed)?;
         let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -166,7 +166,9 @@ pub async fn plan(
             export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
         write_config(&dir, &walked.config)?;
         config = Some(walked.config);
-        left_out = walked.left_out;
+        if left_out.is_empty() {
+            left_out = walked.left_out;
+        }
         layers.extend(made);
         census = censused;
     }
