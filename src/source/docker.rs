@@ -16,6 +16,10 @@ use crate::image::media::{self, Compression, DocumentKind, Family, sniff_unsuppo
 use crate::image::{ImageError, select};
 use crate::platform::Platform;
 
+/// A blob of the platform asked for is not in a multi-platform archive: what `docker save`
+/// does with the platforms its engine did not pull.
+const PLATFORM_LEFT_OUT_HINT: &str = "docker save wrote only the platforms its engine holds: pull the platform wanted (docker pull --platform OS/ARCH IMAGE) and save again";
+
 const MANIFEST_HINT: &str = "not a docker save archive; export the image with docker save or skopeo copy ... docker-archive:FILE";
 
 /// The digest a path in the archive implies: `blobs/ALG/HEX` or a classic `HEX.json` config.
@@ -277,7 +281,16 @@ pub(super) fn resolve(
     // archive's OCI layout, is where the wanted one is chosen (and the others named).
     if let Some(index) = config_digest.as_ref().and_then(|d| index_holding(c, d)) {
         let index_what = format!("{display}: index.json");
-        return super::oci::resolve_entries(source, &index_what, &[index], wanted);
+        return super::oci::resolve_entries(source, &index_what, &[index], wanted).map_err(|e| {
+            match e {
+                SourceError::Missing { what, entry, .. } => SourceError::Missing {
+                    what,
+                    entry,
+                    hint: PLATFORM_LEFT_OUT_HINT,
+                },
+                e => e,
+            }
+        });
     }
     let config_location = c.locate(&config_name, MANIFEST_HINT)?;
     let config_what = config_location.name.to_string();

@@ -159,6 +159,9 @@ fn deeply_nested_indexes_are_refused() {
     );
 }
 
+/// What a source of [`docker25_multi_platform`] says when amd64 is pushed.
+const AMD64_LEFT_OUT: &str = "the source is an index that also holds linux/arm64, unknown/unknown attestation: hoist pushes only the linux/amd64 image manifest";
+
 /// A Docker 25+ `docker save` of a multi-platform image (what the containerd image store
 /// writes): `manifest.json` names the host's platform only; the index in `index.json` holds
 /// amd64, arm64 and an attestation.
@@ -180,7 +183,7 @@ fn docker25_archive_of_a_multi_platform_image_chooses_from_its_index() {
     let t = tempfile::tempdir().unwrap();
     let (img, archive) = docker25_multi_platform(t.path(), 22);
     let src = format!("docker-archive:{}", archive.display());
-    let left_out = "the source is an index that also holds linux/arm64, unknown/unknown attestation: hoist pushes only the linux/amd64 image manifest";
+    let left_out = AMD64_LEFT_OUT;
 
     let p = plan(&src).unwrap();
     check_plan_matches(&p, &img);
@@ -230,9 +233,15 @@ fn docker25_archive_of_a_multi_platform_image_chooses_from_its_index() {
             "no linux/s390x image in index (has linux/amd64, linux/arm64, unknown/unknown attestation): rebuild with --platform linux/s390x",
         ],
     );
+}
 
+#[test]
+fn a_platform_docker_save_left_out_is_refused_saying_what_to_do() {
     // docker save leaves out the platforms the engine did not pull: amd64 is still pushed,
     // arm64 is refused naming its blob.
+    let t = tempfile::tempdir().unwrap();
+    let (img, _) = docker25_multi_platform(t.path(), 25);
+    let left_out = AMD64_LEFT_OUT;
     let layout = t.path().join("layout");
     fs::remove_file(blob_file(&layout, &img.extra_manifests[0].1)).unwrap();
     let partial = t.path().join("partial.tar");
@@ -249,7 +258,13 @@ fn docker25_archive_of_a_multi_platform_image_chooses_from_its_index() {
     .unwrap_err()
     .to_string();
     let blob = img.extra_manifests[0].1.hex().to_string();
-    assert_has(&e, &[blob.as_str(), "is missing"]);
+    assert_has(
+        &e,
+        &[
+            blob.as_str(),
+            "is missing: docker save wrote only the platforms its engine holds: pull the platform wanted",
+        ],
+    );
 }
 
 /// The diff_ids an export of `img` walks through, and what the walk says is left out.
