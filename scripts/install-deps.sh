@@ -5,7 +5,7 @@
 # squid as the HTTP proxy of the network tests, reference compressors for the benchmarks, umoci
 # (unpacks images for the split-layer file-system comparison), systemd tools for unit checks (and
 # a user manager booted in a namespace), groff to render the man pages, and python3 to parse the
-# launchd agent's plist.
+# launchd agent's plist; debootstrap for the current Docker engine's chroot.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -31,6 +31,10 @@ have squid || [ -x /usr/sbin/squid ] || need+=(squid)
 # The docker-daemon: source's tests run a private dockerd and load images with docker.
 have dockerd || need+=(docker.io)
 have docker || need+=(docker.io)
+# The current engine's tests (Docker 28, both image stores) run it in a Debian sid chroot that
+# scripts/engine-chroot.sh builds with debootstrap (flock: its shared start).
+have debootstrap || need+=(debootstrap)
+have flock || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -277,6 +277,7 @@ pub mod ecr_proxy;
 pub mod figures;
 pub mod hostile;
 pub mod images;
+pub mod modern_engine;
 pub mod netcfg;
 pub mod serve;
 pub mod token_service;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod engine;
 mod engine_cli;
+mod engine_modern;
 pub mod helpers;
 mod kinds;
 mod limits;

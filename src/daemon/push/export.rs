@@ -42,13 +42,19 @@ use crate::image::doc::{self, Config, Doc};
 use crate::image::media::{self, Compression, Family};
 use crate::image::select;
 use crate::plan::{Codec, CompressedLayer, PlanOptions, PushPlan};
-use crate::source::engine::{Endpoint, Engine, ImageInspect, TRANSPORT_PREFIX, export};
+use crate::platform::Platform;
+use crate::source::engine::client::API_VERSION_PLATFORM_INSPECT;
+use crate::source::engine::{
+    Endpoint, Engine, EngineError, ImageInspect, TRANSPORT_PREFIX, export, platforms,
+};
 use crate::source::{BlobLocation, ResolvedImage, SourceError, SourceLayer};
 
 /// The spool subdirectory that holds a job's exported (compressed) layers and config.
 pub const EXPORT_DIR: &str = "export";
 /// The exported config's file name in [`EXPORT_DIR`].
 const CONFIG_FILE: &str = "config.json";
+/// The engine's ID of the image whose config [`CONFIG_FILE`] is, in [`EXPORT_DIR`].
+const IMAGE_ID_FILE: &str = "image-id";
 /// Bytes handed at a time from the export stream to the compressor's reader.
 const PIPE_PIECE_BYTES: usize = 1 << 20;
 /// Pieces queued between the export stream and the compressor.
@@ -130,7 +136,7 @@ pub async fn plan(
 ) -> Result<Exported, JobError> {
     let endpoint = Endpoint::from_env(env).map_err(failed)?;
     let engine = Engine::connect(endpoint).await.map_err(failed)?;
-    let (inspect, what) = inspect_checked(&engine, image, opts).await?;
+    let (inspect, what, platform) = inspect_checked(&engine, image, opts).await?;
     let dir = ctx.spool_dir().join(EXPORT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| io_failed(&dir, e))?;
     let codec = opts.compression;
@@ -147,7 +153,7 @@ pub async fn plan(
     // (the export then holds only the platform asked for), else from the export's index.
     let mut left_out = inspect.left_out();
     if config.is_none() || !needed.is_empty() {
-        let reader = engine.export(image, &opts.platform).await.map_err(failed)?;
+        let reader = engine.export(image, &platform).await.map_err(failed)?;
         let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Export {
             ctx: ctx.clone(),
@@ -164,7 +170,7 @@ pub async fn plan(
         };
         let (walked, made, censused) =
             export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
-        write_config(&dir, &walked.config)?;
+        write_config(&dir, &walked.config, &inspect.id)?;
         config = Some(walked.config);
         if left_out.is_empty() {
             left_out = walked.left_out;
@@ -194,21 +200,41 @@ pub async fn plan(
     })
 }
 
-/// The engine's inspect of `image`, its platform checked before anything is exported; and
-/// how messages name the source.
+/// The engine's inspect of `image` for the wanted platform, checked before anything is
+/// exported; how messages name the source; and the platform to ask the export for (the one
+/// the engine holds, as it names it).
 async fn inspect_checked(
     engine: &Engine,
     image: &str,
     opts: &PlanOptions,
-) -> Result<(ImageInspect, String), JobError> {
-    let inspect = engine
-        .inspect(image, &opts.platform)
-        .await
-        .map_err(failed)?;
+) -> Result<(ImageInspect, String, Platform), JobError> {
     let what = format!("{TRANSPORT_PREFIX}{image}");
+    let listed = engine.inspect_manifests(image).await.map_err(failed)?;
+    let chosen = platforms::choose(&what, listed.manifests(), &opts.platform)
+        .map_err(|e| failed(SourceError::from(e)))?;
+    let inspect = match &chosen {
+        None => listed,
+        Some(p) if engine.api >= API_VERSION_PLATFORM_INSPECT => {
+            engine.inspect(image, p).await.map_err(failed)?
+        }
+        Some(p) if p.matches(&listed.platform()) => listed,
+        Some(p) => {
+            return Err(failed(EngineError::PlatformNotDescribed {
+                socket: engine.socket(),
+                api: format!("{}.{}", engine.api.0, engine.api.1),
+                image: image.to_string(),
+                have: listed.platform().to_string(),
+                wanted: p.to_string(),
+            }));
+        }
+    };
     select::check_platform(&what, inspect.platform(), &opts.platform)
         .map_err(|e| failed(SourceError::from(e)))?;
-    Ok((inspect, what))
+    Ok((
+        inspect,
+        what,
+        chosen.unwrap_or_else(|| opts.platform.clone()),
+    ))
 }
 
 /// What a finished export gives: the walk, the layers it compressed, their census.
@@ -294,25 +320,36 @@ fn spooled_layers(
         .collect()
 }
 
-/// The config an earlier run exported, when it is still the engine's image (same ID).
+/// The config an earlier run exported, when it is still the engine's image: the engine's image
+/// ID is the config's digest (classic store) or the one recorded beside it (the containerd
+/// store's ID is its index's or manifest's digest), and the layers are the inspect's.
 fn spooled_config(dir: &Path, inspect: &ImageInspect) -> Option<Doc<Config>> {
     let bytes = std::fs::read(dir.join(CONFIG_FILE)).ok()?;
     let config: Doc<Config> = doc::parse(bytes, CONFIG_FILE, "image config").ok()?;
-    (config.digest.to_string() == inspect.id
-        && config.parsed.rootfs.diff_ids == inspect.rootfs.layers)
-        .then_some(config)
+    let recorded = std::fs::read_to_string(dir.join(IMAGE_ID_FILE)).unwrap_or_default();
+    let same_image = config.digest.to_string() == inspect.id || recorded.trim() == inspect.id;
+    (same_image && config.parsed.rootfs.diff_ids == inspect.rootfs.layers).then_some(config)
 }
 
-fn write_config(dir: &Path, config: &Doc<Config>) -> Result<(), JobError> {
+/// Keeps the exported config and the engine's image ID it belongs to. A config file already
+/// there with the same bytes is left as it is: its identity (inode, mtime) was recorded by
+/// the first run, and a rewrite would fail the job's source check.
+fn write_config(dir: &Path, config: &Doc<Config>, image_id: &str) -> Result<(), JobError> {
     let path = dir.join(CONFIG_FILE);
-    let tmp = dir.join(".config.partial");
-    let write = || -> io::Result<()> {
+    let write = |path: &Path, bytes: &[u8]| -> io::Result<()> {
+        if std::fs::read(path).is_ok_and(|had| had == bytes) {
+            return Ok(());
+        }
+        let tmp = dir.join(".partial");
         let mut f = File::create(&tmp)?;
-        f.write_all(&config.bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| io_failed(&path, e))
+    // The ID last: it vouches for the config only once that is whole.
+    write(&path, &config.bytes)
+        .and_then(|()| write(&dir.join(IMAGE_ID_FILE), image_id.as_bytes()))
+        .map_err(|e| io_failed(&path, e))
 }
 
 /// The image as the plan sees it: the config and the compressed layers in the spool, each

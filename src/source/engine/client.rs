@@ -1,7 +1,8 @@
 //! The Engine API over a Unix socket: one HTTP/1.1 connection per request (hyper).
 //!
-//! Requests use versioned paths (`/vX.Y/...`) at the lower of the engine's `ApiVersion` and
-//! [`API_VERSION_MAX`]; an engine below [`API_VERSION_MIN`] is refused by name and version.
+//! Requests use versioned paths (`/vX.Y/...`) at the highest version both sides speak: the
+//! lower of the engine's `ApiVersion` and [`API_VERSION_MAX`] (never below the engine's
+//! `MinAPIVersion`); an engine below [`API_VERSION_MIN`] is refused by name and version.
 
 use std::io::{self, Read};
 use std::time::Duration;
@@ -22,12 +23,16 @@ use crate::platform::Platform;
 /// The oldest Engine API hoist speaks: image inspect and export as used here exist since
 /// Docker 1.12 (API 1.24), the oldest API current engines and podman still serve.
 pub const API_VERSION_MIN: (u32, u32) = (1, 24);
-/// The newest Engine API hoist knows; from 1.48 on, inspect and export take a `platform`.
-pub const API_VERSION_MAX: (u32, u32) = (1, 48);
-/// The first Engine API whose image inspect and export accept a `platform` parameter.
+/// The newest Engine API hoist knows (Docker 28).
+pub const API_VERSION_MAX: (u32, u32) = (1, 51);
+/// The first Engine API whose export takes a `platform`.
 pub const API_VERSION_PLATFORM: (u32, u32) = (1, 48);
-/// The first Engine API whose image inspect lists an image index's entries (`manifests=1`).
+/// The first Engine API whose image inspect lists the image's manifests (`manifests=1`:
+/// platforms and attestations, on engines with the containerd image store).
 pub const API_VERSION_MANIFESTS: (u32, u32) = (1, 48);
+/// The first Engine API whose image inspect takes a `platform` (before it, the inspect
+/// describes the host's platform of a multi-platform image whatever is asked).
+pub const API_VERSION_PLATFORM_INSPECT: (u32, u32) = (1, 49);
 /// How long connecting to the socket and each small answer may take.
 pub const ENGINE_ANSWER_TIMEOUT_S: u64 = 30;
 /// Export body pieces buffered between the socket and the reader.
@@ -57,16 +62,10 @@ pub struct ImageInspect {
     /// Uncompressed bytes of all layers, when the engine says.
     #[serde(rename = "Size", default)]
     pub size: u64,
-    /// The entries of the image's index (platforms, attestations) on engines that list them.
+    /// The image's manifests (platforms and attestations) on engines with the containerd
+    /// image store, when asked for (`manifests=1`); none otherwise.
     #[serde(rename = "Manifests", default)]
-    pub manifests: Option<Vec<InspectManifest>>,
-}
-
-/// One entry of an image's index, as the engine's inspect lists it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct InspectManifest {
-    #[serde(rename = "Descriptor")]
-    pub descriptor: Descriptor,
+    pub manifests: Option<Vec<super::platforms::EngineManifest>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -80,14 +79,18 @@ impl ImageInspect {
         Platform::new(&self.os, &self.architecture, self.variant.as_deref())
     }
 
+    /// The manifests the engine listed (none from the classic store or older engines).
+    pub fn manifests(&self) -> &[super::platforms::EngineManifest] {
+        self.manifests.as_deref().unwrap_or_default()
+    }
+
     /// What the image's index holds besides the platform inspected (named as every source
     /// names them); empty for a single-platform image or an engine that does not list them.
     pub fn left_out(&self) -> Vec<String> {
         let entries: Vec<Descriptor> = self
-            .manifests
+            .manifests()
             .iter()
-            .flatten()
-            .map(|m| m.descriptor.clone())
+            .filter_map(|m| m.descriptor.clone())
             .collect();
         crate::image::select::left_out_of(&entries, &self.platform())
     }
@@ -99,6 +102,8 @@ struct VersionAnswer {
     version: String,
     #[serde(rename = "ApiVersion")]
     api_version: String,
+    #[serde(rename = "MinAPIVersion", default)]
+    min_api_version: String,
 }
 
 fn parse_api(v: &str) -> Option<(u32, u32)> {
@@ -141,9 +146,12 @@ impl Engine {
                 min: format!("{}.{}", API_VERSION_MIN.0, API_VERSION_MIN.1),
             });
         }
+        // An engine whose oldest API is newer than hoist's newest still answers these
+        // requests at its oldest.
+        let engine_min = parse_api(&answer.min_api_version).unwrap_or(API_VERSION_MIN);
         Ok(Engine {
             version: answer.version,
-            api: api.min(API_VERSION_MAX),
+            api: api.min(API_VERSION_MAX).max(engine_min),
             ..probe
         })
     }
@@ -165,18 +173,37 @@ impl Engine {
         format!("/v{}.{}{rest}", self.api.0, self.api.1)
     }
 
-    /// `GET /images/{image}/json`, for `wanted` on engines that store several platforms.
+    /// `GET /images/{image}/json`, for `wanted` on engines whose inspect takes a platform,
+    /// with the image's manifests where the engine lists them.
     pub async fn inspect(
         &self,
         image: &str,
         wanted: &Platform,
     ) -> Result<ImageInspect, EngineError> {
-        let what = format!("the inspect of {image}");
-        let mut query = self.platform_query(wanted);
+        let query = match self.api >= API_VERSION_PLATFORM_INSPECT {
+            true => self.platform_query(wanted),
+            false => String::new(),
+        };
+        self.inspect_query(image, query).await
+    }
+
+    /// `GET /images/{image}/json?manifests=1`: the image with the list of its manifests, on
+    /// engines that give it (none from older engines and from the classic store).
+    pub async fn inspect_manifests(&self, image: &str) -> Result<ImageInspect, EngineError> {
+        self.inspect_query(image, String::new()).await
+    }
+
+    /// The inspect with `query` (`?...` or empty), plus `manifests=1` where it is known.
+    async fn inspect_query(
+        &self,
+        image: &str,
+        mut query: String,
+    ) -> Result<ImageInspect, EngineError> {
         if self.api >= API_VERSION_MANIFESTS {
             query.push_str(if query.is_empty() { "?" } else { "&" });
             query.push_str("manifests=1");
         }
+        let what = format!("the inspect of {image}");
         let path = self.path(&format!("/images/{image}/json{query}"));
         let bytes = self.small(&path, &what, Some(image)).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.bad_answer(&what, e))

@@ -6,6 +6,7 @@
 //! - [`client`]: HTTP/1.1 over the socket (hyper): version negotiation (`GET /version`), image
 //!   inspect (platform and diff_ids before anything is exported) and the export stream
 //!   (`GET /images/{name}/get`) as a blocking reader.
+//! - [`platforms`]: the platforms the engine holds of an image and which one a push takes.
 //! - [`export`]: walks the export's tar stream once, identifying each layer by the digest of its
 //!   uncompressed bytes against the inspect's diff_ids, handing layers to the caller as they
 //!   stream and keeping only the small JSON files in memory.
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod endpoint;
 pub mod export;
+pub mod platforms;
 
 pub use client::{Engine, ImageInspect};
 pub use endpoint::Endpoint;
@@ -90,6 +92,17 @@ pub enum EngineError {
         version: String,
         api: String,
         min: String,
+    },
+
+    #[error(
+        "the Docker engine at {socket} (Engine API {api}) describes only the {have} image of {image}, not its {wanted} one: upgrade the engine (Engine API 1.49, Docker 28, or newer), or `docker save --platform {wanted}` the image and push the archive"
+    )]
+    PlatformNotDescribed {
+        socket: String,
+        api: String,
+        image: String,
+        have: String,
+        wanted: String,
     },
 
     #[error("the Docker engine at {socket} answered {status} to {what}: {detail}")]

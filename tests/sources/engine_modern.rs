@@ -1,0 +1,301 @@
+//! `docker-daemon:` against Docker 28 (Engine API 1.51) with both image stores, images built
+//! there with buildx (`tests/common/modern_engine.rs`): pushes pulled back and compared with
+//! the engine's own view (diff_ids, platform), the platform chosen by name on a
+//! multi-platform image with attestations (and refused, naming those held, when absent), and
+//! hoistd stopped (kill -9, SIGTERM) during the export and mid-upload, then started again:
+//! the job goes on by itself into the same manifest digest.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use hoist::api::{Compression, EventKind, JobId, JobState, SubmitRequest};
+use hoist::cli::client::Client;
+use hoist::digest::Digest;
+
+use crate::common::TestRegistry;
+use crate::common::modern_engine::{ModernEngine, Store};
+use crate::daemon_support::{hoistd_command, kill9, wait_answers};
+use crate::push_support::{PUSH_MS_MAX, pull_back, request, wait_for, with_vars};
+
+/// The job's upload limit in the stop tests: the app image takes seconds to upload.
+const SLOW_BYTES_PER_S: u64 = 2 << 20;
+
+/// A hoistd in `dir` whose own environment names `engine`, and its client.
+async fn hoistd(engine: &ModernEngine, dir: &Path) -> (Child, Client) {
+    std::fs::create_dir_all(dir).unwrap();
+    let child = hoistd_command(dir, "warn")
+        .env("DOCKER_HOST", &engine.host)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(dir.join("hoist.sock"));
+    wait_answers(&client, 20).await;
+    (child, client)
+}
+
+fn engine_request(engine: &ModernEngine, image: &str, target: &str) -> SubmitRequest {
+    with_vars(
+        request(&format!("docker-daemon:{image}"), target, Compression::Gzip),
+        &[("DOCKER_HOST", &engine.host)],
+    )
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The manifest of the single image in the OCI layout at `layout`.
+fn layout_manifest(layout: &Path) -> serde_json::Value {
+    let index = json_of(&layout.join("index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json_of(&blob_path(layout, &digest))
+}
+
+/// The pulled image's platform (from its config) and the digests of its uncompressed layers.
+fn pulled_image(layout: &Path) -> (String, Vec<Digest>) {
+    let manifest = layout_manifest(layout);
+    let config = json_of(&blob_path(
+        layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    let platform = format!(
+        "{}/{}",
+        config["os"].as_str().unwrap(),
+        config["architecture"].as_str().unwrap()
+    );
+    let diff_ids = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let f = std::fs::File::open(blob_path(layout, l["digest"].as_str().unwrap())).unwrap();
+            let mut bytes = Vec::new();
+            match l["mediaType"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("zstd")
+            {
+                true => zstd::stream::read::Decoder::new(f)
+                    .unwrap()
+                    .read_to_end(&mut bytes),
+                false => flate2::read::MultiGzDecoder::new(f).read_to_end(&mut bytes),
+            }
+            .unwrap();
+            Digest::sha256_of(&bytes)
+        })
+        .collect();
+    (platform, diff_ids)
+}
+
+/// The engine's diff_ids of `image` for `platform`.
+fn engine_diff_ids(engine: &ModernEngine, image: &str, platform: &str) -> Vec<Digest> {
+    let out = engine.docker(&[
+        "image",
+        "inspect",
+        "--platform",
+        platform,
+        "--format",
+        "{{json .RootFS.Layers}}",
+        image,
+    ]);
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Pushes `image` for `platform` and checks the pulled image against the engine's; returns
+/// the manifest digest.
+async fn push_checked(
+    engine: &ModernEngine,
+    client: &Client,
+    registry: &TestRegistry,
+    image: &str,
+    platform: &str,
+    repo: &str,
+) -> Digest {
+    let host = registry.host();
+    let mut req = engine_request(engine, image, &format!("{host}/{repo}:1"));
+    req.platform = Some(platform.to_string());
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    let pulled = tempfile::tempdir().unwrap();
+    let digest = pull_back(&host, &format!("{repo}:1"), &pulled.path().join("l"));
+    assert_eq!(Some(digest.clone()), job.manifest_digest);
+    let (have, diff_ids) = pulled_image(&pulled.path().join("l"));
+    assert_eq!(have, platform);
+    assert_eq!(diff_ids, engine_diff_ids(engine, image, platform));
+    digest
+}
+
+async fn pushes_the_app_image(store: Store) {
+    let Some(engine) = ModernEngine::shared(store) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let (child, client) = hoistd(&engine, dir.path()).await;
+    push_checked(&engine, &client, &registry, "app:1", "linux/amd64", "app").await;
+    kill9(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_classic_store_pushes_an_image_built_with_buildx() {
+    pushes_the_app_image(Store::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_containerd_store_pushes_an_image_built_with_buildx() {
+    pushes_the_app_image(Store::Containerd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_containerd_store_pushes_the_platform_asked_for_by_name_and_names_those_held() {
+    let Some(engine) = ModernEngine::shared(Store::Containerd) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let (child, client) = hoistd(&engine, dir.path()).await;
+    let arm = push_checked(
+        &engine,
+        &client,
+        &registry,
+        "multi:1",
+        "linux/arm64",
+        "m/arm",
+    )
+    .await;
+    let amd = push_checked(
+        &engine,
+        &client,
+        &registry,
+        "multi:1",
+        "linux/amd64",
+        "m/amd",
+    )
+    .await;
+    assert_ne!(arm, amd);
+
+    let host = registry.host();
+    let mut req = engine_request(&engine, "multi:1", &format!("{host}/m/s390x:1"));
+    req.platform = Some("linux/s390x".into());
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap_or_default();
+    assert!(
+        reason.contains("no linux/s390x image in index (has linux/amd64, linux/arm64)"),
+        "{reason}"
+    );
+    kill9(child);
+}
+
+/// When the push is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// At the first export event.
+    Exporting,
+    /// Once the export has ended and an upload moved bytes.
+    Uploading,
+}
+
+/// How hoistd is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Kill9,
+    Term,
+}
+
+/// Follows `id`'s events until `moment`; false when the job ended first.
+async fn wait_moment(client: &Client, id: &JobId, moment: Moment) -> bool {
+    let mut stream = client.events(id, 0, true).await.unwrap();
+    let mut exported = false;
+    while let Some(e) = stream.next().await {
+        match (moment, e.unwrap().kind) {
+            (Moment::Exporting, EventKind::Export { .. }) => return true,
+            (
+                _,
+                EventKind::Export {
+                    layers_done,
+                    layers_total,
+                    ..
+                },
+            ) => exported |= layers_done == layers_total,
+            (Moment::Uploading, EventKind::Progress { .. }) if exported => return true,
+            (_, EventKind::State { state, .. }) if state.is_final() => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn stop(mut child: Child, how: Stop) {
+    match how {
+        Stop::Kill9 => kill9(child),
+        Stop::Term => {
+            let pid = child.id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            child.wait().unwrap();
+        }
+    }
+}
+
+/// A clean push, then the same push stopped at each moment and resumed by a new hoistd with no
+/// command: every one ends in the clean push's manifest digest.
+async fn resumes_after_stops(store: Store) {
+    let Some(engine) = ModernEngine::shared(store) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let d = dir.path().join("d");
+    let (mut child, mut client) = hoistd(&engine, &d).await;
+    let clean = push_checked(&engine, &client, &registry, "app:1", "linux/amd64", "clean").await;
+    let cases = [
+        (Moment::Exporting, Stop::Kill9),
+        (Moment::Uploading, Stop::Kill9),
+        (Moment::Uploading, Stop::Term),
+    ];
+    for (moment, how) in cases {
+        // A registry of its own: none of the blobs there to mount.
+        let registry = TestRegistry::start();
+        let mut req = engine_request(&engine, "app:1", &format!("{}/stop:1", registry.host()));
+        req.options.bandwidth_bytes_per_s = Some(SLOW_BYTES_PER_S);
+        let id = client.submit(&req).await.unwrap().id;
+        assert!(
+            wait_moment(&client, &id, moment).await,
+            "{moment:?}: ended first"
+        );
+        stop(child, how);
+        (child, client) = hoistd(&engine, &d).await;
+        let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+        assert_eq!(job.state, JobState::Done, "{moment:?} {how:?}: {job:?}");
+        assert_eq!(
+            job.manifest_digest.as_ref(),
+            Some(&clean),
+            "{moment:?} {how:?}"
+        );
+    }
+    kill9(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_classic_store_resumes_after_kill_and_term_into_the_same_manifest() {
+    resumes_after_stops(Store::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_containerd_store_resumes_after_kill_and_term_into_the_same_manifest() {
+    resumes_after_stops(Store::Containerd).await;
+}
