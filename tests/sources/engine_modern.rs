@@ -152,9 +152,77 @@ async fn docker28_classic_store_pushes_an_image_built_with_buildx() {
     pushes_the_app_image(Store::Classic).await;
 }
 
+/// The layer digests of `docker save --platform PLATFORM IMAGE`'s `manifest.json`.
+fn saved_layers(engine: &ModernEngine, image: &str, platform: &str) -> Vec<String> {
+    let dir = engine.shared_dir(&format!("save-{}", image.replace(':', "-")));
+    let tar = dir.join("image.tar");
+    engine.docker(&[
+        "save",
+        "--platform",
+        platform,
+        "-o",
+        tar.to_str().unwrap(),
+        image,
+    ]);
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+    let mut manifest = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("manifest.json") {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            manifest = Some(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+        }
+    }
+    let manifest = manifest.expect("manifest.json in docker save's archive");
+    manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().replace("blobs/sha256/", "sha256:"))
+        .collect()
+}
+
+/// The digests and media types of the layers of `repo:1`'s manifest in the registry.
+fn pushed_layers(registry: &TestRegistry, repo: &str) -> Vec<(String, String)> {
+    let raw = crate::common::skopeo_raw_manifest(&registry.host(), &format!("{repo}:1"));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap().to_string();
+            (field("digest"), field("mediaType"))
+        })
+        .collect()
+}
+
+/// On the containerd store the engine's compressed blobs are pushed as they are: the layers
+/// of `docker save`'s manifest, gzip and zstd, under their media types.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker28_containerd_store_pushes_an_image_built_with_buildx() {
-    pushes_the_app_image(Store::Containerd).await;
+async fn docker28_containerd_store_pushes_the_engines_own_layer_blobs_gzip_and_zstd() {
+    let Some(engine) = ModernEngine::shared(Store::Containerd) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let (child, client) = hoistd(&engine, dir.path()).await;
+    for (image, repo, ending) in [("app:1", "app", "tar+gzip"), ("zst:1", "zst", "tar+zstd")] {
+        push_checked(&engine, &client, &registry, image, "linux/amd64", repo).await;
+        let pushed = pushed_layers(&registry, repo);
+        let digests: Vec<String> = pushed.iter().map(|(d, _)| d.clone()).collect();
+        assert_eq!(
+            digests,
+            saved_layers(&engine, image, "linux/amd64"),
+            "{image}"
+        );
+        assert!(
+            pushed.iter().all(|(_, m)| m.ends_with(ending)),
+            "{pushed:?}"
+        );
+    }
+    kill9(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

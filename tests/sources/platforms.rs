@@ -280,9 +280,11 @@ fn walk_left_out(archive: &Path, img: &SampleImage) -> Vec<String> {
     }))
     .unwrap();
     let needed = diff_ids.iter().cloned().collect();
-    let mut layer = |r: &mut dyn std::io::Read| {
+    let mut layer = |r: &mut dyn std::io::Read, c| {
         let mut bytes = Vec::new();
-        r.read_to_end(&mut bytes).unwrap();
+        export::decoder(r, c, "a layer")?
+            .read_to_end(&mut bytes)
+            .unwrap();
         Ok(Digest::sha256_of(&bytes))
     };
     let walked = export::walk(

@@ -1,23 +1,27 @@
 //! A `docker-daemon:` source, exported from the engine straight into the spool.
 //!
 //! ```text
-//! endpoint (caller's env) -> GET /version -> GET /images/{name}/json: platform check
-//!   -> layers already in the spool (index + file length) are not compressed again
+//! endpoint (caller's env) -> GET /version -> GET /images/{name}/json?manifests=1: the
+//!   platform chosen from those held, then its inspect, checked
+//!   -> layers already in the spool are not written again
 //!   -> GET /images/{name}/get, walked once: each needed layer, identified by the digest of
-//!      its uncompressed bytes, is compressed as it streams into `<job spool>/export/`, and
-//!      its uncompressed bytes are teed to the ELF census on a thread of its own
+//!      its uncompressed bytes, goes into `<job spool>/export/` as it streams: an uncompressed
+//!      one compressed there, a compressed one (the containerd store's) stored as it is; its
+//!      uncompressed bytes go to the ELF census on a thread of its own
 //!   -> each layer whole in the spool is uploaded at once ([`super::early`]) while the export
 //!      goes on with the next one
-//!   -> the plan: the config (in memory, then one small file) and the compressed layers,
-//!      pushed as they are
+//!   -> the plan: the config (in memory, then one small file) and the layers, pushed as they
+//!      are in the spool
 //! ```
 //!
-//! The engine's export is never stored: extra disk is the compressed image. The layers are
-//! compressed with the spool's codec, chunk size and codec versions, so they are the bytes a
-//! push of the `docker save` archive would upload (same digests, same manifest). A layer is
-//! written to a temporary file and renamed when whole and synced, and recorded in the spool
-//! index; a rerun (a hoistd restart during the export) exports again and skips every layer
-//! already there (those, exported by an earlier run, are read back for the census).
+//! The engine's export is never stored: extra disk is the compressed image. Uncompressed
+//! layers (the classic store) are compressed with the spool's codec, chunk size and codec
+//! versions, so they are the bytes a push of the `docker save` archive would upload (same
+//! digests, same manifest); the containerd store's compressed blobs (gzip or zstd) are pushed
+//! as the engine keeps them, as `docker push` does, under OCI media types. A layer is written
+//! to a temporary file and renamed when whole and synced; a rerun (a hoistd restart during the
+//! export) exports again and skips every layer already there (those, exported by an earlier
+//! run, are read back for the census).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -35,7 +39,7 @@ use super::spool::{self, SPOOL_CHUNK_BYTES, ThreadTokens};
 use super::upload::Uploader;
 use crate::compress::{CompressConfig, StreamState, compress_stream_within};
 use crate::daemon::job::{JobContext, JobError};
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::elf::LayerCensus;
 use crate::environ::CallerEnv;
 use crate::image::doc::{self, Config, Doc};
@@ -74,9 +78,44 @@ pub struct Exported {
     pub early: EarlyUploads,
 }
 
-/// A layer whole in the spool (compressed file synced, renamed, indexed): its diff_id and
-/// what compressing it gave.
-type Ready = (Digest, CompressedLayer);
+/// A layer whole in the spool (file synced, renamed, indexed): its diff_id and what it is.
+type Ready = (Digest, Spooled);
+
+/// A layer whole in the spool: the blob pushed, its compression and its file in
+/// [`EXPORT_DIR`]: either compressed by hoist with the spool's codec, or the engine's own
+/// compressed blob stored as it came (named by [`stored_name`]).
+#[derive(Debug, Clone)]
+struct Spooled {
+    blob: CompressedLayer,
+    compression: Compression,
+    file: String,
+}
+
+/// The prefix of the engine's compressed blobs stored as they came.
+const STORED_PREFIX: &str = "stored-";
+
+/// The file of an engine's blob stored as it came: its diff_id, digest and compression, so
+/// a rerun finds it by listing the directory (it is renamed to this name only once whole and
+/// checked).
+fn stored_name(diff_id: &Digest, blob: &Digest, compression: Compression) -> String {
+    format!(
+        "{STORED_PREFIX}{}-{}.{}",
+        diff_id.hex(),
+        blob.hex(),
+        compression.name()
+    )
+}
+
+/// What a [`stored_name`] says: diff_id, blob digest, compression.
+fn parse_stored_name(name: &str) -> Option<(Digest, Digest, Compression)> {
+    let (hexes, ext) = name.strip_prefix(STORED_PREFIX)?.split_once('.')?;
+    let (diff, blob) = hexes.split_once('-')?;
+    let compression = [Compression::Gzip, Compression::Zstd]
+        .into_iter()
+        .find(|c| c.name() == ext)?;
+    let digest = |hex: &str| Digest::parse(&format!("sha256:{hex}")).ok();
+    Some((digest(diff)?, digest(blob)?, compression))
+}
 
 fn failed(e: impl Into<SourceError>) -> JobError {
     JobError::failed(e.into().to_string())
@@ -111,10 +150,7 @@ pub async fn plan_job(
 }
 
 /// The image's layers that the spool does not hold yet: what the export must write.
-fn missing_layers(
-    inspect: &ImageInspect,
-    spooled: &HashMap<Digest, CompressedLayer>,
-) -> HashSet<Digest> {
+fn missing_layers(inspect: &ImageInspect, spooled: &HashMap<Digest, Spooled>) -> HashSet<Digest> {
     inspect
         .rootfs
         .layers
@@ -136,7 +172,7 @@ pub async fn plan(
 ) -> Result<Exported, JobError> {
     let endpoint = Endpoint::from_env(env).map_err(failed)?;
     let engine = Engine::connect(endpoint).await.map_err(failed)?;
-    let (inspect, what, platform) = inspect_checked(&engine, image, opts).await?;
+    let (inspect, what, platform, family) = inspect_checked(&engine, image, opts).await?;
     let dir = ctx.spool_dir().join(EXPORT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| io_failed(&dir, e))?;
     let codec = opts.compression;
@@ -145,7 +181,7 @@ pub async fn plan(
     let needed = missing_layers(&inspect, &layers);
     let mut early = EarlyUploads::new(ctx.clone(), uploader.clone());
     for (d, c) in &layers {
-        let layer = spool_layer(&what, &dir, d, c, codec)?;
+        let layer = spool_layer(&what, &dir, d, c, family)?;
         early.start(position(&inspect, d), &layer).await?;
     }
     let mut census = StreamCensus::new();
@@ -169,7 +205,7 @@ pub async fn plan(
             abandon: Arc::new(AtomicBool::new(false)),
         };
         let (walked, made, censused) =
-            export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
+            export_uploading(job, reader, ready_rx, &mut early, (&what, &dir, family)).await?;
         write_config(&dir, &walked.config, &inspect.id)?;
         config = Some(walked.config);
         if left_out.is_empty() {
@@ -182,12 +218,10 @@ pub async fn plan(
         JobError::failed("internal error: no config after the export: report this as a bug")
     })?;
     let mut resolved = resolve(
-        &what,
-        &dir,
+        (&what, &dir, family),
         &inspect,
         config,
         &layers,
-        codec,
         &opts.platform,
     )?;
     resolved.skipped = left_out;
@@ -207,11 +241,17 @@ async fn inspect_checked(
     engine: &Engine,
     image: &str,
     opts: &PlanOptions,
-) -> Result<(ImageInspect, String, Platform), JobError> {
+) -> Result<(ImageInspect, String, Platform, Family), JobError> {
     let what = format!("{TRANSPORT_PREFIX}{image}");
     let listed = engine.inspect_manifests(image).await.map_err(failed)?;
     let chosen = platforms::choose(&what, listed.manifests(), &opts.platform)
         .map_err(|e| failed(SourceError::from(e)))?;
+    // The containerd image store (it lists manifests) keeps OCI images: pushed under OCI media
+    // types, as its own blobs are (zstd among them).
+    let family = match listed.manifests().is_empty() {
+        true => Family::Docker2,
+        false => Family::Oci,
+    };
     let inspect = match &chosen {
         None => listed,
         Some(p) if engine.api >= API_VERSION_PLATFORM_INSPECT => {
@@ -230,19 +270,15 @@ async fn inspect_checked(
     };
     select::check_platform(&what, inspect.platform(), &opts.platform)
         .map_err(|e| failed(SourceError::from(e)))?;
-    Ok((
-        inspect,
-        what,
-        chosen.unwrap_or_else(|| opts.platform.clone()),
-    ))
+    let platform = chosen.unwrap_or_else(|| opts.platform.clone());
+    Ok((inspect, what, platform, family))
 }
 
 /// What a finished export gives: the walk, the layers it compressed, their census.
-type ExportResult = (
-    export::Walked,
-    HashMap<Digest, CompressedLayer>,
-    StreamCensus,
-);
+type ExportResult = (export::Walked, HashMap<Digest, Spooled>, StreamCensus);
+
+/// How messages name the source, the export directory, the family pushed.
+type Place<'a> = (&'a str, &'a Path, Family);
 
 /// Runs `job` on a blocking thread and starts the upload of each layer it reports whole
 /// while it goes on. A failed upload ends the export (at its next read); a failed export
@@ -253,13 +289,12 @@ async fn export_uploading(
     reader: impl Read + Send + 'static,
     mut ready: tokio::sync::mpsc::UnboundedReceiver<Ready>,
     early: &mut EarlyUploads,
-    what: &str,
-    dir: &Path,
+    (what, dir, family): Place<'_>,
 ) -> Result<ExportResult, JobError> {
-    let (inspect, codec, abandon) = (job.inspect.clone(), job.codec, job.abandon.clone());
+    let (inspect, abandon) = (job.inspect.clone(), job.abandon.clone());
     let mut task = tokio::task::spawn_blocking(move || job.run(reader));
     let start = async |early: &mut EarlyUploads, (d, c): Ready| {
-        let layer = spool_layer(what, dir, &d, &c, codec)?;
+        let layer = spool_layer(what, dir, &d, &c, family)?;
         early.start(position(&inspect, &d), &layer).await
     };
     let joined = loop {
@@ -300,24 +335,66 @@ fn position(inspect: &ImageInspect, diff_id: &Digest) -> usize {
         .unwrap_or(inspect.rootfs.layers.len())
 }
 
-/// The compressed layers an earlier run left in `dir`: whole (the index's size) only.
+/// The layers an earlier run left in `dir`: the engine's blobs stored as they came, and those
+/// hoist compressed (whole: the index's size) only.
 fn spooled_layers(
     ctx: &JobContext,
     dir: &Path,
     inspect: &ImageInspect,
     codec: Codec,
-) -> HashMap<Digest, CompressedLayer> {
+) -> HashMap<Digest, Spooled> {
+    let stored = stored_layers(dir);
     inspect
         .rootfs
         .layers
         .iter()
         .filter_map(|d| {
-            let name = spool::spool_name(d, codec);
-            let known = spool::index_lookup(ctx, &name)?;
-            let len = std::fs::metadata(dir.join(&name)).ok()?.len();
-            (len == known.size).then(|| (d.clone(), known))
+            if let Some(s) = stored.get(d) {
+                return Some((d.clone(), s.clone()));
+            }
+            let file = spool::spool_name(d, codec);
+            let blob = spool::index_lookup(ctx, &file)?;
+            let len = std::fs::metadata(dir.join(&file)).ok()?.len();
+            let compression = codec_compression(codec);
+            (len == blob.size).then(|| {
+                let s = Spooled {
+                    blob,
+                    compression,
+                    file,
+                };
+                (d.clone(), s)
+            })
         })
         .collect()
+}
+
+/// The engine's compressed blobs an earlier run stored in `dir`, by diff_id.
+fn stored_layers(dir: &Path) -> HashMap<Digest, Spooled> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let (diff_id, digest, compression) = parse_stored_name(&file)?;
+            let size = e.metadata().ok()?.len();
+            let blob = CompressedLayer { digest, size };
+            let s = Spooled {
+                blob,
+                compression,
+                file,
+            };
+            Some((diff_id, s))
+        })
+        .collect()
+}
+
+fn codec_compression(codec: Codec) -> Compression {
+    match codec {
+        Codec::Gzip => Compression::Gzip,
+        Codec::Zstd => Compression::Zstd,
+    }
 }
 
 /// The config an earlier run exported, when it is still the engine's image: the engine's image
@@ -352,15 +429,13 @@ fn write_config(dir: &Path, config: &Doc<Config>, image_id: &str) -> Result<(), 
         .map_err(|e| io_failed(&path, e))
 }
 
-/// The image as the plan sees it: the config and the compressed layers in the spool, each
-/// read in place like an archive's blobs.
+/// The image as the plan sees it: the config and the layers in the spool, each read in
+/// place like an archive's blobs.
 fn resolve(
-    what: &str,
-    dir: &Path,
+    (what, dir, family): Place<'_>,
     inspect: &ImageInspect,
     config: Doc<Config>,
-    layers: &HashMap<Digest, CompressedLayer>,
-    codec: Codec,
+    layers: &HashMap<Digest, Spooled>,
     wanted: &crate::platform::Platform,
 ) -> Result<ResolvedImage, JobError> {
     let platform = select::check_config_platform(what, &config.parsed, wanted)
@@ -370,13 +445,13 @@ fn resolve(
         let c = layers.get(diff_id).ok_or_else(|| {
             JobError::failed(format!("internal error: layer {diff_id} is not in the spool after the export: report this as a bug"))
         })?;
-        out.push(spool_layer(what, dir, diff_id, c, codec)?);
+        out.push(spool_layer(what, dir, diff_id, c, family)?);
     }
     Ok(ResolvedImage {
         source: what.to_string(),
-        family: Family::Docker2,
+        family,
         manifest: None,
-        config_media_type: media::DOCKER_CONFIG.to_string(),
+        config_media_type: family.config_media_type().to_string(),
         config_location: open(&dir.join(CONFIG_FILE), format!("{what}: config"))?,
         platform,
         layers: out,
@@ -398,26 +473,24 @@ fn open(path: &Path, name: String) -> Result<BlobLocation, JobError> {
     })
 }
 
-/// The layer `diff_id` as pushed: its compressed file in the spool, read in place.
+/// The layer `diff_id` as pushed: its compressed file in the spool, read in place, under the
+/// media type of `family`.
 fn spool_layer(
     what: &str,
     dir: &Path,
     diff_id: &Digest,
-    c: &CompressedLayer,
-    codec: Codec,
+    s: &Spooled,
+    family: Family,
 ) -> Result<SourceLayer, JobError> {
-    let compression = match codec {
-        Codec::Gzip => Compression::Gzip,
-        Codec::Zstd => Compression::Zstd,
-    };
-    let path = dir.join(spool::spool_name(diff_id, codec));
-    let location = open(&path, format!("{what}: layer {diff_id}"))?;
-    Ok(SourceLayer::docker(
-        c.digest.clone(),
-        compression,
+    let location = open(&dir.join(&s.file), format!("{what}: layer {diff_id}"))?;
+    let mut layer = SourceLayer::docker(
+        s.blob.digest.clone(),
+        s.compression,
         location,
         diff_id.clone(),
-    ))
+    );
+    layer.media_type = media::layer_media_type(family, s.compression, false).to_string();
+    Ok(layer)
 }
 
 /// One export, run on a blocking thread.
@@ -462,8 +535,13 @@ impl Export {
             read: read.clone(),
             export: &self,
         };
-        let mut handler = |input: &mut dyn Read| -> Result<Digest, SourceError> {
-            let (diff_id, kept) = self.compress_entry(input, threads, &mut progress, made.len())?;
+        let mut handler = |input: &mut dyn Read, compression| -> Result<Digest, SourceError> {
+            let (diff_id, kept) = match compression {
+                Compression::None => {
+                    self.compress_entry(input, threads, &mut progress, made.len())?
+                }
+                c => self.store_entry(input, c, &mut progress, made.len())?,
+            };
             if let Some((c, layer_census)) = kept {
                 made.insert(diff_id.clone(), c.clone());
                 if let Some(lc) = layer_census {
@@ -499,6 +577,23 @@ impl Export {
         ));
     }
 
+    /// The temporary file an entry is written to until it is kept.
+    fn partial(&self) -> Result<(PathBuf, File), SourceError> {
+        let tmp = self.dir.join(".layer.partial");
+        let file = File::create(&tmp).map_err(|e| SourceError::Io {
+            what: tmp.display().to_string(),
+            source: e,
+        })?;
+        Ok((tmp, file))
+    }
+
+    /// Keeps the whole entry written to `tmp` as `name`: synced, then renamed.
+    fn keep(&self, tmp: &Path, file: &File, name: &str) -> Result<(), SourceError> {
+        file.sync_all()
+            .and_then(|()| std::fs::rename(tmp, self.dir.join(name)))
+            .map_err(|e| Failure::Io(e).into_source(tmp))
+    }
+
     /// Compresses one candidate entry into a temporary file while it streams (and takes its
     /// ELF census on the way, when asked); keeps it (renamed to its spool name, synced, in the
     /// index) when its diff_id is needed.
@@ -509,11 +604,7 @@ impl Export {
         progress: &mut Progress,
         layers_done: usize,
     ) -> Result<(Digest, Option<Kept>), SourceError> {
-        let tmp = self.dir.join(".layer.partial");
-        let file = File::create(&tmp).map_err(|e| SourceError::Io {
-            what: tmp.display().to_string(),
-            source: e,
-        })?;
+        let (tmp, file) = self.partial()?;
         let config = CompressConfig {
             codec: self.codec,
             chunk_bytes: SPOOL_CHUNK_BYTES,
@@ -559,22 +650,118 @@ impl Export {
             return Ok((totals.diff_id, None));
         }
         let name = spool::spool_name(&totals.diff_id, self.codec);
-        let keep = || -> io::Result<()> {
-            file.sync_all()?;
-            std::fs::rename(&tmp, self.dir.join(&name))
-        };
-        keep().map_err(|e| Failure::Io(e).into_source(&tmp))?;
+        self.keep(&tmp, &file, &name)?;
         let c = CompressedLayer {
             digest: totals.blob_digest,
             size: totals.compressed_bytes,
         };
         spool::index_store(&self.ctx, &name, &c);
-        Ok((totals.diff_id, Some((c, layer_census))))
+        let s = Spooled {
+            blob: c,
+            compression: codec_compression(self.codec),
+            file: name,
+        };
+        Ok((totals.diff_id, Some((s, layer_census))))
+    }
+
+    /// Stores one of the engine's compressed blobs as it comes (the engine's bytes are what
+    /// `docker push` sends, and a registry may have them already) while a thread decompresses
+    /// it for its diff_id and ELF census; keeps it (synced, renamed to its [`stored_name`])
+    /// when that diff_id is needed.
+    fn store_entry(
+        &self,
+        input: &mut dyn Read,
+        compression: Compression,
+        progress: &mut Progress,
+        layers_done: usize,
+    ) -> Result<(Digest, Option<Kept>), SourceError> {
+        let (tmp, file) = self.partial()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(PIPE_PIECES_QUEUED);
+        let (unpack_tx, unpack_rx) = std::sync::mpsc::sync_channel::<Piece>(PIPE_PIECES_QUEUED);
+        let census = self.census;
+        let ended = || io::Error::other("a thread of the export ended abnormally");
+        let done = std::thread::scope(|s| {
+            let writer = s.spawn(|| write_hashed(Piped::new(rx), &file));
+            let unpacker =
+                s.spawn(move || unpack_hashed(Piped::new(unpack_rx), compression, census));
+            let pumped = pump(input, &tx, Some(&unpack_tx), &mut || {
+                if progress.due() {
+                    self.report(&progress.read, layers_done);
+                }
+            });
+            drop((tx, unpack_tx));
+            let written = writer.join().unwrap_or_else(|_| Err(ended()));
+            let unpacked = unpacker.join().unwrap_or_else(|_| Err(ended()));
+            pumped?;
+            Ok::<_, io::Error>((written?, unpacked?))
+        });
+        let ((digest, size), (diff_id, layer_census)) =
+            done.map_err(|e| Failure::Io(e).into_source(&tmp))?;
+        if !self.needed.contains(&diff_id) {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok((diff_id, None));
+        }
+        let name = stored_name(&diff_id, &digest, compression);
+        self.keep(&tmp, &file, &name)?;
+        let s = Spooled {
+            blob: CompressedLayer { digest, size },
+            compression,
+            file: name,
+        };
+        Ok((diff_id, Some((s, layer_census))))
     }
 }
 
-/// A needed layer compressed into the spool, and its census when it was taken.
-type Kept = (CompressedLayer, Option<Result<LayerCensus, String>>);
+/// Writes `input` to `file`; its sha256 and length.
+fn write_hashed(mut input: impl Read, mut file: &File) -> io::Result<(Digest, u64)> {
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; PIPE_PIECE_BYTES];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hasher.finish(), size));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+}
+
+/// The sha256 of `input`'s uncompressed bytes (its diff_id), and their ELF census when asked.
+fn unpack_hashed(
+    input: impl Read,
+    compression: Compression,
+    census: bool,
+) -> io::Result<(Digest, Option<Result<LayerCensus, String>>)> {
+    let inner = export::decoder(input, compression, "a layer of the export")
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut reader = HashingReader {
+        inner,
+        hasher: Hasher::new(Algorithm::Sha256),
+    };
+    let census = census.then(|| crate::elf::census_tar(&mut reader).map_err(|e| e.to_string()));
+    // The census stops at the tar's end: the rest (padding) is part of the diff_id too.
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok((reader.hasher.finish(), census))
+}
+
+/// A reader that hashes what it reads.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A needed layer whole in the spool, and its census when it was taken.
+type Kept = (Spooled, Option<Result<LayerCensus, String>>);
 
 /// A piece of the export stream, shared by the compressor and the census.
 type Piece = Arc<Vec<u8>>;

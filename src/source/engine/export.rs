@@ -24,10 +24,32 @@ pub const SMALL_ENTRY_BYTES_MAX: u64 = 1 << 20;
 /// Small files kept in memory at most, in bytes: an export holds a few JSON files per image.
 pub const SMALL_ENTRIES_BYTES_MAX: u64 = 64 << 20;
 
-/// What the handler is given for one candidate layer: a reader over its uncompressed bytes.
-/// It reads the whole entry and returns the sha256 of what it read; it keeps its result only
-/// when that digest is a diff_id still needed (it decides with the same set).
-pub type LayerHandler<'a> = dyn FnMut(&mut dyn Read) -> Result<Digest, SourceError> + 'a;
+/// What the handler is given for one candidate layer: a reader over its bytes as the engine
+/// stores them, and their compression (sniffed). It reads the whole entry and returns the
+/// sha256 of its uncompressed bytes ([`decoder`] undoes the compression); it keeps its result
+/// only when that digest is a diff_id still needed (it decides with the same set).
+pub type LayerHandler<'a> =
+    dyn FnMut(&mut dyn Read, Compression) -> Result<Digest, SourceError> + 'a;
+
+/// The uncompressed bytes of `input`, compressed with `compression`; `what` names it in errors.
+pub fn decoder<'a>(
+    input: impl Read + 'a,
+    compression: Compression,
+    what: &str,
+) -> Result<Box<dyn Read + 'a>, SourceError> {
+    Ok(match compression {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Zstd => {
+            Box::new(
+                zstd::stream::read::Decoder::new(input).map_err(|e| SourceError::Io {
+                    what: what.to_string(),
+                    source: e,
+                })?,
+            )
+        }
+    })
+}
 
 /// What the walk found: the verified config, and the diff_ids it handed over.
 #[derive(Debug)]
@@ -209,18 +231,7 @@ impl Walk<'_> {
                 codec,
             });
         }
-        let diff_id = match Compression::sniff(head) {
-            Compression::None => layer(input)?,
-            Compression::Gzip => layer(&mut flate2::read::MultiGzDecoder::new(input))?,
-            Compression::Zstd => {
-                let mut z =
-                    zstd::stream::read::Decoder::new(input).map_err(|e| SourceError::Io {
-                        what: name.to_string(),
-                        source: e,
-                    })?;
-                layer(&mut z)?
-            }
-        };
+        let diff_id = layer(input, Compression::sniff(head))?;
         if self.needed.contains(&diff_id) {
             self.found.insert(diff_id);
         }
