@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use super::{EngineError, ImageInspect};
 use crate::digest::{Digest, Hasher};
 use crate::image::JSON_BYTES_MAX;
-use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index};
+use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index, Manifest};
 use crate::image::media::{Compression, sniff_unsupported};
 use crate::image::select::{self, Fetch};
 use crate::source::{SourceError, blob_path, normalise_name};
@@ -90,6 +90,8 @@ pub fn walk(
         small: HashMap::new(),
         small_bytes: 0,
         found: HashSet::new(),
+        manifests: Vec::new(),
+        chosen: None,
     };
     for entry in entries {
         let mut entry = entry.map_err(|e| read_failed(&format!("the export of {image}"), e))?;
@@ -155,6 +157,11 @@ struct Walk<'a> {
     small: HashMap<String, Vec<u8>>,
     small_bytes: u64,
     found: HashSet<Digest>,
+    /// Image manifests seen so far: their config's entry name and their layer blobs.
+    manifests: Vec<(String, HashSet<Digest>)>,
+    /// The layer blobs of the image's own manifest, once it and its config have streamed by
+    /// (an export of every platform holds other platforms' layers, not to be read).
+    chosen: Option<HashSet<Digest>>,
 }
 
 impl Walk<'_> {
@@ -173,6 +180,13 @@ impl Walk<'_> {
         if let Some(d) = &named
             && self.inspect.rootfs.layers.contains(d)
             && !self.needed.contains(d)
+        {
+            return Ok(());
+        }
+        // A blob the image's manifest does not name: another platform's, an attestation's.
+        if let (Some(d), Some(chosen)) = (&named, &self.chosen)
+            && size > SMALL_ENTRY_BYTES_MAX
+            && !chosen.contains(d)
         {
             return Ok(());
         }
@@ -212,9 +226,40 @@ impl Walk<'_> {
                     max: self.small.len(),
                 });
             }
+            self.note_manifest(&bytes);
             self.small.insert(name.to_string(), bytes);
+            self.choose();
         }
         Ok(())
+    }
+
+    /// Keeps what an image manifest names (other JSON files are not manifests: skipped).
+    fn note_manifest(&mut self, bytes: &[u8]) {
+        let Ok(m) = serde_json::from_slice::<Manifest>(bytes) else {
+            return;
+        };
+        let config = format!(
+            "blobs/{}",
+            m.config.digest.to_string().replacen(':', "/", 1)
+        );
+        let layers = m.layers.into_iter().map(|l| l.digest).collect();
+        self.manifests.push((config, layers));
+    }
+
+    /// The image's own manifest: the one whose config, streamed by, lists the inspect's
+    /// diff_ids.
+    fn choose(&mut self) {
+        if self.chosen.is_some() {
+            return;
+        }
+        let want = &self.inspect.rootfs.layers;
+        let ours = self.manifests.iter().find(|(config, _)| {
+            self.small
+                .get(config)
+                .and_then(|b| serde_json::from_slice::<Config>(b).ok())
+                .is_some_and(|c| &c.rootfs.diff_ids == want)
+        });
+        self.chosen = ours.map(|(_, layers)| layers.clone());
     }
 
     /// An entry that may be a layer: its uncompressed bytes go to the handler.
@@ -330,3 +375,83 @@ fn read_up_to(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `JSON_BYTES_MAX` bounds every small file parsed here.
 const _: () = assert!(SMALL_ENTRY_BYTES_MAX <= JSON_BYTES_MAX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(b: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o444);
+        h.set_cksum();
+        b.append_data(&mut h, name, bytes).expect("append");
+    }
+
+    fn blob_name(d: &Digest) -> String {
+        format!("blobs/sha256/{}", d.hex())
+    }
+
+    /// An export of two platforms: the manifest and config of ours, another platform's
+    /// large gzip blob, our layer, `manifest.json`; the manifest first or after the other blob.
+    fn export(manifest_first: bool) -> (Vec<u8>, ImageInspect) {
+        let layer = vec![7u8; 2 << 20];
+        let diff_id = Digest::sha256_of(&layer);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        );
+        let config_digest = Digest::sha256_of(config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config_digest}","size":{}}},"layers":[{{"digest":"{diff_id}","size":{}}}]}}"#,
+            config.len(),
+            layer.len()
+        );
+        let mut other = vec![0x1f, 0x8b, 8, 0];
+        other.resize(3 << 20, 1);
+        let mut b = tar::Builder::new(Vec::new());
+        let manifest_name = blob_name(&Digest::sha256_of(manifest.as_bytes()));
+        if manifest_first {
+            add(&mut b, &manifest_name, manifest.as_bytes());
+        }
+        add(&mut b, &blob_name(&config_digest), config.as_bytes());
+        add(&mut b, &blob_name(&Digest::sha256_of(&other)), &other);
+        if !manifest_first {
+            add(&mut b, &manifest_name, manifest.as_bytes());
+        }
+        add(&mut b, &blob_name(&diff_id), &layer);
+        let entries = format!(
+            r#"[{{"Config":"{}","Layers":["{}"]}}]"#,
+            blob_name(&config_digest),
+            blob_name(&diff_id)
+        );
+        add(&mut b, "manifest.json", entries.as_bytes());
+        let inspect = serde_json::from_str(&format!(
+            r#"{{"Id":"{config_digest}","Os":"linux","Architecture":"amd64","RootFS":{{"Layers":["{diff_id}"]}}}}"#
+        ))
+        .expect("inspect");
+        (b.into_inner().expect("tar"), inspect)
+    }
+
+    /// How many entries the walk handed to the layer handler.
+    fn handled(manifest_first: bool) -> usize {
+        let (tar, inspect) = export(manifest_first);
+        let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
+        let mut calls = 0;
+        let mut handler = |input: &mut dyn Read, _: Compression| {
+            calls += 1;
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).expect("read");
+            Ok(Digest::sha256_of(&bytes))
+        };
+        let walked = walk(tar.as_slice(), "img", &inspect, &needed, &mut handler).expect("walk");
+        assert_eq!(walked.found, needed);
+        calls
+    }
+
+    #[test]
+    fn blobs_the_images_manifest_does_not_name_are_not_read_once_it_is_known() {
+        assert_eq!(handled(true), 1);
+        // The manifest after the other blob: that one is read to learn what it is.
+        assert_eq!(handled(false), 2);
+    }
+}
