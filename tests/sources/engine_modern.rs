@@ -332,6 +332,7 @@ async fn resumes_after_stops(store: Store) {
     let clean = push_checked(&engine, &client, &registry, "app:1", "linux/amd64", "clean").await;
     let cases = [
         (Moment::Exporting, Stop::Kill9),
+        (Moment::Exporting, Stop::Term),
         (Moment::Uploading, Stop::Kill9),
         (Moment::Uploading, Stop::Term),
     ];

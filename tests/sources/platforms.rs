@@ -292,6 +292,7 @@ fn walk_left_out(archive: &Path, img: &SampleImage) -> Vec<String> {
         "app:1",
         &inspect,
         &needed,
+        &std::collections::HashSet::new(),
         &mut layer,
     )
     .unwrap();

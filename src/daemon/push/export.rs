@@ -200,6 +200,10 @@ pub async fn plan(
             image: image.to_string(),
             inspect: inspect.clone(),
             needed,
+            held: layers
+                .iter()
+                .flat_map(|(d, s)| [d.clone(), s.blob.digest.clone()])
+                .collect(),
             census: !ctx.spec().options.allow_arch_mismatch,
             ready,
             abandon: Arc::new(AtomicBool::new(false)),
@@ -503,6 +507,8 @@ struct Export {
     image: String,
     inspect: ImageInspect,
     needed: HashSet<Digest>,
+    /// The layers' diff_ids and blob digests the spool has: their entries are skipped unread.
+    held: HashSet<Digest>,
     /// Whether the ELF census runs on the stream (not when the job allows a mismatch).
     census: bool,
     /// Where each layer whole in the spool is reported, for its upload to start.
@@ -558,6 +564,7 @@ impl Export {
             &self.image,
             &self.inspect,
             &self.needed,
+            &self.held,
             &mut handler,
         );
         let walked = match walked {

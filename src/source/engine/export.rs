@@ -62,12 +62,15 @@ pub struct Walked {
 }
 
 /// Walks `input` for the image `inspect` describes: every layer whose diff_id is in `needed`
-/// goes to `layer` as it streams; entries that cannot be a needed layer are skipped unread.
+/// goes to `layer` as it streams; entries that cannot be a needed layer are skipped unread, and
+/// so are the blobs named by a digest in `held` (what the caller has: diff_ids, and the
+/// digests of the engine's compressed blobs it stored).
 pub fn walk(
     input: impl Read,
     image: &str,
     inspect: &ImageInspect,
     needed: &HashSet<Digest>,
+    held: &HashSet<Digest>,
     layer: &mut LayerHandler<'_>,
 ) -> Result<Walked, SourceError> {
     let failed = |detail: String| -> SourceError {
@@ -87,6 +90,7 @@ pub fn walk(
     let mut walk = Walk {
         inspect,
         needed,
+        held,
         small: HashMap::new(),
         small_bytes: 0,
         found: HashSet::new(),
@@ -154,6 +158,7 @@ impl Fetch for SmallBlobs<'_> {
 struct Walk<'a> {
     inspect: &'a ImageInspect,
     needed: &'a HashSet<Digest>,
+    held: &'a HashSet<Digest>,
     small: HashMap<String, Vec<u8>>,
     small_bytes: u64,
     found: HashSet<Digest>,
@@ -173,14 +178,11 @@ impl Walk<'_> {
         layer: &mut LayerHandler<'_>,
     ) -> Result<(), SourceError> {
         let io_err = |e: io::Error| read_failed(name, e);
-        // `blobs/sha256/<diff_id>` of a layer not needed (done by an earlier run): skip.
+        // `blobs/sha256/<digest>` of a layer the caller has (from an earlier run): skip.
         let named = name
             .strip_prefix("blobs/")
             .and_then(|rest| Digest::parse(&rest.replacen('/', ":", 1)).ok());
-        if let Some(d) = &named
-            && self.inspect.rootfs.layers.contains(d)
-            && !self.needed.contains(d)
-        {
+        if named.as_ref().is_some_and(|d| self.held.contains(d)) {
             return Ok(());
         }
         // A blob the image's manifest does not name: another platform's, an attestation's.
@@ -432,10 +434,15 @@ mod tests {
         (b.into_inner().expect("tar"), inspect)
     }
 
-    /// How many entries the walk handed to the layer handler.
-    fn handled(manifest_first: bool) -> usize {
+    /// How many entries the walk handed to the layer handler; with `held`, the caller has
+    /// every blob named by a digest already (and needs nothing).
+    fn handled(manifest_first: bool, held: bool) -> usize {
         let (tar, inspect) = export(manifest_first);
-        let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
+        let layers: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
+        let (needed, held) = match held {
+            true => (HashSet::new(), blob_digests(&tar)),
+            false => (layers, HashSet::new()),
+        };
         let mut calls = 0;
         let mut handler = |input: &mut dyn Read, _: Compression| {
             calls += 1;
@@ -443,15 +450,43 @@ mod tests {
             input.read_to_end(&mut bytes).expect("read");
             Ok(Digest::sha256_of(&bytes))
         };
-        let walked = walk(tar.as_slice(), "img", &inspect, &needed, &mut handler).expect("walk");
+        let walked = walk(
+            tar.as_slice(),
+            "img",
+            &inspect,
+            &needed,
+            &held,
+            &mut handler,
+        )
+        .expect("walk");
         assert_eq!(walked.found, needed);
         calls
     }
 
+    /// The digests the export's layer blobs (its large ones) are named by.
+    fn blob_digests(tar: &[u8]) -> HashSet<Digest> {
+        let mut archive = tar::Archive::new(tar);
+        let entries = archive.entries().expect("entries");
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.path().ok()?.to_string_lossy().into_owned();
+                (e.size() > SMALL_ENTRY_BYTES_MAX).then_some(())?;
+                let hex = name.strip_prefix("blobs/sha256/")?.to_string();
+                Digest::parse(&format!("sha256:{hex}")).ok()
+            })
+            .collect()
+    }
+
     #[test]
     fn blobs_the_images_manifest_does_not_name_are_not_read_once_it_is_known() {
-        assert_eq!(handled(true), 1);
+        assert_eq!(handled(true, false), 1);
         // The manifest after the other blob: that one is read to learn what it is.
-        assert_eq!(handled(false), 2);
+        assert_eq!(handled(false, false), 2);
+    }
+
+    #[test]
+    fn blobs_the_caller_holds_are_not_read() {
+        assert_eq!(handled(false, true), 0);
     }
 }
