@@ -146,13 +146,13 @@ stop() {
 # libc from the chroot), COPY layers and a RUN that removes a file (a whiteout): app:1; on the
 # containerd store also multi:1 (linux/amd64 and linux/arm64, attestations with
 # --provenance=mode=max; this machine cannot run arm64 code, so the arm64 base is a root
-# without executables imported with that label, and there is no RUN) and zst:1 (app:1's
-# layers as zstd).
+# without executables imported with that label, and there is no RUN), zst:1 (app:1's
+# layers as zstd) and armbins:1 (the amd64 base imported as linux/arm64: mislabelled).
 images() {
   local store=$1 dir
   dir=$(realpath -m "$2")
   local ctx=$dir/run/ctx want="app:1"
-  [ "$store" = containerd ] && want="app:1 multi:1 zst:1"
+  [ "$store" = containerd ] && want="app:1 multi:1 zst:1 armbins:1"
   # shellcheck disable=SC2086
   docker_cli "$dir" image inspect $want >/dev/null 2>&1 && return 0
   rm -rf "$ctx" && mkdir -p "$ctx"
@@ -173,6 +173,7 @@ images() {
   echo arm64 > "$ctx/armroot/etc/hostname"
   tar -C "$ctx/armroot" -cf "$ctx/base-arm64.tar" .
   docker_cli "$dir" import --platform linux/arm64 "$ctx/base-arm64.tar" base-arm64:1 >/dev/null
+  docker_cli "$dir" import --platform linux/arm64 "$ctx/base.tar" armbins:1 >/dev/null
   docker_cli "$dir" buildx build -q --platform linux/amd64,linux/arm64 --provenance=mode=max \
     -f "$ctx/Dockerfile.multi" -t multi:1 --load "$ctx" >/dev/null
   docker_cli "$dir" buildx build -q \

@@ -34,7 +34,8 @@ impl Store {
 
 /// A running engine, shared; its images (`engine-chroot.sh images`): `app:1` on both
 /// stores (imported base, COPY layers, a RUN that removes a file), `multi:1` (linux/amd64 and
-/// linux/arm64 with attestations) and `zst:1` (zstd layers) on the containerd store.
+/// linux/arm64 with attestations), `zst:1` (zstd layers) and `armbins:1` (labelled
+/// linux/arm64, holding x86-64 executables) on the containerd store.
 pub struct ModernEngine {
     pub store: Store,
     /// `unix://...`: what `DOCKER_HOST` is set to.

@@ -264,6 +264,20 @@ async fn docker28_containerd_store_pushes_the_platform_asked_for_by_name_and_nam
         reason.contains("no linux/s390x image in index (has linux/amd64, linux/arm64)"),
         "{reason}"
     );
+
+    // The ELF census reads the engine's stored blobs too: x86-64 executables in an image
+    // labelled linux/arm64 are refused before the commit.
+    let mut req = engine_request(&engine, "armbins:1", &format!("{host}/m/armbins:1"));
+    req.platform = Some("linux/arm64".into());
+    let id = client.submit(&req).await.unwrap().id;
+    let job = wait_for(&client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.reason.unwrap_or_default();
+    assert!(
+        reason.contains("ELF files in layer 1 are x86-64")
+            && reason.contains("--allow-arch-mismatch"),
+        "{reason}"
+    );
     kill9(child);
 }
 
