@@ -111,6 +111,13 @@ fn parse_api(v: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
+/// The API version spoken with an engine that speaks `engine_min` to `engine_max`: the highest
+/// both know. An engine whose oldest API is newer than hoist's newest still answers these
+/// requests at its oldest.
+fn negotiate(engine_max: (u32, u32), engine_min: (u32, u32)) -> (u32, u32) {
+    engine_max.min(API_VERSION_MAX).max(engine_min)
+}
+
 /// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
 fn query_escape(value: &str) -> String {
     value
@@ -146,12 +153,10 @@ impl Engine {
                 min: format!("{}.{}", API_VERSION_MIN.0, API_VERSION_MIN.1),
             });
         }
-        // An engine whose oldest API is newer than hoist's newest still answers these
-        // requests at its oldest.
         let engine_min = parse_api(&answer.min_api_version).unwrap_or(API_VERSION_MIN);
         Ok(Engine {
             version: answer.version,
-            api: api.min(API_VERSION_MAX).max(engine_min),
+            api: negotiate(api, engine_min),
             ..probe
         })
     }
@@ -395,6 +400,9 @@ mod tests {
         assert_eq!(parse_api("1.9"), Some((1, 9)));
         assert!(parse_api("1.9") < Some(API_VERSION_MIN));
         assert_eq!(parse_api("x"), None);
+        assert_eq!(negotiate((1, 41), (1, 12)), (1, 41));
+        assert_eq!(negotiate((1, 52), (1, 24)), API_VERSION_MAX);
+        assert_eq!(negotiate((1, 60), (1, 55)), (1, 55));
         assert_eq!(
             query_escape(r#"{"os":"linux"}"#),
             "%7B%22os%22%3A%22linux%22%7D"
