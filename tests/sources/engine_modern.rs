@@ -252,6 +252,20 @@ async fn docker28_containerd_store_pushes_the_platform_asked_for_by_name_and_nam
     )
     .await;
     assert_ne!(arm, amd);
+    // What each push left out is said (from the engine's list of the image's manifests).
+    let warnings = warnings(&client).await;
+    for (pushed, other) in [
+        ("linux/arm64", "linux/amd64"),
+        ("linux/amd64", "linux/arm64"),
+    ] {
+        let said = format!(
+            "also holds {other}, unknown/unknown attestation: hoist pushes only the {pushed} image manifest"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains(&said)),
+            "{said}: {warnings:?}"
+        );
+    }
 
     let host = registry.host();
     let mut req = engine_request(&engine, "multi:1", &format!("{host}/m/s390x:1"));
@@ -279,6 +293,20 @@ async fn docker28_containerd_store_pushes_the_platform_asked_for_by_name_and_nam
         "{reason}"
     );
     kill9(child);
+}
+
+/// Every warning of every job of `client`'s daemon.
+async fn warnings(client: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for job in client.jobs().await.unwrap() {
+        let mut stream = client.events(&job.id, 0, false).await.unwrap();
+        while let Some(e) = stream.next().await {
+            if let EventKind::Warning { message } = e.unwrap().kind {
+                out.push(message);
+            }
+        }
+    }
+    out
 }
 
 /// When the push is stopped.

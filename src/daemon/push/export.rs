@@ -259,7 +259,10 @@ async fn inspect_checked(
     let inspect = match &chosen {
         None => listed,
         Some(p) if engine.api >= API_VERSION_PLATFORM_INSPECT => {
-            engine.inspect(image, p).await.map_err(failed)?
+            // The list of manifests comes from the inspect without a platform only.
+            let mut inspect = engine.inspect(image, p).await.map_err(failed)?;
+            inspect.manifests = listed.manifests.clone();
+            inspect
         }
         Some(p) if p.matches(&listed.platform()) => listed,
         Some(p) => {

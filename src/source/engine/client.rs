@@ -178,36 +178,32 @@ impl Engine {
         format!("/v{}.{}{rest}", self.api.0, self.api.1)
     }
 
-    /// `GET /images/{image}/json`, for `wanted` on engines whose inspect takes a platform,
-    /// with the image's manifests where the engine lists them.
+    /// `GET /images/{image}/json`, for `wanted` on engines whose inspect takes a platform;
+    /// on others, with the image's manifests where the engine lists them.
     pub async fn inspect(
         &self,
         image: &str,
         wanted: &Platform,
     ) -> Result<ImageInspect, EngineError> {
-        let query = match self.api >= API_VERSION_PLATFORM_INSPECT {
-            true => self.platform_query(wanted),
-            false => String::new(),
+        if self.api < API_VERSION_PLATFORM_INSPECT {
+            return self.inspect_manifests(image).await;
+        }
+        self.inspect_query(image, &self.platform_query(wanted))
+            .await
+    }
+
+    /// `GET /images/{image}/json?manifests=1`: the image with the list of its manifests, on
+    /// engines that give it (none from older engines and from the classic store). Never with
+    /// a `platform`: Docker 28 refuses the two together (400, "conflicting options").
+    pub async fn inspect_manifests(&self, image: &str) -> Result<ImageInspect, EngineError> {
+        let query = match self.api >= API_VERSION_MANIFESTS {
+            true => "?manifests=1",
+            false => "",
         };
         self.inspect_query(image, query).await
     }
 
-    /// `GET /images/{image}/json?manifests=1`: the image with the list of its manifests, on
-    /// engines that give it (none from older engines and from the classic store).
-    pub async fn inspect_manifests(&self, image: &str) -> Result<ImageInspect, EngineError> {
-        self.inspect_query(image, String::new()).await
-    }
-
-    /// The inspect with `query` (`?...` or empty), plus `manifests=1` where it is known.
-    async fn inspect_query(
-        &self,
-        image: &str,
-        mut query: String,
-    ) -> Result<ImageInspect, EngineError> {
-        if self.api >= API_VERSION_MANIFESTS {
-            query.push_str(if query.is_empty() { "?" } else { "&" });
-            query.push_str("manifests=1");
-        }
+    async fn inspect_query(&self, image: &str, query: &str) -> Result<ImageInspect, EngineError> {
         let what = format!("the inspect of {image}");
         let path = self.path(&format!("/images/{image}/json{query}"));
         let bytes = self.small(&path, &what, Some(image)).await?;
