@@ -33,15 +33,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-BUILD="prebuilt (HOIST_BIN_DIR)"
-if [ -n "${HOIST_BIN_DIR:-}" ]; then
-  BIN=$HOIST_BIN_DIR
-else
-  scripts/install-deps.sh
-  cargo build --release --locked --bins --example sample_image >&2
-  BUILD=release
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
+hoist_bins "$ROOT" sample_image
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hoist-engine.XXXXXX")
 REG_PID=""
 HOISTD_PID=""
@@ -83,21 +75,6 @@ else
   DESCRIPTION="$IMAGE ($((SIZE >> 20)) MiB uncompressed) in the engine at $DOCKER_HOST ($(docker version --format '{{.Server.Version}}'))"
 fi
 
-ALLOW_ROOT=()
-[ "$(id -u)" -ne 0 ] || ALLOW_ROOT=(--allow-root)
-start_hoistd() {
-  local state=$WORK/state
-  rm -rf "$state"; mkdir -p "$state"
-  SOCK=$state/hoist.sock
-  "$BIN/hoistd" --socket "$SOCK" --state-dir "$state" "${ALLOW_ROOT[@]}" >"$WORK/hoistd.log" 2>&1 &
-  HOISTD_PID=$!
-  for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
-}
-stop_hoistd() {
-  kill -TERM "$HOISTD_PID" 2>/dev/null || true
-  wait "$HOISTD_PID" 2>/dev/null || true
-  HOISTD_PID=""
-}
 # Samples the bytes under the state directory and the archive every 0.1 s into $WORK/disk.
 watch_disk() {
   echo 0 > "$WORK/disk"
@@ -126,7 +103,7 @@ push() {
 for run in $(seq 1 "$RUNS"); do
   for case in save+push engine; do
     rm -rf "$WORK/registry"; start_registry "$WORK/registry"
-    start_hoistd
+    hoistd_start "$BIN" "$WORK/state"
     watch_disk
     t0=$(now)
     if [ "$case" = engine ]; then
@@ -137,7 +114,7 @@ for run in $(seq 1 "$RUNS"); do
     fi
     t1=$(now)
     stop_watch
-    stop_hoistd
+    hoistd_stop
     kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; REG_PID=""
     rm -f "$WORK/save.tar"
     printf '%s\t%s\t%s\n' "$case" "$(calc "$t1 - $t0")" "$(cat "$WORK/disk")" >> "$RESULTS"
@@ -165,11 +142,4 @@ print("<!-- /engine-bench -->")
 PY
 )
 echo "$SECTION"
-python3 - "$OUT" "$SECTION" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pattern = re.compile(r"<!-- engine-bench:.*?<!-- /engine-bench -->", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+splice_section "$OUT" engine-bench "$SECTION"
