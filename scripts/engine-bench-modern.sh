@@ -27,6 +27,8 @@
 #
 # HOIST_BIN_DIR=DIR: use DIR/hoist, DIR/hoistd and DIR/examples/sample_image instead of a
 # release build. ENGINE_BENCH_PUSH_ARGS: more `hoist push` flags for every hoist case.
+# ENGINE_BENCH_RESULTS=FILE: keep every run's row there (tab-separated: store, case, wall s,
+# CPU s of clients, hoistd, engine, registry, pushed bytes, manifest digest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -238,6 +240,7 @@ for store in $STORES; do
   engine_stop
 done
 cat "$RESULTS" >&2
+[ -z "${ENGINE_BENCH_RESULTS:-}" ] || cp "$RESULTS" "$ENGINE_BENCH_RESULTS"
 
 SECTION=$(LOAD_START=$LOAD_START VERSIONS=$VERSIONS RUNS=$RUNS NOTE=$NOTE \
   IMAGE_DESC="${RANDOM_MIB} MiB random + ${TEXT_MIB} MiB text (examples/sample_image, gzip)" \

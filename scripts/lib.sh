@@ -111,7 +111,7 @@ sys.exit(code)
 # and BUILD (how they were made): HOIST_BIN_DIR when set, else a release build of ROOT with
 # the dependencies installed first.
 hoist_bins() {
-  local root=$1 examples=()
+  local root=$1 examples=() example
   shift
   if [ -n "${HOIST_BIN_DIR:-}" ]; then
     BIN=$HOIST_BIN_DIR
