@@ -1,8 +1,9 @@
-//! One chunk to gzip members or zstd frames, with a fast path for incompressible data.
+//! One chunk to its part of a gzip member or to zstd frames, with a fast path for
+//! incompressible data.
 //!
 //! # The incompressible fast path
-//! A layer of already-compressed or random bytes gains nothing from deflate, yet libdeflate at
-//! level 6 still runs its match finder over every byte. zstd's fast strategies speed up over
+//! A layer of already-compressed or random bytes gains nothing from deflate, yet deflate still
+//! runs its match finder over every byte. zstd's fast strategies speed up over
 //! data without matches, but still scan. What fast compressors do about it:
 //! - btrfs (`btrfs_compress_heuristic`) samples the data and judges it by byte-distribution
 //!   entropy before calling any compressor;
@@ -20,19 +21,20 @@
 //! - fewer than one position in [`PROBE_REPEAT_DIVISOR`] starts a 4-byte string seen earlier in
 //!   the sample (an LZ match; a small hash table, so only recent strings are remembered).
 //!
-//! Consecutive windows with the same verdict make a run, and each run is its own gzip member
-//! or zstd frame: stored deflate blocks or raw zstd blocks for an incompressible run,
-//! compressed for the rest. Most chunks are one run, so one member. A chunk that mixes them
+//! Consecutive windows with the same verdict make a run, written as stored deflate blocks (in
+//! the stream's one gzip member) or a zstd frame of raw blocks for an incompressible run, and
+//! compressed for the rest (a sync-flushed piece of the member, or a zstd frame). Most chunks
+//! are one run. A chunk that mixes them
 //! (the end of a random file and the start of a text one) compresses only its compressible
 //! windows: on a tree of 30% random files, 5% of the tar went through deflate in vain before,
 //! 14% of deflate's time, for 0.003% of output size. A compressible run keeps deflate's
-//! window across its own windows, so only a run's first 32 KiB loses matches into the stored
-//! run before it. Data whose redundancy is invisible to the test (e.g. a high-entropy block
+//! window across its own windows; a gzip run also starts with the 32 KiB of input before it as
+//! its dictionary, so it keeps matches into the stored run before it (a zstd run loses them). Data whose redundancy is invisible to the test (e.g. a high-entropy block
 //! repeated further away than the sampled runs see) is stored and loses that ratio. The
 //! decision reads only the chunk's bytes.
 //!
-//! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, whole stored gzip member 0.6 ms, raw
-//! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for libdeflate level 6.
+//! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, stored deflate blocks 0.6 ms, raw
+//! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for deflate level 6.
 //! On a text chunk every window is probed: about 0.2 ms per 4 MiB.
 
 use flate2::{Compress, Compression, FlushCompress};
@@ -85,10 +87,9 @@ impl ChunkPlace<'_> {
     };
 }
 
-/// Compresses chunks with reusable codec contexts (zlib-rs's deflate state and zstd's `CCtx`
-/// cost an allocation and setup each); one per thread.
+/// Compresses chunks, keeping what can be reused from one to the next (zstd's `CCtx`, which
+/// costs an allocation and setup); one per thread.
 pub struct ChunkCompressor {
-    deflate: Option<Compress>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     /// A dictionary assembled from two places (the previous chunk's tail and this chunk's head).
     window: Vec<u8>,
@@ -103,7 +104,6 @@ impl Default for ChunkCompressor {
 impl ChunkCompressor {
     pub fn new() -> Self {
         ChunkCompressor {
-            deflate: None,
             zstd: None,
             window: Vec::new(),
         }
@@ -150,9 +150,12 @@ impl ChunkCompressor {
     }
 
     /// Raw deflate of `input[range]`, primed with the input before it, ended by a sync flush
-    /// (an empty stored block: byte-aligned, BFINAL 0). A fresh state for each run: a stored
-    /// run before it was never seen by the compressor, so only the dictionary may tell it
-    /// what the decompressor's window holds.
+    /// (an empty stored block: byte-aligned, BFINAL 0). A new deflate state for each run, not
+    /// a reset one: a reset state keeps the previous stream's bytes in its window, past the
+    /// new input's end, where the match finder may read them (a short last chunk compressed
+    /// one byte longer after a longer chunk than on a new state), and the output must not
+    /// depend on what the thread compressed before. Allocating it costs far less than
+    /// compressing a chunk.
     fn deflate(
         &mut self,
         input: &[u8],
@@ -166,10 +169,7 @@ impl ChunkCompressor {
             input_len: piece.len(),
             message,
         };
-        let c = self
-            .deflate
-            .get_or_insert_with(|| Compress::new(Compression::new(GZIP_LEVEL), false));
-        c.reset();
+        let mut c = Compress::new(Compression::new(GZIP_LEVEL), false);
         let dict = window_before(place.before, input, range.start, &mut self.window);
         if !dict.is_empty() {
             c.set_dictionary(dict).map_err(|e| err(e.to_string()))?;

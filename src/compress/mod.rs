@@ -89,22 +89,29 @@ pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The first bytes of a zstd frame (RFC 8878).
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// libdeflate level for gzip members: 2, not gzip's own default of 6.
+/// zlib-rs deflate level for gzip: 2 (zlib's `deflate_fast`), not gzip's own default of 6.
 ///
-/// Measured on this 2-core machine (4 MiB chunks, one thread, loaded, so speeds are rough):
+/// Measured on this 2-core machine per CPU second (4 MiB chunks, one thread, first 64 MiB of
+/// each file; `docs/COMPRESSION.md` has the survey), against libdeflate level 2, which hoist
+/// used while a layer was one gzip member per chunk:
 ///
-/// | level | text MB/s | text ratio | rootfs tar MB/s | rootfs ratio |
+/// | deflate | text MB/CPU-s | text ratio | rootfs tar MB/CPU-s | rootfs ratio |
 /// | --- | ---: | ---: | ---: | ---: |
-/// | 1 | 130 | 2.321 | 177 | 2.421 |
-/// | 2 | 104 | 2.367 | 107 | 2.532 |
-/// | 4 | 89 | 2.386 | 70 | 2.562 |
-/// | 6 | 75 | 2.396 | 50 | 2.630 |
+/// | libdeflate 2 (one stream per chunk) | 122 | 2.366 | 160 | 2.793 |
+/// | libdeflate 2, then inflated to find its final block | 101 | 2.366 | 133 | 2.793 |
+/// | zlib-rs 1 (`deflate_quick`) | 200 | 1.719 | 245 | 2.201 |
+/// | zlib-rs 2 | 110 | 2.270 | 141 | 2.649 |
+/// | zlib-rs 3 | 88 | 2.355 | 117 | 2.757 |
+/// | zlib-rs 4 | 82 | 2.362 | 98 | 2.811 |
 ///
-/// Level 2 compresses 1.4x (text) to 2.1x (a tar of `/usr`) faster than 6 for 1.2% / 3.7% more
-/// bytes. On two cores the compressor and the registry (about 3 CPU-s per GB it receives)
-/// share the CPU, so deflate's time is push time; level 1 would be faster still but 8% larger
-/// on real root filesystems, which every later pull pays for. Changing it changes every gzip
-/// blob digest (the golden test in `tests/compress.rs` pins them; spool names carry the level).
+/// One gzip member needs chunks that do not end the stream, which libdeflate cannot write:
+/// its last block is always final, and only decoding the chunk finds where that block starts
+/// (the second row, a lower bound, is slower than zlib-rs 2 and needs an inflate with block
+/// boundaries that no safe API offers). zlib-rs 2 costs about 10% more CPU than libdeflate 2
+/// for 4-5% more bytes; level 3 would cost 25-30% more CPU, level 1 27-38% more bytes. On two
+/// cores the compressor and the registry (about 3 CPU-s per GB it receives) share the CPU, so
+/// deflate's time is push time. Changing it changes every gzip blob digest (the golden test in
+/// `tests/compress.rs` pins them; spool names carry the level).
 pub const GZIP_LEVEL: u32 = 2;
 /// zstd level: 3, zstd's default and what `zstd -3` / skopeo use.
 pub const ZSTD_LEVEL: i32 = 3;
