@@ -93,7 +93,7 @@ survey=$(
   "$BIN" survey "$DATA/text.bin"
   "$BIN" survey "$DATA/rootfs.bin"
   "$BIN" survey "$DATA/random.bin"
-  "$BIN" survey "$packed" | grep -E 'level 6|hoist'
+  "$BIN" survey "$packed" | grep -E 'gzip.*level 6|hoist'
 )
 
 cat >docs/COMPRESSION.md <<DOC
@@ -105,8 +105,8 @@ Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 Load average (1/5/15 min) before: $load_before; after: $load_after (other builds may share the
 machine; rerun when it is idle).
 Tools: $(gzip --version | head -1), $(pigz --version 2>&1 | head -1), $(zstd --version | head -1 | sed 's/\*//g; s/ *$//');
-hoist: libdeflate (libdeflater 1.26.1) level 2 (\`GZIP_LEVEL\`),
-libzstd 1.5.7 level 3, 4 MiB chunks.
+hoist: zlib-rs $(grep -A1 '^name = "zlib-rs"' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p') deflate level 2 (\`GZIP_LEVEL\`, one gzip member per
+layer: each chunk ended by a sync flush), libzstd 1.5.7 level 3, 4 MiB chunks.
 
 Data: 256 MiB each of text-like (\`testdata::text_like\`), random (\`testdata::random_bytes\`),
 and rootfs (the first 256 MiB of \`tar -c --sort=name /usr/bin /usr/lib /usr/share\` on this
@@ -122,9 +122,25 @@ $table
 
 ## Levels, chunk sizes and the incompressible path (first 64 MiB of each file, one thread, no hashing)
 
-"libdeflate" and "libzstd" rows call the libraries directly on every chunk; "hoist" rows go
-through \`ChunkCompressor\`: the probe, then compress, or store when every probe window looks
-incompressible. "packed" is a tar of this machine's already-compressed files (.gz, .png, .jar,
+Speeds here are input megabytes per CPU second of the one thread (\`/proc/thread-self/schedstat\`),
+which other work on the machine disturbs far less than wall time.
+"libdeflate", "zlib-rs" and "libzstd" rows call the libraries directly on every chunk; "hoist"
+rows go through \`ChunkCompressor\`: the probe, then compress, or store when every probe window
+looks incompressible (hoist gzip primes each chunk with the 32 KiB before it, as the stream does).
+
+### Why zlib-rs for gzip
+
+A gzip layer is one gzip member (some consumers, soci-snapshotter before 0.14 among them, break
+on several), yet its chunks compress apart, in parallel: each chunk's deflate data must stop
+without ending the stream. zlib-rs does that with a sync flush (an empty stored block), and
+takes the previous 32 KiB of input as a dictionary ("primed"), so a chunk's first matches reach
+back as in one stream. libdeflate, faster at equal ratio, always makes its last block final;
+clearing that bit needs the block's position, which only decoding the chunk finds ("then
+inflated" row: compression plus a plain inflate, a lower bound of that cost, already slower than
+zlib-rs level 2, and an inflate that reports block boundaries has no safe Rust API). zlib-rs
+level 2 is the closest to libdeflate level 2 in CPU (about 10% more) for 4-5% more bytes; level
+3 costs 25-30% more CPU for 1-1.5% more bytes than libdeflate 2, level 1 (zlib's quick
+strategy) gives up a quarter of the ratio. "packed" is a tar of this machine's already-compressed files (.gz, .png, .jar,
 .crate, ...): tar headers and padding keep many of its chunks compressible, and the probe only
 stores the chunks where deflate would gain next to nothing.
 

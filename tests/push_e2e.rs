@@ -1,12 +1,14 @@
 //! End to end through the socket against Debian's registry: the production body pushes
 //! docker-archives (compressed by hoist, gzip and zstd) and OCI layouts (byte for byte); the
-//! image is pulled back with skopeo and verified.
+//! image is pulled back with skopeo and verified, and every gzip layer hoist wrote is one gzip
+//! member that Python's zlib, `gzip -t`, unpigz and Go's readers (skopeo, umoci) all take.
 use crate::common;
 use crate::daemon_support;
 use crate::push_support;
 
 use hoist::api::{BlobState, Compression};
 use hoist::daemon::Config;
+use hoist::digest::Digest;
 use hoist_testkit::sample::SampleCompression;
 
 use common::TestRegistry;
@@ -76,6 +78,9 @@ async fn push_docker_archive(compression: Compression) {
         Compression::Zstd => "tar+zstd",
     };
     assert!(text.contains(want), "{text}");
+    if compression == Compression::Gzip {
+        gzip_layers_are_one_member(&host, &reference, dir.path());
+    }
     // The spool of a finished job is gone.
     let spool = daemon.state_dir.join("spool").join(id.as_str());
     assert!(!spool.exists(), "{} is left behind", spool.display());
@@ -134,6 +139,72 @@ async fn a_layer_uploads_while_it_is_compressed() {
         first_part < last_chunk,
         "the first part was acknowledged (event {first_part}) only after compression ended (event {last_chunk})"
     );
+}
+
+/// Each layer of the pushed gzip image `reference`, pulled by skopeo: exactly one gzip member
+/// (Python's zlib reading the first member only finds nothing after it), `gzip -t` passes,
+/// unpigz and skopeo's `--dest-decompress` (Go) give the config's diff_ids, and umoci unpacks
+/// the image.
+fn gzip_layers_are_one_member(host: &str, reference: &str, dir: &std::path::Path) {
+    let layout = dir.join("one-member");
+    pull_tagged(host, reference, &layout, "t");
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let json = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(d)).unwrap()).unwrap()
+    };
+    // skopeo writes the OCI layout's own manifest and config (converted from Docker's).
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = json(index["manifests"][0]["digest"].as_str().unwrap());
+    let config = json(manifest["config"]["digest"].as_str().unwrap());
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), diff_ids.len());
+    for (layer, diff_id) in layers.iter().zip(&diff_ids) {
+        let path = blob(layer["digest"].as_str().unwrap());
+        let tar = hoist_testkit::tools::python_gzip_one_member(&path);
+        assert_eq!(Digest::sha256_of(&tar).to_string(), *diff_id, "python zlib");
+        let mut gzip_t = std::process::Command::new("gzip");
+        hoist_testkit::tools::run_ok(gzip_t.arg("-t").arg(&path), "gzip -t");
+        let mut unpigz = std::process::Command::new("unpigz");
+        let out = hoist_testkit::tools::run_ok(unpigz.arg("-dc").arg(&path), "unpigz -dc");
+        assert_eq!(
+            Digest::sha256_of(&out.stdout).to_string(),
+            *diff_id,
+            "unpigz"
+        );
+    }
+    // Go's gzip reader: skopeo decompresses every layer, which it names by its digest.
+    let plain = dir.join("decompressed");
+    common::skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        "--dest-decompress",
+        &format!("docker://{host}/{reference}"),
+        &format!("dir:{}", plain.display()),
+    ]);
+    for diff_id in &diff_ids {
+        let file = plain.join(diff_id.trim_start_matches("sha256:"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(
+            Digest::sha256_of(&bytes).to_string(),
+            *diff_id,
+            "skopeo --dest-decompress"
+        );
+    }
+    let tree =
+        push_support::split::unpacked(&format!("{}:t", layout.display()), &dir.join("bundle"));
+    assert!(!tree.nodes.is_empty(), "umoci unpacked nothing");
 }
 
 /// Copies `docker://HOST/REFERENCE` into the OCI layout `dir` under `tag` (for umoci).

@@ -315,6 +315,8 @@ pub struct BlobStatus {
     pub pushed_size_bytes: Option<u64>,
     /// Bytes the registry acknowledged (of the pushed bytes).
     pub uploaded_bytes: u64,
+    /// Compressor pieces done and durable: the input's chunks, then for gzip one more, the
+    /// trailer.
     pub compressed_chunks: u64,
 }
 

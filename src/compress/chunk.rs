@@ -1,8 +1,9 @@
-//! One chunk to gzip members or zstd frames, with a fast path for incompressible data.
+//! One chunk to its part of a gzip member or to zstd frames, with a fast path for
+//! incompressible data.
 //!
 //! # The incompressible fast path
-//! A layer of already-compressed or random bytes gains nothing from deflate, yet libdeflate at
-//! level 6 still runs its match finder over every byte. zstd's fast strategies speed up over
+//! A layer of already-compressed or random bytes gains nothing from deflate, yet deflate still
+//! runs its match finder over every byte. zstd's fast strategies speed up over
 //! data without matches, but still scan. What fast compressors do about it:
 //! - btrfs (`btrfs_compress_heuristic`) samples the data and judges it by byte-distribution
 //!   entropy before calling any compressor;
@@ -20,22 +21,23 @@
 //! - fewer than one position in [`PROBE_REPEAT_DIVISOR`] starts a 4-byte string seen earlier in
 //!   the sample (an LZ match; a small hash table, so only recent strings are remembered).
 //!
-//! Consecutive windows with the same verdict make a run, and each run is its own gzip member
-//! or zstd frame: stored deflate blocks or raw zstd blocks for an incompressible run,
-//! compressed for the rest. Most chunks are one run, so one member. A chunk that mixes them
+//! Consecutive windows with the same verdict make a run, written as stored deflate blocks (in
+//! the stream's one gzip member) or a zstd frame of raw blocks for an incompressible run, and
+//! compressed for the rest (a sync-flushed piece of the member, or a zstd frame). Most chunks
+//! are one run. A chunk that mixes them
 //! (the end of a random file and the start of a text one) compresses only its compressible
 //! windows: on a tree of 30% random files, 5% of the tar went through deflate in vain before,
 //! 14% of deflate's time, for 0.003% of output size. A compressible run keeps deflate's
-//! window across its own windows, so only a run's first 32 KiB loses matches into the stored
-//! run before it. Data whose redundancy is invisible to the test (e.g. a high-entropy block
+//! window across its own windows; a gzip run also starts with the 32 KiB of input before it as
+//! its dictionary, so it keeps matches into the stored run before it (a zstd run loses them). Data whose redundancy is invisible to the test (e.g. a high-entropy block
 //! repeated further away than the sampled runs see) is stored and loses that ratio. The
 //! decision reads only the chunk's bytes.
 //!
-//! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, whole stored gzip member 0.6 ms, raw
-//! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for libdeflate level 6.
+//! Cost (criterion, 4 MiB random chunk): probe 0.15 ms, stored deflate blocks 0.6 ms, raw
+//! zstd frame 0.5 ms, against 2.5 ms for one SHA-256 pass and ~40 ms for deflate level 6.
 //! On a text chunk every window is probed: about 0.2 ms per 4 MiB.
 
-use libdeflater::{CompressionLvl, Compressor};
+use flate2::{Compress, Compression, FlushCompress};
 
 use super::{Codec, CompressError, GZIP_LEVEL, ZSTD_LEVEL, ZSTD_MAGIC};
 
@@ -58,15 +60,39 @@ pub const PROBE_REPEAT_DIVISOR: usize = 64;
 const DEFLATE_STORED_BLOCK_BYTES_MAX: usize = 65_535;
 /// Largest zstd block (`Block_Maximum_Size`).
 const ZSTD_BLOCK_BYTES_MAX: usize = 128 << 10;
-/// The gzip header libdeflate writes (no FTEXT, MTIME 0, XFL 0, OS 255 "unknown"), except that
-/// XFL is 4 ("fastest") for the stored members we write ourselves, as libdeflate level 0 does.
-const GZIP_STORED_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff];
+/// The one gzip header of a stream (RFC 1952): deflate, no flags (no name, no FTEXT), MTIME 0,
+/// XFL 0, OS 255 "unknown"; the stream's first chunk starts with it.
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// Deflate's window: a compressed run is primed with this much input before it.
+pub const DEFLATE_WINDOW_BYTES: usize = 32 << 10;
+/// Bytes of [`gzip_trailer`].
+pub const GZIP_TRAILER_BYTES: usize = 10;
 
-/// Compresses chunks with reusable codec contexts (libdeflate's compressor and zstd's `CCtx`
-/// cost an allocation and setup each); one per thread.
+/// Where a chunk sits in its stream: what a gzip chunk's bytes depend on besides its input.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkPlace<'a> {
+    /// The stream's first chunk: a gzip chunk then starts with [`GZIP_HEADER`].
+    pub first: bool,
+    /// The input just before the chunk, its last [`DEFLATE_WINDOW_BYTES`] at least when there
+    /// is that much (empty for the first chunk): deflate's dictionary, so the chunk's first
+    /// matches may reach back into the previous chunk, as one deflate stream's would.
+    pub before: &'a [u8],
+}
+
+impl ChunkPlace<'_> {
+    /// The first chunk of a stream.
+    pub const FIRST: ChunkPlace<'static> = ChunkPlace {
+        first: true,
+        before: &[],
+    };
+}
+
+/// Compresses chunks, keeping what can be reused from one to the next (zstd's `CCtx`, which
+/// costs an allocation and setup); one per thread.
 pub struct ChunkCompressor {
-    gzip: Option<Compressor>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// A dictionary assembled from two places (the previous chunk's tail and this chunk's head).
+    window: Vec<u8>,
 }
 
 impl Default for ChunkCompressor {
@@ -78,54 +104,94 @@ impl Default for ChunkCompressor {
 impl ChunkCompressor {
     pub fn new() -> Self {
         ChunkCompressor {
-            gzip: None,
             zstd: None,
+            window: Vec::new(),
         }
     }
 
-    /// Appends `input` to `out` as independent gzip members or zstd frames: one per run of
-    /// probe windows judged alike ([`probe_runs`]), so a single one unless the chunk mixes
-    /// incompressible and compressible regions. Returns whether the whole chunk was stored
-    /// without compression (the incompressible path: then it is one member or frame).
+    /// [`ChunkCompressor::compress_at`] for a stream's first chunk: a gzip chunk is the
+    /// member's header and deflate data, without the trailer (a whole stream:
+    /// [`compress_chunk`]). Enough for size estimates.
     pub fn compress(
         &mut self,
         codec: Codec,
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<bool, CompressError> {
+        self.compress_at(codec, input, ChunkPlace::FIRST, out)
+    }
+
+    /// Appends chunk `input` at `place` to `out`: for gzip, part of the stream's one member
+    /// (the header if first, then deflate blocks that never end the stream: compressed runs
+    /// ended by a sync flush, stored runs as stored blocks; [`gzip_trailer`] ends it); for
+    /// zstd, independent frames. One piece per run of probe windows judged alike
+    /// ([`probe_runs`]). Returns whether the whole chunk was stored without compression.
+    pub fn compress_at(
+        &mut self,
+        codec: Codec,
+        input: &[u8],
+        place: ChunkPlace<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CompressError> {
         let runs = probe_runs(input);
+        if codec == Codec::Gzip && place.first {
+            out.extend_from_slice(&GZIP_HEADER);
+        }
         for run in &runs {
             let piece = &input[run.start..run.end];
             match (codec, run.stored) {
-                (_, true) => write_stored(codec, piece, out),
-                (Codec::Gzip, false) => self.gzip_compress(piece, out)?,
+                (Codec::Gzip, true) => write_stored_blocks(Codec::Gzip, piece, out),
+                (Codec::Zstd, true) => write_stored(Codec::Zstd, false, piece, out),
+                (Codec::Gzip, false) => self.deflate(input, run.start..run.end, place, out)?,
                 (Codec::Zstd, false) => self.zstd_compress(piece, out)?,
             }
         }
         Ok(runs.iter().all(|r| r.stored))
     }
 
-    fn gzip_compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
-        let c = self.gzip.get_or_insert_with(|| {
-            Compressor::new(CompressionLvl::new(GZIP_LEVEL).expect("GZIP_LEVEL is in 0..=12"))
-        });
-        let start = out.len();
-        let bound = c.gzip_compress_bound(input.len());
-        out.resize(start + bound, 0);
-        match c.gzip_compress(input, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(CompressError::Codec {
-                    codec: Codec::Gzip,
-                    input_len: input.len(),
-                    message: format!("{e:?}"),
-                })
-            }
+    /// Raw deflate of `input[range]`, primed with the input before it, ended by a sync flush
+    /// (an empty stored block: byte-aligned, BFINAL 0). A new deflate state for each run, not
+    /// a reset one: a reset state keeps the previous stream's bytes in its window, past the
+    /// new input's end, where the match finder may read them (a short last chunk compressed
+    /// one byte longer after a longer chunk than on a new state), and the output must not
+    /// depend on what the thread compressed before. Allocating it costs far less than
+    /// compressing a chunk.
+    fn deflate(
+        &mut self,
+        input: &[u8],
+        range: std::ops::Range<usize>,
+        place: ChunkPlace<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
+        let piece = &input[range.clone()];
+        let err = |message: String| CompressError::Codec {
+            codec: Codec::Gzip,
+            input_len: piece.len(),
+            message,
+        };
+        let mut c = Compress::new(Compression::new(GZIP_LEVEL), false);
+        let dict = window_before(place.before, input, range.start, &mut self.window);
+        if !dict.is_empty() {
+            c.set_dictionary(dict).map_err(|e| err(e.to_string()))?;
         }
+        let start = out.len();
+        let (in0, out0) = (c.total_in(), c.total_out());
+        out.reserve(piece.len() + piece.len() / 64 + 64);
+        loop {
+            let consumed = (c.total_in() - in0) as usize;
+            let result = c.compress_vec(&piece[consumed..], out, FlushCompress::Sync);
+            if let Err(e) = result {
+                out.truncate(start);
+                return Err(err(e.to_string()));
+            }
+            // The flush is complete once deflate left output space unused (zlib's rule).
+            if c.total_in() - in0 == piece.len() as u64 && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(64 << 10);
+        }
+        debug_assert_eq!((c.total_out() - out0) as usize, out.len() - start);
+        Ok(())
     }
 
     fn zstd_compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
@@ -158,12 +224,49 @@ impl ChunkCompressor {
     }
 }
 
-/// Appends one independent gzip member or zstd frame holding `input` to `out`, with a fresh
-/// context. In a loop, keep a [`ChunkCompressor`] instead.
+/// Appends a whole stream holding `input` to `out` (one gzip member: header, deflate data,
+/// trailer; or zstd frames), with a fresh context: the stream [`super::compress_stream`] makes
+/// of an input that fits in one chunk. In a loop, keep a [`ChunkCompressor`] instead.
 pub fn compress_chunk(codec: Codec, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
-    ChunkCompressor::new()
-        .compress(codec, input, out)
-        .map(|_| ())
+    ChunkCompressor::new().compress(codec, input, out)?;
+    if codec == Codec::Gzip {
+        let crc = zlib_rs::crc32::crc32(0, input);
+        out.extend_from_slice(&gzip_trailer(crc, input.len() as u64));
+    }
+    Ok(())
+}
+
+/// The end of a gzip stream: a final empty block (fixed Huffman, BFINAL 1: the bits
+/// `1 10 0000000`, then padding), the CRC-32 of the whole input and its length mod 2^32.
+pub fn gzip_trailer(crc32: u32, input_bytes: u64) -> [u8; GZIP_TRAILER_BYTES] {
+    let mut t = [0u8; GZIP_TRAILER_BYTES];
+    t[..2].copy_from_slice(&[0x03, 0x00]);
+    t[2..6].copy_from_slice(&crc32.to_le_bytes());
+    t[6..].copy_from_slice(&(input_bytes as u32).to_le_bytes());
+    t
+}
+
+/// The last [`DEFLATE_WINDOW_BYTES`] (or fewer, at the stream's start) of the input before
+/// `input[at..]`: from `input` alone when `at` reaches that far, else completed from the
+/// previous chunk's tail `before` in `scratch`.
+fn window_before<'a>(
+    before: &'a [u8],
+    input: &'a [u8],
+    at: usize,
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    if at >= DEFLATE_WINDOW_BYTES {
+        return &input[at - DEFLATE_WINDOW_BYTES..at];
+    }
+    let from_before = (DEFLATE_WINDOW_BYTES - at).min(before.len());
+    let tail = &before[before.len() - from_before..];
+    if at == 0 {
+        return tail;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(tail);
+    scratch.extend_from_slice(&input[..at]);
+    scratch
 }
 
 /// The deterministic incompressibility test described in the module documentation: whether
@@ -245,21 +348,29 @@ fn window_incompressible(window: &[u8], last_seen: &mut [u32]) -> bool {
 /// Hash table size of the repeat probe: 4096 entries.
 const PROBE_HASH_BITS: u32 = 12;
 
-/// Appends `input` as a stored chunk: a gzip member of stored deflate blocks (RFC 1951 BTYPE
-/// 00, CRC-32 by libdeflate) or a zstd frame of raw blocks (RFC 8878 Block_Type 0). The framing
-/// is [`StoredChunk`]'s, so what is written here is what a spool view reads back.
-fn write_stored(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
+/// Appends `input` as a stored chunk: stored deflate blocks (RFC 1951 BTYPE 00, none final),
+/// after the stream's header when `first`; or a zstd frame of raw blocks (RFC 8878
+/// Block_Type 0). The framing is [`StoredChunk`]'s, so what is written here is what a spool
+/// view reads back.
+fn write_stored(codec: Codec, first: bool, input: &[u8], out: &mut Vec<u8>) {
     let chunk = StoredChunk {
         codec,
         input_len: input.len() as u64,
-        crc32: match codec {
-            Codec::Gzip => libdeflater::crc32(input),
-            Codec::Zstd => 0,
-        },
+        first,
     };
     out.reserve(chunk.encoded_len() as usize);
     let (prefix, p_len) = chunk.prefix();
     out.extend_from_slice(&prefix[..p_len]);
+    write_stored_blocks(codec, input, out);
+}
+
+/// The blocks of [`write_stored`], without the prefix.
+fn write_stored_blocks(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
+    let chunk = StoredChunk {
+        codec,
+        input_len: input.len() as u64,
+        first: false,
+    };
     let payload_max = chunk.block_shape().1 as usize;
     for i in 0..chunk.blocks() {
         let (header, h_len) = chunk.block_header(i);
@@ -268,8 +379,6 @@ fn write_stored(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
         let start = (i as usize * payload_max).min(input.len());
         out.extend_from_slice(&input[start..(start + payload_max).min(input.len())]);
     }
-    let (suffix, s_len) = chunk.suffix();
-    out.extend_from_slice(&suffix[..s_len]);
 }
 
 /// A chunk the incompressible path stored, described rather than held: its bytes are the
@@ -280,25 +389,18 @@ fn write_stored(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
 pub struct StoredChunk {
     pub codec: Codec,
     pub input_len: u64,
-    /// CRC-32 of the input (the gzip trailer); unused for zstd.
-    pub crc32: u32,
+    /// The stream's first chunk: a gzip chunk then starts with the stream's header.
+    pub first: bool,
 }
 
 impl StoredChunk {
-    /// The stored chunk that `out` (one member or frame written by
-    /// [`ChunkCompressor::compress`] with `stored == true`) is, if its length agrees.
-    pub fn from_output(codec: Codec, input_len: u64, out: &[u8]) -> Option<Self> {
-        let crc32 = match codec {
-            Codec::Gzip => {
-                let t = out.len().checked_sub(8)?;
-                u32::from_le_bytes(out[t..t + 4].try_into().ok()?)
-            }
-            Codec::Zstd => 0,
-        };
+    /// The stored chunk that `out` (written by [`ChunkCompressor::compress_at`] with
+    /// `stored == true`, first in its stream or not) is, if its length agrees.
+    pub fn from_output(codec: Codec, input_len: u64, first: bool, out: &[u8]) -> Option<Self> {
         let chunk = StoredChunk {
             codec,
             input_len,
-            crc32,
+            first,
         };
         (chunk.encoded_len() == out.len() as u64).then_some(chunk)
     }
@@ -306,10 +408,11 @@ impl StoredChunk {
     fn prefix(&self) -> ([u8; 14], usize) {
         let mut p = [0u8; 14];
         match self.codec {
-            Codec::Gzip => {
-                p[..10].copy_from_slice(&GZIP_STORED_HEADER);
+            Codec::Gzip if self.first => {
+                p[..10].copy_from_slice(&GZIP_HEADER);
                 (p, 10)
             }
+            Codec::Gzip => (p, 0),
             Codec::Zstd => {
                 // No checksum, no dictionary id, the content size in 4 or 8 bytes, and a
                 // 128 KiB window (raw blocks never refer back).
@@ -328,19 +431,6 @@ impl StoredChunk {
                     (p, 14)
                 }
             }
-        }
-    }
-
-    fn suffix(&self) -> ([u8; 8], usize) {
-        let mut s = [0u8; 8];
-        match self.codec {
-            Codec::Gzip => {
-                // CRC-32, then ISIZE: the input size modulo 2^32 (RFC 1952).
-                s[..4].copy_from_slice(&self.crc32.to_le_bytes());
-                s[4..].copy_from_slice(&(self.input_len as u32).to_le_bytes());
-                (s, 8)
-            }
-            Codec::Zstd => (s, 0),
         }
     }
 
@@ -363,8 +453,8 @@ impl StoredChunk {
         let mut out = [0u8; 5];
         match self.codec {
             Codec::Gzip => {
-                // BFINAL, BTYPE=00, then padding to the byte boundary: one byte; LEN, NLEN.
-                out[0] = u8::from(last);
+                // BFINAL 0 (the trailer ends the stream), BTYPE=00, then padding to the byte
+                // boundary: one zero byte; LEN, NLEN.
                 out[1..3].copy_from_slice(&(n as u16).to_le_bytes());
                 out[3..5].copy_from_slice(&(!(n as u16)).to_le_bytes());
             }
@@ -377,10 +467,10 @@ impl StoredChunk {
         (out, h as usize)
     }
 
-    /// Bytes of the stored member or frame.
+    /// Bytes of the stored chunk.
     pub fn encoded_len(&self) -> u64 {
         let (h, _) = self.block_shape();
-        self.prefix().1 as u64 + self.blocks() * h + self.input_len + self.suffix().1 as u64
+        self.prefix().1 as u64 + self.blocks() * h + self.input_len
     }
 
     /// Fills `buf` with the chunk's bytes from `pos` on (fewer at the chunk's end) and returns
@@ -392,10 +482,8 @@ impl StoredChunk {
         read_input: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<()>,
     ) -> std::io::Result<usize> {
         let (prefix, p_len) = self.prefix();
-        let (suffix, s_len) = self.suffix();
         let (h, b) = self.block_shape();
         let p_len = p_len as u64;
-        let blocks_end = p_len + self.blocks() * h + self.input_len;
         let end = self.encoded_len();
         let mut at = pos;
         let mut filled = 0usize;
@@ -413,7 +501,7 @@ impl StoredChunk {
                     &mut filled,
                     &mut at,
                 );
-            } else if at < blocks_end {
+            } else {
                 let r = at - p_len;
                 let (i, o) = (r / (h + b), r % (h + b));
                 if o < h {
@@ -427,9 +515,6 @@ impl StoredChunk {
                     filled += n;
                     at += n as u64;
                 }
-            } else {
-                let o = (at - blocks_end) as usize;
-                copy(buf, &suffix[o..s_len], &mut filled, &mut at);
             }
         }
         Ok(filled)
@@ -464,7 +549,6 @@ mod tests {
 
     #[test]
     fn a_mixed_chunk_stores_its_random_windows_and_compresses_the_rest() {
-        use std::io::Read;
         // 3 MiB of random bytes, then 1 MiB of text: six windows of each kind... and two.
         let mut input = testdata::random_bytes(3 << 20, 4);
         input.extend(testdata::text_like(1 << 20, 4));
@@ -491,9 +575,9 @@ mod tests {
                 .compress(codec, &input, &mut out)
                 .unwrap();
             assert!(!stored, "{codec:?}: only a wholly stored chunk says so");
-            // The random run is its stored member / frame, byte for byte.
+            // The random run is stored, byte for byte (after the header, for gzip).
             let mut head = Vec::new();
-            write_stored(codec, &input[..3 << 20], &mut head);
+            write_stored(codec, true, &input[..3 << 20], &mut head);
             assert_eq!(&out[..head.len()], &head[..], "{codec:?}");
             // The text run is compressed: the whole is far smaller than stored would be.
             assert!(
@@ -501,17 +585,7 @@ mod tests {
                 "{codec:?}: {}",
                 out.len()
             );
-            let back = match codec {
-                Codec::Gzip => {
-                    let mut back = Vec::new();
-                    flate2::read::MultiGzDecoder::new(&out[..])
-                        .read_to_end(&mut back)
-                        .unwrap();
-                    back
-                }
-                Codec::Zstd => zstd::decode_all(&out[..]).unwrap(),
-            };
-            assert_eq!(back, input, "{codec:?}");
+            assert_eq!(decode(codec, &input, out), input, "{codec:?}");
         }
         // One kind only: one run, the whole chunk.
         let text = testdata::text_like(4 << 20, 5);
@@ -519,20 +593,95 @@ mod tests {
         assert_eq!(probe_runs(&input[..3 << 20]).len(), 1);
     }
 
+    /// `out` (a first chunk of `input`, without trailer) decoded: for gzip, as one member
+    /// (trailer added), which must take all the bytes.
+    fn decode(codec: Codec, input: &[u8], mut out: Vec<u8>) -> Vec<u8> {
+        match codec {
+            Codec::Gzip => {
+                let crc = zlib_rs::crc32::crc32(0, input);
+                out.extend_from_slice(&gzip_trailer(crc, input.len() as u64));
+                gunzip_one_member(&out)
+            }
+            Codec::Zstd => zstd::decode_all(&out[..]).unwrap(),
+        }
+    }
+
+    /// `input` cut into `chunk`-byte chunks, each compressed on its own at its place (primed
+    /// with the input before it, or not), concatenated, the trailer added: the gzip stream.
+    fn gzip_stream(input: &[u8], chunk: usize, primed: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, piece) in input.chunks(chunk).enumerate() {
+            let at = i * chunk;
+            let place = ChunkPlace {
+                first: i == 0,
+                before: if primed { &input[..at] } else { &[] },
+            };
+            // A fresh compressor per chunk: nothing but the place carries over.
+            ChunkCompressor::new()
+                .compress_at(Codec::Gzip, piece, place, &mut out)
+                .unwrap();
+        }
+        let crc = zlib_rs::crc32::crc32(0, input);
+        out.extend_from_slice(&gzip_trailer(crc, input.len() as u64));
+        out
+    }
+
+    fn gunzip_one_member(gz: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut back = Vec::new();
+        let mut one = flate2::read::GzDecoder::new(gz);
+        one.read_to_end(&mut back).unwrap();
+        assert!(one.into_inner().is_empty(), "one member takes every byte");
+        back
+    }
+
+    #[test]
+    fn chunks_compressed_apart_make_one_member_and_priming_finds_matches_across() {
+        let input = testdata::text_like(1 << 20, 9);
+        let primed = gzip_stream(&input, 128 << 10, true);
+        let cold = gzip_stream(&input, 128 << 10, false);
+        assert_eq!(&primed[..10], &GZIP_HEADER);
+        assert_eq!(gunzip_one_member(&primed), input);
+        assert_eq!(gunzip_one_member(&cold), input);
+        assert!(
+            primed.len() < cold.len(),
+            "{} vs {}",
+            primed.len(),
+            cold.len()
+        );
+        // A compressed run right after a stored one reaches back into the stored bytes (a
+        // 16 KiB random pattern repeated): its dictionary must be exactly the input before it.
+        let random = testdata::random_bytes(1 << 20, 10);
+        let pattern = &random[random.len() - (16 << 10)..];
+        let mut mixed = random.clone();
+        mixed.extend(pattern.iter().copied().cycle().take(1 << 20));
+        let runs = probe_runs(&mixed);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(runs[0].stored && !runs[1].stored);
+        for chunk in [1 << 20, 2 << 20, 768 << 10] {
+            let gz = gzip_stream(&mixed, chunk, true);
+            assert_eq!(gunzip_one_member(&gz), mixed, "chunk {chunk}");
+            assert!(
+                gz.len() < (1 << 20) + (64 << 10),
+                "chunk {chunk}: {}",
+                gz.len()
+            );
+        }
+    }
+
     #[test]
     fn stored_formats_decode() {
-        use std::io::Read;
         for len in [0, 1, 65_535, 65_536, 200_000, 131_072, 131_073] {
             let input = testdata::random_bytes(len, 3);
             let mut gz = Vec::new();
-            write_stored(Codec::Gzip, &input, &mut gz);
-            let mut back = Vec::new();
-            flate2::read::MultiGzDecoder::new(&gz[..])
-                .read_to_end(&mut back)
-                .unwrap();
-            assert_eq!(back, input, "gzip stored, len {len}");
+            write_stored(Codec::Gzip, true, &input, &mut gz);
+            assert_eq!(
+                decode(Codec::Gzip, &input, gz),
+                input,
+                "gzip stored, len {len}"
+            );
             let mut zs = Vec::new();
-            write_stored(Codec::Zstd, &input, &mut zs);
+            write_stored(Codec::Zstd, true, &input, &mut zs);
             assert_eq!(
                 zstd::decode_all(&zs[..]).unwrap(),
                 input,
@@ -546,10 +695,14 @@ mod tests {
         let mut seed = 7u64;
         for len in [0usize, 1, 65_534, 65_535, 65_536, 131_072, 131_073, 300_001] {
             let input = testdata::random_bytes(len, 5);
-            for codec in [Codec::Gzip, Codec::Zstd] {
+            for (codec, first) in [
+                (Codec::Gzip, true),
+                (Codec::Gzip, false),
+                (Codec::Zstd, true),
+            ] {
                 let mut whole = Vec::new();
-                write_stored(codec, &input, &mut whole);
-                let chunk = StoredChunk::from_output(codec, len as u64, &whole)
+                write_stored(codec, first, &input, &mut whole);
+                let chunk = StoredChunk::from_output(codec, len as u64, first, &whole)
                     .expect("the layout agrees with the writer");
                 assert_eq!(chunk.encoded_len(), whole.len() as u64);
                 let mut read_input = |dst: &mut [u8], at: u64| {
@@ -577,7 +730,7 @@ mod tests {
                 }
             }
         }
-        // A member whose length disagrees is not taken for a stored chunk.
-        assert!(StoredChunk::from_output(Codec::Gzip, 10, &[0u8; 20]).is_none());
+        // Output whose length disagrees is not taken for a stored chunk.
+        assert!(StoredChunk::from_output(Codec::Gzip, 10, true, &[0u8; 20]).is_none());
     }
 }

@@ -3,19 +3,31 @@
 //! # Format
 //! The input is cut into fixed chunks of `chunk_bytes` (chunk `i` is input bytes
 //! `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so a boundary depends on nothing but the chunk
-//! size). Each chunk becomes one independent gzip **member** ([`Codec::Gzip`]) or one zstd
-//! **frame** ([`Codec::Zstd`]), or one per run of its probe windows when it mixes
-//! incompressible and compressible regions ([`chunk`]); the blob is their concatenation. Concatenated members and frames
-//! are valid streams: Go's `gzip.Reader` (containerd, docker, registry tools), GNU gzip, flate2's
-//! `MultiGzDecoder` and `zstd -d` all read them. An empty input gives one empty member or frame,
-//! because a zero-byte blob is not a valid gzip or zstd stream.
+//! size), each compressed on its own; the blob is their concatenation.
+//!
+//! [`Codec::Gzip`] makes **one gzip member** per blob, as pigz does: chunk 0 starts with the
+//! header, each chunk is deflate blocks that do not end the stream (a compressed run is ended
+//! by a sync flush: an empty stored block, byte-aligned; an incompressible run is stored
+//! blocks), and after the last chunk one trailer piece ends it (a final empty block, the
+//! CRC-32 of the whole input, its length). Each compressed run is primed with the 32 KiB of
+//! input before it as deflate's dictionary, which is what a single deflate stream's window
+//! would hold: chunks depend on each other's *input*, never on their output, so they still
+//! compress in parallel, in any order, and again after a crash. One member, because some
+//! consumers break on several (soci-snapshotter before 0.14 builds a wrong seekable index for
+//! them).
+//!
+//! [`Codec::Zstd`] makes one independent **frame** per chunk, or one per run of its probe
+//! windows when it mixes incompressible and compressible regions ([`chunk`]). Concatenated
+//! frames are a valid stream: `zstd -d` and Go's readers take them. An empty input gives one
+//! empty member or frame, because a zero-byte blob is not a valid gzip or zstd stream.
 //!
 //! # Determinism
 //! **Architecture Invariant:** same input, codec and chunk size give the same bytes, on any
 //! number of threads and after any resume. What makes it hold:
 //! - fixed levels ([`GZIP_LEVEL`], [`ZSTD_LEVEL`]); the codec crates are pinned to exact
 //!   versions in `Cargo.toml` and [`CODEC_VERSIONS`] is checked by a test;
-//! - gzip headers come from libdeflate (MTIME 0, no name, OS 255) or from [`chunk`] (the same);
+//! - the gzip header is [`chunk::GZIP_HEADER`] (MTIME 0, no name, OS 255); a chunk's deflate
+//!   dictionary is the input before it, whatever thread or run compresses it;
 //! - zstd frames have no checksum and no dictionary id, the content size is written, and
 //!   libzstd's worker threads are never used (the `zstdmt` feature is off);
 //! - the incompressible-data test ([`chunk::probe_runs`]) is integer-only and reads only the
@@ -23,7 +35,8 @@
 //! - the parallel driver only changes *where* a chunk is compressed, never how.
 //!
 //! # Layout
-//! - [`chunk`]: one chunk to members / frames, and the incompressible-data fast path.
+//! - [`chunk`]: one chunk to its part of the gzip member / its zstd frames, and the
+//!   incompressible-data fast path.
 //! - [`pipeline`]: the bounded, ordered, parallel driver with running digests and resume.
 //! - [`budget`]: the byte budget its chunk buffers are drawn from, shareable by streams.
 
@@ -35,7 +48,10 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use budget::{ChunkBudget, slot_bytes};
-pub use chunk::{ChunkCompressor, StoredChunk, compress_chunk};
+pub use chunk::{
+    ChunkCompressor, ChunkPlace, GZIP_HEADER, GZIP_TRAILER_BYTES, StoredChunk, compress_chunk,
+    gzip_trailer,
+};
 pub use pipeline::{
     ChunkOut, CompressConfig, StreamState, Totals, compress_stream, compress_stream_within,
     read_full,
@@ -68,28 +84,35 @@ pub fn compressed_bytes_bound(input_bytes: u64) -> u64 {
     input_bytes + input_bytes / 128 + chunks * 1024
 }
 
-/// The first bytes of a gzip member (RFC 1952).
+/// The first bytes of a gzip stream (RFC 1952).
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The first bytes of a zstd frame (RFC 8878).
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// libdeflate level for gzip members: 2, not gzip's own default of 6.
+/// zlib-rs deflate level for gzip: 2 (zlib's `deflate_fast`), not gzip's own default of 6.
 ///
-/// Measured on this 2-core machine (4 MiB chunks, one thread, loaded, so speeds are rough):
+/// Measured on this 2-core machine per CPU second (4 MiB chunks, one thread, first 64 MiB of
+/// each file; `docs/COMPRESSION.md` has the survey), against libdeflate level 2, which hoist
+/// used while a layer was one gzip member per chunk:
 ///
-/// | level | text MB/s | text ratio | rootfs tar MB/s | rootfs ratio |
+/// | deflate | text MB/CPU-s | text ratio | rootfs tar MB/CPU-s | rootfs ratio |
 /// | --- | ---: | ---: | ---: | ---: |
-/// | 1 | 130 | 2.321 | 177 | 2.421 |
-/// | 2 | 104 | 2.367 | 107 | 2.532 |
-/// | 4 | 89 | 2.386 | 70 | 2.562 |
-/// | 6 | 75 | 2.396 | 50 | 2.630 |
+/// | libdeflate 2 (one stream per chunk) | 122 | 2.366 | 160 | 2.793 |
+/// | libdeflate 2, then inflated to find its final block | 101 | 2.366 | 133 | 2.793 |
+/// | zlib-rs 1 (`deflate_quick`) | 200 | 1.719 | 245 | 2.201 |
+/// | zlib-rs 2 | 110 | 2.270 | 141 | 2.649 |
+/// | zlib-rs 3 | 88 | 2.355 | 117 | 2.757 |
+/// | zlib-rs 4 | 82 | 2.362 | 98 | 2.811 |
 ///
-/// Level 2 compresses 1.4x (text) to 2.1x (a tar of `/usr`) faster than 6 for 1.2% / 3.7% more
-/// bytes. On two cores the compressor and the registry (about 3 CPU-s per GB it receives)
-/// share the CPU, so deflate's time is push time; level 1 would be faster still but 8% larger
-/// on real root filesystems, which every later pull pays for. Changing it changes every gzip
-/// blob digest (the golden test in `tests/compress.rs` pins them; spool names carry the level).
-pub const GZIP_LEVEL: i32 = 2;
+/// One gzip member needs chunks that do not end the stream, which libdeflate cannot write:
+/// its last block is always final, and only decoding the chunk finds where that block starts
+/// (the second row, a lower bound, is slower than zlib-rs 2 and needs an inflate with block
+/// boundaries that no safe API offers). zlib-rs 2 costs about 10% more CPU than libdeflate 2
+/// for 4-5% more bytes; level 3 would cost 25-30% more CPU, level 1 27-38% more bytes. On two
+/// cores the compressor and the registry (about 3 CPU-s per GB it receives) share the CPU, so
+/// deflate's time is push time. Changing it changes every gzip blob digest (the golden test in
+/// `tests/compress.rs` pins them; spool names carry the level).
+pub const GZIP_LEVEL: u32 = 2;
 /// zstd level: 3, zstd's default and what `zstd -3` / skopeo use.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -97,7 +120,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// (e.g. `ZSTD_SYS_USE_PKG_CONFIG` linking the system one) would change the bytes.
 pub const CODEC_VERSIONS: CodecVersions = CodecVersions {
     libzstd: 10507,
-    libdeflater_crate: "1.26.1",
+    zlib_rs_crate: "0.6.8",
 };
 
 /// See [`CODEC_VERSIONS`].
@@ -105,8 +128,8 @@ pub const CODEC_VERSIONS: CodecVersions = CodecVersions {
 pub struct CodecVersions {
     /// `ZSTD_versionNumber()`: major * 10000 + minor * 100 + patch.
     pub libzstd: u32,
-    /// The `libdeflater` crate version, which pins the bundled libdeflate.
-    pub libdeflater_crate: &'static str,
+    /// The `zlib-rs` crate version (gzip's deflate), checked against `Cargo.lock` by a test.
+    pub zlib_rs_crate: &'static str,
 }
 
 /// The linked libzstd's version number (`ZSTD_versionNumber()`).
@@ -120,7 +143,7 @@ pub fn libzstd_version() -> u32 {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
-    /// gzip members, deflate by libdeflate.
+    /// One gzip member, deflate by zlib-rs.
     Gzip,
     /// zstd frames, libzstd.
     Zstd,
@@ -204,5 +227,17 @@ mod tests {
     #[test]
     fn linked_libzstd_is_the_pinned_one() {
         assert_eq!(libzstd_version(), CODEC_VERSIONS.libzstd);
+    }
+
+    #[test]
+    fn locked_zlib_rs_is_the_pinned_one() {
+        // zlib-rs has no version at run time: the lock file says what is built.
+        let lock = include_str!("../../Cargo.lock");
+        let entry = lock
+            .split("[[package]]")
+            .find(|p| p.contains("\nname = \"zlib-rs\"\n"))
+            .expect("zlib-rs is in Cargo.lock");
+        let want = format!("\nversion = \"{}\"\n", CODEC_VERSIONS.zlib_rs_crate);
+        assert!(entry.contains(&want), "Cargo.lock has {entry}");
     }
 }

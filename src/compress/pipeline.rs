@@ -19,6 +19,15 @@
 //! Resume: chunk boundaries depend only on `chunk_bytes`, so after a crash the daemon rebuilds a
 //! [`StreamState`] from what it kept (the input prefix and the compressed prefix it spooled) and
 //! starts again at chunk `k` with the input positioned at `k * chunk_bytes`.
+//!
+//! A gzip stream is one member: chunk 0 starts with its header and, after the last chunk, the
+//! delivery adds one more piece, the trailer ([`super::chunk::gzip_trailer`]), which needs the
+//! CRC-32 of the whole input. The reader computes it as it reads, beside SHA-256, rather than
+//! each worker on its chunk: the input passes through the reader in order anyway, and a
+//! resume reads the input prefix again for SHA-256 ([`StreamState::resume`]), so the CRC of the
+//! chunks before a restart comes from the source too, with nothing more to keep in the spool
+//! or the store. The reader also hands each chunk the input before it (deflate's window, from
+//! the same prefix after a resume), so chunks never depend on each other's output.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -28,7 +37,7 @@ use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread;
 
 use super::budget::{ChunkBudget, Lent};
-use super::chunk::ChunkCompressor;
+use super::chunk::{ChunkCompressor, ChunkPlace, DEFLATE_WINDOW_BYTES, gzip_trailer};
 use super::{
     COMPRESS_CHUNK_BYTES_DEFAULT, COMPRESS_CHUNK_BYTES_MAX, COMPRESS_CHUNK_BYTES_MIN, Codec,
     CompressError, STREAM_THREADS_MAX,
@@ -74,6 +83,7 @@ impl CompressConfig {
 #[derive(Debug)]
 pub struct ChunkOut<'a> {
     /// Chunk number; input bytes `[index * chunk_bytes, index * chunk_bytes + input_len)`.
+    /// A gzip stream's last piece is its trailer: one index past the input's chunks, no input.
     pub index: u64,
     pub input_offset: u64,
     pub input_len: usize,
@@ -81,7 +91,8 @@ pub struct ChunkOut<'a> {
     pub output_offset: u64,
     /// Whether the chunk was stored without compression (judged incompressible).
     pub stored: bool,
-    /// The gzip member or zstd frame. Borrowed: the buffer is reused for a later chunk.
+    /// The chunk's part of the gzip member, or its zstd frames. Borrowed: the buffer is reused
+    /// for a later chunk.
     pub bytes: &'a [u8],
 }
 
@@ -94,6 +105,12 @@ pub struct StreamState {
     compressed: Hasher,
     uncompressed_bytes: u64,
     compressed_bytes: u64,
+    /// CRC-32 of the input so far (the gzip trailer's).
+    crc32: u32,
+    /// The last [`DEFLATE_WINDOW_BYTES`] of the input so far: the next chunk's dictionary.
+    tail: Vec<u8>,
+    /// The gzip trailer is written already: the stream is whole.
+    trailer_written: bool,
 }
 
 impl std::fmt::Debug for StreamState {
@@ -121,15 +138,20 @@ impl StreamState {
             compressed: Hasher::new(Algorithm::Sha256),
             uncompressed_bytes: 0,
             compressed_bytes: 0,
+            crc32: 0,
+            tail: Vec::new(),
+            trailer_written: false,
         }
     }
 
-    /// Rebuilds the state after chunks `0..next_index` were compressed and kept: reads (and
-    /// hashes) the first `next_index * chunk_bytes` input bytes from `uncompressed` and all of
-    /// `compressed_prefix` (the kept members / frames). SHA-256 at ~1.5 GB/s makes this far
-    /// cheaper than compressing again. Fails if the input prefix is too short for `next_index`
-    /// chunks.
+    /// Rebuilds the state after pieces `0..next_index` of a `codec` stream were compressed
+    /// and kept: reads (and hashes) the first `next_index * chunk_bytes` input bytes from
+    /// `uncompressed` and all of `compressed_prefix` (the kept pieces). SHA-256 at ~1.5 GB/s
+    /// makes this far cheaper than compressing again; the gzip trailer's CRC-32 and the next
+    /// chunk's dictionary come from the same read. Fails if the input prefix does not fit
+    /// `next_index` pieces.
     pub fn resume(
+        codec: Codec,
         next_index: u64,
         chunk_bytes: usize,
         uncompressed: impl Read,
@@ -137,14 +159,16 @@ impl StreamState {
     ) -> Result<Self, CompressError> {
         let mut state = StreamState::new();
         let want = next_index.saturating_mul(chunk_bytes as u64);
-        state.uncompressed_bytes = hash_all(uncompressed.take(want), &mut state.uncompressed)?;
+        state.uncompressed_bytes = state.read_input(codec, uncompressed.take(want))?;
         state.compressed_bytes = hash_all(compressed_prefix, &mut state.compressed)?;
         let got = state.uncompressed_bytes;
-        // The last kept chunk may be short (the input ended inside it), or chunk 0 of an empty
-        // input; every earlier chunk is full.
-        let full_before_last = next_index.saturating_sub(1) * chunk_bytes as u64;
-        let ok = got == want || (got > full_before_last) || (next_index <= 1 && got == 0);
-        if !ok {
+        // When the input ended inside the prefix, it has this many chunks: all full but the
+        // last, and chunk 0 even when empty; a gzip stream has its trailer after them.
+        let chunks = got.div_ceil(chunk_bytes as u64).max(1);
+        let whole = got == want;
+        let ended = !whole && next_index == chunks;
+        state.trailer_written = !whole && codec == Codec::Gzip && next_index == chunks + 1;
+        if !(whole || ended || state.trailer_written) {
             return Err(CompressError::ResumePrefix {
                 index: next_index,
                 expected: want,
@@ -153,6 +177,17 @@ impl StreamState {
         }
         state.next_index = next_index;
         Ok(state)
+    }
+
+    /// Hashes all of `r` as input: SHA-256, and for gzip the CRC-32 and the window's tail.
+    fn read_input(&mut self, codec: Codec, r: impl Read) -> Result<u64, CompressError> {
+        read_all(r, |bytes| {
+            self.uncompressed.update(bytes);
+            if codec == Codec::Gzip {
+                self.crc32 = zlib_rs::crc32::crc32(self.crc32, bytes);
+                keep_tail(&mut self.tail, bytes);
+            }
+        })
     }
 
     /// The next chunk to compress.
@@ -169,19 +204,36 @@ impl StreamState {
     }
 }
 
-fn hash_all(mut r: impl Read, h: &mut Hasher) -> Result<u64, CompressError> {
+fn hash_all(r: impl Read, h: &mut Hasher) -> Result<u64, CompressError> {
+    read_all(r, |bytes| h.update(bytes))
+}
+
+/// Reads all of `r`, handing each piece read to `take`; returns the bytes read.
+fn read_all(mut r: impl Read, mut take: impl FnMut(&[u8])) -> Result<u64, CompressError> {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
         match r.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
-                h.update(&buf[..n]);
+                take(&buf[..n]);
                 total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(CompressError::Read(e)),
         }
+    }
+}
+
+/// Keeps in `tail` the last [`DEFLATE_WINDOW_BYTES`] of its bytes followed by `bytes`.
+fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() >= DEFLATE_WINDOW_BYTES {
+        tail.clear();
+        tail.extend_from_slice(&bytes[bytes.len() - DEFLATE_WINDOW_BYTES..]);
+    } else {
+        tail.extend_from_slice(bytes);
+        let extra = tail.len().saturating_sub(DEFLATE_WINDOW_BYTES);
+        tail.drain(..extra);
     }
 }
 
@@ -194,7 +246,8 @@ pub struct Totals {
     pub blob_digest: Digest,
     pub uncompressed_bytes: u64,
     pub compressed_bytes: u64,
-    /// Number of chunks in the whole stream (including any before a resume).
+    /// Number of pieces in the whole stream (including any before a resume): the input's
+    /// chunks, and a gzip stream's trailer.
     pub chunks: u64,
     /// Chunks stored without compression in this run (not counting those before a resume).
     pub stored_chunks: u64,
@@ -206,6 +259,8 @@ struct Work<'a> {
     offset: u64,
     len: usize,
     slot: Lent<'a>,
+    /// The input's last [`DEFLATE_WINDOW_BYTES`] before this chunk (gzip only).
+    before: Vec<u8>,
 }
 
 enum Done<'a> {
@@ -218,6 +273,7 @@ enum Done<'a> {
         next_index: u64,
         hasher: Hasher,
         bytes: u64,
+        crc32: u32,
     },
     Failed(CompressError),
 }
@@ -277,6 +333,9 @@ where
         compressed,
         uncompressed_bytes,
         compressed_bytes,
+        crc32,
+        tail,
+        trailer_written,
     } = state;
     let (codec, chunk_bytes) = (config.codec, config.chunk_bytes);
     thread::scope(|s| {
@@ -293,10 +352,13 @@ where
         }
         let reader = Reader {
             input,
+            codec,
             chunk_bytes,
             index: next_index,
             offset: uncompressed_bytes,
             hasher: uncompressed,
+            crc32,
+            tail,
         };
         let reader_done_tx = done_tx.clone();
         let lending = &lending;
@@ -314,6 +376,7 @@ where
             compressed,
             compressed_bytes,
             stored_chunks: 0,
+            trailer_due: codec == Codec::Gzip && !trailer_written,
         };
         delivery.run(sink)
     })
@@ -340,10 +403,13 @@ impl Drop for CloseOnDrop<'_, '_> {
 
 struct Reader<R> {
     input: R,
+    codec: Codec,
     chunk_bytes: usize,
     index: u64,
     offset: u64,
     hasher: Hasher,
+    crc32: u32,
+    tail: Vec<u8>,
 }
 
 impl<R: Read> Reader<R> {
@@ -378,12 +444,20 @@ impl<R: Read> Reader<R> {
             if n == 0 && self.index != 0 {
                 break;
             }
-            self.hasher.update(&slot.input[..n]);
+            let chunk = &slot.input[..n];
+            self.hasher.update(chunk);
+            let mut before = Vec::new();
+            if self.codec == Codec::Gzip {
+                self.crc32 = zlib_rs::crc32::crc32(self.crc32, chunk);
+                before.clone_from(&self.tail);
+                keep_tail(&mut self.tail, chunk);
+            }
             let work = Work {
                 index: self.index,
                 offset: self.offset,
                 len: n,
                 slot: lent,
+                before,
             };
             if work_tx.send(work).is_err() {
                 return;
@@ -398,6 +472,7 @@ impl<R: Read> Reader<R> {
             next_index: self.index,
             hasher: self.hasher,
             bytes: self.offset,
+            crc32: self.crc32,
         });
     }
 }
@@ -435,9 +510,13 @@ fn worker<'a>(
         // A panic must reach the caller as an error: otherwise its chunk never arrives and the
         // delivery would wait for it forever.
         let result = catch_unwind(AssertUnwindSafe(|| {
+            let place = ChunkPlace {
+                first: work.index == 0,
+                before: &work.before,
+            };
             let slot = work.slot.slot();
             slot.output.clear();
-            compressor.compress(codec, &slot.input[..work.len], &mut slot.output)
+            compressor.compress_at(codec, &slot.input[..work.len], place, &mut slot.output)
         }));
         let (msg, stop) = match result {
             Ok(Ok(stored)) => (Done::Chunk { work, stored }, false),
@@ -463,6 +542,17 @@ struct Delivery<'a> {
     compressed: Hasher,
     compressed_bytes: u64,
     stored_chunks: u64,
+    /// A gzip stream whose trailer is still to come after the last chunk.
+    trailer_due: bool,
+}
+
+/// One piece of the stream as the sink gets it, before its output offset is known.
+struct Piece<'b> {
+    index: u64,
+    input_offset: u64,
+    input_len: usize,
+    stored: bool,
+    bytes: &'b [u8],
 }
 
 impl<'a> Delivery<'a> {
@@ -472,9 +562,9 @@ impl<'a> Delivery<'a> {
         E: From<CompressError>,
     {
         let mut pending: BTreeMap<u64, (Work<'a>, bool)> = BTreeMap::new();
-        let mut end: Option<(u64, Hasher, u64)> = None;
+        let mut end: Option<(u64, Hasher, u64, u32)> = None;
         loop {
-            if let Some((next_index, _, _)) = &end
+            if let Some((next_index, ..)) = &end
                 && *next_index == self.expected
             {
                 break;
@@ -486,49 +576,75 @@ impl<'a> Delivery<'a> {
                 Done::Chunk { work, stored } => {
                     pending.insert(work.index, (work, stored));
                     while let Some((work, stored)) = pending.remove(&self.expected) {
-                        self.deliver(work, stored, &mut sink)?;
+                        self.deliver_chunk(work, stored, &mut sink)?;
                     }
                 }
                 Done::End {
                     next_index,
                     hasher,
                     bytes,
-                } => end = Some((next_index, hasher, bytes)),
+                    crc32,
+                } => end = Some((next_index, hasher, bytes, crc32)),
                 Done::Failed(e) => return Err(e.into()),
             }
         }
-        let (chunks, uncompressed, uncompressed_bytes) = end.expect("loop exits only at the end");
+        let (_, uncompressed, uncompressed_bytes, crc32) = end.expect("loop exits only at the end");
         debug_assert!(pending.is_empty());
+        if std::mem::take(&mut self.trailer_due) {
+            let trailer = gzip_trailer(crc32, uncompressed_bytes);
+            let piece = Piece {
+                index: self.expected,
+                input_offset: uncompressed_bytes,
+                input_len: 0,
+                stored: false,
+                bytes: &trailer,
+            };
+            self.deliver(piece, &mut sink)?;
+        }
         Ok(Totals {
             diff_id: uncompressed.finish(),
             blob_digest: self.compressed.finish(),
             uncompressed_bytes,
             compressed_bytes: self.compressed_bytes,
-            chunks,
+            chunks: self.expected,
             stored_chunks: self.stored_chunks,
         })
     }
 
-    fn deliver<F, E>(&mut self, work: Work<'a>, stored: bool, sink: &mut F) -> Result<(), E>
+    fn deliver_chunk<F, E>(&mut self, work: Work<'a>, stored: bool, sink: &mut F) -> Result<(), E>
     where
         F: FnMut(ChunkOut<'_>) -> Result<(), E>,
     {
-        let bytes = work.slot.output();
-        let output_offset = self.compressed_bytes;
-        self.compressed.update(bytes);
-        self.compressed_bytes += bytes.len() as u64;
-        self.stored_chunks += u64::from(stored);
-        sink(ChunkOut {
+        let piece = Piece {
             index: work.index,
             input_offset: work.offset,
             input_len: work.len,
-            output_offset,
             stored,
-            bytes,
-        })?;
-        self.expected += 1;
+            bytes: work.slot.output(),
+        };
+        self.deliver(piece, sink)?;
         // The pair goes back to the budget, for this stream's next chunk or another's.
         drop(work);
+        Ok(())
+    }
+
+    fn deliver<F, E>(&mut self, piece: Piece<'_>, sink: &mut F) -> Result<(), E>
+    where
+        F: FnMut(ChunkOut<'_>) -> Result<(), E>,
+    {
+        let output_offset = self.compressed_bytes;
+        self.compressed.update(piece.bytes);
+        self.compressed_bytes += piece.bytes.len() as u64;
+        self.stored_chunks += u64::from(piece.stored);
+        sink(ChunkOut {
+            index: piece.index,
+            input_offset: piece.input_offset,
+            input_len: piece.input_len,
+            output_offset,
+            stored: piece.stored,
+            bytes: piece.bytes,
+        })?;
+        self.expected += 1;
         Ok(())
     }
 }

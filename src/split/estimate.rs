@@ -5,7 +5,7 @@
 //!
 //! The layer is cut into blocks of [`ESTIMATE_BLOCK_BYTES`]; [`ESTIMATE_SAMPLE_BYTES`] of each,
 //! at a place that varies from block to block (a fixed function of the block's index), are
-//! compressed as one gzip member with the spool's own compressor, and the block is taken to
+//! compressed as a gzip stream's first chunk with the spool's own compressor, and the block is taken to
 //! compress like its sample. One contiguous sample keeps deflate's whole window (smaller
 //! pieces make text look less compressible than it is, and so parts of text too heavy), and
 //! moving it around the blocks samples every kind of file a part holds, not only the files

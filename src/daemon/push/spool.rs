@@ -149,8 +149,8 @@ pub struct SpoolLayer {
 /// The file name of a layer's compressed bytes (and of its index entry).
 pub fn spool_name(diff_id: &Digest, codec: Codec) -> String {
     let level = match codec {
-        Codec::Gzip => crate::compress::GZIP_LEVEL,
-        Codec::Zstd => crate::compress::ZSTD_LEVEL,
+        Codec::Gzip => crate::compress::GZIP_LEVEL.to_string(),
+        Codec::Zstd => crate::compress::ZSTD_LEVEL.to_string(),
     };
     format!(
         "{}-{}{}-{}-{}-{}",
@@ -159,7 +159,7 @@ pub fn spool_name(diff_id: &Digest, codec: Codec) -> String {
         level,
         SPOOL_CHUNK_BYTES,
         CODEC_VERSIONS.libzstd,
-        CODEC_VERSIONS.libdeflater_crate
+        CODEC_VERSIONS.zlib_rs_crate
     )
 }
 
@@ -452,6 +452,7 @@ fn compress_layer(
         StreamState::new()
     } else {
         StreamState::resume(
+            l.codec,
             chunks,
             SPOOL_CHUNK_BYTES,
             l.layer.source.location.reader(),

@@ -6,8 +6,10 @@
 //! as SHA-256 or deflate in a push's profile (the page-cache write of every byte, then the read
 //! back), and as much disk as the layer. So the spool file holds only the chunks that were
 //! compressed, and a map file beside it (`<spool file>.map`) says, per compressor chunk, how
-//! long its output is and whether it was stored (with its CRC-32, the one byte range framing
-//! cannot rebuild). [`SpoolView`] reads any range of the whole stream from the two.
+//! long its output is and whether it was stored: a stored chunk's framing depends only on its
+//! length and on whether it is the stream's first (gzip's header), both known from its index.
+//! A gzip stream's trailer is one more piece after the chunks, in the spool like a compressed
+//! chunk. [`SpoolView`] reads any range of the whole stream from the two.
 //!
 //! Durability: the map is synced with the spool file before the store records a chunk as done,
 //! so the store's chunk count is what a rerun trusts; records past it are cut off on load.
@@ -25,7 +27,7 @@ use crate::compress::{Codec, StoredChunk};
 use crate::registry::ReadAt;
 use crate::source::BlobLocation;
 
-/// Bytes of one map record: the chunk's output length, then flags and CRC-32.
+/// Bytes of one map record: the chunk's output length, then flags.
 const MAP_RECORD_BYTES: usize = 16;
 /// Flag bit of a record's second word: the chunk is stored (framed input), not in the spool.
 const STORED_FLAG: u64 = 1 << 63;
@@ -84,8 +86,8 @@ pub struct MapLengths {
     pub spooled: u64,
 }
 
-/// Reads a map file's records: (output length, stored CRC-32 if stored).
-fn read_records(map: &mut File) -> io::Result<Vec<(u64, Option<u32>)>> {
+/// Reads a map file's records: (output length, stored).
+fn read_records(map: &mut File) -> io::Result<Vec<(u64, bool)>> {
     map.seek(SeekFrom::Start(0))?;
     let mut bytes = Vec::new();
     map.read_to_end(&mut bytes)?;
@@ -94,7 +96,7 @@ fn read_records(map: &mut File) -> io::Result<Vec<(u64, Option<u32>)>> {
         .map(|r| {
             let out_len = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
             let info = u64::from_le_bytes(r[8..].try_into().expect("8 bytes"));
-            (out_len, (info & STORED_FLAG != 0).then_some(info as u32))
+            (out_len, info & STORED_FLAG != 0)
         })
         .collect())
 }
@@ -105,7 +107,7 @@ pub fn map_lengths(map: &Path) -> io::Result<MapLengths> {
     Ok(MapLengths {
         chunks: records.len() as u64,
         len: records.iter().map(|r| r.0).sum(),
-        spooled: records.iter().filter(|r| r.1.is_none()).map(|r| r.0).sum(),
+        spooled: records.iter().filter(|r| !r.1).map(|r| r.0).sum(),
     })
 }
 
@@ -139,11 +141,11 @@ impl SpoolView {
     }
 
     /// The stored chunk a map record describes, if its length agrees with the layout.
-    fn stored_chunk(&self, index: u64, crc32: Option<u32>, out_len: u64) -> Option<StoredChunk> {
+    fn stored_chunk(&self, index: u64, out_len: u64) -> Option<StoredChunk> {
         let chunk = StoredChunk {
             codec: self.codec,
             input_len: self.input_len(index)?,
-            crc32: crc32?,
+            first: index == 0,
         };
         (chunk.encoded_len() == out_len).then_some(chunk)
     }
@@ -168,12 +170,12 @@ impl SpoolView {
         };
         let mut ok = records.len() as u64 >= want;
         records.truncate(want as usize);
-        for (index, &(out_len, crc32)) in records.iter().enumerate() {
-            let piece = match crc32 {
-                None => Piece::Spooled {
+        for (index, &(out_len, stored)) in records.iter().enumerate() {
+            let piece = match stored {
+                false => Piece::Spooled {
                     spool_start: inner.spooled,
                 },
-                Some(_) => match self.stored_chunk(index as u64, crc32, out_len) {
+                true => match self.stored_chunk(index as u64, out_len) {
                     Some(chunk) => Piece::Stored {
                         chunk,
                         input_start: index as u64 * self.chunk_bytes,
@@ -190,7 +192,7 @@ impl SpoolView {
                 piece,
             });
             inner.len += out_len;
-            if crc32.is_none() {
+            if !stored {
                 inner.spooled += out_len;
             }
         }
@@ -221,8 +223,9 @@ impl SpoolView {
     ) -> io::Result<()> {
         let out_len = out.len() as u64;
         let chunk = if stored {
-            self.input_len(index)
-                .and_then(|input_len| StoredChunk::from_output(self.codec, input_len, out))
+            self.input_len(index).and_then(|input_len| {
+                StoredChunk::from_output(self.codec, input_len, index == 0, out)
+            })
         } else {
             None
         };
@@ -243,7 +246,7 @@ impl SpoolView {
                     chunk,
                     input_start: index * self.chunk_bytes,
                 },
-                STORED_FLAG | u64::from(chunk.crc32),
+                STORED_FLAG,
             ),
             // Compressed, or a stored chunk whose framing the layout does not rebuild exactly
             // (never expected): its bytes go to the spool like any other.
@@ -337,7 +340,7 @@ impl Read for ViewReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::ChunkCompressor;
+    use crate::compress::{ChunkCompressor, ChunkPlace, gzip_trailer};
     use hoist_testkit::testdata;
 
     const CHUNK: u64 = 256 << 10;
@@ -392,7 +395,11 @@ mod tests {
         let mut c = ChunkCompressor::new();
         for (i, chunk) in input.chunks(CHUNK as usize).enumerate() {
             let mut out = Vec::new();
-            let stored = c.compress(Codec::Gzip, chunk, &mut out).unwrap();
+            let place = ChunkPlace {
+                first: i == 0,
+                before: &input[..i * CHUNK as usize],
+            };
+            let stored = c.compress_at(Codec::Gzip, chunk, place, &mut out).unwrap();
             assert_eq!(stored, i != 1, "chunk {i}");
             if !stored {
                 compressed_bytes += out.len() as u64;
@@ -400,13 +407,25 @@ mod tests {
             view.append(i as u64, stored, &out, &spool, &map).unwrap();
             whole.extend(out);
         }
+        // The trailer: one more piece, in the spool.
+        let trailer = gzip_trailer(zlib_rs::crc32::crc32(0, &input), input.len() as u64);
+        view.append(3, false, &trailer, &spool, &map).unwrap();
+        whole.extend(trailer);
+        compressed_bytes += trailer.len() as u64;
         assert_eq!(read_all(&view), whole);
+        let mut one = flate2::read::GzDecoder::new(&whole[..]);
+        let mut back = Vec::new();
+        one.read_to_end(&mut back).unwrap();
+        assert!(
+            back == input && one.into_inner().is_empty(),
+            "one gzip member"
+        );
         assert_eq!(spool.metadata().unwrap().len(), compressed_bytes);
         let lengths = map_lengths(&map_path(&spool_path)).unwrap();
         assert_eq!(
             lengths,
             MapLengths {
-                chunks: 3,
+                chunks: 4,
                 len: whole.len() as u64,
                 spooled: compressed_bytes
             }
