@@ -650,6 +650,14 @@ impl JobContext {
         .await;
     }
 
+    /// Reports something the job did that is worth knowing and is no problem.
+    pub async fn note(&self, message: impl Into<String>) {
+        self.emit(EventKind::Note {
+            message: message.into(),
+        })
+        .await;
+    }
+
     /// Reports a retry after a transient failure (`what`: e.g. "PATCH chunk at 16777216").
     pub async fn retrying(&self, what: impl Into<String>, reason: impl Into<String>) {
         self.link.counters.add_retry();
