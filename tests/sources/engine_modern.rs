@@ -344,38 +344,29 @@ fn exported(events: &[EventKind]) -> bool {
     events.iter().any(|e| matches!(e, EventKind::Export { .. }))
 }
 
-/// A re-push of an image the repository holds (the engine's manifest and every blob it
-/// names) is committed without asking the engine for an export; a blob gone from the
+/// A re-push of an image the repository holds (the manifest the engine names, on the
+/// containerd store, or the one hoistd remembers pushing, on the classic store, with every
+/// blob it names) is committed without asking the engine for an export; a blob gone from the
 /// registry's storage, or another repository, makes it export and push as always, into the
-/// same manifest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker28_containerd_store_repush_of_a_held_image_skips_the_export() {
-    let Some(engine) = ModernEngine::shared(Store::Containerd) else {
+/// same manifest. A hoistd with no memory re-pushes without an export on the containerd store
+/// only.
+async fn repush_skips_the_export(store: Store) {
+    let Some(engine) = ModernEngine::shared(store) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start();
     let host = registry.host();
-    let (child, client) = hoistd(&engine, dir.path()).await;
+    let (child, client) = hoistd(&engine, &dir.path().join("a")).await;
     let first = push_checked(&engine, &client, &registry, "app:1", "linux/amd64", "re").await;
 
     let started = std::time::Instant::now();
     let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
-    eprintln!("re-push of a held image: {:?}", started.elapsed());
-    assert_eq!(job.state, JobState::Done, "{job:?}");
-    assert_eq!(job.manifest_digest.as_ref(), Some(&first));
-    let said = notes(&events);
-    assert!(
-        said.iter().any(|n| n.starts_with("export skipped")),
-        "{said:?}"
+    eprintln!(
+        "{store:?}: re-push of a held image: {:?}",
+        started.elapsed()
     );
-    assert!(!exported(&events), "{events:?}");
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, EventKind::Progress { .. })),
-        "{events:?}"
-    );
+    assert_skipped(&job, &events, &first);
     let pulled = tempfile::tempdir().unwrap();
     assert_eq!(pull_back(&host, "re:1", &pulled.path().join("l")), first);
 
@@ -389,28 +380,61 @@ async fn docker28_containerd_store_repush_of_a_held_image_skips_the_export() {
         .join(lost.hex());
     std::fs::remove_dir_all(&data).expect("remove the blob from the registry");
     let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
-    assert_eq!(job.state, JobState::Done, "{job:?}");
-    assert_eq!(job.manifest_digest.as_ref(), Some(&first));
+    assert_exported(&job, &events, &first);
     let said = notes(&events);
     let missing = format!("blob {} ", lost.short());
     assert!(said.iter().any(|n| n.contains(&missing)), "{said:?}");
-    assert!(exported(&events), "{events:?}");
     let pulled = tempfile::tempdir().unwrap();
     assert_eq!(pull_back(&host, "re:1", &pulled.path().join("l")), first);
 
     // Another repository does not hold the manifest: the export runs.
-    let (job, events) =
-        push_with_events(&engine, &client, "app:1", &format!("{host}/other:1")).await;
-    assert_eq!(job.state, JobState::Done, "{job:?}");
-    assert_eq!(job.manifest_digest.as_ref(), Some(&first));
-    assert!(exported(&events), "{events:?}");
-    assert!(
-        !notes(&events)
-            .iter()
-            .any(|n| n.starts_with("export skipped")),
-        "{events:?}"
-    );
+    let target = format!("{host}/other:1");
+    let (job, events) = push_with_events(&engine, &client, "app:1", &target).await;
+    assert_exported(&job, &events, &first);
     kill9(child);
+
+    // A hoistd with no memory: only the engine's own manifest can be asked for.
+    let (child, client) = hoistd(&engine, &dir.path().join("b")).await;
+    let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
+    match store {
+        Store::Containerd => assert_skipped(&job, &events, &first),
+        Store::Classic => assert_exported(&job, &events, &first),
+    }
+    kill9(child);
+}
+
+fn assert_skipped(job: &hoist::api::Job, events: &[EventKind], manifest: &Digest) {
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    assert_eq!(job.manifest_digest.as_ref(), Some(manifest));
+    let said = notes(events);
+    assert!(
+        said.iter().any(|n| n.starts_with("export skipped")),
+        "{said:?}"
+    );
+    assert!(!exported(events), "{events:?}");
+    let uploaded = |e: &EventKind| matches!(e, EventKind::Progress { .. });
+    assert!(!events.iter().any(uploaded), "{events:?}");
+}
+
+fn assert_exported(job: &hoist::api::Job, events: &[EventKind], manifest: &Digest) {
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    assert_eq!(job.manifest_digest.as_ref(), Some(manifest));
+    assert!(exported(events), "{events:?}");
+    let said = notes(events);
+    assert!(
+        !said.iter().any(|n| n.starts_with("export skipped")),
+        "{said:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_containerd_store_repush_of_a_held_image_skips_the_export() {
+    repush_skips_the_export(Store::Containerd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_classic_store_repush_of_a_remembered_image_skips_the_export() {
+    repush_skips_the_export(Store::Classic).await;
 }
 
 /// Every warning of every job of `client`'s daemon.

@@ -87,11 +87,12 @@ pub async fn commit(
     target: &ImageRef,
     plan: &PushPlan,
     compressed: &[CompressedLayer],
-) -> Result<Digest, JobError> {
+) -> Result<ManifestBytes, JobError> {
     let manifest = plan
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
-    commit_manifest(patience, client, target, &manifest, TagWrite::Always).await
+    commit_manifest(patience, client, target, &manifest, TagWrite::Always).await?;
+    Ok(manifest)
 }
 
 /// Whether a tag that already resolves to the manifest is written again.

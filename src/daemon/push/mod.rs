@@ -289,7 +289,7 @@ async fn push(
     let pushed = run.verify(pushed).await?;
     census.check(ctx, &run.plan).await?;
     let compressed = compressed_layers(&run.plan, &pushed)?;
-    let digest = commit::commit(
+    let manifest = commit::commit(
         &run.patience,
         &run.client,
         &run.target,
@@ -297,6 +297,7 @@ async fn push(
         &compressed,
     )
     .await?;
+    repush::remember(ctx, &run.target, &run.plan.config.digest, &manifest).await;
     // The scheduler removes the job's spool once it is done: keep the compressed layers.
     let names: Vec<String> = run
         .plan
@@ -308,7 +309,7 @@ async fn push(
         .collect();
     spool::keep_in_cache(ctx, &names);
     Ok(JobOutput {
-        manifest_digest: digest,
+        manifest_digest: manifest.digest,
     })
 }
 

@@ -2,7 +2,9 @@
 //! exporting it.
 //!
 //! ```text
-//! engine inspect (manifests=1): the chosen platform's manifest descriptor (containerd store)
+//! engine inspect (manifests=1): the chosen platform's manifest descriptor (containerd store),
+//!   else the manifest the daemon remembers pushing this image (its ID, the config digest, on
+//!   the classic store) as to this repository with this platform, codec and split policy
 //!   -> GET that manifest by digest from the target repository (digest checked), parsed:
 //!      an image manifest, every layer compressed (the engine's blobs, pushed as stored), the
 //!      size the engine names
@@ -13,7 +15,9 @@
 //!
 //! On the containerd store a push without splits uploads the engine's stored blobs as they
 //! are, so the manifest it would commit is the engine's own: a repository that holds that
-//! manifest and every blob it names holds the push's result. Anything missing or different
+//! manifest and every blob it names holds the push's result. On the classic store the
+//! manifest hoist pushed before (remembered when its push was committed) is that image too:
+//! its config is the image (the ID is the config's digest), its layers hoist's compression. Anything missing or different
 //! ends the probe with a note saying why, and the export runs as always: nothing is trusted
 //! that the registry did not answer.
 
@@ -21,14 +25,16 @@ use super::commit::{self, TagWrite};
 use super::export;
 use super::{JobError, Reach};
 use crate::api::{BlobAction, BlobState, JobState, SplitLayers};
+use crate::daemon::job::JobContext;
 use crate::digest::Digest;
 use crate::image::doc::{self, Config, Descriptor, Manifest};
 use crate::image::media::{self, Compression};
 use crate::plan::{CompressedLayer, ManifestBytes};
 use crate::platform::Platform;
+use crate::registry::ImageRef;
 use crate::registry::{CONFIG_BYTES_MAX, Reference, media_types};
 use crate::source::engine::{Endpoint, Engine, ImageInspect, platforms};
-use crate::store::NewBlob;
+use crate::store::{ImageKey, NewBlob, PushedManifest};
 
 /// A manifest the repository holds that is the push's result, with the blobs it names.
 struct Held {
@@ -76,15 +82,30 @@ impl Reach {
     async fn engine_manifest(
         &self,
         image: &str,
-    ) -> Result<Option<(ImageInspect, Descriptor)>, JobError> {
+    ) -> Result<Option<(ImageInspect, CompressedLayer)>, JobError> {
         let image = crate::source::engine::parse_image_name(image).map_err(JobError::failed)?;
         let env = self.ctx.env().clone();
         let opts = crate::daemon::prepare::plan_options(self.ctx.spec(), env.clone(), Vec::new());
         let endpoint = Endpoint::from_env(&env).map_err(export::failed)?;
         let engine = Engine::connect(endpoint).await.map_err(export::failed)?;
         let (inspect, _, platform, _) = export::inspect_checked(&engine, &image, &opts).await?;
-        let named = chosen_manifest(&inspect, &platform);
+        let named = match chosen_manifest(&inspect, &platform) {
+            Some(d) => Some(compressed(&d)),
+            None => self.remembered(&inspect).await,
+        };
         Ok(named.map(|d| (inspect, d)))
+    }
+
+    /// The manifest the daemon remembers pushing the engine's image as, to this repository:
+    /// on the classic store, whose image ID is the config's digest.
+    async fn remembered(&self, inspect: &ImageInspect) -> Option<CompressedLayer> {
+        let config = Digest::parse(&inspect.id).ok()?;
+        let key = image_key(&self.ctx, &self.target, &config);
+        let m = self.ctx.pushed_image(key).await?;
+        Some(CompressedLayer {
+            digest: m.digest,
+            size: m.size_bytes,
+        })
     }
 
     /// The manifest `named` and its config from the repository, checked against the engine's
@@ -92,7 +113,7 @@ impl Reach {
     async fn held(
         &self,
         inspect: &ImageInspect,
-        named: &Descriptor,
+        named: &CompressedLayer,
     ) -> Result<Result<Held, Differs>, JobError> {
         let (client, repository) = (&self.client, &self.target.repository);
         let reference = Reference::Digest(named.digest.clone());
@@ -112,6 +133,10 @@ impl Reach {
             Ok(held) => held,
             Err(why) => return Ok(Err(why)),
         };
+        // The classic store's image ID is its config's digest.
+        if inspect.manifests().is_empty() && held.config.digest.to_string() != inspect.id {
+            return Ok(Err(format!("its config is not the image {}", inspect.id)));
+        }
         if let Err(why) = self.config_is_the_image(&held.config, inspect).await? {
             return Ok(Err(why));
         }
@@ -189,8 +214,39 @@ impl Reach {
             &held.manifest,
             TagWrite::IfDifferent,
         )
-        .await
+        .await?;
+        remember(ctx, target, &held.config.digest, &held.manifest).await;
+        Ok(held.manifest.digest.clone())
     }
+}
+
+/// What the daemon remembers a push of the image with config `config` to `target` by: the
+/// job's platform, codec and split policy shape the manifest too.
+fn image_key(ctx: &JobContext, target: &ImageRef, config: &Digest) -> ImageKey {
+    let spec = ctx.spec();
+    ImageKey {
+        registry: target.host.clone(),
+        repository: target.repository.clone(),
+        source_key: config.clone(),
+        platform: spec.platform.to_string(),
+        codec: spec.compression.as_str().to_string(),
+        split: spec.split_layers.to_string(),
+    }
+}
+
+/// Remembers a committed push of the image with config `config` to `target` as `manifest`.
+pub(super) async fn remember(
+    ctx: &JobContext,
+    target: &ImageRef,
+    config: &Digest,
+    manifest: &ManifestBytes,
+) {
+    let pushed = PushedManifest {
+        digest: manifest.digest.clone(),
+        size_bytes: manifest.bytes.len() as u64,
+    };
+    ctx.remember_pushed_image(image_key(ctx, target, config), pushed)
+        .await;
 }
 
 /// Whether `split` leaves every compressed layer whole (then the containerd store's blobs
@@ -220,7 +276,7 @@ fn chosen_manifest(inspect: &ImageInspect, platform: &Platform) -> Option<Descri
 /// The repository's answer for the manifest `named`, checked: the digest and size the engine
 /// names, an image manifest whose layers are all compressed (as the engine stores them).
 fn parse_held(
-    named: &Descriptor,
+    named: &CompressedLayer,
     media_type: String,
     bytes: Vec<u8>,
     digest: Digest,
