@@ -127,6 +127,7 @@ impl Reach {
             Ok((media_type, bytes, digest)) => {
                 parse_held(named, media_type, bytes.to_vec(), digest)
             }
+            Err(e) if e.status() == Some(404) => Err("it is not there".into()),
             Err(e) => Err(e.to_string()),
         };
         let held = match held {
