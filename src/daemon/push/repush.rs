@@ -52,9 +52,6 @@ impl Reach {
     /// found whole, ends the run as the normal commit would.
     pub(super) async fn skip_export(&self, image: &str) -> Result<Option<Digest>, JobError> {
         let ctx = &self.ctx;
-        if !splits_leave_compressed_layers(ctx.spec().split_layers) {
-            return Ok(None);
-        }
         let Some((inspect, named)) = self.engine_manifest(image).await? else {
             return Ok(None);
         };
@@ -89,8 +86,13 @@ impl Reach {
         let endpoint = Endpoint::from_env(&env).map_err(export::failed)?;
         let engine = Engine::connect(endpoint).await.map_err(export::failed)?;
         let (inspect, _, platform, _) = export::inspect_checked(&engine, &image, &opts).await?;
+        // The engine's manifest is pushed only when no layer is split; a remembered one is
+        // remembered with the split policy.
         let named = match chosen_manifest(&inspect, &platform) {
-            Some(d) => Some(compressed(&d)),
+            Some(d) if splits_leave_compressed_layers(self.ctx.spec().split_layers) => {
+                Some(compressed(&d))
+            }
+            Some(_) => None,
             None => self.remembered(&inspect).await,
         };
         Ok(named.map(|d| (inspect, d)))
