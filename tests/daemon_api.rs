@@ -83,11 +83,27 @@ fn document_event_types() -> BTreeSet<String> {
     list.split(',').map(|t| t.trim().to_string()).collect()
 }
 
+/// The event kinds that carry only texts.
+fn text_event_kinds() -> [EventKind; 3] {
+    [
+        EventKind::Retry {
+            what: "w".into(),
+            reason: "r".into(),
+        },
+        EventKind::Warning {
+            message: "m".into(),
+        },
+        EventKind::Note {
+            message: "n".into(),
+        },
+    ]
+}
+
 /// One value of every event kind, as the daemon sends them. The match below stops compiling
 /// when a kind is added, as a reminder to add it here (and so to the document check).
 fn every_event_kind() -> Vec<EventKind> {
     let digest = hoist::digest::Digest::sha256_of(b"blob");
-    let kinds = vec![
+    let mut kinds = vec![
         EventKind::State {
             state: JobState::Done,
             reason: None,
@@ -130,15 +146,9 @@ fn every_event_kind() -> Vec<EventKind> {
             layers_done: 0,
             layers_total: 1,
         },
-        EventKind::Retry {
-            what: "w".into(),
-            reason: "r".into(),
-        },
-        EventKind::Warning {
-            message: "m".into(),
-        },
         EventKind::Deleted {},
     ];
+    kinds.extend(text_event_kinds());
     for kind in &kinds {
         match kind {
             EventKind::State { .. }
@@ -151,6 +161,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::BlobDone { .. }
             | EventKind::Retry { .. }
             | EventKind::Warning { .. }
+            | EventKind::Note { .. }
             | EventKind::Deleted {} => {}
         }
     }

@@ -79,6 +79,9 @@ pub enum EventKind {
     Retry { what: String, reason: String },
     /// Something to know that does not stop the push (e.g. platforms of an index not pushed).
     Warning { message: String },
+    /// Something the job did that is worth knowing and is no problem (e.g. the export skipped
+    /// because the registry holds the image already).
+    Note { message: String },
     /// The job was deleted. Sent live only (its log is deleted with it), with `seq` 0.
     Deleted {},
 }
@@ -113,6 +116,9 @@ impl EventKind {
                 reason: f(&reason),
             },
             EventKind::Warning { message } => EventKind::Warning {
+                message: f(&message),
+            },
+            EventKind::Note { message } => EventKind::Note {
                 message: f(&message),
             },
             other => other,

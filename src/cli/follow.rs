@@ -178,6 +178,7 @@ impl Renderer {
             EventKind::Retry { what, reason } => self.say(format!("retrying {what}: {reason}")),
             EventKind::Deleted {} => self.say(format!("job {}: deleted", ev.job)),
             EventKind::Warning { message } => self.say(format!("warning: {message}")),
+            EventKind::Note { message } => self.say(message.clone()),
         }
     }
 

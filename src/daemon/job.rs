@@ -69,7 +69,7 @@ use crate::api::{BlobState, EventKind, JobId, JobSpec, JobState};
 use crate::bandwidth::Bucket;
 use crate::digest::Digest;
 use crate::environ::CallerEnv;
-use crate::store::{BlobRecord, CursorRecord, NewBlob, Pushed, Store};
+use crate::store::{BlobRecord, CursorRecord, ImageKey, NewBlob, Pushed, PushedManifest, Store};
 
 /// The future a job body returns.
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, JobError>> + Send>>;
@@ -645,6 +645,34 @@ impl JobContext {
     /// of other platforms that are not pushed).
     pub async fn warning(&self, message: impl Into<String>) {
         self.emit(EventKind::Warning {
+            message: message.into(),
+        })
+        .await;
+    }
+
+    /// The manifest `key`'s image was last pushed as, remembered by the daemon: a hint, to be
+    /// checked with the registry. A store error is logged and reads as nothing remembered.
+    pub async fn pushed_image(&self, key: ImageKey) -> Option<PushedManifest> {
+        self.link
+            .store
+            .pushed_image(key)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the re-push memory"))
+            .ok()
+            .flatten()
+    }
+
+    /// Remembers that `key`'s image was pushed (committed, its blobs verified) as `manifest`.
+    /// A store error is logged: it only costs a later re-push its export.
+    pub async fn remember_pushed_image(&self, key: ImageKey, manifest: PushedManifest) {
+        if let Err(e) = self.link.store.remember_pushed_image(key, manifest).await {
+            tracing::warn!(error = %e, "cannot write the re-push memory");
+        }
+    }
+
+    /// Reports something the job did that is worth knowing and is no problem.
+    pub async fn note(&self, message: impl Into<String>) {
+        self.emit(EventKind::Note {
             message: message.into(),
         })
         .await;

@@ -109,7 +109,7 @@ pub use profile::limits_for_host;
 pub use reference::{EcrKind, ImageRef, Reference, ecr_kind, is_ecr_host, is_loopback_host};
 pub use retry::{RetryPolicy, parse_retry_after, retry, retry_if};
 pub use transport::{FILE_PIECE_BYTES, FileRange, ReadAt};
-pub use verify::{VerifyError, VerifyReport, verify_tag};
+pub use verify::{CONFIG_BYTES_MAX, VerifyError, VerifyReport, verify_tag};
 
 use transport::Req;
 

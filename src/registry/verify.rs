@@ -10,7 +10,7 @@ use super::manifests::media_types;
 use super::{ImageRef, Reference, RegistryClient, RegistryError};
 
 /// Configs are small; a bigger one is not an image config (the bound on every JSON document).
-const CONFIG_BYTES_MAX: usize = crate::image::JSON_BYTES_MAX as usize;
+pub const CONFIG_BYTES_MAX: usize = crate::image::JSON_BYTES_MAX as usize;
 
 /// What the verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]

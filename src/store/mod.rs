@@ -20,6 +20,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod encode;
+mod memory;
 mod ops;
 mod schema;
 
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{BlobAction, BlobState, JobEnv, JobId, JobSpec, JobState};
 use crate::digest::Digest;
 
+pub use memory::{ImageKey, PUSHED_IMAGES_MAX, PushedManifest};
 pub use ops::now_ms;
 
 /// Requests that may wait for the store thread; senders wait (asynchronously) beyond this.

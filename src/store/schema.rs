@@ -99,6 +99,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, layer_digest)
     ) STRICT;
     ",
+    // 6: what hoist pushed, per registry and repository: the image manifest a source image
+    // (its config's digest) became, for a platform, codec and split policy. A hint for a
+    // re-push, which asks the registry before it uses it; not tied to a job.
+    "
+    CREATE TABLE pushed_images (
+        registry        TEXT NOT NULL,
+        repository      TEXT NOT NULL,
+        source_key      TEXT NOT NULL,
+        platform        TEXT NOT NULL,
+        codec           TEXT NOT NULL,
+        split           TEXT NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        manifest_size   INTEGER NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        PRIMARY KEY (registry, repository, source_key, platform, codec, split)
+    ) STRICT;
+    CREATE INDEX pushed_images_by_age ON pushed_images (updated_ms);
+    ",
 ];
 
 /// The schema version this build writes.

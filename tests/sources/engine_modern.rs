@@ -152,8 +152,9 @@ async fn docker28_classic_store_pushes_an_image_built_with_buildx() {
     pushes_the_app_image(Store::Classic).await;
 }
 
-/// The layer digests of `docker save --platform PLATFORM IMAGE`'s `manifest.json`.
-fn saved_layers(engine: &ModernEngine, image: &str, platform: &str) -> Vec<String> {
+/// The layer digests of `docker save --platform PLATFORM IMAGE`'s `manifest.json`, and the
+/// digest of the image manifest its `index.json` names.
+fn saved_image(engine: &ModernEngine, image: &str, platform: &str) -> (Vec<String>, String) {
     let dir = engine.shared_dir(&format!("save-{}", image.replace(':', "-")));
     let tar = dir.join("image.tar");
     engine.docker(&[
@@ -165,22 +166,36 @@ fn saved_layers(engine: &ModernEngine, image: &str, platform: &str) -> Vec<Strin
         image,
     ]);
     let mut archive = tar::Archive::new(std::fs::File::open(&tar).unwrap());
-    let mut manifest = None;
+    let (mut manifest, mut index) = (None, None);
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
-        if entry.path().unwrap().to_str() == Some("manifest.json") {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).unwrap();
-            manifest = Some(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+        let name = entry
+            .path()
+            .unwrap()
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        let json = || Some(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+        match name.as_str() {
+            "manifest.json" => manifest = json(),
+            "index.json" => index = json(),
+            _ => {}
         }
     }
     let manifest = manifest.expect("manifest.json in docker save's archive");
-    manifest[0]["Layers"]
+    let index = index.expect("index.json in docker save's archive");
+    let layers = manifest[0]["Layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| l.as_str().unwrap().replace("blobs/sha256/", "sha256:"))
-        .collect()
+        .collect();
+    (
+        layers,
+        index["manifests"][0]["digest"].as_str().unwrap().into(),
+    )
 }
 
 /// The digests and media types of the layers of `repo:1`'s manifest in the registry.
@@ -199,7 +214,8 @@ fn pushed_layers(registry: &TestRegistry, repo: &str) -> Vec<(String, String)> {
 }
 
 /// On the containerd store the engine's compressed blobs are pushed as they are: the layers
-/// of `docker save`'s manifest, gzip and zstd, under their media types.
+/// of `docker save`'s manifest, gzip and zstd, under their media types, and the engine's
+/// manifest with them (the digest `docker push` gives).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker28_containerd_store_pushes_the_engines_own_layer_blobs_gzip_and_zstd() {
     let Some(engine) = ModernEngine::shared(Store::Containerd) else {
@@ -209,14 +225,12 @@ async fn docker28_containerd_store_pushes_the_engines_own_layer_blobs_gzip_and_z
     let registry = TestRegistry::start();
     let (child, client) = hoistd(&engine, dir.path()).await;
     for (image, repo, ending) in [("app:1", "app", "tar+gzip"), ("zst:1", "zst", "tar+zstd")] {
-        push_checked(&engine, &client, &registry, image, "linux/amd64", repo).await;
+        let digest = push_checked(&engine, &client, &registry, image, "linux/amd64", repo).await;
         let pushed = pushed_layers(&registry, repo);
         let digests: Vec<String> = pushed.iter().map(|(d, _)| d.clone()).collect();
-        assert_eq!(
-            digests,
-            saved_layers(&engine, image, "linux/amd64"),
-            "{image}"
-        );
+        let (saved, manifest) = saved_image(&engine, image, "linux/amd64");
+        assert_eq!(digests, saved, "{image}");
+        assert_eq!(digest.to_string(), manifest, "{image}");
         assert!(
             pushed.iter().all(|(_, m)| m.ends_with(ending)),
             "{pushed:?}"
@@ -293,6 +307,134 @@ async fn docker28_containerd_store_pushes_the_platform_asked_for_by_name_and_nam
         "{reason}"
     );
     kill9(child);
+}
+
+/// Pushes `image` to `target` and waits for the job's end: the job and every event it had.
+async fn push_with_events(
+    engine: &ModernEngine,
+    client: &Client,
+    image: &str,
+    target: &str,
+) -> (hoist::api::Job, Vec<EventKind>) {
+    let id = client
+        .submit(&engine_request(engine, image, target))
+        .await
+        .unwrap()
+        .id;
+    let job = wait_for(client, &id, PUSH_MS_MAX, "ended", |j| j.state.is_final()).await;
+    let mut events = Vec::new();
+    let mut stream = client.events(&id, 0, false).await.unwrap();
+    while let Some(e) = stream.next().await {
+        events.push(e.unwrap().kind);
+    }
+    (job, events)
+}
+
+fn notes(events: &[EventKind]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Note { message } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exported(events: &[EventKind]) -> bool {
+    events.iter().any(|e| matches!(e, EventKind::Export { .. }))
+}
+
+/// A re-push of an image the repository holds (the manifest the engine names, on the
+/// containerd store, or the one hoistd remembers pushing, on the classic store, with every
+/// blob it names) is committed without asking the engine for an export; a blob gone from the
+/// registry's storage, or another repository, makes it export and push as always, into the
+/// same manifest. A hoistd with no memory re-pushes without an export on the containerd store
+/// only.
+async fn repush_skips_the_export(store: Store) {
+    let Some(engine) = ModernEngine::shared(store) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (child, client) = hoistd(&engine, &dir.path().join("a")).await;
+    let first = push_checked(&engine, &client, &registry, "app:1", "linux/amd64", "re").await;
+
+    let started = std::time::Instant::now();
+    let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
+    eprintln!(
+        "{store:?}: re-push of a held image: {:?}",
+        started.elapsed()
+    );
+    assert_skipped(&job, &events, &first);
+    let pulled = tempfile::tempdir().unwrap();
+    assert_eq!(pull_back(&host, "re:1", &pulled.path().join("l")), first);
+
+    // A layer the registry lost: the probe's HEAD misses it, the export runs.
+    let (lost, _) = pushed_layers(&registry, "re").remove(0);
+    let lost = Digest::parse(&lost).unwrap();
+    let data = registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&lost.hex()[..2])
+        .join(lost.hex());
+    std::fs::remove_dir_all(&data).expect("remove the blob from the registry");
+    let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
+    assert_exported(&job, &events, &first);
+    let said = notes(&events);
+    let missing = format!("blob {} ", lost.short());
+    assert!(said.iter().any(|n| n.contains(&missing)), "{said:?}");
+    let pulled = tempfile::tempdir().unwrap();
+    assert_eq!(pull_back(&host, "re:1", &pulled.path().join("l")), first);
+
+    // Another repository does not hold the manifest: the export runs.
+    let target = format!("{host}/other:1");
+    let (job, events) = push_with_events(&engine, &client, "app:1", &target).await;
+    assert_exported(&job, &events, &first);
+    kill9(child);
+
+    // A hoistd with no memory: only the engine's own manifest can be asked for.
+    let (child, client) = hoistd(&engine, &dir.path().join("b")).await;
+    let (job, events) = push_with_events(&engine, &client, "app:1", &format!("{host}/re:1")).await;
+    match store {
+        Store::Containerd => assert_skipped(&job, &events, &first),
+        Store::Classic => assert_exported(&job, &events, &first),
+    }
+    kill9(child);
+}
+
+fn assert_skipped(job: &hoist::api::Job, events: &[EventKind], manifest: &Digest) {
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    assert_eq!(job.manifest_digest.as_ref(), Some(manifest));
+    let said = notes(events);
+    assert!(
+        said.iter().any(|n| n.starts_with("export skipped")),
+        "{said:?}"
+    );
+    assert!(!exported(events), "{events:?}");
+    let uploaded = |e: &EventKind| matches!(e, EventKind::Progress { .. });
+    assert!(!events.iter().any(uploaded), "{events:?}");
+}
+
+fn assert_exported(job: &hoist::api::Job, events: &[EventKind], manifest: &Digest) {
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    assert_eq!(job.manifest_digest.as_ref(), Some(manifest));
+    assert!(exported(events), "{events:?}");
+    let said = notes(events);
+    assert!(
+        !said.iter().any(|n| n.starts_with("export skipped")),
+        "{said:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_containerd_store_repush_of_a_held_image_skips_the_export() {
+    repush_skips_the_export(Store::Containerd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker28_classic_store_repush_of_a_remembered_image_skips_the_export() {
+    repush_skips_the_export(Store::Classic).await;
 }
 
 /// Every warning of every job of `client`'s daemon.

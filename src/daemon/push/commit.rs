@@ -26,18 +26,10 @@ pub async fn verify_blobs(
 ) -> Result<Vec<(Digest, CompressedLayer)>, JobError> {
     let ctx = &patience.ctx;
     ctx.enter(JobState::Verifying).await?;
+    let pushed: Vec<CompressedLayer> = blobs.iter().map(|(_, p)| p.clone()).collect();
+    let present = blobs_present(patience, client, repository, &pushed).await?;
     let mut lost = Vec::new();
-    for (key, pushed) in blobs {
-        let what = format!("HEAD blob {}", pushed.digest.short());
-        let present = patience
-            .call(&what, || {
-                client.blob_present(repository, &pushed.digest, pushed.size)
-            })
-            .await?
-            .map_err(|e| {
-                let reason = format!("checking blob {}: {e}", pushed.digest.short());
-                JobError::from_registry(reason, &e)
-            })?;
+    for ((key, pushed), present) in blobs.iter().zip(present) {
         if present {
             ctx.blob_state(key, BlobState::Verified).await?;
         } else {
@@ -45,6 +37,30 @@ pub async fn verify_blobs(
         }
     }
     Ok(lost)
+}
+
+/// HEADs each blob: whether the registry has it with that digest and size, in order.
+pub async fn blobs_present(
+    patience: &Patience,
+    client: &RegistryClient,
+    repository: &str,
+    blobs: &[CompressedLayer],
+) -> Result<Vec<bool>, JobError> {
+    let mut out = Vec::with_capacity(blobs.len());
+    for blob in blobs {
+        let what = format!("HEAD blob {}", blob.digest.short());
+        let present = patience
+            .call(&what, || {
+                client.blob_present(repository, &blob.digest, blob.size)
+            })
+            .await?
+            .map_err(|e| {
+                let reason = format!("checking blob {}: {e}", blob.digest.short());
+                JobError::from_registry(reason, &e)
+            })?;
+        out.push(present);
+    }
+    Ok(out)
 }
 
 /// The failure of a blob still missing after it was uploaded again.
@@ -71,14 +87,35 @@ pub async fn commit(
     target: &ImageRef,
     plan: &PushPlan,
     compressed: &[CompressedLayer],
-) -> Result<Digest, JobError> {
-    let ctx = &patience.ctx;
+) -> Result<ManifestBytes, JobError> {
     let manifest = plan
         .manifest(compressed)
         .map_err(|e| JobError::failed(format!("cannot build the manifest: {e}")))?;
+    commit_manifest(patience, client, target, &manifest, TagWrite::Always).await?;
+    Ok(manifest)
+}
+
+/// Whether a tag that already resolves to the manifest is written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagWrite {
+    Always,
+    /// Only a tag that does not resolve to the manifest yet is PUT (every tag is read back).
+    IfDifferent,
+}
+
+/// `committing` then `verified`: [`commit`] for manifest bytes known already (a manifest the
+/// repository holds).
+pub async fn commit_manifest(
+    patience: &Patience,
+    client: &RegistryClient,
+    target: &ImageRef,
+    manifest: &ManifestBytes,
+    write: TagWrite,
+) -> Result<Digest, JobError> {
+    let ctx = &patience.ctx;
     ctx.enter(JobState::Committing).await?;
     for image in references(target, &ctx.spec().extra_tags) {
-        write_tag(patience, client, &image, &manifest).await?;
+        write_tag(patience, client, &image, manifest, write).await?;
     }
     // A stop now only means the phase is not recorded: every tag is written.
     let _ = ctx.enter(JobState::Verified).await;
@@ -107,9 +144,15 @@ async fn write_tag(
     client: &RegistryClient,
     target: &ImageRef,
     manifest: &ManifestBytes,
+    write: TagWrite,
 ) -> Result<(), JobError> {
     let ctx = &patience.ctx;
-    let digest = put_manifest(patience, client, target, manifest).await?;
+    let digest = match write == TagWrite::IfDifferent
+        && resolves_to(patience, client, target, &manifest.digest).await?
+    {
+        true => manifest.digest.clone(),
+        false => put_manifest(patience, client, target, manifest).await?,
+    };
     if digest != manifest.digest {
         return Err(JobError::failed(format!(
             "the registry stored the manifest as {digest}, not {}: report this as a bug",
@@ -133,6 +176,21 @@ async fn write_tag(
         }
     }
     Ok(())
+}
+
+/// Whether `target` resolves to `digest` now (any error: it is written as if it did not).
+async fn resolves_to(
+    patience: &Patience,
+    client: &RegistryClient,
+    target: &ImageRef,
+    digest: &Digest,
+) -> Result<bool, JobError> {
+    let found = patience
+        .call(&format!("read {target}"), || {
+            client.get_manifest(&target.repository, &target.reference)
+        })
+        .await?;
+    Ok(matches!(found, Ok((_, _, d)) if &d == digest))
 }
 
 /// The manifest PUT, with an upload slot like every body-carrying request, not sent after a

@@ -42,7 +42,7 @@ use crate::daemon::job::{JobContext, JobError};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::elf::LayerCensus;
 use crate::environ::CallerEnv;
-use crate::image::doc::{self, Config, Doc};
+use crate::image::doc::{self, Config, Doc, Manifest};
 use crate::image::media::{self, Compression, Family};
 use crate::image::select;
 use crate::plan::{Codec, CompressedLayer, PlanOptions, PushPlan};
@@ -57,6 +57,8 @@ use crate::source::{BlobLocation, ResolvedImage, SourceError, SourceLayer};
 pub const EXPORT_DIR: &str = "export";
 /// The exported config's file name in [`EXPORT_DIR`].
 const CONFIG_FILE: &str = "config.json";
+/// The engine's own image manifest (its exact bytes, the containerd store's), in [`EXPORT_DIR`].
+const MANIFEST_FILE: &str = "manifest.json";
 /// The engine's ID of the image whose config [`CONFIG_FILE`] is, in [`EXPORT_DIR`].
 const IMAGE_ID_FILE: &str = "image-id";
 /// Bytes handed at a time from the export stream to the compressor's reader.
@@ -117,7 +119,7 @@ fn parse_stored_name(name: &str) -> Option<(Digest, Digest, Compression)> {
     Some((digest(diff)?, digest(blob)?, compression))
 }
 
-fn failed(e: impl Into<SourceError>) -> JobError {
+pub(super) fn failed(e: impl Into<SourceError>) -> JobError {
     JobError::failed(e.into().to_string())
 }
 
@@ -177,7 +179,7 @@ pub async fn plan(
     std::fs::create_dir_all(&dir).map_err(|e| io_failed(&dir, e))?;
     let codec = opts.compression;
     let mut layers = spooled_layers(ctx, &dir, &inspect, codec);
-    let mut config = spooled_config(&dir, &inspect);
+    let mut docs = spooled_config(&dir, &inspect);
     let needed = missing_layers(&inspect, &layers);
     let mut early = EarlyUploads::new(ctx.clone(), uploader.clone());
     for (d, c) in &layers {
@@ -188,7 +190,7 @@ pub async fn plan(
     // What the image's index also holds: from the engine's inspect where it lists the index
     // (the export then holds only the platform asked for), else from the export's index.
     let mut left_out = inspect.left_out();
-    if config.is_none() || !needed.is_empty() {
+    if docs.is_none() || !needed.is_empty() {
         let reader = engine.export(image, &platform).await.map_err(failed)?;
         let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Export {
@@ -210,21 +212,21 @@ pub async fn plan(
         };
         let (walked, made, censused) =
             export_uploading(job, reader, ready_rx, &mut early, (&what, &dir, family)).await?;
-        write_config(&dir, &walked.config, &inspect.id)?;
-        config = Some(walked.config);
+        write_config(&dir, &walked, &inspect.id)?;
+        docs = Some((walked.config, walked.manifest));
         if left_out.is_empty() {
             left_out = walked.left_out;
         }
         layers.extend(made);
         census = censused;
     }
-    let config = config.ok_or_else(|| {
+    let docs = docs.ok_or_else(|| {
         JobError::failed("internal error: no config after the export: report this as a bug")
     })?;
     let mut resolved = resolve(
         (&what, &dir, family),
         &inspect,
-        config,
+        docs,
         &layers,
         &opts.platform,
     )?;
@@ -241,7 +243,7 @@ pub async fn plan(
 /// The engine's inspect of `image` for the wanted platform, checked before anything is
 /// exported; how messages name the source; and the platform to ask the export for (the one
 /// the engine holds, as it names it).
-async fn inspect_checked(
+pub(super) async fn inspect_checked(
     engine: &Engine,
     image: &str,
     opts: &PlanOptions,
@@ -404,21 +406,31 @@ fn codec_compression(codec: Codec) -> Compression {
     }
 }
 
+/// The engine's manifest bytes, when its export held one.
+type EngineManifestBytes = Option<Vec<u8>>;
+
 /// The config an earlier run exported, when it is still the engine's image: the engine's image
 /// ID is the config's digest (classic store) or the one recorded beside it (the containerd
-/// store's ID is its index's or manifest's digest), and the layers are the inspect's.
-fn spooled_config(dir: &Path, inspect: &ImageInspect) -> Option<Doc<Config>> {
+/// store's ID is its index's or manifest's digest), and the layers are the inspect's; with
+/// the engine's manifest kept beside it.
+fn spooled_config(
+    dir: &Path,
+    inspect: &ImageInspect,
+) -> Option<(Doc<Config>, EngineManifestBytes)> {
     let bytes = std::fs::read(dir.join(CONFIG_FILE)).ok()?;
     let config: Doc<Config> = doc::parse(bytes, CONFIG_FILE, "image config").ok()?;
     let recorded = std::fs::read_to_string(dir.join(IMAGE_ID_FILE)).unwrap_or_default();
     let same_image = config.digest.to_string() == inspect.id || recorded.trim() == inspect.id;
-    (same_image && config.parsed.rootfs.diff_ids == inspect.rootfs.layers).then_some(config)
+    let manifest = std::fs::read(dir.join(MANIFEST_FILE)).ok();
+    (same_image && config.parsed.rootfs.diff_ids == inspect.rootfs.layers)
+        .then_some((config, manifest))
 }
 
-/// Keeps the exported config and the engine's image ID it belongs to. A config file already
+/// Keeps the exported config, the engine's manifest and the image ID they belong to. A config file already
 /// there with the same bytes is left as it is: its identity (inode, mtime) was recorded by
 /// the first run, and a rewrite would fail the job's source check.
-fn write_config(dir: &Path, config: &Doc<Config>, image_id: &str) -> Result<(), JobError> {
+fn write_config(dir: &Path, walked: &export::Walked, image_id: &str) -> Result<(), JobError> {
+    let (config, manifest) = (&walked.config, walked.manifest.as_deref());
     let path = dir.join(CONFIG_FILE);
     let write = |path: &Path, bytes: &[u8]| -> io::Result<()> {
         if std::fs::read(path).is_ok_and(|had| had == bytes) {
@@ -430,18 +442,27 @@ fn write_config(dir: &Path, config: &Doc<Config>, image_id: &str) -> Result<(), 
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    // The ID last: it vouches for the config only once that is whole.
-    write(&path, &config.bytes)
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest_written = match manifest {
+        Some(bytes) => write(&manifest_path, bytes),
+        None => std::fs::remove_file(&manifest_path).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        }),
+    };
+    // The ID last: it vouches for the config (and the manifest) only once they are whole.
+    manifest_written
+        .and_then(|()| write(&path, &config.bytes))
         .and_then(|()| write(&dir.join(IMAGE_ID_FILE), image_id.as_bytes()))
         .map_err(|e| io_failed(&path, e))
 }
 
 /// The image as the plan sees it: the config and the layers in the spool, each read in
-/// place like an archive's blobs.
+/// place like an archive's blobs, with the engine's manifest when it names exactly those.
 fn resolve(
     (what, dir, family): Place<'_>,
     inspect: &ImageInspect,
-    config: Doc<Config>,
+    (config, manifest): (Doc<Config>, EngineManifestBytes),
     layers: &HashMap<Digest, Spooled>,
     wanted: &crate::platform::Platform,
 ) -> Result<ResolvedImage, JobError> {
@@ -454,10 +475,11 @@ fn resolve(
         })?;
         out.push(spool_layer(what, dir, diff_id, c, family)?);
     }
+    let manifest = manifest.and_then(|m| engine_manifest(what, m, &config, &out));
     Ok(ResolvedImage {
         source: what.to_string(),
         family,
-        manifest: None,
+        manifest,
         config_media_type: family.config_media_type().to_string(),
         config_location: open(&dir.join(CONFIG_FILE), format!("{what}: config"))?,
         platform,
@@ -465,6 +487,31 @@ fn resolve(
         skipped: Vec::new(),
         config,
     })
+}
+
+/// The engine's manifest `bytes` with its media type, when it names exactly the config and
+/// the layers pushed (digest, size, media type, in order): then it is pushed unchanged, as
+/// `docker push` sends it, and the repository's copy can be found by the digest the engine
+/// names ([`super::repush`]). Otherwise (Docker media types on an OCI push, say) hoist's own.
+fn engine_manifest(
+    what: &str,
+    bytes: Vec<u8>,
+    config: &Doc<Config>,
+    layers: &[SourceLayer],
+) -> Option<(Doc<Manifest>, String)> {
+    let doc: Doc<Manifest> = doc::parse(bytes, &format!("{what}: manifest"), "manifest").ok()?;
+    let m = &doc.parsed;
+    let same_layers = m.layers.len() == layers.len()
+        && m.layers
+            .iter()
+            .zip(layers)
+            .all(|(d, l)| d.digest == l.digest && d.size == l.size && d.media_type == l.media_type);
+    let media_type = m.media_type.clone()?;
+    let fits = m.config.digest == config.digest
+        && m.config.size == config.bytes.len() as u64
+        && media_type == media::OCI_MANIFEST
+        && same_layers;
+    fits.then_some((doc, media_type))
 }
 
 /// A spool file read in place, like an archive's blob.

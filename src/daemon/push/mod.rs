@@ -45,6 +45,7 @@ pub mod export;
 pub mod identity;
 pub mod netwatch;
 pub mod patience;
+pub mod repush;
 pub mod spool;
 pub mod spool_view;
 pub mod upload;
@@ -275,13 +276,20 @@ async fn push(
     shared: Arc<Shared>,
     net: &NetSettings,
 ) -> Result<JobOutput, JobError> {
-    let (run, records, known) = Run::start(ctx, shared, net).await?;
+    let (run, records, known) = match Run::start(ctx, shared, net).await? {
+        Started::Run(run, records, known) => (*run, records, known),
+        Started::Committed(digest) => {
+            return Ok(JobOutput {
+                manifest_digest: digest,
+            });
+        }
+    };
     let census = Census::start(ctx, &run.plan, known);
     let pushed = run.upload(&records, None).await?;
     let pushed = run.verify(pushed).await?;
     census.check(ctx, &run.plan).await?;
     let compressed = compressed_layers(&run.plan, &pushed)?;
-    let digest = commit::commit(
+    let manifest = commit::commit(
         &run.patience,
         &run.client,
         &run.target,
@@ -289,6 +297,7 @@ async fn push(
         &compressed,
     )
     .await?;
+    repush::remember(ctx, &run.target, &run.plan.config.digest, &manifest).await;
     // The scheduler removes the job's spool once it is done: keep the compressed layers.
     let names: Vec<String> = run
         .plan
@@ -300,7 +309,7 @@ async fn push(
         .collect();
     spool::keep_in_cache(ctx, &names);
     Ok(JobOutput {
-        manifest_digest: digest,
+        manifest_digest: manifest.digest,
     })
 }
 
@@ -313,7 +322,7 @@ impl Run {
         ctx: &JobContext,
         shared: Arc<Shared>,
         net: &NetSettings,
-    ) -> Result<(Run, Vec<BlobRecord>, StreamCensus), JobError> {
+    ) -> Result<Started, JobError> {
         // A file source's plan is recorded before the target is looked at (a bad target
         // fails a job whose plan the user can see); an engine's is known only as it uploads.
         let planned = match ctx.spec().source.strip_prefix(TRANSPORT_PREFIX) {
@@ -347,7 +356,13 @@ impl Run {
                 reach.check_repository().await?;
                 (*plan, records, StreamCensus::new())
             }
-            Planned::Engine(image) => reach.plan_engine(image).await?,
+            Planned::Engine(image) => {
+                reach.check_repository().await?;
+                if let Some(digest) = reach.skip_export(image).await? {
+                    return Ok(Started::Committed(digest));
+                }
+                reach.plan_engine(image).await?
+            }
         };
         ctx.enter(JobState::Uploading).await?;
         let Reach {
@@ -365,7 +380,7 @@ impl Run {
             patience,
             shared,
         };
-        Ok((run, records, census))
+        Ok(Started::Run(Box::new(run), records, census))
     }
 
     fn uploader(&self) -> Uploader {
@@ -448,6 +463,13 @@ impl Run {
     }
 }
 
+/// A run started: its uploads to do, or the push committed already (the repository held the
+/// image: [`repush`]).
+enum Started {
+    Run(Box<Run>, Vec<BlobRecord>, StreamCensus),
+    Committed(Digest),
+}
+
 /// A run's source before the target is looked at: a file source planned and recorded, or
 /// the image an engine exports.
 enum Planned<'a> {
@@ -465,14 +487,13 @@ struct Reach {
 }
 
 impl Reach {
-    /// A `docker-daemon:` source: the repository is checked first, then the export runs
-    /// with each layer's upload starting as soon as the layer is whole in the spool
+    /// A `docker-daemon:` source (its repository checked): the export runs with each layer's
+    /// upload starting as soon as the layer is whole in the spool
     /// ([`early`]); the plan is recorded once the export has ended.
     async fn plan_engine(
         &self,
         image: &str,
     ) -> Result<(PushPlan, Vec<BlobRecord>, StreamCensus), JobError> {
-        self.check_repository().await?;
         let up = uploader(&self.client, &self.target, &self.patience, &self.shared);
         let exported = export::plan_job(&self.ctx, &Arc::new(up), image).await?;
         identity::check(&self.ctx, &exported.plan)?;

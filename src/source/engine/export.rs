@@ -59,6 +59,9 @@ pub struct Walked {
     /// What the image's index in the export also holds (other platforms, attestations), named
     /// as an OCI layout's are: not pushed. Empty for an export without an index.
     pub left_out: Vec<String>,
+    /// The exact bytes of the engine's image manifest naming the config (the OCI-layout form
+    /// of the export); `None` when the export holds none.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// Walks `input` for the image `inspect` describes: every layer whose diff_id is in `needed`
@@ -114,10 +117,12 @@ pub fn walk(
     }
     let config = walk.config(image)?;
     let left_out = walk.left_out(image, &config);
+    let manifest = walk.manifest_of(&config);
     Ok(Walked {
         config,
         found: walk.found,
         left_out,
+        manifest,
     })
 }
 
@@ -246,6 +251,18 @@ impl Walk<'_> {
         );
         let layers = m.layers.into_iter().map(|l| l.digest).collect();
         self.manifests.push((config, layers));
+    }
+
+    /// The bytes of the image manifest blob whose config is `config`.
+    fn manifest_of(&self, config: &Doc<Config>) -> Option<Vec<u8>> {
+        self.small
+            .iter()
+            .filter(|(name, _)| name.starts_with("blobs/"))
+            .find(|(_, bytes)| {
+                serde_json::from_slice::<Manifest>(bytes)
+                    .is_ok_and(|m| m.config.digest == config.digest)
+            })
+            .map(|(_, bytes)| bytes.clone())
     }
 
     /// The image's own manifest: the one whose config, streamed by, lists the inspect's

@@ -8,7 +8,7 @@ use crate::image::doc::Descriptor;
 use crate::platform::Platform;
 
 /// The `Kind` of a manifest that is an image (others: attestations, unknown).
-const KIND_IMAGE: &str = "image";
+pub const KIND_IMAGE: &str = "image";
 
 /// One entry of the inspect's `Manifests`.
 #[derive(Debug, Clone, Deserialize)]
