@@ -31,6 +31,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("chunk_size", Only(&["text"])),
     ("limits", Only(&[])),
     ("environ", Only(&[])),
+    ("tarscan", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
     (
