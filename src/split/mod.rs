@@ -12,12 +12,14 @@
 //! - [`tar`]: the header scan.
 //! - [`estimate`]: each entry's estimated compressed bytes, so parts balance their uploads.
 //! - [`assign`]: which entries go into which part.
+//! - [`proof`]: the check that the parts apply to the same tree as the whole layer.
 //! - [`config`]: the config rewritten for the parts (`rootfs.diff_ids`, `history`).
 //! - [`unpack`]: a compressed layer decompressed into a file to be split.
 
 pub mod assign;
 pub mod config;
 pub mod estimate;
+pub mod proof;
 pub mod tar;
 pub mod unpack;
 
@@ -50,8 +52,8 @@ pub enum SplitPolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
-    #[error("{layer}: not a layer tar hoist can split: {why}")]
-    Tar { layer: String, why: String },
+    #[error("{layer}: its parts were not proven to give the same files as the whole layer: {why}")]
+    NotProven { layer: String, why: String },
 
     #[error("{layer}: cannot split it: {why}")]
     Unsplittable { layer: String, why: String },
@@ -203,7 +205,7 @@ pub fn split_layer(
     // file, sampling held the push 0.27 s before its first byte was sent).
     if entries
         .iter()
-        .filter(|e| e.kind != tar::EntryKind::Dir)
+        .filter(|e| e.kind != tar::Kind::Dir)
         .count()
         < 2
     {
@@ -226,6 +228,10 @@ pub fn split_layer(
     let Some(parts) = assign::fit(&entries, cut, parts_max) else {
         return Ok(None);
     };
+    proof::check(&entries, &parts, threads).map_err(|why| SplitError::NotProven {
+        layer: layer.location.name.to_string(),
+        why,
+    })?;
     let ranges: Vec<Vec<(u64, u64)>> = parts
         .iter()
         .map(|members| assign::ranges(&entries, members))
