@@ -345,7 +345,13 @@ mod tests {
         let link = 1024;
         bytes[link + 124..link + 136].copy_from_slice(b"00000002000\0");
         let sum: u32 = (0..512)
-            .map(|i| if (148..156).contains(&i) { 32 } else { u32::from(bytes[link + i]) })
+            .map(|i| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(bytes[link + i])
+                }
+            })
             .sum();
         bytes[link + 148..link + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
         for c in [

@@ -521,7 +521,11 @@ pub(crate) mod tests {
         ]);
         let parts = plain(&e, MIB + 4096);
         let with_t = parts.iter().find(|p| p.contains(&0)).unwrap();
-        assert!(with_t.contains(&2) && with_t.contains(&4), "{:?}", paths(&e, &parts));
+        assert!(
+            with_t.contains(&2) && with_t.contains(&4),
+            "{:?}",
+            paths(&e, &parts)
+        );
         // `x` a directory with content, then a file, then an empty directory: all of `x` in
         // one part, in tar order.
         let e = layer(&[
@@ -535,7 +539,10 @@ pub(crate) mod tests {
         let parts = plain(&e, MIB + 4096);
         let with_x = parts.iter().find(|p| p.contains(&0)).unwrap();
         assert_eq!(
-            with_x.iter().filter(|&&i| e[i].path.starts_with(b"x")).count(),
+            with_x
+                .iter()
+                .filter(|&&i| e[i].path.starts_with(b"x"))
+                .count(),
             4,
             "{:?}",
             paths(&e, &parts)

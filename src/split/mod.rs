@@ -203,12 +203,7 @@ pub fn split_layer(
     // Parts are sets of entries, and directories go with the files under them: a layer of one
     // file makes one part whatever the weights, so its blocks are not sampled (on a 1 GiB
     // file, sampling held the push 0.27 s before its first byte was sent).
-    if entries
-        .iter()
-        .filter(|e| e.kind != tar::Kind::Dir)
-        .count()
-        < 2
-    {
+    if entries.iter().filter(|e| e.kind != tar::Kind::Dir).count() < 2 {
         return Ok(None);
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

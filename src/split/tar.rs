@@ -5,8 +5,8 @@
 
 use super::SplitError;
 use crate::source::BlobLocation;
-use crate::tarscan::{Positional, Reader, ScanError};
 pub use crate::tarscan::{BLOCK_BYTES, END_OF_ARCHIVE_BYTES, Entry, Kind};
+use crate::tarscan::{Positional, Reader, ScanError};
 
 /// Entries one layer may have for hoist to split it; the planner keeps each entry (about
 /// 150 bytes and its path) in memory: about 1 GiB at the limit.

@@ -103,14 +103,25 @@ fn proof_of_a_big_layer() {
         let d = spec.len() / 1000;
         spec.push((format!("usr/share/d{d:05}"), EntryKind::Dir, 0));
         for f in 0..999 {
-            spec.push((format!("usr/share/d{d:05}/file-{f:04}.txt"), EntryKind::Other, 3000));
+            spec.push((
+                format!("usr/share/d{d:05}/file-{f:04}.txt"),
+                EntryKind::Other,
+                3000,
+            ));
         }
     }
-    let refs: Vec<(&str, EntryKind, u64)> =
-        spec.iter().map(|(p, k, b)| (p.as_str(), k.clone(), *b)).collect();
+    let refs: Vec<(&str, EntryKind, u64)> = spec
+        .iter()
+        .map(|(p, k, b)| (p.as_str(), k.clone(), *b))
+        .collect();
     let e = layer(&refs);
     let parts = split(&e, 64 * MIB);
     let t = std::time::Instant::now();
     check(&e, &parts, 2).unwrap();
-    eprintln!("{} entries, {} parts: proven in {:?}", e.len(), parts.len(), t.elapsed());
+    eprintln!(
+        "{} entries, {} parts: proven in {:?}",
+        e.len(),
+        parts.len(),
+        t.elapsed()
+    );
 }
