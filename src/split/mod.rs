@@ -490,6 +490,32 @@ mod tests {
     }
 
     #[test]
+    fn a_split_the_proof_does_not_hold_keeps_the_layer_whole_naming_the_path() {
+        // A whiteout of a path the layer itself wrote: whiteouts go to the first part, ahead
+        // of the file, so the parts would keep `x` where the whole layer deletes it.
+        let mut b = ::tar::Builder::new(Vec::new());
+        for (name, len) in [("f", MIB), ("x", MIB), (".wh.x", 0)] {
+            let mut h = ::tar::Header::new_ustar();
+            h.set_size(len as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &vec![0x5a; len][..]).unwrap();
+        }
+        let (loc, diff_id) = layer_of(b.into_inner().unwrap());
+        let layer = Candidate {
+            location: &loc,
+            diff_id: &diff_id,
+            compression: None,
+            foreign: false,
+        };
+        match split_layer(&layer, SPLIT_PART_BYTES_MIN, 96) {
+            Err(e @ SplitError::NotProven { .. }) => {
+                assert!(e.to_string().contains(".wh.x"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_layer_that_is_not_its_diff_id_is_refused() {
         let (loc, _) = mixed_layer();
         let wrong = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
