@@ -125,3 +125,80 @@ fn proof_of_a_big_layer() {
         t.elapsed()
     );
 }
+
+/// Random layers (paths reused with other types, hard links before and after their
+/// targets, whiteouts and opaque markers, directories after their children) through the
+/// splitter: every part of a layer that applies whole applies on its own (a hard link's
+/// target is in its part). The proof rejects some splits (a whiteout moved ahead of the
+/// layer's own entries under it can change what an applier keeps), and those layers stay
+/// whole; the count and the first reasons are printed.
+#[test]
+fn random_layers_through_the_splitter() {
+    use EntryKind::{Dir, HardLink, Other};
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let names = [
+        "a",
+        "b",
+        "a/c",
+        "a/d",
+        "b/e",
+        "a/c/f",
+        ".wh.b",
+        "a/.wh..wh..opq",
+        "g",
+    ];
+    let (mut rejected, mut cases) = (0, 0);
+    for _ in 0..600 {
+        let n = 3 + next(12) as usize;
+        let mut spec: Vec<(String, EntryKind, u64)> = Vec::new();
+        for _ in 0..n {
+            let name = names[next(names.len() as u64) as usize].to_string();
+            let kind = match next(4) {
+                0 if !name.contains(".wh.") => Dir,
+                1 => HardLink(names[next(names.len() as u64) as usize].into()),
+                _ => Other,
+            };
+            let bytes = if matches!(kind, Other) {
+                next(3) * MIB / 2
+            } else {
+                0
+            };
+            spec.push((name, kind, bytes));
+        }
+        let refs: Vec<(&str, EntryKind, u64)> = spec
+            .iter()
+            .map(|(p, k, b)| (p.as_str(), k.clone(), *b))
+            .collect();
+        let e = layer(&refs);
+        let parts = split(&e, MIB / 2 + 4096);
+        if parts.len() < 2 {
+            continue;
+        }
+        cases += 1;
+        if let Err(why) = check(&e, &parts, 1) {
+            if why.starts_with("the model cannot apply the whole layer") {
+                continue;
+            }
+            assert!(!why.starts_with("the parts do not apply"), "{why}");
+            rejected += 1;
+            if rejected <= 5 {
+                let shown: Vec<Vec<String>> = parts
+                    .iter()
+                    .map(|p| {
+                        p.iter()
+                            .map(|&i| format!("{}:{:?}", e[i].shown(), e[i].kind))
+                            .collect()
+                    })
+                    .collect();
+                eprintln!("{why}\n  {shown:?}");
+            }
+        }
+    }
+    eprintln!("{rejected} of {cases} splits of layers that apply whole rejected");
+}
