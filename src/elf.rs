@@ -363,3 +363,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `HOIST_CENSUS_TAR=FILE cargo test --lib --config
+    /// 'profile.dev.package.hoist.opt-level=2' -- --ignored --nocapture census_speed`: the
+    /// seeking census through `tarscan` against the `tar` crate's seeking walk (what the
+    /// census used before), on the same uncompressed tar, alternated three times.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn census_speed() {
+        let Ok(path) = std::env::var("HOIST_CENSUS_TAR") else {
+            return;
+        };
+        let open = || std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let ours = census_tar_seek(open()).unwrap();
+            let ours_time = t.elapsed();
+            let t = std::time::Instant::now();
+            let mut n = 0u64;
+            let mut archive = tar::Archive::new(open());
+            for entry in archive.entries_with_seek().unwrap() {
+                let mut entry = entry.unwrap();
+                if entry.header().entry_type().is_file() && entry.size() >= 20 {
+                    let mut head = [0u8; ELF_HEADER_BYTES_MIN];
+                    entry.read_exact(&mut head).unwrap();
+                    n += u64::from(elf_arch(&head).is_some());
+                }
+            }
+            eprintln!(
+                "tarscan {ours_time:?} ({} ELF), tar crate {:?} ({n} ELF)",
+                ours.total(),
+                t.elapsed()
+            );
+        }
+    }
+}
