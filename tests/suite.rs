@@ -37,3 +37,4 @@ mod push_resume_event;
 mod push_tags;
 mod registry;
 mod sources;
+mod split_props;
