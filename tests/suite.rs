@@ -37,4 +37,5 @@ mod push_resume_event;
 mod push_tags;
 mod registry;
 mod sources;
+mod split_fixed;
 mod split_props;
