@@ -38,4 +38,5 @@ mod push_tags;
 mod registry;
 mod sources;
 mod split_fixed;
+mod split_models;
 mod split_props;

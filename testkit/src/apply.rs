@@ -14,11 +14,12 @@
 //! **Overlay** ([`overlay`]), as containerd's overlay snapshotter applies a layer
 //! (`archive.applyNaive` with `OverlayConvertWhiteout`, containerd 1.6), each layer into its
 //! own empty directory:
-//! - a missing parent directory is made (`mkparent`), its mode and owner copied from the
-//!   topmost lower layer that has it as a directory (0755 root otherwise); its mtime is the
-//!   time of the apply (children are created in it), shown as `None`; a parent that exists
-//!   and is not a directory fails the layer (a symlink too: containerd would resolve it, the
-//!   model does not);
+//! - a missing parent directory is made (`mkparent`), mode and owner copied from the topmost
+//!   lower layer that has it as a directory; when none has it, 0755 root, in the group of a
+//!   setgid parent (`mkdir` then `chmod 0755`). Its mtime is the time of the apply (children
+//!   are created in it), shown as `None`. A parent that exists in this layer and is not a
+//!   directory fails the layer, and so does a lower layer's non-directory above the missing
+//!   one (its `lstat` gives ENOTDIR);
 //! - `.wh..wh..opq` marks its directory opaque; `.wh.NAME` makes a 0/0 character device at
 //!   NAME, which fails the layer when NAME exists in this layer (`mknod`: EEXIST);
 //! - an existing path is removed first unless it and the entry are both directories (then
@@ -32,25 +33,32 @@
 //! merges with the directories beneath it, down to and including an opaque one, stopping at a
 //! non-directory; a whiteout or a non-directory hides everything beneath it at that path.
 //!
-//! **One tree** ([`one_tree`]), as umoci's `TarExtractor.UnpackEntry` applies layers in order
-//! into one directory:
+//! **One tree** ([`one_tree`]), as umoci 0.4.7's `TarExtractor.UnpackEntry` applies layers in
+//! order into one directory:
 //! - `.wh.NAME` removes NAME and everything under it that this layer did not write (a path
 //!   this layer wrote, or an ancestor of one, survives; its other children are removed);
 //!   `.wh..wh..opq` does the same to the directory's children, keeping the directory;
-//! - missing parents are made (0755 root, mtime of the apply: `None`), a non-directory in the
-//!   way is removed first (a symlink in the way fails the layer here: umoci would write
-//!   through it, which the model does not follow); a parent's metadata is restored after each child, so children
-//!   never change a directory's mtime;
+//! - missing parents are made (`MkdirAll`: 0755 root, setgid bit and group inherited from a
+//!   setgid parent, mtime of the apply: `None`); a non-directory in the way fails the layer
+//!   (later umoci versions remove it);
+//! - the entry's parent directory gets its metadata back after each entry; any other
+//!   directory something is made in or removed from carries the time of the apply;
 //! - an existing path is removed first unless it and the entry are both directories (then the
 //!   entry's mode, owner and mtime apply to it); last entry of a path wins;
 //! - a hard link names an existing non-directory anywhere in the tree, else the layer fails;
 //!   it leaves the inode's metadata alone.
+//!
+//! Both appliers resolve a symlink met on the way to an entry's parent (within the root); the
+//! models do not follow it and fail the layer instead ("not modelled"), so such cases are
+//! left out rather than checked wrongly.
 //!
 //! Both models read a hard link's header metadata differently, so the generator writes a
 //! link with its target's metadata, as tar writers do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hasher as _};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 
 use crate::layergen::BLOCK_BYTES;
 
@@ -511,23 +519,65 @@ fn whiteout_of(base: &[u8]) -> Option<&[u8]> {
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// containerd's `mkparent`: the missing ancestors of `path` made, attributes copied from the
-/// topmost lower layer (`lowers`, top first) that has the directory.
+/// The mode bit a directory's new subdirectories inherit, with its group (Linux).
+const SETGID: u32 = 0o2000;
+
+/// The group a new directory in `parent` gets: the parent's when it is setgid, else root's.
+fn inherited_gid(fs: &Fs, parent: &[u8]) -> u64 {
+    fs.get(parent)
+        .filter(|n| n.mode & SETGID != 0)
+        .map_or(0, |n| n.gid)
+}
+
+/// The deepest ancestor of `path` that exists in `fs`, when it is not a directory.
+fn non_dir_above<'a>(fs: &Fs, path: &'a [u8]) -> Option<&'a [u8]> {
+    let mut p = split_last(path).0;
+    while !p.is_empty() {
+        if let Some(n) = fs.get(p) {
+            return (n.kind != NodeKind::Dir).then_some(p);
+        }
+        p = split_last(p).0;
+    }
+    None
+}
+
+/// Attributes of a directory containerd's `mkparent` makes at `dir`: copied from the topmost
+/// lower layer that has the directory; its lookup fails on a non-directory above `dir` in a
+/// lower layer (`lstat`: ENOTDIR).
+fn mkparent_node(fs: &Fs, dir: &[u8], lowers: &[&Fs]) -> Result<Node, String> {
+    for l in lowers {
+        match l.get(dir) {
+            Some(n) if n.kind == NodeKind::Dir => return Ok(implicit_dir(n.mode, n.uid, n.gid)),
+            Some(n) if n.kind == NodeKind::Symlink => {
+                return Err(format!("{} is a symlink below (not modelled)", show(dir)));
+            }
+            Some(_) => break,
+            None => {
+                if let Some(a) = non_dir_above(l, dir) {
+                    return Err(format!("{} is not a directory below", show(a)));
+                }
+            }
+        }
+    }
+    // `mkdir` then `chmod 0755`: the setgid bit goes, the inherited group stays.
+    Ok(implicit_dir(0o755, 0, inherited_gid(fs, split_last(dir).0)))
+}
+
+/// containerd's `mkparent`: the missing ancestors of `dir` made ([`mkparent_node`]).
 fn mkparent(fs: &mut Fs, dir: &[u8], lowers: &[&Fs]) -> Result<(), String> {
     if dir.is_empty() {
         return Ok(());
     }
-    match fs.get(dir) {
-        Some(n) if n.kind == NodeKind::Dir => return Ok(()),
+    match fs.get(dir).map(|n| n.kind) {
+        Some(NodeKind::Dir) => return Ok(()),
+        Some(NodeKind::Symlink) => {
+            return Err(format!("parent {} is a symlink (not modelled)", show(dir)));
+        }
         Some(_) => return Err(format!("parent {} is not a directory", show(dir))),
         None => {}
     }
     mkparent(fs, split_last(dir).0, lowers)?;
-    let from = lowers.iter().find_map(|l| l.get(dir));
-    let node = match from {
-        Some(n) if n.kind == NodeKind::Dir => implicit_dir(n.mode, n.uid, n.gid),
-        _ => implicit_dir(0o755, 0, 0),
-    };
+    let node = mkparent_node(fs, dir, lowers)?;
     fs.insert(dir.to_vec(), node);
     Ok(())
 }
@@ -658,36 +708,73 @@ pub fn overlay(layers: &[Vec<Entry>]) -> Result<Tree, String> {
     Ok(merged(&dirs))
 }
 
+/// A directory's mtime after something in it changed, unless umoci restores it (`restored`:
+/// the entry's parent, whose metadata umoci puts back after each entry).
+fn touch(fs: &mut Fs, dir: &[u8], restored: &[u8]) {
+    if dir != restored
+        && let Some(&i) = fs.paths.get(dir)
+    {
+        fs.inodes[i].mtime = None;
+    }
+}
+
 /// umoci's whiteout: `path` (or, `opaque`, its children) removed, but not what this layer
 /// wrote (`upper`: its paths and their ancestors).
-fn remove_unless_upper(fs: &mut Fs, path: &[u8], opaque: bool, upper: &BTreeSet<Vec<u8>>) {
+fn remove_unless_upper(
+    fs: &mut Fs,
+    path: &[u8],
+    opaque: bool,
+    upper: &BTreeSet<Vec<u8>>,
+    restored: &[u8],
+) {
     if fs.get(path).is_none() && !(opaque && path.is_empty()) {
         return;
     }
     if !opaque && !upper.contains(path) {
         fs.remove_tree(path);
+        touch(fs, split_last(path).0, restored);
         return;
     }
     if opaque || fs.is_dir(path) {
         for child in fs.children(path) {
-            remove_unless_upper(fs, &child, false, upper);
+            remove_unless_upper(fs, &child, false, upper, restored);
         }
     }
 }
 
-/// umoci's `mkdirAll`: every missing ancestor made, a non-directory in the way removed. A
-/// symlink in the way is an error: umoci would resolve it, which this model does not.
+/// umoci 0.4.7's `MkdirAll(dir, 0777)`: every missing ancestor made (0755 under umask 022, the
+/// setgid bit and group inherited), the directory it is made in touched; a non-directory in
+/// the way fails the layer (later umoci versions remove it).
 fn mkdir_all(fs: &mut Fs, dir: &[u8]) -> Result<(), String> {
     if dir.is_empty() || fs.is_dir(dir) {
         return Ok(());
     }
-    mkdir_all(fs, split_last(dir).0)?;
-    if fs.get(dir).is_some_and(|n| n.kind == NodeKind::Symlink) {
-        return Err(format!("parent {} is a symlink (not modelled)", show(dir)));
+    match fs.get(dir).map(|n| n.kind) {
+        Some(NodeKind::Symlink) => {
+            return Err(format!("parent {} is a symlink (not modelled)", show(dir)));
+        }
+        Some(_) => return Err(format!("parent {} is not a directory", show(dir))),
+        None => {}
     }
-    fs.remove_tree(dir);
-    fs.insert(dir.to_vec(), implicit_dir(0o755, 0, 0));
+    let parent = split_last(dir).0;
+    mkdir_all(fs, parent)?;
+    let setgid = fs.get(parent).map_or(0, |n| n.mode & SETGID);
+    let node = implicit_dir(0o755 | setgid, 0, inherited_gid(fs, parent));
+    touch(fs, parent, b"");
+    fs.insert(dir.to_vec(), node);
     Ok(())
+}
+
+/// Whether an ancestor of `path` is a symlink: umoci resolves it, the model does not.
+fn through_symlink(fs: &Fs, path: &[u8]) -> bool {
+    let mut p = split_last(path).0;
+    while !p.is_empty() {
+        if fs.get(p).is_some_and(|n| n.kind == NodeKind::Symlink) {
+            return true;
+        }
+        p = split_last(p).0;
+    }
+    false
 }
 
 /// One layer applied onto `fs`, as umoci does (rules: the module doc).
@@ -695,15 +782,21 @@ pub fn one_tree_layer(fs: &mut Fs, entries: &[Entry]) -> Result<(), String> {
     let mut upper: BTreeSet<Vec<u8>> = BTreeSet::new();
     for e in entries.iter().filter(|e| !e.path.is_empty()) {
         let (parent, base) = split_last(&e.path);
+        if through_symlink(fs, &e.path) {
+            return Err(format!(
+                "{} is under a symlink (not modelled)",
+                show(&e.path)
+            ));
+        }
         if base == OPAQUE {
             if parent.is_empty() || fs.is_dir(parent) {
-                remove_unless_upper(fs, parent, true, &upper);
+                remove_unless_upper(fs, parent, true, &upper, parent);
             }
             continue;
         }
         if let Some(name) = whiteout_of(base) {
             if parent.is_empty() || fs.is_dir(parent) {
-                remove_unless_upper(fs, &join(parent, name), false, &upper);
+                remove_unless_upper(fs, &join(parent, name), false, &upper, parent);
             }
             continue;
         }
@@ -757,4 +850,83 @@ pub fn differences(want: &Tree, got: &Tree) -> Vec<String> {
         ));
     }
     out
+}
+
+/// A real directory's file system as a [`Tree`] (its root left out), to hold a model's tree
+/// against what a real applier made: mode without the type bits, mtime in whole seconds,
+/// hard-link groups by inode.
+pub fn read_dir_tree(root: &std::path::Path) -> std::io::Result<Tree> {
+    let mut tree = Tree::default();
+    let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    let mut todo: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(root.join(std::ffi::OsStr::from_bytes(&dir)))? {
+            let e = e?;
+            let path = join(&dir, e.file_name().as_bytes());
+            let node = match real_node(&e.path()) {
+                Ok(node) => node,
+                // Overlayfs lists a whiteout in an opaque directory of the same layer, and its
+                // lookup finds nothing: no file there.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    let at = e.path().display().to_string();
+                    return Err(std::io::Error::new(err.kind(), format!("{at}: {err}")));
+                }
+            };
+            if node.kind == NodeKind::Dir {
+                todo.push(path.clone());
+            } else {
+                let m = std::fs::symlink_metadata(e.path())?;
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(path.clone());
+            }
+            tree.nodes.insert(path, node);
+        }
+    }
+    tree.link_groups = inodes
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    Ok(tree)
+}
+
+fn real_node(path: &std::path::Path) -> std::io::Result<Node> {
+    let m = std::fs::symlink_metadata(path)?;
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_char_device() {
+        NodeKind::Char
+    } else {
+        NodeKind::Block
+    };
+    Ok(Node {
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: u64::from(m.uid()),
+        gid: u64::from(m.gid()),
+        mtime: Some(m.mtime() as u64),
+        content: if ft.is_file() {
+            hash(&std::fs::read(path)?)
+        } else {
+            0
+        },
+        link: if ft.is_symlink() {
+            std::fs::read_link(path)?.into_os_string().into_vec()
+        } else {
+            Vec::new()
+        },
+    })
 }

@@ -372,8 +372,9 @@ impl Gen {
         &from[self.rng.below(from.len() as u64) as usize]
     }
 
-    /// A path of one to three components, its last one a directory name when `dir`.
-    fn path(&mut self, dir: bool) -> Vec<u8> {
+    /// A path of one to three components, its last one a directory name when `dir`, from the
+    /// other list `cross` percent of the time.
+    fn path(&mut self, dir: bool, cross: u64) -> Vec<u8> {
         let depth = self.rng.below(3);
         let mut p = Vec::new();
         for _ in 0..depth {
@@ -381,7 +382,7 @@ impl Gen {
             p.extend_from_slice(c);
             p.push(b'/');
         }
-        let leaf = if dir != self.chance(15) {
+        let leaf = if dir != self.chance(cross) {
             DIR_NAMES
         } else {
             LEAF_NAMES
@@ -467,7 +468,7 @@ fn whiteout_name(path: &[u8], opaque: bool) -> Vec<u8> {
 fn layer_entry(g: &mut Gen) -> GenEntry {
     let roll = g.rng.below(100);
     let dir = matches!(roll, 35..55 | 81..85) || (matches!(roll, 73..81) && g.chance(50));
-    let path = g.path(dir);
+    let path = g.path(dir, 6);
     let meta = g.meta();
     let long = g.long();
     let size_field = if g.chance(10) {
@@ -542,7 +543,7 @@ pub fn random_case(seed: u64) -> GenCase {
     let lower = (0..lower_count)
         .map(|_| {
             let roll = g.rng.below(10);
-            let path = g.path(matches!(roll, 5..9));
+            let path = g.path(matches!(roll, 5..9), 0);
             let kind = match roll {
                 0..5 => GenKind::File(g.data()),
                 5..9 => GenKind::Dir,

@@ -98,14 +98,25 @@ impl Containerd {
     /// when containerd cannot pull or apply it.
     pub fn rootfs(&self, image: &str, at: &Path) -> Result<Tree, String> {
         self.ctr(&["images", "pull", "--plain-http", image])?;
+        self.mounted(image, at, tree_of)
+    }
+
+    /// `read` of image `image`'s root file system (an image containerd has), mounted at `at`
+    /// for the call and unmounted after.
+    pub fn mounted<T>(
+        &self,
+        image: &str,
+        at: &Path,
+        read: impl FnOnce(&Path) -> T,
+    ) -> Result<T, String> {
         std::fs::create_dir_all(at).unwrap();
         let target = at.to_str().unwrap();
         self.ctr(&["images", "mount", image, target])?;
-        let tree = std::panic::catch_unwind(|| tree_of(at));
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(at)));
         let unmounted = self.ctr(&["images", "unmount", "--rm", target]);
-        let tree = tree.map_err(|_| format!("reading the mounted {image} failed"))?;
+        let got = got.map_err(|_| format!("reading the mounted {image} failed"))?;
         unmounted?;
-        Ok(tree)
+        Ok(got)
     }
 }
 
