@@ -4,7 +4,8 @@
 //! and one tree as umoci does), the trees compared.
 //!
 //! The base seed is `HOIST_SPLIT_SEED` (else the day), the case count `HOIST_SPLIT_CASES`;
-//! a failure prints each failing case's seed, shrunk to the fewest entries that still fail:
+//! a failure prints the failing cases' seeds and the first few (`HOIST_SPLIT_SHOW`) shrunk to
+//! the fewest entries that still fail:
 //! `HOIST_SPLIT_SEED=<seed> HOIST_SPLIT_CASES=1` replays one.
 
 use std::io::{Read as _, Write as _};
@@ -13,10 +14,12 @@ use std::sync::Arc;
 use hoist::digest::Digest;
 use hoist::source::BlobLocation;
 use hoist_testkit::apply::{self, Entry, Tree};
-use hoist_testkit::layergen::{self, GenCase, GenEntry};
+use hoist_testkit::layergen::{self, GenCase, GenEntry, GenKind};
 
 /// Cases per run: about 15 s on one core of the CI machine.
 const CASES_DEFAULT: u64 = 3000;
+/// Failing cases shrunk and printed (`HOIST_SPLIT_SHOW` for more): shrinking takes time.
+const SHOWN_DEFAULT: u64 = 3;
 /// The share of cases the splitter must cut into several parts, in percent: a splitter that
 /// keeps every layer whole passes every other check.
 const SPLIT_PERCENT_MIN: u64 = 30;
@@ -82,7 +85,14 @@ fn compare(
     let want = model(whole).ok()?;
     Some(match model(split) {
         Err(e) => Err(format!("{name}: the parts do not apply: {e}")),
-        Ok(got) => {
+        Ok(mut got) => {
+            // A directory that carries the time of the apply whole has no mtime a layer chose:
+            // the split may give it any.
+            for (path, w) in &want.nodes {
+                if let (None, Some(g)) = (w.mtime, got.nodes.get_mut(path)) {
+                    g.mtime = None;
+                }
+            }
             let d = apply::differences(&want, &got);
             if d.is_empty() {
                 Ok(())
@@ -105,12 +115,16 @@ fn parts_apply_alone(parts: &[Vec<Entry>]) -> Result<(), String> {
 fn run_case(case: &GenCase) -> Outcome {
     let (lower, layer) = (layergen::render(&case.lower), layergen::render(&case.layer));
     // Small parts: a few hundred bytes to a few KiB of tar each, so most layers cut.
-    check_layer(&lower, &layer, (layer.len() as u64 / 4).max(1024))
+    let part_bytes = (layer.len() as u64 / 4).max(1024);
+    check_layer(&lower, &layer, &|l| split_parts(l, part_bytes))
 }
 
-/// Splits `layer` into parts of `part_bytes` and checks them against the whole, above
-/// `lower`, under both models; every part must also apply alone in the overlay model.
-fn check_layer(lower: &[u8], layer: &[u8], part_bytes: u64) -> Outcome {
+/// The layer tars a split makes of a layer, or why it refuses.
+type Splitter<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<Vec<u8>>, String>;
+
+/// Splits `layer` with `split` and checks the parts against the whole, above `lower`, under
+/// both models; every part must also apply alone in the overlay model.
+fn check_layer(lower: &[u8], layer: &[u8], split: Splitter<'_>) -> Outcome {
     let entries = (parse(lower, "lower layer"), parse(layer, "layer"));
     let (Ok(lower), Ok(whole)) = entries else {
         return Outcome::Invalid;
@@ -120,7 +134,7 @@ fn check_layer(lower: &[u8], layer: &[u8], part_bytes: u64) -> Outcome {
     if !overlay_ok && apply::one_tree(&whole_stack).is_err() {
         return Outcome::Invalid;
     }
-    let parts = match split_parts(layer, part_bytes) {
+    let parts = match split(layer) {
         Err(e) => return Outcome::Refused(e),
         Ok(p) if p.len() == 1 => return Outcome::Whole,
         Ok(p) => p,
@@ -149,23 +163,41 @@ fn check_layer(lower: &[u8], layer: &[u8], part_bytes: u64) -> Outcome {
     }
 }
 
-/// `case` with as few layer entries as still differ (one removed at a time while it does).
-fn shrink(case: &GenCase) -> (GenCase, String) {
-    let mut best = case.clone();
-    let mut why = match run_case(case) {
-        Outcome::Differs(w) => w,
-        other => return (best, format!("{other:?}")),
-    };
+/// `entries` with as few of them as keep `case_of(entries)` differing (one removed at a time
+/// while it does), and the last difference.
+fn shrink_list(
+    mut entries: Vec<GenEntry>,
+    mut why: String,
+    case_of: impl Fn(Vec<GenEntry>) -> GenCase,
+) -> (Vec<GenEntry>, String) {
     let mut i = 0;
-    while i < best.layer.len() {
-        let mut smaller = best.clone();
-        smaller.layer.remove(i);
-        match run_case(&smaller) {
-            Outcome::Differs(w) => (best, why) = (smaller, w),
+    while i < entries.len() {
+        let mut smaller = entries.clone();
+        smaller.remove(i);
+        match run_case(&case_of(smaller.clone())) {
+            Outcome::Differs(w) => (entries, why) = (smaller, w),
             _ => i += 1,
         }
     }
-    (best, why)
+    (entries, why)
+}
+
+/// `case` with as few entries, in the layer and then in the lower layer, as still differ.
+fn shrink(case: &GenCase) -> (GenCase, String) {
+    let why = match run_case(case) {
+        Outcome::Differs(w) => w,
+        other => return (case.clone(), format!("{other:?}")),
+    };
+    let lower = case.lower.clone();
+    let (layer, why) = shrink_list(case.layer.clone(), why, |layer| GenCase {
+        lower: lower.clone(),
+        layer,
+    });
+    let (lower, why) = shrink_list(case.lower.clone(), why, |lower| GenCase {
+        lower,
+        layer: layer.clone(),
+    });
+    (GenCase { lower, layer }, why)
 }
 
 fn describe(entries: &[GenEntry]) -> String {
@@ -173,15 +205,19 @@ fn describe(entries: &[GenEntry]) -> String {
         .iter()
         .map(|e| {
             let kind = match &e.kind {
-                layergen::GenKind::File(d) => format!("file({} B)", d.len()),
-                layergen::GenKind::HardLink(t) => format!("link->{}", apply::show(t)),
-                layergen::GenKind::Symlink(t) => format!("symlink->{}", apply::show(t)),
-                other => {
-                    format!("{:?}", std::mem::discriminant(other)).replace("Discriminant", "kind")
+                GenKind::File(d) => format!("file({} B)", d.len()),
+                GenKind::HardLink(t) => format!("hard link to {}", apply::show(t)),
+                GenKind::Symlink(t) => format!("symlink to {}", apply::show(t)),
+                GenKind::Dir => "dir".into(),
+                GenKind::Fifo => "fifo".into(),
+                GenKind::Sparse {
+                    format, real_bytes, ..
+                } => {
+                    format!("sparse {format:?} ({real_bytes} B)")
                 }
             };
             let size = if e.size_field > 0 {
-                format!(" size={}", e.size_field)
+                format!(" size field {}", e.size_field)
             } else {
                 String::new()
             };
@@ -251,12 +287,14 @@ fn split_parts_apply_to_the_same_tree_as_the_whole_layer() {
     for (seed, why) in t.refusals.iter().take(3) {
         eprintln!("refused (seed {seed}): {why}");
     }
-    for &seed in t.differs.iter().take(3) {
+    let shown = env_u64("HOIST_SPLIT_SHOW").unwrap_or(SHOWN_DEFAULT) as usize;
+    for &seed in t.differs.iter().take(shown) {
         let (small, why) = shrink(&layergen::random_case(seed));
         eprintln!(
-            "seed {seed} differs, shrunk to {} entries over a lower layer of {}: {why}\n{}",
+            "seed {seed} differs, shrunk to {} entries over a lower layer of {}: {why}\n lower:\n{}\n layer:\n{}",
             small.layer.len(),
             small.lower.len(),
+            describe(&small.lower),
             describe(&small.layer)
         );
     }
@@ -303,7 +341,7 @@ fn the_fixed_cases_split_apply_to_the_same_tree_as_the_whole_layer() {
     let empty = layergen::render(&[]);
     let mut failed = Vec::new();
     for name in FIXED_CASES {
-        let outcome = check_layer(&empty, &fixed_layer(name), 1 << 20);
+        let outcome = check_layer(&empty, &fixed_layer(name), &|l| split_parts(l, 1 << 20));
         eprintln!("{name}: {outcome:?}");
         match outcome {
             Outcome::Split(_) | Outcome::Whole => {}
@@ -311,4 +349,40 @@ fn the_fixed_cases_split_apply_to_the_same_tree_as_the_whole_layer() {
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[test]
+fn the_check_passes_splits_that_change_nothing_and_fails_one_that_does() {
+    let empty = layergen::render(&[]);
+    let (mut passed, mut caught) = (0, 0);
+    for seed in 0..300 {
+        let case = layergen::random_case(seed);
+        let (lower, layer) = (layergen::render(&case.lower), layergen::render(&case.layer));
+        // The layer then an empty one, or the other way round: the same tree.
+        for parts in [
+            [layer.clone(), empty.clone()],
+            [empty.clone(), layer.clone()],
+        ] {
+            match check_layer(&lower, &layer, &|_| Ok(parts.to_vec())) {
+                Outcome::Split(_) => passed += 1,
+                Outcome::Invalid => {}
+                other => panic!("seed {seed}: a split that changes nothing fails: {other:?}"),
+            }
+        }
+        // The layer's entries in reverse order, one part each: a different tree, mostly.
+        let mut reversed: Vec<Vec<u8>> = case
+            .layer
+            .iter()
+            .map(|e| layergen::render(std::slice::from_ref(e)))
+            .collect();
+        reversed.reverse();
+        if let Outcome::Differs(_) = check_layer(&lower, &layer, &|_| Ok(reversed.clone())) {
+            caught += 1;
+        }
+    }
+    eprintln!("{passed} splits that change nothing passed, {caught} reversed layers caught");
+    assert!(
+        passed > 300 && caught > 150,
+        "{passed} passed, {caught} reversed caught"
+    );
 }
