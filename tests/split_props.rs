@@ -343,9 +343,9 @@ fn the_fixed_cases_split_apply_to_the_same_tree_as_the_whole_layer() {
     for name in FIXED_CASES {
         let outcome = check_layer(&empty, &fixed_layer(name), &|l| split_parts(l, 1 << 20));
         eprintln!("{name}: {outcome:?}");
-        match outcome {
-            Outcome::Split(_) | Outcome::Whole => {}
-            other => failed.push(format!("{name}: {other:?}")),
+        // Every fixed case can be split at 1 MiB: one kept whole is a failure here.
+        if !matches!(outcome, Outcome::Split(_)) {
+            failed.push(format!("{name}: {outcome:?}"));
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
