@@ -4,13 +4,19 @@
 # fillers of over 1 MiB between its entries, so a split at 1 MiB puts them in different parts.
 # GNU tar writes the cases it can (sparse files, append with -r, names that are not UTF-8);
 # Python's tarfile the ones it cannot (a size on a header-only entry, a path reused by a link).
-# Deterministic: fixed mtimes, owners and fillers; run it from anywhere to regenerate.
+# Deterministic: fixed mtimes, owners and fillers; GNU tar names a sparse file's placeholder
+# after its process ID (GNUSparseFile.PID), so it runs as PID 1 of a new PID namespace (as root;
+# otherwise that name changes). Run it from anywhere to regenerate.
 set -euo pipefail
 out="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export TZ=UTC LC_ALL=C
-gnutar() { tar --numeric-owner --owner=0 --group=0 --mtime=@1600000000 "$@"; }
+gnutar() {
+  local run=()
+  if [ "$(id -u)" -eq 0 ] && command -v unshare >/dev/null; then run=(unshare --pid --fork); fi
+  "${run[@]}" tar --numeric-owner --owner=0 --group=0 --mtime=@1600000000 "$@"
+}
 filler() { head -c $((1100 * 1024)) /dev/zero >"$1"; }
 finish() { gzip -9n <"$work/$1.tar" >"$out/$1.tar.gz"; }
 
