@@ -145,6 +145,20 @@ impl CallerEnv {
         )
     }
 
+    /// This environment with `name` set to `value`, or unset with `None`: what an option of
+    /// the caller's own tool says instead (docker's `--host` for `DOCKER_HOST`).
+    pub fn with_var(mut self, name: &str, value: Option<&str>) -> CallerEnv {
+        match value {
+            Some(v) if is_relevant(name) => {
+                self.vars.insert(name.to_string(), v.to_string());
+            }
+            _ => {
+                self.vars.remove(name);
+            }
+        }
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }

@@ -67,7 +67,13 @@ pub fn map_source_path(
     source: &str,
     f: impl Fn(&Path) -> std::io::Result<PathBuf>,
 ) -> Option<String> {
-    let mapped = match source.parse::<SourceRef>().ok()? {
+    let parsed = source.parse::<SourceRef>().ok()?;
+    // A bare path stays bare: detected again the same way, and a colon in it (`app:1`, a
+    // file named like an image) is not read as a transport's `PATH:REF` separator.
+    if parsed.path().is_some_and(|p| p.as_os_str() == source) {
+        return Some(f(Path::new(source)).ok()?.display().to_string());
+    }
+    let mapped = match parsed {
         SourceRef::DockerArchive { path, reference } => SourceRef::DockerArchive {
             path: f(&path).ok()?,
             reference,

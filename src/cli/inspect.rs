@@ -32,7 +32,11 @@ pub fn split_policy(s: SplitLayers) -> SplitPolicy {
 /// it runs off the async runtime.
 pub async fn run(source: &str, o: Options) -> anyhow::Result<ExitCode> {
     let platform: Platform = o.platform.parse()?;
-    let source_ref: SourceRef = source.parse()?;
+    // A bare image name is the engine's image, which inspect cannot read: its error says so.
+    let source_ref: SourceRef = match crate::source::bare_image_source(source) {
+        Some(engine) => engine,
+        None => source.parse()?,
+    };
     let json = o.json;
     let opts = InspectOptions {
         plan: PlanOptions {

@@ -123,9 +123,14 @@ pub async fn done_digest(
 /// `hoist pause|resume|cancel JOB`: prints the job's new state.
 /// A resume sends this shell's environment again: the job runs with it from then on (after a
 /// daemon restart, that is how a job gets its secret variables back).
-pub async fn control(client: &Client, id: &JobId, action: &str) -> anyhow::Result<ExitCode> {
+pub async fn control(
+    client: &Client,
+    id: &JobId,
+    action: &str,
+    env: &CallerEnv,
+) -> anyhow::Result<ExitCode> {
     let body = (action == "resume").then(|| api::ControlRequest {
-        env: Some(api::EnvVars::of(&CallerEnv::from_process())),
+        env: Some(api::EnvVars::of(env)),
     });
     let job = client.control_with(id, action, body.as_ref()).await?;
     println!("{} {}", job.id, job.state);
@@ -138,9 +143,10 @@ pub async fn retry(
     client: &Client,
     id: &JobId,
     deadline: Option<std::time::Duration>,
+    env: &CallerEnv,
 ) -> anyhow::Result<ExitCode> {
     let request = api::RetryRequest {
-        env: Some(api::EnvVars::of(&CallerEnv::from_process())),
+        env: Some(api::EnvVars::of(env)),
         deadline_unix_s: deadline.map(super::push::deadline_from_now),
     };
     let job = client.retry(id, &request).await?;

@@ -8,6 +8,7 @@
 //! - [`inspect`], [`verify`]: the commands that need no daemon: `inspect` reads the source
 //!   itself, `verify` asks the registry itself.
 //! - [`docs`]: `completions` and `man`, generated from these clap definitions.
+//! - [`plugin`]: hoist as the Docker CLI plugin `docker-hoist`, and `install-docker-plugin`.
 
 pub mod autostart;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod docs;
 pub mod follow;
 pub mod inspect;
 pub mod jobs;
+pub mod plugin;
 pub mod push;
 pub mod verify;
 
@@ -25,6 +27,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 use crate::api::{Compression, JobId, SplitLayers};
+use crate::environ::CallerEnv;
 use crate::paths;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
@@ -43,6 +46,9 @@ pub struct Cli {
     pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+    /// What docker's global options said of the engine, when run as `docker hoist`.
+    #[arg(skip)]
+    pub docker: plugin::DockerOptions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +130,16 @@ pub enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// Make hoist a Docker CLI plugin (`docker hoist push IMAGE TARGET`): a symlink
+    /// docker-hoist to this binary in the docker CLI's plugin directory.
+    InstallDockerPlugin {
+        /// The plugin directory [default: $DOCKER_CONFIG/cli-plugins, else ~/.docker/cli-plugins].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Replace an existing docker-hoist that is not a link to this binary.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the shell completion script (e.g. `hoist completions bash >
     /// ~/.local/share/bash-completion/completions/hoist`).
     Completions {
@@ -195,7 +211,7 @@ pub struct PushArgs {
     pub digestfile: Option<PathBuf>,
     /// The image: docker-archive:PATH, oci:DIR (or oci:DIR:REF), oci-archive:PATH,
     /// docker-daemon:NAME[:TAG] (an image in the Docker engine of this shell's DOCKER_HOST or
-    /// docker context), or a path.
+    /// docker context), or a path; an image name that is no path (app:1) is the engine's image.
     pub source: String,
     /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1).
     pub target: String,
@@ -209,6 +225,8 @@ fn parse_job_rate(s: &str) -> Result<u64, String> {
 
 /// Runs the command; the caller prints the error chain.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The shell's variables a job carries, as docker's options (plugin) say.
+    let env = cli.docker.apply(CallerEnv::from_process());
     // Commands that need no daemon run before a socket path is worked out.
     match cli.command {
         Command::Inspect {
@@ -232,7 +250,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             platform,
             insecure,
-        } => return verify::run(&target, &platform, insecure).await,
+        } => return verify::run(&target, &platform, insecure, env).await,
+        Command::InstallDockerPlugin { dir, force } => {
+            plugin::install(dir, force, &env)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Completions { shell } => {
             docs::completions(shell)?;
             return Ok(ExitCode::SUCCESS);
@@ -249,16 +271,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let client = client::Client::new(socket);
     match cli.command {
-        Command::Push(args) => push::run(&client, cli.state_dir, args).await,
+        Command::Push(args) => push::run(&client, cli.state_dir, args, &env).await,
         Command::Ls { json } => jobs::ls(&client, json).await,
         Command::Watch { job, json } => {
             let mode = follow::Mode::detect(json);
             jobs::watch(&client, &job, mode).await
         }
-        Command::Pause { job } => jobs::control(&client, &job, "pause").await,
-        Command::Resume { job } => jobs::control(&client, &job, "resume").await,
-        Command::Cancel { job } => jobs::control(&client, &job, "cancel").await,
-        Command::Retry { job, deadline } => jobs::retry(&client, &job, deadline).await,
+        Command::Pause { job } => jobs::control(&client, &job, "pause", &env).await,
+        Command::Resume { job } => jobs::control(&client, &job, "resume", &env).await,
+        Command::Cancel { job } => jobs::control(&client, &job, "cancel", &env).await,
+        Command::Retry { job, deadline } => jobs::retry(&client, &job, deadline, &env).await,
         Command::Rm { job } => jobs::rm(&client, &job).await,
         Command::Limit { rate, job, json } => match job {
             Some(id) => jobs::job_limit(&client, &id, rate.as_deref(), json).await,
@@ -267,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect { .. }
         | Command::Verify { .. }
         | Command::Completions { .. }
+        | Command::InstallDockerPlugin { .. }
         | Command::Man { .. } => unreachable!("handled above"),
     }
 }

@@ -17,13 +17,12 @@ pub async fn run(
     client: &Client,
     state_dir: Option<PathBuf>,
     args: PushArgs,
+    env: &CallerEnv,
 ) -> anyhow::Result<ExitCode> {
     check_digest_file(&args)?;
     autostart::ensure(client, state_dir, args.no_autostart).await?;
     let request = SubmitRequest {
-        // The daemon has another working directory: send an absolute path.
-        source: crate::paths::map_source_path(&args.source, |p| std::path::absolute(p))
-            .unwrap_or(args.source),
+        source: daemon_source(&args.source),
         target: args.target,
         platform: Some(args.platform),
         compression: Some(args.compression),
@@ -38,7 +37,7 @@ pub async fn run(
         },
         // The daemon works for this shell: its docker config, credential helpers, AWS
         // settings and proxies (secret values stay in the daemon's memory only).
-        env: Some(EnvVars::of(&CallerEnv::from_process())),
+        env: Some(EnvVars::of(env)),
     };
     let mut interrupt = follow::Interrupt::catch()?;
     let job = client.submit(&request).await?;
@@ -58,6 +57,17 @@ pub async fn run(
         outcome = Outcome::Done(Some(digest));
     }
     jobs::finish(client, &job.id, mode, outcome).await
+}
+
+/// The source as the daemon reads it: a path made absolute (the daemon has another working
+/// directory); a bare image name that is no file, the engine's image, said on stderr.
+fn daemon_source(source: &str) -> String {
+    if let Some(engine) = crate::source::bare_image_source(source) {
+        eprintln!("{source} is not a file: pushing it from the Docker engine ({engine})");
+        return engine.to_string();
+    }
+    crate::paths::map_source_path(source, |p| std::path::absolute(p))
+        .unwrap_or_else(|| source.to_string())
 }
 
 /// Refuses, before anything is submitted, a digest file hoist could not write: with

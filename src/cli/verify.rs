@@ -10,14 +10,19 @@ use crate::environ::CallerEnv;
 use crate::platform::Platform;
 use crate::registry::{ClientOptions, ImageRef, RegistryClient, verify_tag};
 
-pub async fn run(target: &str, platform: &str, insecure: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    target: &str,
+    platform: &str,
+    insecure: bool,
+    env: CallerEnv,
+) -> anyhow::Result<ExitCode> {
     let platform: Platform = platform.parse()?;
     let image = ImageRef::parse(target)?;
     let client = RegistryClient::new(
         &image.host,
         ClientOptions {
             insecure,
-            env: CallerEnv::from_process(),
+            env,
             ..ClientOptions::default()
         },
     )

@@ -206,6 +206,27 @@ fn search<F: Fetch>(
     Ok(None)
 }
 
+/// What an index's `entries` hold besides the image pushed for `pushed` (the first image entry
+/// of that platform), each named as [`select`] names what it passes over, once; empty when no
+/// entry is that image. For a source that lists an index's entries but chooses the platform
+/// itself (an engine's image inspect).
+pub fn left_out_of(entries: &[Descriptor], pushed: &Platform) -> Vec<String> {
+    let mut chosen = false;
+    let mut out: Vec<String> = Vec::new();
+    for d in entries {
+        let platform = d.platform.as_ref().map(|p| p.platform());
+        if !chosen && !d.is_attestation() && platform.is_some_and(|p| pushed.matches(&p)) {
+            chosen = true;
+            continue;
+        }
+        let name = describe(d);
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    if chosen { out } else { Vec::new() }
+}
+
 /// Names an index entry without reading it (for the entries after the chosen one).
 fn describe(d: &Descriptor) -> String {
     let platform = d.platform.as_ref().map(|p| p.platform().to_string());

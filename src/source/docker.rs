@@ -1,6 +1,8 @@
 //! `docker save` archives: the classic layout (`manifest.json`, `<id>/layer.tar`,
 //! `<hex>.json`) and the Docker 25+ layout (an OCI layout plus `manifest.json`, whose paths
-//! point into `blobs/sha256/`). Both are read through `manifest.json`.
+//! point into `blobs/sha256/`). Both are read through `manifest.json`, except a Docker 25+
+//! archive of a multi-platform image, whose platform is chosen from its `index.json` as an OCI
+//! layout's is.
 
 use std::io::{self, Read};
 
@@ -13,6 +15,10 @@ use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index
 use crate::image::media::{self, Compression, DocumentKind, Family, sniff_unsupported};
 use crate::image::{ImageError, select};
 use crate::platform::Platform;
+
+/// A blob of the platform asked for is not in a multi-platform archive: what `docker save`
+/// does with the platforms its engine did not pull.
+const PLATFORM_LEFT_OUT_HINT: &str = "docker save wrote only the platforms its engine holds: pull the platform wanted (docker pull --platform OS/ARCH IMAGE) and save again";
 
 const MANIFEST_HINT: &str = "not a docker save archive; export the image with docker save or skopeo copy ... docker-archive:FILE";
 
@@ -213,6 +219,49 @@ fn find_oci_manifest(
     None
 }
 
+/// The image index among the top-level entries of a Docker 25+ archive's `index.json` that
+/// holds an image manifest whose config is `config_digest`; `None` for an archive without an
+/// OCI layout or whose image is a single manifest. Blobs `docker save` left out (other
+/// platforms the engine did not hold) are passed over.
+fn index_holding(c: &Container, config_digest: &Digest) -> Option<Descriptor> {
+    if !c.contains("index.json") || !c.contains("oci-layout") {
+        return None;
+    }
+    let what = format!("{}: index.json", c.display());
+    let index: Doc<Index> = doc::parse(c.read_json("index.json", "").ok()?, &what, "index").ok()?;
+    let mut visited = 0;
+    for top in &index.parsed.manifests {
+        if !matches!(
+            media::classify_document(&top.media_type),
+            DocumentKind::Index(_)
+        ) {
+            continue;
+        }
+        let Some(children) = c
+            .read_json_blob(&top.digest, top.size)
+            .ok()
+            .and_then(|bytes| doc::parse::<Index>(bytes, &what, "index").ok())
+        else {
+            continue;
+        };
+        for child in &children.parsed.manifests {
+            visited += 1;
+            if visited > OCI_ENTRIES_VISITED_MAX {
+                return None;
+            }
+            let holds = c
+                .read_json_blob(&child.digest, child.size)
+                .ok()
+                .and_then(|bytes| doc::parse::<Manifest>(bytes, &what, "manifest").ok())
+                .is_some_and(|m| m.parsed.config.digest == *config_digest);
+            if holds {
+                return Some(top.clone());
+            }
+        }
+    }
+    None
+}
+
 pub(super) fn resolve(
     source: &Source,
     reference: Option<&str>,
@@ -227,9 +276,24 @@ pub(super) fn resolve(
     let entry = pick(&what, &entries.parsed, reference)?;
 
     let config_name = entry_name(&display, &entry.config)?;
+    let config_digest = digest_of_path(&display, &config_name)?;
+    // `manifest.json` names one platform of a multi-platform image: its index, in the
+    // archive's OCI layout, is where the wanted one is chosen (and the others named).
+    if let Some(index) = config_digest.as_ref().and_then(|d| index_holding(c, d)) {
+        let index_what = format!("{display}: index.json");
+        return super::oci::resolve_entries(source, &index_what, &[index], wanted).map_err(|e| {
+            match e {
+                SourceError::Missing { what, entry, .. } => SourceError::Missing {
+                    what,
+                    entry,
+                    hint: PLATFORM_LEFT_OUT_HINT,
+                },
+                e => e,
+            }
+        });
+    }
     let config_location = c.locate(&config_name, MANIFEST_HINT)?;
     let config_what = config_location.name.to_string();
-    let config_digest = digest_of_path(&display, &config_name)?;
     let config_bytes = super::read_json_at(&config_location, config_digest.as_ref())?;
     let config: Doc<Config> = doc::parse(config_bytes, &config_what, "image config")?;
     let platform = select::check_config_platform(&config_what, &config.parsed, wanted)?;

@@ -14,7 +14,9 @@
 //! - `docker save` 25+ (and the containerd store, `buildx --output type=docker`): an OCI layout
 //!   (`oci-layout`, `index.json`, `blobs/sha256/`) plus `manifest.json` whose paths point into
 //!   `blobs/`; layers may be gzip or zstd. Read through `manifest.json`; when `index.json` holds
-//!   the matching OCI manifest, its bytes are pushed unchanged.
+//!   the matching OCI manifest, its bytes are pushed unchanged. `manifest.json` names one
+//!   platform only: when that image is a platform of an index in `index.json` (a multi-platform
+//!   image), the platform is chosen from the index as for `oci-archive:`.
 //! - skopeo 1.9 `docker-archive:`: `<diff_id hex>.tar` layers (uncompressed) and `<hex>.json`
 //!   at the top, legacy `<id>/layer.tar` symlinks to them (never used: `manifest.json` names the
 //!   regular files), `RepoTags` normalised to `docker.io/library/NAME:TAG`.
@@ -27,6 +29,7 @@ mod blob;
 mod docker;
 pub mod engine;
 mod error;
+mod image_name;
 mod oci;
 
 use std::fmt;
@@ -39,6 +42,7 @@ pub use archive::{TAR_ENTRIES_MAX, TarIndex, normalise_name};
 pub use blob::{BlobLocation, BlobReader, Check, Splice, SplicePiece, VerifyingReader};
 pub use docker::check_compressed_layer;
 pub use error::SourceError;
+pub use image_name::bare_image_source;
 
 use crate::digest::Digest;
 use crate::environ::CallerEnv;

@@ -42,8 +42,21 @@ pub(super) fn resolve(
         None => unnamed_entries(source, &index.parsed, &index_what)?,
         Some(r) => named_entries(&index.parsed, r, &index_what)?,
     };
+    resolve_entries(source, &index_what, &entries, wanted)
+}
+
+/// The image for `wanted` among `entries` (of the index `index_what` names), read from the
+/// OCI layout of `source`: the platform chosen as an index says, the others named in
+/// `skipped`. Also how a `docker save` archive of a multi-platform image is read.
+pub(super) fn resolve_entries(
+    source: &Source,
+    index_what: &str,
+    entries: &[Descriptor],
+    wanted: &Platform,
+) -> Result<ResolvedImage, SourceError> {
+    let c = &source.container;
     let fetch = LayoutFetch(c);
-    let sel = select::select(&fetch, &index_what, &entries, wanted)?;
+    let sel = select::select(&fetch, index_what, entries, wanted)?;
     let manifest_what = format!("{}: {}", c.display(), blob_path(&sel.manifest.digest));
     let m = &sel.manifest.parsed;
     let diff_ids = sel

@@ -31,14 +31,14 @@ use crate::push_support::{
 const DOCKERD_START_MS_MAX: u64 = 60_000;
 
 /// A private dockerd; stopped with SIGTERM (it stops its own containerd) when dropped.
-struct Dockerd {
+pub(super) struct Dockerd {
     child: Child,
     socket: PathBuf,
     dir: PathBuf,
 }
 
 impl Dockerd {
-    fn start(dir: &Path) -> Dockerd {
+    pub(super) fn start(dir: &Path) -> Dockerd {
         common::require_tool("dockerd");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("docker.sock");
@@ -82,7 +82,7 @@ impl Dockerd {
         d
     }
 
-    fn host(&self) -> String {
+    pub(super) fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
@@ -90,7 +90,7 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
 
-    fn docker(&self, args: &[&str]) -> String {
+    pub(super) fn docker(&self, args: &[&str]) -> String {
         let out = Command::new("docker")
             .args(["-H", &self.host()])
             .args(args)
@@ -105,7 +105,7 @@ impl Dockerd {
     }
 
     /// `docker load`s a sample docker-archive of `platform` as `name`.
-    fn load(&self, dir: &Path, seed: u64, platform: Platform, name: &str) {
+    pub(super) fn load(&self, dir: &Path, seed: u64, platform: Platform, name: &str) {
         let mut spec = image_spec(seed, 4, SampleCompression::None);
         spec.platform = platform;
         self.load_spec(dir, &spec, name);
@@ -121,7 +121,7 @@ impl Dockerd {
         self.docker(&["tag", "hoist/test:1", name]);
     }
 
-    fn diff_ids(&self, name: &str) -> Vec<Digest> {
+    pub(super) fn diff_ids(&self, name: &str) -> Vec<Digest> {
         let text = self.docker(&[
             "image",
             "inspect",
@@ -140,7 +140,7 @@ impl Drop for Dockerd {
 }
 
 /// The uncompressed digest of each layer of the OCI layout at `dir` (pulled by skopeo).
-fn pulled_diff_ids(dir: &Path) -> Vec<Digest> {
+pub(super) fn pulled_diff_ids(dir: &Path) -> Vec<Digest> {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     let blob = |d: &str| {
@@ -289,12 +289,22 @@ fn engine_request(
 
 /// A hoistd in `dir` whose environment names `engine`, and its client once it answers.
 async fn engine_hoistd(engine: &Dockerd, dir: &Path) -> (Child, Client) {
+    hoistd_naming(dir, Some(&engine.host())).await
+}
+
+/// A hoistd in `dir` whose own environment has `DOCKER_HOST=docker_host`, or names no engine
+/// at all with `None`, and its client once it answers.
+pub(super) async fn hoistd_naming(dir: &Path, docker_host: Option<&str>) -> (Child, Client) {
     std::fs::create_dir_all(dir).unwrap();
-    let hoistd = hoistd_command(dir, "warn")
-        .env("DOCKER_HOST", engine.host())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = hoistd_command(dir, "warn");
+    match docker_host {
+        Some(h) => cmd.env("DOCKER_HOST", h),
+        None => cmd
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_CONFIG"),
+    };
+    let hoistd = cmd.stderr(Stdio::null()).spawn().unwrap();
     let client = Client::new(dir.join("hoist.sock"));
     wait_answers(&client, 20).await;
     (hoistd, client)

@@ -295,6 +295,13 @@ fn docker25_archive_of_compressed_layers_keeps_the_manifest_bytes() {
         m.bytes,
         fs::read(blob_file(&layout, &img.manifest)).unwrap()
     );
+    // what the index holds besides, said as for an oci-archive
+    assert_eq!(
+        p.warnings,
+        [
+            "the source is an index that also holds unknown/unknown attestation: hoist pushes only the linux/amd64 image manifest"
+        ]
+    );
 
     // without its manifest blob, the archive is still pushed, as a Docker schema 2 image
     let stripped = t.path().join("stripped.tar");

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod engine;
+mod engine_cli;
 pub mod helpers;
 mod kinds;
 mod limits;

@@ -143,6 +143,9 @@ pub async fn plan(
         early.start(position(&inspect, d), &layer).await?;
     }
     let mut census = StreamCensus::new();
+    // What the image's index also holds: from the engine's inspect where it lists the index
+    // (the export then holds only the platform asked for), else from the export's index.
+    let mut left_out = inspect.left_out();
     if config.is_none() || !needed.is_empty() {
         let reader = engine.export(image, &opts.platform).await.map_err(failed)?;
         let (ready, ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,13 +166,16 @@ pub async fn plan(
             export_uploading(job, reader, ready_rx, &mut early, &what, &dir).await?;
         write_config(&dir, &walked.config)?;
         config = Some(walked.config);
+        if left_out.is_empty() {
+            left_out = walked.left_out;
+        }
         layers.extend(made);
         census = censused;
     }
     let config = config.ok_or_else(|| {
         JobError::failed("internal error: no config after the export: report this as a bug")
     })?;
-    let resolved = resolve(
+    let mut resolved = resolve(
         &what,
         &dir,
         &inspect,
@@ -178,6 +184,7 @@ pub async fn plan(
         codec,
         &opts.platform,
     )?;
+    resolved.skipped = left_out;
     let plan =
         PushPlan::from_resolved(resolved, opts).map_err(|e| JobError::failed(e.to_string()))?;
     Ok(Exported {

@@ -16,6 +16,7 @@ use tokio::net::UnixStream;
 use super::{Endpoint, EngineError};
 use crate::digest::Digest;
 use crate::image::JSON_BYTES_MAX;
+use crate::image::doc::Descriptor;
 use crate::platform::Platform;
 
 /// The oldest Engine API hoist speaks: image inspect and export as used here exist since
@@ -25,6 +26,8 @@ pub const API_VERSION_MIN: (u32, u32) = (1, 24);
 pub const API_VERSION_MAX: (u32, u32) = (1, 48);
 /// The first Engine API whose image inspect and export accept a `platform` parameter.
 pub const API_VERSION_PLATFORM: (u32, u32) = (1, 48);
+/// The first Engine API whose image inspect lists an image index's entries (`manifests=1`).
+pub const API_VERSION_MANIFESTS: (u32, u32) = (1, 48);
 /// How long connecting to the socket and each small answer may take.
 pub const ENGINE_ANSWER_TIMEOUT_S: u64 = 30;
 /// Export body pieces buffered between the socket and the reader.
@@ -54,6 +57,16 @@ pub struct ImageInspect {
     /// Uncompressed bytes of all layers, when the engine says.
     #[serde(rename = "Size", default)]
     pub size: u64,
+    /// The entries of the image's index (platforms, attestations) on engines that list them.
+    #[serde(rename = "Manifests", default)]
+    pub manifests: Option<Vec<InspectManifest>>,
+}
+
+/// One entry of an image's index, as the engine's inspect lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InspectManifest {
+    #[serde(rename = "Descriptor")]
+    pub descriptor: Descriptor,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,6 +78,18 @@ pub struct InspectRootFs {
 impl ImageInspect {
     pub fn platform(&self) -> Platform {
         Platform::new(&self.os, &self.architecture, self.variant.as_deref())
+    }
+
+    /// What the image's index holds besides the platform inspected (named as every source
+    /// names them); empty for a single-platform image or an engine that does not list them.
+    pub fn left_out(&self) -> Vec<String> {
+        let entries: Vec<Descriptor> = self
+            .manifests
+            .iter()
+            .flatten()
+            .map(|m| m.descriptor.clone())
+            .collect();
+        crate::image::select::left_out_of(&entries, &self.platform())
     }
 }
 
@@ -147,10 +172,12 @@ impl Engine {
         wanted: &Platform,
     ) -> Result<ImageInspect, EngineError> {
         let what = format!("the inspect of {image}");
-        let path = self.path(&format!(
-            "/images/{image}/json{}",
-            self.platform_query(wanted)
-        ));
+        let mut query = self.platform_query(wanted);
+        if self.api >= API_VERSION_MANIFESTS {
+            query.push_str(if query.is_empty() { "?" } else { "&" });
+            query.push_str("manifests=1");
+        }
+        let path = self.path(&format!("/images/{image}/json{query}"));
         let bytes = self.small(&path, &what, Some(image)).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.bad_answer(&what, e))
     }

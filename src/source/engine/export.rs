@@ -11,11 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 
 use super::{EngineError, ImageInspect};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::image::JSON_BYTES_MAX;
-use crate::image::doc::{self, Config, Doc, DockerArchiveEntry};
+use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index};
 use crate::image::media::{Compression, sniff_unsupported};
-use crate::source::{SourceError, normalise_name};
+use crate::image::select::{self, Fetch};
+use crate::source::{SourceError, blob_path, normalise_name};
 
 /// Entries up to this size are read into memory first (configs, `manifest.json`, tiny
 /// layers); larger ones stream to the layer handler.
@@ -33,6 +34,9 @@ pub type LayerHandler<'a> = dyn FnMut(&mut dyn Read) -> Result<Digest, SourceErr
 pub struct Walked {
     pub config: Doc<Config>,
     pub found: HashSet<Digest>,
+    /// What the image's index in the export also holds (other platforms, attestations), named
+    /// as an OCI layout's are: not pushed. Empty for an export without an index.
+    pub left_out: Vec<String>,
 }
 
 /// Walks `input` for the image `inspect` describes: every layer whose diff_id is in `needed`
@@ -81,10 +85,46 @@ pub fn walk(
         return Err(failed(format!("lacks layer {missing}")));
     }
     let config = walk.config(image)?;
+    let left_out = walk.left_out(image, &config);
     Ok(Walked {
         config,
         found: walk.found,
+        left_out,
     })
+}
+
+/// The export's small JSON entries as an OCI layout's blobs, for the platform choice.
+struct SmallBlobs<'a> {
+    image: &'a str,
+    small: &'a HashMap<String, Vec<u8>>,
+}
+
+impl Fetch for SmallBlobs<'_> {
+    type Error = SourceError;
+
+    fn fetch_json(&self, desc: &Descriptor) -> Result<Vec<u8>, SourceError> {
+        let name = blob_path(&desc.digest);
+        let bytes = self.small.get(&name).ok_or_else(|| SourceError::Missing {
+            what: format!("the export of {}", self.image),
+            entry: name.clone(),
+            hint: "the engine exported this image without that blob",
+        })?;
+        let mut h = Hasher::new(desc.digest.algorithm());
+        h.update(bytes);
+        let actual = h.finish();
+        if actual != desc.digest {
+            return Err(SourceError::DigestMismatch {
+                what: self.what(&desc.digest),
+                expected: desc.digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes.clone())
+    }
+
+    fn what(&self, digest: &Digest) -> String {
+        format!("the export of {}: {}", self.image, blob_path(digest))
+    }
 }
 
 struct Walk<'a> {
@@ -185,6 +225,32 @@ impl Walk<'_> {
             self.found.insert(diff_id);
         }
         Ok(())
+    }
+
+    /// What the image's index (in the export's `index.json`, Docker 25+) holds besides the
+    /// image of `config`, chosen from it the way an OCI layout's image is. Informative only: an
+    /// export without an index, or one whose index does not lead to `config`, gives none.
+    fn left_out(&self, image: &str, config: &Doc<Config>) -> Vec<String> {
+        let Some(bytes) = self.small.get("index.json") else {
+            return Vec::new();
+        };
+        let what = format!("the export of {image}: index.json");
+        let Ok(index) = doc::parse::<Index>(bytes.clone(), &what, "OCI index.json") else {
+            return Vec::new();
+        };
+        let blobs = SmallBlobs {
+            image,
+            small: &self.small,
+        };
+        match select::select(
+            &blobs,
+            &what,
+            &index.parsed.manifests,
+            &config.parsed.platform(),
+        ) {
+            Ok(sel) if sel.config.digest == config.digest => sel.skipped,
+            _ => Vec::new(),
+        }
     }
 
     /// The config: the file `manifest.json` names (the one entry whose layers match the
