@@ -133,8 +133,54 @@ enum Origin {
     Entry(u32),
     /// The lower tree's node at that path.
     Lower(u32),
-    /// A parent directory an applier made because an entry needed it.
-    Implicit,
+    /// A parent directory an applier made because an entry needed it, fresh: 0755 root, in
+    /// the group (one tree: also with the setgid bit) it inherits from its parent.
+    Made(Group),
+    /// A parent directory the overlay applier made with the mode and owner of the directory
+    /// an earlier layer (an entry of it, or the lower tree) has at its path; mtime of the apply.
+    MadeLike(u32),
+    MadeLikeLower(u32),
+}
+
+/// The group a new directory inherits from its parent: Linux gives it a setgid parent's
+/// group (and umoci's `MkdirAll` keeps the setgid bit), else the applier's (root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Root,
+    /// A setgid parent's group, from an entry.
+    Gid(u64),
+    /// The lower tree's directory at that path: setgid or not, unknown.
+    Lower(u32),
+}
+
+const SETGID: u32 = 0o2000;
+
+/// The group a directory whose metadata comes from `attrs` passes on to a directory made in
+/// it under `model`.
+fn group_of(entries: &[Entry], attrs: Origin, model: Model) -> Group {
+    match attrs {
+        Origin::Entry(i) | Origin::MadeLike(i) => {
+            let e = &entries[i as usize];
+            match e.mode & SETGID != 0 {
+                // A fresh overlay directory drops the setgid bit: only the group shows.
+                true if model == Model::Overlay && e.gid == 0 => Group::Root,
+                true => Group::Gid(e.gid),
+                false => Group::Root,
+            }
+        }
+        Origin::Lower(p) | Origin::MadeLikeLower(p) => Group::Lower(p),
+        Origin::Made(g) if model == Model::OneTree => g,
+        Origin::Made(_) => Group::Root,
+    }
+}
+
+/// The metadata of a directory the overlay applier makes over `below`'s directory `attrs`.
+fn made_like(attrs: Origin) -> Origin {
+    match attrs {
+        Origin::Entry(i) => Origin::MadeLike(i),
+        Origin::Lower(p) => Origin::MadeLikeLower(p),
+        made => made,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -228,13 +274,15 @@ impl Tree {
             stack.extend_from_slice(run.paths.children(q));
         }
         if p == 0 {
-            self.set(0, Kind::Dir, Origin::Implicit, Origin::Implicit);
+            let root = Origin::Made(Group::Root);
+            self.set(0, Kind::Dir, root, root);
         }
         Ok(())
     }
 
-    /// Makes every missing parent of `p` a directory; fails under a non-directory.
-    fn parents(&mut self, run: &Run<'_>, p: u32) -> Result<(), String> {
+    /// Makes every missing parent of `p` a directory; fails under a non-directory. `below` is
+    /// the overlay applier's view of the earlier layers (`None`: the one-tree applier).
+    fn parents(&mut self, run: &Run<'_>, p: u32, below: Option<&Tree>) -> Result<(), String> {
         let up = run.paths.parent[p as usize];
         if p == 0
             || self
@@ -257,9 +305,34 @@ impl Tree {
             }
         }
         for q in missing.into_iter().rev() {
-            self.set(q, Kind::Dir, Origin::Implicit, Origin::Implicit);
+            let attrs = self.made_attrs(run, q, below);
+            self.set(q, Kind::Dir, attrs, attrs);
         }
         Ok(())
+    }
+
+    /// The metadata of the directory an applier makes at `q` (its parent already there):
+    /// containerd copies it from the topmost earlier layer's directory at `q`; otherwise, and
+    /// always in umoci, it is fresh in the group its parent passes on.
+    fn made_attrs(&self, run: &Run<'_>, q: u32, below: Option<&Tree>) -> Origin {
+        let earlier = below.and_then(|b| {
+            b.get(q)
+                .filter(|n| n.kind == Kind::Dir && !n.whiteout)
+                .map(|n| (b, n))
+        });
+        if let Some((b, n)) = earlier {
+            return made_like(b.inodes[n.ino as usize].attrs);
+        }
+        let model = if below.is_some() {
+            Model::Overlay
+        } else {
+            Model::OneTree
+        };
+        let up = run.paths.parent[q as usize];
+        let group = self.get(up).map_or(Group::Root, |n| {
+            group_of(run.entries, self.inodes[n.ino as usize].attrs, model)
+        });
+        Origin::Made(group)
     }
 
     /// Writes entry `i` at its path: the applier's rules common to both models.
@@ -317,7 +390,7 @@ fn apply_one_tree(
             continue;
         }
         let p = run.paths.at[i];
-        tree.parents(run, p)?;
+        tree.parents(run, p, None)?;
         tree.write(run, i, Model::OneTree)?;
         let mut q = p as usize;
         while written[q] != stamp {
@@ -360,11 +433,17 @@ fn clear_lower(
     Ok(())
 }
 
-/// Applies `members` into the empty directory `up` (the overlay model's layer directory);
-/// the paths it may have set, parents first.
-fn apply_upper(up: &mut Tree, run: &mut Run<'_>, members: &[usize]) -> Result<Vec<u32>, String> {
+/// Applies `members` into the empty directory `up` (the overlay model's layer directory)
+/// over the earlier layers' view `below`; the paths it may have set, parents first.
+fn apply_upper(
+    up: &mut Tree,
+    below: &Tree,
+    run: &mut Run<'_>,
+    members: &[usize],
+) -> Result<Vec<u32>, String> {
     let mut touched: Vec<u32> = vec![0];
-    up.set(0, Kind::Dir, Origin::Implicit, Origin::Implicit);
+    let root = Origin::Made(Group::Root);
+    up.set(0, Kind::Dir, root, root);
     for &i in members {
         let e = &run.entries[i];
         let p = run.paths.at[i];
@@ -373,7 +452,7 @@ fn apply_upper(up: &mut Tree, run: &mut Run<'_>, members: &[usize]) -> Result<Ve
             touched.push(q);
             q = run.paths.parent[q as usize];
         }
-        up.parents(run, p)?;
+        up.parents(run, p, Some(below))?;
         if !e.is_whiteout() {
             up.write(run, i, Model::Overlay)?;
             continue;
@@ -474,7 +553,8 @@ enum Attrs<'a> {
         mode: u32,
         uid: u64,
         gid: u64,
-        mtime: Mtime,
+        /// `None`: the time of the apply.
+        mtime: Option<Mtime>,
         link: &'a [u8],
         dev: (u32, u32),
     },
@@ -483,22 +563,24 @@ enum Attrs<'a> {
 
 fn seen<'a>(entries: &'a [Entry], tree: &Tree, node: &Node) -> Seen<'a> {
     let inode = tree.inodes[node.ino as usize];
-    let attrs = match inode.attrs {
-        Origin::Entry(i) => {
-            let e = &entries[i as usize];
-            Attrs::Header {
-                mode: e.mode & 0o7777,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: e.mtime,
-                link: if e.kind == Kind::Symlink {
-                    &e.link
-                } else {
-                    b""
-                },
-                dev: (e.devmajor, e.devminor),
-            }
+    let header = |i: u32, mtime: bool| {
+        let e = &entries[i as usize];
+        Attrs::Header {
+            mode: e.mode & 0o7777,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: mtime.then_some(e.mtime),
+            link: if e.kind == Kind::Symlink {
+                &e.link
+            } else {
+                b""
+            },
+            dev: (e.devmajor, e.devminor),
         }
+    };
+    let attrs = match inode.attrs {
+        Origin::Entry(i) => header(i, true),
+        Origin::MadeLike(i) => header(i, false),
         other => Attrs::Other(other),
     };
     Seen {
@@ -548,7 +630,7 @@ fn apply(
         Model::Overlay => {
             let mut up = Tree::new(run.paths);
             for members in layers {
-                let touched = apply_upper(&mut up, run, members)?;
+                let touched = apply_upper(&mut up, &tree, run, members)?;
                 merge(&mut tree, &mut up, run, &touched)?;
             }
         }

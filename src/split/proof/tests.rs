@@ -88,6 +88,21 @@ fn a_directory_whose_copy_is_missing_from_its_last_part_is_caught() {
     check(&e, &[vec![0, 1], vec![0, 2]], 1).unwrap();
 }
 
+#[test]
+fn a_directory_made_in_a_setgid_directory_that_is_not_there_whole_is_caught() {
+    use EntryKind::{Dir, Other};
+    // `d/x` is made implicitly; whole, `d` is made too (not setgid), its entry comes last.
+    let mut e = layer(&[("d/x/a", Other, MIB), ("other", Other, MIB), ("d", Dir, 0)]);
+    (e[2].mode, e[2].gid) = (0o2775, 1000);
+    // With `d`'s entry in an earlier part, `d/x` inherits its group (umoci: and setgid bit).
+    let err = check(&e, &[vec![2], vec![0, 1, 2]], 1).unwrap_err();
+    assert!(err.starts_with("d/x: differs"), "{err}");
+    check(&e, &[vec![0], vec![1, 2]], 1).unwrap();
+    // Over a lower `d` (setgid or not, unknown), whole and split make `d/x` alike.
+    let e = layer(&[("d", Dir, 0), ("d/x/a", Other, MIB), ("d/y/b", Other, MIB)]);
+    check(&e, &[vec![0, 1], vec![0, 2]], 1).unwrap();
+}
+
 /// `cargo nextest run --run-ignored only -E 'test(/proof_of_a_big_layer/)'` (with
 /// `--config 'profile.dev.package.hoist.opt-level=3'`): the proof's time on a layer of
 /// `HOIST_PROOF_ENTRIES` entries (default 400 000) in 1000-file directories.
