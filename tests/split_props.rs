@@ -63,8 +63,8 @@ fn split_parts(layer: &[u8], part_bytes: u64) -> Result<Vec<Vec<u8>>, String> {
 enum Outcome {
     /// The models cannot apply the whole layer (an invalid layer for both): nothing to check.
     Invalid,
-    /// The splitter refused the layer (an error).
-    Refused(String),
+    /// The splitter refused the layer (an error), and the models that apply it whole.
+    Refused(String, &'static str),
     Whole,
     Split(usize),
     /// A counterexample: what differs.
@@ -135,7 +135,14 @@ fn check_layer(lower: &[u8], layer: &[u8], split: Splitter<'_>) -> Outcome {
         return Outcome::Invalid;
     }
     let parts = match split(layer) {
-        Err(e) => return Outcome::Refused(e),
+        Err(e) => {
+            let applies = match (overlay_ok, apply::one_tree(&whole_stack).is_ok()) {
+                (true, true) => "both models apply it whole",
+                (true, false) => "only overlay applies it whole",
+                _ => "only one tree applies it whole",
+            };
+            return Outcome::Refused(e, applies);
+        }
         Ok(p) if p.len() == 1 => return Outcome::Whole,
         Ok(p) => p,
     };
@@ -250,6 +257,36 @@ struct Tally {
     parts: u64,
     differs: Vec<u64>,
     refusals: Vec<(u64, String)>,
+    /// Refusals by the proof's reason and by which models apply the layer whole.
+    refusal_kinds: std::collections::BTreeMap<((&'static str, &'static str), &'static str), u64>,
+}
+
+/// The kind of a proof's refusal, without the paths it names, and the model it names.
+fn refusal_kind(why: &str) -> (&'static str, &'static str) {
+    const KINDS: &[(&str, &str)] = &[
+        (
+            "apply the whole layer: whiteout",
+            "whole fails: a whiteout of a path its layer writes",
+        ),
+        (
+            "apply the whole layer: hard link",
+            "whole fails: a hard link's target not in its layer",
+        ),
+        ("under a non-directory", "an entry under a non-directory"),
+        ("apply the whole layer", "whole fails: other"),
+        ("the parts do not apply", "the parts fail"),
+        ("would take too long", "too costly"),
+    ];
+    let kind = KINDS
+        .iter()
+        .find(|(k, _)| why.contains(k))
+        .map_or("the trees differ", |(_, kind)| kind);
+    let model = if why.contains("(overlay)") {
+        "overlay"
+    } else {
+        "one tree"
+    };
+    (kind, model)
 }
 
 #[test]
@@ -261,8 +298,11 @@ fn split_parts_apply_to_the_same_tree_as_the_whole_layer() {
     for seed in base..base + cases {
         match run_case(&layergen::random_case(seed)) {
             Outcome::Invalid => t.invalid += 1,
-            Outcome::Refused(why) => {
+            Outcome::Refused(why, applies) => {
                 t.refused += 1;
+                *t.refusal_kinds
+                    .entry((refusal_kind(&why), applies))
+                    .or_default() += 1;
                 t.refusals.push((seed, why));
             }
             Outcome::Whole => t.whole += 1,
@@ -284,6 +324,9 @@ fn split_parts_apply_to_the_same_tree_as_the_whole_layer() {
         t.parts,
         t.differs.len()
     );
+    for (((kind, model), applies), n) in &t.refusal_kinds {
+        eprintln!("refused {n}: {kind}, in the proof's {model} model; {applies}");
+    }
     for (seed, why) in t.refusals.iter().take(3) {
         eprintln!("refused (seed {seed}): {why}");
     }

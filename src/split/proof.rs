@@ -174,7 +174,8 @@ fn group_of(entries: &[Entry], attrs: Origin, model: Model) -> Group {
     }
 }
 
-/// The metadata of a directory the overlay applier makes over `below`'s directory `attrs`.
+/// The metadata of a directory the overlay applier makes like an earlier layer's directory
+/// whose metadata is `attrs`.
 fn made_like(attrs: Origin) -> Origin {
     match attrs {
         Origin::Entry(i) => Origin::MadeLike(i),
@@ -212,6 +213,24 @@ struct Tree {
 enum Model {
     Overlay,
     OneTree,
+}
+
+/// What the topmost earlier layer that has a path has there, as containerd's `mkparent`
+/// looks for it: through opaque directories and whatever hides it in the merged view.
+#[derive(Debug, Clone, Copy)]
+enum Top {
+    None,
+    Dir(Origin),
+    Other,
+}
+
+impl Top {
+    fn of(tree: &Tree, n: &Node) -> Top {
+        match n.kind == Kind::Dir && !n.whiteout {
+            true => Top::Dir(tree.inodes[n.ino as usize].attrs),
+            false => Top::Other,
+        }
+    }
 }
 
 /// What is below the layer.
@@ -280,9 +299,9 @@ impl Tree {
         Ok(())
     }
 
-    /// Makes every missing parent of `p` a directory; fails under a non-directory. `below` is
-    /// the overlay applier's view of the earlier layers (`None`: the one-tree applier).
-    fn parents(&mut self, run: &Run<'_>, p: u32, below: Option<&Tree>) -> Result<(), String> {
+    /// Makes every missing parent of `p` a directory; fails under a non-directory. `tops` are
+    /// the overlay applier's earlier layers (`None`: the one-tree applier).
+    fn parents(&mut self, run: &Run<'_>, p: u32, tops: Option<&[Top]>) -> Result<(), String> {
         let up = run.paths.parent[p as usize];
         if p == 0
             || self
@@ -305,7 +324,7 @@ impl Tree {
             }
         }
         for q in missing.into_iter().rev() {
-            let attrs = self.made_attrs(run, q, below);
+            let attrs = self.made_attrs(run, q, tops);
             self.set(q, Kind::Dir, attrs, attrs);
         }
         Ok(())
@@ -314,16 +333,11 @@ impl Tree {
     /// The metadata of the directory an applier makes at `q` (its parent already there):
     /// containerd copies it from the topmost earlier layer's directory at `q`; otherwise, and
     /// always in umoci, it is fresh in the group its parent passes on.
-    fn made_attrs(&self, run: &Run<'_>, q: u32, below: Option<&Tree>) -> Origin {
-        let earlier = below.and_then(|b| {
-            b.get(q)
-                .filter(|n| n.kind == Kind::Dir && !n.whiteout)
-                .map(|n| (b, n))
-        });
-        if let Some((b, n)) = earlier {
-            return made_like(b.inodes[n.ino as usize].attrs);
+    fn made_attrs(&self, run: &Run<'_>, q: u32, tops: Option<&[Top]>) -> Origin {
+        if let Some(Top::Dir(attrs)) = tops.map(|t| t[q as usize]) {
+            return made_like(attrs);
         }
-        let model = if below.is_some() {
+        let model = if tops.is_some() {
             Model::Overlay
         } else {
             Model::OneTree
@@ -434,10 +448,10 @@ fn clear_lower(
 }
 
 /// Applies `members` into the empty directory `up` (the overlay model's layer directory)
-/// over the earlier layers' view `below`; the paths it may have set, parents first.
+/// over the earlier layers `tops`; the paths it may have set, parents first.
 fn apply_upper(
     up: &mut Tree,
-    below: &Tree,
+    tops: &[Top],
     run: &mut Run<'_>,
     members: &[usize],
 ) -> Result<Vec<u32>, String> {
@@ -452,7 +466,7 @@ fn apply_upper(
             touched.push(q);
             q = run.paths.parent[q as usize];
         }
-        up.parents(run, p, Some(below))?;
+        up.parents(run, p, Some(tops))?;
         if !e.is_whiteout() {
             up.write(run, i, Model::Overlay)?;
             continue;
@@ -629,8 +643,18 @@ fn apply(
         }
         Model::Overlay => {
             let mut up = Tree::new(run.paths);
+            let mut tops: Vec<Top> = tree
+                .nodes
+                .iter()
+                .map(|n| n.as_ref().map_or(Top::None, |n| Top::of(&tree, n)))
+                .collect();
             for members in layers {
-                let touched = apply_upper(&mut up, &tree, run, members)?;
+                let touched = apply_upper(&mut up, &tops, run, members)?;
+                for &p in &touched {
+                    if let Some(n) = up.get(p) {
+                        tops[p as usize] = Top::of(&up, &n);
+                    }
+                }
                 merge(&mut tree, &mut up, run, &touched)?;
             }
         }

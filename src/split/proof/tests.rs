@@ -101,6 +101,9 @@ fn a_directory_made_in_a_setgid_directory_that_is_not_there_whole_is_caught() {
     // Over a lower `d` (setgid or not, unknown), whole and split make `d/x` alike.
     let e = layer(&[("d", Dir, 0), ("d/x/a", Other, MIB), ("d/y/b", Other, MIB)]);
     check(&e, &[vec![0, 1], vec![0, 2]], 1).unwrap();
+    // containerd copies `d/x` from the lower layer even past an earlier part's opaque `d`.
+    let e = layer(&[("d/.wh..wh..opq", Other, 0), ("d/x/a", Other, MIB)]);
+    check(&e, &[vec![0], vec![1]], 1).unwrap();
 }
 
 /// `cargo nextest run --run-ignored only -E 'test(/proof_of_a_big_layer/)'` (with
