@@ -315,7 +315,13 @@ impl Tree {
         while q != 0 {
             q = run.paths.parent[q as usize];
             match self.get(q) {
-                Some(n) if n.kind == Kind::Dir && !n.whiteout => break,
+                Some(n) if n.kind == Kind::Dir && !n.whiteout => {
+                    // umoci's `MkdirAll` changes the mtime of the directory it makes them in.
+                    if tops.is_none() {
+                        self.touch(q);
+                    }
+                    break;
+                }
                 Some(_) => {
                     let name = shown(run.paths.names[p as usize]);
                     return Err(format!("{name}: under a non-directory"));
@@ -328,6 +334,15 @@ impl Tree {
             self.set(q, Kind::Dir, attrs, attrs);
         }
         Ok(())
+    }
+
+    /// Directory `d` (not the root) modified by umoci outside the entry's parent, whose
+    /// metadata it restores: its mtime becomes the time of the apply.
+    fn touch(&mut self, d: u32) {
+        if let Some(n) = self.get(d).filter(|n| d != 0 && n.kind == Kind::Dir) {
+            let attrs = &mut self.inodes[n.ino as usize].attrs;
+            *attrs = made_like(*attrs);
+        }
     }
 
     /// The metadata of the directory an applier makes at `q` (its parent already there):
@@ -434,14 +449,19 @@ fn clear_lower(
         if n.kind != Kind::Dir {
             continue;
         }
-        n.lower_child = false;
+        // umoci restores the metadata of the marker's own directory, not of those below it.
+        let mut removed = std::mem::replace(&mut n.lower_child, false);
         for &c in run.paths.children(d) {
             run.steps_left = run.steps_left.checked_sub(1).ok_or(TOO_COSTLY)?;
             if written[c as usize] == stamp {
                 stack.push(c);
             } else if tree.get(c).is_some() {
                 tree.remove_all(run, c)?;
+                removed = true;
             }
+        }
+        if removed && d != dir {
+            tree.touch(d);
         }
     }
     Ok(())
@@ -575,6 +595,37 @@ enum Attrs<'a> {
     Other(Origin),
 }
 
+impl Attrs<'_> {
+    fn mtime_is_apply_time(&self) -> bool {
+        match self {
+            Attrs::Header { mtime, .. } => mtime.is_none(),
+            Attrs::Other(o) => matches!(o, Origin::Made(_) | Origin::MadeLikeLower(_)),
+        }
+    }
+
+    /// The same metadata with the time of the apply for mtime.
+    fn at_apply_time(self) -> Self {
+        match self {
+            Attrs::Header {
+                mtime: _,
+                mode,
+                uid,
+                gid,
+                link,
+                dev,
+            } => Attrs::Header {
+                mtime: None,
+                mode,
+                uid,
+                gid,
+                link,
+                dev,
+            },
+            Attrs::Other(o) => Attrs::Other(made_like(o)),
+        }
+    }
+}
+
 fn seen<'a>(entries: &'a [Entry], tree: &Tree, node: &Node) -> Seen<'a> {
     let inode = tree.inodes[node.ino as usize];
     let header = |i: u32, mtime: bool| {
@@ -610,7 +661,15 @@ fn first_difference(run: &Run<'_>, a: &Tree, b: &Tree) -> Option<String> {
     for (p, (na, nb)) in a.nodes.iter().zip(&b.nodes).enumerate() {
         let same = match (na, nb) {
             (None, None) => true,
-            (Some(x), Some(y)) => seen(run.entries, a, x) == seen(run.entries, b, y),
+            (Some(x), Some(y)) => {
+                let whole = seen(run.entries, a, x);
+                let mut split = seen(run.entries, b, y);
+                // A directory that has the time of the apply whole may have any once split.
+                if whole.attrs.mtime_is_apply_time() {
+                    split.attrs = split.attrs.at_apply_time();
+                }
+                whole == split
+            }
             _ => false,
         };
         if !same {

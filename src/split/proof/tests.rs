@@ -106,6 +106,22 @@ fn a_directory_made_in_a_setgid_directory_that_is_not_there_whole_is_caught() {
     check(&e, &[vec![0], vec![1]], 1).unwrap();
 }
 
+#[test]
+fn a_directory_whose_mtime_umoci_changes_only_once_split_is_caught() {
+    use EntryKind::{Dir, Other};
+    let e = layer(&[
+        ("d/x/a", Dir, 0),
+        ("d/.wh..wh..opq", Other, 0),
+        ("d/x", Dir, 0),
+    ]);
+    // The marker first removes a lower `d/x`; making it again changes `d`'s mtime.
+    let err = check(&e, &[vec![1], vec![0, 2]], 1).unwrap_err();
+    assert!(
+        err.starts_with("d: differs (under an applier into one tree"),
+        "{err}"
+    );
+}
+
 /// `cargo nextest run --run-ignored only -E 'test(/proof_of_a_big_layer/)'` (with
 /// `--config 'profile.dev.package.hoist.opt-level=3'`): the proof's time on a layer of
 /// `HOIST_PROOF_ENTRIES` entries (default 400 000) in 1000-file directories.
