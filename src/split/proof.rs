@@ -13,7 +13,9 @@
 //!
 //! In both, the last entry of a path wins, a non-directory replacing a directory removes it,
 //! a directory over a directory keeps its contents and takes the new metadata, missing parents
-//! are made as directories. What is below is unknown, so each model runs over three lower
+//! are made as directories: containerd copies the topmost earlier layer's directory at that
+//! path, else (and umoci always) a fresh directory takes a setgid parent's group (umoci: and
+//! its setgid bit); umoci gives a directory it makes one in the time of the apply. What is below is unknown, so each model runs over three lower
 //! trees: empty; every path the layer names a directory holding a file; every such path a
 //! file. Every path's type, mode, owner, mtime, content (the entry whose data it has), link
 //! target and hard-link group are compared. A layer a model cannot apply whole (a hard link
