@@ -3,7 +3,8 @@
 # registry, skopeo (the real client the tests check results with), htpasswd for the Basic-auth
 # registry, openssl for the token-auth registry's signing certificate and the TLS registry's CA,
 # squid as the HTTP proxy of the network tests, reference compressors for the benchmarks, umoci
-# (unpacks images for the split-layer file-system comparison), systemd tools for unit checks (and
+# (unpacks images for the split-layer file-system comparison), containerd (applies them each
+# layer into its own directory, as nodes do), systemd tools for unit checks (and
 # a user manager booted in a namespace), groff to render the man pages, and python3 to parse the
 # launchd agent's plist; debootstrap for the current Docker engine's chroot.
 # Idempotent: does nothing when everything is already there.
@@ -30,6 +31,9 @@ have /usr/bin/time || need+=(time)
 have squid || [ -x /usr/sbin/squid ] || need+=(squid)
 # The docker-daemon: source's tests run a private dockerd and load images with docker.
 have dockerd || need+=(docker.io)
+# The split tests apply images with containerd's overlayfs snapshotter (a private containerd).
+have containerd || need+=(containerd)
+have ctr || need+=(containerd)
 have docker || need+=(docker.io)
 # The current engine's tests (Docker 28, both image stores) run it in a Debian sid chroot that
 # scripts/engine-chroot.sh builds with debootstrap (flock: its shared start).

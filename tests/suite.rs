@@ -37,3 +37,6 @@ mod push_resume_event;
 mod push_tags;
 mod registry;
 mod sources;
+mod split_fixed;
+mod split_models;
+mod split_props;

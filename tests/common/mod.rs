@@ -241,6 +241,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
     Some((status, buf[body_at..].to_vec()))
 }
 
+/// Stops a daemon the tests started: SIGTERM, then SIGKILL when it has not exited after
+/// `grace`.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Runs `skopeo` with `args`, panicking with its stderr when it fails.
 pub fn skopeo(args: &[&str]) -> Output {
     require_tool("skopeo");

@@ -13,6 +13,7 @@ use hoist_testkit::sample::{LayerContent, LayerSpec, SampleCompression, SampleIm
 
 use crate::common;
 
+pub mod containerd;
 pub mod split;
 
 /// How long a push of a test image may take (debug build, 2 cores, shared with other tests).

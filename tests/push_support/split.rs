@@ -158,12 +158,22 @@ pub fn crafted_archive(dir: &Path) -> (String, Digest) {
     let layers = [lower_layer(), big_layer()];
     let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::sha256_of(l)).collect();
     let config = crafted_config(&diff_ids);
-    let config_digest = Digest::sha256_of(&config);
-    let config_name = format!("{}.json", config_digest.hex());
+    let path = dir.join("crafted.tar");
+    let source = docker_archive(&path, &config, &layers);
+    (source, Digest::sha256_of(&config))
+}
+
+/// A docker-archive at `path` (as `docker save` lays it out) of `config` and `layers`;
+/// returns its source reference.
+pub fn docker_archive(path: &Path, config: &[u8], layers: &[Vec<u8>]) -> String {
+    let config_name = format!("{}.json", Digest::sha256_of(config).hex());
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("l{i}/layer.tar"))
+        .collect();
     let manifest = serde_json::json!([{
         "Config": config_name,
         "RepoTags": ["hoist/split:1"],
-        "Layers": ["lower/layer.tar", "big/layer.tar"]
+        "Layers": names,
     }]);
     let mut out = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8]| {
@@ -173,16 +183,32 @@ pub fn crafted_archive(dir: &Path) -> (String, Digest) {
         h.set_mtime(0);
         out.append_data(&mut h, name, data).unwrap();
     };
-    add(&config_name, &config);
-    add("lower/layer.tar", &layers[0]);
-    add("big/layer.tar", &layers[1]);
+    add(&config_name, config);
+    for (name, layer) in names.iter().zip(layers) {
+        add(name, layer);
+    }
     add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
-    let path = dir.join("crafted.tar");
-    std::fs::File::create(&path)
+    std::fs::File::create(path)
         .unwrap()
         .write_all(&out.into_inner().unwrap())
         .unwrap();
-    (format!("docker-archive:{}", path.display()), config_digest)
+    format!("docker-archive:{}", path.display())
+}
+
+/// A docker-archive at `path` of one layer, with a minimal linux/amd64 config.
+pub fn one_layer_archive(path: &Path, layer: &[u8]) -> String {
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [Digest::sha256_of(layer).to_string()]},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD layer /"}]
+    });
+    docker_archive(
+        path,
+        &serde_json::to_vec(&config).unwrap(),
+        &[layer.to_vec()],
+    )
 }
 
 /// The tag of the crafted OCI layout's image (`DIR:TAG` for umoci).
@@ -261,19 +287,23 @@ pub struct Tree {
     pub link_groups: BTreeSet<Vec<String>>,
 }
 
-fn walk(root: &Path, rel: &str, tree: &mut Tree, inodes: &mut BTreeMap<(u64, u64), Vec<String>>) {
-    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))
+/// Every entry under `dir` into `tree`, keyed by its path under the root with bytes that are
+/// not printable ASCII escaped (names that differ in a byte that is not UTF-8 stay apart).
+fn walk(dir: &Path, key: &str, tree: &mut Tree, inodes: &mut BTreeMap<(u64, u64), Vec<String>>) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
     for name in names {
-        let path = if rel.is_empty() {
-            name
+        let shown = name.as_bytes().escape_ascii().to_string();
+        let path = if key.is_empty() {
+            shown
         } else {
-            format!("{rel}/{name}")
+            format!("{key}/{shown}")
         };
-        let full = root.join(&path);
+        let full = dir.join(&name);
         let m = std::fs::symlink_metadata(&full).unwrap();
         let ft = m.file_type();
         let kind = if ft.is_dir() {
@@ -285,7 +315,7 @@ fn walk(root: &Path, rel: &str, tree: &mut Tree, inodes: &mut BTreeMap<(u64, u64
         } else {
             "other"
         };
-        if ft.is_file() && m.nlink() > 1 {
+        if !ft.is_dir() && m.nlink() > 1 {
             inodes
                 .entry((m.dev(), m.ino()))
                 .or_default()
@@ -302,36 +332,23 @@ fn walk(root: &Path, rel: &str, tree: &mut Tree, inodes: &mut BTreeMap<(u64, u64
                 content: ft
                     .is_file()
                     .then(|| Digest::sha256_of(&std::fs::read(&full).unwrap())),
-                link: ft
-                    .is_symlink()
-                    .then(|| std::fs::read_link(&full).unwrap().display().to_string()),
+                link: ft.is_symlink().then(|| {
+                    let to = std::fs::read_link(&full).unwrap();
+                    to.as_os_str().as_bytes().escape_ascii().to_string()
+                }),
             },
         );
         if ft.is_dir() {
-            walk(root, &path, tree, inodes);
+            walk(&full, &path, tree, inodes);
         }
     }
 }
 
-/// `umoci unpack` of `image` (`DIR:TAG`, an OCI layout) into `bundle`, then its root file
-/// system as a [`Tree`].
-pub fn unpacked(image: &str, bundle: &Path) -> Tree {
-    common::require_tool("umoci");
-    let mut cmd = std::process::Command::new("umoci");
-    cmd.arg("unpack");
-    if !rustix::process::getuid().is_root() {
-        cmd.arg("--rootless");
-    }
-    cmd.args(["--image", image]).arg(bundle);
-    let out = cmd.output().expect("run umoci");
-    assert!(
-        out.status.success(),
-        "umoci unpack {image}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The file system under `root` as a [`Tree`].
+pub fn tree_of(root: &Path) -> Tree {
     let mut tree = Tree::default();
     let mut inodes = BTreeMap::new();
-    walk(&bundle.join("rootfs"), "", &mut tree, &mut inodes);
+    walk(root, "", &mut tree, &mut inodes);
     tree.link_groups = inodes
         .into_values()
         .map(|mut g| {
@@ -340,6 +357,31 @@ pub fn unpacked(image: &str, bundle: &Path) -> Tree {
         })
         .collect();
     tree
+}
+
+/// `umoci unpack` of `image` (`DIR:TAG`, an OCI layout) into `bundle`, then its root file
+/// system as a [`Tree`].
+pub fn unpacked(image: &str, bundle: &Path) -> Tree {
+    try_unpacked(image, bundle).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`unpacked`], or umoci's error when it cannot unpack the image.
+pub fn try_unpacked(image: &str, bundle: &Path) -> Result<Tree, String> {
+    common::require_tool("umoci");
+    let mut cmd = std::process::Command::new("umoci");
+    cmd.arg("unpack");
+    if !rustix::process::getuid().is_root() {
+        cmd.arg("--rootless");
+    }
+    cmd.args(["--image", image]).arg(bundle);
+    let out = cmd.output().expect("run umoci");
+    if !out.status.success() {
+        return Err(format!(
+            "umoci unpack {image}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(tree_of(&bundle.join("rootfs")))
 }
 
 /// Every difference between two trees, one line each.
