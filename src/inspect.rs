@@ -235,6 +235,9 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 fn census_text(c: &LayerCensus) -> String {
+    if let Some(why) = &c.skipped {
+        return format!("ELF census skipped: {why}");
+    }
     if c.total() == 0 {
         return "no ELF files".into();
     }

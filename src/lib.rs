@@ -37,5 +37,6 @@ pub mod registry;
 pub mod source;
 pub mod split;
 pub mod store;
+pub mod tarscan;
 pub mod text;
 pub mod units;

@@ -428,7 +428,7 @@ fn split_one(
         Some(k) => Some(k),
         None => match split::split_layer(&candidate, part_bytes, room.extra_parts + 1) {
             Ok(s) => s,
-            Err(e @ (SplitError::Tar { .. } | SplitError::Unsplittable { .. })) => {
+            Err(e @ (SplitError::NotProven { .. } | SplitError::Unsplittable { .. })) => {
                 warnings.push(format!("layer {i} is pushed whole: {e}"));
                 None
             }
@@ -457,7 +457,7 @@ fn split_warning(i: usize, l: &SourceLayer, layout: &LayerSplit, codec: Codec) -
         ),
     };
     format!(
-        "layer {i} ({}) is split into {} parts of about {} bytes at most: the pushed image's config and manifest digests (its image ID) differ from the unsplit image's{recompressed}; pass --split-layers off to keep them",
+        "layer {i} ({}) is split into {} parts of about {} bytes at most, proven to give the same files as the whole layer under both appliers' rules (docs/SPLIT.md): the pushed image's config and manifest digests (its image ID) differ from the unsplit image's{recompressed}; pass --split-layers off to keep them",
         l.diff_id.short(),
         layout.parts.len(),
         layout.part_bytes

@@ -31,6 +31,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("chunk_size", Only(&["text"])),
     ("limits", Only(&[])),
     ("environ", Only(&[])),
+    ("tarscan", Only(&[])),
     ("paths", Only(&["source", "text"])),
     ("image", Only(&["digest", "platform", "compress", "text"])),
     (
@@ -38,10 +39,10 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
         Only(&["digest", "platform", "image", "text", "environ"]),
     ),
     ("compress", Only(&["digest", "text"])),
-    ("elf", Only(&["platform", "text"])),
+    ("elf", Only(&["platform", "text", "tarscan"])),
     (
         "split",
-        Only(&["digest", "source", "compress", "limits", "text"]),
+        Only(&["digest", "source", "compress", "limits", "text", "tarscan"]),
     ),
     (
         "plan",

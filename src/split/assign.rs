@@ -15,9 +15,9 @@
 //!
 //! Within a part, entries keep their order in the source tar.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::tar::{Entry, EntryKind};
+use super::tar::{Entry, Kind};
 
 /// Union-find root of `i` (the smallest index of its group).
 fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -28,22 +28,75 @@ fn root(parent: &mut [usize], mut i: usize) -> usize {
     i
 }
 
-/// Groups of entries that must share a part: a hard link and the entry it names (the last
-/// entry of that path before the link).
-fn link_groups(entries: &[Entry]) -> Vec<usize> {
-    let mut parent: Vec<usize> = (0..entries.len()).collect();
-    let mut by_path: HashMap<&str, usize> = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        if let EntryKind::HardLink(target) = &e.kind
-            && let Some(&t) = by_path.get(target.as_str())
-        {
-            let (a, b) = (root(&mut parent, i), root(&mut parent, t));
-            let (lo, hi) = (a.min(b), a.max(b));
-            parent[hi] = lo;
-        }
-        by_path.insert(e.path.as_str(), i);
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (a, b) = (root(parent, a), root(parent, b));
+    let (lo, hi) = (a.min(b), a.max(b));
+    parent[hi] = lo;
+}
+
+/// Paths the layer writes both as a directory and as something else (`tar -c` then `tar -r`
+/// can): the last entry wins, so everything at and under such a path keeps its order.
+fn mixed_paths(entries: &[Entry]) -> HashSet<&[u8]> {
+    let mut dirs: HashSet<&[u8]> = HashSet::new();
+    let mut others: HashSet<&[u8]> = HashSet::new();
+    for e in entries.iter().filter(|e| !e.is_whiteout()) {
+        match e.kind {
+            Kind::Dir => dirs.insert(e.path.as_slice()),
+            _ => others.insert(e.path.as_slice()),
+        };
     }
-    (0..entries.len()).map(|i| root(&mut parent, i)).collect()
+    dirs.intersection(&others).copied().collect()
+}
+
+/// The mixed path (see [`mixed_paths`]) at or above `path`, the highest one.
+fn mixed_root<'a>(mixed: &HashSet<&[u8]>, path: &'a [u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    let mut p = path;
+    loop {
+        if mixed.contains(p) {
+            found = Some(p);
+        }
+        if p.is_empty() {
+            return found;
+        }
+        p = crate::tarscan::parent(p);
+    }
+}
+
+/// Groups of entries that must share a part, in their tar order: a hard link and the entry it
+/// names (the last entry of that path before the link); every entry of a path written more
+/// than once (but a directory written again as a directory, which is spanned, see
+/// [`assign`]); everything at and under a mixed path. Also which entries are directories
+/// placed as units (at or under a mixed path) rather than spanned.
+fn link_groups(entries: &[Entry]) -> (Vec<usize>, Vec<bool>) {
+    let mut parent: Vec<usize> = (0..entries.len()).collect();
+    let mut by_path: HashMap<&[u8], usize> = HashMap::new();
+    let mixed = mixed_paths(entries);
+    let mut mixed_first: HashMap<&[u8], usize> = HashMap::new();
+    let mut unit = vec![false; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind == Kind::HardLink
+            && let Some(&t) = by_path.get(e.link_path().as_slice())
+        {
+            union(&mut parent, i, t);
+        }
+        if let Some(&prev) = by_path.get(e.path.as_slice())
+            && (e.kind != Kind::Dir || entries[prev].kind != Kind::Dir)
+        {
+            union(&mut parent, i, prev);
+        }
+        if !mixed.is_empty()
+            && !e.is_whiteout()
+            && let Some(m) = mixed_root(&mixed, &e.path)
+        {
+            let first = *mixed_first.entry(m).or_insert(i);
+            union(&mut parent, i, first);
+            unit[i] = true;
+        }
+        by_path.insert(e.path.as_slice(), i);
+    }
+    let groups = (0..entries.len()).map(|i| root(&mut parent, i)).collect();
+    (groups, unit)
 }
 
 /// Part counts above this are rounded up to a multiple of it: the daemon's default number of
@@ -78,6 +131,8 @@ impl Cut<'_> {
 struct Units {
     /// Each entry's group (see [`link_groups`]).
     groups: Vec<usize>,
+    /// Directories placed as units, not spanned (see [`link_groups`]).
+    unit: Vec<bool>,
     /// Each group's (tar bytes, weight), directories left out.
     sizes: HashMap<usize, (u64, u64)>,
     /// The whiteouts' (tar bytes, weight): they open the first part.
@@ -86,7 +141,7 @@ struct Units {
 
 impl Units {
     fn new(entries: &[Entry], cut: Cut<'_>) -> Units {
-        let groups = link_groups(entries);
+        let (groups, unit) = link_groups(entries);
         let weight_of = |i: usize| cut.weights.get(i).copied().unwrap_or(entries[i].bytes());
         let mut sizes: HashMap<usize, (u64, u64)> = HashMap::new();
         let mut first = (0, 0);
@@ -94,7 +149,7 @@ impl Units {
             // Directories are not units: each is written where the flow is (see `assign`).
             let s = if e.is_whiteout() {
                 &mut first
-            } else if e.kind == EntryKind::Dir {
+            } else if e.kind == Kind::Dir && !unit[i] {
                 continue;
             } else {
                 sizes.entry(groups[i]).or_default()
@@ -103,9 +158,15 @@ impl Units {
         }
         Units {
             groups,
+            unit,
             sizes,
             first,
         }
+    }
+
+    /// Whether entry `i` is a directory spanned over the parts that hold what is under it.
+    fn spanned(&self, entries: &[Entry], i: usize) -> bool {
+        entries[i].kind == Kind::Dir && !self.unit[i]
     }
 
     /// Tar bytes and weight of everything that is not a directory.
@@ -127,7 +188,7 @@ fn pack(entries: &[Entry], units: &Units, part_bytes: u64, max_weight: u64) -> V
         if e.is_whiteout() {
             continue;
         }
-        if e.kind == EntryKind::Dir {
+        if units.spanned(entries, i) {
             part_of[i] = part;
             continue;
         }
@@ -155,62 +216,62 @@ fn count(part_of: &[usize]) -> usize {
 /// directory (its own place): the [`Cut::parts_wanted`] parts (or fewer) whose heaviest part
 /// is as light as it can be, found by a binary search on that weight. More parts only where
 /// `part_bytes` forces them.
-fn flow(entries: &[Entry], cut: Cut<'_>) -> Vec<usize> {
-    let units = Units::new(entries, cut);
+fn flow(entries: &[Entry], units: &Units, cut: Cut<'_>) -> Vec<usize> {
     let (total_bytes, total_weight) = units.totals();
     let wanted = cut.parts_wanted(total_bytes);
     let (mut lo, mut hi) = (total_weight.div_ceil(wanted as u64), total_weight.max(1));
     // `hi` always fits in `wanted` parts unless the tar-byte limit alone needs more.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if count(&pack(entries, &units, cut.part_bytes, mid)) <= wanted {
+        if count(&pack(entries, units, cut.part_bytes, mid)) <= wanted {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
-    pack(entries, &units, cut.part_bytes, hi)
+    pack(entries, units, cut.part_bytes, hi)
 }
 
 /// The entries of each part, in tar order.
 pub fn assign(entries: &[Entry], cut: Cut<'_>) -> Vec<Vec<usize>> {
-    let part_of = flow(entries, cut);
+    let units = Units::new(entries, cut);
+    let part_of = flow(entries, &units, cut);
     let count = part_of.iter().max().map_or(1, |m| m + 1);
     // Each directory's first and last part: its own place, and every part under it.
-    let mut dirs: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut dirs: HashMap<&[u8], Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        if e.kind == EntryKind::Dir {
-            dirs.entry(e.path.as_str()).or_default().push(i);
+        if units.spanned(entries, i) {
+            dirs.entry(e.path.as_slice()).or_default().push(i);
         }
     }
     let mut span: HashMap<usize, (usize, usize)> = HashMap::new();
-    let widen = |span: &mut HashMap<usize, (usize, usize)>, path: &str, p: usize| {
+    let widen = |span: &mut HashMap<usize, (usize, usize)>, path: &[u8], p: usize| {
         let mut path = path;
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            for &d in dirs.get(parent).map(Vec::as_slice).unwrap_or_default() {
+        while !path.is_empty() {
+            path = crate::tarscan::parent(path);
+            for &d in dirs.get(path).map(Vec::as_slice).unwrap_or_default() {
                 let s = span.entry(d).or_insert((p, p));
                 *s = (s.0.min(p), s.1.max(p));
             }
-            path = parent;
         }
     };
     for (i, e) in entries.iter().enumerate() {
-        if e.kind != EntryKind::Dir {
+        if !units.spanned(entries, i) {
             widen(&mut span, &e.path, part_of[i]);
         }
     }
     // A directory with nothing but directories under it (or nothing) stays at its own place,
     // and its parents must reach there too.
     for (i, e) in entries.iter().enumerate() {
-        if e.kind == EntryKind::Dir && !span.contains_key(&i) {
+        if units.spanned(entries, i) && !span.contains_key(&i) {
             span.insert(i, (part_of[i], part_of[i]));
             widen(&mut span, &e.path, part_of[i]);
         }
     }
     let mut parts: Vec<Vec<usize>> = vec![Vec::new(); count];
-    for (i, e) in entries.iter().enumerate() {
+    for i in 0..entries.len() {
         match span.get(&i) {
-            Some(&(first, last)) if e.kind == EntryKind::Dir => {
+            Some(&(first, last)) if units.spanned(entries, i) => {
                 parts[first].push(i);
                 if last != first {
                     parts[last].push(i);
@@ -262,21 +323,38 @@ pub fn ranges(entries: &[Entry], members: &[usize]) -> Vec<(u64, u64)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// What a test entry is.
+    #[derive(Clone)]
+    pub(crate) enum EntryKind {
+        Dir,
+        HardLink(String),
+        Other,
+    }
+
     /// Entries laid out back to back: (path, kind, data bytes).
-    fn layer(spec: &[(&str, EntryKind, u64)]) -> Vec<Entry> {
+    pub(crate) fn layer(spec: &[(&str, EntryKind, u64)]) -> Vec<Entry> {
         let mut at = 0;
         spec.iter()
             .map(|(path, kind, data)| {
                 let start = at;
                 at += 512 + data.div_ceil(512) * 512;
+                let (kind, link) = match kind {
+                    EntryKind::Dir => (Kind::Dir, Vec::new()),
+                    EntryKind::HardLink(t) => (Kind::HardLink, t.as_bytes().to_vec()),
+                    EntryKind::Other => (Kind::File, Vec::new()),
+                };
                 Entry {
                     start,
                     end: at,
-                    path: (*path).to_string(),
-                    kind: kind.clone(),
+                    path: path.as_bytes().to_vec(),
+                    kind,
+                    link,
+                    data_start: start + 512,
+                    data_len: *data,
+                    ..Entry::default()
                 }
             })
             .collect()
@@ -285,7 +363,11 @@ mod tests {
     fn paths<'a>(entries: &'a [Entry], parts: &[Vec<usize>]) -> Vec<Vec<&'a str>> {
         parts
             .iter()
-            .map(|p| p.iter().map(|&i| entries[i].path.as_str()).collect())
+            .map(|p| {
+                p.iter()
+                    .map(|&i| std::str::from_utf8(&entries[i].path).unwrap())
+                    .collect()
+            })
             .collect()
     }
 
@@ -424,5 +506,46 @@ mod tests {
         assert_eq!(plain(&e, 4 * MIB + 64 * 1024).len(), 2 * PARTS_ROUND);
         // 20 MiB at 8 MiB a part: 3, at most one per connection, stays 3.
         assert_eq!(plain(&e, 8 * MIB).len(), 3);
+    }
+
+    #[test]
+    fn a_path_written_twice_keeps_its_last_entry_last() {
+        use EntryKind::{Dir, HardLink, Other};
+        // `l` a file, then a hard link `l` to an earlier `t`: both stay in `t`'s part, in order.
+        let e = layer(&[
+            ("t", Other, MIB),
+            ("filler1", Other, MIB),
+            ("l", Other, MIB),
+            ("filler2", Other, MIB),
+            ("l", HardLink("t".into()), 0),
+        ]);
+        let parts = plain(&e, MIB + 4096);
+        let with_t = parts.iter().find(|p| p.contains(&0)).unwrap();
+        assert!(
+            with_t.contains(&2) && with_t.contains(&4),
+            "{:?}",
+            paths(&e, &parts)
+        );
+        // `x` a directory with content, then a file, then an empty directory: all of `x` in
+        // one part, in tar order.
+        let e = layer(&[
+            ("x", Dir, 0),
+            ("x/a", Other, MIB),
+            ("filler", Other, MIB),
+            ("x", Other, MIB),
+            ("filler2", Other, MIB),
+            ("x", Dir, 0),
+        ]);
+        let parts = plain(&e, MIB + 4096);
+        let with_x = parts.iter().find(|p| p.contains(&0)).unwrap();
+        assert_eq!(
+            with_x
+                .iter()
+                .filter(|&&i| e[i].path.starts_with(b"x"))
+                .count(),
+            4,
+            "{:?}",
+            paths(&e, &parts)
+        );
     }
 }

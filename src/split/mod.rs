@@ -12,12 +12,14 @@
 //! - [`tar`]: the header scan.
 //! - [`estimate`]: each entry's estimated compressed bytes, so parts balance their uploads.
 //! - [`assign`]: which entries go into which part.
+//! - [`proof`]: the check that the parts apply to the same tree as the whole layer.
 //! - [`config`]: the config rewritten for the parts (`rootfs.diff_ids`, `history`).
 //! - [`unpack`]: a compressed layer decompressed into a file to be split.
 
 pub mod assign;
 pub mod config;
 pub mod estimate;
+pub mod proof;
 pub mod tar;
 pub mod unpack;
 
@@ -50,8 +52,8 @@ pub enum SplitPolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
-    #[error("{layer}: not a layer tar hoist can split: {why}")]
-    Tar { layer: String, why: String },
+    #[error("{layer}: its parts were not proven to give the same files as the whole layer: {why}")]
+    NotProven { layer: String, why: String },
 
     #[error("{layer}: cannot split it: {why}")]
     Unsplittable { layer: String, why: String },
@@ -201,12 +203,7 @@ pub fn split_layer(
     // Parts are sets of entries, and directories go with the files under them: a layer of one
     // file makes one part whatever the weights, so its blocks are not sampled (on a 1 GiB
     // file, sampling held the push 0.27 s before its first byte was sent).
-    if entries
-        .iter()
-        .filter(|e| e.kind != tar::EntryKind::Dir)
-        .count()
-        < 2
-    {
+    if entries.iter().filter(|e| e.kind != tar::Kind::Dir).count() < 2 {
         return Ok(None);
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -226,6 +223,10 @@ pub fn split_layer(
     let Some(parts) = assign::fit(&entries, cut, parts_max) else {
         return Ok(None);
     };
+    proof::check(&entries, &parts, threads).map_err(|why| SplitError::NotProven {
+        layer: layer.location.name.to_string(),
+        why,
+    })?;
     let ranges: Vec<Vec<(u64, u64)>> = parts
         .iter()
         .map(|members| assign::ranges(&entries, members))
@@ -485,6 +486,32 @@ mod tests {
             l.reader().read_to_end(&mut tar).unwrap();
             h.update(&tar);
             assert_eq!(h.finish(), p.diff_id);
+        }
+    }
+
+    #[test]
+    fn a_split_the_proof_does_not_hold_keeps_the_layer_whole_naming_the_path() {
+        // A whiteout of a path the layer itself wrote: whiteouts go to the first part, ahead
+        // of the file, so the parts would keep `x` where the whole layer deletes it.
+        let mut b = ::tar::Builder::new(Vec::new());
+        for (name, len) in [("f", MIB), ("x", MIB), (".wh.x", 0)] {
+            let mut h = ::tar::Header::new_ustar();
+            h.set_size(len as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &vec![0x5a; len][..]).unwrap();
+        }
+        let (loc, diff_id) = layer_of(b.into_inner().unwrap());
+        let layer = Candidate {
+            location: &loc,
+            diff_id: &diff_id,
+            compression: None,
+            foreign: false,
+        };
+        match split_layer(&layer, SPLIT_PART_BYTES_MIN, 96) {
+            Err(e @ SplitError::NotProven { .. }) => {
+                assert!(e.to_string().contains(".wh.x"), "{e}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -748,6 +748,13 @@ impl Census {
                 "internal error: the ELF census ended abnormally ({e}): report this as a bug"
             ))
         })??;
+        for (l, c) in plan.layers.iter().zip(&census) {
+            if let Some(why) = &c.skipped {
+                let name = &l.source.location.name;
+                ctx.warning(format!("{name}: not checked for ELF binaries: {why}"))
+                    .await;
+            }
+        }
         commit::check_census(plan, &census)
     }
 }
