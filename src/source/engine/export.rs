@@ -509,6 +509,36 @@ mod tests {
         assert_eq!(handled(false, false), 2);
     }
 
+    /// A directory whose size field claims data has none (as Go's `archive/tar`, which the
+    /// engine reads with, sees it): the entries after it are all found.
+    #[test]
+    fn a_size_on_a_directory_hides_no_entries() {
+        let (tar, inspect) = export(true);
+        let mut h = tar::Header::new_ustar();
+        h.set_path("blobs/").expect("path");
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(2048);
+        h.set_cksum();
+        let tar = [h.as_bytes().as_slice(), &tar].concat();
+        let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
+        let mut handler = |input: &mut dyn Read, _: Compression| {
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).expect("read");
+            Ok(Digest::sha256_of(&bytes))
+        };
+        let walked = walk(
+            tar.as_slice(),
+            "img",
+            &inspect,
+            &needed,
+            &HashSet::new(),
+            &mut handler,
+        )
+        .expect("walk");
+        assert_eq!(walked.found, needed);
+        assert!(walked.manifest.is_some());
+    }
+
     #[test]
     fn blobs_the_caller_holds_are_not_read() {
         assert_eq!(handled(false, true), 0);
