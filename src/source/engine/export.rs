@@ -467,23 +467,26 @@ mod tests {
             false => (layers, HashSet::new()),
         };
         let mut calls = 0;
+        let walked = walk_hashing(&tar, &inspect, &needed, &held, &mut calls);
+        assert_eq!(walked.found, needed);
+        calls
+    }
+
+    /// Walks `tar` with a handler that hashes each candidate whole, counting its calls.
+    fn walk_hashing(
+        tar: &[u8],
+        inspect: &ImageInspect,
+        needed: &HashSet<Digest>,
+        held: &HashSet<Digest>,
+        calls: &mut usize,
+    ) -> Walked {
         let mut handler = |input: &mut dyn Read, _: Compression| {
-            calls += 1;
+            *calls += 1;
             let mut bytes = Vec::new();
             input.read_to_end(&mut bytes).expect("read");
             Ok(Digest::sha256_of(&bytes))
         };
-        let walked = walk(
-            tar.as_slice(),
-            "img",
-            &inspect,
-            &needed,
-            &held,
-            &mut handler,
-        )
-        .expect("walk");
-        assert_eq!(walked.found, needed);
-        calls
+        walk(tar, "img", inspect, needed, held, &mut handler).expect("walk")
     }
 
     /// The digests the export's layer blobs (its large ones) are named by.
@@ -521,20 +524,7 @@ mod tests {
         h.set_cksum();
         let tar = [h.as_bytes().as_slice(), &tar].concat();
         let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
-        let mut handler = |input: &mut dyn Read, _: Compression| {
-            let mut bytes = Vec::new();
-            input.read_to_end(&mut bytes).expect("read");
-            Ok(Digest::sha256_of(&bytes))
-        };
-        let walked = walk(
-            tar.as_slice(),
-            "img",
-            &inspect,
-            &needed,
-            &HashSet::new(),
-            &mut handler,
-        )
-        .expect("walk");
+        let walked = walk_hashing(&tar, &inspect, &needed, &HashSet::new(), &mut 0);
         assert_eq!(walked.found, needed);
         assert!(walked.manifest.is_some());
     }
