@@ -36,7 +36,7 @@ const MODULE_RULES: &[(&str, Allowed)] = &[
     ("image", Only(&["digest", "platform", "compress", "text"])),
     (
         "source",
-        Only(&["digest", "platform", "image", "text", "environ"]),
+        Only(&["digest", "platform", "image", "text", "environ", "tarscan"]),
     ),
     ("compress", Only(&["digest", "text"])),
     ("elf", Only(&["platform", "text", "tarscan"])),

@@ -1,7 +1,8 @@
 //! Tar archives indexed by offset, never extracted.
 //!
-//! One pass over the headers (seeking over the data) records where each entry's bytes are; the
-//! descriptor stays open and blobs are later read in place with `pread`.
+//! One pass over the headers through the one tar reader ([`crate::tarscan`], reading as GNU
+//! tar and Go's `archive/tar` do; data skipped, never read) records where each entry's bytes
+//! are; the descriptor stays open and blobs are later read in place with `pread`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use super::blob::BlobLocation;
 use super::error::SourceError;
 use crate::image::media::{Compression, sniff_unsupported};
+use crate::tarscan::{self, Positional, Reader, ScanError};
 use crate::text::detail;
 
 /// Archives with more entries than this are refused: image archives have a few entries per
@@ -103,44 +105,29 @@ fn check_plain_tar(display: &str, head: &[u8], len: u64) -> Result<(), SourceErr
     Ok(())
 }
 
-/// One pass over the headers of the archive (`len` bytes), seeking over the data.
+/// One pass over the headers of the archive (`probe`, the whole file) through the one tar
+/// reader, data skipped unread.
 fn read_entries(
-    file: &File,
+    probe: &BlobLocation,
     display: &str,
-    len: u64,
 ) -> Result<HashMap<String, Entry>, SourceError> {
     let mut entries = HashMap::new();
     let mut last = String::new();
-    let mut archive = tar::Archive::new(file);
-    let iter = archive
-        .entries_with_seek()
-        .map_err(|e| SourceError::NotTar {
-            what: display.to_string(),
-            detail: detail(&e.to_string()),
-        })?;
-    for item in iter {
-        let entry = match item {
-            Ok(entry) => entry,
-            Err(e) if entries.is_empty() && last.is_empty() => {
-                return Err(SourceError::NotTar {
-                    what: display.to_string(),
-                    detail: detail(&e.to_string()),
-                });
-            }
-            Err(e) => {
-                return Err(SourceError::Corrupt {
-                    what: display.to_string(),
-                    after: last,
-                    detail: detail(&e.to_string()),
-                });
-            }
+    let mut reader = Reader::new(Positional::new(probe.len, |at, buf: &mut [u8]| {
+        probe.read_exact_at(at, buf)
+    }));
+    loop {
+        let entry = match reader.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(e) => return Err(scan_failed(display, &last, e)),
         };
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let raw = String::from_utf8_lossy(reader.written_path()).into_owned();
         last = raw.clone();
         let Some(name) = normalise_name(display, &raw)? else {
             continue;
         };
-        let record = entry_record(&entry, display, &name, len)?;
+        let record = entry_record(&entry, display, &name, probe.len)?;
         insert_entry(&mut entries, display, name, record)?;
     }
     if entries.is_empty() {
@@ -152,26 +139,51 @@ fn read_entries(
     Ok(entries)
 }
 
+/// The archive could not be read past entry `last` (`""`: not even its first header).
+fn scan_failed(display: &str, last: &str, e: ScanError) -> SourceError {
+    let detail = match e {
+        ScanError::Inexact { entry, why } => detail(&format!("{entry}: {why}")),
+        ScanError::Io(source) => {
+            return SourceError::Io {
+                what: display.to_string(),
+                source,
+            };
+        }
+    };
+    if last.is_empty() {
+        return SourceError::NotTar {
+            what: display.to_string(),
+            detail,
+        };
+    }
+    SourceError::Corrupt {
+        what: display.to_string(),
+        after: last.to_string(),
+        detail,
+    }
+}
+
 /// Where entry `name`'s bytes are, checked to end inside the file (`len` bytes).
-fn entry_record<R: std::io::Read>(
-    entry: &tar::Entry<'_, R>,
+fn entry_record(
+    entry: &tarscan::Entry,
     display: &str,
     name: &str,
     len: u64,
 ) -> Result<Entry, SourceError> {
-    let kind = match entry.header().entry_type() {
-        tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-        tar::EntryType::Directory => Kind::Dir,
-        tar::EntryType::Symlink => Kind::Symlink,
-        tar::EntryType::Link => Kind::HardLink,
-        tar::EntryType::GNUSparse => Kind::Other("sparse file"),
-        tar::EntryType::Char => Kind::Other("character device"),
-        tar::EntryType::Block => Kind::Other("block device"),
-        tar::EntryType::Fifo => Kind::Other("fifo"),
-        _ => Kind::Other("special entry"),
+    let kind = match entry.kind {
+        // Its stored data holds only the parts that are not holes: not the file's bytes.
+        tarscan::Kind::File if entry.sparse_size.is_some() => Kind::Other("sparse file"),
+        tarscan::Kind::File => Kind::File,
+        tarscan::Kind::Dir => Kind::Dir,
+        tarscan::Kind::Symlink => Kind::Symlink,
+        tarscan::Kind::HardLink => Kind::HardLink,
+        tarscan::Kind::Char => Kind::Other("character device"),
+        tarscan::Kind::Block => Kind::Other("block device"),
+        tarscan::Kind::Fifo => Kind::Other("fifo"),
+        tarscan::Kind::Other(_) => Kind::Other("special entry"),
     };
-    let offset = entry.raw_file_position();
-    let size = entry.size();
+    let offset = entry.data_start;
+    let size = entry.data_len;
     let end = offset.saturating_add(size);
     if end > len {
         return Err(SourceError::Truncated {
@@ -181,12 +193,7 @@ fn entry_record<R: std::io::Read>(
             len,
         });
     }
-    let link = match kind {
-        Kind::Symlink => entry
-            .link_name_bytes()
-            .map(|l| String::from_utf8_lossy(&l).into_owned()),
-        _ => None,
-    };
+    let link = (kind == Kind::Symlink).then(|| String::from_utf8_lossy(&entry.link).into_owned());
     Ok(Entry {
         offset,
         size,
@@ -258,7 +265,7 @@ impl TarIndex {
             splice: None,
         };
         check_plain_tar(&display, &probe.head(512)?, len)?;
-        let entries = read_entries(&file, &display, len)?;
+        let entries = read_entries(&probe, &display)?;
         Ok(TarIndex {
             file,
             display,

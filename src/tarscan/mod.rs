@@ -1,6 +1,7 @@
-//! One tar reader for every scan of a layer (the splitter's, the ELF census'), reading a tar
-//! the way GNU tar and Go's `archive/tar` (which containerd, moby and umoci use) read it, so
-//! hoist sees the entries an applier will apply (rules: `docs/SPLIT.md`, "Reading a layer"):
+//! One tar reader for every scan of a tar (the splitter's, the ELF census', the archive
+//! index's, the engine export's walk), reading a tar the way GNU tar and Go's `archive/tar`
+//! (which containerd, moby and umoci use) read it, so hoist sees the entries an applier will
+//! apply (rules: `docs/SPLIT.md`, "Reading a layer"):
 //! - entry types that carry no data (hard link, symlink, devices, directory, fifo) have none,
 //!   whatever their size field says;
 //! - PAX records apply to the next entry (`path`, `linkpath`, `size`, `uid`, `gid`, `mtime`,
@@ -15,14 +16,14 @@
 //! [`Reader`] walks a tar through a [`Source`]: [`Positional`] (a file read at offsets: data
 //! is skipped, never read), [`Seekable`] (data seeked over) or [`Sequential`] (a stream:
 //! data read and dropped). Each [`Entry`] gives its byte range, so a scan can cut a layer at
-//! entry boundaries.
+//! entry boundaries; [`Reader::data`] lends the current entry's data as a `Read`.
 
 mod header;
 mod pax;
 mod reader;
 
 pub use header::BLOCK_BYTES;
-pub use reader::{Positional, Reader, Seekable, Sequential, Source};
+pub use reader::{Data, Positional, Reader, Seekable, Sequential, Source};
 
 /// The end-of-archive marker: two zero blocks.
 pub const END_OF_ARCHIVE_BYTES: u64 = 2 * BLOCK_BYTES;

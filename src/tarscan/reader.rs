@@ -135,6 +135,8 @@ pub struct Reader<S> {
     pad_left: u64,
     /// The last entry's path, for a message about what follows it.
     last: Vec<u8>,
+    /// The last entry's path as written, before cleaning.
+    written: Vec<u8>,
     done: bool,
 }
 
@@ -146,6 +148,7 @@ impl<S: Source> Reader<S> {
             data_left: 0,
             pad_left: 0,
             last: Vec::new(),
+            written: Vec::new(),
             done: false,
         }
     }
@@ -172,6 +175,19 @@ impl<S: Source> Reader<S> {
             return Err(self.inexact(&self.last.clone(), "the tar ends inside its data"));
         }
         Ok(n)
+    }
+
+    /// The current entry's data as a stream, from where [`Reader::read_data`] left it: a
+    /// failed read of the source is its own error, a tar that cannot be read exactly an
+    /// [`io::ErrorKind::InvalidData`] error carrying the [`ScanError`].
+    pub fn data(&mut self) -> Data<'_, S> {
+        Data(self)
+    }
+
+    /// The current entry's path as written (PAX path and GNU long name applied), before
+    /// [`clean`]: for a scan that refuses what an applier would clean (`/`, `..`).
+    pub fn written_path(&self) -> &[u8] {
+        &self.written
     }
 
     /// Skips what is left of the current entry.
@@ -304,7 +320,7 @@ impl<S: Source> Reader<S> {
     }
 
     /// The entry whose header `hdr` is at `at`, with what the records before it said.
-    fn entry(&self, mut hdr: Header, pending: Pending, at: u64) -> Result<Entry, ScanError> {
+    fn entry(&mut self, mut hdr: Header, pending: Pending, at: u64) -> Result<Entry, ScanError> {
         let pax = pending.pax.unwrap_or_default();
         let original = hdr.name.clone();
         let bad = |why: &str| self.inexact(&original, why.to_string());
@@ -331,6 +347,7 @@ impl<S: Source> Reader<S> {
             secs: hdr.mtime,
             nanos: 0,
         });
+        self.written.clone_from(&hdr.name);
         Ok(Entry {
             start: pending.start.unwrap_or(at),
             end: data_start + data_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
@@ -346,6 +363,18 @@ impl<S: Source> Reader<S> {
             data_start,
             data_len,
             sparse_size,
+        })
+    }
+}
+
+/// An entry's data as a stream ([`Reader::data`]).
+pub struct Data<'a, S>(&'a mut Reader<S>);
+
+impl<S: Source> Read for Data<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_data(buf).map_err(|e| match e {
+            ScanError::Io(e) => e,
+            inexact => io::Error::new(io::ErrorKind::InvalidData, inexact),
         })
     }
 }

@@ -246,3 +246,38 @@ fn the_streaming_reader_reads_data() {
     assert_eq!(r.read_data(&mut buf).unwrap(), 0);
     assert!(r.next_entry().unwrap().is_none());
 }
+
+#[test]
+fn data_is_lent_as_a_read_of_its_size_and_names_stay_as_written() {
+    use std::io::Read;
+    let long = [b"x/".repeat(60).as_slice(), b"../../../etc/passwd"].concat();
+    let tar = [
+        file(b"./a", b"hello"),
+        pax(&[("path", &long)]),
+        file(b"p", b"pax"),
+        file(b"cut", &[7u8; 600]),
+    ]
+    .concat();
+    // The last entry's data is cut short: 600 bytes said, 100 there.
+    let tar = &tar[..tar.len() - 1024 + 100];
+    let mut r = Reader::new(Sequential(tar));
+    let a = r.next_entry().unwrap().unwrap();
+    assert_eq!(
+        (a.path.as_slice(), r.written_path()),
+        (&b"a"[..], &b"./a"[..])
+    );
+    let mut bytes = Vec::new();
+    r.data().read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, b"hello");
+    let p = r.next_entry().unwrap().unwrap();
+    assert_eq!(r.written_path(), long.as_slice());
+    assert_eq!(p.path, clean(&long));
+    // Data left unread is skipped by the next entry.
+    r.next_entry().unwrap().unwrap();
+    let e = r.data().read_to_end(&mut Vec::new()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(
+        e.to_string().contains("cut: the tar ends inside its data"),
+        "{e}"
+    );
+}

@@ -485,6 +485,39 @@ fn hand_built_archive_baseline_plans() {
     p.verify_sources().unwrap();
 }
 
+/// A directory whose size field claims data: GNU tar and Go's `archive/tar` read none for it
+/// (the next header follows at once), and so does hoist, which reads the archive's entries as
+/// GNU tar lists them.
+#[test]
+fn archives_are_read_as_gnu_tar_reads_them() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, entries) = docker25_entries(t.path());
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..6].copy_from_slice(b"blobs/");
+    h.set_size(1024);
+    h.set_mode(0o755);
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_cksum();
+    let f = t.path().join("dirsize.tar");
+    write_tar(
+        &f,
+        &[vec![h.as_bytes().to_vec()], regular(&entries)].concat(),
+    );
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    for (name, _) in &entries {
+        assert!(listed.lines().any(|l| l == name), "GNU tar lists {listed}");
+    }
+    let p = plan(&f.display().to_string()).unwrap();
+    assert_eq!(p.config.digest, img.config);
+    p.verify_sources().unwrap();
+}
+
 #[test]
 fn docker_schema2_manifest_in_an_oci_layout() {
     // skopeo --format v2s2 writes a Docker schema 2 manifest (gzip layers) into an OCI layout

@@ -5,7 +5,9 @@
 //! `index.json`, `manifest.json`; Docker 25+, where the containerd store may hold gzip or zstd
 //! layers). Nothing in the stream is trusted by name: a layer is the entry whose uncompressed
 //! bytes hash to one of the inspect's diff_ids, the config is the JSON file `manifest.json`
-//! names, checked against the inspect's diff_ids. Only small files stay in memory.
+//! names, checked against the inspect's diff_ids. Only small files stay in memory. The stream
+//! is read through the one tar reader ([`crate::tarscan`]), as GNU tar and Go's `archive/tar`
+//! read it.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -17,6 +19,7 @@ use crate::image::doc::{self, Config, Descriptor, Doc, DockerArchiveEntry, Index
 use crate::image::media::{Compression, sniff_unsupported};
 use crate::image::select::{self, Fetch};
 use crate::source::{SourceError, blob_path, normalise_name};
+use crate::tarscan::{Kind, Reader, ScanError, Sequential};
 
 /// Entries up to this size are read into memory first (configs, `manifest.json`, tiny
 /// layers); larger ones stream to the layer handler.
@@ -83,13 +86,7 @@ pub fn walk(
         }
         .into()
     };
-    let mut archive = tar::Archive::new(input);
-    let entries = archive.entries().map_err(|e| {
-        failed(format!(
-            "is not a tar stream ({})",
-            crate::text::detail(&e.to_string())
-        ))
-    })?;
+    let mut reader = Reader::new(Sequential(input));
     let mut walk = Walk {
         inspect,
         needed,
@@ -100,17 +97,26 @@ pub fn walk(
         manifests: Vec::new(),
         chosen: None,
     };
-    for entry in entries {
-        let mut entry = entry.map_err(|e| read_failed(&format!("the export of {image}"), e))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
+    loop {
+        let entry = match reader.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(ScanError::Io(e)) => return Err(read_failed(&format!("the export of {image}"), e)),
+            Err(ScanError::Inexact { entry, why }) => {
+                let why = crate::text::detail(&format!("{entry}: {why}"));
+                return Err(failed(format!("cannot be read as a tar stream ({why})")));
+            }
+        };
+        // Only a plain file can be a layer or a JSON document; a sparse file's stored data
+        // is not its bytes.
+        if entry.kind != Kind::File || entry.sparse_size.is_some() {
             continue;
         }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let raw = String::from_utf8_lossy(reader.written_path()).into_owned();
         let Some(name) = normalise_name(image, &raw)? else {
             continue;
         };
-        let size = entry.size();
-        walk.entry(&name, size, &mut entry, layer)?;
+        walk.entry(&name, entry.data_len, &mut reader.data(), layer)?;
     }
     if let Some(missing) = needed.iter().find(|d| !walk.found.contains(*d)) {
         return Err(failed(format!("lacks layer {missing}")));
@@ -461,38 +467,42 @@ mod tests {
             false => (layers, HashSet::new()),
         };
         let mut calls = 0;
-        let mut handler = |input: &mut dyn Read, _: Compression| {
-            calls += 1;
-            let mut bytes = Vec::new();
-            input.read_to_end(&mut bytes).expect("read");
-            Ok(Digest::sha256_of(&bytes))
-        };
-        let walked = walk(
-            tar.as_slice(),
-            "img",
-            &inspect,
-            &needed,
-            &held,
-            &mut handler,
-        )
-        .expect("walk");
+        let walked = walk_hashing(&tar, &inspect, &needed, &held, &mut calls);
         assert_eq!(walked.found, needed);
         calls
     }
 
+    /// Walks `tar` with a handler that hashes each candidate whole, counting its calls.
+    fn walk_hashing(
+        tar: &[u8],
+        inspect: &ImageInspect,
+        needed: &HashSet<Digest>,
+        held: &HashSet<Digest>,
+        calls: &mut usize,
+    ) -> Walked {
+        let mut handler = |input: &mut dyn Read, _: Compression| {
+            *calls += 1;
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).expect("read");
+            Ok(Digest::sha256_of(&bytes))
+        };
+        walk(tar, "img", inspect, needed, held, &mut handler).expect("walk")
+    }
+
     /// The digests the export's layer blobs (its large ones) are named by.
     fn blob_digests(tar: &[u8]) -> HashSet<Digest> {
-        let mut archive = tar::Archive::new(tar);
-        let entries = archive.entries().expect("entries");
-        entries
-            .filter_map(|e| {
-                let e = e.ok()?;
-                let name = e.path().ok()?.to_string_lossy().into_owned();
-                (e.size() > SMALL_ENTRY_BYTES_MAX).then_some(())?;
-                let hex = name.strip_prefix("blobs/sha256/")?.to_string();
-                Digest::parse(&format!("sha256:{hex}")).ok()
-            })
-            .collect()
+        let mut reader = Reader::new(Sequential(tar));
+        let mut digests = HashSet::new();
+        while let Some(e) = reader.next_entry().expect("entry") {
+            let name = String::from_utf8_lossy(&e.path).into_owned();
+            if e.data_len <= SMALL_ENTRY_BYTES_MAX {
+                continue;
+            }
+            if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                digests.extend(Digest::parse(&format!("sha256:{hex}")).ok());
+            }
+        }
+        digests
     }
 
     #[test]
@@ -500,6 +510,23 @@ mod tests {
         assert_eq!(handled(true, false), 1);
         // The manifest after the other blob: that one is read to learn what it is.
         assert_eq!(handled(false, false), 2);
+    }
+
+    /// A directory whose size field claims data has none (as Go's `archive/tar`, which the
+    /// engine reads with, sees it): the entries after it are all found.
+    #[test]
+    fn a_size_on_a_directory_hides_no_entries() {
+        let (tar, inspect) = export(true);
+        let mut h = tar::Header::new_ustar();
+        h.set_path("blobs/").expect("path");
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(2048);
+        h.set_cksum();
+        let tar = [h.as_bytes().as_slice(), &tar].concat();
+        let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
+        let walked = walk_hashing(&tar, &inspect, &needed, &HashSet::new(), &mut 0);
+        assert_eq!(walked.found, needed);
+        assert!(walked.manifest.is_some());
     }
 
     #[test]
