@@ -8,6 +8,9 @@
 //!      its uncompressed bytes, goes into `<job spool>/export/` as it streams: an uncompressed
 //!      one compressed there, a compressed one (the containerd store's) stored as it is; its
 //!      uncompressed bytes go to the ELF census on a thread of its own
+//!      (an export of every platform, Docker 26 and 27, writes blobs in digest order: the
+//!      compressed ones that come before the image's manifest are written aside unread, then
+//!      those it names are read back for their diff_id and census, the others deleted)
 //!   -> each layer whole in the spool is uploaded at once ([`super::early`]) while the export
 //!      goes on with the next one
 //!   -> the plan: the config (in memory, then one small file) and the layers, pushed as they
@@ -579,10 +582,9 @@ impl Export {
             .tokens
             .take_until(self.tokens.lanes(), &|| self.stopped())
             .ok_or(JobError::Stopped)?;
+        self.clear_deferred();
         let read = Arc::new(AtomicU64::new(0));
-        let mut made = HashMap::new();
-        let mut census = StreamCensus::new();
-        let mut progress = Progress {
+        let progress = Progress {
             last: Instant::now(),
             read: read.clone(),
         };
@@ -591,23 +593,13 @@ impl Export {
             read: read.clone(),
             export: &self,
         };
-        let mut handler = |input: &mut dyn Read, compression| -> Result<Digest, SourceError> {
-            let (diff_id, kept) = match compression {
-                Compression::None => {
-                    self.compress_entry(input, threads, &mut progress, made.len())?
-                }
-                c => self.store_entry(input, c, &mut progress, made.len())?,
-            };
-            if let Some((c, layer_census)) = kept {
-                made.insert(diff_id.clone(), c.clone());
-                if let Some(lc) = layer_census {
-                    census.insert(diff_id.clone(), lc);
-                }
-                // The upload side is gone only when the push gave up: nothing to tell.
-                let _ = self.ready.send((diff_id.clone(), c));
-                self.report(&read, made.len());
-            }
-            Ok(diff_id)
+        let mut sink = Sink {
+            export: &self,
+            threads,
+            made: HashMap::new(),
+            census: StreamCensus::new(),
+            progress,
+            deferred: HashMap::new(),
         };
         let walked = export::walk(
             counted,
@@ -615,14 +607,28 @@ impl Export {
             &self.inspect,
             &self.needed,
             &self.held,
-            &mut handler,
+            &mut sink,
         );
+        let (made, census) = (sink.made, sink.census);
         let walked = match walked {
             Err(_) if self.stopped() => return Err(JobError::Stopped),
             w => w.map_err(|e| JobError::failed(e.to_string()))?,
         };
         self.report(&read, made.len());
         Ok((walked, made, census))
+    }
+
+    /// Removes the deferred blobs a stopped run left: their diff_ids were never checked, so
+    /// they are not trusted; the export sends them again (they are not in `held`).
+    fn clear_deferred(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(DEFERRED_PREFIX) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     fn report(&self, read: &AtomicU64, layers_done: usize) {
@@ -738,7 +744,7 @@ impl Export {
         let census = self.census;
         let ended = || io::Error::other("a thread of the export ended abnormally");
         let done = std::thread::scope(|s| {
-            let writer = s.spawn(|| write_hashed(Piped::new(rx), &file));
+            let writer = s.spawn(|| write_hashed(Piped::new(rx), &file, &mut || {}));
             let unpacker =
                 s.spawn(move || unpack_hashed(Piped::new(unpack_rx), compression, census));
             let pumped = pump(input, &tx, Some(&unpack_tx), &mut || {
@@ -752,16 +758,29 @@ impl Export {
             pumped?;
             Ok::<_, io::Error>((written?, unpacked?))
         });
-        let ((digest, size), (diff_id, layer_census)) =
-            done.map_err(|e| Failure::Io(e).into_source(&tmp))?;
+        let ((digest, size), unpacked) = done.map_err(|e| Failure::Io(e).into_source(&tmp))?;
+        let blob = CompressedLayer { digest, size };
+        self.keep_stored(&tmp, &file, blob, compression, unpacked)
+    }
+
+    /// Keeps the engine's blob `blob`, whole in `tmp`, under its [`stored_name`] when its
+    /// diff_id (`unpacked`, with its census) is needed; else removes it.
+    fn keep_stored(
+        &self,
+        tmp: &Path,
+        file: &File,
+        blob: CompressedLayer,
+        compression: Compression,
+        (diff_id, layer_census): Unpacked,
+    ) -> Result<(Digest, Option<Kept>), SourceError> {
         if !self.needed.contains(&diff_id) {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
             return Ok((diff_id, None));
         }
-        let name = stored_name(&diff_id, &digest, compression);
-        self.keep(&tmp, &file, &name)?;
+        let name = stored_name(&diff_id, &blob.digest, compression);
+        self.keep(tmp, file, &name)?;
         let s = Spooled {
-            blob: CompressedLayer { digest, size },
+            blob,
             compression,
             file: name,
         };
@@ -769,8 +788,120 @@ impl Export {
     }
 }
 
-/// Writes `input` to `file`; its sha256 and length.
-fn write_hashed(mut input: impl Read, mut file: &File) -> io::Result<(Digest, u64)> {
+/// A layer's diff_id and its ELF census when it was taken.
+type Unpacked = (Digest, Option<Result<LayerCensus, String>>);
+
+/// The prefix of a compressed blob kept unread until the image's manifest is known.
+const DEFERRED_PREFIX: &str = ".deferred-";
+
+/// The layers of one export, as the walk hands them over: each needed one kept in the spool,
+/// reported for its upload and its census noted.
+struct Sink<'e> {
+    export: &'e Export,
+    threads: usize,
+    made: HashMap<Digest, Spooled>,
+    census: StreamCensus,
+    progress: Progress,
+    /// The deferred blobs: their files and what they hold (digest and size as written). A
+    /// failed walk leaves their files to the spool's removal or to the rerun's
+    /// [`Export::clear_deferred`].
+    deferred: HashMap<Digest, (PathBuf, CompressedLayer)>,
+}
+
+impl Sink<'_> {
+    /// Notes a layer the walk handed over; one kept is reported for its upload.
+    fn handled(&mut self, (diff_id, kept): (Digest, Option<Kept>)) -> Digest {
+        if let Some((c, layer_census)) = kept {
+            self.made.insert(diff_id.clone(), c.clone());
+            if let Some(lc) = layer_census {
+                self.census.insert(diff_id.clone(), lc);
+            }
+            // The upload side is gone only when the push gave up: nothing to tell.
+            let _ = self.export.ready.send((diff_id.clone(), c));
+            self.export.report(&self.progress.read, self.made.len());
+        }
+        diff_id
+    }
+}
+
+impl export::LayerSink for Sink<'_> {
+    fn layer(
+        &mut self,
+        input: &mut dyn Read,
+        compression: Compression,
+    ) -> Result<Digest, SourceError> {
+        let (export, done) = (self.export, self.made.len());
+        let handled = match compression {
+            Compression::None => {
+                export.compress_entry(input, self.threads, &mut self.progress, done)?
+            }
+            c => export.store_entry(input, c, &mut self.progress, done)?,
+        };
+        Ok(self.handled(handled))
+    }
+
+    /// Written as it streams, not synced: until its diff_id is checked a deferred blob is not
+    /// part of the spool, and a rerun removes it ([`Export::clear_deferred`]). It takes disk
+    /// until the manifest comes: the blobs the engine writes before it (other platforms').
+    fn defer(
+        &mut self,
+        digest: &Digest,
+        input: &mut dyn Read,
+        _: Compression,
+    ) -> Result<bool, SourceError> {
+        let path = self
+            .export
+            .dir
+            .join(format!("{DEFERRED_PREFIX}{}", digest.hex()));
+        let file = File::create(&path).map_err(|e| Failure::Io(e).into_source(&path))?;
+        let (export, done) = (self.export, self.made.len());
+        let progress = &mut self.progress;
+        let tick = &mut || {
+            if progress.due() {
+                export.report(&progress.read, done);
+            }
+        };
+        let (written, size) =
+            write_hashed(input, &file, tick).map_err(|e| Failure::Io(e).into_source(&path))?;
+        let blob = CompressedLayer {
+            digest: written,
+            size,
+        };
+        self.deferred.insert(digest.clone(), (path, blob));
+        Ok(true)
+    }
+
+    fn take(&mut self, digest: &Digest, compression: Compression) -> Result<Digest, SourceError> {
+        let (path, blob) = self
+            .deferred
+            .remove(digest)
+            .ok_or_else(|| export::not_kept(digest))?;
+        let unpacked = File::open(&path)
+            .and_then(|file| {
+                let unpacked = unpack_hashed(&file, compression, self.export.census)?;
+                Ok((file, unpacked))
+            })
+            .map_err(|e| Failure::Io(e).into_source(&path));
+        let (file, unpacked) = unpacked?;
+        let handled = self
+            .export
+            .keep_stored(&path, &file, blob, compression, unpacked)?;
+        Ok(self.handled(handled))
+    }
+
+    fn discard(&mut self, digest: &Digest) {
+        if let Some((path, _)) = self.deferred.remove(digest) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Writes `input` to `file`, running `tick` after each piece; its sha256 and length.
+fn write_hashed(
+    mut input: impl Read,
+    mut file: &File,
+    tick: &mut dyn FnMut(),
+) -> io::Result<(Digest, u64)> {
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut size = 0u64;
     let mut buf = vec![0u8; PIPE_PIECE_BYTES];
@@ -782,6 +913,7 @@ fn write_hashed(mut input: impl Read, mut file: &File) -> io::Result<(Digest, u6
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])?;
         size += n as u64;
+        tick();
     }
 }
 

@@ -27,12 +27,69 @@ pub const SMALL_ENTRY_BYTES_MAX: u64 = 1 << 20;
 /// Small files kept in memory at most, in bytes: an export holds a few JSON files per image.
 pub const SMALL_ENTRIES_BYTES_MAX: u64 = 64 << 20;
 
-/// What the handler is given for one candidate layer: a reader over its bytes as the engine
-/// stores them, and their compression (sniffed). It reads the whole entry and returns the
-/// sha256 of its uncompressed bytes ([`decoder`] undoes the compression); it keeps its result
-/// only when that digest is a diff_id still needed (it decides with the same set).
-pub type LayerHandler<'a> =
-    dyn FnMut(&mut dyn Read, Compression) -> Result<Digest, SourceError> + 'a;
+/// Where the walk hands the layers. `layer` is given one candidate layer: a reader over its
+/// bytes as the engine stores them, and their compression (sniffed). It reads the whole entry
+/// and returns the sha256 of its uncompressed bytes ([`decoder`] undoes the compression); it
+/// keeps its result only when that digest is a diff_id still needed (it decides with the same
+/// set). An export of every platform names its compressed blobs by digest before the image's
+/// manifest says which are its own: those are `defer`red (kept compressed, unread), then each
+/// is `take`n (read as `layer` reads, from where it was kept) or `discard`ed once the manifest
+/// is known.
+pub trait LayerSink {
+    fn layer(
+        &mut self,
+        input: &mut dyn Read,
+        compression: Compression,
+    ) -> Result<Digest, SourceError>;
+
+    /// Keeps the compressed blob `digest` as it streams, not decompressed; `false` when it
+    /// keeps none (then the walk hands it to `layer` at once).
+    fn defer(
+        &mut self,
+        digest: &Digest,
+        input: &mut dyn Read,
+        compression: Compression,
+    ) -> Result<bool, SourceError>;
+
+    /// A deferred blob read as `layer` reads one: the sha256 of its uncompressed bytes.
+    fn take(&mut self, digest: &Digest, compression: Compression) -> Result<Digest, SourceError>;
+
+    /// Forgets a deferred blob: the image does not name it.
+    fn discard(&mut self, digest: &Digest);
+}
+
+/// A sink that keeps nothing aside: every candidate is read as it streams (a caller that has
+/// nowhere to put blobs, such as a one-off walk of an archive).
+impl<F> LayerSink for F
+where
+    F: FnMut(&mut dyn Read, Compression) -> Result<Digest, SourceError>,
+{
+    fn layer(
+        &mut self,
+        input: &mut dyn Read,
+        compression: Compression,
+    ) -> Result<Digest, SourceError> {
+        self(input, compression)
+    }
+
+    fn defer(&mut self, _: &Digest, _: &mut dyn Read, _: Compression) -> Result<bool, SourceError> {
+        Ok(false)
+    }
+
+    fn take(&mut self, digest: &Digest, _: Compression) -> Result<Digest, SourceError> {
+        Err(not_kept(digest))
+    }
+
+    fn discard(&mut self, _: &Digest) {}
+}
+
+/// A [`LayerSink::take`] of a blob the sink did not keep (a bug).
+pub fn not_kept(digest: &Digest) -> SourceError {
+    SourceError::Io {
+        what: format!("the deferred blob {digest}"),
+        source: io::Error::other("internal error: it was never kept: report this as a bug"),
+    }
+}
 
 /// The uncompressed bytes of `input`, compressed with `compression`; `what` names it in errors.
 pub fn decoder<'a>(
@@ -77,7 +134,7 @@ pub fn walk(
     inspect: &ImageInspect,
     needed: &HashSet<Digest>,
     held: &HashSet<Digest>,
-    layer: &mut LayerHandler<'_>,
+    layer: &mut dyn LayerSink,
 ) -> Result<Walked, SourceError> {
     let failed = |detail: String| -> SourceError {
         EngineError::Export {
@@ -96,6 +153,7 @@ pub fn walk(
         found: HashSet::new(),
         manifests: Vec::new(),
         chosen: None,
+        deferred: Vec::new(),
     };
     loop {
         let entry = match reader.next_entry() {
@@ -118,6 +176,8 @@ pub fn walk(
         };
         walk.entry(&name, entry.data_len, &mut reader.data(), layer)?;
     }
+    // No manifest told which deferred blobs are the image's: each is read to learn it.
+    walk.settle(layer)?;
     if let Some(missing) = needed.iter().find(|d| !walk.found.contains(*d)) {
         return Err(failed(format!("lacks layer {missing}")));
     }
@@ -178,6 +238,8 @@ struct Walk<'a> {
     /// The layer blobs of the image's own manifest, once it and its config have streamed by
     /// (an export of every platform holds other platforms' layers, not to be read).
     chosen: Option<HashSet<Digest>>,
+    /// Compressed blobs kept unread until the image's manifest is known.
+    deferred: Vec<(Digest, Compression)>,
 }
 
 impl Walk<'_> {
@@ -186,7 +248,7 @@ impl Walk<'_> {
         name: &str,
         size: u64,
         entry: &mut dyn Read,
-        layer: &mut LayerHandler<'_>,
+        layer: &mut dyn LayerSink,
     ) -> Result<(), SourceError> {
         let io_err = |e: io::Error| read_failed(name, e);
         // `blobs/sha256/<digest>` of a layer the caller has (from an earlier run): skip.
@@ -206,7 +268,7 @@ impl Walk<'_> {
         if size <= SMALL_ENTRY_BYTES_MAX {
             let mut bytes = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut bytes).map_err(io_err)?;
-            return self.small_entry(name, bytes, layer);
+            return self.small_entry(name, named, bytes, layer);
         }
         if self.needed.iter().all(|d| self.found.contains(d)) {
             return Ok(());
@@ -214,7 +276,51 @@ impl Walk<'_> {
         let mut head = [0u8; 8];
         let n = read_up_to(entry, &mut head).map_err(io_err)?;
         let mut whole = io::Cursor::new(head[..n].to_vec()).chain(entry);
+        if self.deferred(named.as_ref(), &head[..n], &mut whole, layer)? {
+            return Ok(());
+        }
         self.candidate(name, &head[..n], &mut whole, layer)
+    }
+
+    /// Whether the walk is done with a blob named `named` without decompressing it: a
+    /// compressed blob the image's manifest does not name, or one that came before that
+    /// manifest (kept by `layer` for [`Walk::settle`]).
+    fn deferred(
+        &mut self,
+        named: Option<&Digest>,
+        head: &[u8],
+        input: &mut dyn Read,
+        layer: &mut dyn LayerSink,
+    ) -> Result<bool, SourceError> {
+        let compression = Compression::sniff(head);
+        let Some(digest) = named.filter(|_| compression != Compression::None) else {
+            return Ok(false);
+        };
+        match &self.chosen {
+            Some(chosen) => Ok(!chosen.contains(digest)),
+            None if layer.defer(digest, input, compression)? => {
+                self.deferred.push((digest.clone(), compression));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Reads the deferred blobs the image's manifest names (all of them when none is known)
+    /// while layers are still needed, and discards the others.
+    fn settle(&mut self, layer: &mut dyn LayerSink) -> Result<(), SourceError> {
+        for (digest, compression) in std::mem::take(&mut self.deferred) {
+            let ours = self.chosen.as_ref().is_none_or(|c| c.contains(&digest));
+            if !ours || self.needed.iter().all(|d| self.found.contains(d)) {
+                layer.discard(&digest);
+                continue;
+            }
+            let diff_id = layer.take(&digest, compression)?;
+            if self.needed.contains(&diff_id) {
+                self.found.insert(diff_id);
+            }
+        }
+        Ok(())
     }
 
     /// A small entry: a layer if its bytes say so, else kept when it may be JSON the config
@@ -222,10 +328,14 @@ impl Walk<'_> {
     fn small_entry(
         &mut self,
         name: &str,
+        named: Option<Digest>,
         bytes: Vec<u8>,
-        layer: &mut LayerHandler<'_>,
+        layer: &mut dyn LayerSink,
     ) -> Result<(), SourceError> {
         let head: Vec<u8> = bytes.iter().take(8).copied().collect();
+        if self.deferred(named.as_ref(), &head, &mut bytes.as_slice(), layer)? {
+            return Ok(());
+        }
         let compressed = Compression::sniff(&head) != Compression::None;
         let digest = Digest::sha256_of(&bytes);
         if compressed || self.needed.contains(&digest) {
@@ -242,6 +352,9 @@ impl Walk<'_> {
             self.note_manifest(&bytes);
             self.small.insert(name.to_string(), bytes);
             self.choose();
+            if self.chosen.is_some() {
+                self.settle(layer)?;
+            }
         }
         Ok(())
     }
@@ -293,7 +406,7 @@ impl Walk<'_> {
         name: &str,
         head: &[u8],
         input: &mut dyn Read,
-        layer: &mut LayerHandler<'_>,
+        layer: &mut dyn LayerSink,
     ) -> Result<(), SourceError> {
         if let Some(codec) = sniff_unsupported(head) {
             return Err(SourceError::UnsupportedCompression {
@@ -301,7 +414,7 @@ impl Walk<'_> {
                 codec,
             });
         }
-        let diff_id = layer(input, Compression::sniff(head))?;
+        let diff_id = layer.layer(input, Compression::sniff(head))?;
         if self.needed.contains(&diff_id) {
             self.found.insert(diff_id);
         }
@@ -431,8 +544,7 @@ mod tests {
             config.len(),
             layer.len()
         );
-        let mut other = vec![0x1f, 0x8b, 8, 0];
-        other.resize(3 << 20, 1);
+        let other = gzip(&noise(9, 3 << 20));
         let mut b = tar::Builder::new(Vec::new());
         let manifest_name = blob_name(&Digest::sha256_of(manifest.as_bytes()));
         if manifest_first {
@@ -457,36 +569,95 @@ mod tests {
         (b.into_inner().expect("tar"), inspect)
     }
 
-    /// How many entries the walk handed to the layer handler; with `held`, the caller has
-    /// every blob named by a digest already (and needs nothing).
-    fn handled(manifest_first: bool, held: bool) -> usize {
+    /// How many entries the walk decompressed (handed to the sink's `layer`, or taken back
+    /// after they were deferred); with `held`, the caller has every blob named by a digest
+    /// already (and needs nothing); with `defer`, the sink keeps the blobs the walk defers.
+    fn handled(manifest_first: bool, held: bool, defer: bool) -> usize {
         let (tar, inspect) = export(manifest_first);
         let layers: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
         let (needed, held) = match held {
             true => (HashSet::new(), blob_digests(&tar)),
             false => (layers, HashSet::new()),
         };
-        let mut calls = 0;
-        let walked = walk_hashing(&tar, &inspect, &needed, &held, &mut calls);
+        let mut sink = Counting::new(defer);
+        let walked =
+            walk(tar.as_slice(), "img", &inspect, &needed, &held, &mut sink).expect("walk");
         assert_eq!(walked.found, needed);
-        calls
+        assert!(
+            sink.kept.is_empty(),
+            "deferred blobs left: {:?}",
+            sink.kept.keys()
+        );
+        sink.decompressed.len()
     }
 
-    /// Walks `tar` with a handler that hashes each candidate whole, counting its calls.
+    /// A sink that decompresses and hashes each layer it is given, noting the diff_ids it
+    /// computed, and keeps deferred blobs in memory (when `defer`).
+    struct Counting {
+        defer: bool,
+        decompressed: Vec<Digest>,
+        kept: HashMap<Digest, Vec<u8>>,
+        discarded: HashSet<Digest>,
+    }
+
+    impl Counting {
+        fn new(defer: bool) -> Counting {
+            Counting {
+                defer,
+                decompressed: Vec::new(),
+                kept: HashMap::new(),
+                discarded: HashSet::new(),
+            }
+        }
+    }
+
+    impl LayerSink for Counting {
+        fn layer(&mut self, input: &mut dyn Read, c: Compression) -> Result<Digest, SourceError> {
+            let mut bytes = Vec::new();
+            decoder(input, c, "test")?
+                .read_to_end(&mut bytes)
+                .map_err(|e| SourceError::from_io("test", e))?;
+            let diff_id = Digest::sha256_of(&bytes);
+            self.decompressed.push(diff_id.clone());
+            Ok(diff_id)
+        }
+
+        fn defer(
+            &mut self,
+            digest: &Digest,
+            input: &mut dyn Read,
+            _: Compression,
+        ) -> Result<bool, SourceError> {
+            if !self.defer {
+                return Ok(false);
+            }
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).expect("read");
+            assert_eq!(&Digest::sha256_of(&bytes), digest, "deferred as named");
+            self.kept.insert(digest.clone(), bytes);
+            Ok(true)
+        }
+
+        fn take(&mut self, digest: &Digest, c: Compression) -> Result<Digest, SourceError> {
+            let bytes = self.kept.remove(digest).expect("a kept blob");
+            self.layer(&mut bytes.as_slice(), c)
+        }
+
+        fn discard(&mut self, digest: &Digest) {
+            self.kept.remove(digest).expect("a kept blob");
+            self.discarded.insert(digest.clone());
+        }
+    }
+
+    /// Walks `tar` with a sink that defers nothing and hashes each candidate whole.
     fn walk_hashing(
         tar: &[u8],
         inspect: &ImageInspect,
         needed: &HashSet<Digest>,
         held: &HashSet<Digest>,
-        calls: &mut usize,
     ) -> Walked {
-        let mut handler = |input: &mut dyn Read, _: Compression| {
-            *calls += 1;
-            let mut bytes = Vec::new();
-            input.read_to_end(&mut bytes).expect("read");
-            Ok(Digest::sha256_of(&bytes))
-        };
-        walk(tar, "img", inspect, needed, held, &mut handler).expect("walk")
+        let mut sink = Counting::new(false);
+        walk(tar, "img", inspect, needed, held, &mut sink).expect("walk")
     }
 
     /// The digests the export's layer blobs (its large ones) are named by.
@@ -507,9 +678,12 @@ mod tests {
 
     #[test]
     fn blobs_the_images_manifest_does_not_name_are_not_read_once_it_is_known() {
-        assert_eq!(handled(true, false), 1);
-        // The manifest after the other blob: that one is read to learn what it is.
-        assert_eq!(handled(false, false), 2);
+        assert_eq!(handled(true, false, true), 1);
+        assert_eq!(handled(true, false, false), 1);
+        // The manifest after the other blob: deferred, then discarded unread; a sink that
+        // keeps nothing has it read to learn what it is.
+        assert_eq!(handled(false, false, true), 1);
+        assert_eq!(handled(false, false, false), 2);
     }
 
     /// A directory whose size field claims data has none (as Go's `archive/tar`, which the
@@ -524,13 +698,128 @@ mod tests {
         h.set_cksum();
         let tar = [h.as_bytes().as_slice(), &tar].concat();
         let needed: HashSet<Digest> = inspect.rootfs.layers.iter().cloned().collect();
-        let walked = walk_hashing(&tar, &inspect, &needed, &HashSet::new(), &mut 0);
+        let walked = walk_hashing(&tar, &inspect, &needed, &HashSet::new());
         assert_eq!(walked.found, needed);
         assert!(walked.manifest.is_some());
     }
 
+    /// `len` bytes no compressor shrinks much, different for each `seed`.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    /// An image manifest and its config for gzip `layers` (blob, uncompressed bytes).
+    fn image(arch: &str, layers: &[(Vec<u8>, Vec<u8>)]) -> (String, String) {
+        let diff_ids: Vec<String> = layers
+            .iter()
+            .map(|(_, raw)| format!(r#""{}""#, Digest::sha256_of(raw)))
+            .collect();
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            diff_ids.join(",")
+        );
+        let descs: Vec<String> = layers
+            .iter()
+            .map(|(blob, _)| {
+                format!(
+                    r#"{{"digest":"{}","size":{}}}"#,
+                    Digest::sha256_of(blob),
+                    blob.len()
+                )
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":{}}},"layers":[{}]}}"#,
+            Digest::sha256_of(config.as_bytes()),
+            config.len(),
+            descs.join(",")
+        );
+        (manifest, config)
+    }
+
+    /// An export of every platform as Docker 26 and 27 write it (blobs in digest order, here
+    /// the other platform's large and small gzip layers and one of ours before our manifest,
+    /// our other layer after it): only our two layers are decompressed, and both are found.
+    #[test]
+    fn an_export_of_every_platform_decompresses_only_the_images_blobs() {
+        let layer = |seed, len| {
+            let raw = noise(seed, len);
+            (gzip(&raw), raw)
+        };
+        let (ours_big, ours_small) = (layer(1, 2 << 20), layer(2, 4096));
+        let (other_big, other_small) = (layer(3, 3 << 20), layer(4, 8192));
+        let (manifest, config) = image("amd64", &[ours_big.clone(), ours_small.clone()]);
+        let (other_manifest, other_config) =
+            image("arm64", &[other_big.clone(), other_small.clone()]);
+        let mut b = tar::Builder::new(Vec::new());
+        for bytes in [&other_big.0, &other_small.0, &ours_big.0] {
+            add(&mut b, &blob_name(&Digest::sha256_of(bytes)), bytes);
+        }
+        for doc in [&config, &manifest, &other_config, &other_manifest] {
+            add(
+                &mut b,
+                &blob_name(&Digest::sha256_of(doc.as_bytes())),
+                doc.as_bytes(),
+            );
+        }
+        add(
+            &mut b,
+            &blob_name(&Digest::sha256_of(&ours_small.0)),
+            &ours_small.0,
+        );
+        let config_name = blob_name(&Digest::sha256_of(config.as_bytes()));
+        add(
+            &mut b,
+            "manifest.json",
+            format!(r#"[{{"Config":"{config_name}"}}]"#).as_bytes(),
+        );
+        let tar = b.into_inner().expect("tar");
+        let diff_ids = [&ours_big.1, &ours_small.1].map(|raw| Digest::sha256_of(raw));
+        let inspect: ImageInspect = serde_json::from_str(&format!(
+            r#"{{"Id":"sha256:{}","Os":"linux","Architecture":"amd64","RootFS":{{"Layers":["{}","{}"]}}}}"#,
+            "0".repeat(64),
+            diff_ids[0],
+            diff_ids[1]
+        ))
+        .expect("inspect");
+        let needed: HashSet<Digest> = diff_ids.iter().cloned().collect();
+        let mut sink = Counting::new(true);
+        let walked = walk(
+            tar.as_slice(),
+            "img",
+            &inspect,
+            &needed,
+            &HashSet::new(),
+            &mut sink,
+        )
+        .expect("walk");
+        assert_eq!(walked.found, needed);
+        let decompressed: HashSet<Digest> = sink.decompressed.iter().cloned().collect();
+        assert_eq!(sink.decompressed.len(), 2, "{:?}", sink.decompressed);
+        assert_eq!(decompressed, needed);
+        let others = [&other_big.0, &other_small.0].map(|b| Digest::sha256_of(b));
+        assert_eq!(sink.discarded, others.into_iter().collect());
+        assert!(sink.kept.is_empty());
+        assert_eq!(walked.left_out, Vec::<String>::new());
+    }
+
     #[test]
     fn blobs_the_caller_holds_are_not_read() {
-        assert_eq!(handled(false, true), 0);
+        assert_eq!(handled(false, true, true), 0);
     }
 }
