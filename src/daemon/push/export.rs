@@ -878,7 +878,14 @@ impl export::LayerSink for Sink<'_> {
             .ok_or_else(|| export::not_kept(digest))?;
         let unpacked = File::open(&path)
             .and_then(|file| {
-                let unpacked = unpack_hashed(&file, compression, self.export.census)?;
+                // Read through `Counted` (not counted in the progress: read once already)
+                // for its end at a stop.
+                let input = Counted {
+                    inner: &file,
+                    read: Arc::default(),
+                    export: self.export,
+                };
+                let unpacked = unpack_hashed(input, compression, self.export.census)?;
                 Ok((file, unpacked))
             })
             .map_err(|e| Failure::Io(e).into_source(&path));
